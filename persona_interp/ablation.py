@@ -1,0 +1,163 @@
+"""Run-time ablation: weight masks (``W ⊙ M``) and hook-based neuron / head masks.
+
+Example:
+    >>> with ablate(model, mask):                 # weights multiplied in place, restored bit-exact on exit
+    ...     logits = model(tokens)
+    >>> heads = HeadMask({12: [3, 5]}, mode="mean", signature=sig)
+    >>> with ablate(model, heads):                # hooks, no weight edits
+    ...     logits = model(tokens)
+    >>> model.run_with_hooks(tokens, fwd_hooks=heads.fwd_hooks(model))
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Union
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .adapter import get_adapter
+from .masks import Mask
+from .signatures import Signature
+
+_ACTIVE: "dict[int, set[str]]" = {}   # id(model) -> names of maps currently under a weight ablation
+
+
+@dataclass
+class _UnitMask:
+    """Shared logic of :class:`NeuronMask` and :class:`HeadMask`: units per layer, zero or mean."""
+
+    units: dict[int, list[int]]
+    mode: str = "zero"
+    signature: Signature | None = None
+    meta: dict = field(default_factory=dict)
+
+    def _validate(self, model: Any, n_units: int, what: str) -> None:
+        adapter = get_adapter(model)
+        if self.mode not in ("zero", "mean"):
+            raise ValueError(f"ablation mode must be 'zero' or 'mean', got {self.mode!r}")
+        if self.mode == "mean":
+            if self.signature is None:
+                raise ValueError("mean-ablation needs a signature (the mean comes from its statistics)")
+            self.signature.check_model(adapter)
+        for layer, units in self.units.items():
+            if not 0 <= layer < adapter.n_layers:
+                raise ValueError(f"layer {layer} out of range: the model has {adapter.n_layers} layers")
+            bad = [u for u in units if not 0 <= u < n_units]
+            if bad:
+                raise ValueError(f"{what} {bad} out of range in layer {layer}: the model has {n_units} {what}s per layer")
+
+    @contextlib.contextmanager
+    def apply(self, model: Any) -> Iterator[Any]:
+        """Context manager: the hooks are on inside, removed on exit (also on exception)."""
+        with model.hooks(fwd_hooks=self.fwd_hooks(model)):
+            yield model
+
+
+class NeuronMask(_UnitMask):
+    """Ablate MLP neurons (``{layer: [neuron, ...]}``) through the neuron hook, to 0 or to their mean.
+
+    Example:
+        >>> NeuronMask({10: [5, 99]}, mode="mean", signature=sig).fwd_hooks(model)
+    """
+
+    def fwd_hooks(self, model: Any) -> list[tuple[str, Callable]]:
+        adapter = get_adapter(model)
+        self._validate(model, adapter.d_mlp, "neuron")
+        hooks = []
+        for layer, units in sorted(self.units.items()):
+            index = torch.tensor(units, dtype=torch.long)
+            mean = self.signature.neuron_mean(layer)[index].float() if self.mode == "mean" else None
+            hooks.append((adapter.neuron_hook(layer), _replace_hook(index, mean, per_head=False)))
+        return hooks
+
+
+class HeadMask(_UnitMask):
+    """Ablate attention heads (``{layer: [head, ...]}``) through the per-head ``z`` hook, to 0 or to
+    their mean ``z``.
+
+    Example:
+        >>> HeadMask({3: [0]}).fwd_hooks(model)
+    """
+
+    def fwd_hooks(self, model: Any) -> list[tuple[str, Callable]]:
+        adapter = get_adapter(model)
+        self._validate(model, adapter.n_heads, "head")
+        hooks = []
+        for layer, units in sorted(self.units.items()):
+            index = torch.tensor(units, dtype=torch.long)
+            mean = self.signature.head_z_mean(layer)[index].float() if self.mode == "mean" else None
+            hooks.append((adapter.head_hook(layer), _replace_hook(index, mean, per_head=True)))
+        return hooks
+
+
+def _replace_hook(index: Tensor, value: Tensor | None, per_head: bool) -> Callable[[Tensor, Any], Tensor]:
+    """A hook that sets the given neurons (last axis) or heads (axis −2 of ``[..., heads, d_head]``)
+    to 0 or to ``value``."""
+
+    def hook(activation: Float[Tensor, "..."], hook: Any) -> Tensor:
+        out = activation.clone()
+        fill = 0.0 if value is None else value.to(out.dtype)
+        if per_head:
+            out[..., index, :] = fill
+        else:
+            out[..., index] = fill
+        return out
+
+    return hook
+
+
+HookMask = Union[NeuronMask, HeadMask]
+
+
+@contextlib.contextmanager
+def ablate(model: Any, mask: Mask | HookMask, gamma: float = 0.0) -> Iterator[Any]:
+    """Context manager: inside, ``model`` computes with the mask applied.
+
+    * a :class:`~persona_interp.masks.Mask` multiplies each covered weight in place by
+      ``M + γ·(1−M)`` (``γ = 0``: removed weights are zero; ``0 < γ < 1``: a soft gate);
+      on exit, also on exception, every weight is restored bit-exact;
+    * a :class:`NeuronMask` / :class:`HeadMask` adds forward hooks and removes them on exit.
+
+    Nested ablations are allowed on disjoint maps; a nested weight mask touching a map that is
+    already ablated raises ``RuntimeError``.
+
+    Example:
+        >>> with ablate(model, seek_mask):
+        ...     print(model.generate(tokens, max_new_tokens=20))
+    """
+    if isinstance(mask, (NeuronMask, HeadMask)):
+        with mask.apply(model):
+            yield model
+        return
+    if not isinstance(mask, Mask):
+        raise TypeError(f"ablate takes a Mask, NeuronMask or HeadMask, got {type(mask).__name__}")
+    if not 0 <= gamma < 1:
+        raise ValueError(f"gamma (the gate of removed weights) must be in [0, 1), got {gamma}")
+    adapter = get_adapter(model)
+    mask.check_model(adapter)
+    active = _ACTIVE.setdefault(id(model), set())
+    clash = sorted(active & set(mask.keep))
+    if clash:
+        raise RuntimeError(f"nested ablate conflicts with an active ablation on {clash[:3]}{'…' if len(clash) > 3 else ''}")
+    saved: dict[str, Tensor] = {}
+    try:
+        active.update(mask.keep)
+        with torch.no_grad():
+            for name, keep in mask.keep.items():
+                parameter = adapter.parameter(name)
+                saved[name] = parameter.detach().clone()
+                factor = keep.to(parameter.dtype)
+                if gamma:
+                    factor = factor + gamma * (1 - factor)
+                parameter.mul_(adapter.to_native(name, factor.to(parameter.device)))
+        yield model
+    finally:
+        with torch.no_grad():
+            for name, original in saved.items():
+                adapter.parameter(name).copy_(original)
+        active.difference_update(mask.keep)
+        if not active:
+            _ACTIVE.pop(id(model), None)

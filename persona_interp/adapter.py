@@ -1,0 +1,234 @@
+"""The one place that knows model internals.
+
+Every other module sees a model through :class:`ModelAdapter`: the linear maps of each block
+(q, k, v, o, gate, up, down) with their weights viewed as ``[out, in]``, the hook that carries each
+map's input, the MLP-neuron hook and the per-head hook. Two model kinds are supported:
+``TransformerBridge`` (TransformerLens 3.x / 4.x, raw HF weights, including GPT-2's Conv1D stored
+``[in, out]`` and its fused qkv) and ``HookedTransformer`` (TransformerLens <= 3.x, per-head weights).
+
+Example:
+    >>> adapter = get_adapter(model)
+    >>> [m.name for m in adapter.maps][:3]
+    ['blocks.0.attn.q', 'blocks.0.attn.k', 'blocks.0.attn.v']
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+ATTN_KINDS = ("q", "k", "v", "o")
+MLP_KINDS = ("gate", "up", "down")
+MODULE_OF_KIND = {**{k: "attn" for k in ATTN_KINDS}, **{k: "mlp" for k in MLP_KINDS}}
+
+
+@dataclass(frozen=True)
+class LinearMap:
+    """One linear map of a block: ``name`` is ``blocks.{layer}.{module}.{kind}``; ``site`` is the hook
+    carrying its input (``[batch, pos, n_in]``, or ``[batch, pos, heads, d_head]`` for o)."""
+
+    name: str
+    layer: int
+    module: str
+    kind: str
+    site: str
+    n_out: int
+    n_in: int
+
+
+@dataclass
+class _Access:
+    parameter: Callable[[], Tensor]
+    to_out_in: Callable[[Tensor], Tensor]
+    to_native: Callable[[Tensor], Tensor]
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def _transpose(x: Tensor) -> Tensor:
+    return x.T
+
+
+class ModelAdapter:
+    """Model-specific knowledge for one TransformerLens model (build it with :func:`get_adapter`)."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        cfg = model.cfg
+        self.kind = "hooked" if type(model).__name__ == "HookedTransformer" else "bridge"
+        self.n_layers: int = cfg.n_layers
+        self.n_heads: int = cfg.n_heads
+        self.d_head: int = cfg.d_head
+        self.d_model: int = cfg.d_model
+        self.d_mlp: int = cfg.d_mlp
+        self.n_kv_heads: int = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+        self._access: dict[str, _Access] = {}
+        self.maps: list[LinearMap] = []
+        for layer in range(self.n_layers):
+            block = model.blocks[layer]
+            found = self._hooked_block(block, layer) if self.kind == "hooked" else self._bridge_block(block, layer)
+            for kind, access in found:
+                name = f"blocks.{layer}.{MODULE_OF_KIND[kind]}.{kind}"
+                n_out, n_in = access.to_out_in(access.parameter()).shape
+                self._access[name] = access
+                self.maps.append(LinearMap(name, layer, MODULE_OF_KIND[kind], kind, self._site(layer, kind), n_out, n_in))
+        self.map_by_name = {m.name: m for m in self.maps}
+        self.fingerprint = self._fingerprint()
+
+    # ----------------------------------------------------------------- hooks
+    def _site(self, layer: int, kind: str) -> str:
+        if kind in ("q", "k", "v"):
+            return f"blocks.{layer}.ln1.hook_normalized" if self.kind == "hooked" else f"blocks.{layer}.attn.q.hook_in"
+        if kind == "o":
+            return self.head_hook(layer)
+        if kind in ("gate", "up"):
+            return f"blocks.{layer}.ln2.hook_normalized" if self.kind == "hooked" else f"blocks.{layer}.mlp.in.hook_in"
+        return self.neuron_hook(layer)
+
+    def neuron_hook(self, layer: int) -> str:
+        """Hook of the MLP hidden activation ``[batch, pos, d_mlp]`` (the input of ``down``)."""
+        return f"blocks.{layer}.mlp.hook_post"
+
+    def head_hook(self, layer: int) -> str:
+        """Hook of the per-head attention output ``z``: ``[batch, pos, n_heads, d_head]``."""
+        return f"blocks.{layer}.attn.hook_z"
+
+    @property
+    def input_sites(self) -> list[str]:
+        """Distinct input hooks in forward order (q, k and v share one, so do gate and up)."""
+        return list(dict.fromkeys(m.site for m in self.maps))
+
+    # --------------------------------------------------------------- weights
+    def weight(self, name: str) -> Float[Tensor, "out in"]:
+        """The weight of map ``name`` as ``[out, in]`` (a view where the layout allows)."""
+        access = self._get(name)
+        return access.to_out_in(access.parameter().detach())
+
+    def parameter(self, name: str) -> Tensor:
+        """The stored parameter behind map ``name``, in the model's own layout."""
+        return self._get(name).parameter()
+
+    def to_native(self, name: str, x: Float[Tensor, "out in"]) -> Tensor:
+        """Convert an ``[out, in]`` tensor (a mask, a weight) to the parameter's own layout."""
+        return self._get(name).to_native(x)
+
+    def _get(self, name: str) -> _Access:
+        if name not in self._access:
+            raise KeyError(f"model has no linear map {name!r}; it has e.g. {self.maps[0].name!r}")
+        return self._access[name]
+
+    # ------------------------------------------------------------ per model kind
+    @staticmethod
+    def _bridge_block(block: Any, layer: int) -> list[tuple[str, _Access]]:
+        from transformers.pytorch_utils import Conv1D
+
+        found = []
+        subs = [("q", block.attn, "q"), ("k", block.attn, "k"), ("v", block.attn, "v"), ("o", block.attn, "o"),
+                ("gate", block.mlp, "gate"), ("up", block.mlp, "in"), ("down", block.mlp, "out")]
+        for kind, parent, attr in subs:
+            sub = getattr(parent, attr, None) if attr in parent._modules else None
+            if sub is None:
+                if kind == "gate":
+                    continue  # ungated MLP (GPT-2)
+                raise ValueError(f"blocks.{layer}: the bridge has no '{attr}' linear map; this architecture is not supported")
+            module = sub.original_component
+            conv = isinstance(module, Conv1D)
+            found.append((kind, _Access(
+                parameter=lambda m=module: m.weight,
+                to_out_in=_transpose if conv else _identity,
+                to_native=_transpose if conv else _identity,
+            )))
+        return found
+
+    def _hooked_block(self, block: Any, layer: int) -> list[tuple[str, _Access]]:
+        norm = getattr(block.cfg, "normalization_type", None)
+        if norm not in (None, "LNPre", "RMSPre"):
+            raise ValueError(
+                f"HookedTransformer with normalization_type={norm!r}: the inputs of q/k/v and gate/up are only "
+                "available as hooks when the norm weights are folded; load it with fold_ln=True"
+            )
+        attn, mlp = block.attn, block.mlp
+
+        def per_head_in(get: Callable[[], Tensor]) -> _Access:  # [heads, d_model, d_head] -> [heads*d_head, d_model]
+            return _Access(
+                parameter=get,
+                to_out_in=lambda w: w.permute(0, 2, 1).reshape(-1, w.shape[1]),
+                to_native=lambda x, g=get: x.reshape(g().shape[0], g().shape[2], g().shape[1]).permute(0, 2, 1),
+            )
+
+        def kv(which: str) -> Callable[[], Tensor]:
+            return lambda: getattr(attn, f"_W_{which}") if hasattr(attn, f"_W_{which}") else getattr(attn, f"W_{which}")
+
+        found = [
+            ("q", per_head_in(lambda: attn.W_Q)),
+            ("k", per_head_in(kv("K"))),
+            ("v", per_head_in(kv("V"))),
+            ("o", _Access(  # [heads, d_head, d_model] -> [d_model, heads*d_head]
+                parameter=lambda: attn.W_O,
+                to_out_in=lambda w: w.reshape(-1, w.shape[-1]).T,
+                to_native=lambda x: x.T.reshape(attn.W_O.shape),
+            )),
+        ]
+        if getattr(mlp, "W_gate", None) is not None:
+            found.append(("gate", _Access(lambda: mlp.W_gate, _transpose, _transpose)))
+        found += [("up", _Access(lambda: mlp.W_in, _transpose, _transpose)),
+                  ("down", _Access(lambda: mlp.W_out, _transpose, _transpose))]
+        return found
+
+    # ------------------------------------------------------------ identity
+    def _fingerprint(self) -> str:
+        """Architecture, shapes and a sample of the (never masked) token embedding, hashed."""
+        desc = {
+            "class": type(self.model).__name__,
+            "arch": str(getattr(self.model.cfg, "architecture", None) or getattr(self.model.cfg, "original_architecture", None)),
+            "dims": [self.n_layers, self.n_heads, self.n_kv_heads, self.d_head, self.d_model, self.d_mlp],
+            "maps": [(m.name, m.n_out, m.n_in) for m in self.maps],
+        }
+        digest = hashlib.sha256(json.dumps(desc).encode())
+        embedding = self.model.W_E.detach().float().flatten()
+        digest.update(embedding[:: max(1, embedding.numel() // 4096)].cpu().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def select_maps(self, modules: tuple[str, ...] | list[str] | None = None,
+                    layers: tuple[int, ...] | list[int] | range | None = None) -> list[LinearMap]:
+        """Maps filtered by module type (``attn``/``mlp``), kind (``q``…``down``) or full name, and layer.
+
+        Example:
+            >>> adapter.select_maps(modules=["mlp"], layers=range(10, 20))
+        """
+        known = {"attn", "mlp", *MODULE_OF_KIND, *self.map_by_name}
+        for item in modules or ():
+            if item not in known:
+                raise ValueError(f"unknown module {item!r}: use 'attn', 'mlp', one of {sorted(MODULE_OF_KIND)} or a map name")
+        for layer in layers or ():
+            if not 0 <= layer < self.n_layers:
+                raise ValueError(f"layer {layer} out of range: the model has {self.n_layers} layers")
+        return [m for m in self.maps
+                if (modules is None or m.module in modules or m.kind in modules or m.name in modules)
+                and (layers is None or m.layer in layers)]
+
+
+_ADAPTERS: "weakref.WeakKeyDictionary[Any, ModelAdapter]" = weakref.WeakKeyDictionary()
+
+
+def get_adapter(model: Any) -> ModelAdapter:
+    """The (cached) adapter of a TransformerLens model.
+
+    Example:
+        >>> get_adapter(model).weight("blocks.0.mlp.down").shape   # [d_model, d_mlp]
+    """
+    if isinstance(model, ModelAdapter):
+        return model
+    if not hasattr(model, "run_with_hooks") or not hasattr(model, "blocks"):
+        raise TypeError(f"expected a TransformerLens model (TransformerBridge or HookedTransformer), got {type(model).__name__}")
+    if model not in _ADAPTERS:
+        _ADAPTERS[model] = ModelAdapter(model)
+    return _ADAPTERS[model]

@@ -1,0 +1,98 @@
+"""Chat formatting and batching: tokenise once, pass token tensors.
+
+A sample is a question (the user turn, optionally after a system prompt) and an answer (the
+assistant turn). The prompt is built with the tokenizer's chat template (with the generation
+prompt), the answer tokens are appended, so the answer's token span is known exactly. Batches are
+right-padded: with causal attention, real tokens never see the padding, and ``lengths`` tells which
+positions are real.
+
+Example:
+    >>> batch = encode_batch(tokenizer, [("Party tonight?", "I'd rather read.")])
+    >>> batch.tokens.shape, batch.answer_start
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+TOKEN_SCOPES = ("all", "answer", "prompt")
+
+
+def prompt_ids(tokenizer: Any, question: str, system: str | None = None) -> list[int]:
+    """Token ids of the chat prompt up to the start of the assistant's answer."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return list(ids)
+    text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant:"
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def answer_ids(tokenizer: Any, answer: str) -> list[int]:
+    """Token ids of an answer as it follows the prompt (a leading space is added for templates
+    that end in ``Assistant:``)."""
+    prefix = "" if getattr(tokenizer, "chat_template", None) else " "
+    return tokenizer.encode(prefix + answer, add_special_tokens=False)
+
+
+@dataclass
+class EncodedBatch:
+    """Right-padded token batch with the span of each answer.
+
+    ``tokens[b, :lengths[b]]`` are real; the answer occupies ``[answer_start[b], lengths[b])``.
+    """
+
+    tokens: Int[Tensor, "batch pos"]
+    lengths: Int[Tensor, " batch"]
+    answer_start: Int[Tensor, " batch"]
+
+    def token_mask(self, scope: str = "all") -> Bool[Tensor, "batch pos"]:
+        """Which positions a statistic covers: ``all`` real tokens, the ``answer`` or the ``prompt``."""
+        if scope not in TOKEN_SCOPES:
+            raise ValueError(f"token scope must be one of {TOKEN_SCOPES}, got {scope!r}")
+        pos = torch.arange(self.tokens.shape[1])[None, :]
+        real = pos < self.lengths[:, None]
+        if scope == "all":
+            return real
+        answer = pos >= self.answer_start[:, None]
+        return real & answer if scope == "answer" else real & ~answer
+
+
+def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, " batch"]]:
+    """Stack token lists right-padded with ``pad_id``; returns tokens and lengths."""
+    if not sequences:
+        raise ValueError("cannot pad an empty list of sequences")
+    lengths = torch.tensor([len(s) for s in sequences])
+    tokens = torch.full((len(sequences), int(lengths.max())), pad_id, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        tokens[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return tokens, lengths
+
+
+def pad_id_of(tokenizer: Any) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def encode_batch(tokenizer: Any, pairs: Sequence[tuple[str, str]], system: str | None = None,
+                 max_tokens: int | None = None) -> EncodedBatch:
+    """Encode (question, answer) pairs; ``max_tokens`` truncates from the left of the prompt so the
+    answer is kept whole whenever it fits."""
+    sequences, starts = [], []
+    for question, answer in pairs:
+        prompt, ans = prompt_ids(tokenizer, question, system), answer_ids(tokenizer, answer)
+        if max_tokens is not None and len(prompt) + len(ans) > max_tokens:
+            ans = ans[:max_tokens]
+            prompt = prompt[len(prompt) - (max_tokens - len(ans)):] if max_tokens > len(ans) else []
+        sequences.append(prompt + ans)
+        starts.append(len(prompt))
+    tokens, lengths = pad_right(sequences, pad_id_of(tokenizer))
+    return EncodedBatch(tokens, lengths, torch.tensor(starts))

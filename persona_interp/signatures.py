@@ -1,0 +1,235 @@
+"""Activation signatures: streaming statistics of every linear map's input over a persona's texts.
+
+For each input site (the hook that carries a linear map's input) and each input channel ``j``:
+
+* per-sample L2 norm over the covered tokens, ``n_sj = ||x_{s,:,j}||_2`` → its mean and variance over
+  samples (the Wanda activation ``a_j`` and the contrastive statistics μ, σ²);
+* per-token mean, variance and mean |x| over all covered tokens;
+* for the MLP hidden site these are the per-neuron mean activation and mean |activation|; for the
+  attention ``z`` site also the mean ‖z‖ of each head.
+
+Nothing but running sums is kept (float64), padding never enters a sum, and the unembedding is
+skipped, so memory does not grow with the number of tokens.
+
+Example:
+    >>> sig = collect_signatures(model, load_persona("power"), side="seek", max_samples=64)
+    >>> sig.norm_mean("blocks.3.mlp.down").shape     # [d_mlp]
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Bool, Float
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .adapter import ModelAdapter, get_adapter
+from .chat import EncodedBatch, encode_batch
+from .data import PersonaDataset
+
+_SUMS = ("norm_sum", "norm_sq_sum", "token_sum", "token_sq_sum", "token_abs_sum")
+FORMAT = "persona_interp.signature/1"
+
+
+class _StopForward(Exception):
+    """Raised after the last needed hook so the unembedding is never computed."""
+
+
+class ModelMismatchError(ValueError):
+    """A signature or mask was built for a different model."""
+
+
+@dataclass
+class Signature:
+    """Per-site running sums and their derived statistics, tied to one model by its fingerprint."""
+
+    sums: dict[str, dict[str, Tensor]]
+    map_sites: dict[str, str]
+    head_sites: dict[int, str]
+    neuron_sites: dict[int, str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ derived statistics
+    @property
+    def n_samples(self) -> int:
+        return int(self.meta["n_samples"])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.meta["n_tokens"])
+
+    def _site(self, map_name: str) -> dict[str, Tensor]:
+        if map_name not in self.map_sites:
+            raise KeyError(f"signature has no statistics for map {map_name!r}")
+        return self.sums[self.map_sites[map_name]]
+
+    def norm_mean(self, map_name: str) -> Float[Tensor, " n_in"]:
+        """Mean over samples of the per-sample input-channel L2 norm (the Wanda activation)."""
+        return self._site(map_name)["norm_sum"] / self.n_samples
+
+    def norm_var(self, map_name: str) -> Float[Tensor, " n_in"]:
+        """Unbiased variance over samples of the per-sample input-channel L2 norm."""
+        s = self._site(map_name)
+        n = self.n_samples
+        if n < 2:
+            return torch.zeros_like(s["norm_sum"])
+        return ((s["norm_sq_sum"] - s["norm_sum"] ** 2 / n) / (n - 1)).clamp_min(0)
+
+    def token_mean(self, map_name: str) -> Float[Tensor, " n_in"]:
+        return self._site(map_name)["token_sum"] / self.n_tokens
+
+    def token_var(self, map_name: str) -> Float[Tensor, " n_in"]:
+        s, n = self._site(map_name), self.n_tokens
+        return ((s["token_sq_sum"] - s["token_sum"] ** 2 / n) / max(n - 1, 1)).clamp_min(0)
+
+    def neuron_mean(self, layer: int) -> Float[Tensor, " d_mlp"]:
+        """Mean activation of each MLP neuron over covered tokens."""
+        return self.sums[self.neuron_sites[layer]]["token_sum"] / self.n_tokens
+
+    def neuron_abs_mean(self, layer: int) -> Float[Tensor, " d_mlp"]:
+        return self.sums[self.neuron_sites[layer]]["token_abs_sum"] / self.n_tokens
+
+    def head_norm_mean(self, layer: int) -> Float[Tensor, " n_heads"]:
+        """Mean ‖z‖ of each attention head over covered tokens."""
+        return self.sums[self.head_sites[layer]]["head_norm_sum"] / self.n_tokens
+
+    def head_z_mean(self, layer: int) -> Float[Tensor, "n_heads d_head"]:
+        """Mean z vector of each head (for mean-ablation)."""
+        s = self.sums[self.head_sites[layer]]
+        return (s["token_sum"] / self.n_tokens).reshape(s["head_norm_sum"].shape[0], -1)
+
+    # ------------------------------------------------------------------ identity and I/O
+    def check_model(self, model: Any) -> None:
+        """Raise :class:`ModelMismatchError` unless this signature was collected on ``model``."""
+        adapter = get_adapter(model)
+        if self.meta.get("fingerprint") != adapter.fingerprint:
+            raise ModelMismatchError(f"signature {self.meta.get('dataset')!r} was collected on model "
+                                     f"{self.meta.get('fingerprint')}, not on this one ({adapter.fingerprint})")
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Save as safetensors (float64 sums, JSON metadata); refuses to overwrite unless asked."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        tensors = {f"{site}/{key}": value.contiguous() for site, stats in self.sums.items() for key, value in stats.items()}
+        header = {"format": FORMAT, "meta": json.dumps(self.meta), "map_sites": json.dumps(self.map_sites),
+                  "head_sites": json.dumps(self.head_sites), "neuron_sites": json.dumps(self.neuron_sites)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, path, metadata=header)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Signature":
+        """Load a signature saved by :meth:`save` (safetensors: no unpickling)."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+        if header.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a persona_interp signature (format {header.get('format')!r})")
+        sums: dict[str, dict[str, Tensor]] = {}
+        for key, value in load_file(str(path)).items():
+            site, stat = key.rsplit("/", 1)
+            sums.setdefault(site, {})[stat] = value
+        as_int_keys = lambda d: {int(k): v for k, v in json.loads(d).items()}  # noqa: E731
+        return cls(sums, json.loads(header["map_sites"]), as_int_keys(header["head_sites"]),
+                   as_int_keys(header["neuron_sites"]), json.loads(header["meta"]))
+
+
+def _samples(data: PersonaDataset | Sequence[tuple[str, str]], side: str) -> list[tuple[str, str]]:
+    if isinstance(data, PersonaDataset):
+        return [(item.question, item.answer(side)) for item in data]
+    samples = list(data)
+    if not samples:
+        raise ValueError("collect_signatures got an empty dataset")
+    return samples
+
+
+class _Accumulator:
+    """Hook functions that add one batch's statistics to running float64 sums."""
+
+    def __init__(self, adapter: ModelAdapter):
+        self.head_sites = {adapter.head_hook(layer): layer for layer in range(adapter.n_layers)}
+        self.sums: dict[str, dict[str, Tensor]] = {}
+        self.weights: Float[Tensor, "batch pos"] | None = None
+
+    def hook_for(self, name: str) -> Any:
+        """The hook for site ``name`` (keyed by the registered name: bridges report aliases' canonical names)."""
+        return lambda activation, hook: self._add(name, activation)
+
+    def _add(self, name: str, activation: Tensor) -> None:
+        x = activation.detach()
+        heads = x.reshape(*x.shape[:2], -1, x.shape[-1]) if name in self.head_sites and x.dim() == 4 else None
+        x = x.reshape(*x.shape[:2], -1).float()
+        w = self.weights[:, : x.shape[1], None]
+        xw = x * w
+        sq = x * xw
+        per_sample_norm = sq.sum(1).sqrt()                           # [batch, channels]
+        batch = {
+            "norm_sum": per_sample_norm.sum(0),
+            "norm_sq_sum": (per_sample_norm.double() ** 2).sum(0),
+            "token_sum": xw.sum((0, 1)),
+            "token_sq_sum": sq.sum((0, 1)),
+            "token_abs_sum": xw.abs().sum((0, 1)),
+        }
+        if heads is not None:
+            batch["head_norm_sum"] = (heads.float().norm(dim=-1) * w).sum((0, 1))
+        stats = self.sums.setdefault(name, {key: torch.zeros(v.shape, dtype=torch.float64) for key, v in batch.items()})
+        for key, value in batch.items():
+            stats[key] += value.double()
+
+
+def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, str]], side: str = "seek", *,
+                       token_scope: str = "all", batch_size: int = 8, max_tokens: int = 256,
+                       max_samples: int | None = None, system: str | None = None, progress: bool = True) -> Signature:
+    """Run (question, answer) samples through ``model`` and keep streaming input statistics.
+
+    ``side`` picks the answer of each :class:`PersonaItem` ("seek" = matching, "reject" =
+    not_matching); ``token_scope`` is ``all`` (the whole chat), ``answer`` or ``prompt``.
+
+    Example:
+        >>> seek = collect_signatures(model, ds, side="seek", token_scope="answer")
+    """
+    adapter = get_adapter(model)
+    if batch_size < 1 or max_tokens < 1:
+        raise ValueError(f"batch_size and max_tokens must be positive, got {batch_size}, {max_tokens}")
+    samples = _samples(data, side)
+    if max_samples is not None:
+        samples = samples[:max_samples]
+    accumulator = _Accumulator(adapter)
+    sites = list(dict.fromkeys([*adapter.input_sites, *accumulator.head_sites]))
+    last_site = f"blocks.{adapter.n_layers - 1}.mlp.hook_post"
+
+    def stop(_: Tensor, hook: Any) -> None:
+        raise _StopForward
+
+    hooks = [(site, accumulator.hook_for(site)) for site in sites] + [(last_site, stop)]
+    n_tokens = 0
+    tokenizer = model.tokenizer
+    bar = tqdm(total=len(samples), desc=f"signatures[{side}]", disable=not progress, leave=False)
+    with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
+        for start in range(0, len(samples), batch_size):
+            batch: EncodedBatch = encode_batch(tokenizer, samples[start:start + batch_size], system, max_tokens)
+            mask: Bool[Tensor, "batch pos"] = batch.token_mask(token_scope)
+            if not mask.any(1).all():
+                raise ValueError(f"a sample has no tokens in scope {token_scope!r} (max_tokens={max_tokens} too small?)")
+            accumulator.weights = mask.float()
+            n_tokens += int(mask.sum())
+            try:
+                model(batch.tokens)
+            except _StopForward:
+                pass
+            bar.update(len(batch.tokens))
+    bar.close()
+    name = data.name if isinstance(data, PersonaDataset) else "pairs"
+    meta = {"fingerprint": adapter.fingerprint, "dataset": name, "side": side, "n_samples": len(samples),
+            "n_tokens": n_tokens, "token_scope": token_scope, "max_tokens": max_tokens, "system": system}
+    return Signature(accumulator.sums, {m.name: m.site for m in adapter.maps},
+                     {layer: site for site, layer in accumulator.head_sites.items()},
+                     {layer: adapter.neuron_hook(layer) for layer in range(adapter.n_layers)}, meta)

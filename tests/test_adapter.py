@@ -1,0 +1,89 @@
+import pytest
+import torch
+
+import persona_interp as pi
+from hand_weights import hand_weight
+from persona_interp.adapter import ATTN_KINDS
+
+
+def test_maps_cover_every_layer_and_kind(tiny_model, model_kind):
+    adapter = pi.get_adapter(tiny_model)
+    gated = model_kind not in ("gpt2", "hooked_gpt2")
+    expected = set(ATTN_KINDS) | ({"gate", "up", "down"} if gated else {"up", "down"})
+    for layer in range(adapter.n_layers):
+        assert {m.kind for m in adapter.maps if m.layer == layer} == expected
+    q, k, o = (adapter.map_by_name[f"blocks.0.attn.{x}"] for x in "qko")
+    assert (q.n_out, q.n_in) == (adapter.n_heads * adapter.d_head, adapter.d_model)
+    assert k.n_out == adapter.n_kv_heads * adapter.d_head          # GQA: fewer key heads
+    assert (o.n_out, o.n_in) == (adapter.d_model, adapter.n_heads * adapter.d_head)
+
+
+def test_weight_is_out_in_and_round_trips_to_native(tiny_model, model_kind):
+    adapter = pi.get_adapter(tiny_model)
+    for spec in adapter.maps:
+        expected = hand_weight(tiny_model, model_kind, spec.layer, spec.kind)
+        assert torch.equal(adapter.weight(spec.name), expected), spec.name
+        assert torch.equal(adapter.to_native(spec.name, adapter.weight(spec.name)), adapter.parameter(spec.name))
+
+
+def test_sites_carry_the_maps_inputs(tiny_model, model_kind):
+    """Recompute the attention and MLP outputs from the sites' activations and the [out, in] weights."""
+    adapter = pi.get_adapter(tiny_model)
+    tokens = torch.tensor([[3, 17, 42, 5, 99, 7]])
+    layer = adapter.n_layers - 1
+    names = [adapter.head_hook(layer), adapter.neuron_hook(layer), f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out"]
+    seen = {}
+    hooks = [(n, (lambda n: lambda x, hook: seen.__setitem__(n, x.detach().clone()))(n)) for n in names]
+    tiny_model.run_with_hooks(tokens, fwd_hooks=hooks)
+    z = seen[names[0]].flatten(-2)
+    bias_o = _bias(tiny_model, model_kind, layer, "o")
+    attn_out = z @ adapter.weight(f"blocks.{layer}.attn.o").T + bias_o
+    torch.testing.assert_close(attn_out, seen[names[2]], atol=1e-5, rtol=1e-4)
+    mlp_out = seen[names[1]] @ adapter.weight(f"blocks.{layer}.mlp.down").T + _bias(tiny_model, model_kind, layer, "down")
+    torch.testing.assert_close(mlp_out, seen[names[3]], atol=1e-5, rtol=1e-4)
+
+
+def _bias(model, kind, layer, map_kind):
+    if kind.startswith("hooked"):
+        block = model.blocks[layer]
+        return block.attn.b_O if map_kind == "o" else block.mlp.b_out
+    sub = model.blocks[layer].attn.o if map_kind == "o" else model.blocks[layer].mlp.out
+    bias = getattr(sub.original_component, "bias", None)
+    return 0.0 if bias is None else bias
+
+
+@pytest.mark.parametrize("model_kind", ["llama", "gpt2", "qwen2"])
+def test_bridge_shared_sites_equal_their_siblings(tiny_model):
+    """k/v read the q site and gate reads the up site: check the bridge's own per-map hooks agree."""
+    seen = {}
+    names = ["blocks.0.attn.q.hook_in", "blocks.0.attn.k.hook_in", "blocks.0.attn.v.hook_in",
+             "blocks.0.mlp.in.hook_in"] + (["blocks.0.mlp.gate.hook_in"] if "blocks.0.mlp.gate.hook_in" in tiny_model.hook_dict else [])
+    hooks = [(n, (lambda n: lambda x, hook: seen.__setitem__(n, x.clone()))(n)) for n in names]
+    tiny_model.run_with_hooks(torch.tensor([[1, 2, 3, 4]]), fwd_hooks=hooks)
+    assert torch.equal(seen[names[0]], seen[names[1]]) and torch.equal(seen[names[0]], seen[names[2]])
+    if len(names) == 5:
+        assert torch.equal(seen[names[3]], seen[names[4]])
+
+
+def test_select_maps_filters_and_rejects_unknown(tiny_model):
+    adapter = pi.get_adapter(tiny_model)
+    assert {m.module for m in adapter.select_maps(modules=["mlp"])} == {"mlp"}
+    assert {m.kind for m in adapter.select_maps(modules=["q", "down"])} == {"q", "down"}
+    assert {m.layer for m in adapter.select_maps(layers=[1])} == {1}
+    with pytest.raises(ValueError, match="unknown module 'ffn'"):
+        adapter.select_maps(modules=["ffn"])
+    with pytest.raises(ValueError, match="layer 7 out of range"):
+        adapter.select_maps(layers=[7])
+
+
+def test_fingerprint_tells_models_apart(tokenizer, model_kind):
+    from conftest import build_model
+
+    a, b, a_again = build_model(model_kind, tokenizer, 0), build_model(model_kind, tokenizer, 1), build_model(model_kind, tokenizer, 0)
+    assert pi.get_adapter(a).fingerprint == pi.get_adapter(a_again).fingerprint
+    assert pi.get_adapter(a).fingerprint != pi.get_adapter(b).fingerprint
+
+
+def test_get_adapter_rejects_non_models():
+    with pytest.raises(TypeError, match="TransformerLens model"):
+        pi.get_adapter(torch.nn.Linear(2, 2))
