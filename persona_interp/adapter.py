@@ -101,6 +101,16 @@ class ModelAdapter:
         """Hook of the per-head attention output ``z``: ``[batch, pos, n_heads, d_head]``."""
         return f"blocks.{layer}.attn.hook_z"
 
+    final_residual_hook = "ln_final.hook_normalized"
+
+    def unembed(self, residual: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+        """Logits from final normalised residuals (any leading shape), so callers can unembed only
+        the positions they need."""
+        shape = residual.shape
+        logits = self.model.unembed(residual.reshape(1, -1, shape[-1])).reshape(*shape[:-1], -1)
+        cap = getattr(self.model.cfg, "output_logits_soft_cap", 0.0) or 0.0
+        return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
     @property
     def input_sites(self) -> list[str]:
         """Distinct input hooks in forward order (q, k and v share one, so do gate and up)."""

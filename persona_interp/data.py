@@ -133,7 +133,7 @@ def item_from_record(record: dict, where: str) -> PersonaItem:
     """One item from a dict in any supported shape (``where`` names file and line for errors)."""
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected an object, got {type(record).__name__}")
-    if "not_matching" in record:
+    if "not_matching" in record or ("matching" in record and "A" not in record):
         return PersonaItem(*_need(record, ("question", "matching", "not_matching"), where))
     if "A" in record and "B" in record:
         question, a, b, letter = _need(record, ("question", "A", "B", "matching"), where)
@@ -256,3 +256,18 @@ def load_neutral_texts(path: str | os.PathLike | None = None) -> list[str]:
     if not texts:
         raise DataError(f"{path} holds no texts")
     return texts
+
+
+def persona_prompts(name: str, side: str) -> list[str]:
+    """System-prompt phrasings for one pole of a named persona (``data/prompts.json``); the first
+    is the default.
+
+    Example:
+        >>> persona_prompts("power", "seek")[0]
+    """
+    prompts = json.loads((DATA_DIR / "prompts.json").read_text(encoding="utf-8"))
+    if name not in prompts or name.startswith("_"):
+        raise ValueError(f"no persona prompts for {name!r}; known: {', '.join(k for k in prompts if not k.startswith('_'))}")
+    if side not in ("seek", "reject"):
+        raise ValueError(f"side must be 'seek' or 'reject', got {side!r}")
+    return list(prompts[name][side])

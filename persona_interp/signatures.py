@@ -166,23 +166,23 @@ class _Accumulator:
     def _add(self, name: str, activation: Tensor) -> None:
         x = activation.detach()
         heads = x.reshape(*x.shape[:2], -1, x.shape[-1]) if name in self.head_sites and x.dim() == 4 else None
-        x = x.reshape(*x.shape[:2], -1).float()
+        x = x.reshape(*x.shape[:2], -1).double()   # float64 sums: batch-size invariant to ~1e-7
         w = self.weights[:, : x.shape[1], None]
         xw = x * w
         sq = x * xw
         per_sample_norm = sq.sum(1).sqrt()                           # [batch, channels]
         batch = {
             "norm_sum": per_sample_norm.sum(0),
-            "norm_sq_sum": (per_sample_norm.double() ** 2).sum(0),
+            "norm_sq_sum": (per_sample_norm ** 2).sum(0),
             "token_sum": xw.sum((0, 1)),
             "token_sq_sum": sq.sum((0, 1)),
             "token_abs_sum": xw.abs().sum((0, 1)),
         }
         if heads is not None:
-            batch["head_norm_sum"] = (heads.float().norm(dim=-1) * w).sum((0, 1))
-        stats = self.sums.setdefault(name, {key: torch.zeros(v.shape, dtype=torch.float64) for key, v in batch.items()})
+            batch["head_norm_sum"] = (heads.double().norm(dim=-1) * w).sum((0, 1))
+        stats = self.sums.setdefault(name, {key: torch.zeros_like(value) for key, value in batch.items()})
         for key, value in batch.items():
-            stats[key] += value.double()
+            stats[key] += value
 
 
 def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, str]], side: str = "seek", *,
@@ -219,7 +219,7 @@ def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, st
             mask: Bool[Tensor, "batch pos"] = batch.token_mask(token_scope)
             if not mask.any(1).all():
                 raise ValueError(f"a sample has no tokens in scope {token_scope!r} (max_tokens={max_tokens} too small?)")
-            accumulator.weights = mask.float()
+            accumulator.weights = mask.double()
             n_tokens += int(mask.sum())
             try:
                 model(batch.tokens)

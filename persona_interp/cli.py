@@ -1,0 +1,185 @@
+"""The ``persona-interp`` command line.
+
+Example:
+    $ persona-interp reproduce --quick
+    $ persona-interp collect --persona power --side seek --out sig_seek.safetensors
+    $ persona-interp build-mask --method contrastive_wanda --seek s.safetensors --reject r.safetensors --sparsity 0.3 --out cw
+    $ persona-interp inspect cw_seek.safetensors
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .data import persona_names
+
+
+def _sparsity(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"sparsity must be in [0, 1), got {text}")
+    return value
+
+
+def _layers(text: str) -> list[int]:
+    """``3,5,7`` or ``10-19`` (inclusive)."""
+    out: list[int] = []
+    for part in text.split(","):
+        if "-" in part:
+            lo, hi = part.split("-")
+            out.extend(range(int(lo), int(hi) + 1))
+        else:
+            out.append(int(part))
+    return out
+
+
+def _writable(path: Path, force: bool) -> Path:
+    if path.exists() and not force:
+        raise SystemExit(f"error: {path} exists; pass --force to overwrite it")
+    return path
+
+
+def cmd_collect(args: argparse.Namespace) -> None:
+    from . import collect_signatures, load_model, load_persona
+
+    out = _writable(Path(args.out), args.force)
+    data = load_persona(args.persona, "train")
+    if args.n:
+        data = data.sample(args.n, seed=args.seed)
+    sig = collect_signatures(load_model(args.model), data, args.side, token_scope=args.token_scope,
+                             batch_size=args.batch_size, max_tokens=args.max_tokens)
+    sig.save(out, overwrite=True)
+    print(f"wrote {out}: {sig.n_samples} samples, {sig.n_tokens} tokens")
+
+
+def cmd_build_mask(args: argparse.Namespace) -> None:
+    from . import Signature, load_model, masks
+
+    model = load_model(args.model)
+    kw = {"modules": args.modules, "layers": args.layers}
+    seek = Signature.load(args.seek) if args.seek else None
+    reject = Signature.load(args.reject) if args.reject else None
+    if args.method in ("contrastive_wanda", "contrastive_sparse"):
+        if not (seek and reject):
+            raise SystemExit(f"error: --method {args.method} needs --seek and --reject signatures")
+        builder = getattr(masks, f"{args.method}_masks")
+        built = dict(zip(("seek", "reject"), builder(model, seek, reject, args.sparsity, phi=args.phi, **kw)))
+    elif args.method == "wanda":
+        if not (seek or reject):
+            raise SystemExit("error: --method wanda needs --seek (or --reject) signature")
+        built = {"seek" if seek else "reject": masks.wanda_mask(model, seek or reject, args.sparsity, **kw)}
+    elif args.method == "random":
+        built = {"random": masks.random_mask(model, args.sparsity, seed=args.seed, **kw)}
+    else:
+        built = {"magnitude": masks.magnitude_mask(model, args.sparsity, **kw)}
+    paths = {side: Path(f"{args.out}_{side}.safetensors") for side in built}
+    for path in paths.values():
+        _writable(path, args.force)
+    for side, mask in built.items():
+        mask.save(paths[side], overwrite=True)
+        print(f"wrote {paths[side]}: {len(mask.keep)} maps, sparsity {mask.sparsity():.4f}")
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from safetensors import safe_open
+
+    from . import Mask, Signature
+    from .masks import FORMAT as MASK_FORMAT
+
+    with safe_open(args.path, framework="numpy") as handle:
+        kind = (handle.metadata() or {}).get("format")
+    if kind == MASK_FORMAT:
+        mask = Mask.load(args.path)
+        print(f"mask: {mask.meta}\nmaps: {len(mask.keep)}, overall sparsity {mask.sparsity():.4f}")
+        by_module: dict[str, list[int]] = {}
+        for name, keep in mask.keep.items():
+            entry = by_module.setdefault(name.split(".")[2], [0, 0])
+            entry[0] += int(keep.sum())
+            entry[1] += keep.numel()
+        for module, (kept, total) in by_module.items():
+            print(f"  {module}: {total - kept} of {total} weights removed ({1 - kept / total:.4f})")
+    elif kind and kind.startswith("persona_interp.signature"):
+        sig = Signature.load(args.path)
+        print(f"signature: {sig.meta}\nsites: {len(sig.sums)}, maps: {len(sig.map_sites)}")
+    else:
+        raise SystemExit(f"error: {args.path} is neither a persona_interp mask nor a signature")
+
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from .pipeline import FULL, QUICK, reproduce
+
+    config = dataclasses.replace(QUICK if args.quick else FULL)
+    if args.personas:
+        config.personas = args.personas
+    if args.sparsities:
+        config.sparsities = args.sparsities
+    for key in ("n_test", "n_calibration", "seed", "batch_size"):
+        if getattr(args, key) is not None:
+            setattr(config, key, getattr(args, key))
+    out = Path(args.out or ("results/quick" if args.quick else "reports"))
+    try:
+        report = reproduce(config, out, args.figures, force=args.force, model=args.model)
+    except FileExistsError as error:
+        raise SystemExit(f"error: {error}") from None
+    print(f"wrote {report}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="persona-interp", description="Persona subnetworks: signatures, masks, evaluation.")
+    parser.add_argument("--model", default=None, help="model name or folder (default: embedded SmolLM2-135M-Instruct)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("collect", help="collect activation signatures of one pole of a persona")
+    p.add_argument("--persona", required=True, choices=persona_names())
+    p.add_argument("--side", required=True, choices=["seek", "reject"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, help="use a seeded sample of this many calibration items")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--token-scope", default="all", choices=["all", "answer", "prompt"])
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("build-mask", help="build a mask (or an opposing pair) from signatures")
+    p.add_argument("--method", required=True, choices=["wanda", "contrastive_wanda", "contrastive_sparse", "random", "magnitude"])
+    p.add_argument("--seek")
+    p.add_argument("--reject")
+    p.add_argument("--sparsity", type=_sparsity, required=True)
+    p.add_argument("--modules", nargs="+", help="attn, mlp, q … down, or map names")
+    p.add_argument("--layers", type=_layers, help="e.g. 10-19 or 3,5,7")
+    p.add_argument("--phi", default="relu", choices=["relu", "softplus"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output prefix: writes PREFIX_<side>.safetensors")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_build_mask)
+
+    p = sub.add_parser("inspect", help="describe a saved mask or signature")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("reproduce", help="the main job: the whole pipeline, report and figures")
+    p.add_argument("--quick", action="store_true", help="power persona only, small samples: a few minutes on 2 cores")
+    p.add_argument("--personas", nargs="+", choices=persona_names())
+    p.add_argument("--sparsities", nargs="+", type=_sparsity)
+    p.add_argument("--n-test", type=int)
+    p.add_argument("--n-calibration", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--out", help="report folder (default results/quick with --quick, else reports)")
+    p.add_argument("--figures", help="figures folder (default OUT/figures)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty output folder")
+    p.set_defaults(func=cmd_reproduce)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

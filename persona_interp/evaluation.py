@@ -1,0 +1,121 @@
+"""Evaluate conditions side by side on the same A/B items, with paired statistics.
+
+Every condition scores the same items; per-item margins are kept. The table reports, per
+condition and side, the paper's accuracy (Wilson 95 % interval), the mean per-token margin
+(seek − reject, t interval), its paired shift against the base model, the items that flipped,
+and the perplexity change on neutral text. :meth:`Evaluation.contrasts` gives the paired
+seek-minus-reject difference between the two poles of one regime, which cancels damage both
+poles share.
+
+Example:
+    >>> ev = evaluate(model, test, [Condition(), Prompt("prompt-seek", side="seek", system="...")], persona="power")
+    >>> print(markdown_table(ev.table()))
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .conditions import Condition
+from .data import PersonaItem
+from .scoring import ABScores, perplexity, score_ab
+from .stats import flips, mean_ci, paired_difference, proportion_ci
+
+
+@dataclass
+class Evaluation:
+    """Scores of every condition on one persona's test items."""
+
+    persona: str
+    conditions: dict[str, Condition]
+    scores: dict[str, ABScores]
+    perplexity: dict[str, float] = field(default_factory=dict)
+    base: str = "base"
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per (condition, side); a condition without a side appears for both sides."""
+        base = self.scores[self.base]
+        rows = []
+        for name, cond in self.conditions.items():
+            s = self.scores[name]
+            for side in ([cond.side] if cond.side else ["seek", "reject"]):
+                wins = s.seek_wins if side == "seek" else ~s.seek_wins
+                base_wins = base.seek_wins if side == "seek" else ~base.seek_wins
+                sign = 1.0 if side == "seek" else -1.0          # margins point toward the row's side
+                acc, margin = proportion_ci(wins), mean_ci(sign * s.margin_mean)
+                shift = paired_difference(sign * s.margin_mean, sign * base.margin_mean)
+                gained, lost = flips(wins, base_wins)
+                row = {"persona": self.persona, "condition": name, "regime": cond.regime, "side": side, "n": acc.n,
+                       "accuracy": acc.value, "accuracy_low": acc.low, "accuracy_high": acc.high,
+                       "margin": margin.value, "margin_low": margin.low, "margin_high": margin.high,
+                       "shift": shift.value, "shift_low": shift.low, "shift_high": shift.high,
+                       "flips_gained": gained, "flips_lost": lost}
+                if name in self.perplexity and self.base in self.perplexity:
+                    row["perplexity"] = self.perplexity[name]
+                    row["perplexity_change"] = self.perplexity[name] / self.perplexity[self.base] - 1.0
+                rows.append(row)
+        return rows
+
+    def contrasts(self) -> list[dict[str, Any]]:
+        """Paired seek-minus-reject margin difference for conditions sharing ``meta["pair"]``."""
+        pairs: dict[str, dict[str, str]] = {}
+        for name, cond in self.conditions.items():
+            if cond.meta.get("pair") and cond.side:
+                pairs.setdefault(cond.meta["pair"], {})[cond.side] = name
+        rows = []
+        for pair, sides in pairs.items():
+            if set(sides) != {"seek", "reject"}:
+                continue
+            seek, reject = self.scores[sides["seek"]], self.scores[sides["reject"]]
+            diff = paired_difference(seek.margin_mean, reject.margin_mean)
+            to_seek, to_reject = flips(seek.seek_wins, reject.seek_wins)
+            rows.append({"persona": self.persona, "pair": pair, "regime": self.conditions[sides["seek"]].regime,
+                         "n": diff.n, "difference": diff.value, "difference_low": diff.low, "difference_high": diff.high,
+                         "items_seek_only": to_seek, "items_reject_only": to_reject})
+        return rows
+
+    def per_item(self) -> dict[str, dict[str, list[float]]]:
+        """Per-item summed and per-token margins of every condition (for saving)."""
+        return {name: {"margin_sum": s.margin_sum.tolist(), "margin_mean": s.margin_mean.tolist()}
+                for name, s in self.scores.items()}
+
+
+def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Condition], *, persona: str,
+             neutral_texts: Sequence[str] | None = None, batch_size: int = 8, progress: bool = True) -> Evaluation:
+    """Score every condition on the same items (and perplexity on ``neutral_texts`` if given)."""
+    names = [c.name for c in conditions]
+    if len(set(names)) != len(names):
+        raise ValueError(f"condition names must be unique, got {names}")
+    if "base" not in names:
+        raise ValueError("evaluate needs a condition named 'base' to pair against")
+    scores, ppl = {}, {}
+    for cond in conditions:
+        with cond.applied(model):
+            scores[cond.name] = score_ab(model, items, system=cond.system, batch_size=batch_size, progress=progress)
+            if neutral_texts:
+                ppl[cond.name] = perplexity(model, neutral_texts, batch_size=batch_size)
+    return Evaluation(persona, {c.name: c for c in conditions}, scores, ppl)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """Rows as a GitHub markdown table; ``x`` with ``x_low``/``x_high`` columns prints as ``x [low, high]``."""
+    if not rows:
+        return "(no rows)\n"
+    columns = list(columns or [c for c in rows[0] if not c.endswith(("_low", "_high"))])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = []
+        for c in columns:
+            cell = _fmt(row.get(c, ""))
+            if f"{c}_low" in row:
+                cell += f" [{_fmt(row[c + '_low'])}, {_fmt(row[c + '_high'])}]"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+

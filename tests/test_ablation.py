@@ -1,0 +1,163 @@
+import pytest
+import torch
+
+import persona_interp as pi
+from hand_weights import multiply_by_hand
+from persona_interp.masks import Mask
+
+TOKENS = torch.tensor([[3, 17, 42, 5, 99, 7, 11], [8, 9, 10, 11, 12, 13, 14]])
+
+
+def _params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _assert_bit_exact(model, saved):
+    for name, p in model.named_parameters():
+        assert torch.equal(p, saved[name]), name
+
+
+def _twin(model_kind, tokenizer):
+    """A second copy of the fixture model (built again: deepcopy would untie GPT-2's shared qkv storage)."""
+    from conftest import build_model
+
+    return build_model(model_kind, tokenizer)
+
+
+def test_ablate_equals_weights_multiplied_by_hand(tiny_model, model_kind, tokenizer):
+    mask = pi.random_mask(tiny_model, 0.4, seed=3)
+    reference = _twin(model_kind, tokenizer)
+    for name, keep in mask.keep.items():
+        multiply_by_hand(reference, model_kind, name, keep.float())
+    expected = reference(TOKENS)
+    base = tiny_model(TOKENS)
+    with pi.ablate(tiny_model, mask) as model:
+        got = model(TOKENS)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert (got - base).abs().max() > 1e-3           # the mask did something
+
+
+def test_soft_gate(tiny_model, model_kind, tokenizer):
+    mask = pi.random_mask(tiny_model, 0.5, seed=1)
+    reference = _twin(model_kind, tokenizer)
+    for name, keep in mask.keep.items():
+        multiply_by_hand(reference, model_kind, name, keep.float() + 0.25 * (1 - keep.float()))
+    with pi.ablate(tiny_model, mask, gamma=0.25):
+        torch.testing.assert_close(tiny_model(TOKENS), reference(TOKENS), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="gamma"):
+        with pi.ablate(tiny_model, mask, gamma=1.0):
+            pass
+
+
+def test_restore_is_bit_exact_also_on_exception(tiny_model):
+    saved = _params(tiny_model)
+    mask = pi.random_mask(tiny_model, 0.7, seed=0)
+    with pi.ablate(tiny_model, mask):
+        pass
+    _assert_bit_exact(tiny_model, saved)
+    with pytest.raises(KeyError):
+        with pi.ablate(tiny_model, mask):
+            raise KeyError("boom")
+    _assert_bit_exact(tiny_model, saved)
+    with pi.ablate(tiny_model, mask):   # the conflict registry was cleared too
+        pass
+
+
+def test_nested_ablations(tiny_model):
+    saved = _params(tiny_model)
+    attn = pi.random_mask(tiny_model, 0.5, seed=0, modules=["attn"])
+    mlp = pi.random_mask(tiny_model, 0.5, seed=0, modules=["mlp"])
+    both = attn | mlp
+    with pi.ablate(tiny_model, attn):
+        with pi.ablate(tiny_model, mlp):
+            nested = tiny_model(TOKENS)
+        with pytest.raises(RuntimeError, match="conflicts"):
+            with pi.ablate(tiny_model, attn):
+                pass
+    _assert_bit_exact(tiny_model, saved)
+    combined = Mask({**attn.keep, **mlp.keep}, attn.meta)
+    with pi.ablate(tiny_model, combined):
+        torch.testing.assert_close(tiny_model(TOKENS), nested)
+    assert both.sparsity() == 0.0  # union of disjoint-map masks keeps all
+
+
+def test_ablate_rejects_mismatched_masks(tiny_model, tokenizer, model_kind):
+    from conftest import build_model
+
+    other = build_model(model_kind, tokenizer, seed=5)
+    mask = pi.random_mask(other, 0.5)
+    with pytest.raises(pi.ModelMismatchError, match="built for model"):
+        with pi.ablate(tiny_model, mask):
+            pass
+    name = pi.get_adapter(tiny_model).maps[0].name
+    wrong_shape = Mask({name: torch.ones(3, 3, dtype=torch.bool)}, {})
+    with pytest.raises(pi.ModelMismatchError, match="shape"):
+        with pi.ablate(tiny_model, wrong_shape):
+            pass
+    missing = Mask({"blocks.9.attn.q": torch.ones(3, 3, dtype=torch.bool)}, {})
+    with pytest.raises(pi.ModelMismatchError, match="lacks"):
+        with pi.ablate(tiny_model, missing):
+            pass
+    with pytest.raises(TypeError, match="Mask, NeuronMask or HeadMask"):
+        with pi.ablate(tiny_model, {"a": 1}):
+            pass
+
+
+def _columns_mask(model, name, columns):
+    spec = pi.get_adapter(model).map_by_name[name]
+    keep = torch.ones(spec.n_out, spec.n_in, dtype=torch.bool)
+    keep[:, columns] = False
+    return Mask({name: keep}, {"fingerprint": pi.get_adapter(model).fingerprint})
+
+
+def test_neuron_zero_ablation_equals_removing_down_columns(tiny_model):
+    neurons = [0, 5, 7]
+    with pi.ablate(tiny_model, pi.NeuronMask({1: neurons})):
+        hooked = tiny_model(TOKENS)
+    with pi.ablate(tiny_model, _columns_mask(tiny_model, "blocks.1.mlp.down", neurons)):
+        weights = tiny_model(TOKENS)
+    torch.testing.assert_close(hooked, weights, atol=1e-5, rtol=1e-5)
+
+
+def test_head_zero_ablation_equals_removing_o_columns(tiny_model):
+    adapter = pi.get_adapter(tiny_model)
+    head = 2
+    columns = list(range(head * adapter.d_head, (head + 1) * adapter.d_head))
+    heads = pi.HeadMask({0: [head]})
+    hooked = tiny_model.run_with_hooks(TOKENS, fwd_hooks=heads.fwd_hooks(tiny_model))
+    with pi.ablate(tiny_model, _columns_mask(tiny_model, "blocks.0.attn.o", columns)):
+        weights = tiny_model(TOKENS)
+    torch.testing.assert_close(hooked, weights, atol=1e-5, rtol=1e-5)
+
+
+def test_mean_ablation_writes_the_signature_means(tiny_model, pairs):
+    adapter = pi.get_adapter(tiny_model)
+    sig = pi.collect_signatures(tiny_model, pairs, progress=False)
+    neurons, heads = pi.NeuronMask({1: [2, 3]}, mode="mean", signature=sig), pi.HeadMask({0: [1]}, mode="mean", signature=sig)
+    seen = {}
+    capture = [(adapter.neuron_hook(1), lambda x, hook: seen.__setitem__("n", x.clone())),
+               (adapter.head_hook(0), lambda x, hook: seen.__setitem__("h", x.clone()))]
+    tiny_model.run_with_hooks(TOKENS, fwd_hooks=neurons.fwd_hooks(tiny_model) + heads.fwd_hooks(tiny_model) + capture)
+    expected_n = sig.neuron_mean(1)[[2, 3]].float().expand(*TOKENS.shape, 2)
+    torch.testing.assert_close(seen["n"][..., [2, 3]], expected_n)
+    torch.testing.assert_close(seen["h"][..., 1, :], sig.head_z_mean(0)[1].float().expand(*TOKENS.shape, -1))
+
+
+def test_hook_masks_clean_up(tiny_model):
+    base = tiny_model(TOKENS)
+    with pytest.raises(ValueError, match="inner"):
+        with pi.ablate(tiny_model, pi.HeadMask({0: [0, 1]})):
+            raise ValueError("inner")
+    torch.testing.assert_close(tiny_model(TOKENS), base)
+    assert all(not hp._forward_hooks for hp in tiny_model.hook_dict.values())
+
+
+def test_hook_mask_errors(tiny_model):
+    with pytest.raises(ValueError, match="out of range"):
+        pi.NeuronMask({0: [10_000]}).fwd_hooks(tiny_model)
+    with pytest.raises(ValueError, match="layer 9 out of range"):
+        pi.HeadMask({9: [0]}).fwd_hooks(tiny_model)
+    with pytest.raises(ValueError, match="needs a signature"):
+        pi.HeadMask({0: [0]}, mode="mean").fwd_hooks(tiny_model)
+    with pytest.raises(ValueError, match="'zero' or 'mean'"):
+        pi.HeadMask({0: [0]}, mode="resample").fwd_hooks(tiny_model)

@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from persona_interp.chat import encode_batch, pad_right, prompt_ids
+
+
+def test_prompt_uses_the_chat_template(tokenizer):
+    ids = prompt_ids(tokenizer, "Party tonight?", system="Be brief.")
+    text = tokenizer.decode(ids)
+    assert text == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nParty tonight?<|im_end|>\n<|im_start|>assistant\n"
+    assert text.count("<|im_start|>") == 3          # no extra BOS prepended
+
+
+def test_answer_span_and_scopes(tokenizer):
+    batch = encode_batch(tokenizer, [("Lead it?", "Yes, gladly."), ("Party tonight at the big hall downtown?", "No.")])
+    for row in range(2):
+        start, end = int(batch.answer_start[row]), int(batch.lengths[row])
+        assert tokenizer.decode(batch.tokens[row, start:end]) == ["Yes, gladly.", "No."][row]
+    all_mask, answer, prompt = (batch.token_mask(s) for s in ("all", "answer", "prompt"))
+    assert torch.equal(answer | prompt, all_mask) and not (answer & prompt).any()
+    assert all_mask.sum(1).tolist() == batch.lengths.tolist()
+    pad = tokenizer.pad_token_id
+    assert (batch.tokens[~all_mask] == pad).all()
+    with pytest.raises(ValueError, match="token scope"):
+        batch.token_mask("middle")
+
+
+def test_truncation_keeps_the_answer(tokenizer):
+    pair = [("A long question about many things and more things", "Short answer.")]
+    full = encode_batch(tokenizer, pair)
+    n_answer = int(full.lengths[0] - full.answer_start[0])
+    cut = encode_batch(tokenizer, pair, max_tokens=n_answer + 3)
+    assert int(cut.lengths[0]) == n_answer + 3 and int(cut.answer_start[0]) == 3
+    assert torch.equal(cut.tokens[0, 3:], full.tokens[0, int(full.answer_start[0]):int(full.lengths[0])])
+    assert torch.equal(cut.tokens[0, :3], full.tokens[0, int(full.answer_start[0]) - 3:int(full.answer_start[0])])
+
+
+def test_pad_right_rejects_empty():
+    with pytest.raises(ValueError, match="empty"):
+        pad_right([], 0)
