@@ -49,6 +49,20 @@ class _UnitMask:
             if bad:
                 raise ValueError(f"{what} {bad} out of range in layer {layer}: the model has {n_units} {what}s per layer")
 
+    _per_head = False
+    _what = "neuron"
+
+    def fwd_hooks(self, model: Any) -> list[tuple[str, Callable]]:
+        """``(hook name, hook)`` pairs for ``model.run_with_hooks`` / ``model.hooks``."""
+        adapter = get_adapter(model)
+        self._validate(model, self._unit_count(adapter), self._what)
+        hooks = []
+        for layer, units in sorted(self.units.items()):
+            index = torch.tensor(units, dtype=torch.long)
+            mean = self._mean(layer)[index].float() if self.mode == "mean" else None
+            hooks.append((self._hook_name(adapter, layer), _replace_hook(index, mean, self._per_head)))
+        return hooks
+
     @contextlib.contextmanager
     def apply(self, model: Any) -> Iterator[Any]:
         """Context manager: the hooks are on inside, removed on exit (also on exception)."""
@@ -63,15 +77,14 @@ class NeuronMask(_UnitMask):
         >>> NeuronMask({10: [5, 99]}, mode="mean", signature=sig).fwd_hooks(model)
     """
 
-    def fwd_hooks(self, model: Any) -> list[tuple[str, Callable]]:
-        adapter = get_adapter(model)
-        self._validate(model, adapter.d_mlp, "neuron")
-        hooks = []
-        for layer, units in sorted(self.units.items()):
-            index = torch.tensor(units, dtype=torch.long)
-            mean = self.signature.neuron_mean(layer)[index].float() if self.mode == "mean" else None
-            hooks.append((adapter.neuron_hook(layer), _replace_hook(index, mean, per_head=False)))
-        return hooks
+    def _unit_count(self, adapter: Any) -> int:
+        return adapter.d_mlp
+
+    def _hook_name(self, adapter: Any, layer: int) -> str:
+        return adapter.neuron_hook(layer)
+
+    def _mean(self, layer: int) -> Tensor:
+        return self.signature.neuron_mean(layer)
 
 
 class HeadMask(_UnitMask):
@@ -82,15 +95,17 @@ class HeadMask(_UnitMask):
         >>> HeadMask({3: [0]}).fwd_hooks(model)
     """
 
-    def fwd_hooks(self, model: Any) -> list[tuple[str, Callable]]:
-        adapter = get_adapter(model)
-        self._validate(model, adapter.n_heads, "head")
-        hooks = []
-        for layer, units in sorted(self.units.items()):
-            index = torch.tensor(units, dtype=torch.long)
-            mean = self.signature.head_z_mean(layer)[index].float() if self.mode == "mean" else None
-            hooks.append((adapter.head_hook(layer), _replace_hook(index, mean, per_head=True)))
-        return hooks
+    _per_head = True
+    _what = "head"
+
+    def _unit_count(self, adapter: Any) -> int:
+        return adapter.n_heads
+
+    def _hook_name(self, adapter: Any, layer: int) -> str:
+        return adapter.head_hook(layer)
+
+    def _mean(self, layer: int) -> Tensor:
+        return self.signature.head_z_mean(layer)
 
 
 def _replace_hook(index: Tensor, value: Tensor | None, per_head: bool) -> Callable[[Tensor, Any], Tensor]:

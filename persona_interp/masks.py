@@ -19,7 +19,6 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -31,6 +30,7 @@ from torch import Tensor
 
 from .adapter import LinearMap, get_adapter
 from .signatures import ModelMismatchError, Signature
+from .storage import read_header, write_tagged
 
 FORMAT = "persona_interp.mask/1"
 
@@ -104,24 +104,14 @@ class Mask:
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Save bit-packed (1 bit per weight) as safetensors with JSON metadata; never overwrites
         unless ``overwrite=True``."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
         arrays = {name: np.packbits(keep.cpu().numpy().reshape(-1)) for name, keep in self.keep.items()}
         shapes = {name: list(keep.shape) for name, keep in self.keep.items()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(arrays, str(path), metadata={"format": FORMAT, "shapes": json.dumps(shapes), "meta": json.dumps(self.meta)})
-        return path
+        return write_tagged(path, arrays, FORMAT, {"shapes": json.dumps(shapes), "meta": json.dumps(self.meta)}, save_file, overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Mask":
         """Load a mask saved by :meth:`save` (safetensors: no unpickling)."""
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="numpy") as handle:
-            header = handle.metadata() or {}
-        if header.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a persona_interp mask (format {header.get('format')!r})")
+        header = read_header(path, FORMAT, "mask")
         shapes = json.loads(header["shapes"])
         keep = {}
         for name, packed in load_file(str(path)).items():
@@ -191,6 +181,12 @@ def _meta(model: Any, method: str, sparsity: float, maps: list[LinearMap], modul
             "layers": list(layers) if layers is not None else None, "n_maps": len(maps), **extra}
 
 
+def _mask_pair(model: Any, method: str, keep_seek: dict, keep_reject: dict, sparsity: float, maps: list[LinearMap],
+               modules: Any, layers: Any, **extra: Any) -> tuple[Mask, Mask]:
+    return (Mask(keep_seek, _meta(model, method, sparsity, maps, modules, layers, side="seek", **extra)),
+            Mask(keep_reject, _meta(model, method, sparsity, maps, modules, layers, side="reject", **extra)))
+
+
 def _abs_weight(model: Any, name: str) -> Float[Tensor, "out in"]:
     return get_adapter(model).weight(name).abs().double()
 
@@ -221,17 +217,26 @@ def contrastive_wanda_masks(model: Any, seek: Signature, reject: Signature, spar
     zero; ties are broken by the plain Wanda score of the same side (``|W|·μ⁺`` for seek, ``|W|·μ⁻``
     for reject), then by column index.
     """
+    def rule(w: Tensor, score_seek: Tensor, score_reject: Tensor, wanda_seek: Tensor, wanda_reject: Tensor):
+        return keep_top_per_row(score_seek, sparsity, wanda_seek), keep_top_per_row(score_reject, sparsity, wanda_reject)
+
+    return _contrastive(model, "contrastive_wanda", rule, seek, reject, sparsity, phi, tau, eps, modules, layers, persona)
+
+
+def _contrastive(model: Any, method: str, rule: Callable, seek: Signature, reject: Signature, sparsity: float,
+                 phi: str, tau: float, eps: float, modules: Any, layers: Any, persona: str | None) -> tuple[Mask, Mask]:
+    """Shared loop of the contrastive builders: ``rule(|W|, |W|·φ(z), |W|·φ(−z), |W|·μ⁺, |W|·μ⁻)``
+    returns the two keep-masks of one map."""
     check_sparsity(sparsity)
     maps = _selected(model, modules, layers, [seek, reject])
     act = phi_fn(phi, tau)
     keep_seek, keep_reject = {}, {}
     for m in maps:
         w, z = _abs_weight(model, m.name), contrast(seek, reject, m.name, eps)
-        keep_seek[m.name] = keep_top_per_row(w * act(z)[None, :], sparsity, w * seek.norm_mean(m.name)[None, :])
-        keep_reject[m.name] = keep_top_per_row(w * act(-z)[None, :], sparsity, w * reject.norm_mean(m.name)[None, :])
-    extra = {"phi": phi, "tau": tau, "eps": eps, "persona": persona or seek.meta.get("dataset")}
-    return (Mask(keep_seek, _meta(model, "contrastive_wanda", sparsity, maps, modules, layers, side="seek", **extra)),
-            Mask(keep_reject, _meta(model, "contrastive_wanda", sparsity, maps, modules, layers, side="reject", **extra)))
+        keep_seek[m.name], keep_reject[m.name] = rule(
+            w, w * act(z)[None, :], w * act(-z)[None, :], w * seek.norm_mean(m.name)[None, :], w * reject.norm_mean(m.name)[None, :])
+    return _mask_pair(model, method, keep_seek, keep_reject, sparsity, maps, modules, layers,
+                      phi=phi, tau=tau, eps=eps, persona=persona or seek.meta.get("dataset"))
 
 
 def _row_normalise(score: Tensor) -> Tensor:
@@ -251,21 +256,14 @@ def contrastive_sparse_masks(model: Any, seek: Signature, reject: Signature, spa
     sparsity is at least ρ. This follows the rule stated in the paper (arXiv 2602.07164); the paper's
     public code does something else (it does not produce disjoint masks).
     """
-    check_sparsity(sparsity)
-    maps = _selected(model, modules, layers, [seek, reject])
-    act = phi_fn(phi, tau)
-    keep_seek, keep_reject = {}, {}
-    for m in maps:
-        w, z = _abs_weight(model, m.name), contrast(seek, reject, m.name, eps)
-        s_seek, s_reject = _row_normalise(w * act(z)[None, :]), _row_normalise(w * act(-z)[None, :])
-        p_seek = _row_normalise(w * seek.norm_mean(m.name)[None, :])
-        p_reject = _row_normalise(w * reject.norm_mean(m.name)[None, :])
+    def rule(w: Tensor, score_seek: Tensor, score_reject: Tensor, wanda_seek: Tensor, wanda_reject: Tensor):
+        s_seek, s_reject = _row_normalise(score_seek), _row_normalise(score_reject)
+        p_seek, p_reject = _row_normalise(wanda_seek), _row_normalise(wanda_reject)
         to_seek = (s_seek > s_reject) | ((s_seek == s_reject) & (p_seek >= p_reject))
-        keep_seek[m.name] = keep_top_per_row(torch.where(to_seek, s_seek, -1.0), sparsity, p_seek) & to_seek
-        keep_reject[m.name] = keep_top_per_row(torch.where(~to_seek, s_reject, -1.0), sparsity, p_reject) & ~to_seek
-    extra = {"phi": phi, "tau": tau, "eps": eps, "persona": persona or seek.meta.get("dataset")}
-    return (Mask(keep_seek, _meta(model, "contrastive_sparse", sparsity, maps, modules, layers, side="seek", **extra)),
-            Mask(keep_reject, _meta(model, "contrastive_sparse", sparsity, maps, modules, layers, side="reject", **extra)))
+        return (keep_top_per_row(torch.where(to_seek, s_seek, -1.0), sparsity, p_seek) & to_seek,
+                keep_top_per_row(torch.where(~to_seek, s_reject, -1.0), sparsity, p_reject) & ~to_seek)
+
+    return _contrastive(model, "contrastive_sparse", rule, seek, reject, sparsity, phi, tau, eps, modules, layers, persona)
 
 
 def random_mask(model: Any, sparsity: float, *, seed: int = 0, modules: Iterable[str] | None = None,

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from .adapter import ModelAdapter, get_adapter
 from .chat import EncodedBatch, encode_batch
 from .data import PersonaDataset
+from .storage import read_header, write_tagged
 
 _SUMS = ("norm_sum", "norm_sq_sum", "token_sum", "token_sq_sum", "token_abs_sum")
 FORMAT = "persona_interp.signature/1"
@@ -114,25 +115,15 @@ class Signature:
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Save as safetensors (float64 sums, JSON metadata); refuses to overwrite unless asked."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
         tensors = {f"{site}/{key}": value.contiguous() for site, stats in self.sums.items() for key, value in stats.items()}
-        header = {"format": FORMAT, "meta": json.dumps(self.meta), "map_sites": json.dumps(self.map_sites),
+        header = {"meta": json.dumps(self.meta), "map_sites": json.dumps(self.map_sites),
                   "head_sites": json.dumps(self.head_sites), "neuron_sites": json.dumps(self.neuron_sites)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, path, metadata=header)
-        return path
+        return write_tagged(path, tensors, FORMAT, header, save_file, overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Signature":
         """Load a signature saved by :meth:`save` (safetensors: no unpickling)."""
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-        if header.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a persona_interp signature (format {header.get('format')!r})")
+        header = read_header(path, FORMAT, "signature")
         sums: dict[str, dict[str, Tensor]] = {}
         for key, value in load_file(str(path)).items():
             site, stat = key.rsplit("/", 1)
