@@ -103,6 +103,12 @@ class ModelAdapter:
 
     final_residual_hook = "ln_final.hook_normalized"
 
+    def residual_hook(self, layer: int) -> str:
+        """Hook of the residual stream entering block ``layer`` (``[batch, pos, d_model]``)."""
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer {layer} out of range: the model has {self.n_layers} layers")
+        return f"blocks.{layer}.hook_resid_pre"
+
     def unembed(self, residual: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
         """Logits from final normalised residuals (any leading shape), so callers can unembed only
         the positions they need."""

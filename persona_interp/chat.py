@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from jaxtyping import Bool, Int
@@ -82,13 +82,21 @@ def pad_id_of(tokenizer: Any) -> int:
     return 0
 
 
-def encode_batch(tokenizer: Any, pairs: Sequence[tuple[str, str]], system: str | None = None,
+SystemPrompt = Union[str, None, Callable[[str], Optional[str]]]
+
+
+def system_for(system: SystemPrompt, question: str) -> str | None:
+    """The system prompt of one question: fixed, absent, or computed from the question (e.g. RAG)."""
+    return system(question) if callable(system) else system
+
+
+def encode_batch(tokenizer: Any, pairs: Sequence[tuple[str, str]], system: SystemPrompt = None,
                  max_tokens: int | None = None) -> EncodedBatch:
     """Encode (question, answer) pairs; ``max_tokens`` truncates from the left of the prompt so the
-    answer is kept whole whenever it fits."""
+    answer is kept whole whenever it fits. ``system`` may be a function of the question."""
     sequences, starts = [], []
     for question, answer in pairs:
-        prompt, ans = prompt_ids(tokenizer, question, system), answer_ids(tokenizer, answer)
+        prompt, ans = prompt_ids(tokenizer, question, system_for(system, question)), answer_ids(tokenizer, answer)
         if max_tokens is not None and len(prompt) + len(ans) > max_tokens:
             ans = ans[:max_tokens]
             prompt = prompt[len(prompt) - (max_tokens - len(ans)):] if max_tokens > len(ans) else []

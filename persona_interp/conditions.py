@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from .ablation import ablate
+from .chat import system_for
 from .masks import Mask
 
 
@@ -26,7 +27,7 @@ class Condition:
     name: str = "base"
     side: str | None = None          # "seek", "reject", or None for base / controls
     regime: str = "base"
-    system: str | None = None
+    system: Any = None               # a system prompt, or a function question -> prompt (RAG)
     meta: dict = field(default_factory=dict)
 
     @contextlib.contextmanager
@@ -61,14 +62,31 @@ class Composed(Condition):
     """Several conditions at once: system prompts joined, contexts nested in order."""
 
     def __init__(self, parts: list[Condition]):
-        prompts = [p.system for p in parts if p.system]
         super().__init__(name=" + ".join(p.name for p in parts), side=next((p.side for p in parts if p.side), None),
-                         regime="+".join(p.regime for p in parts), system="\n".join(prompts) or None)
+                         regime="+".join(p.regime for p in parts))
         self.parts = parts
+        if any(callable(p.system) for p in parts):
+            self.system = lambda question: "\n".join(filter(None, (system_for(p.system, question) for p in parts))) or None
+        else:
+            self.system = "\n".join(p.system for p in parts if p.system) or None
 
     @contextlib.contextmanager
     def applied(self, model: Any) -> Iterator[Any]:
         with contextlib.ExitStack() as stack:
             for part in self.parts:
                 stack.enter_context(part.applied(model))
+            yield model
+
+
+@dataclass
+class SteeringCondition(Condition):
+    """A steering vector added at its layer with ``multiplier`` (negative steers toward the reject pole)."""
+
+    vector: Any = None
+    multiplier: float = 1.0
+    regime: str = "steering"
+
+    @contextlib.contextmanager
+    def applied(self, model: Any) -> Iterator[Any]:
+        with self.vector.apply(model, self.multiplier):
             yield model

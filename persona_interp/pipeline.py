@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import json
 import os
 import subprocess
@@ -17,14 +18,19 @@ from typing import Any
 
 import torch
 
-from .conditions import Condition, MaskCondition, Prompt
-from .data import AI_PERSONAS, MBTI_AXES, REPO_ROOT, load_neutral_texts, load_persona, persona_prompts
+from .adapter import get_adapter
+from .conditions import Condition, MaskCondition, Prompt, SteeringCondition
+from .data import (AI_PERSONAS, MBTI_AXES, REPO_ROOT, PersonaDataset, load_neutral_texts, load_persona,
+                   persona_prompts)
 from .evaluation import Evaluation, evaluate, markdown_table
 from .figures import plot_accuracy
 from .masks import contrastive_sparse_masks, contrastive_wanda_masks, random_mask, wanda_mask
 from .models import load_model
+from .retrieval import Retriever
 from .signatures import collect_signatures
 from .stats import paired_difference
+from .steering import mean_difference_vectors, pca_vectors
+from .tuning import select_steering
 
 
 @dataclass
@@ -43,9 +49,14 @@ class ReproduceConfig:
     max_tokens: int = 256
     n_neutral: int = 24
     modules: list[str] | None = None
+    rag_k: int = 3
+    steering_layers: list[float] = field(default_factory=lambda: [0.2, 0.35, 0.5, 0.65])   # fractions of depth
+    steering_multipliers: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])
+    n_validation: int | None = 24
 
 
-QUICK = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=48, n_test=40, n_neutral=8)
+QUICK = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=48, n_test=40, n_neutral=8,
+                        steering_layers=[0.35, 0.5], steering_multipliers=[4.0, 8.0], n_validation=12)
 FULL = ReproduceConfig()
 
 
@@ -67,9 +78,17 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig, progre
         fit = fit.sample(config.n_calibration, seed=config.seed)
     sig = {side: collect_signatures(model, fit, side, token_scope=config.token_scope, batch_size=config.batch_size,
                                     max_tokens=config.max_tokens, progress=progress) for side in ("seek", "reject")}
+    if config.n_validation:
+        validation = validation.sample(config.n_validation, seed=config.seed)
     conditions: list[Condition] = [Condition()]
+    retriever = Retriever(list(fit))
     for side in ("seek", "reject"):
         conditions.append(Prompt(f"prompt-{side}", side=side, system=persona_prompts(persona, side)[0], meta={"pair": "prompt"}))
+    for side in ("seek", "reject"):
+        conditions.append(Prompt(f"rag-{side}", side=side, regime="rag", meta={"pair": "rag"},
+                                 system=functools.partial(retriever.system_prompt, side=side, k=config.rag_k)))
+    steering = steering_conditions(model, fit, validation, config, progress)
+    conditions += steering["conditions"]
     for rho in config.sparsities:
         kw = {"modules": config.modules}
         for side in ("seek", "reject"):
@@ -81,8 +100,26 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig, progre
                                                 meta={"pair": f"{regime}@{rho}"}, mask=mask))
         conditions.append(MaskCondition(f"random@{rho}", regime="random", mask=random_mask(model, rho, seed=config.seed, **kw)))
     used = {"fit_items": len(fit), "validation_items": len(validation), "split": validation.meta.get("split"),
-            "signature_tokens": {side: s.n_tokens for side, s in sig.items()}}
+            "signature_tokens": {side: s.n_tokens for side, s in sig.items()}, "steering_search": steering["search"]}
     return conditions, used
+
+
+def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaDataset, config: ReproduceConfig,
+                        progress: bool = True) -> dict[str, Any]:
+    """Mean-difference (CAA) and PCA steering, each with layer and multiplier chosen on the
+    validation split: +α is the seek condition, −α the reject condition."""
+    n_layers = get_adapter(model).n_layers
+    layers = sorted({min(n_layers - 1, round(f * n_layers)) for f in config.steering_layers})
+    conditions, search = [], {}
+    for method, build in (("mean_difference", mean_difference_vectors), ("pca", pca_vectors)):
+        vectors = build(model, fit, layers, batch_size=config.batch_size, max_tokens=config.max_tokens)
+        choice = select_steering(model, vectors, validation, config.steering_multipliers,
+                                 batch_size=config.batch_size, progress=progress)
+        search[method] = {"layer": choice.layer, "multiplier": choice.multiplier, "table": choice.table}
+        for side, sign in (("seek", 1.0), ("reject", -1.0)):
+            conditions.append(SteeringCondition(f"{method}-{side}", side=side, regime=method, vector=choice.vector,
+                                                multiplier=sign * choice.multiplier, meta={"pair": method}))
+    return {"conditions": conditions, "search": search}
 
 
 def control_comparison(ev: Evaluation) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .adapter import get_adapter
-from .chat import EncodedBatch, encode_batch, pad_right, pad_id_of
+from .chat import EncodedBatch, SystemPrompt, encode_batch, pad_id_of, pad_right
 from .data import PersonaDataset, PersonaItem
 
 
@@ -92,7 +92,7 @@ class ABScores:
         return wins if side == "seek" else 1.0 - wins
 
 
-def score_ab(model: Any, items: PersonaDataset | Sequence[PersonaItem], *, system: str | None = None,
+def score_ab(model: Any, items: PersonaDataset | Sequence[PersonaItem], *, system: SystemPrompt = None,
              batch_size: int = 8, max_tokens: int = 512, progress: bool = True) -> ABScores:
     """Score both options of every item (batched, right-padded, answer positions only)."""
     items = list(items)

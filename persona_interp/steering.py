@@ -1,0 +1,116 @@
+"""Steering vectors: add ``α · v`` to the residual stream entering one block, at every position.
+
+* :func:`mean_difference_vector` — CAA: mean residual over the seek answers' tokens minus the
+  same over the reject answers' tokens;
+* :func:`pca_vector` — repeng style: first principal component of the per-item paired
+  differences, signed to agree with the mean difference.
+
+Example:
+    >>> vec = mean_difference_vector(model, fit, layer=12)
+    >>> with vec.apply(model, multiplier=4.0):
+    ...     scores = score_ab(model, test)
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .adapter import get_adapter
+from .chat import encode_batch
+from .data import PersonaDataset, PersonaItem
+
+
+@dataclass
+class SteeringVector:
+    """A direction added at ``blocks.{layer}.hook_resid_pre`` with a multiplier."""
+
+    layer: int
+    direction: Float[Tensor, " d_model"]
+    multiplier: float = 1.0
+    meta: dict = field(default_factory=dict)
+
+    def fwd_hooks(self, model: Any, multiplier: float | None = None) -> list[tuple[str, Callable]]:
+        """``(hook name, hook)`` pairs for ``run_with_hooks``."""
+        adapter = get_adapter(model)
+        if self.direction.shape != (adapter.d_model,):
+            raise ValueError(f"steering direction has shape {tuple(self.direction.shape)}, the model's d_model is {adapter.d_model}")
+        delta = (self.multiplier if multiplier is None else multiplier) * self.direction
+
+        def add(resid: Tensor, hook: Any) -> Tensor:
+            return resid + delta.to(resid.dtype)
+
+        return [(adapter.residual_hook(self.layer), add)]
+
+    @contextlib.contextmanager
+    def apply(self, model: Any, multiplier: float | None = None) -> Iterator[Any]:
+        """Context manager: the vector is added inside, the hook removed on exit."""
+        with model.hooks(fwd_hooks=self.fwd_hooks(model, multiplier)):
+            yield model
+
+
+def answer_residual_means(model: Any, items: Sequence[PersonaItem], layers: Sequence[int], *, side: str,
+                          batch_size: int = 8, max_tokens: int = 256, progress: bool = False) -> Float[Tensor, "n layers d_model"]:
+    """Per item, the residual stream entering each of ``layers``, averaged over the answer tokens of ``side``."""
+    adapter = get_adapter(model)
+    items = list(items)
+    if not items:
+        raise ValueError("answer_residual_means got no items")
+    out = torch.zeros(len(items), len(layers), adapter.d_model, dtype=torch.float64)
+    captured: dict[int, Tensor] = {}
+    hooks = [(adapter.residual_hook(layer), (lambda i: lambda x, hook: captured.__setitem__(i, x.detach()))(i))
+             for i, layer in enumerate(layers)]
+    with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
+        for start in tqdm(range(0, len(items), batch_size), desc=f"residuals[{side}]", disable=not progress, leave=False):
+            chunk = items[start:start + batch_size]
+            batch = encode_batch(model.tokenizer, [(it.question, it.answer(side)) for it in chunk], max_tokens=max_tokens)
+            weights = batch.token_mask("answer").double()
+            weights = weights / weights.sum(1, keepdim=True)
+            model(batch.tokens)
+            for i in range(len(layers)):
+                out[start:start + len(chunk), i] = torch.einsum("bp,bpd->bd", weights, captured[i].double())
+    return out
+
+
+def _paired_differences(model: Any, data: PersonaDataset | Sequence[PersonaItem], layers: Sequence[int], **kw: Any) -> Tensor:
+    seek = answer_residual_means(model, data, layers, side="seek", **kw)
+    reject = answer_residual_means(model, data, layers, side="reject", **kw)
+    return seek - reject                                            # [n, layers, d_model]
+
+
+def mean_difference_vectors(model: Any, data: PersonaDataset | Sequence[PersonaItem], layers: Sequence[int],
+                            **kw: Any) -> dict[int, SteeringVector]:
+    """CAA vectors for several layers from one pass over the data."""
+    diffs = _paired_differences(model, data, layers, **kw)
+    return {layer: SteeringVector(layer, diffs[:, i].mean(0).float(), meta={"method": "mean_difference", "n": len(diffs)})
+            for i, layer in enumerate(layers)}
+
+
+def pca_vectors(model: Any, data: PersonaDataset | Sequence[PersonaItem], layers: Sequence[int],
+                **kw: Any) -> dict[int, SteeringVector]:
+    """First principal component of the paired differences per layer, scaled to the mean
+    difference's projection on it and signed toward the seek pole."""
+    diffs = _paired_differences(model, data, layers, **kw)
+    vectors = {}
+    for i, layer in enumerate(layers):
+        d = diffs[:, i]
+        _, _, vh = torch.linalg.svd(d - d.mean(0), full_matrices=False)
+        pc = vh[0]
+        scale = float(d.mean(0) @ pc)
+        vectors[layer] = SteeringVector(layer, (pc * scale).float(), meta={"method": "pca", "n": len(d)})
+    return vectors
+
+
+def mean_difference_vector(model: Any, data: PersonaDataset | Sequence[PersonaItem], layer: int, **kw: Any) -> SteeringVector:
+    """CAA steering vector at one layer (see :func:`mean_difference_vectors`)."""
+    return mean_difference_vectors(model, data, [layer], **kw)[layer]
+
+
+def pca_vector(model: Any, data: PersonaDataset | Sequence[PersonaItem], layer: int, **kw: Any) -> SteeringVector:
+    """PCA steering vector at one layer (see :func:`pca_vectors`)."""
+    return pca_vectors(model, data, [layer], **kw)[layer]
