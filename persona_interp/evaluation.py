@@ -3,7 +3,7 @@
 Every condition scores the same items; per-item margins are kept. The table reports, per
 condition and side, the paper's accuracy (Wilson 95 % interval), the mean per-token margin
 (seek − reject, t interval), its paired shift against the base model, the items that flipped,
-and the perplexity change on neutral text. :meth:`Evaluation.contrasts` gives the paired
+and the damage on neutral text (perplexity change, KL from the base model). :meth:`Evaluation.contrasts` gives the paired
 seek-minus-reject difference between the two poles of one regime, which cancels damage both
 poles share.
 
@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from .conditions import Condition
 from .data import PersonaItem
-from .scoring import ABScores, perplexity, score_ab
+from .scoring import ABScores, DamageReference, score_ab
 from .stats import flips, mean_ci, paired_difference, proportion_ci
 
 
@@ -29,7 +29,7 @@ class Evaluation:
     persona: str
     conditions: dict[str, Condition]
     scores: dict[str, ABScores]
-    perplexity: dict[str, float] = field(default_factory=dict)
+    damage: dict[str, dict[str, float]] = field(default_factory=dict)
     base: str = "base"
 
     def table(self) -> list[dict[str, Any]]:
@@ -50,9 +50,10 @@ class Evaluation:
                        "margin": margin.value, "margin_low": margin.low, "margin_high": margin.high,
                        "shift": shift.value, "shift_low": shift.low, "shift_high": shift.high,
                        "flips_gained": gained, "flips_lost": lost}
-                if name in self.perplexity and self.base in self.perplexity:
-                    row["perplexity"] = self.perplexity[name]
-                    row["perplexity_change"] = self.perplexity[name] / self.perplexity[self.base] - 1.0
+                if name in self.damage:
+                    row["perplexity"] = self.damage[name]["perplexity"]
+                    row["perplexity_change"] = self.damage[name]["perplexity"] / self.damage[self.base]["perplexity"] - 1.0
+                    row["kl"] = self.damage[name]["kl"]
                 rows.append(row)
         return rows
 
@@ -88,13 +89,14 @@ def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Cond
         raise ValueError(f"condition names must be unique, got {names}")
     if "base" not in names:
         raise ValueError("evaluate needs a condition named 'base' to pair against")
-    scores, ppl = {}, {}
+    reference = DamageReference.build(model, neutral_texts, batch_size) if neutral_texts else None
+    scores, damage = {}, {}
     for cond in conditions:
         with cond.applied(model):
             scores[cond.name] = score_ab(model, items, system=cond.system, batch_size=batch_size, progress=progress)
-            if neutral_texts:
-                ppl[cond.name] = perplexity(model, neutral_texts, batch_size=batch_size)
-    return Evaluation(persona, {c.name: c for c in conditions}, scores, ppl)
+            if reference is not None:
+                damage[cond.name] = reference.measure(model)
+    return Evaluation(persona, {c.name: c for c in conditions}, scores, damage)
 
 
 def _fmt(value: Any) -> str:

@@ -140,7 +140,7 @@ def control_comparison(ev: Evaluation) -> list[dict[str, Any]]:
     return rows
 
 
-TABLE_COLUMNS = ["condition", "side", "n", "accuracy", "margin", "shift", "flips_gained", "flips_lost", "perplexity_change"]
+TABLE_COLUMNS = ["condition", "side", "n", "accuracy", "margin", "shift", "flips_gained", "flips_lost", "perplexity_change", "kl"]
 
 
 def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | Path | None = None, *,
@@ -170,7 +170,7 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
         table, contrasts, controls = ev.table(), ev.contrasts(), control_comparison(ev)
         figure = plot_accuracy(table, figures_dir / f"{persona}_accuracy", title=f"{persona}: {len(test)} test items")
         results["personas"][persona] = {"used": used, "n_test": len(test), "table": table, "contrasts": contrasts,
-                                        "controls": controls, "per_item": ev.per_item(), "perplexity": ev.perplexity}
+                                        "controls": controls, "per_item": ev.per_item(), "damage": ev.damage}
         sections.append(_persona_section(persona, len(test), table, contrasts, controls, figure[0], out_dir))
     results["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
@@ -181,7 +181,7 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
               "Margin: mean per-token log-prob of the row's side minus the other side (nats/token), t 95 % interval. "
               "Shift: paired difference of that margin against the base model on the same items. "
               "Flips: items whose decision moved to (gained) / away from (lost) the row's side vs base. "
-              "Perplexity change: relative, on the neutral set.\n")
+              "Damage on the neutral set: relative perplexity change and mean KL(base ‖ condition) per token (nats).\n")
     report = out_dir / "report.md"
     report.write_text(header + "\n".join(sections))
     return report

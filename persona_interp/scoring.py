@@ -20,7 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .adapter import get_adapter
-from .chat import EncodedBatch, SystemPrompt, encode_batch, pad_id_of, pad_right
+from .chat import EncodedBatch, SystemPrompt, answer_ids, encode_batch, pad_id_of, pad_right, prompt_ids, system_for
 from .data import PersonaDataset, PersonaItem
 
 
@@ -111,8 +111,16 @@ def score_ab(model: Any, items: PersonaDataset | Sequence[PersonaItem], *, syste
     return ABScores(logprob[0::2], logprob[1::2], n_tokens[0::2], n_tokens[1::2])
 
 
-def perplexity(model: Any, texts: Sequence[str], *, batch_size: int = 8, max_tokens: int = 256,
-               progress: bool = False) -> float:
+def _neutral_batches(model: Any, texts: Sequence[str], batch_size: int, max_tokens: int):
+    tokenizer = model.tokenizer
+    for start in range(0, len(texts), batch_size):
+        seqs = [tokenizer.encode(t, add_special_tokens=False)[:max_tokens] for t in texts[start:start + batch_size]]
+        tokens, lengths = pad_right(seqs, pad_id_of(tokenizer))
+        real = torch.arange(tokens.shape[1] - 1)[None, :] < (lengths - 1)[:, None]
+        yield tokens, real
+
+
+def perplexity(model: Any, texts: Sequence[str], *, batch_size: int = 8, max_tokens: int = 256) -> float:
     """Token-level perplexity of plain texts (no chat template), padding excluded.
 
     Example:
@@ -120,15 +128,82 @@ def perplexity(model: Any, texts: Sequence[str], *, batch_size: int = 8, max_tok
     """
     if not texts:
         raise ValueError("perplexity got no texts")
-    tokenizer = model.tokenizer
     total_nll, total = 0.0, 0
     with torch.inference_mode():
-        for start in tqdm(range(0, len(texts), batch_size), desc="perplexity", disable=not progress, leave=False):
-            seqs = [tokenizer.encode(t, add_special_tokens=False)[:max_tokens] for t in texts[start:start + batch_size]]
-            tokens, lengths = pad_right(seqs, pad_id_of(tokenizer))
+        for tokens, real in _neutral_batches(model, texts, batch_size, max_tokens):
             logprobs = torch.log_softmax(model(tokens).float(), -1)[:, :-1]
             nll = -logprobs.gather(2, tokens[:, 1:, None])[..., 0]
-            real = torch.arange(tokens.shape[1] - 1)[None, :] < (lengths - 1)[:, None]
             total_nll += float(nll[real].double().sum())
             total += int(real.sum())
     return math.exp(total_nll / total)
+
+
+@dataclass
+class DamageReference:
+    """The base model's next-token distributions on neutral texts (float16), to measure what a
+    condition costs: perplexity and mean KL(base ‖ condition) per token.
+
+    Example:
+        >>> ref = DamageReference.build(model, load_neutral_texts()[:16])
+        >>> with ablate(model, mask):
+        ...     ref.measure(model)          # {"perplexity": ..., "kl": ...}
+    """
+
+    texts: list[str]
+    base_logprobs: list[Tensor]
+    batch_size: int = 8
+    max_tokens: int = 256
+
+    @classmethod
+    def build(cls, model: Any, texts: Sequence[str], batch_size: int = 8, max_tokens: int = 256) -> "DamageReference":
+        if not texts:
+            raise ValueError("DamageReference needs at least one text")
+        stored = []
+        with torch.inference_mode():
+            for tokens, real in _neutral_batches(model, texts, batch_size, max_tokens):
+                stored.append(torch.log_softmax(model(tokens).float(), -1)[:, :-1][real].half())
+        return cls(list(texts), stored, batch_size, max_tokens)
+
+    def measure(self, model: Any) -> dict[str, float]:
+        """Perplexity of ``model`` (as it is now, under any active condition) and its KL from the base."""
+        total_nll, total_kl, total = 0.0, 0.0, 0
+        with torch.inference_mode():
+            batches = _neutral_batches(model, self.texts, self.batch_size, self.max_tokens)
+            for (tokens, real), base in zip(batches, self.base_logprobs):
+                logprobs = torch.log_softmax(model(tokens).float(), -1)[:, :-1]
+                total_nll -= float(logprobs.gather(2, tokens[:, 1:, None])[..., 0][real].double().sum())
+                base = base.float()
+                total_kl += float((base.exp() * (base - logprobs[real])).sum(-1).double().sum())
+                total += int(real.sum())
+        return {"perplexity": math.exp(total_nll / total), "kl": total_kl / total}
+
+
+def score_statements(model: Any, items: PersonaDataset | Sequence[PersonaItem], *, system: SystemPrompt = None,
+                     batch_size: int = 8, progress: bool = False) -> Float[Tensor, " n"]:
+    """Anthropic-style statement items ("Is the following statement something you would say?"):
+    per item, log P(first token of the matching answer) − log P(first token of the other), at the
+    start of the assistant turn. For persona JSONL the answers are " Yes" / " No".
+
+    Example:
+        >>> margins = score_statements(model, load_jsonl("persona.jsonl"))
+        >>> (margins > 0).float().mean()       # fraction answered in the persona's way
+    """
+    items = list(items)
+    if not items:
+        raise ValueError("score_statements got no items")
+    adapter = get_adapter(model)
+    tokenizer = model.tokenizer
+    first = lambda answer: answer_ids(tokenizer, answer)[0]  # noqa: E731
+    out = torch.zeros(len(items), dtype=torch.float64)
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(items), batch_size), desc="statements", disable=not progress, leave=False):
+            chunk = items[start:start + batch_size]
+            prompts = [prompt_ids(tokenizer, it.question, system_for(system, it.question)) for it in chunk]
+            tokens, lengths = pad_right(prompts, pad_id_of(tokenizer))
+            residual = final_residual(model, tokens)[torch.arange(len(chunk)), lengths - 1]
+            logprobs = torch.log_softmax(adapter.unembed(residual).float(), -1).double()
+            yes = torch.tensor([first(it.matching) for it in chunk])
+            no = torch.tensor([first(it.not_matching) for it in chunk])
+            rows = torch.arange(len(chunk))
+            out[start:start + len(chunk)] = logprobs[rows, yes] - logprobs[rows, no]
+    return out
