@@ -1,0 +1,56 @@
+import math
+
+import pytest
+import torch
+
+import persona_interp as pi
+from persona_interp.analysis import (KINDS, head_divergence, layer_kind_grid, neuron_divergence, persona_specific_removal,
+                                     signature_cosine_by_layer)
+from persona_interp.masks import Mask
+from test_masks import fake_signature
+
+
+def test_layer_kind_grid():
+    grid, kinds = layer_kind_grid({"blocks.1.attn.k": 0.5, "blocks.0.mlp.down": 0.25}, n_layers=2)
+    assert kinds == KINDS and grid.shape == (2, 7)
+    assert grid[1, KINDS.index("k")] == 0.5 and grid[0, KINDS.index("down")] == 0.25
+    assert math.isnan(grid[0, 0])
+
+
+def test_persona_specific_removal():
+    persona = Mask({"blocks.0.attn.q": torch.tensor([[0, 0, 1, 1]], dtype=torch.bool)})
+    magnitude = Mask({"blocks.0.attn.q": torch.tensor([[0, 1, 0, 1]], dtype=torch.bool)})
+    assert persona_specific_removal(persona, magnitude) == {"blocks.0.attn.q": 0.5}
+
+
+def test_signature_cosine(llama):
+    adapter = pi.get_adapter(llama)
+    a = fake_signature(llama, {m.name: torch.ones(m.n_in) for m in adapter.maps})
+    b = fake_signature(llama, {m.name: (torch.ones(m.n_in) if m.layer == 0 else -torch.ones(m.n_in)) for m in adapter.maps})
+    cos = signature_cosine_by_layer(a, b)
+    assert cos.tolist() == pytest.approx([1.0, -1.0])
+
+
+def test_head_and_neuron_divergence_known_answers(llama):
+    adapter = pi.get_adapter(llama)
+    up = {m.name: torch.ones(m.n_in) for m in adapter.maps}
+    up["blocks.1.attn.o"] = torch.ones(adapter.n_heads * adapter.d_head)
+    up["blocks.1.attn.o"][2 * adapter.d_head:3 * adapter.d_head] = 3.0     # head 2 of layer 1 diverges
+    up["blocks.0.mlp.down"] = torch.ones(adapter.d_mlp)
+    up["blocks.0.mlp.down"][7] = 5.0                                          # neuron 7 of layer 0 diverges
+    seek, reject = fake_signature(llama, up), fake_signature(llama, {}, side="reject")
+    o = "blocks.1.attn.o"
+    keep_b = torch.ones(adapter.d_model, adapter.n_heads * adapter.d_head, dtype=torch.bool)
+    keep_b[:, 2 * adapter.d_head] = False                                     # one column of head 2 differs
+    a = Mask({o: torch.ones_like(keep_b)}, {})
+    b = Mask({o: keep_b}, {})
+    heads = head_divergence(llama, seek, reject, a, b)
+    assert (heads[0].layer, heads[0].unit) == (1, 2)
+    assert heads[0].divergence == pytest.approx(2 / math.sqrt(2 + 1e-8))
+    assert heads[0].weights_differ == pytest.approx(adapter.d_model / (adapter.d_model * adapter.d_head))
+    other = next(h for h in heads if (h.layer, h.unit) == (1, 0))
+    assert other.weights_differ == 0.0 and other.divergence == 0.0
+    assert math.isnan(next(h for h in heads if h.layer == 0).weights_differ)     # layer 0 not covered by the masks
+    neurons = neuron_divergence(llama, seek, reject)
+    assert (neurons[0].layer, neurons[0].unit) == (0, 7) and math.isnan(neurons[0].weights_differ)
+    assert len(neurons) == adapter.n_layers * adapter.d_mlp
