@@ -103,6 +103,15 @@ class ModelAdapter:
 
     final_residual_hook = "ln_final.hook_normalized"
 
+    @property
+    def accepts_packed_options(self) -> bool:
+        """Whether the forward takes a 4-D boolean ``attention_mask`` and ``position_ids`` (the bridge
+        hands them to a transformers model), so both A/B options can share one prompt; HookedTransformer
+        and natively booted bridges cannot."""
+        from transformers import PreTrainedModel
+
+        return self.kind == "bridge" and isinstance(getattr(self.model, "original_model", None), PreTrainedModel)
+
     def residual_hook(self, layer: int) -> str:
         """Hook of the residual stream entering block ``layer`` (``[batch, pos, d_model]``)."""
         if not 0 <= layer < self.n_layers:

@@ -104,3 +104,68 @@ def encode_batch(tokenizer: Any, pairs: Sequence[tuple[str, str]], system: Syste
         starts.append(len(prompt))
     tokens, lengths = pad_right(sequences, pad_id_of(tokenizer))
     return EncodedBatch(tokens, lengths, torch.tensor(starts))
+
+
+@dataclass
+class PackedOptions:
+    """Both options of each question in one row, ``[prompt | option a | option b | padding]``, so the
+    prompt is computed once. Option b's positions restart where option a's start and its tokens
+    cannot attend to option a, so each option sees exactly what it would see alone.
+
+    ``attention[b, 0, q, k]`` is true where query ``q`` may attend to key ``k``; padding attends only
+    to itself (never to, or from, a real token).
+    """
+
+    tokens: Int[Tensor, "batch pos"]
+    position_ids: Int[Tensor, "batch pos"]
+    attention: Bool[Tensor, "batch 1 pos pos"]
+    prompt_len: Int[Tensor, " batch"]
+    a_len: Int[Tensor, " batch"]
+    b_len: Int[Tensor, " batch"]
+
+    def targets(self, option: str) -> tuple[Int[Tensor, " n"], Int[Tensor, " n"], Int[Tensor, " n"]]:
+        """For every token of option ``a`` or ``b``: its row, the position whose output predicts it, its id."""
+        rows, positions, ids = [], [], []
+        for row in range(len(self.tokens)):
+            p, a, b = int(self.prompt_len[row]), int(self.a_len[row]), int(self.b_len[row])
+            if option == "a":
+                at = torch.arange(p, p + a)
+                predicted_from = at - 1
+            else:
+                at = torch.arange(p + a, p + a + b)
+                predicted_from = torch.cat([torch.tensor([p - 1]), at[:-1]])   # b's first token follows the prompt
+            rows.append(torch.full_like(at, row))
+            positions.append(predicted_from)
+            ids.append(self.tokens[row, at])
+        return torch.cat(rows), torch.cat(positions), torch.cat(ids)
+
+
+def encode_packed(tokenizer: Any, questions: Sequence[tuple[str, str, str]], system: SystemPrompt = None,
+                  max_tokens: int | None = None) -> PackedOptions:
+    """Pack ``(question, answer_a, answer_b)`` triples; ``max_tokens`` bounds prompt + longer answer
+    (the prompt is cut from the left, answers are kept whole).
+
+    Example:
+        >>> packed = encode_packed(tokenizer, [("Lead it?", "Yes.", "No, thanks.")])
+        >>> model(packed.tokens, attention_mask=packed.attention, position_ids=packed.position_ids)
+    """
+    rows, prompts, a_lens, b_lens = [], [], [], []
+    for question, answer_a, answer_b in questions:
+        prompt = prompt_ids(tokenizer, question, system_for(system, question))
+        a, b = answer_ids(tokenizer, answer_a), answer_ids(tokenizer, answer_b)
+        if max_tokens is not None and len(prompt) + max(len(a), len(b)) > max_tokens:
+            prompt = prompt[max(0, len(prompt) - (max_tokens - max(len(a), len(b)))):]
+        rows.append(prompt + a + b)
+        prompts.append(len(prompt)), a_lens.append(len(a)), b_lens.append(len(b))
+    tokens, lengths = pad_right(rows, pad_id_of(tokenizer))
+    n, width = tokens.shape
+    position_ids = torch.arange(width).repeat(n, 1)
+    attention = torch.tril(torch.ones(width, width, dtype=torch.bool)).repeat(n, 1, 1, 1)
+    for row, (p, a, b) in enumerate(zip(prompts, a_lens, b_lens)):
+        position_ids[row, p + a:p + a + b] -= a
+        attention[row, 0, p + a:, p:p + a] = False                  # option b never sees option a
+        attention[row, 0, :, p + a + b:] = False                    # nobody sees padding ...
+        attention[row, 0, p + a + b:, :] = False
+        pad = torch.arange(p + a + b, width)
+        attention[row, 0, pad, pad] = True                          # ... which sees only itself
+    return PackedOptions(tokens, position_ids, attention, torch.tensor(prompts), torch.tensor(a_lens), torch.tensor(b_lens))

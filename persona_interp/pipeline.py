@@ -55,8 +55,8 @@ class ReproduceConfig:
     n_validation: int | None = 24
 
 
-QUICK = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=48, n_test=40, n_neutral=8,
-                        steering_layers=[0.35, 0.5], steering_multipliers=[4.0, 8.0], n_validation=12)
+QUICK = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=32, n_test=24, n_neutral=6, rag_k=2,
+                        steering_layers=[0.35, 0.5], steering_multipliers=[4.0, 8.0], n_validation=8)
 FULL = ReproduceConfig()
 
 
@@ -181,7 +181,8 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
               "Margin: mean per-token log-prob of the row's side minus the other side (nats/token), t 95 % interval. "
               "Shift: paired difference of that margin against the base model on the same items. "
               "Flips: items whose decision moved to (gained) / away from (lost) the row's side vs base. "
-              "Damage on the neutral set: relative perplexity change and mean KL(base ‖ condition) per token (nats).\n")
+              "Damage on the neutral set: relative perplexity change and mean KL(base ‖ condition) per token (nats); "
+              "prompt and RAG conditions leave the weights unchanged, so their damage on the (prompt-free) neutral set is 0 by construction.\n")
     report = out_dir / "report.md"
     report.write_text(header + "\n".join(sections))
     return report

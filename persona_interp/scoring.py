@@ -20,7 +20,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .adapter import get_adapter
-from .chat import EncodedBatch, SystemPrompt, answer_ids, encode_batch, pad_id_of, pad_right, prompt_ids, system_for
+from .chat import (EncodedBatch, PackedOptions, SystemPrompt, answer_ids, encode_batch, encode_packed, pad_id_of, pad_right,
+                   prompt_ids, system_for)
 from .data import PersonaDataset, PersonaItem
 
 
@@ -28,7 +29,7 @@ class _Stop(Exception):
     pass
 
 
-def final_residual(model: Any, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+def final_residual(model: Any, tokens: Int[Tensor, "batch pos"], **forward_kwargs: Any) -> Float[Tensor, "batch pos d_model"]:
     """The final normalised residual stream, without computing the logits."""
     adapter = get_adapter(model)
     captured = {}
@@ -39,16 +40,23 @@ def final_residual(model: Any, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor
 
     with model.hooks(fwd_hooks=[(adapter.final_residual_hook, grab)]):
         try:
-            model(tokens)
+            model(tokens, **forward_kwargs)
         except _Stop:
             pass
     return captured["x"]
 
 
+def _summed_logprobs(model: Any, residual: Float[Tensor, "batch pos d_model"], rows: Int[Tensor, " n"],
+                     positions: Int[Tensor, " n"], targets: Int[Tensor, " n"]) -> Float[Tensor, " batch"]:
+    """Per row, the sum of log P(target | position) over the given (row, position, target) triples;
+    only those positions are unembedded."""
+    logprobs = torch.log_softmax(get_adapter(model).unembed(residual[rows, positions]).float(), -1)
+    picked = logprobs.gather(1, targets[:, None])[:, 0].double()
+    return torch.zeros(len(residual), dtype=torch.float64).index_add_(0, rows, picked)
+
+
 def answer_logprobs(model: Any, batch: EncodedBatch) -> Float[Tensor, " batch"]:
     """Sum over each row's answer tokens of log P(token | prefix)."""
-    adapter = get_adapter(model)
-    residual = final_residual(model, batch.tokens)
     rows, positions, targets = [], [], []
     for row in range(len(batch.tokens)):
         start, end = int(batch.answer_start[row]), int(batch.lengths[row])
@@ -56,10 +64,14 @@ def answer_logprobs(model: Any, batch: EncodedBatch) -> Float[Tensor, " batch"]:
         rows.append(torch.full_like(span, row))
         positions.append(span)
         targets.append(batch.tokens[row, start:end])
-    rows_t, pos_t, tgt_t = torch.cat(rows), torch.cat(positions), torch.cat(targets)
-    logprobs = torch.log_softmax(adapter.unembed(residual[rows_t, pos_t]).float(), -1)
-    picked = logprobs.gather(1, tgt_t[:, None])[:, 0].double()
-    return torch.zeros(len(batch.tokens), dtype=torch.float64).index_add_(0, rows_t, picked)
+    residual = final_residual(model, batch.tokens)
+    return _summed_logprobs(model, residual, torch.cat(rows), torch.cat(positions), torch.cat(targets))
+
+
+def packed_logprobs(model: Any, packed: PackedOptions) -> tuple[Float[Tensor, " batch"], Float[Tensor, " batch"]]:
+    """Summed answer log-probs of both options of each row in one forward (prompt computed once)."""
+    residual = final_residual(model, packed.tokens, attention_mask=packed.attention, position_ids=packed.position_ids)
+    return tuple(_summed_logprobs(model, residual, *packed.targets(option)) for option in ("a", "b"))
 
 
 @dataclass
@@ -94,21 +106,31 @@ class ABScores:
 
 def score_ab(model: Any, items: PersonaDataset | Sequence[PersonaItem], *, system: SystemPrompt = None,
              batch_size: int = 8, max_tokens: int = 512, progress: bool = True) -> ABScores:
-    """Score both options of every item (batched, right-padded, answer positions only)."""
+    """Score both options of every item (batched, padding-correct, answer positions only). Where the
+    model allows it, both options share one row and the prompt is computed once
+    (:class:`~persona_interp.chat.PackedOptions`); otherwise each option is its own row."""
     items = list(items)
     if not items:
         raise ValueError("score_ab got no items")
-    pairs = [(item.question, answer) for item in items for answer in (item.matching, item.not_matching)]
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))  # similar lengths share a batch
-    logprob = torch.zeros(len(pairs), dtype=torch.float64)
-    n_tokens = torch.zeros(len(pairs), dtype=torch.long)
+    packed = get_adapter(model).accepts_packed_options
+    order = sorted(range(len(items)), key=lambda i: len(items[i].question) + len(items[i].matching) + len(items[i].not_matching))
+    seek, reject = torch.zeros(len(items), dtype=torch.float64), torch.zeros(len(items), dtype=torch.float64)
+    n_seek, n_reject = torch.zeros(len(items), dtype=torch.long), torch.zeros(len(items), dtype=torch.long)
+    rows_per_batch = batch_size if packed else max(1, batch_size // 2)
     with torch.inference_mode():
-        for start in tqdm(range(0, len(order), batch_size), desc="A/B scoring", disable=not progress, leave=False):
-            chunk = order[start:start + batch_size]
-            batch = encode_batch(model.tokenizer, [pairs[i] for i in chunk], system, max_tokens)
-            logprob[chunk] = answer_logprobs(model, batch)
-            n_tokens[chunk] = batch.lengths - batch.answer_start
-    return ABScores(logprob[0::2], logprob[1::2], n_tokens[0::2], n_tokens[1::2])
+        for start in tqdm(range(0, len(order), rows_per_batch), desc="A/B scoring", disable=not progress, leave=False):
+            chunk = order[start:start + rows_per_batch]
+            triples = [(items[i].question, items[i].matching, items[i].not_matching) for i in chunk]
+            if packed:
+                batch = encode_packed(model.tokenizer, triples, system, max_tokens)
+                seek[chunk], reject[chunk] = packed_logprobs(model, batch)
+                n_seek[chunk], n_reject[chunk] = batch.a_len, batch.b_len
+            else:
+                pairs = [(q, answer) for q, a, b in triples for answer in (a, b)]
+                batch = encode_batch(model.tokenizer, pairs, system, max_tokens)
+                logprob, n = answer_logprobs(model, batch), batch.lengths - batch.answer_start
+                seek[chunk], reject[chunk], n_seek[chunk], n_reject[chunk] = logprob[0::2], logprob[1::2], n[0::2], n[1::2]
+    return ABScores(seek, reject, n_seek, n_reject)
 
 
 def _neutral_batches(model: Any, texts: Sequence[str], batch_size: int, max_tokens: int):
@@ -175,7 +197,7 @@ class DamageReference:
                 base = base.float()
                 total_kl += float((base.exp() * (base - logprobs[real])).sum(-1).double().sum())
                 total += int(real.sum())
-        return {"perplexity": math.exp(total_nll / total), "kl": total_kl / total}
+        return {"perplexity": math.exp(total_nll / total), "kl": max(total_kl / total, 0.0)}  # fp16 base log-probs: clip rounding below 0
 
 
 def score_statements(model: Any, items: PersonaDataset | Sequence[PersonaItem], *, system: SystemPrompt = None,

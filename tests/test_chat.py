@@ -38,3 +38,21 @@ def test_truncation_keeps_the_answer(tokenizer):
 def test_pad_right_rejects_empty():
     with pytest.raises(ValueError, match="empty"):
         pad_right([], 0)
+
+
+def test_packed_options_layout(tokenizer):
+    from persona_interp.chat import answer_ids, encode_packed
+
+    packed = encode_packed(tokenizer, [("Lead it?", "Yes, gladly.", "No."), ("Party tonight at the big hall?", "Sure!", "I will stay home.")])
+    p, a, b = (int(x[0]) for x in (packed.prompt_len, packed.a_len, packed.b_len))
+    assert (a, b) == (len(answer_ids(tokenizer, "Yes, gladly.")), len(answer_ids(tokenizer, "No.")))
+    assert packed.position_ids[0, p + a:p + a + b].tolist() == list(range(p, p + b))   # b restarts where a started
+    att = packed.attention[0, 0]
+    assert not att[p + a:p + a + b, p:p + a].any() and att[p + a:p + a + b, :p].all()   # b sees the prompt, not a
+    assert not att[:, p + a + b:p + a + b].any() or p + a + b == att.shape[0]
+    assert not att.triu(1).any()                                                        # still causal
+    width = att.shape[0]
+    for pad in range(p + a + b, width):                                                 # padding sees only itself
+        assert att[pad].nonzero().flatten().tolist() == [pad] and att[:pad, pad].sum() == 0
+    rows, positions, ids = packed.targets("b")
+    assert positions.tolist()[:b] == [p - 1] + list(range(p + a, p + a + b - 1)) and ids.tolist()[:b] == answer_ids(tokenizer, "No.")

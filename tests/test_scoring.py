@@ -83,3 +83,13 @@ def test_damage_reference_kl_and_perplexity(llama):
                                               reduction="sum")) for d, b in zip(logits, base))
     assert damaged["kl"] == pytest.approx(kl / sum(len(b) for b in base), rel=1e-2)
     assert damaged["kl"] > 0.01
+
+
+def test_packed_and_separate_rows_agree(llama, monkeypatch):
+    """Both options in one row (shared prompt) give the scores of one row per option."""
+    packed = score_ab(llama, ITEMS, batch_size=3, system="Be brief.", progress=False)
+    monkeypatch.setattr(type(pi.get_adapter(llama)), "accepts_packed_options", property(lambda self: False))
+    separate = score_ab(llama, ITEMS, batch_size=3, system="Be brief.", progress=False)
+    assert torch.allclose(packed.seek_logprob, separate.seek_logprob, atol=1e-4)
+    assert torch.allclose(packed.reject_logprob, separate.reject_logprob, atol=1e-4)
+    assert torch.equal(packed.seek_tokens, separate.seek_tokens) and torch.equal(packed.reject_tokens, separate.reject_tokens)
