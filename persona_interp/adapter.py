@@ -101,6 +101,10 @@ class ModelAdapter:
         """Hook of the per-head attention output ``z``: ``[batch, pos, n_heads, d_head]``."""
         return f"blocks.{layer}.attn.hook_z"
 
+    def pattern_hook(self, layer: int) -> str:
+        """Hook of the attention pattern ``[batch, heads, query, key]``."""
+        return f"blocks.{layer}.attn.hook_pattern"
+
     final_residual_hook = "ln_final.hook_normalized"
 
     @property

@@ -16,7 +16,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .adapter import ATTN_KINDS, MLP_KINDS, get_adapter
-from .masks import Mask, contrast
+from .masks import Mask, contrast, fraction_differ
 from .signatures import Signature
 
 KINDS = (*ATTN_KINDS, *MLP_KINDS)
@@ -32,6 +32,18 @@ def layer_kind_grid(per_map: dict[str, float], n_layers: int | None = None) -> t
         _, layer, _, kind = name.split(".")
         grid[int(layer), KINDS.index(kind)] = value
     return grid, KINDS
+
+
+def overlap_row(pair: str, seek: Mask, reject: Mask) -> dict[str, float | str]:
+    """The paper's overlap table row: fraction of entries that differ between two opposing masks,
+    overall, in attention and in MLP weights.
+
+    Example:
+        >>> overlap_row("power", cw_seek, cw_reject)   # {"pair": "power", "overall": 0.011, "attn": ..., "mlp": ...}
+    """
+    by_module = fraction_differ(seek, reject, by="module")
+    return {"pair": pair, "overall": fraction_differ(seek, reject), "attn": by_module.get("attn", float("nan")),
+            "mlp": by_module.get("mlp", float("nan"))}
 
 
 def persona_specific_removal(persona: Mask, reference: Mask) -> dict[str, float]:

@@ -49,3 +49,84 @@ def plot_accuracy(rows: Sequence[dict], stem: str | os.PathLike, title: str = ""
     fig.suptitle(title)
     fig.tight_layout()
     return save(fig, stem)
+
+
+def plot_layer_kind_heatmap(grid: Any, kinds: Sequence[str], stem: str | os.PathLike, *, title: str = "",
+                            colorbar: str = "", vmin: float | None = None, vmax: float | None = None) -> list[Path]:
+    """A ``[layer, kind]`` grid (from :func:`~persona_interp.analysis.layer_kind_grid`) as a heatmap,
+    layers on the y axis (0 at the top), NaN cells blank."""
+    values = grid.numpy() if hasattr(grid, "numpy") else grid
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(kinds), 1.5 + 0.22 * len(values)))
+    image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_xticks(range(len(kinds)), kinds)
+    ax.set_xlabel("linear map")
+    ax.set_ylabel("layer")
+    fig.colorbar(image, ax=ax, label=colorbar)
+    ax.set_title(title)
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def plot_overlap_bars(rows: Sequence[dict], stem: str | os.PathLike, title: str = "") -> list[Path]:
+    """Per persona pair, % of mask entries that differ between the opposing masks: overall, attention, MLP.
+    ``rows`` have ``pair``, ``overall``, ``attn`` and ``mlp`` (fractions)."""
+    groups = ("overall", "attn", "mlp")
+    fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(rows), 4))
+    width = 0.8 / len(groups)
+    for i, group in enumerate(groups):
+        ax.bar([x + (i - 1) * width for x in range(len(rows))], [100 * r[group] for r in rows], width, label=group)
+    ax.set_xticks(range(len(rows)), [r["pair"] for r in rows], rotation=30, ha="right")
+    ax.set_ylabel("entries that differ between opposing masks (%)")
+    ax.legend(title="weights")
+    ax.set_title(title)
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def plot_unit_map(units: Sequence[Any], n_layers: int, n_units: int, stem: str | os.PathLike, *, unit_label: str,
+                  title: str = "", colorbar: str = "divergence (mean |z|)") -> list[Path]:
+    """Divergence of every head or neuron (``UnitDivergence`` items) as a layer × unit image."""
+    import numpy as np
+
+    image = np.full((n_layers, n_units), np.nan)
+    for u in units:
+        image[u.layer, u.unit] = u.divergence
+    fig, ax = plt.subplots(figsize=(min(14.0, 2.0 + 0.3 * n_units), 1.5 + 0.22 * n_layers))
+    shown = ax.imshow(image, aspect="auto", cmap="magma", interpolation="nearest")
+    ax.set_xlabel(unit_label)
+    ax.set_ylabel("layer")
+    fig.colorbar(shown, ax=ax, label=colorbar)
+    ax.set_title(title)
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def plot_dose_response(rows: Sequence[dict], stem: str | os.PathLike, *, title: str = "",
+                       value: str = "shift", ylabel: str = "margin shift vs unablated (nats/token)") -> list[Path]:
+    """Dose–response curves from :func:`~persona_interp.causal.dose_response`: one panel per system
+    prompt; the top-k units with their 95 % interval, random units as the mean over seeds with the
+    seeds' range; x = k (log scale)."""
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+    fig, axes = plt.subplots(1, len(systems), figsize=(4.5 * len(systems), 3.8), squeeze=False, sharey=True)
+    for ax, system in zip(axes[0], systems):
+        mine = [r for r in rows if r["system"] == system]
+        ks = sorted({r["k"] for r in mine})
+        top = [next(r for r in mine if r["k"] == k and r["selection"] == "top") for k in ks]
+        ax.errorbar(ks, [r[value] for r in top], yerr=[[r[value] - r[f"{value}_low"] for r in top],
+                                                        [r[f"{value}_high"] - r[value] for r in top]],
+                    marker="o", capsize=3, color="#d62728", label="top-k persona units (95 % CI)")
+        rand = [[r[value] for r in mine if r["k"] == k and r["selection"] == "random"] for k in ks]
+        if any(rand):
+            mean = [sum(v) / len(v) for v in rand]
+            ax.plot(ks, mean, marker="s", color="#555555", label="random units (mean over seeds)")
+            ax.fill_between(ks, [min(v) for v in rand], [max(v) for v in rand], color="#999999", alpha=0.3,
+                            label="random units (range over seeds)")
+        ax.axhline(0, color="black", lw=0.8, ls="--")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(f"k ({mine[0]['kind']}s ablated, {mine[0]['mode']})")
+        ax.set_title(system)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, stem)

@@ -54,3 +54,30 @@ def test_head_and_neuron_divergence_known_answers(llama):
     neurons = neuron_divergence(llama, seek, reject)
     assert (neurons[0].layer, neurons[0].unit) == (0, 7) and math.isnan(neurons[0].weights_differ)
     assert len(neurons) == adapter.n_layers * adapter.d_mlp
+
+
+def test_overlap_row_known_answer():
+    from persona_interp.analysis import overlap_row
+
+    a = Mask({"blocks.0.attn.q": torch.tensor([[1, 1, 1, 1]], dtype=torch.bool),
+              "blocks.0.mlp.up": torch.tensor([[1, 1], [1, 1]], dtype=torch.bool)})
+    b = Mask({"blocks.0.attn.q": torch.tensor([[1, 0, 1, 1]], dtype=torch.bool),
+              "blocks.0.mlp.up": torch.tensor([[0, 0], [1, 1]], dtype=torch.bool)})
+    row = overlap_row("power", a, b)
+    assert row == {"pair": "power", "overall": pytest.approx(3 / 8), "attn": pytest.approx(1 / 4), "mlp": pytest.approx(2 / 4)}
+
+
+def test_figures_render_without_display(tmp_path, llama):
+    from persona_interp.analysis import UnitDivergence
+    from persona_interp.figures import plot_dose_response, plot_layer_kind_heatmap, plot_overlap_bars, plot_unit_map
+
+    grid, kinds = layer_kind_grid({"blocks.1.attn.k": 0.5, "blocks.0.mlp.down": 0.25}, n_layers=2)
+    paths = plot_layer_kind_heatmap(grid, kinds, tmp_path / "heat", title="t", colorbar="fraction")
+    paths += plot_overlap_bars([{"pair": "power", "overall": 0.01, "attn": 0.005, "mlp": 0.02}], tmp_path / "bars")
+    paths += plot_unit_map([UnitDivergence(0, 1, 2.0, 0.1), UnitDivergence(1, 0, 1.0, 0.0)], 2, 4, tmp_path / "heads", unit_label="head")
+    rows = [{"kind": "head", "mode": "zero", "k": k, "selection": sel, "seed": seed, "system": "none", "shift": v,
+             "shift_low": v - 0.1, "shift_high": v + 0.1} for k, sel, seed, v in
+            [(1, "top", None, 0.1), (2, "top", None, 0.3), (1, "random", 0, 0.0), (2, "random", 0, 0.05), (1, "random", 1, -0.02), (2, "random", 1, 0.01)]]
+    paths += plot_dose_response(rows, tmp_path / "dose", title="dose")
+    assert len(paths) == 8 and all(p.stat().st_size > 1000 for p in paths)
+    assert {p.suffix for p in paths} == {".png", ".svg"}
