@@ -5,6 +5,7 @@ Example:
     $ persona-interp collect --persona power --side seek --out sig_seek.safetensors
     $ persona-interp build-mask --method contrastive_wanda --seek s.safetensors --reject r.safetensors --sparsity 0.3 --out cw
     $ persona-interp inspect cw_seek.safetensors
+    $ persona-interp analyse --persona power --out reports/atlas/power
 """
 from __future__ import annotations
 
@@ -127,6 +128,26 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     print(f"wrote {report}")
 
 
+def cmd_analyse(args: argparse.Namespace) -> None:
+    import json
+
+    from . import atlas as atlas_module
+    from .models import load_model
+
+    out = Path(args.out)
+    paths = {suffix: out.with_suffix(suffix) for suffix in (".md", ".json")}
+    for path in paths.values():
+        _writable(path, args.force)
+    config = dataclasses.replace(atlas_module.QUICK_ATLAS if args.quick else atlas_module.AtlasConfig())
+    if args.sparsity is not None:
+        config.sparsity = args.sparsity
+    atlas = atlas_module.persona_atlas(load_model(args.model), args.persona, config, args.figures)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths[".md"].write_text(atlas_module.to_markdown(atlas))
+    paths[".json"].write_text(json.dumps(atlas, indent=1))
+    print(f"wrote {paths['.md']}, {paths['.json']} and figures in {args.figures}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="persona-interp", description="Persona subnetworks: signatures, masks, evaluation.")
     parser.add_argument("--model", default=None, help="model name or folder (default: embedded SmolLM2-135M-Instruct)")
@@ -160,6 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="describe a saved mask or signature")
     p.add_argument("path")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("analyse", help="where a persona sits: heatmaps, top heads/neurons, overlap, dose-response, circuitsvis")
+    p.add_argument("--persona", required=True, choices=persona_names())
+    p.add_argument("--quick", action="store_true", help="small samples (a few minutes)")
+    p.add_argument("--sparsity", type=_sparsity)
+    p.add_argument("--out", required=True, help="output prefix: writes PREFIX.md and PREFIX.json")
+    p.add_argument("--figures", default="figures/atlas", help="figures folder (PNG, SVG, HTML)")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_analyse)
 
     p = sub.add_parser("reproduce", help="the main job: the whole pipeline, report and figures")
     p.add_argument("--quick", action="store_true", help="power persona only, small samples: a few minutes on 2 cores")

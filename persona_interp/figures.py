@@ -130,3 +130,16 @@ def plot_dose_response(rows: Sequence[dict], stem: str | os.PathLike, *, title: 
     fig.suptitle(title)
     fig.tight_layout()
     return save(fig, stem)
+
+
+def plot_layer_curve(values: Any, stem: str | os.PathLike, *, ylabel: str, title: str = "") -> list[Path]:
+    """One value per layer (e.g. the signature cosine of two poles) as a line."""
+    values = [float(v) for v in values]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(len(values)), values, marker="o")
+    ax.set_xlabel("layer")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save(fig, stem)

@@ -29,7 +29,7 @@ from .models import load_model
 from .retrieval import Retriever
 from .signatures import collect_signatures
 from .stats import paired_difference
-from .steering import mean_difference_vectors, pca_vectors
+from .steering import paired_differences, vectors_from_differences
 from .tuning import select_steering
 
 
@@ -111,8 +111,9 @@ def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaData
     n_layers = get_adapter(model).n_layers
     layers = sorted({min(n_layers - 1, round(f * n_layers)) for f in config.steering_layers})
     conditions, search = [], {}
-    for method, build in (("mean_difference", mean_difference_vectors), ("pca", pca_vectors)):
-        vectors = build(model, fit, layers, batch_size=config.batch_size, max_tokens=config.max_tokens)
+    diffs = paired_differences(model, fit, layers, batch_size=config.batch_size, max_tokens=config.max_tokens)
+    for method in ("mean_difference", "pca"):
+        vectors = vectors_from_differences(method, diffs, layers)
         choice = select_steering(model, vectors, validation, config.steering_multipliers,
                                  batch_size=config.batch_size, progress=progress)
         search[method] = {"layer": choice.layer, "multiplier": choice.multiplier, "table": choice.table}
@@ -172,20 +173,31 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
         results["personas"][persona] = {"used": used, "n_test": len(test), "table": table, "contrasts": contrasts,
                                         "controls": controls, "per_item": ev.per_item(), "damage": ev.damage}
         sections.append(_persona_section(persona, len(test), table, contrasts, controls, figure[0], out_dir))
+        report = _write_report(out_dir, config, results, sections)    # after every persona: a cut-off run keeps what it finished
+    return report
+
+
+def _write_report(out_dir: Path, config: ReproduceConfig, results: dict[str, Any], sections: list[str]) -> Path:
     results["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    results["complete"] = list(results["personas"]) == list(config.personas)
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
-    header = (f"# persona_interp results\n\nModel: SmolLM2-135M-Instruct (embedded). Revision `{results['revision']}`, "
+    status = "" if results["complete"] else (f"**Partial run**: {len(results['personas'])} of {len(config.personas)} personas "
+                                             f"finished ({', '.join(results['personas'])}).\n\n")
+    header = (f"# persona_interp results\n\n{status}Model: SmolLM2-135M-Instruct (embedded). Revision `{results['revision']}`, "
               f"seed {config.seed}, run {results['started']} → {results['finished']}.\n\n"
-              f"Config: `{json.dumps(dataclasses.asdict(config))}`\n\n"
-              "Accuracy: the paper's A/B protocol (summed answer log-prob decides), Wilson 95 % interval. "
-              "Margin: mean per-token log-prob of the row's side minus the other side (nats/token), t 95 % interval. "
-              "Shift: paired difference of that margin against the base model on the same items. "
-              "Flips: items whose decision moved to (gained) / away from (lost) the row's side vs base. "
-              "Damage on the neutral set: relative perplexity change and mean KL(base ‖ condition) per token (nats); "
-              "prompt and RAG conditions leave the weights unchanged, so their damage on the (prompt-free) neutral set is 0 by construction.\n")
+              f"Config: `{json.dumps(dataclasses.asdict(config))}`\n\n" + REPORT_LEGEND)
     report = out_dir / "report.md"
     report.write_text(header + "\n".join(sections))
     return report
+
+
+REPORT_LEGEND = (
+    "Accuracy: the paper's A/B protocol (summed answer log-prob decides), Wilson 95 % interval. "
+    "Margin: mean per-token log-prob of the row's side minus the other side (nats/token), t 95 % interval. "
+    "Shift: paired difference of that margin against the base model on the same items. "
+    "Flips: items whose decision moved to (gained) / away from (lost) the row's side vs base. "
+    "Damage on the neutral set: relative perplexity change and mean KL(base ‖ condition) per token (nats); "
+    "prompt and RAG conditions leave the weights unchanged, so their damage on the (prompt-free) neutral set is 0 by construction.\n")
 
 
 def _persona_section(persona: str, n_test: int, table: list, contrasts: list, controls: list, figure: Path, out_dir: Path) -> str:

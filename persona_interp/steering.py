@@ -54,6 +54,10 @@ class SteeringVector:
             yield model
 
 
+class _Enough(Exception):
+    pass
+
+
 def answer_residual_means(model: Any, items: Sequence[PersonaItem], layers: Sequence[int], *, side: str,
                           batch_size: int = 8, max_tokens: int = 256, progress: bool = False) -> Float[Tensor, "n layers d_model"]:
     """Per item, the residual stream entering each of ``layers``, averaged over the answer tokens of ``side``."""
@@ -63,39 +67,65 @@ def answer_residual_means(model: Any, items: Sequence[PersonaItem], layers: Sequ
         raise ValueError("answer_residual_means got no items")
     out = torch.zeros(len(items), len(layers), adapter.d_model, dtype=torch.float64)
     captured: dict[int, Tensor] = {}
-    hooks = [(adapter.residual_hook(layer), (lambda i: lambda x, hook: captured.__setitem__(i, x.detach()))(i))
-             for i, layer in enumerate(layers)]
+    deepest = max(layers)
+
+    def grab(i: int, layer: int) -> Callable:
+        def hook(x: Tensor, hook: Any) -> None:
+            captured[i] = x.detach()
+            if layer == deepest and len(captured) == len(layers):
+                raise _Enough                                       # later blocks are not needed
+        return hook
+
+    hooks = [(adapter.residual_hook(layer), grab(i, layer)) for i, layer in enumerate(layers)]
     with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
         for start in tqdm(range(0, len(items), batch_size), desc=f"residuals[{side}]", disable=not progress, leave=False):
             chunk = items[start:start + batch_size]
             batch = encode_batch(model.tokenizer, [(it.question, it.answer(side)) for it in chunk], max_tokens=max_tokens)
             weights = batch.token_mask("answer").double()
             weights = weights / weights.sum(1, keepdim=True)
-            model(batch.tokens)
+            captured.clear()
+            try:
+                model(batch.tokens)
+            except _Enough:
+                pass
             for i in range(len(layers)):
                 out[start:start + len(chunk), i] = torch.einsum("bp,bpd->bd", weights, captured[i].double())
     return out
 
 
-def _paired_differences(model: Any, data: PersonaDataset | Sequence[PersonaItem], layers: Sequence[int], **kw: Any) -> Tensor:
+def paired_differences(model: Any, data: PersonaDataset | Sequence[PersonaItem], layers: Sequence[int],
+                       **kw: Any) -> Float[Tensor, "n layers d_model"]:
+    """Per item and layer, the seek answer's mean residual minus the reject answer's: the input of
+    both steering methods, so one pass can feed both (:func:`vectors_from_differences`)."""
     seek = answer_residual_means(model, data, layers, side="seek", **kw)
     reject = answer_residual_means(model, data, layers, side="reject", **kw)
-    return seek - reject                                            # [n, layers, d_model]
+    return seek - reject
+
+
+def vectors_from_differences(method: str, diffs: Float[Tensor, "n layers d_model"], layers: Sequence[int]) -> dict[int, SteeringVector]:
+    """``mean_difference`` or ``pca`` vectors from :func:`paired_differences`."""
+    if method == "mean_difference":
+        return {layer: SteeringVector(layer, diffs[:, i].mean(0).float(), meta={"method": method, "n": len(diffs)})
+                for i, layer in enumerate(layers)}
+    if method == "pca":
+        return _pca(diffs, layers)
+    raise ValueError(f"unknown steering method {method!r}: use 'mean_difference' or 'pca'")
 
 
 def mean_difference_vectors(model: Any, data: PersonaDataset | Sequence[PersonaItem], layers: Sequence[int],
                             **kw: Any) -> dict[int, SteeringVector]:
     """CAA vectors for several layers from one pass over the data."""
-    diffs = _paired_differences(model, data, layers, **kw)
-    return {layer: SteeringVector(layer, diffs[:, i].mean(0).float(), meta={"method": "mean_difference", "n": len(diffs)})
-            for i, layer in enumerate(layers)}
+    return vectors_from_differences("mean_difference", paired_differences(model, data, layers, **kw), layers)
 
 
 def pca_vectors(model: Any, data: PersonaDataset | Sequence[PersonaItem], layers: Sequence[int],
                 **kw: Any) -> dict[int, SteeringVector]:
     """First principal component of the paired differences per layer, scaled to the mean
     difference's projection on it and signed toward the seek pole."""
-    diffs = _paired_differences(model, data, layers, **kw)
+    return _pca(paired_differences(model, data, layers, **kw), layers)
+
+
+def _pca(diffs: Tensor, layers: Sequence[int]) -> dict[int, SteeringVector]:
     vectors = {}
     for i, layer in enumerate(layers):
         d = diffs[:, i]

@@ -55,3 +55,14 @@ def test_apply_adds_the_vector_and_cleans_up(tiny_model):
     torch.testing.assert_close(tiny_model(tokens), base)
     with pytest.raises(ValueError, match="d_model"):
         SteeringVector(0, torch.zeros(3)).fwd_hooks(tiny_model)
+
+
+def test_one_pass_feeds_both_methods(llama):
+    from persona_interp.steering import paired_differences, vectors_from_differences
+
+    diffs = paired_differences(llama, ITEMS, [0, 1])
+    both = {m: vectors_from_differences(m, diffs, [0, 1]) for m in ("mean_difference", "pca")}
+    torch.testing.assert_close(both["mean_difference"][1].direction, mean_difference_vectors(llama, ITEMS, [1])[1].direction)
+    torch.testing.assert_close(both["pca"][0].direction, pca_vectors(llama, ITEMS, [0])[0].direction)
+    with pytest.raises(ValueError, match="unknown steering method"):
+        vectors_from_differences("ode", diffs, [0, 1])

@@ -1,0 +1,184 @@
+"""Where a persona subnetwork sits, how opposing masks overlap, and whether its units are causal.
+
+:func:`persona_atlas` runs the whole analysis for one persona pair on calibration data (fit split)
+and writes figures and circuitsvis pages: layer × map heatmaps, the top heads and neurons, the
+layer-wise signature cosine, the overlap row of the paper's table, dose–response curves of top-k
+against random heads / neurons (zero and mean ablation), and a steering vector at equal damage.
+Units are ranked on calibration signatures; the causal curves are measured on held-out test items.
+
+Example:
+    >>> atlas = persona_atlas(model, "power", AtlasConfig(n_calibration=64, n_causal=24), "figures/atlas")
+    >>> atlas["top_heads"][:3]
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .adapter import get_adapter
+from .analysis import (head_divergence, layer_kind_grid, neuron_divergence, overlap_row, persona_specific_removal,
+                       signature_cosine_by_layer)
+from .causal import dose_response, equal_damage_multiplier, unit_mask
+from .chat import answer_ids, prompt_ids
+from .data import load_neutral_texts, load_persona, persona_prompts
+from .figures import plot_dose_response, plot_layer_curve, plot_layer_kind_heatmap, plot_unit_map
+from .masks import contrastive_sparse_masks, contrastive_wanda_masks, fraction_differ, iou, magnitude_mask, wanda_mask
+from .scoring import DamageReference, score_ab
+from .signatures import collect_signatures
+from .stats import paired_difference
+from .steering import mean_difference_vector
+from .views import attention_heads_view, neuron_tokens_view
+
+
+@dataclass
+class AtlasConfig:
+    """Sizes of one atlas run; the defaults are the full run, tests use tiny values."""
+
+    sparsity: float = 0.3
+    n_calibration: int | None = 256
+    validation_fraction: float = 0.2
+    n_causal: int = 48
+    ks: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    modes: list[str] = field(default_factory=lambda: ["zero", "mean"])
+    n_neutral: int = 16
+    n_top: int = 10
+    steering_layer: float = 0.5
+    batch_size: int = 8
+    seed: int = 0
+
+
+QUICK_ATLAS = AtlasConfig(n_calibration=32, n_causal=16, ks=[1, 8, 64], seeds=[0, 1], n_neutral=6)
+
+
+def persona_atlas(model: Any, persona: str, config: AtlasConfig, figures_dir: str | Path,
+                  progress: bool = True) -> dict[str, Any]:
+    """Run the analysis for ``persona`` and save figures (PNG + SVG) and circuitsvis HTML to
+    ``figures_dir`` (existing files there are replaced: it is an output folder). Returns every
+    number behind the figures."""
+    figures = Path(figures_dir)
+    adapter = get_adapter(model)
+    fit, _ = load_persona(persona, "train").split(config.validation_fraction, seed=config.seed)
+    if config.n_calibration:
+        fit = fit.sample(min(config.n_calibration, len(fit)), seed=config.seed)
+    seek_sig, reject_sig = (collect_signatures(model, fit, side, batch_size=config.batch_size, progress=progress)
+                            for side in ("seek", "reject"))
+    rho = config.sparsity
+    cw = contrastive_wanda_masks(model, seek_sig, reject_sig, rho, persona=persona)
+    cs = contrastive_sparse_masks(model, seek_sig, reject_sig, rho, persona=persona)
+    wanda_seek = wanda_mask(model, seek_sig, rho, persona=persona)
+    magnitude = magnitude_mask(model, rho)
+    out: dict[str, Any] = {"persona": persona, "config": dataclasses.asdict(config), "fit_items": len(fit),
+                           "overlap": [overlap_row(f"{persona} contrastive_wanda@{rho}", *cw),
+                                       overlap_row(f"{persona} contrastive_sparse@{rho}", *cs),
+                                       overlap_row(f"{persona} wanda seek vs magnitude@{rho}", wanda_seek, magnitude)]}
+    grids = {
+        "differ_cw": (fraction_differ(*cw, by="map"), "entries that differ (fraction)",
+                      f"{persona}: opposing Contrastive-Wanda masks differ (ρ = {rho})"),
+        "iou_removed_cw": (iou(*cw, by="map", of="removed"), "IoU of removed weights",
+                           f"{persona}: overlap of what the two poles remove (ρ = {rho})"),
+        "persona_specific": (persona_specific_removal(wanda_seek, magnitude), "fraction of removals a magnitude mask keeps",
+                             f"{persona}: persona-specific removals of the seek Wanda mask (ρ = {rho})"),
+    }
+    out["grids"] = {}
+    for key, (per_map, label, title) in grids.items():
+        grid, kinds = layer_kind_grid(per_map, adapter.n_layers)
+        out["grids"][key] = {"kinds": list(kinds), "values": grid.tolist()}
+        plot_layer_kind_heatmap(grid, kinds, figures / f"{persona}_{key}", title=title, colorbar=label)
+    cosine = signature_cosine_by_layer(seek_sig, reject_sig)
+    out["signature_cosine"] = cosine.tolist()
+    plot_layer_curve(cosine, figures / f"{persona}_signature_cosine", ylabel="cosine(seek, reject) of mean input norms",
+                     title=f"{persona}: how alike the two poles' signatures are, per layer")
+    heads = head_divergence(model, seek_sig, reject_sig, *cw)
+    neurons = neuron_divergence(model, seek_sig, reject_sig, *cw)
+    out["top_heads"] = [dataclasses.asdict(u) for u in heads[: config.n_top]]
+    out["top_neurons"] = [dataclasses.asdict(u) for u in neurons[: config.n_top]]
+    plot_unit_map(heads, adapter.n_layers, adapter.n_heads, figures / f"{persona}_heads", unit_label="head",
+                  title=f"{persona}: head divergence (mean |z| over the head's channels)")
+    plot_unit_map(neurons, adapter.n_layers, adapter.d_mlp, figures / f"{persona}_neurons", unit_label="MLP neuron",
+                  title=f"{persona}: neuron divergence (|z| of the activation)")
+
+    test = load_persona(persona, "test").sample(min(config.n_causal, len(load_persona(persona, "test"))), seed=config.seed)
+    example = test[0]
+    texts = {side: prompt_ids(model.tokenizer, example.question) + answer_ids(model.tokenizer, example.answer(side))
+             for side in ("seek", "reject")}
+    top_neurons = [(u.layer, u.unit) for u in neurons[:5]]
+    top_heads = [(u.layer, u.unit) for u in heads[:4]]
+    neuron_tokens_view(model, {f"{persona} — {side} answer": ids for side, ids in texts.items()}, top_neurons).save(
+        figures / f"{persona}_top_neurons.html", force=True)
+    attention_heads_view(model, texts["seek"], top_heads, title=f"{persona}: top persona heads on a seek answer").save(
+        figures / f"{persona}_top_heads.html", force=True)
+
+    reference = DamageReference.build(model, load_neutral_texts()[: config.n_neutral], config.batch_size)
+    systems = {"no prompt": None, "seek prompt": persona_prompts(persona, "seek")[0],
+               "reject prompt": persona_prompts(persona, "reject")[0]}
+    out["dose_response"] = []
+    for kind, ranked in (("neuron", neurons), ("head", heads)):
+        ks = [k for k in config.ks if k <= len(ranked)]
+        for mode in config.modes:
+            rows = dose_response(model, list(test), ranked, kind, ks, mode=mode, signature=seek_sig if mode == "mean" else None,
+                                 seeds=config.seeds, systems=systems, reference=reference, batch_size=config.batch_size,
+                                 progress=progress)
+            out["dose_response"] += rows
+            plot_dose_response(rows, figures / f"{persona}_dose_{kind}_{mode}",
+                               title=f"{persona}: ablating top-k persona {kind}s ({mode}) vs k random {kind}s, n = {len(test)} items")
+    out["equal_damage"] = equal_damage_comparison(model, list(test), fit, neurons, max(config.ks), reference, config)
+    return out
+
+
+def equal_damage_comparison(model: Any, test: list, fit: Any, neurons: list, k: int, reference: DamageReference,
+                            config: AtlasConfig) -> dict[str, Any]:
+    """Zero-ablating the top-k persona neurons vs the mean-difference steering vector at the multiplier
+    that costs the same KL on neutral text: paired margin shifts (seek − reject, nats/token) vs base."""
+    adapter = get_adapter(model)
+    layer = min(adapter.n_layers - 1, round(config.steering_layer * adapter.n_layers))
+    base = score_ab(model, test, batch_size=config.batch_size, progress=False).margin_mean
+    mask = unit_mask("neuron", [(u.layer, u.unit) for u in neurons[:k]])
+    with mask.apply(model):
+        ablated = score_ab(model, test, batch_size=config.batch_size, progress=False).margin_mean
+        target_kl = reference.measure(model)["kl"]
+    vector = mean_difference_vector(model, fit, layer, batch_size=config.batch_size)
+    alpha, kl = equal_damage_multiplier(model, vector, reference, target_kl)
+    result = {"k": k, "ablation_kl": target_kl, "steering_layer": layer, "steering_multiplier": alpha, "steering_kl": kl}
+    for name, sign in (("seek", 1.0), ("reject", -1.0)):
+        with vector.apply(model, multiplier=sign * alpha):
+            steered = score_ab(model, test, batch_size=config.batch_size, progress=False).margin_mean
+        diff = paired_difference(steered, base)
+        result[f"steer_{name}_shift"] = [diff.value, diff.low, diff.high]
+    diff = paired_difference(ablated, base)
+    result["ablation_shift"] = [diff.value, diff.low, diff.high]
+    result["n"] = len(test)
+    return result
+
+
+def to_markdown(atlas: dict[str, Any]) -> str:
+    """A short markdown summary of one atlas run (tables of the numbers behind the figures)."""
+    p = atlas["persona"]
+    lines = [f"## {p}: where the persona sits ({atlas['fit_items']} calibration items)\n",
+             "| masks | differ overall | differ attention | differ MLP |", "|---|---|---|---|"]
+    lines += [f"| {r['pair']} | {100 * r['overall']:.2f} % | {100 * r['attn']:.2f} % | {100 * r['mlp']:.2f} % |" for r in atlas["overlap"]]
+    cos = atlas["signature_cosine"]
+    lines += ["", f"Signature cosine (seek vs reject) per layer: min {min(cos):.4f}, first layer {cos[0]:.4f}, last layer {cos[-1]:.4f}.", "",
+              "| top heads (layer, head) | divergence | CW weights differ |", "|---|---|---|"]
+    lines += [f"| L{u['layer']}H{u['unit']} | {u['divergence']:.3f} | {100 * u['weights_differ']:.2f} % |" for u in atlas["top_heads"]]
+    lines += ["", "| top neurons (layer, neuron) | divergence | CW weights differ |", "|---|---|---|"]
+    lines += [f"| L{u['layer']}N{u['unit']} | {u['divergence']:.3f} | {100 * u['weights_differ']:.2f} % |" for u in atlas["top_neurons"]]
+    lines += ["", "Dose–response (paired margin shift vs unablated, nats/token, 95 % CI; random = mean over seeds):", "",
+              "| kind | mode | system | k | top-k shift | random shift (mean [min, max] over seeds) | top-k ppl change |",
+              "|---|---|---|---|---|---|---|"]
+    rows = atlas["dose_response"]
+    for r in (r for r in rows if r["selection"] == "top"):
+        rand = [x["shift"] for x in rows if x["selection"] == "random" and (x["kind"], x["mode"], x["system"], x["k"]) == (r["kind"], r["mode"], r["system"], r["k"])]
+        rand_text = f"{sum(rand) / len(rand):+.3f} [{min(rand):+.3f}, {max(rand):+.3f}]" if rand else "—"
+        lines.append(f"| {r['kind']} | {r['mode']} | {r['system']} | {r['k']} | {r['shift']:+.3f} [{r['shift_low']:+.3f}, {r['shift_high']:+.3f}] "
+                     f"| {rand_text} | {100 * r.get('perplexity_change', float('nan')):+.1f} % |")
+    e = atlas["equal_damage"]
+    lines += ["", f"Equal damage: zero-ablating the top {e['k']} neurons costs KL {e['ablation_kl']:.4f} and shifts the margin by "
+              f"{e['ablation_shift'][0]:+.3f} [{e['ablation_shift'][1]:+.3f}, {e['ablation_shift'][2]:+.3f}]; the mean-difference vector at "
+              f"layer {e['steering_layer']} with the same KL ({e['steering_kl']:.4f}, α = {e['steering_multiplier']:.2f}) shifts it by "
+              f"{e['steer_seek_shift'][0]:+.3f} [{e['steer_seek_shift'][1]:+.3f}, {e['steer_seek_shift'][2]:+.3f}] (+α) and "
+              f"{e['steer_reject_shift'][0]:+.3f} [{e['steer_reject_shift'][1]:+.3f}, {e['steer_reject_shift'][2]:+.3f}] (−α), n = {e['n']} items.", ""]
+    return "\n".join(lines)
+
