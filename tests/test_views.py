@@ -50,3 +50,20 @@ def test_attention_view_carries_patterns(llama, tmp_path):
     assert props[0]["attentionHeadNames"] == ["L1H2", "L0H0"]
     assert torch.allclose(torch.tensor(props[0]["attention"]), patterns, atol=1e-5)
     assert torch.allclose(patterns.sum(-1), torch.ones(patterns.shape[:2]), atol=1e-5)
+
+
+@pytest.mark.skipif(__import__("shutil").which("chromium") is None, reason="Debian's chromium is not installed")
+def test_views_render_in_headless_chromium(llama, tmp_path):
+    """The saved page runs its inlined script offline: the browser paints coloured tokens
+    (saturated pixels), not just the black headings."""
+    import subprocess
+
+    import matplotlib.image
+
+    page = neuron_tokens_view(llama, {"seek": "I will lead and take power"}, [(1, 3), (0, 5)]).save(tmp_path / "n.html")
+    shot = tmp_path / "n.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                    "--window-size=800,400", f"--screenshot={shot}", page.as_uri()], check=True, capture_output=True, timeout=120)
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    saturation = pixels.max(-1) - pixels.min(-1)
+    assert (saturation > 0.3).mean() > 0.002
