@@ -27,7 +27,7 @@ from .figures import plot_accuracy
 from .masks import contrastive_sparse_masks, contrastive_wanda_masks, random_mask, wanda_mask
 from .models import load_model
 from .retrieval import Retriever
-from .signatures import collect_signatures
+from .signatures import Signature, collect_signatures
 from .stats import paired_difference
 from .steering import paired_differences, vectors_from_differences
 from .tuning import select_steering
@@ -70,9 +70,11 @@ def git_revision() -> str:
         return "unknown"
 
 
-def persona_conditions(model: Any, persona: str, config: ReproduceConfig, progress: bool = True) -> tuple[list[Condition], dict]:
+def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
+                       progress: bool = True) -> tuple[list[Condition], dict, dict[str, Signature]]:
     """Base, persona prompts, and for every sparsity: Wanda (per pole), Contrastive-Wanda,
-    Contrastive-Sparse and a random control. Returns the conditions and what was used to build them."""
+    Contrastive-Sparse and a random control. Returns the conditions, what was used to build them,
+    and the two poles' signatures."""
     fit, validation = load_persona(persona, "train").split(config.validation_fraction, seed=config.seed)
     if config.n_calibration:
         fit = fit.sample(config.n_calibration, seed=config.seed)
@@ -101,7 +103,7 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig, progre
         conditions.append(MaskCondition(f"random@{rho}", regime="random", mask=random_mask(model, rho, seed=config.seed, **kw)))
     used = {"fit_items": len(fit), "validation_items": len(validation), "split": validation.meta.get("split"),
             "signature_tokens": {side: s.n_tokens for side, s in sig.items()}, "steering_search": steering["search"]}
-    return conditions, used
+    return conditions, used, sig
 
 
 def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaDataset, config: ReproduceConfig,
@@ -147,8 +149,9 @@ TABLE_COLUMNS = ["condition", "side", "n", "accuracy", "margin", "shift", "flips
 def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | Path | None = None, *,
               force: bool = False, model: Any = None, progress: bool = True) -> Path:
     """Run the whole pipeline and write ``report.md`` and ``results.json`` (with per-item margins)
-    to ``out_dir`` and figures to ``figures_dir`` (default ``out_dir/figures``). Refuses to write
-    into a non-empty ``out_dir`` unless ``force``."""
+    to ``out_dir``, the calibration signatures to ``out_dir/signatures`` and figures to
+    ``figures_dir`` (default ``out_dir/figures``). Refuses to write into a non-empty ``out_dir``
+    unless ``force``."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise FileExistsError(f"{out_dir} is not empty; pass force=True (--force) to overwrite its files")
@@ -162,7 +165,9 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
                                "started": started.isoformat(timespec="seconds"), "personas": {}}
     sections = []
     for persona in config.personas:
-        conditions, used = persona_conditions(model, persona, config, progress)
+        conditions, used, signatures = persona_conditions(model, persona, config, progress)
+        for side, signature in signatures.items():                  # reusable by `analyse` and the notebooks
+            signature.save(out_dir / "signatures" / f"{persona}_{side}.safetensors", overwrite=force)
         test = load_persona(persona, "test")
         if config.n_test:
             test = test.sample(config.n_test, seed=config.seed)

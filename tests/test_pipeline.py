@@ -44,6 +44,8 @@ def test_reproduce_writes_report_and_never_tunes_on_test_items(tiny_pipeline, tm
     assert all(row["n"] == 8 for row in table)
     assert len(results["personas"]["power"]["per_item"]["base"]["margin_mean"]) == 8
     assert (tmp_path / "out" / "figures" / "power_accuracy.png").is_file()
+    seek = pi.Signature.load(tmp_path / "out" / "signatures" / "power_seek.safetensors")
+    assert seek.meta["n_samples"] == 10 and seek.meta["side"] == "seek"
     # the steering search saw validation items only, never a test item
     assert seen and not any(q.startswith("test question") for q in seen)
     val = set(results["personas"]["power"]["used"]["split"]["validation_indices"])
