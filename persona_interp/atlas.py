@@ -23,10 +23,10 @@ from .analysis import (head_divergence, layer_kind_grid, neuron_divergence, over
 from .causal import dose_response, equal_damage_multiplier, unit_mask
 from .chat import answer_ids, prompt_ids
 from .data import load_neutral_texts, load_persona, persona_prompts
-from .figures import plot_dose_response, plot_layer_curve, plot_layer_kind_heatmap, plot_unit_map
+from .figures import plot_dose_response, plot_layer_curve, plot_layer_kind_heatmap, plot_overlap_bars, plot_unit_map
 from .masks import contrastive_sparse_masks, contrastive_wanda_masks, fraction_differ, iou, magnitude_mask, wanda_mask
 from .scoring import DamageReference, score_ab
-from .signatures import collect_signatures
+from .signatures import Signature, collect_signatures
 from .stats import paired_difference
 from .steering import mean_difference_vector
 from .views import attention_heads_view, neuron_tokens_view
@@ -54,17 +54,20 @@ QUICK_ATLAS = AtlasConfig(n_calibration=32, n_causal=16, ks=[1, 8, 64], seeds=[0
 
 
 def persona_atlas(model: Any, persona: str, config: AtlasConfig, figures_dir: str | Path,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, signatures: tuple[Signature, Signature] | None = None) -> dict[str, Any]:
     """Run the analysis for ``persona`` and save figures (PNG + SVG) and circuitsvis HTML to
     ``figures_dir`` (existing files there are replaced: it is an output folder). Returns every
-    number behind the figures."""
+    number behind the figures. ``signatures`` (seek, reject) are reused if given (e.g. those the
+    main job saved), otherwise collected on the fit split."""
     figures = Path(figures_dir)
     adapter = get_adapter(model)
     fit, _ = load_persona(persona, "train").split(config.validation_fraction, seed=config.seed)
     if config.n_calibration:
         fit = fit.sample(min(config.n_calibration, len(fit)), seed=config.seed)
-    seek_sig, reject_sig = (collect_signatures(model, fit, side, batch_size=config.batch_size, progress=progress)
-                            for side in ("seek", "reject"))
+    if signatures is None:
+        signatures = tuple(collect_signatures(model, fit, side, batch_size=config.batch_size, progress=progress)
+                           for side in ("seek", "reject"))
+    seek_sig, reject_sig = signatures
     rho = config.sparsity
     cw = contrastive_wanda_masks(model, seek_sig, reject_sig, rho, persona=persona)
     cs = contrastive_sparse_masks(model, seek_sig, reject_sig, rho, persona=persona)
@@ -128,6 +131,38 @@ def persona_atlas(model: Any, persona: str, config: AtlasConfig, figures_dir: st
     return out
 
 
+def overlap_table(model: Any, signatures: dict[str, tuple[Signature, Signature]], sparsities: list[float],
+                  figures_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """The paper's table for every persona pair: % of entries that differ between the opposing
+    Contrastive-Wanda and Contrastive-Sparse masks, overall / attention / MLP, per sparsity; with
+    ``figures_dir``, a bar chart and layer × map heatmaps of the CW difference per pair.
+
+    Example:
+        >>> overlap_table(model, {"power": (seek_sig, reject_sig)}, [0.3, 0.5])
+    """
+    adapter = get_adapter(model)
+    rows: list[dict[str, Any]] = []
+    for persona, (seek, reject) in signatures.items():
+        for rho in sparsities:
+            for method, builder in (("contrastive_wanda", contrastive_wanda_masks), ("contrastive_sparse", contrastive_sparse_masks)):
+                pair = builder(model, seek, reject, rho, persona=persona)
+                row = {**overlap_row(persona, *pair), "method": method, "sparsity": rho}
+                rows.append(row)
+                if figures_dir is not None and method == "contrastive_wanda":
+                    grid, kinds = layer_kind_grid(fraction_differ(*pair, by="map"), adapter.n_layers)
+                    row["grid"] = grid.tolist()
+                    plot_layer_kind_heatmap(grid, kinds, Path(figures_dir) / f"overlap_{persona}_cw{rho}",
+                                            colorbar="entries that differ (fraction)",
+                                            title=f"{persona}: opposing Contrastive-Wanda masks (ρ = {rho})")
+    if figures_dir is not None:
+        for rho in sparsities:
+            for method in ("contrastive_wanda", "contrastive_sparse"):
+                chosen = [r for r in rows if r["sparsity"] == rho and r["method"] == method]
+                plot_overlap_bars(chosen, Path(figures_dir) / f"overlap_{method}_{rho}",
+                                  title=f"{method}, ρ = {rho}: opposing masks differ in")
+    return rows
+
+
 def equal_damage_comparison(model: Any, test: list, fit: Any, neurons: list, k: int, reference: DamageReference,
                             config: AtlasConfig) -> dict[str, Any]:
     """Zero-ablating the top-k persona neurons vs the mean-difference steering vector at the multiplier
@@ -151,6 +186,14 @@ def equal_damage_comparison(model: Any, test: list, fit: Any, neurons: list, k: 
     result["ablation_shift"] = [diff.value, diff.low, diff.high]
     result["n"] = len(test)
     return result
+
+
+def overlap_markdown(rows: list[dict[str, Any]]) -> str:
+    """The overlap table as markdown."""
+    lines = ["| persona pair | method | ρ | differ overall | attention | MLP |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['pair']} | {r['method']} | {r['sparsity']} | {100 * r['overall']:.2f} % | {100 * r['attn']:.2f} % | {100 * r['mlp']:.2f} % |"
+              for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def to_markdown(atlas: dict[str, Any]) -> str:

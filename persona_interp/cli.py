@@ -5,7 +5,8 @@ Example:
     $ persona-interp collect --persona power --side seek --out sig_seek.safetensors
     $ persona-interp build-mask --method contrastive_wanda --seek s.safetensors --reject r.safetensors --sparsity 0.3 --out cw
     $ persona-interp inspect cw_seek.safetensors
-    $ persona-interp analyse --persona power --out reports/atlas/power
+    $ persona-interp analyse --persona power --signatures reports/signatures --out reports/atlas/power
+    $ persona-interp overlap --signatures reports/signatures --out reports/overlap
 """
 from __future__ import annotations
 
@@ -135,17 +136,47 @@ def cmd_analyse(args: argparse.Namespace) -> None:
     from .models import load_model
 
     out = Path(args.out)
-    paths = {suffix: out.with_suffix(suffix) for suffix in (".md", ".json")}
-    for path in paths.values():
-        _writable(path, args.force)
+    paths = {suffix: _writable(out.with_name(out.name + suffix), args.force) for suffix in (".md", ".json")}
     config = dataclasses.replace(atlas_module.QUICK_ATLAS if args.quick else atlas_module.AtlasConfig())
     if args.sparsity is not None:
         config.sparsity = args.sparsity
-    atlas = atlas_module.persona_atlas(load_model(args.model), args.persona, config, args.figures)
+    signatures = _saved_signatures(Path(args.signatures), args.persona) if args.signatures else None
+    atlas = atlas_module.persona_atlas(load_model(args.model), args.persona, config, args.figures, signatures=signatures)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths[".md"].write_text(atlas_module.to_markdown(atlas))
     paths[".json"].write_text(json.dumps(atlas, indent=1))
     print(f"wrote {paths['.md']}, {paths['.json']} and figures in {args.figures}")
+
+
+def _saved_signatures(folder: Path, persona: str) -> tuple:
+    from . import Signature
+
+    paths = [folder / f"{persona}_{side}.safetensors" for side in ("seek", "reject")]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise SystemExit(f"error: no saved signatures for {persona!r}: missing {', '.join(missing)} "
+                         "(the main job writes them to REPORT_DIR/signatures)")
+    return tuple(Signature.load(p) for p in paths)
+
+
+def cmd_overlap(args: argparse.Namespace) -> None:
+    import json
+
+    from .atlas import overlap_markdown, overlap_table
+    from .models import load_model
+
+    out = Path(args.out)
+    paths = {suffix: _writable(out.with_name(out.name + suffix), args.force) for suffix in (".md", ".json")}
+    folder = Path(args.signatures)
+    personas = args.personas or sorted({p.name.rsplit("_", 1)[0] for p in folder.glob("*_seek.safetensors")})
+    if not personas:
+        raise SystemExit(f"error: no *_seek.safetensors signatures in {folder}")
+    signatures = {persona: _saved_signatures(folder, persona) for persona in personas}
+    rows = overlap_table(load_model(args.model), signatures, args.sparsities, args.figures)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths[".md"].write_text(overlap_markdown(rows))
+    paths[".json"].write_text(json.dumps(rows, indent=1))
+    print(f"wrote {paths['.md']} and {paths['.json']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,8 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=_sparsity)
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.md and PREFIX.json")
     p.add_argument("--figures", default="figures/atlas", help="figures folder (PNG, SVG, HTML)")
+    p.add_argument("--signatures", help="reuse PERSONA_{seek,reject}.safetensors from this folder (e.g. reports/signatures)")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_analyse)
+
+    p = sub.add_parser("overlap", help="the paper's overlap table: %% of entries opposing masks differ in, for every pair")
+    p.add_argument("--signatures", required=True, help="folder of PERSONA_{seek,reject}.safetensors (the main job writes REPORT_DIR/signatures)")
+    p.add_argument("--personas", nargs="+", choices=persona_names())
+    p.add_argument("--sparsities", nargs="+", type=_sparsity, default=[0.3, 0.5])
+    p.add_argument("--out", required=True, help="output prefix: writes PREFIX.md and PREFIX.json")
+    p.add_argument("--figures", default="figures/overlap")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_overlap)
 
     p = sub.add_parser("reproduce", help="the main job: the whole pipeline, report and figures")
     p.add_argument("--quick", action="store_true", help="power persona only, small samples: a few minutes on 2 cores")

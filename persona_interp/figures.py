@@ -19,7 +19,7 @@ def save(fig: Any, stem: str | os.PathLike) -> list[Path]:
     """Save ``fig`` as ``stem.png`` and ``stem.svg``; returns the paths."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    paths = [stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.svg"]   # not with_suffix: stems may hold "0.3"
     fig.savefig(paths[0], dpi=150, bbox_inches="tight")
     fig.savefig(paths[1], bbox_inches="tight")
     plt.close(fig)

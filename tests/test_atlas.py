@@ -1,3 +1,5 @@
+import pytest
+import torch
 import json
 
 import persona_interp as pi
@@ -42,3 +44,34 @@ def test_cli_analyse_writes_outputs_and_refuses_to_overwrite(llama, tmp_path, mo
     with pytest.raises(SystemExit):
         cli.main(["analyse", "--persona", "stoicism", "--out", str(tmp_path / "x")])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_overlap_table_rows_and_figures(llama, tmp_path):
+    from persona_interp.atlas import overlap_markdown, overlap_table
+    from persona_interp.masks import contrastive_sparse_masks, fraction_differ
+    from test_masks import fake_signature
+
+    adapter = pi.get_adapter(llama)
+    seek = fake_signature(llama, {m.name: 1.0 + torch.arange(m.n_in, dtype=torch.float64) % 3 for m in adapter.maps})
+    reject = fake_signature(llama, {}, side="reject")
+    rows = overlap_table(llama, {"power": (seek, reject), "wealth": (reject, seek)}, [0.3, 0.5], tmp_path)
+    assert len(rows) == 2 * 2 * 2
+    cs = next(r for r in rows if r["pair"] == "power" and r["method"] == "contrastive_sparse" and r["sparsity"] == 0.5)
+    assert cs["overall"] == pytest.approx(fraction_differ(*contrastive_sparse_masks(llama, seek, reject, 0.5)))
+    assert (tmp_path / "overlap_power_cw0.3.png").is_file() and (tmp_path / "overlap_contrastive_sparse_0.5.svg").is_file()
+    assert "| power | contrastive_wanda | 0.3 |" in overlap_markdown(rows)
+
+
+def test_cli_overlap_reads_saved_signatures(llama, tmp_path, monkeypatch):
+    from persona_interp import cli, models
+    from test_masks import fake_signature
+
+    monkeypatch.setattr(models, "load_model", lambda name=None: llama)
+    folder = tmp_path / "sigs"
+    fake_signature(llama, {}, side="seek").save(folder / "power_seek.safetensors")
+    fake_signature(llama, {}, side="reject").save(folder / "power_reject.safetensors")
+    cli.main(["overlap", "--signatures", str(folder), "--sparsities", "0.5", "--out", str(tmp_path / "ov"), "--figures", str(tmp_path / "f")])
+    rows = json.loads((tmp_path / "ov.json").read_text())
+    assert [(r["pair"], r["method"]) for r in rows] == [("power", "contrastive_wanda"), ("power", "contrastive_sparse")]
+    with pytest.raises(SystemExit, match="no saved signatures for 'wealth'"):
+        cli.main(["overlap", "--signatures", str(folder), "--personas", "wealth", "--out", str(tmp_path / "ov2")])
