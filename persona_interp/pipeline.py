@@ -29,7 +29,8 @@ from .models import load_model
 from .retrieval import Retriever
 from .signatures import Signature, collect_signatures
 from .stats import paired_difference
-from .steering import paired_differences, vectors_from_differences
+from .ode_steering import ode_steerings
+from .steering import answer_residual_means, vectors_from_differences
 from .tuning import select_steering
 
 
@@ -53,6 +54,7 @@ class ReproduceConfig:
     steering_layers: list[float] = field(default_factory=lambda: [0.2, 0.35, 0.5, 0.65])   # fractions of depth
     steering_multipliers: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])
     n_validation: int | None = 24
+    ode_features: int | None = 256
 
 
 QUICK = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=32, n_test=24, n_neutral=6, rag_k=2,
@@ -108,14 +110,18 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
 
 def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaDataset, config: ReproduceConfig,
                         progress: bool = True) -> dict[str, Any]:
-    """Mean-difference (CAA) and PCA steering, each with layer and multiplier chosen on the
-    validation split: +α is the seek condition, −α the reject condition."""
+    """Mean-difference (CAA), PCA and ODE steering (barrier on ``config.ode_features`` random Fourier
+    features), each with layer and multiplier chosen on the validation split: +α is the seek
+    condition, −α the reject condition. One pass over the fit items feeds all three."""
     n_layers = get_adapter(model).n_layers
     layers = sorted({min(n_layers - 1, round(f * n_layers)) for f in config.steering_layers})
     conditions, search = [], {}
-    diffs = paired_differences(model, fit, layers, batch_size=config.batch_size, max_tokens=config.max_tokens)
-    for method in ("mean_difference", "pca"):
-        vectors = vectors_from_differences(method, diffs, layers)
+    means = {side: answer_residual_means(model, fit, layers, side=side, batch_size=config.batch_size,
+                                         max_tokens=config.max_tokens, progress=progress) for side in ("seek", "reject")}
+    candidates = {method: vectors_from_differences(method, means["seek"] - means["reject"], layers)
+                  for method in ("mean_difference", "pca")}
+    candidates["ode"] = ode_steerings(model, fit, layers, features=config.ode_features, means=means, seed=config.seed)
+    for method, vectors in candidates.items():
         choice = select_steering(model, vectors, validation, config.steering_multipliers,
                                  batch_size=config.batch_size, progress=progress)
         search[method] = {"layer": choice.layer, "multiplier": choice.multiplier, "table": choice.table}

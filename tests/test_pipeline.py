@@ -39,7 +39,7 @@ def test_reproduce_writes_report_and_never_tunes_on_test_items(tiny_pipeline, tm
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     table = results["personas"]["power"]["table"]
     names = {row["condition"] for row in table}
-    assert {"base", "prompt-seek", "rag-reject", "mean_difference-seek", "pca-reject", "wanda-seek@0.3",
+    assert {"base", "prompt-seek", "rag-reject", "mean_difference-seek", "pca-reject", "ode-seek", "ode-reject", "wanda-seek@0.3",
             "contrastive_wanda-reject@0.3", "contrastive_sparse-seek@0.3", "random@0.3"} <= names
     assert all(row["n"] == 8 for row in table)
     assert len(results["personas"]["power"]["per_item"]["base"]["margin_mean"]) == 8
