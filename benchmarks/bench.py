@@ -1,0 +1,188 @@
+"""Benchmark: the pipeline against its physical floor (a plain forward) and against the naive way.
+
+Prints a table and writes JSON. Every number is a ratio (or a time) from one run on this machine;
+no test asserts a time. Run on the embedded model:
+
+    $ .venv/bin/python benchmarks/bench.py --out benchmarks/results.json
+
+``tests/test_benchmark.py`` runs the same code on a tiny model (smoke mode) so it cannot rot.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+import persona_interp as pi
+from persona_interp.adapter import get_adapter
+from persona_interp.chat import encode_batch
+from persona_interp.scoring import score_ab
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measure(fn: Callable[[], Any]) -> tuple[float, int, Any]:
+    """Wall time, extra peak resident memory (bytes above the start, sampled every 2 ms) and result."""
+    start_rss, peak, done = _rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    t0 = time.perf_counter()
+    result = fn()
+    elapsed = time.perf_counter() - t0
+    done.set()
+    thread.join()
+    return elapsed, max(0, max(peak[0], _rss()) - start_rss), result
+
+
+def _batches(model: Any, items: Sequence[pi.PersonaItem], batch_size: int, max_tokens: int):
+    for start in range(0, len(items), batch_size):
+        yield encode_batch(model.tokenizer, [(it.question, it.matching) for it in items[start:start + batch_size]],
+                           max_tokens=max_tokens)
+
+
+def plain_forward(model: Any, items: Sequence[pi.PersonaItem], batch_size: int, max_tokens: int) -> None:
+    """The floor: the same token batches through the model, nothing kept."""
+    with torch.inference_mode():
+        for batch in _batches(model, items, batch_size, max_tokens):
+            model(batch.tokens)
+
+
+def naive_signature(model: Any, items: Sequence[pi.PersonaItem], batch_size: int, max_tokens: int) -> dict[str, torch.Tensor]:
+    """The naive way: ``run_with_cache`` of every input site, then reduce (mean per-sample norm per channel)."""
+    adapter = get_adapter(model)
+    sites = adapter.input_sites
+    sums: dict[str, torch.Tensor] = {}
+    n = 0
+    with torch.inference_mode():
+        for batch in _batches(model, items, batch_size, max_tokens):
+            _, cache = model.run_with_cache(batch.tokens, names_filter=lambda name: name in sites)
+            mask = batch.token_mask("all").double()[..., None]
+            for site in sites:
+                x = cache[site].reshape(*batch.tokens.shape, -1).double()
+                norm = (x.square() * mask).sum(1).sqrt().sum(0)
+                sums[site] = sums.get(site, 0) + norm
+            n += len(batch.tokens)
+    return {site: value / n for site, value in sums.items()}
+
+
+def run(model: Any, train: Sequence[pi.PersonaItem], test: Sequence[pi.PersonaItem], *, n_calibration: int,
+        n_test: int, batch_size: int = 8, max_tokens: int = 256, sparsity: float = 0.5) -> dict[str, Any]:
+    """Every measurement of the issue, as a dict of times, memory and ratios."""
+    adapter = get_adapter(model)
+    calib, small = list(train[:n_calibration]), list(train[: max(1, n_calibration // 4)])
+    test = list(test[:n_test])
+    dataset = pi.PersonaDataset("bench", calib)
+    out: dict[str, Any] = {"n_calibration": len(calib), "n_test": len(test), "batch_size": batch_size}
+    plain_forward(model, small, batch_size, max_tokens)                                   # warm-up
+    t_plain, m_plain, _ = measure(lambda: plain_forward(model, calib, batch_size, max_tokens))
+    t_sig, m_sig, sig = measure(lambda: pi.collect_signatures(model, dataset, "seek", batch_size=batch_size,
+                                                              max_tokens=max_tokens, progress=False))
+    t_naive, m_naive, naive = measure(lambda: naive_signature(model, calib, batch_size, max_tokens))
+    _, m_sig_small, _ = measure(lambda: pi.collect_signatures(model, pi.PersonaDataset("bench", small), "seek",
+                                                              batch_size=batch_size, max_tokens=max_tokens, progress=False))
+    site_of = {m.site: m.name for m in adapter.maps}
+    out["naive_max_abs_diff"] = max(float((naive[site] - sig.norm_mean(site_of[site])).abs().max()) for site in naive)
+    out.update(forward_s=t_plain, signatures_s=t_sig, naive_s=t_naive,
+               signatures_over_forward=t_sig / t_plain, naive_over_ours_time=t_naive / t_sig,
+               extra_memory_ours_mb=m_sig / 2**20, extra_memory_naive_mb=m_naive / 2**20,
+               naive_over_ours_memory=m_naive / max(m_sig, 1), extra_memory_4x_tokens_ratio=m_sig / max(m_sig_small, 1))
+
+    reject = pi.collect_signatures(model, dataset, "reject", batch_size=batch_size, max_tokens=max_tokens, progress=False)
+    t_build, _, pair = measure(lambda: pi.contrastive_wanda_masks(model, sig, reject, sparsity))
+    out["mask_build_s"] = t_build
+    tokens = next(_batches(model, calib, batch_size, max_tokens)).tokens
+
+    def forwards(k: int = 5) -> None:
+        with torch.inference_mode():
+            for _ in range(k):
+                model(tokens)
+
+    t_fwd, _, _ = measure(forwards)
+
+    def enter_exit() -> None:
+        with pi.ablate(model, pair[0]):
+            pass
+
+    out["ablate_enter_exit_s"] = measure(enter_exit)[0]
+    with pi.ablate(model, pair[0]):
+        out["masked_forward_over_plain"] = measure(forwards)[0] / t_fwd
+    neurons = pi.NeuronMask({layer: list(range(0, adapter.d_mlp, 7)) for layer in range(adapter.n_layers)})
+    heads = pi.HeadMask({layer: [0] for layer in range(adapter.n_layers)})
+    for name, mask in (("neuron", neurons), ("head", heads)):
+        with pi.ablate(model, mask):
+            out[f"{name}_mask_forward_over_plain"] = measure(forwards)[0] / t_fwd
+
+    t_batched, _, _ = measure(lambda: score_ab(model, test, batch_size=batch_size, progress=False))
+    t_single, _, _ = measure(lambda: score_ab(model, test, batch_size=1, progress=False))
+    out.update(eval_batched_s=t_batched, eval_single_s=t_single, batching_speedup=t_single / t_batched)
+
+    def end_to_end() -> None:
+        seek_sig = pi.collect_signatures(model, dataset, "seek", batch_size=batch_size, max_tokens=max_tokens, progress=False)
+        reject_sig = pi.collect_signatures(model, dataset, "reject", batch_size=batch_size, max_tokens=max_tokens, progress=False)
+        masks = pi.contrastive_wanda_masks(model, seek_sig, reject_sig, 0.3)
+        score_ab(model, test, batch_size=batch_size, progress=False)
+        for mask in masks:
+            with pi.ablate(model, mask):
+                score_ab(model, test, batch_size=batch_size, progress=False)
+
+    out["end_to_end_s"] = measure(end_to_end)[0]
+    return out
+
+
+GOALS = {"signatures_over_forward": ("<=", 1.15), "naive_over_ours_time": (">=", 2.0), "naive_over_ours_memory": (">=", 10.0),
+         "extra_memory_4x_tokens_ratio": ("<=", 1.5), "masked_forward_over_plain": ("<=", 1.02),
+         "neuron_mask_forward_over_plain": ("<=", 1.10), "head_mask_forward_over_plain": ("<=", 1.10),
+         "batching_speedup": (">=", 3.0), "end_to_end_s": ("<=", 300.0)}
+
+
+def table(results: dict[str, Any]) -> str:
+    """The results as a plain-text table, with each goal and whether this run met it."""
+    lines = [f"{'measure':34s} {'value':>12s}  goal"]
+    for key, value in results.items():
+        goal = GOALS.get(key)
+        text = f"{value:12.4g}" if isinstance(value, float) else f"{value!s:>12s}"
+        verdict = ""
+        if goal:
+            ok = value <= goal[1] if goal[0] == "<=" else value >= goal[1]
+            verdict = f"{goal[0]} {goal[1]:g}  {'met' if ok else 'MISSED'}"
+        lines.append(f"{key:34s} {text}  {verdict}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--persona", default="power")
+    parser.add_argument("--n-calibration", type=int, default=128)
+    parser.add_argument("--n-test", type=int, default=200)
+    parser.add_argument("--out", default="benchmarks/results.json")
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args()
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise SystemExit(f"error: {out} exists; pass --force to overwrite it")
+    model = pi.load_model()
+    results = run(model, list(pi.load_persona(args.persona, "train")), list(pi.load_persona(args.persona, "test")),
+                  n_calibration=args.n_calibration, n_test=args.n_test)
+    results["torch_threads"] = torch.get_num_threads()
+    print(table(results))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
