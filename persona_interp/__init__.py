@@ -16,7 +16,9 @@ from .data import (DataError, PersonaDataset, PersonaItem, load_csv, load_datase
                    load_persona, persona_names)
 from .masks import (Mask, contrastive_sparse_masks, contrastive_wanda_masks, fraction_differ, iou, magnitude_mask,
                     random_mask, wanda_mask)
+from .composition import compose, fractional_mask, type_mask
 from .generation import generate
+from .regimes import compare_regimes
 from .models import load_model
 from .signatures import ModelMismatchError, Signature, collect_signatures
 
@@ -24,5 +26,5 @@ __all__ = [
     "HeadMask", "NeuronMask", "ablate", "LinearMap", "ModelAdapter", "get_adapter", "DataError", "PersonaDataset",
     "PersonaItem", "load_csv", "load_dataset", "load_jsonl", "load_neutral_texts", "load_persona", "persona_names",
     "Mask", "contrastive_sparse_masks", "contrastive_wanda_masks", "fraction_differ", "iou", "magnitude_mask",
-    "random_mask", "wanda_mask", "generate", "load_model", "ModelMismatchError", "Signature", "collect_signatures",
+    "random_mask", "wanda_mask", "compose", "fractional_mask", "type_mask", "compare_regimes", "generate", "load_model", "ModelMismatchError", "Signature", "collect_signatures",
 ]

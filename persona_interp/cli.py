@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .data import persona_names
+from .data import MBTI_AXES, persona_names
 
 
 def _sparsity(text: str) -> float:
@@ -179,6 +179,47 @@ def cmd_overlap(args: argparse.Namespace) -> None:
     print(f"wrote {paths['.md']} and {paths['.json']}")
 
 
+def _study_paths(args: argparse.Namespace) -> dict[str, Path]:
+    """PREFIX.md and PREFIX.json, checked before a long run starts."""
+    out = Path(args.out)
+    return {suffix: _writable(out.with_name(out.name + suffix), args.force) for suffix in (".md", ".json")}
+
+
+def _write_study(args: argparse.Namespace, paths: dict[str, Path], study: dict, markdown: str) -> None:
+    import json
+
+    paths[".md"].parent.mkdir(parents=True, exist_ok=True)
+    paths[".md"].write_text(markdown)
+    paths[".json"].write_text(json.dumps(study, indent=1))
+    print(f"wrote {paths['.md']}, {paths['.json']} and figures in {args.figures}")
+
+
+def cmd_compose(args: argparse.Namespace) -> None:
+    from .composition import TYPE_LETTERS, composition_markdown, run_composition, type_poles
+    from .models import load_model
+
+    try:
+        type_poles(args.type)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    paths = _study_paths(args)
+    axes = {axis: _saved_signatures(Path(args.signatures), axis) for axis in TYPE_LETTERS}
+    study = run_composition(load_model(args.model), axes, type_code=args.type, sparsity=args.sparsity, axis=args.axis,
+                            fractions=args.fractions, n_test=args.n_test, seed=args.seed, figures_dir=args.figures)
+    _write_study(args, paths, study, composition_markdown(study))
+
+
+def cmd_regimes(args: argparse.Namespace) -> None:
+    from .models import load_model
+    from .regimes import regimes_markdown, run_regimes
+
+    paths = _study_paths(args)
+    signatures = _saved_signatures(Path(args.signatures), args.persona)
+    study = run_regimes(load_model(args.model), args.persona, signatures, sparsity=args.sparsity, n_items=args.n_items,
+                        n_texts=args.n_texts, n_calibration=args.n_calibration, seed=args.seed, figures_dir=args.figures)
+    _write_study(args, paths, study, regimes_markdown(study))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="persona-interp", description="Persona subnetworks: signatures, masks, evaluation.")
     parser.add_argument("--model", default=None, help="model name or folder (default: embedded SmolLM2-135M-Instruct)")
@@ -231,6 +272,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", default="figures/overlap")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_overlap)
+
+    p = sub.add_parser("compose", help="a full MBTI type from the four axes (composed mask vs intersection vs prompt) and a fractional persona curve")
+    p.add_argument("--signatures", required=True, help="folder of AXIS_{seek,reject}.safetensors for the four MBTI axes")
+    p.add_argument("--type", default="INTJ", help="four-letter MBTI type (default INTJ)")
+    p.add_argument("--sparsity", type=_sparsity, default=0.3)
+    p.add_argument("--axis", default="introversion_extraversion", choices=list(MBTI_AXES), help="axis of the fractional curve")
+    p.add_argument("--fractions", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    p.add_argument("--n-test", type=int, help="seeded sample of each axis's test items (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output prefix: writes PREFIX.md and PREFIX.json")
+    p.add_argument("--figures", default="figures/composition")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_compose)
+
+    p = sub.add_parser("regimes", help="prompt vs mask vs steering: residual shifts per layer, cosines, transfer of directions")
+    p.add_argument("--persona", required=True, choices=persona_names())
+    p.add_argument("--signatures", required=True, help="folder of PERSONA_{seek,reject}.safetensors")
+    p.add_argument("--sparsity", type=_sparsity, default=0.3)
+    p.add_argument("--n-items", type=int, default=48, help="held-out A/B items for the behavioural effects")
+    p.add_argument("--n-texts", type=int, default=16, help="neutral texts for the residual shifts")
+    p.add_argument("--n-calibration", type=int, default=64, help="calibration items for the steering vector")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output prefix: writes PREFIX.md and PREFIX.json")
+    p.add_argument("--figures", default="figures/regimes")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_regimes)
 
     p = sub.add_parser("reproduce", help="the main job: the whole pipeline, report and figures")
     p.add_argument("--quick", action="store_true", help="power persona only, small samples: a few minutes on 2 cores")

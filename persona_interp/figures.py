@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -86,8 +87,6 @@ def plot_overlap_bars(rows: Sequence[dict], stem: str | os.PathLike, title: str 
 def plot_unit_map(units: Sequence[Any], n_layers: int, n_units: int, stem: str | os.PathLike, *, unit_label: str,
                   title: str = "", colorbar: str = "divergence (mean |z|)") -> list[Path]:
     """Divergence of every head or neuron (``UnitDivergence`` items) as a layer × unit image."""
-    import numpy as np
-
     image = np.full((n_layers, n_units), np.nan)
     for u in units:
         image[u.layer, u.unit] = u.divergence
@@ -141,5 +140,79 @@ def plot_layer_curve(values: Any, stem: str | os.PathLike, *, ylabel: str, title
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def plot_regime_comparison(result: dict, stem: str | os.PathLike, title: str = "") -> list[Path]:
+    """Regime comparison of one persona pair (from :func:`~persona_interp.regimes.compare_regimes`):
+    cosine of the seek-minus-reject residual directions per layer for every two regimes, and the
+    transfer matrix (behaviour reproduced by one regime's direction, as a fraction of another's)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [1.6, 1]})
+    for pair, values in result["cosine"].items():
+        left.plot(result["layers"], values, marker="o", ms=3, label=pair.replace("|", " vs "))
+    left.axhline(0, color="black", lw=0.8, ls="--")
+    left.axvline(result["layer"], color="grey", lw=0.8, ls=":")
+    left.set_xlabel("layer (residual stream entering the block)")
+    left.set_ylabel("cosine of seek − reject shifts")
+    left.set_ylim(-1, 1)
+    left.legend(fontsize=8)
+    names = list(result["transfer"])
+    ratios = np.array([[result["transfer"][s][d]["ratio"] for d in names] for s in names], dtype=float)
+    image = right.imshow(ratios, cmap="RdBu_r", vmin=-1.5, vmax=1.5)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            right.text(j, i, f"{ratios[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    right.set_xticks(range(len(names)), [f"{n}\n({result['effect'][n]['value']:+.3f})" for n in names], fontsize=8)
+    right.set_yticks(range(len(names)), [f"{n} direction" for n in names], fontsize=8)
+    right.set_title(f"effect reproduced at layer {result['layer']} (ratio; n = {result['n_items']})", fontsize=9)
+    fig.colorbar(image, ax=right, fraction=0.046)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def plot_fraction_curve(curve: dict, stem: str | os.PathLike, title: str = "") -> list[Path]:
+    """Per-token A/B margin toward the seek pole against the persona fraction (t 95 % CI), with the
+    base model and the random mask of the same sparsity as horizontal references."""
+    rows = [r for r in curve["rows"] if r["fraction"] is not None]
+    control = next((r for r in curve["rows"] if r["fraction"] is None), None)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = [r["fraction"] for r in rows]
+    ax.errorbar(x, [r["margin"] for r in rows], yerr=[[r["margin"] - r["margin_low"] for r in rows],
+                                                     [r["margin_high"] - r["margin"] for r in rows]],
+                marker="o", capsize=3, label=f"fractional mask (ρ = {curve['sparsity']})")
+    ax.axhline(curve["base_margin"]["value"], color="black", ls="--", lw=0.8, label="base model")
+    if control:
+        ax.axhline(control["margin"], color="#777777", ls=":", lw=1.2, label=control["condition"])
+    ax.set_xlabel("fraction of the seek pole")
+    ax.set_ylabel("margin toward seek (nats/token)")
+    t = curve["trend"]
+    ax.set_title(f"{title}\nslope {t['slope']['value']:+.3f} [{t['slope']['low']:+.3f}, {t['slope']['high']:+.3f}], "
+                 f"Spearman {t['spearman']:+.2f}, n = {rows[0]['n'] if rows else 0}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def plot_type_comparison(rows: Sequence[dict], stem: str | os.PathLike, title: str = "") -> list[Path]:
+    """Paired margin shift toward the type's pole (vs base, t 95 % CI) on each axis's test items,
+    one bar per condition (type mask, intersection, prompt, their random controls)."""
+    axes_names = list(dict.fromkeys(r["axis"] for r in rows))
+    conditions = [c for c in dict.fromkeys(r["condition"] for r in rows) if c != "base"]
+    fig, ax = plt.subplots(figsize=(2.2 * len(axes_names) + 2, 4))
+    width = 0.8 / max(len(conditions), 1)
+    for i, cond in enumerate(conditions):
+        sel = [next(r for r in rows if r["axis"] == a and r["condition"] == cond) for a in axes_names]
+        pos = [j + (i - (len(conditions) - 1) / 2) * width for j in range(len(axes_names))]
+        ax.bar(pos, [r["shift"] for r in sel], width, yerr=[[r["shift"] - r["shift_low"] for r in sel],
+                                                            [r["shift_high"] - r["shift"] for r in sel]],
+               capsize=2, label=f"{cond} (ρ = {sel[0]['sparsity']:.2f})" if sel[0]["sparsity"] else cond)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(axes_names)), [f"{a}\n→ {next(r['pole'] for r in rows if r['axis'] == a)}" for a in axes_names],
+                  fontsize=8)
+    ax.set_ylabel("margin shift toward the type's pole\n(nats/token, vs base)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return save(fig, stem)

@@ -66,3 +66,47 @@ def paired_difference(after: Float[Tensor, " n"], before: Float[Tensor, " n"], l
 def flips(after: Bool[Tensor, " n"], before: Bool[Tensor, " n"]) -> tuple[int, int]:
     """(items that went from wrong to right, items that went from right to wrong)."""
     return int((after & ~before).sum()), int((~after & before).sum())
+
+
+@dataclass(frozen=True)
+class Trend:
+    """How a per-item score moves along an ordered setting (e.g. a persona fraction).
+
+    ``reversals`` counts adjacent steps whose mean goes down; ``significant_reversals`` those whose
+    paired interval lies entirely below 0; ``slope`` is the mean per-item least-squares slope with its
+    t interval. ``increasing`` means the slope's interval is above 0 and no step reverses significantly.
+    """
+
+    spearman: float
+    reversals: int
+    significant_reversals: int
+    slope: Estimate
+
+    @property
+    def monotonic(self) -> bool:
+        return self.reversals == 0
+
+    @property
+    def increasing(self) -> bool:
+        return self.slope.low > 0 and self.significant_reversals == 0
+
+
+def trend(x: Float[Tensor, " k"], y: Float[Tensor, "k n"], level: float = 0.95) -> Trend:
+    """Monotonicity check of ``y`` (k settings × n paired items) along the increasing settings ``x``.
+
+    Example:
+        >>> trend(torch.tensor([0., .5, 1.]), torch.tensor([[0., 1.], [1., 2.], [2., 3.]])).increasing
+        True
+    """
+    x, y = x.double().flatten(), y.double()
+    if y.ndim != 2 or y.shape[0] != x.numel() or x.numel() < 2:
+        raise ValueError(f"trend needs k ≥ 2 settings and a [k, n] score table, got x {tuple(x.shape)}, y {tuple(y.shape)}")
+    if not bool((x[1:] > x[:-1]).all()):
+        raise ValueError(f"settings must be strictly increasing, got {x.tolist()}")
+    means = y.mean(1)
+    steps = [paired_difference(y[i + 1], y[i], level) for i in range(len(x) - 1)]
+    xc = x - x.mean()
+    slopes = (xc[:, None] * y).sum(0) / (xc ** 2).sum()          # per-item least squares (Σ xc = 0)
+    rho = float(_scipy_stats.spearmanr(x.numpy(), means.numpy()).statistic) if len(x) > 2 else float(torch.sign(means[1] - means[0]))
+    return Trend(rho, sum(int(means[i + 1] < means[i]) for i in range(len(x) - 1)),
+                 sum(int(s.high < 0) for s in steps), mean_ci(slopes, level))

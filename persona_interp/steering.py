@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .adapter import get_adapter
-from .chat import encode_batch
+from .chat import SystemPrompt, encode_batch
 from .data import PersonaDataset, PersonaItem
 
 
@@ -61,11 +61,28 @@ class _Enough(Exception):
 def answer_residual_means(model: Any, items: Sequence[PersonaItem], layers: Sequence[int], *, side: str,
                           batch_size: int = 8, max_tokens: int = 256, progress: bool = False) -> Float[Tensor, "n layers d_model"]:
     """Per item, the residual stream entering each of ``layers``, averaged over the answer tokens of ``side``."""
-    adapter = get_adapter(model)
     items = list(items)
     if not items:
         raise ValueError("answer_residual_means got no items")
-    out = torch.zeros(len(items), len(layers), adapter.d_model, dtype=torch.float64)
+    return residual_means(model, [(it.question, it.answer(side)) for it in items], layers, batch_size=batch_size,
+                          max_tokens=max_tokens, progress=progress, desc=f"residuals[{side}]")
+
+
+def residual_means(model: Any, pairs: Sequence[tuple[str, str]], layers: Sequence[int], *, system: SystemPrompt = None,
+                   batch_size: int = 8, max_tokens: int = 256, progress: bool = False,
+                   desc: str = "residuals") -> Float[Tensor, "n layers d_model"]:
+    """Per (question, answer) pair, the residual stream entering each of ``layers``, averaged over the
+    answer's tokens (chat-formatted, optionally under a system prompt; padding never counts).
+
+    Example:
+        >>> residual_means(model, [("Write a paragraph.", text)], layers=[4, 8]).shape
+        torch.Size([1, 2, 576])
+    """
+    adapter = get_adapter(model)
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError("residual_means got no texts")
+    out = torch.zeros(len(pairs), len(layers), adapter.d_model, dtype=torch.float64)
     captured: dict[int, Tensor] = {}
     deepest = max(layers)
 
@@ -78,9 +95,9 @@ def answer_residual_means(model: Any, items: Sequence[PersonaItem], layers: Sequ
 
     hooks = [(adapter.residual_hook(layer), grab(i, layer)) for i, layer in enumerate(layers)]
     with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
-        for start in tqdm(range(0, len(items), batch_size), desc=f"residuals[{side}]", disable=not progress, leave=False):
-            chunk = items[start:start + batch_size]
-            batch = encode_batch(model.tokenizer, [(it.question, it.answer(side)) for it in chunk], max_tokens=max_tokens)
+        for start in tqdm(range(0, len(pairs), batch_size), desc=desc, disable=not progress, leave=False):
+            chunk = pairs[start:start + batch_size]
+            batch = encode_batch(model.tokenizer, chunk, system=system, max_tokens=max_tokens)
             weights = batch.token_mask("answer").double()
             weights = weights / weights.sum(1, keepdim=True)
             captured.clear()

@@ -31,3 +31,28 @@ def test_wilson_interval():
     assert est.value == 0.8 and est.low == pytest.approx(0.4902, abs=1e-3) and est.high == pytest.approx(0.9433, abs=1e-3)
     with pytest.raises(ValueError):
         proportion_ci(torch.tensor([], dtype=torch.bool))
+
+
+def test_trend_hand_computed():
+    from persona_interp.stats import trend
+
+    x = torch.tensor([0.0, 0.5, 1.0])
+    y = torch.tensor([[0.0, 1.0, 2.0], [1.0, 1.0, 3.0], [2.0, 3.0, 4.0]])          # 3 settings × 3 items
+    t = trend(x, y)
+    # per-item slopes: Σ xc·y / Σ xc² with xc = (-.5, 0, .5), Σ xc² = .5 → (2, 2, 2)
+    assert (t.slope.value, t.slope.low, t.slope.high, t.slope.n) == (2.0, 2.0, 2.0, 3)
+    assert (t.reversals, t.significant_reversals, t.spearman) == (0, 0, 1.0)
+    assert t.monotonic and t.increasing
+    down = trend(x, torch.tensor([[0.0, 0.0, 0.0], [2.0, 2.1, 1.9], [1.0, 1.1, 0.9]]))
+    assert down.reversals == 1 and down.significant_reversals == 1 and not down.monotonic and not down.increasing
+    noisy = trend(torch.tensor([0.0, 1.0]), torch.tensor([[0.0, 0.0], [1.0, -1.0]]))
+    assert noisy.reversals == 0 and noisy.significant_reversals == 0 and not noisy.increasing   # slope CI spans 0
+
+
+def test_trend_rejects_bad_input():
+    from persona_interp.stats import trend
+
+    with pytest.raises(ValueError, match="strictly increasing"):
+        trend(torch.tensor([0.0, 0.0]), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="k ≥ 2"):
+        trend(torch.tensor([0.0, 1.0]), torch.zeros(3, 3))

@@ -1,0 +1,170 @@
+import pytest
+import torch
+
+import persona_interp as pi
+from persona_interp.composition import (PoleScores, blend, compose, fractional_curve, fractional_mask,
+                                        intersection_type_mask, pole_scores, type_comparison, type_mask, type_poles,
+                                        type_prompt)
+from persona_interp.masks import Mask, contrastive_wanda_masks
+from persona_interp.signatures import ModelMismatchError
+from test_masks import fake_signature
+
+AXES = list(pi.data.MBTI_AXES)
+
+
+def random_pair(model, seed: int, dataset: str = "axis"):
+    g = torch.Generator().manual_seed(seed)
+    adapter = pi.get_adapter(model)
+    means = {m.name: torch.rand(m.n_in, generator=g, dtype=torch.float64) * 3 for m in adapter.maps}
+    variances = {m.name: torch.rand(m.n_in, generator=g, dtype=torch.float64) + 0.1 for m in adapter.maps}
+    seek = fake_signature(model, means, variances, dataset=dataset, side="seek")
+    shifted = {n: v + torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in means.items()}
+    reject = fake_signature(model, shifted, variances, dataset=dataset, side="reject")
+    return seek, reject
+
+
+def test_type_poles():
+    assert type_poles("intj") == dict.fromkeys(AXES, "seek")
+    assert type_poles("ESFP") == dict.fromkeys(AXES, "reject")
+    assert type_poles("ENTP") == {"introversion_extraversion": "reject", "intuition_sensing": "seek",
+                                  "thinking_feeling": "seek", "judging_perceiving": "reject"}
+    for bad in ("INT", "INTX", "IENJ", "INTJS"):
+        with pytest.raises(ValueError, match="type code"):
+            type_poles(bad)
+    assert type_prompt("INTJ").startswith("Your personality type is INTJ.") and "introvert" in type_prompt("INTJ")
+
+
+def test_fraction_endpoints_are_contrastive_wanda(llama):
+    seek, reject = random_pair(llama, 0)
+    cw_seek, cw_reject = contrastive_wanda_masks(llama, seek, reject, 0.4)
+    for fraction, expected in ((1.0, cw_seek), (0.0, cw_reject)):
+        mask = fractional_mask(llama, seek, reject, fraction, 0.4)
+        assert mask.meta["fraction"] == fraction
+        for name, keep in expected.keep.items():
+            assert torch.equal(mask.keep[name], keep), name
+
+
+def test_fraction_moves_kept_weights_monotonically(llama):
+    seek, reject = random_pair(llama, 1)
+    name = pi.get_adapter(llama).maps[0].name
+    z = pi.masks.contrast(seek, reject, name)
+    seek_channels = z > 0
+    counts = [int(fractional_mask(llama, seek, reject, f, 0.5).keep[name][:, seek_channels].sum())
+              for f in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    assert counts == sorted(counts) and counts[0] < counts[-1]
+    with pytest.raises(ValueError, match="fraction"):
+        fractional_mask(llama, seek, reject, 1.5, 0.5)
+
+
+def test_blend_ranks_the_weighted_sum():
+    a = PoleScores({"m": torch.tensor([[0.5, 0.3, 0.2, 0.0]])}, {"m": torch.zeros(1, 4)}, {"poles": [{"weight": 1.0}]})
+    b = PoleScores({"m": torch.tensor([[0.0, 0.1, 0.2, 0.7]])}, {"m": torch.tensor([[0.0, 0.0, 1.0, 0.0]])},
+                   {"poles": [{"weight": 1.0}]})
+    assert blend([a, b]).mask(0.5).keep["m"].tolist() == [[True, False, False, True]]       # .5 .4 .4 .7
+    assert blend([a, b], [1.0, 0.0]).mask(0.5).keep["m"].tolist() == [[True, True, False, False]]
+    # 0.5·a + b = .25 .25 .3 .7 → keep 3 and 2; a tie between 0 and 1 at 75 % kept goes by the tiebreak, then index
+    assert blend([a, b], [0.5, 1.0]).mask(0.5).keep["m"].tolist() == [[False, False, True, True]]
+    assert blend([a, b], [0.5, 1.0]).meta["poles"] == [{"weight": 0.5}, {"weight": 1.0}]
+    with pytest.raises(ValueError, match="non-negative"):
+        blend([a, b], [1.0, -1.0])
+    with pytest.raises(ValueError, match="weights for"):
+        blend([a, b], [1.0])
+    c = PoleScores({"other": torch.zeros(1, 4)}, {"other": torch.zeros(1, 4)})
+    with pytest.raises(ModelMismatchError, match="different linear maps"):
+        a + c
+
+
+def test_type_mask_with_one_axis_weighted_is_that_axis_mask(llama):
+    axes = {axis: random_pair(llama, i, axis) for i, axis in enumerate(AXES)}
+    only_first = {axis: float(axis == AXES[0]) for axis in AXES}
+    cw_seek, _ = contrastive_wanda_masks(llama, *axes[AXES[0]], 0.3)
+    mask = type_mask(llama, axes, "INTJ", 0.3, weights=only_first)
+    assert all(torch.equal(mask.keep[n], k) for n, k in cw_seek.keep.items())
+    _, cw_reject = contrastive_wanda_masks(llama, *axes[AXES[0]], 0.3)
+    mask = type_mask(llama, axes, "ENTJ", 0.3, weights=only_first)
+    assert all(torch.equal(mask.keep[n], k) for n, k in cw_reject.keep.items())
+
+
+def test_type_mask_has_the_asked_sparsity_and_intersection_removes_more(llama):
+    axes = {axis: random_pair(llama, i, axis) for i, axis in enumerate(AXES)}
+    composed = type_mask(llama, axes, "INFP", 0.3)
+    for spec in pi.get_adapter(llama).maps:
+        assert (composed.keep[spec.name].sum(1) == int(spec.n_in * 0.7)).all()
+    inter = intersection_type_mask(llama, axes, "INFP", 0.3)
+    assert inter.sparsity() > composed.sparsity() + 0.05 and inter.meta["per_axis_sparsity"] == 0.3
+    with pytest.raises(ValueError, match="needs signatures"):
+        type_mask(llama, {AXES[0]: axes[AXES[0]]}, "INFP", 0.3)
+
+
+def test_pole_scores_rows_sum_to_one(llama):
+    seek, reject = random_pair(llama, 3)
+    scores = pole_scores(llama, seek, reject, "reject", modules=["mlp"])
+    assert scores.score and all("mlp" in n for n in scores.score)
+    for s in scores.score.values():
+        sums = s.sum(1)
+        assert torch.all(((sums - 1).abs() < 1e-9) | (sums == 0))
+    with pytest.raises(ValueError, match="pole"):
+        pole_scores(llama, seek, reject, "both")
+
+
+def test_compose_votes():
+    a = Mask({"m": torch.tensor([[True, True, False, False]])}, {"method": "a"})
+    b = Mask({"m": torch.tensor([[True, False, True, False]])}, {"method": "b"})
+    c = Mask({"m": torch.tensor([[True, False, False, True]])}, {"method": "c"})
+    assert compose([a, b, c]).keep["m"].tolist() == [[True, False, False, False]]              # strict majority
+    assert compose([a, b, c], threshold=0.0).keep["m"].tolist() == (a | b | c).keep["m"].tolist()
+    assert compose([a, b]).keep["m"].tolist() == (a & b).keep["m"].tolist()
+    assert compose([a, b], weights=[0.7, 0.3]).keep["m"].tolist() == a.keep["m"].tolist()
+    assert compose([a, b], weights=[0.3, 0.7], sparsity=0.5).keep["m"].tolist() == b.keep["m"].tolist()
+    assert compose([a, b, c]).meta["parts"] == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="at least one"):
+        compose([])
+    with pytest.raises(ValueError, match="weights for"):
+        compose([a, b], weights=[1.0])
+    with pytest.raises(ModelMismatchError, match="different models"):
+        compose([Mask(a.keep, {"fingerprint": "x"}), Mask(b.keep, {"fingerprint": "y"})])
+
+
+ITEMS = [pi.PersonaItem("Stay in tonight?", "Yes, a quiet night alone.", "No, let's go out with everyone."),
+         pi.PersonaItem("Big party?", "I'd rather not.", "Absolutely, the bigger the better."),
+         pi.PersonaItem("Lunch with the team?", "I'll eat alone today.", "Yes, let's all go together!")]
+
+
+def test_fractional_curve_and_type_comparison_run(llama):
+    seek, reject = random_pair(llama, 4)
+    curve = fractional_curve(llama, seek, reject, ITEMS, [1.0, 0.0, 0.5], 0.3, progress=False)
+    assert [r["fraction"] for r in curve["rows"]] == [0.0, 0.5, 1.0, None]                      # sorted, then control
+    assert curve["rows"][-1]["condition"] == "random@0.3"
+    assert all(r["n"] == len(ITEMS) and r["margin_low"] <= r["margin"] <= r["margin_high"] for r in curve["rows"])
+    assert set(curve["trend"]) >= {"spearman", "slope", "increasing"}
+    axes = {axis: random_pair(llama, i, axis) for i, axis in enumerate(AXES)}
+    rows = type_comparison(llama, axes, "ISTJ", 0.3, dict.fromkeys(AXES, ITEMS), progress=False)
+    assert len(rows) == 4 * 6
+    base = [r for r in rows if r["condition"] == "base"]
+    assert all(r["shift"] == 0 for r in base)
+    sensing = [r for r in rows if r["axis"] == "intuition_sensing"]
+    assert {r["pole"] for r in sensing} == {"sensing"}
+    inter = next(r for r in rows if r["condition"] == "intersection")
+    assert inter["sparsity"] == pytest.approx(next(r for r in rows if r["condition"] == "random@intersection")["sparsity"])
+
+
+def test_cli_compose_writes_tables_and_figures(llama, tmp_path, monkeypatch):
+    import json
+
+    from persona_interp import cli, models
+
+    monkeypatch.setattr(models, "load_model", lambda name=None: llama)
+    folder = tmp_path / "sigs"
+    for i, axis in enumerate(AXES):
+        seek, reject = random_pair(llama, i, axis)
+        seek.save(folder / f"{axis}_seek.safetensors")
+        reject.save(folder / f"{axis}_reject.safetensors")
+    args = ["compose", "--signatures", str(folder), "--type", "ENFP", "--n-test", "3", "--fractions", "0", "1",
+            "--out", str(tmp_path / "study"), "--figures", str(tmp_path / "f")]
+    cli.main(args)
+    study = json.loads((tmp_path / "study.json").read_text())
+    assert study["type"] == "ENFP" and study["n_test"] == dict.fromkeys(AXES, 3)
+    assert "| introversion_extraversion | extraversion | type-mask |" in (tmp_path / "study.md").read_text()
+    assert (tmp_path / "f" / "type_ENFP_0.3.png").is_file() and (tmp_path / "f" / "fraction_introversion_extraversion_0.3.svg").is_file()
+    with pytest.raises(SystemExit, match="exists"):
+        cli.main(args)

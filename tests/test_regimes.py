@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+import persona_interp as pi
+from persona_interp.conditions import Condition, MaskCondition, Prompt, SteeringCondition
+from persona_interp.figures import plot_regime_comparison
+from persona_interp.regimes import compare_regimes, regime_cosines, regime_shifts
+from persona_interp.steering import SteeringVector
+
+TEXTS = ["The river ran past the old mill and into the valley.", "Bread needs flour, water, salt and time."]
+ITEMS = [pi.PersonaItem("Lead it?", "Yes, gladly, I will lead.", "No, thank you."),
+         pi.PersonaItem("More power?", "Absolutely, more power.", "Never."),
+         pi.PersonaItem("Take control?", "Sure, give me control.", "No, leave it.")]
+
+
+def steering_pair(model, layer: int, seed: int = 0, scale: float = 1.0):
+    g = torch.Generator().manual_seed(seed)
+    vector = SteeringVector(layer, scale * torch.randn(pi.get_adapter(model).d_model, generator=g))
+    return (SteeringCondition("steer-seek", side="seek", vector=vector, multiplier=2.0),
+            SteeringCondition("steer-reject", side="reject", vector=vector, multiplier=-2.0)), vector
+
+
+def test_steering_shift_is_exactly_the_added_vector(llama):
+    pair, vector = steering_pair(llama, layer=1)
+    shifts = regime_shifts(llama, {"steering": pair}, TEXTS, layers=[0, 1])
+    assert torch.all(shifts["steering"]["seek"][0] == 0)                               # before the steered block
+    torch.testing.assert_close(shifts["steering"]["seek"][1], 2.0 * vector.direction.double(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(shifts["steering"]["direction"][1], 4.0 * vector.direction.double(), rtol=1e-4, atol=1e-5)
+
+
+def test_prompt_shift_compares_the_same_tokens(llama):
+    pair = (Prompt("p-seek", side="seek", system="You love power."), Prompt("p-reject", side="reject", system="You shun power."))
+    shifts = regime_shifts(llama, {"prompt": pair}, TEXTS, layers=[0, 1])
+    assert torch.all(shifts["prompt"]["seek"][0] == 0)             # rotary model: same text tokens, same embeddings
+    assert shifts["prompt"]["seek"][1].norm() > 0                  # the system prompt changes the context
+    with pytest.raises(ValueError, match="per-question system prompt"):
+        regime_shifts(llama, {"rag": (Prompt("r", system=lambda q: "x"), Prompt("s"))}, TEXTS)
+
+
+def test_cosines_per_layer():
+    shifts = {"a": {"direction": torch.tensor([[1.0, 0.0], [1.0, 1.0]])},
+              "b": {"direction": torch.tensor([[0.0, 1.0], [-2.0, -2.0]])}}
+    cos = regime_cosines(shifts)
+    assert list(cos) == ["a|b"] and cos["a|b"] == pytest.approx([0.0, -1.0])
+
+
+def test_compare_regimes_transfer_of_a_steering_regime_to_itself_is_one(llama, tmp_path):
+    steer, _ = steering_pair(llama, layer=1, scale=3.0)
+    mask = pi.random_mask(llama, 0.3, seed=1)
+    regimes = {"steering": steer,
+               "mask": (MaskCondition("m-seek", side="seek", mask=mask), MaskCondition("m-reject", side="reject", mask=~mask)),
+               "prompt": (Prompt("p-seek", side="seek", system="You love power."), Prompt("p-reject", side="reject", system="No power."))}
+    result = compare_regimes(llama, regimes, TEXTS, ITEMS, layer=1, layers=[0])
+    assert result["layers"] == [0, 1] and result["n_items"] == 3
+    assert set(result["cosine"]) == {"steering|mask", "steering|prompt", "mask|prompt"}
+    assert abs(result["effect"]["steering"]["value"]) > 1e-4
+    # the steering regime's own direction at its own layer, at its own norm, is the same intervention
+    assert result["transfer"]["steering"]["steering"]["ratio"] == pytest.approx(1.0, rel=1e-3)
+    assert all(abs(c) <= 1 + 1e-9 for values in result["cosine"].values() for c in values)
+    paths = plot_regime_comparison(result, tmp_path / "regimes", title="tiny")
+    assert all(p.exists() and p.stat().st_size > 0 for p in paths)
+    with pytest.raises(ValueError, match="A/B items"):
+        compare_regimes(llama, regimes, TEXTS, [])
+
+
+def test_cli_regimes_on_an_mbti_axis(llama, tmp_path, monkeypatch):
+    import json
+
+    from persona_interp import cli, models
+    from test_composition import random_pair
+
+    monkeypatch.setattr(models, "load_model", lambda name=None: llama)
+    folder = tmp_path / "sigs"
+    seek, reject = random_pair(llama, 0, "introversion_extraversion")
+    seek.save(folder / "introversion_extraversion_seek.safetensors")
+    reject.save(folder / "introversion_extraversion_reject.safetensors")
+    cli.main(["regimes", "--persona", "introversion_extraversion", "--signatures", str(folder), "--n-items", "3",
+              "--n-texts", "2", "--n-calibration", "4", "--out", str(tmp_path / "reg"), "--figures", str(tmp_path / "f")])
+    study = json.loads((tmp_path / "reg.json").read_text())
+    assert set(study["transfer"]) == {"prompt", "mask", "steering"} and study["n_items"] == 3 and study["fit_items"] == 4
+    assert "prompt vs mask" in (tmp_path / "reg.md").read_text()
+    assert (tmp_path / "f" / "regimes_introversion_extraversion.png").is_file()
