@@ -71,6 +71,7 @@ class ModelAdapter:
         self.d_mlp: int = cfg.d_mlp
         self.n_kv_heads: int = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
         self._access: dict[str, _Access] = {}
+        self._parameter_names: dict[int, str] | None = None
         self.maps: list[LinearMap] = []
         for layer in range(self.n_layers):
             block = model.blocks[layer]
@@ -144,6 +145,13 @@ class ModelAdapter:
     def parameter(self, name: str) -> Tensor:
         """The stored parameter behind map ``name``, in the model's own layout."""
         return self._get(name).parameter()
+
+    def parameter_name(self, name: str) -> str:
+        """Qualified name (as in ``model.named_parameters()``) of the parameter behind map ``name``,
+        for ``torch.func.functional_call``."""
+        if self._parameter_names is None:
+            self._parameter_names = {id(p): n for n, p in self.model.named_parameters()}
+        return self._parameter_names[id(self.parameter(name))]
 
     def to_native(self, name: str, x: Float[Tensor, "out in"]) -> Tensor:
         """Convert an ``[out, in]`` tensor (a mask, a weight) to the parameter's own layout."""

@@ -26,7 +26,6 @@ from torch import Tensor
 from .conditions import Condition, MaskCondition, Prompt
 from .data import MBTI_AXES, PersonaItem, load_persona, persona_prompts
 from .evaluation import evaluate, markdown_table
-from .figures import plot_fraction_curve, plot_type_comparison
 from .masks import (Mask, _abs_weight, _meta, _row_normalise, _selected, check_sparsity, contrast, contrastive_wanda_masks,
                     keep_top_per_row, phi_fn, random_mask)
 from .signatures import ModelMismatchError, Signature
@@ -326,6 +325,8 @@ def run_composition(model: Any, axes: Mapping[str, tuple[Signature, Signature]],
     study = {"type": type_code.upper(), "sparsity": sparsity, "axis": axis, "seed": seed,
              "n_test": {name: len(items) for name, items in tests.items()}, "type_rows": rows, "curve": curve}
     if figures_dir:
+        from .figures import plot_fraction_curve, plot_type_comparison      # matplotlib only when figures are asked for
+
         plot_type_comparison(rows, f"{figures_dir}/type_{type_code.upper()}_{sparsity}",
                              title=f"{type_code.upper()}: composed mask vs intersection vs prompt")
         poles = MBTI_AXES[axis]

@@ -26,7 +26,6 @@ from torch import Tensor
 from .adapter import get_adapter
 from .conditions import Condition, MaskCondition, Prompt, SteeringCondition
 from .data import PersonaItem, load_neutral_texts, load_persona, persona_prompts
-from .figures import plot_regime_comparison
 from .masks import contrastive_wanda_masks
 from .scoring import score_ab
 from .stats import paired_difference
@@ -160,6 +159,8 @@ def run_regimes(model: Any, persona: str, signatures: tuple[Any, Any], *, sparsi
     result.update({"persona": persona, "sparsity": sparsity, "seed": seed, "fit_items": len(fit),
                    "validation_items": len(validation), "steering": {"layer": choice.layer, "multiplier": choice.multiplier}})
     if figures_dir:
+        from .figures import plot_regime_comparison      # matplotlib only when figures are asked for
+
         plot_regime_comparison(result, f"{figures_dir}/regimes_{persona}",
                                title=f"{persona}: prompt vs Contrastive-Wanda@{sparsity} vs CAA (layer {choice.layer}, α {choice.multiplier:g})")
     return result
