@@ -90,3 +90,17 @@ class SteeringCondition(Condition):
     def applied(self, model: Any) -> Iterator[Any]:
         with self.vector.apply(model, self.multiplier):
             yield model
+
+
+@dataclass
+class LoRACondition(Condition):
+    """Fine-tuned low-rank weight updates (:class:`~persona_interp.lora.LoRA`), added on entry and
+    removed bit-exact on exit."""
+
+    lora: Any = None
+    regime: str = "lora"
+
+    @contextlib.contextmanager
+    def applied(self, model: Any) -> Iterator[Any]:
+        with self.lora.apply(model):
+            yield model

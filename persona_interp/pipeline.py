@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .adapter import get_adapter
-from .conditions import Condition, MaskCondition, Prompt, SteeringCondition
+from .conditions import Condition, LoRACondition, MaskCondition, Prompt, SteeringCondition
 from .data import (AI_PERSONAS, MBTI_AXES, REPO_ROOT, PersonaDataset, load_neutral_texts, load_persona,
                    persona_prompts)
 from .evaluation import Evaluation, evaluate, markdown_table
@@ -31,7 +31,8 @@ from .signatures import Signature, collect_signatures
 from .stats import paired_difference
 from .ode_steering import ode_steerings
 from .steering import answer_residual_means, vectors_from_differences
-from .tuning import select_steering
+from .lora import LoRAConfig, select_lora
+from .tuning import MASK_BUILDERS, MaskSpace, select_masks, select_prompts, select_steering
 
 
 @dataclass
@@ -55,10 +56,19 @@ class ReproduceConfig:
     steering_multipliers: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])
     n_validation: int | None = 24
     ode_features: int | None = 256
+    # the same validation split tunes every regime: masks (per method), prompt phrasing, LoRA epochs
+    mask_search: MaskSpace | None = field(default_factory=lambda: MaskSpace(
+        sparsities=[0.1, 0.3, 0.5], modules=[None, "mlp"], layer_ranges=["all"], token_scopes=["all", "answer"]))
+    prompt_search: bool = True
+    lora: LoRAConfig | None = field(default_factory=lambda: LoRAConfig(epochs=3))
+    damage_budgets: list[float] = field(default_factory=lambda: [0.02, 0.1, 0.5])   # KL (nats/token) tiers of the summary
 
 
 QUICK = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=32, n_test=24, n_neutral=6, rag_k=2,
-                        steering_layers=[0.35, 0.5], steering_multipliers=[4.0, 8.0], n_validation=8)
+                        steering_layers=[0.35, 0.5], steering_multipliers=[4.0, 8.0], n_validation=8,
+                        mask_search=MaskSpace(sparsities=[0.1, 0.3], modules=[None], layer_ranges=["all"],
+                                              token_scopes=["all", "answer"]),
+                        lora=LoRAConfig(epochs=2))
 FULL = ReproduceConfig()
 
 
@@ -74,9 +84,11 @@ def git_revision() -> str:
 
 def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
                        progress: bool = True) -> tuple[list[Condition], dict, dict[str, Signature]]:
-    """Base, persona prompts, and for every sparsity: Wanda (per pole), Contrastive-Wanda,
-    Contrastive-Sparse and a random control. Returns the conditions, what was used to build them,
-    and the two poles' signatures."""
+    """Base, persona prompts, RAG, steering, LoRA, and for every sparsity: Wanda (per pole),
+    Contrastive-Wanda, Contrastive-Sparse and a random control; plus each mask method at the
+    configuration its search chose on the validation split, with a random control of the same
+    per-row sparsity. Returns the conditions, what was used to build them (every search table), and
+    the two poles' signatures."""
     fit, validation = load_persona(persona, "train").split(config.validation_fraction, seed=config.seed)
     if config.n_calibration:
         fit = fit.sample(config.n_calibration, seed=config.seed)
@@ -84,15 +96,28 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
                                     max_tokens=config.max_tokens, progress=progress) for side in ("seek", "reject")}
     if config.n_validation:
         validation = validation.sample(config.n_validation, seed=config.seed)
+    used: dict[str, Any] = {"fit_items": len(fit), "validation_items": len(validation), "split": validation.meta.get("split"),
+                            "signature_tokens": {side: s.n_tokens for side, s in sig.items()}}
     conditions: list[Condition] = [Condition()]
-    retriever = Retriever(list(fit))
+    prompts = {side: persona_prompts(persona, side)[0] for side in ("seek", "reject")}
+    if config.prompt_search:
+        choice = select_prompts(model, persona_prompts(persona, "seek"), persona_prompts(persona, "reject"), validation,
+                                batch_size=config.batch_size)
+        prompts, used["prompt_search"] = {"seek": choice.seek, "reject": choice.reject}, choice.table
     for side in ("seek", "reject"):
-        conditions.append(Prompt(f"prompt-{side}", side=side, system=persona_prompts(persona, side)[0], meta={"pair": "prompt"}))
+        conditions.append(Prompt(f"prompt-{side}", side=side, system=prompts[side], meta={"pair": "prompt"}))
+    retriever = Retriever(list(fit))
     for side in ("seek", "reject"):
         conditions.append(Prompt(f"rag-{side}", side=side, regime="rag", meta={"pair": "rag"},
                                  system=functools.partial(retriever.system_prompt, side=side, k=config.rag_k)))
     steering = steering_conditions(model, fit, validation, config, progress)
     conditions += steering["conditions"]
+    used["steering_search"] = steering["search"]
+    if config.lora is not None:
+        choice = select_lora(model, list(fit), list(validation), config.lora, batch_size=config.batch_size, progress=progress)
+        used["lora_search"] = {"epochs": choice.epochs, "table": choice.table, "config": dataclasses.asdict(config.lora)}
+        for side, lora in (("seek", choice.seek), ("reject", choice.reject)):
+            conditions.append(LoRACondition(f"lora-{side}", side=side, lora=lora, meta={"pair": "lora"}))
     for rho in config.sparsities:
         kw = {"modules": config.modules}
         for side in ("seek", "reject"):
@@ -103,9 +128,36 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
                 conditions.append(MaskCondition(f"{regime}-{side}@{rho}", side=side, regime=regime,
                                                 meta={"pair": f"{regime}@{rho}"}, mask=mask))
         conditions.append(MaskCondition(f"random@{rho}", regime="random", mask=random_mask(model, rho, seed=config.seed, **kw)))
-    used = {"fit_items": len(fit), "validation_items": len(validation), "split": validation.meta.get("split"),
-            "signature_tokens": {side: s.n_tokens for side, s in sig.items()}, "steering_search": steering["search"]}
+    if config.mask_search is not None:
+        conditions += tuned_mask_conditions(model, persona, fit, validation, sig, config, used, progress)
     return conditions, used, sig
+
+
+def tuned_mask_conditions(model: Any, persona: str, fit: PersonaDataset, validation: PersonaDataset,
+                          signatures: dict[str, Signature], config: ReproduceConfig, used: dict[str, Any],
+                          progress: bool = True) -> list[Condition]:
+    """Each mask method at the configuration chosen by :func:`~persona_interp.tuning.select_masks`
+    on the validation split, named ``METHOD-SIDE@tuned``, each with a random mask removing the same
+    number of weights per row (``random@tuned-METHOD``). The search tables go to ``used``."""
+    space = config.mask_search
+    by_scope = {config.token_scope: (signatures["seek"], signatures["reject"])}
+    for scope in space.token_scopes:
+        if scope not in by_scope:
+            by_scope[scope] = tuple(collect_signatures(model, fit, side, token_scope=scope, batch_size=config.batch_size,
+                                                       max_tokens=config.max_tokens, progress=progress) for side in ("seek", "reject"))
+    conditions: list[Condition] = []
+    used["mask_search"] = {}
+    for method in MASK_BUILDERS:
+        choice = select_masks(model, method, by_scope, validation, space, persona=persona, batch_size=config.batch_size,
+                              progress=progress)
+        used["mask_search"][method] = {"chosen": choice.config, "table": choice.table}
+        control = f"random@tuned-{method}"
+        for side, mask in zip(("seek", "reject"), choice.masks):
+            conditions.append(MaskCondition(f"{method}-{side}@tuned", side=side, regime=method, mask=mask,
+                                            meta={"pair": f"{method}@tuned", "control": control, "chosen": choice.config}))
+        conditions.append(MaskCondition(control, regime="random",
+                                        mask=random_mask(model, choice.masks[0].sparsity(), seed=config.seed, like=choice.masks[0])))
+    return conditions
 
 
 def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaDataset, config: ReproduceConfig,
@@ -139,13 +191,41 @@ def control_comparison(ev: Evaluation) -> list[dict[str, Any]]:
         if not isinstance(cond, MaskCondition) or cond.regime == "random" or not cond.side:
             continue
         rho = cond.mask.meta["sparsity"]
-        control = next((n for n, c in ev.conditions.items() if c.regime == "random" and c.mask.meta["sparsity"] == rho), None)
+        control = cond.meta.get("control") or next(
+            (n for n, c in ev.conditions.items() if c.regime == "random" and not c.mask.meta.get("like") and c.mask.meta["sparsity"] == rho), None)
         if control is None:
             continue
         sign = 1.0 if cond.side == "seek" else -1.0
         diff = paired_difference(sign * ev.scores[name].margin_mean, sign * ev.scores[control].margin_mean)
         rows.append({"persona": ev.persona, "condition": name, "control": control, "n": diff.n, "advantage": diff.value,
                      "advantage_low": diff.low, "advantage_high": diff.high, "beats_control": diff.low > 0})
+    return rows
+
+
+def equal_damage_summary(table: list[dict[str, Any]], contrasts: list[dict[str, Any]],
+                         budgets: list[float]) -> list[dict[str, Any]]:
+    """For each damage budget (KL from the base model on neutral text, nats/token), the regime pair
+    whose seek-minus-reject difference is largest among the pairs whose more damaging pole stays
+    within the budget. Prompt and RAG pairs have damage 0 by construction (the neutral text carries
+    no prompt), so they are always eligible.
+
+    Example:
+        >>> equal_damage_summary(ev.table(), ev.contrasts(), [0.02, 0.1])[0]["pair"]
+    """
+    kl = {}
+    for row in table:
+        kl[row["condition"]] = max(kl.get(row["condition"], 0.0), max(row.get("kl", 0.0), 0.0))
+    rows = []
+    for budget in budgets:
+        eligible = [c for c in contrasts if max(kl.get(c["seek_condition"], 0.0), kl.get(c["reject_condition"], 0.0)) <= budget]
+        if not eligible:
+            rows.append({"budget": budget, "pair": None})
+            continue
+        best = max(eligible, key=lambda c: c["difference"])
+        rows.append({"budget": budget, "pair": best["pair"], "regime": best["regime"], "n": best["n"],
+                     "difference": best["difference"], "difference_low": best["difference_low"],
+                     "difference_high": best["difference_high"], "n_eligible": len(eligible),
+                     "damage": max(kl.get(best["seek_condition"], 0.0), kl.get(best["reject_condition"], 0.0))})
     return rows
 
 
@@ -180,10 +260,16 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
         ev = evaluate(model, list(test), conditions, persona=persona, neutral_texts=neutral,
                       batch_size=config.batch_size, progress=progress)
         table, contrasts, controls = ev.table(), ev.contrasts(), control_comparison(ev)
+        equal_damage = equal_damage_summary(table, contrasts, config.damage_budgets)
         figure = plot_accuracy(table, figures_dir / f"{persona}_accuracy", title=f"{persona}: {len(test)} test items")
+        for side in ("seek", "reject"):                             # the fine-tuned adapters, reusable
+            lora = next((c.lora for c in conditions if isinstance(c, LoRACondition) and c.side == side), None)
+            if lora is not None:
+                lora.save(out_dir / "lora" / f"{persona}_{side}.safetensors", overwrite=force)
         results["personas"][persona] = {"used": used, "n_test": len(test), "table": table, "contrasts": contrasts,
-                                        "controls": controls, "per_item": ev.per_item(), "damage": ev.damage}
-        sections.append(_persona_section(persona, len(test), table, contrasts, controls, figure[0], out_dir))
+                                        "controls": controls, "equal_damage": equal_damage, "per_item": ev.per_item(),
+                                        "damage": ev.damage}
+        sections.append(_persona_section(persona, len(test), table, contrasts, controls, equal_damage, used, figure[0], out_dir))
         report = _write_report(out_dir, config, results, sections)    # after every persona: a cut-off run keeps what it finished
     return report
 
@@ -211,8 +297,40 @@ REPORT_LEGEND = (
     "prompt and RAG conditions leave the weights unchanged, so their damage on the (prompt-free) neutral set is 0 by construction.\n")
 
 
-def _persona_section(persona: str, n_test: int, table: list, contrasts: list, controls: list, figure: Path, out_dir: Path) -> str:
-    lines = [f"\n## {persona} ({n_test} test items)\n", markdown_table(table, TABLE_COLUMNS),
+def _tuning_lines(used: dict[str, Any]) -> list[str]:
+    """What each regime's search on the validation split chose."""
+    lines = [f"\nTuned on {used['validation_items']} validation items (never a test item); "
+             f"signatures and fitting on {used['fit_items']} calibration items:\n"]
+    for method, s in used.get("steering_search", {}).items():
+        lines.append(f"- steering {method}: layer {s['layer']}, multiplier {s['multiplier']:g}")
+    if "lora_search" in used:
+        lines.append(f"- LoRA: {used['lora_search']['epochs']} epoch(s) of {used['lora_search']['config']['epochs']} "
+                     f"(rank {used['lora_search']['config']['rank']}, lr {used['lora_search']['config']['learning_rate']:g})")
+    if "prompt_search" in used:
+        lines.append(f"- prompts: the phrasings in results.json (`prompt_search`), {len(used['prompt_search'])} candidates")
+    for method, s in used.get("mask_search", {}).items():
+        c = s["chosen"]
+        lines.append(f"- {method}: sparsity {c['sparsity']}, modules {c['modules']}, layers {c['layers']}, "
+                     f"statistics over {c['token_scope']} tokens ({len(s['table'])} configurations)")
+    return lines
+
+
+def _equal_damage_lines(equal_damage: list[dict[str, Any]]) -> list[str]:
+    lines = ["\nWhich regime separates the poles most at equal damage (largest seek − reject difference among the "
+             "pairs whose more damaging pole stays within the KL budget):\n"]
+    for row in equal_damage:
+        if row["pair"] is None:
+            lines.append(f"- KL ≤ {row['budget']:g}: no pair is within the budget")
+        else:
+            lines.append(f"- KL ≤ {row['budget']:g}: **{row['pair']}** ({row['difference']:+.4f} [{row['difference_low']:+.4f}, "
+                         f"{row['difference_high']:+.4f}] nats/token, n = {row['n']}, its KL {row['damage']:.4f}; "
+                         f"{row['n_eligible']} pairs eligible)")
+    return lines
+
+
+def _persona_section(persona: str, n_test: int, table: list, contrasts: list, controls: list, equal_damage: list,
+                     used: dict, figure: Path, out_dir: Path) -> str:
+    lines = [f"\n## {persona} ({n_test} test items)\n", *_tuning_lines(used), "", markdown_table(table, TABLE_COLUMNS),
              "\nSeek-minus-reject (paired, per-token margin; cancels damage both poles share):\n",
              markdown_table(contrasts, ["pair", "n", "difference", "items_seek_only", "items_reject_only"]),
              "\nEach mask against the random mask of the same sparsity (paired margin toward the mask's side):\n",
@@ -220,5 +338,6 @@ def _persona_section(persona: str, n_test: int, table: list, contrasts: list, co
     losers = [c["condition"] for c in controls if not c["beats_control"]]
     if losers:
         lines.append(f"\nDoes not beat its random-mask control (95 % interval not above 0): {', '.join(losers)}.\n")
+    lines += _equal_damage_lines(equal_damage)
     lines.append(f"\n![{persona} accuracy]({os.path.relpath(figure, out_dir)})\n")
     return "\n".join(lines)

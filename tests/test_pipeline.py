@@ -4,7 +4,9 @@ import json
 import pytest
 
 import persona_interp as pi
-from persona_interp import pipeline, tuning
+from persona_interp import lora, pipeline, tuning
+from persona_interp.lora import LoRAConfig
+from persona_interp.tuning import MaskSpace
 
 
 def fake_persona(name, split="train"):
@@ -26,8 +28,13 @@ def tiny_pipeline(monkeypatch, llama):
         return real(model, items, **kw)
 
     monkeypatch.setattr(tuning, "score_ab", spy)
+    monkeypatch.setattr(lora, "score_ab", spy)
+    monkeypatch.setattr(pipeline, "persona_prompts", lambda persona, side: [f"You {side} power.", f"Always {side} power."])
     config = pipeline.ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=10, n_test=None,
-                                      n_neutral=2, steering_layers=[0.5], steering_multipliers=[1.0, 2.0], n_validation=4)
+                                      n_neutral=2, steering_layers=[0.5], steering_multipliers=[1.0, 2.0], n_validation=4,
+                                      mask_search=MaskSpace(sparsities=[0.2, 0.4], modules=[None, "mlp"], layer_ranges=["all"],
+                                                            token_scopes=["all", "answer"]),
+                                      lora=LoRAConfig(rank=2, epochs=2, batch_size=4))
     return llama, config, seen
 
 
@@ -41,7 +48,17 @@ def test_reproduce_writes_report_and_never_tunes_on_test_items(tiny_pipeline, tm
     names = {row["condition"] for row in table}
     assert {"base", "prompt-seek", "rag-reject", "mean_difference-seek", "pca-reject", "ode-seek", "ode-reject", "wanda-seek@0.3",
             "contrastive_wanda-reject@0.3", "contrastive_sparse-seek@0.3", "random@0.3"} <= names
+    assert {"lora-seek", "lora-reject", "wanda-seek@tuned", "contrastive_wanda-reject@tuned", "contrastive_sparse-seek@tuned",
+            "random@tuned-contrastive_sparse"} <= names
     assert all(row["n"] == 8 for row in table)
+    used = results["personas"]["power"]["used"]
+    assert used["lora_search"]["epochs"] in (1, 2) and len(used["prompt_search"]) == 4
+    assert len(used["mask_search"]["contrastive_wanda"]["table"]) == 2 * 2 * 2
+    controls = {c["condition"]: c["control"] for c in results["personas"]["power"]["controls"]}
+    assert controls["wanda-seek@0.3"] == "random@0.3" and controls["wanda-reject@tuned"] == "random@tuned-wanda"
+    assert [r["budget"] for r in results["personas"]["power"]["equal_damage"]] == config.damage_budgets
+    assert "at equal damage" in text and "- LoRA:" in text
+    assert pi.lora.LoRA.load(tmp_path / "out" / "lora" / "power_seek.safetensors").meta["side"] == "seek"
     assert len(results["personas"]["power"]["per_item"]["base"]["margin_mean"]) == 8
     assert (tmp_path / "out" / "figures" / "power_accuracy.png").is_file()
     seek = pi.Signature.load(tmp_path / "out" / "signatures" / "power_seek.safetensors")
@@ -52,3 +69,19 @@ def test_reproduce_writes_report_and_never_tunes_on_test_items(tiny_pipeline, tm
     assert {int(q.split()[2].rstrip(":")) for q in seen} <= val
     with pytest.raises(FileExistsError, match="force"):
         pipeline.reproduce(config, tmp_path / "out", model=model, progress=False)
+
+
+def test_equal_damage_summary_picks_the_best_pair_within_each_budget():
+    table = [{"condition": "p-seek", "kl": 0.0}, {"condition": "p-reject", "kl": 0.0},
+             {"condition": "m-seek", "kl": 0.05}, {"condition": "m-reject", "kl": 0.3},
+             {"condition": "s-seek", "kl": 0.08}, {"condition": "s-reject", "kl": 0.01}]
+    contrasts = [{"pair": "prompt", "regime": "prompt", "seek_condition": "p-seek", "reject_condition": "p-reject",
+                  "n": 5, "difference": 0.1, "difference_low": 0.0, "difference_high": 0.2},
+                 {"pair": "mask", "regime": "cw", "seek_condition": "m-seek", "reject_condition": "m-reject",
+                  "n": 5, "difference": 0.9, "difference_low": 0.5, "difference_high": 1.3},
+                 {"pair": "steer", "regime": "caa", "seek_condition": "s-seek", "reject_condition": "s-reject",
+                  "n": 5, "difference": 0.4, "difference_low": 0.2, "difference_high": 0.6}]
+    rows = pipeline.equal_damage_summary(table, contrasts, [0.02, 0.1, 0.5])
+    assert [r["pair"] for r in rows] == ["prompt", "steer", "mask"]
+    assert [r["n_eligible"] for r in rows] == [1, 2, 3] and rows[1]["damage"] == 0.08 and rows[2]["damage"] == 0.3
+    assert pipeline.equal_damage_summary(table, contrasts[1:], [0.02])[0]["pair"] is None
