@@ -220,6 +220,13 @@ def cmd_regimes(args: argparse.Namespace) -> None:
     _write_study(args, paths, study, regimes_markdown(study))
 
 
+def _study_arguments(p: argparse.ArgumentParser, figures: str) -> None:
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output prefix: writes PREFIX.md and PREFIX.json")
+    p.add_argument("--figures", default=figures)
+    p.add_argument("--force", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="persona-interp", description="Persona subnetworks: signatures, masks, evaluation.")
     parser.add_argument("--model", default=None, help="model name or folder (default: embedded SmolLM2-135M-Instruct)")
@@ -280,10 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--axis", default="introversion_extraversion", choices=list(MBTI_AXES), help="axis of the fractional curve")
     p.add_argument("--fractions", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0])
     p.add_argument("--n-test", type=int, help="seeded sample of each axis's test items (default: all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output prefix: writes PREFIX.md and PREFIX.json")
-    p.add_argument("--figures", default="figures/composition")
-    p.add_argument("--force", action="store_true")
+    _study_arguments(p, "figures/composition")
     p.set_defaults(func=cmd_compose)
 
     p = sub.add_parser("regimes", help="prompt vs mask vs steering: residual shifts per layer, cosines, transfer of directions")
@@ -293,10 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-items", type=int, default=48, help="held-out A/B items for the behavioural effects")
     p.add_argument("--n-texts", type=int, default=16, help="neutral texts for the residual shifts")
     p.add_argument("--n-calibration", type=int, default=64, help="calibration items for the steering vector")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output prefix: writes PREFIX.md and PREFIX.json")
-    p.add_argument("--figures", default="figures/regimes")
-    p.add_argument("--force", action="store_true")
+    _study_arguments(p, "figures/regimes")
     p.set_defaults(func=cmd_regimes)
 
     p = sub.add_parser("reproduce", help="the main job: the whole pipeline, report and figures")

@@ -116,15 +116,21 @@ def pole_scores(model: Any, seek: Signature, reject: Signature, pole: str = "see
     return PoleScores(score, tiebreak, meta)
 
 
-def blend(parts: Sequence[PoleScores], weights: Sequence[float] | None = None) -> PoleScores:
-    """Weighted sum of pole scores (equal weights by default)."""
+def _checked_weights(parts: Sequence[Any], weights: Sequence[float] | None, caller: str, what: str) -> list[float]:
+    """Equal weights by default; otherwise one non-negative weight per part, with a positive sum."""
     if not parts:
-        raise ValueError("blend needs at least one PoleScores")
+        raise ValueError(f"{caller} needs at least one of its {what}")
     weights = [1.0] * len(parts) if weights is None else list(weights)
     if len(weights) != len(parts):
-        raise ValueError(f"got {len(weights)} weights for {len(parts)} pole scores")
+        raise ValueError(f"got {len(weights)} weights for {len(parts)} {what}")
     if any(w < 0 for w in weights) or sum(weights) <= 0:
         raise ValueError(f"weights must be non-negative with a positive sum, got {weights}")
+    return weights
+
+
+def blend(parts: Sequence[PoleScores], weights: Sequence[float] | None = None) -> PoleScores:
+    """Weighted sum of pole scores (equal weights by default)."""
+    weights = _checked_weights(parts, weights, "blend", "pole scores")
     total = weights[0] * parts[0]
     for w, part in zip(weights[1:], parts[1:]):
         total = total + w * part
@@ -190,13 +196,7 @@ def compose(masks: Sequence[Mask], weights: Sequence[float] | None = None, *, sp
         >>> compose([a, b, c])                      # kept by at least two of three
         >>> compose([a, b], weights=[0.7, 0.3], sparsity=0.3)
     """
-    if not masks:
-        raise ValueError("compose needs at least one mask")
-    weights = [1.0] * len(masks) if weights is None else list(weights)
-    if len(weights) != len(masks):
-        raise ValueError(f"got {len(weights)} weights for {len(masks)} masks")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"weights must be non-negative with a positive sum, got {weights}")
+    weights = _checked_weights(masks, weights, "compose", "masks")
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold must be in [0, 1), got {threshold}")
     fingerprints = {m.meta.get("fingerprint") for m in masks} - {None}
