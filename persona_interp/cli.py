@@ -179,6 +179,75 @@ def cmd_overlap(args: argparse.Namespace) -> None:
     print(f"wrote {paths['.md']} and {paths['.json']}")
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from . import Mask, load_neutral_texts, load_persona, random_mask
+    from .models import load_model
+    from .conditions import Condition, MaskCondition, Prompt
+    from .data import persona_prompts
+    from .evaluation import evaluate, markdown_table
+    from .pipeline import TABLE_COLUMNS, control_comparison
+
+    paths = _study_paths(args)
+    model = load_model(args.model)
+    conditions: list[Condition] = [Condition()]
+    if args.prompts:
+        conditions += [Prompt(f"prompt-{side}", side=side, system=persona_prompts(args.persona, side)[0], meta={"pair": "prompt"})
+                       for side in ("seek", "reject")]
+    masks = {}
+    for path in args.masks or []:
+        mask = Mask.load(path)
+        try:
+            mask.check_model(model)
+        except Exception as error:                       # a mask of another model: say which file
+            raise SystemExit(f"error: {path}: {error}") from None
+        masks[Path(path).name.removesuffix(".safetensors")] = mask
+    control = None
+    if masks and not args.no_control:
+        first = next(iter(masks.values()))
+        control = MaskCondition(f"random@{first.meta.get('sparsity')}", regime="random",
+                                mask=random_mask(model, first.sparsity(), seed=args.seed, like=first))
+    for name, mask in masks.items():
+        conditions.append(MaskCondition(name, side=mask.meta.get("side"), regime=mask.meta.get("method", "mask"), mask=mask,
+                                        meta={"pair": f"{mask.meta.get('method')}@{mask.meta.get('sparsity')}",
+                                              **({"control": control.name} if control else {})}))
+    if control:
+        conditions.append(control)
+    test = load_persona(args.persona, "test")
+    if args.n_test:
+        test = test.sample(args.n_test, seed=args.seed)
+    ev = evaluate(model, list(test), conditions, persona=args.persona, neutral_texts=load_neutral_texts()[: args.n_neutral],
+                  batch_size=args.batch_size)
+    study = {"persona": args.persona, "n_test": len(test), "seed": args.seed, "masks": args.masks or [], "table": ev.table(),
+             "contrasts": ev.contrasts(), "controls": control_comparison(ev), "per_item": ev.per_item()}
+    markdown = "\n".join([f"## {args.persona}: {len(test)} test items (seed {args.seed})\n", markdown_table(study["table"], TABLE_COLUMNS),
+                          "\nSeek-minus-reject:\n", markdown_table(study["contrasts"], ["pair", "n", "difference"]),
+                          "\nAgainst the random control:\n", markdown_table(study["controls"], ["condition", "control", "advantage", "beats_control"])])
+    from .figures import plot_accuracy
+
+    plot_accuracy(study["table"], Path(args.figures) / f"{args.persona}_evaluate", title=f"{args.persona}: {len(test)} test items")
+    _write_study(args, paths, study, markdown)
+
+
+def cmd_figures(args: argparse.Namespace) -> None:
+    import json
+
+    from .figures import plot_accuracy
+
+    results = Path(args.results)
+    if not results.is_file():
+        raise SystemExit(f"error: {results} does not exist (the main job writes REPORT_DIR/results.json)")
+    data = json.loads(results.read_text())
+    if "personas" not in data:
+        raise SystemExit(f"error: {results} is not a persona-interp results file (no 'personas')")
+    written = []
+    for persona, entry in data["personas"].items():
+        stem = Path(args.out) / f"{persona}_accuracy"
+        for path in (stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".svg")):
+            _writable(path, args.force)
+        written += plot_accuracy(entry["table"], stem, title=f"{persona}: {entry['n_test']} test items")
+    print(f"wrote {len(written)} files to {args.out}")
+
+
 def _study_paths(args: argparse.Namespace) -> dict[str, Path]:
     """PREFIX.md and PREFIX.json, checked before a long run starts."""
     out = Path(args.out)
@@ -279,6 +348,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", default="figures/overlap")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_overlap)
+
+    p = sub.add_parser("evaluate", help="score saved masks (and optionally the persona prompts) on a persona's test items")
+    p.add_argument("--persona", required=True, choices=persona_names())
+    p.add_argument("--masks", nargs="+", help="mask files (persona-interp build-mask writes them)")
+    p.add_argument("--prompts", action="store_true", help="also the persona's default seek and reject system prompts")
+    p.add_argument("--no-control", action="store_true", help="skip the random mask matched to the first mask")
+    p.add_argument("--n-test", type=int, help="seeded sample of the test items (default: all)")
+    p.add_argument("--n-neutral", type=int, default=24, help="neutral texts for perplexity and KL")
+    p.add_argument("--batch-size", type=int, default=8)
+    _study_arguments(p, "figures")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("figures", help="render the accuracy figures again from a saved results.json")
+    p.add_argument("--results", default="reports/results.json")
+    p.add_argument("--out", default="figures")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_figures)
 
     p = sub.add_parser("compose", help="a full MBTI type from the four axes (composed mask vs intersection vs prompt) and a fractional persona curve")
     p.add_argument("--signatures", required=True, help="folder of AXIS_{seek,reject}.safetensors for the four MBTI axes")

@@ -1,0 +1,54 @@
+"""The `evaluate` and `figures` subcommands on a tiny model and the project's MBTI data."""
+import json
+
+import pytest
+
+import persona_interp as pi
+from persona_interp import cli, models
+
+AXIS = "thinking_feeling"
+
+
+@pytest.fixture
+def tiny_cli(llama, monkeypatch):
+    monkeypatch.setattr(models, "load_model", lambda name=None: llama)
+    return llama
+
+
+def test_evaluate_scores_saved_masks_with_prompts_and_a_control(tiny_cli, tmp_path, tokenizer):
+    seek = pi.random_mask(tiny_cli, 0.3, seed=1)
+    seek.meta.update(side="seek", method="wanda")            # stands in for a persona mask
+    seek.save(tmp_path / "a_seek.safetensors")
+    args = ["evaluate", "--persona", AXIS, "--masks", str(tmp_path / "a_seek.safetensors"), "--prompts", "--n-test", "3",
+            "--n-neutral", "2", "--out", str(tmp_path / "ev"), "--figures", str(tmp_path / "f")]
+    cli.main(args)
+    study = json.loads((tmp_path / "ev.json").read_text())
+    names = [r["condition"] for r in study["table"]]
+    assert {"base", "prompt-seek", "prompt-reject", "a_seek", "random@0.3"} <= set(names)
+    assert study["n_test"] == 3 and all(r["n"] == 3 for r in study["table"])
+    assert [c["condition"] for c in study["controls"]] == ["a_seek"]
+    assert (tmp_path / "f" / f"{AXIS}_evaluate.png").is_file() and "| a_seek | seek | 3 |" in (tmp_path / "ev.md").read_text()
+    with pytest.raises(SystemExit, match="exists"):
+        cli.main(args)
+    from conftest import build_bridge
+
+    other = pi.random_mask(build_bridge("llama", tokenizer, seed=5), 0.3)
+    other.save(tmp_path / "other.safetensors")
+    with pytest.raises(SystemExit, match="other.safetensors: mask"):
+        cli.main(["evaluate", "--persona", AXIS, "--masks", str(tmp_path / "other.safetensors"), "--out", str(tmp_path / "ev2")])
+
+
+def test_figures_rerenders_from_results(tmp_path):
+    row = {"condition": "base", "regime": "base", "side": "seek", "n": 4, "accuracy": 0.5, "accuracy_low": 0.2,
+           "accuracy_high": 0.8, "shift": 0.0, "shift_low": 0.0, "shift_high": 0.0}
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"personas": {"power": {"n_test": 4, "table": [row, {**row, "side": "reject"}]}}}))
+    cli.main(["figures", "--results", str(results), "--out", str(tmp_path / "figs")])
+    assert (tmp_path / "figs" / "power_accuracy.png").is_file()
+    with pytest.raises(SystemExit, match="exists"):
+        cli.main(["figures", "--results", str(results), "--out", str(tmp_path / "figs")])
+    with pytest.raises(SystemExit, match="does not exist"):
+        cli.main(["figures", "--results", str(tmp_path / "none.json")])
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit, match="not a persona-interp results"):
+        cli.main(["figures", "--results", str(tmp_path / "bad.json")])
