@@ -123,8 +123,8 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
             setattr(config, key, getattr(args, key))
     out = Path(args.out or ("results/quick" if args.quick else "reports"))
     try:
-        report = reproduce(config, out, args.figures, force=args.force, model=args.model)
-    except FileExistsError as error:
+        report = reproduce(config, out, args.figures, force=args.force, resume=args.resume, model=args.model)
+    except (FileExistsError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     print(f"wrote {report}")
 
@@ -397,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder (default results/quick with --quick, else reports)")
     p.add_argument("--figures", help="figures folder (default OUT/figures)")
     p.add_argument("--force", action="store_true", help="write into a non-empty output folder")
+    p.add_argument("--resume", action="store_true", help="keep the personas a previous run with the same settings finished")
     p.set_defaults(func=cmd_reproduce)
     return parser
 

@@ -233,56 +233,85 @@ TABLE_COLUMNS = ["condition", "side", "n", "accuracy", "margin", "shift", "flips
 
 
 def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | Path | None = None, *,
-              force: bool = False, model: Any = None, progress: bool = True) -> Path:
+              force: bool = False, resume: bool = False, model: Any = None, progress: bool = True) -> Path:
     """Run the whole pipeline and write ``report.md`` and ``results.json`` (with per-item margins)
-    to ``out_dir``, the calibration signatures to ``out_dir/signatures`` and figures to
-    ``figures_dir`` (default ``out_dir/figures``). Refuses to write into a non-empty ``out_dir``
-    unless ``force``."""
+    to ``out_dir``, the calibration signatures to ``out_dir/signatures``, the LoRA adapters to
+    ``out_dir/lora`` and figures to ``figures_dir`` (default ``out_dir/figures``). Refuses to write
+    into a non-empty ``out_dir`` unless ``force``. With ``resume`` the personas already finished in
+    ``out_dir/results.json`` under the same configuration are kept and only the others run (a full
+    run can span several sessions; each persona records the revision that computed it).
+
+    Example:
+        >>> reproduce(FULL, "reports", "figures", resume=True)
+    """
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise FileExistsError(f"{out_dir} is not empty; pass force=True (--force) to overwrite its files")
     figures_dir = Path(figures_dir) if figures_dir else out_dir / "figures"
+    results: dict[str, Any] = {"config": dataclasses.asdict(config), "revision": git_revision(),
+                               "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "personas": {}}
+    if resume:
+        results["personas"] = _finished_personas(out_dir / "results.json", config)
+    elif out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise FileExistsError(f"{out_dir} is not empty; pass force=True (--force) to overwrite its files, "
+                              "or resume=True (--resume) to continue a run with the same configuration")
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     model = load_model(model)
     neutral = load_neutral_texts()[: config.n_neutral]
-    started = _dt.datetime.now(_dt.timezone.utc)
-    results: dict[str, Any] = {"config": dataclasses.asdict(config), "revision": git_revision(),
-                               "started": started.isoformat(timespec="seconds"), "personas": {}}
-    sections = []
+    report = _write_report(out_dir, figures_dir, config, results)
     for persona in config.personas:
+        if persona in results["personas"]:
+            continue
         conditions, used, signatures = persona_conditions(model, persona, config, progress)
         for side, signature in signatures.items():                  # reusable by `analyse` and the notebooks
-            signature.save(out_dir / "signatures" / f"{persona}_{side}.safetensors", overwrite=force)
+            signature.save(out_dir / "signatures" / f"{persona}_{side}.safetensors", overwrite=force or resume)
         test = load_persona(persona, "test")
         if config.n_test:
             test = test.sample(config.n_test, seed=config.seed)
         ev = evaluate(model, list(test), conditions, persona=persona, neutral_texts=neutral,
                       batch_size=config.batch_size, progress=progress)
         table, contrasts, controls = ev.table(), ev.contrasts(), control_comparison(ev)
-        equal_damage = equal_damage_summary(table, contrasts, config.damage_budgets)
-        figure = plot_accuracy(table, figures_dir / f"{persona}_accuracy", title=f"{persona}: {len(test)} test items")
+        plot_accuracy(table, figures_dir / f"{persona}_accuracy", title=f"{persona}: {len(test)} test items")
         for side in ("seek", "reject"):                             # the fine-tuned adapters, reusable
             lora = next((c.lora for c in conditions if isinstance(c, LoRACondition) and c.side == side), None)
             if lora is not None:
-                lora.save(out_dir / "lora" / f"{persona}_{side}.safetensors", overwrite=force)
-        results["personas"][persona] = {"used": used, "n_test": len(test), "table": table, "contrasts": contrasts,
-                                        "controls": controls, "equal_damage": equal_damage, "per_item": ev.per_item(),
-                                        "damage": ev.damage}
-        sections.append(_persona_section(persona, len(test), table, contrasts, controls, equal_damage, used, figure[0], out_dir))
-        report = _write_report(out_dir, config, results, sections)    # after every persona: a cut-off run keeps what it finished
+                lora.save(out_dir / "lora" / f"{persona}_{side}.safetensors", overwrite=force or resume)
+        results["personas"][persona] = {"revision": results["revision"],
+                                        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                                        "used": used, "n_test": len(test), "table": table, "contrasts": contrasts,
+                                        "controls": controls, "equal_damage": equal_damage_summary(table, contrasts, config.damage_budgets),
+                                        "per_item": ev.per_item(), "damage": ev.damage}
+        report = _write_report(out_dir, figures_dir, config, results)   # after every persona: a cut-off run keeps what it finished
     return report
 
 
-def _write_report(out_dir: Path, config: ReproduceConfig, results: dict[str, Any], sections: list[str]) -> Path:
+def _finished_personas(path: Path, config: ReproduceConfig) -> dict[str, Any]:
+    """The personas a previous run with the same configuration finished (empty if there is none)."""
+    if not path.is_file():
+        return {}
+    previous = json.loads(path.read_text())
+    mine = {k: v for k, v in dataclasses.asdict(config).items() if k != "personas"}
+    theirs = {k: v for k, v in previous.get("config", {}).items() if k != "personas"}
+    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    if differ:
+        raise ValueError(f"cannot resume {path}: its configuration differs in {differ}; rerun with --force instead")
+    return {p: entry for p, entry in previous.get("personas", {}).items() if p in config.personas}
+
+
+def _write_report(out_dir: Path, figures_dir: Path, config: ReproduceConfig, results: dict[str, Any]) -> Path:
     results["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    results["complete"] = list(results["personas"]) == list(config.personas)
+    done = [p for p in config.personas if p in results["personas"]]
+    results["complete"] = done == list(config.personas)
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
-    status = "" if results["complete"] else (f"**Partial run**: {len(results['personas'])} of {len(config.personas)} personas "
-                                             f"finished ({', '.join(results['personas'])}).\n\n")
-    header = (f"# persona_interp results\n\n{status}Model: SmolLM2-135M-Instruct (embedded). Revision `{results['revision']}`, "
-              f"seed {config.seed}, run {results['started']} → {results['finished']}.\n\n"
+    status = "" if results["complete"] else (f"**Partial run**: {len(done)} of {len(config.personas)} personas "
+                                             f"finished ({', '.join(done) or 'none yet'}).\n\n")
+    revisions = sorted({results["personas"][p].get("revision", results["revision"]) for p in done} or {results["revision"]})
+    header = (f"# persona_interp results\n\n{status}Model: SmolLM2-135M-Instruct (embedded). Revision "
+              f"{', '.join(f'`{r}`' for r in revisions)}, seed {config.seed}, this run {results['started']} → {results['finished']}.\n\n"
               f"Config: `{json.dumps(dataclasses.asdict(config))}`\n\n" + REPORT_LEGEND)
+    sections = []
+    for persona in done:
+        entry = results["personas"][persona]
+        sections.append(_persona_section(persona, entry, figures_dir / f"{persona}_accuracy.png", out_dir))
     report = out_dir / "report.md"
     report.write_text(header + "\n".join(sections))
     return report
@@ -328,9 +357,10 @@ def _equal_damage_lines(equal_damage: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _persona_section(persona: str, n_test: int, table: list, contrasts: list, controls: list, equal_damage: list,
-                     used: dict, figure: Path, out_dir: Path) -> str:
-    lines = [f"\n## {persona} ({n_test} test items)\n", *_tuning_lines(used), "", markdown_table(table, TABLE_COLUMNS),
+def _persona_section(persona: str, entry: dict[str, Any], figure: Path, out_dir: Path) -> str:
+    contrasts, controls = entry["contrasts"], entry["controls"]
+    lines = [f"\n## {persona} ({entry['n_test']} test items)\n", f"Computed by revision `{entry['revision']}`, finished {entry['finished']}.",
+             *_tuning_lines(entry["used"]), "", markdown_table(entry["table"], TABLE_COLUMNS),
              "\nSeek-minus-reject (paired, per-token margin; cancels damage both poles share):\n",
              markdown_table(contrasts, ["pair", "n", "difference", "items_seek_only", "items_reject_only"]),
              "\nEach mask against the random mask of the same sparsity (paired margin toward the mask's side):\n",
@@ -338,6 +368,6 @@ def _persona_section(persona: str, n_test: int, table: list, contrasts: list, co
     losers = [c["condition"] for c in controls if not c["beats_control"]]
     if losers:
         lines.append(f"\nDoes not beat its random-mask control (95 % interval not above 0): {', '.join(losers)}.\n")
-    lines += _equal_damage_lines(equal_damage)
+    lines += _equal_damage_lines(entry["equal_damage"])
     lines.append(f"\n![{persona} accuracy]({os.path.relpath(figure, out_dir)})\n")
     return "\n".join(lines)

@@ -85,3 +85,23 @@ def test_equal_damage_summary_picks_the_best_pair_within_each_budget():
     assert [r["pair"] for r in rows] == ["prompt", "steer", "mask"]
     assert [r["n_eligible"] for r in rows] == [1, 2, 3] and rows[1]["damage"] == 0.08 and rows[2]["damage"] == 0.3
     assert pipeline.equal_damage_summary(table, contrasts[1:], [0.02])[0]["pair"] is None
+
+
+def test_resume_keeps_finished_personas_and_refuses_another_config(tiny_pipeline, tmp_path, monkeypatch):
+    import dataclasses
+
+    model, config, _ = tiny_pipeline
+    config = dataclasses.replace(config, mask_search=None, lora=None, prompt_search=False, steering_multipliers=[1.0])
+    pipeline.reproduce(config, tmp_path / "out", model=model, progress=False)
+    first = json.loads((tmp_path / "out" / "results.json").read_text())["personas"]["power"]
+    ran = []
+    real = pipeline.persona_conditions
+    monkeypatch.setattr(pipeline, "persona_conditions", lambda m, persona, *a, **k: ran.append(persona) or real(m, persona, *a, **k))
+    two = dataclasses.replace(config, personas=["power", "wealth"])
+    report = pipeline.reproduce(two, tmp_path / "out", model=model, progress=False, resume=True)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert ran == ["wealth"] and results["complete"] and results["personas"]["power"] == first
+    text = report.read_text()
+    assert "## power (8 test items)" in text and "## wealth (8 test items)" in text and "Partial run" not in text
+    with pytest.raises(ValueError, match="differs in \\['seed'\\]"):
+        pipeline.reproduce(dataclasses.replace(two, seed=1), tmp_path / "out", model=model, progress=False, resume=True)
