@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from jaxtyping import Float
@@ -56,40 +56,61 @@ def type_poles(type_code: str) -> dict[str, str]:
     return poles
 
 
+ScoreFn = Callable[[str], "tuple[Float[Tensor, 'out in'], Float[Tensor, 'out in']]"]
+
+
 @dataclass
 class PoleScores:
-    """Row-normalised contrastive score per weight for one pole (``|W|·φ(±z)`` divided by its row sum),
-    and the row-normalised plain Wanda score ``|W|·μ`` that breaks ties. Scores add and scale, so
-    poles of different axes can be combined before ranking.
+    """Row-normalised contrastive scores of one pole (``|W|·φ(±z)`` divided by its row sum) and the
+    row-normalised plain Wanda score ``|W|·μ`` that breaks ties, or a weighted sum of several poles.
+    Scores add and scale, so poles of different axes combine before ranking; they are computed one
+    map at a time when a mask is built (all maps at once would take gigabytes in float64).
 
     Example:
         >>> blended = 0.7 * pole_scores(model, seek, reject, "seek") + 0.3 * pole_scores(model, seek, reject, "reject")
         >>> blended.mask(0.3)
     """
 
-    score: dict[str, Float[Tensor, "out in"]]
-    tiebreak: dict[str, Float[Tensor, "out in"]]
+    terms: list[tuple[float, ScoreFn]]
+    names: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def fixed(cls, score: dict[str, Tensor], tiebreak: dict[str, Tensor], meta: dict[str, Any] | None = None) -> "PoleScores":
+        """Scores given per map (e.g. hand-built or from another method)."""
+        return cls([(1.0, lambda name: (score[name], tiebreak[name]))], list(score),
+                   meta or {"poles": [{"pole": "fixed", "weight": 1.0}]})
+
+    def map_scores(self, name: str) -> tuple[Float[Tensor, "out in"], Float[Tensor, "out in"]]:
+        """The combined (score, tiebreak) of one map."""
+        score = tiebreak = None
+        for weight, fn in self.terms:
+            s, t = fn(name)
+            score = weight * s if score is None else score + weight * s
+            tiebreak = weight * t if tiebreak is None else tiebreak + weight * t
+        return score, tiebreak
+
     def __add__(self, other: "PoleScores") -> "PoleScores":
-        if set(self.score) != set(other.score):
+        if set(self.names) != set(other.names):
             raise ModelMismatchError("pole scores cover different linear maps; build them with the same modules/layers")
         if self.meta.get("fingerprint") != other.meta.get("fingerprint"):
             raise ModelMismatchError("pole scores were built for different models")
-        return PoleScores({n: self.score[n] + other.score[n] for n in self.score},
-                          {n: self.tiebreak[n] + other.tiebreak[n] for n in self.tiebreak},
+        return PoleScores(self.terms + other.terms, self.names,
                           {**self.meta, "poles": [*self.meta.get("poles", []), *other.meta.get("poles", [])]})
 
     def __rmul__(self, weight: float) -> "PoleScores":
         if weight < 0:
             raise ValueError(f"pole weights must be non-negative, got {weight}")
-        return PoleScores({n: weight * s for n, s in self.score.items()}, {n: weight * t for n, t in self.tiebreak.items()},
+        return PoleScores([(weight * w, fn) for w, fn in self.terms], self.names,
                           {**self.meta, "poles": [{**p, "weight": weight * p["weight"]} for p in self.meta.get("poles", [])]})
 
     def mask(self, sparsity: float, method: str = "composed", **meta: Any) -> Mask:
         """Keep the top ``(1−ρ)`` of each row by the combined score (ties by the combined Wanda score)."""
         check_sparsity(sparsity)
-        keep = {n: keep_top_per_row(s, sparsity, self.tiebreak[n]) for n, s in self.score.items()}
+        keep = {}
+        for name in self.names:
+            score, tiebreak = self.map_scores(name)
+            keep[name] = keep_top_per_row(score, sparsity, tiebreak)
         return Mask(keep, {**self.meta, "method": method, "sparsity": sparsity, **meta})
 
 
@@ -106,14 +127,15 @@ def pole_scores(model: Any, seek: Signature, reject: Signature, pole: str = "see
     maps = _selected(model, modules, layers, [seek, reject])
     act, sign = phi_fn(phi, tau), (1.0 if pole == "seek" else -1.0)
     chosen = seek if pole == "seek" else reject
-    score, tiebreak = {}, {}
-    for m in maps:
-        w = _abs_weight(model, m.name)
-        score[m.name] = _row_normalise(w * act(sign * contrast(seek, reject, m.name, eps))[None, :])
-        tiebreak[m.name] = _row_normalise(w * chosen.norm_mean(m.name)[None, :])
+
+    def scores(name: str) -> tuple[Tensor, Tensor]:
+        w = _abs_weight(model, name)
+        return (_row_normalise(w * act(sign * contrast(seek, reject, name, eps))[None, :]),
+                _row_normalise(w * chosen.norm_mean(name)[None, :]))
+
     meta = _meta(model, "pole_scores", 0.0, maps, modules, layers, phi=phi, tau=tau, eps=eps,
                  poles=[{"dataset": seek.meta.get("dataset"), "pole": pole, "weight": 1.0}])
-    return PoleScores(score, tiebreak, meta)
+    return PoleScores([(1.0, scores)], [m.name for m in maps], meta)
 
 
 def _checked_weights(parts: Sequence[Any], weights: Sequence[float] | None, caller: str, what: str) -> list[float]:

@@ -57,9 +57,9 @@ def test_fraction_moves_kept_weights_monotonically(llama):
 
 
 def test_blend_ranks_the_weighted_sum():
-    a = PoleScores({"m": torch.tensor([[0.5, 0.3, 0.2, 0.0]])}, {"m": torch.zeros(1, 4)}, {"poles": [{"weight": 1.0}]})
-    b = PoleScores({"m": torch.tensor([[0.0, 0.1, 0.2, 0.7]])}, {"m": torch.tensor([[0.0, 0.0, 1.0, 0.0]])},
-                   {"poles": [{"weight": 1.0}]})
+    a = PoleScores.fixed({"m": torch.tensor([[0.5, 0.3, 0.2, 0.0]])}, {"m": torch.zeros(1, 4)}, {"poles": [{"weight": 1.0}]})
+    b = PoleScores.fixed({"m": torch.tensor([[0.0, 0.1, 0.2, 0.7]])}, {"m": torch.tensor([[0.0, 0.0, 1.0, 0.0]])},
+                         {"poles": [{"weight": 1.0}]})
     assert blend([a, b]).mask(0.5).keep["m"].tolist() == [[True, False, False, True]]       # .5 .4 .4 .7
     assert blend([a, b], [1.0, 0.0]).mask(0.5).keep["m"].tolist() == [[True, True, False, False]]
     # 0.5·a + b = .25 .25 .3 .7 → keep 3 and 2; a tie between 0 and 1 at 75 % kept goes by the tiebreak, then index
@@ -69,7 +69,7 @@ def test_blend_ranks_the_weighted_sum():
         blend([a, b], [1.0, -1.0])
     with pytest.raises(ValueError, match="weights for"):
         blend([a, b], [1.0])
-    c = PoleScores({"other": torch.zeros(1, 4)}, {"other": torch.zeros(1, 4)})
+    c = PoleScores.fixed({"other": torch.zeros(1, 4)}, {"other": torch.zeros(1, 4)})
     with pytest.raises(ModelMismatchError, match="different linear maps"):
         a + c
 
@@ -99,9 +99,9 @@ def test_type_mask_has_the_asked_sparsity_and_intersection_removes_more(llama):
 def test_pole_scores_rows_sum_to_one(llama):
     seek, reject = random_pair(llama, 3)
     scores = pole_scores(llama, seek, reject, "reject", modules=["mlp"])
-    assert scores.score and all("mlp" in n for n in scores.score)
-    for s in scores.score.values():
-        sums = s.sum(1)
+    assert scores.names and all("mlp" in n for n in scores.names)
+    for name in scores.names:
+        sums = scores.map_scores(name)[0].sum(1)
         assert torch.all(((sums - 1).abs() < 1e-9) | (sums == 0))
     with pytest.raises(ValueError, match="pole"):
         pole_scores(llama, seek, reject, "both")
