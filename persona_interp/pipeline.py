@@ -69,7 +69,7 @@ QUICK = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=32, 
                         mask_search=MaskSpace(sparsities=[0.1, 0.3], modules=[None], layer_ranges=["all"],
                                               token_scopes=["all", "answer"]),
                         lora=LoRAConfig(epochs=2))
-FULL = ReproduceConfig()
+FULL = ReproduceConfig(n_calibration=128, n_test=100)   # 2 cores: ~40 min per AI persona, ~30 per MBTI axis
 
 
 def git_revision() -> str:

@@ -26,6 +26,7 @@ NOTEBOOKS = [
     "04_where_subnetworks_sit.ipynb",
     "05_opposing_mask_overlap.ipynb",
     "06_causal_vs_steering.ipynb",
+    "07_composition_and_regimes.ipynb",
 ]
 DEFINITION = re.compile(r"^(async\s+def|def|class)\s", re.MULTILINE)
 IMPORT = re.compile(r"^\s*(import persona_interp\b|from persona_interp(\.\w+)* import )", re.MULTILINE)
@@ -73,7 +74,7 @@ def test_notebook_runs_in_small_mode(name, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("PERSONA_INTERP_RERUN", raising=False)
     nb = read(name)                                               # in memory: the committed file is never written
-    client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
+    client = nbclient.NotebookClient(nb, timeout=1800, kernel_name="python3",
                                      resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
     client.execute()
     errors = [output for cell in nb.cells if cell.cell_type == "code" for output in cell.get("outputs", [])
