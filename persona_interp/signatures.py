@@ -142,6 +142,9 @@ def _samples(data: PersonaDataset | Sequence[tuple[str, str]], side: str) -> lis
     return samples
 
 
+CHUNK_ELEMENTS = 2**17   # activation elements reduced at once: float64 copies of ~1 MB keep the extra memory at a forward's
+
+
 class _Accumulator:
     """Hook functions that add one batch's statistics to running float64 sums."""
 
@@ -157,8 +160,14 @@ class _Accumulator:
     def _add(self, name: str, activation: Tensor) -> None:
         x = activation.detach()
         heads = x.reshape(*x.shape[:2], -1, x.shape[-1]) if name in self.head_sites and x.dim() == 4 else None
-        x = x.reshape(*x.shape[:2], -1).double()   # float64 sums: batch-size invariant to ~1e-7
-        w = self.weights[:, : x.shape[1], None]
+        x = x.reshape(*x.shape[:2], -1)
+        rows = max(1, CHUNK_ELEMENTS // (x.shape[1] * x.shape[2]))       # whole samples per chunk
+        for start in range(0, x.shape[0], rows):
+            chunk = slice(start, start + rows)
+            self._add_rows(name, x[chunk], None if heads is None else heads[chunk], self.weights[chunk, : x.shape[1], None])
+
+    def _add_rows(self, name: str, x: Tensor, heads: Tensor | None, w: Tensor) -> None:
+        x = x.double()                                               # float64 sums: batch-size invariant to ~1e-7
         xw = x * w
         sq = x * xw
         per_sample_norm = sq.sum(1).sqrt()                           # [batch, channels]
@@ -167,7 +176,7 @@ class _Accumulator:
             "norm_sq_sum": (per_sample_norm ** 2).sum(0),
             "token_sum": xw.sum((0, 1)),
             "token_sq_sum": sq.sum((0, 1)),
-            "token_abs_sum": xw.abs().sum((0, 1)),
+            "token_abs_sum": xw.abs_().sum((0, 1)),
         }
         if heads is not None:
             batch["head_norm_sum"] = (heads.double().norm(dim=-1) * w).sum((0, 1))

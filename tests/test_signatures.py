@@ -15,7 +15,10 @@ def _site_activations(model, site, pair, scope="all"):
 
 
 @pytest.mark.parametrize("scope", ["all", "answer"])
-def test_statistics_match_a_direct_computation(llama, pairs, scope):
+@pytest.mark.parametrize("one_sample_per_chunk", [False, True])
+def test_statistics_match_a_direct_computation(llama, pairs, scope, one_sample_per_chunk, monkeypatch):
+    if one_sample_per_chunk:                     # the memory bound splits each batch into single samples
+        monkeypatch.setattr(pi.signatures, "CHUNK_ELEMENTS", 1)
     sig = pi.collect_signatures(llama, pairs, token_scope=scope, batch_size=2, progress=False)
     adapter = pi.get_adapter(llama)
     for name in ["blocks.0.attn.q", "blocks.1.attn.o", "blocks.1.mlp.down"]:
