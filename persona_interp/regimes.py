@@ -181,10 +181,14 @@ def regimes_markdown(result: dict[str, Any]) -> str:
     lines += ["", f"Cosine of the seek − reject directions at layer {result['layer']} (all layers in the JSON and the figure):", ""]
     lines += [f"- {pair.replace('|', ' vs ')}: {values[at]:+.3f}" for pair, values in result["cosine"].items()]
     lines += ["", "Transfer: the effect of each row's direction (injected at that layer with the column regime's norm) "
-              "as a fraction of the column regime's own effect, with the injected effect's interval:", "",
+              "as a fraction of the column regime's own effect, with the injected effect's interval. The fraction is "
+              "n/a where the column regime's own effect has an interval that includes 0 (a ratio to it means nothing):", "",
               "| direction \\ effect of | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for src in names:
-        cells = [f"{result['transfer'][src][d]['ratio']:.2f} ({result['transfer'][src][d]['value']:+.4f} "
-                 f"[{result['transfer'][src][d]['low']:+.4f}, {result['transfer'][src][d]['high']:+.4f}])" for d in names]
+        cells = []
+        for d in names:
+            t, own = result["transfer"][src][d], result["effect"][d]
+            ratio = f"{t['ratio']:.2f}" if own["low"] > 0 or own["high"] < 0 else "n/a"
+            cells.append(f"{ratio} ({t['value']:+.4f} [{t['low']:+.4f}, {t['high']:+.4f}])")
         lines.append(f"| {src} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -4,7 +4,7 @@ import torch
 import persona_interp as pi
 from persona_interp.conditions import Condition, MaskCondition, Prompt, SteeringCondition
 from persona_interp.figures import plot_regime_comparison
-from persona_interp.regimes import compare_regimes, regime_cosines, regime_shifts
+from persona_interp.regimes import compare_regimes, regime_cosines, regime_shifts, regimes_markdown
 from persona_interp.steering import SteeringVector
 
 TEXTS = ["The river ran past the old mill and into the valley.", "Bread needs flour, water, salt and time."]
@@ -42,6 +42,19 @@ def test_cosines_per_layer():
               "b": {"direction": torch.tensor([[0.0, 1.0], [-2.0, -2.0]])}}
     cos = regime_cosines(shifts)
     assert list(cos) == ["a|b"] and cos["a|b"] == pytest.approx([0.0, -1.0])
+
+
+def test_markdown_gives_no_transfer_fraction_of_an_effect_indistinguishable_from_zero():
+    effect = {"prompt": {"value": 0.2, "low": 0.1, "high": 0.3}, "mask": {"value": -0.3, "low": -0.9, "high": 0.4}}
+    transfer = {src: {d: {"ratio": r, "value": 0.05, "low": 0.01, "high": 0.09} for d, r in (("prompt", 0.25), ("mask", -7.0))}
+                for src in effect}
+    result = {"persona": "wealth", "seed": 0, "n_texts": 2, "n_items": 3, "validation_items": 4, "sparsity": 0.3,
+              "steering": {"layer": 1, "multiplier": 2.0}, "layers": [0, 1], "layer": 1, "effect": effect,
+              "norms": {n: {"direction": [0.0, 1.0]} for n in effect}, "cosine": {"prompt|mask": [0.0, 0.5]},
+              "transfer": transfer}
+    rows = [line for line in regimes_markdown(result).splitlines() if line.startswith(("| prompt |", "| mask |"))][-2:]
+    assert rows == ["| prompt | 0.25 (+0.0500 [+0.0100, +0.0900]) | n/a (+0.0500 [+0.0100, +0.0900]) |",
+                    "| mask | 0.25 (+0.0500 [+0.0100, +0.0900]) | n/a (+0.0500 [+0.0100, +0.0900]) |"]
 
 
 def test_compare_regimes_transfer_of_a_steering_regime_to_itself_is_one(llama, tmp_path):
