@@ -140,6 +140,7 @@ def cmd_analyse(args: argparse.Namespace) -> None:
     config = dataclasses.replace(atlas_module.QUICK_ATLAS if args.quick else atlas_module.AtlasConfig())
     if args.sparsity is not None:
         config.sparsity = args.sparsity
+    config.causal = not args.localise_only
     signatures = _saved_signatures(Path(args.signatures), args.persona) if args.signatures else None
     atlas = atlas_module.persona_atlas(load_model(args.model), args.persona, config, args.figures, signatures=signatures)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -337,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.md and PREFIX.json")
     p.add_argument("--figures", default="figures/atlas", help="figures folder (PNG, SVG, HTML)")
     p.add_argument("--signatures", help="reuse PERSONA_{seek,reject}.safetensors from this folder (e.g. reports/signatures)")
+    p.add_argument("--localise-only", action="store_true", help="skip the causal ablations (dose-response, equal damage): minutes, not an hour")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_analyse)
 

@@ -46,6 +46,23 @@ def test_cli_analyse_writes_outputs_and_refuses_to_overwrite(llama, tmp_path, mo
     assert "invalid choice" in capsys.readouterr().err
 
 
+def test_cli_analyse_localise_only_skips_the_causal_part(llama, tmp_path, monkeypatch):
+    from persona_interp import atlas, cli, models
+
+    monkeypatch.setattr(atlas, "QUICK_ATLAS", TINY)
+    monkeypatch.setattr(models, "load_model", lambda name=None: llama)
+    cli.main(["analyse", "--persona", "power", "--quick", "--localise-only", "--out", str(tmp_path / "p"),
+              "--figures", str(tmp_path / "fig")])
+    saved = json.loads((tmp_path / "p.json").read_text())
+    assert "dose_response" not in saved and "equal_damage" not in saved and len(saved["top_neurons"]) == TINY.n_top
+    assert [d["side"] for d in saved["signature_data"]] == ["seek", "reject"]
+    assert saved["signature_data"][0]["n_samples"] == saved["fit_items"] == TINY.n_calibration
+    text = (tmp_path / "p.md").read_text()
+    assert "signatures of seek 8 / reject 8 calibration items" in text and "Localisation only" in text
+    assert "Dose–response" not in text
+    assert (tmp_path / "fig" / "power_top_heads.html").is_file() and not list((tmp_path / "fig").glob("power_dose_*"))
+
+
 def test_overlap_table_rows_and_figures(llama, tmp_path):
     from persona_interp.atlas import overlap_markdown, overlap_table
     from persona_interp.masks import contrastive_sparse_masks, fraction_differ
