@@ -102,7 +102,7 @@ def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Cond
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
-    return str(value)
+    return str(value).replace("|", "\\|").replace("\n", "<br>")     # a cell stays one cell (generated text)
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
