@@ -234,3 +234,24 @@ def to_markdown(atlas: dict[str, Any]) -> str:
               f"(vector fit on {atlas['fit_items']} calibration items).", ""]
     return "\n".join(lines)
 
+
+def summary_markdown(atlases: list[dict[str, Any]], n_units: int = 3) -> str:
+    """One row per persona pair: how alike the poles' signatures are, how much the opposing
+    Contrastive-Wanda masks differ, the top ``n_units`` heads and neurons and the layers of all ranked neurons.
+
+    Example:
+        >>> print(summary_markdown([json.loads(p.read_text()) for p in Path("reports/atlas").glob("*.json")]))
+    """
+    lines = ["| persona pair | min signature cosine (layer) | CW masks differ (attn / MLP) | top heads | top neurons | layers of the top neurons |",
+             "|---|---|---|---|---|---|"]
+    for atlas in atlases:
+        cosine = atlas["signature_cosine"]
+        low = min(range(len(cosine)), key=cosine.__getitem__)
+        cw = atlas["overlap"][0]
+        heads = ", ".join(f"L{u['layer']}H{u['unit']} ({u['divergence']:.2f})" for u in atlas["top_heads"][:n_units])
+        neurons = ", ".join(f"L{u['layer']}N{u['unit']} ({u['divergence']:.2f})" for u in atlas["top_neurons"][:n_units])
+        layers = sorted(u["layer"] for u in atlas["top_neurons"])
+        lines.append(f"| {atlas['persona']} | {cosine[low]:.4f} (L{low}) | {100 * cw['overall']:.1f} % ({100 * cw['attn']:.1f} / {100 * cw['mlp']:.1f}) "
+                     f"| {heads} | {neurons} | {layers[0]}–{layers[-1]} (median {layers[len(layers) // 2]}) |")
+    return "\n".join(lines) + "\n"
+

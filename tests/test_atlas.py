@@ -3,7 +3,7 @@ import torch
 import json
 
 import persona_interp as pi
-from persona_interp.atlas import AtlasConfig, persona_atlas, to_markdown
+from persona_interp.atlas import AtlasConfig, persona_atlas, summary_markdown, to_markdown
 
 TINY = AtlasConfig(n_calibration=8, n_causal=4, ks=[1, 2], seeds=[0], n_neutral=2, n_top=3, batch_size=4)
 
@@ -44,6 +44,21 @@ def test_cli_analyse_writes_outputs_and_refuses_to_overwrite(llama, tmp_path, mo
     with pytest.raises(SystemExit):
         cli.main(["analyse", "--persona", "stoicism", "--out", str(tmp_path / "x")])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def _unit(layer, unit, divergence):
+    return {"layer": layer, "unit": unit, "divergence": divergence, "weights_differ": 0.5}
+
+
+def test_summary_markdown_one_row_per_pair_with_known_values():
+    atlas = {"persona": "power", "signature_cosine": [0.999, 0.9981, 0.99995],
+             "overlap": [{"pair": "power contrastive_wanda@0.3", "overall": 0.6, "attn": 0.55, "mlp": 0.625}],
+             "top_heads": [_unit(2, 7, 0.21), _unit(0, 1, 0.1)],
+             "top_neurons": [_unit(16, 263, 1.33), _unit(13, 10, 1.0), _unit(18, 5, 0.9), _unit(14, 2, 0.8)]}
+    lines = summary_markdown([atlas, dict(atlas, persona="wealth")], n_units=2).splitlines()
+    assert len(lines) == 4 and lines[3].startswith("| wealth |")
+    assert lines[2] == ("| power | 0.9981 (L1) | 60.0 % (55.0 / 62.5) | L2H7 (0.21), L0H1 (0.10) "
+                        "| L16N263 (1.33), L13N10 (1.00) | 13–18 (median 16) |")
 
 
 def test_cli_analyse_localise_only_skips_the_causal_part(llama, tmp_path, monkeypatch):
