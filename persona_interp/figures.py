@@ -17,12 +17,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def save(fig: Any, stem: str | os.PathLike) -> list[Path]:
-    """Save ``fig`` as ``stem.png`` and ``stem.svg``; returns the paths."""
+    """Save ``fig`` as ``stem.png`` and ``stem.svg``; returns the paths. The same figure gives the
+    same bytes (no date, fixed SVG ids), so re-rendering leaves committed figures unchanged."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.svg"]   # not with_suffix: stems may hold "0.3"
     fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    with plt.rc_context({"svg.hashsalt": "persona_interp"}):
+        fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     return paths
 

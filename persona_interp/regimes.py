@@ -187,8 +187,36 @@ def regimes_markdown(result: dict[str, Any]) -> str:
     for src in names:
         cells = []
         for d in names:
-            t, own = result["transfer"][src][d], result["effect"][d]
-            ratio = f"{t['ratio']:.2f}" if own["low"] > 0 or own["high"] < 0 else "n/a"
-            cells.append(f"{ratio} ({t['value']:+.4f} [{t['low']:+.4f}, {t['high']:+.4f}])")
+            t, ratio = result["transfer"][src][d], transfer_ratio(result, src, d)
+            cells.append(f"{_ratio_text(ratio)} ({t['value']:+.4f} [{t['low']:+.4f}, {t['high']:+.4f}])")
         lines.append(f"| {src} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def transfer_ratio(result: dict[str, Any], source: str, target: str) -> float | None:
+    """The effect of ``source``'s direction as a fraction of ``target``'s own effect, or None where
+    ``target``'s own effect has an interval that includes 0 (a ratio to it means nothing)."""
+    own = result["effect"][target]
+    return result["transfer"][source][target]["ratio"] if own["low"] > 0 or own["high"] < 0 else None
+
+
+def _ratio_text(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.2f}"
+
+
+def regimes_summary_markdown(results: dict[str, dict[str, Any]]) -> str:
+    """Every compared persona at its steering layer: the cosines between regimes, then the transfer
+    ratios (n/a where the target regime has no effect to reproduce).
+
+    Example:
+        >>> print(regimes_summary_markdown({"power": run_regimes(model, "power", sigs)}))
+    """
+    first = next(iter(results.values()))
+    pairs, names = list(first["cosine"]), list(first["transfer"])
+    lines = ["| persona | layer | " + " | ".join(p.replace("|", " vs ") for p in pairs) + " |", "|---|---|" + "---|" * len(pairs)]
+    lines += [f"| {persona} | {r['layer']} | " + " | ".join(f"{r['cosine'][p][r['layers'].index(r['layer'])]:+.3f}" for p in pairs) + " |"
+              for persona, r in results.items()]
+    lines += ["", "| persona | direction | " + " | ".join(f"effect of {n}" for n in names) + " |", "|---|---|" + "---|" * len(names)]
+    lines += [f"| {persona} | {src} | " + " | ".join(_ratio_text(transfer_ratio(r, src, d)) for d in names) + " |"
+              for persona, r in results.items() for src in names]
     return "\n".join(lines) + "\n"

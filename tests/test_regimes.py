@@ -4,7 +4,8 @@ import torch
 import persona_interp as pi
 from persona_interp.conditions import Condition, MaskCondition, Prompt, SteeringCondition
 from persona_interp.figures import plot_regime_comparison
-from persona_interp.regimes import compare_regimes, regime_cosines, regime_shifts, regimes_markdown
+from persona_interp.regimes import (compare_regimes, regime_cosines, regime_shifts, regimes_markdown, regimes_summary_markdown,
+                                    transfer_ratio)
 from persona_interp.steering import SteeringVector
 
 TEXTS = ["The river ran past the old mill and into the valley.", "Bread needs flour, water, salt and time."]
@@ -55,6 +56,17 @@ def test_markdown_gives_no_transfer_fraction_of_an_effect_indistinguishable_from
     rows = [line for line in regimes_markdown(result).splitlines() if line.startswith(("| prompt |", "| mask |"))][-2:]
     assert rows == ["| prompt | 0.25 (+0.0500 [+0.0100, +0.0900]) | n/a (+0.0500 [+0.0100, +0.0900]) |",
                     "| mask | 0.25 (+0.0500 [+0.0100, +0.0900]) | n/a (+0.0500 [+0.0100, +0.0900]) |"]
+
+
+def test_summary_gives_cosines_at_the_steering_layer_and_no_ratio_to_a_null_effect():
+    effect = {"prompt": {"value": 0.2, "low": 0.1, "high": 0.3}, "mask": {"value": -0.3, "low": -0.9, "high": 0.4}}
+    transfer = {src: {d: {"ratio": r, "value": 0.05, "low": 0.01, "high": 0.09} for d, r in (("prompt", 0.25), ("mask", -7.0))}
+                for src in effect}
+    result = {"layers": [0, 1], "layer": 1, "effect": effect, "cosine": {"prompt|mask": [0.9, -0.5]}, "transfer": transfer}
+    lines = regimes_summary_markdown({"wealth": result}).splitlines()
+    assert lines[:3] == ["| persona | layer | prompt vs mask |", "|---|---|---|", "| wealth | 1 | -0.500 |"]
+    assert lines[-2:] == ["| wealth | prompt | 0.25 | n/a |", "| wealth | mask | 0.25 | n/a |"]
+    assert transfer_ratio(result, "mask", "prompt") == 0.25 and transfer_ratio(result, "prompt", "mask") is None
 
 
 def test_compare_regimes_transfer_of_a_steering_regime_to_itself_is_one(llama, tmp_path):
