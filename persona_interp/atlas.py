@@ -44,6 +44,8 @@ class AtlasConfig:
     ks: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     modes: list[str] = field(default_factory=lambda: ["zero", "mean"])
+    kinds: list[str] = field(default_factory=lambda: ["neuron", "head"])
+    prompts: bool = True                      # also measure the curves under the seek and reject system prompts
     n_neutral: int = 16
     n_top: int = 10
     steering_layer: float = 0.5
@@ -120,10 +122,11 @@ def persona_atlas(model: Any, persona: str, config: AtlasConfig, figures_dir: st
         return out
 
     reference = DamageReference.build(model, load_neutral_texts()[: config.n_neutral], config.batch_size)
-    systems = {"no prompt": None, "seek prompt": persona_prompts(persona, "seek")[0],
-               "reject prompt": persona_prompts(persona, "reject")[0]}
+    systems = {"no prompt": None}
+    if config.prompts:
+        systems.update({f"{side} prompt": persona_prompts(persona, side)[0] for side in ("seek", "reject")})
     out["dose_response"] = []
-    for kind, ranked in (("neuron", neurons), ("head", heads)):
+    for kind, ranked in ((kind, {"neuron": neurons, "head": heads}[kind]) for kind in config.kinds):
         ks = [k for k in config.ks if k <= len(ranked)]
         for mode in config.modes:
             rows = dose_response(model, list(test), ranked, kind, ks, mode=mode, signature=seek_sig if mode == "mean" else None,

@@ -26,6 +26,13 @@ def _sparsity(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of units, got {text}")
+    return value
+
+
 def _layers(text: str) -> list[int]:
     """``3,5,7`` or ``10-19`` (inclusive)."""
     out: list[int] = []
@@ -141,6 +148,10 @@ def cmd_analyse(args: argparse.Namespace) -> None:
     if args.sparsity is not None:
         config.sparsity = args.sparsity
     config.causal = not args.localise_only
+    for key in ("kinds", "modes", "ks", "seeds"):
+        if getattr(args, key) is not None:
+            setattr(config, key, getattr(args, key))
+    config.prompts = config.prompts and not args.no_prompts
     signatures = _saved_signatures(Path(args.signatures), args.persona) if args.signatures else None
     atlas = atlas_module.persona_atlas(load_model(args.model), args.persona, config, args.figures, signatures=signatures)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -339,6 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", default="figures/atlas", help="figures folder (PNG, SVG, HTML)")
     p.add_argument("--signatures", help="reuse PERSONA_{seek,reject}.safetensors from this folder (e.g. reports/signatures)")
     p.add_argument("--localise-only", action="store_true", help="skip the causal ablations (dose-response, equal damage): minutes, not an hour")
+    p.add_argument("--kinds", nargs="+", choices=["neuron", "head"], help="units of the dose-response (default both)")
+    p.add_argument("--modes", nargs="+", choices=["zero", "mean"], help="ablation modes (default both)")
+    p.add_argument("--ks", nargs="+", type=_positive_int, help="numbers of top / random units to ablate (default 1 4 16 64)")
+    p.add_argument("--seeds", nargs="+", type=int, help="seeds of the random-unit controls (default 0 1 2)")
+    p.add_argument("--no-prompts", action="store_true", help="dose-response without the seek / reject system prompts (a third of the time)")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_analyse)
 

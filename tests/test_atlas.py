@@ -78,6 +78,22 @@ def test_cli_analyse_localise_only_skips_the_causal_part(llama, tmp_path, monkey
     assert (tmp_path / "fig" / "power_top_heads.html").is_file() and not list((tmp_path / "fig").glob("power_dose_*"))
 
 
+def test_cli_analyse_chooses_the_dose_response_it_measures(llama, tmp_path, monkeypatch, capsys):
+    from persona_interp import atlas, cli, models
+
+    monkeypatch.setattr(atlas, "QUICK_ATLAS", TINY)
+    monkeypatch.setattr(models, "load_model", lambda name=None: llama)
+    cli.main(["analyse", "--persona", "power", "--quick", "--kinds", "neuron", "--modes", "zero", "--ks", "2",
+              "--seeds", "0", "1", "--no-prompts", "--out", str(tmp_path / "p"), "--figures", str(tmp_path / "fig")])
+    rows = json.loads((tmp_path / "p.json").read_text())["dose_response"]
+    assert {(r["kind"], r["mode"], r["system"], r["k"]) for r in rows} == {("neuron", "zero", "no prompt", 2)}
+    assert sorted((r["selection"], r["seed"]) for r in rows if r["selection"] == "random") == [("random", 0), ("random", 1)]
+    assert len(rows) == 3 and "Equal damage" in (tmp_path / "p.md").read_text()
+    with pytest.raises(SystemExit):
+        cli.main(["analyse", "--persona", "power", "--ks", "0", "--out", str(tmp_path / "x")])
+    assert "positive number of units" in capsys.readouterr().err
+
+
 def test_overlap_table_rows_and_figures(llama, tmp_path):
     from persona_interp.atlas import overlap_markdown, overlap_table
     from persona_interp.masks import contrastive_sparse_masks, fraction_differ
