@@ -240,13 +240,14 @@ def to_markdown(atlas: dict[str, Any]) -> str:
 
 def summary_markdown(atlases: list[dict[str, Any]], n_units: int = 3) -> str:
     """One row per persona pair: how alike the poles' signatures are, how much the opposing
-    Contrastive-Wanda masks differ, the top ``n_units`` heads and neurons and the layers of all ranked neurons.
+    Contrastive-Wanda masks differ, the top ``n_units`` heads and neurons, the layers of all ranked neurons
+    and, where the atlas measured it, the margin shift of zero-ablating the top-k neurons beside k random ones.
 
     Example:
         >>> print(summary_markdown([json.loads(p.read_text()) for p in Path("reports/atlas").glob("*.json")]))
     """
-    lines = ["| persona pair | min signature cosine (layer) | CW masks differ (attn / MLP) | top heads | top neurons | layers of the top neurons |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| persona pair | min signature cosine (layer) | CW masks differ (attn / MLP) | top heads | top neurons | layers of the top neurons "
+             "| zero-ablating the top-k neurons: shift (random) |", "|---|---|---|---|---|---|---|"]
     for atlas in atlases:
         cosine = atlas["signature_cosine"]
         low = min(range(len(cosine)), key=cosine.__getitem__)
@@ -255,6 +256,18 @@ def summary_markdown(atlases: list[dict[str, Any]], n_units: int = 3) -> str:
         neurons = ", ".join(f"L{u['layer']}N{u['unit']} ({u['divergence']:.2f})" for u in atlas["top_neurons"][:n_units])
         layers = sorted(u["layer"] for u in atlas["top_neurons"])
         lines.append(f"| {atlas['persona']} | {cosine[low]:.4f} (L{low}) | {100 * cw['overall']:.1f} % ({100 * cw['attn']:.1f} / {100 * cw['mlp']:.1f}) "
-                     f"| {heads} | {neurons} | {layers[0]}–{layers[-1]} (median {layers[len(layers) // 2]}) |")
+                     f"| {heads} | {neurons} | {layers[0]}–{layers[-1]} (median {layers[len(layers) // 2]}) | {_largest_k_neurons(atlas)} |")
     return "\n".join(lines) + "\n"
+
+
+def _largest_k_neurons(atlas: dict[str, Any]) -> str:
+    """``k = 64: +0.43 [+0.24, +0.61] (random +0.03)`` for the largest k of the zero-ablation, no-prompt neuron curve."""
+    rows = [r for r in atlas.get("dose_response", []) if (r["kind"], r["mode"], r["system"]) == ("neuron", "zero", "no prompt")]
+    if not rows:
+        return "not measured"
+    k = max(r["k"] for r in rows)
+    top = next(r for r in rows if r["k"] == k and r["selection"] == "top")
+    random = [r["shift"] for r in rows if r["k"] == k and r["selection"] == "random"]
+    return (f"k = {k}: {top['shift']:+.2f} [{top['shift_low']:+.2f}, {top['shift_high']:+.2f}] "
+            f"(random {sum(random) / len(random):+.2f})")
 

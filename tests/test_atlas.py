@@ -55,10 +55,15 @@ def test_summary_markdown_one_row_per_pair_with_known_values():
              "overlap": [{"pair": "power contrastive_wanda@0.3", "overall": 0.6, "attn": 0.55, "mlp": 0.625}],
              "top_heads": [_unit(2, 7, 0.21), _unit(0, 1, 0.1)],
              "top_neurons": [_unit(16, 263, 1.33), _unit(13, 10, 1.0), _unit(18, 5, 0.9), _unit(14, 2, 0.8)]}
-    lines = summary_markdown([atlas, dict(atlas, persona="wealth")], n_units=2).splitlines()
+    dose = [{"kind": "neuron", "mode": "zero", "system": "no prompt", "k": k, "selection": sel, "seed": seed,
+             "shift": shift, "shift_low": shift - 0.1, "shift_high": shift + 0.1}
+            for k, sel, seed, shift in ((4, "top", None, 0.2), (64, "top", None, 0.43), (64, "random", 0, 0.02), (64, "random", 1, 0.04))]
+    dose.append(dict(dose[1], mode="mean", shift=9.0))                 # another mode: not in the column
+    lines = summary_markdown([atlas, dict(atlas, persona="wealth", dose_response=dose)], n_units=2).splitlines()
     assert len(lines) == 4 and lines[3].startswith("| wealth |")
     assert lines[2] == ("| power | 0.9981 (L1) | 60.0 % (55.0 / 62.5) | L2H7 (0.21), L0H1 (0.10) "
-                        "| L16N263 (1.33), L13N10 (1.00) | 13–18 (median 16) |")
+                        "| L16N263 (1.33), L13N10 (1.00) | 13–18 (median 16) | not measured |")
+    assert lines[3].endswith("| 13–18 (median 16) | k = 64: +0.43 [+0.33, +0.53] (random +0.03) |")
 
 
 def test_cli_analyse_localise_only_skips_the_causal_part(llama, tmp_path, monkeypatch):
