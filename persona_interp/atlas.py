@@ -5,7 +5,7 @@ and writes figures and circuitsvis pages: layer × map heatmaps, the top heads a
 layer-wise signature cosine, the overlap row of the paper's table, dose–response curves of top-k
 against random heads / neurons (zero and mean ablation), and a steering vector at equal damage.
 Units are ranked on calibration signatures; the causal curves are measured on held-out test items.
-``AtlasConfig(causal=False)`` stops after the localisation (seconds instead of an hour on 2 cores).
+``AtlasConfig(causal=False)`` stops after the localisation (under a minute instead of an hour on 2 cores).
 
 Example:
     >>> atlas = persona_atlas(model, "power", AtlasConfig(n_calibration=64, n_causal=24), "figures/atlas")
@@ -126,7 +126,9 @@ def persona_atlas(model: Any, persona: str, config: AtlasConfig, figures_dir: st
     if config.prompts:
         systems.update({f"{side} prompt": persona_prompts(persona, side)[0] for side in ("seek", "reject")})
     out["dose_response"] = []
-    for kind, ranked in ((kind, {"neuron": neurons, "head": heads}[kind]) for kind in config.kinds):
+    ranked_units = {"neuron": neurons, "head": heads}
+    for kind in config.kinds:
+        ranked = ranked_units[kind]
         ks = [k for k in config.ks if k <= len(ranked)]
         for mode in config.modes:
             rows = dose_response(model, list(test), ranked, kind, ks, mode=mode, signature=seek_sig if mode == "mean" else None,

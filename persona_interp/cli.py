@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.md and PREFIX.json")
     p.add_argument("--figures", default="figures/atlas", help="figures folder (PNG, SVG, HTML)")
     p.add_argument("--signatures", help="reuse PERSONA_{seek,reject}.safetensors from this folder (e.g. reports/signatures)")
-    p.add_argument("--localise-only", action="store_true", help="skip the causal ablations (dose-response, equal damage): minutes, not an hour")
+    p.add_argument("--localise-only", action="store_true", help="skip the causal ablations (dose-response, equal damage): under a minute, not an hour")
     p.add_argument("--kinds", nargs="+", choices=["neuron", "head"], help="units of the dose-response (default both)")
     p.add_argument("--modes", nargs="+", choices=["zero", "mean"], help="ablation modes (default both)")
     p.add_argument("--ks", nargs="+", type=_positive_int, help="numbers of top / random units to ablate (default 1 4 16 64)")
