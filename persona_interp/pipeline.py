@@ -270,17 +270,17 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
         ev = evaluate(model, list(test), conditions, persona=persona, neutral_texts=neutral,
                       batch_size=config.batch_size, progress=progress)
         table, contrasts, controls = ev.table(), ev.contrasts(), control_comparison(ev)
-        plot_accuracy(table, figures_dir / f"{persona}_accuracy", title=f"{persona}: {len(test)} test items")
-        for side in ("seek", "reject"):                             # the fine-tuned adapters, reusable
-            lora = next((c.lora for c in conditions if isinstance(c, LoRACondition) and c.side == side), None)
-            if lora is not None:
-                lora.save(out_dir / "lora" / f"{persona}_{side}.safetensors", overwrite=force or resume)
         results["personas"][persona] = {"revision": results["revision"],
                                         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                                         "used": used, "n_test": len(test), "table": table, "contrasts": contrasts,
                                         "controls": controls, "equal_damage": equal_damage_summary(table, contrasts, config.damage_budgets),
                                         "per_item": ev.per_item(), "damage": ev.damage}
-        report = _write_report(out_dir, figures_dir, config, results)   # after every persona: a cut-off run keeps what it finished
+        report = _write_report(out_dir, figures_dir, config, results)   # first, so a later failure keeps the persona
+        for side in ("seek", "reject"):                             # the fine-tuned adapters, reusable
+            lora = next((c.lora for c in conditions if isinstance(c, LoRACondition) and c.side == side), None)
+            if lora is not None:
+                lora.save(out_dir / "lora" / f"{persona}_{side}.safetensors", overwrite=force or resume)
+        plot_accuracy(table, figures_dir / f"{persona}_accuracy", title=f"{persona}: {len(test)} test items")
     return report
 
 

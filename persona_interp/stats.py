@@ -32,7 +32,13 @@ class Estimate:
 
 
 def proportion_ci(successes: Bool[Tensor, " n"], level: float = 0.95) -> Estimate:
-    """Wilson score interval of a proportion."""
+    """Wilson score interval of a proportion; the interval always holds the observed proportion (at 0 or 1
+    rounding could otherwise put a bound a hair past it).
+
+    Example:
+        >>> proportion_ci(torch.tensor([False, False, False]))
+        Estimate(value=0.0, low=0.0, high=0.56..., n=3)
+    """
     n = int(successes.numel())
     if n == 0:
         raise ValueError("proportion_ci needs at least one observation")
@@ -40,7 +46,7 @@ def proportion_ci(successes: Bool[Tensor, " n"], level: float = 0.95) -> Estimat
     zq = _scipy_stats.norm.ppf(0.5 + level / 2)
     centre = (p + zq ** 2 / (2 * n)) / (1 + zq ** 2 / n)
     half = zq * math.sqrt(p * (1 - p) / n + zq ** 2 / (4 * n ** 2)) / (1 + zq ** 2 / n)
-    return Estimate(p, max(0.0, centre - half), min(1.0, centre + half), n)
+    return Estimate(p, min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)), n)
 
 
 def mean_ci(values: Float[Tensor, " n"], level: float = 0.95) -> Estimate:

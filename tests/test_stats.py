@@ -33,6 +33,17 @@ def test_wilson_interval():
         proportion_ci(torch.tensor([], dtype=torch.bool))
 
 
+@pytest.mark.parametrize("n", [1, 3, 24, 65, 100])
+def test_wilson_interval_always_holds_the_observed_proportion(n):
+    # at 0 / n the textbook formula leaves the lower bound a rounding error above 0 (3.5e-18 at n = 100),
+    # which made the accuracy figure's error bars negative
+    for k in range(n + 1):
+        est = proportion_ci(torch.tensor([True] * k + [False] * (n - k)))
+        assert est.low <= est.value <= est.high, (k, n, est)
+    assert proportion_ci(torch.zeros(n, dtype=torch.bool)).low == 0.0
+    assert proportion_ci(torch.ones(n, dtype=torch.bool)).high == 1.0
+
+
 def test_trend_hand_computed():
     from persona_interp.stats import trend
 
