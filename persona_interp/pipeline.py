@@ -69,14 +69,25 @@ QUICK = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=32, 
                         mask_search=MaskSpace(sparsities=[0.1, 0.3], modules=[None], layer_ranges=["all"],
                                               token_scopes=["all", "answer"]),
                         lora=LoRAConfig(epochs=2))
-FULL = ReproduceConfig(n_calibration=128, n_test=100)   # 2 cores: ~40 min per AI persona, ~30 per MBTI axis
+FULL = ReproduceConfig(n_calibration=128, n_test=100)   # 2 cores: 57-60 min per AI persona (measured); MBTI axes have 65 test items
 
 
-def git_revision() -> str:
-    """Short git revision of the repository (``-dirty`` when it has uncommitted changes)."""
+COMPUTED_WITH = ("persona_interp", "data", "pyproject.toml")   # what a result depends on, for git_revision
+
+
+def git_revision(root: str | Path = REPO_ROOT) -> str:
+    """Short git revision of the repository at ``root``, with ``-dirty`` when the code or data that the results
+    are computed with (``persona_interp/``, ``data/``, ``pyproject.toml``) has uncommitted changes; the run's own
+    outputs (``reports/``, ``figures/``, which a resumed run has already rewritten) do not count.
+
+    Example:
+        >>> git_revision()
+        '97d6afb'
+    """
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *COMPUTED_WITH],
+                               cwd=root, capture_output=True, text=True).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -1,5 +1,6 @@
 """The main job end to end on a tiny model and a made-up persona dataset."""
 import json
+import subprocess
 
 import pytest
 
@@ -105,3 +106,24 @@ def test_resume_keeps_finished_personas_and_refuses_another_config(tiny_pipeline
     assert "## power (8 test items)" in text and "## wealth (8 test items)" in text and "Partial run" not in text
     with pytest.raises(ValueError, match="differs in \\['seed'\\]"):
         pipeline.reproduce(dataclasses.replace(two, seed=1), tmp_path / "out", model=model, progress=False, resume=True)
+
+
+def test_revision_is_dirty_for_changed_code_or_data_but_not_for_the_runs_own_outputs(tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    for path in ("persona_interp/x.py", "data/d.jsonl", "reports/results.json", "figures/f.svg"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("0\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    clean = pipeline.git_revision(tmp_path)
+    assert clean and not clean.endswith("-dirty") and clean != "unknown"
+    (tmp_path / "reports/results.json").write_text("1\n")                   # a resumed run rewrote its outputs
+    (tmp_path / "figures/f.svg").write_text("1\n")
+    assert pipeline.git_revision(tmp_path) == clean
+    for path in ("data/d.jsonl", "persona_interp/x.py"):
+        (tmp_path / path).write_text("1\n")
+        assert pipeline.git_revision(tmp_path) == clean + "-dirty", path
+        (tmp_path / path).write_text("0\n")
