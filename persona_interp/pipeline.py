@@ -69,7 +69,7 @@ QUICK = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=32, 
                         mask_search=MaskSpace(sparsities=[0.1, 0.3], modules=[None], layer_ranges=["all"],
                                               token_scopes=["all", "answer"]),
                         lora=LoRAConfig(epochs=2))
-FULL = ReproduceConfig(n_calibration=128, n_test=100)   # 2 cores: 57-60 min per AI persona (measured); MBTI axes have 65 test items
+FULL = ReproduceConfig(n_calibration=128, n_test=100)   # 2 cores: 57-60 min per AI persona, 40 min per MBTI axis (measured)
 
 
 COMPUTED_WITH = ("persona_interp", "data", "pyproject.toml")   # what a result depends on, for git_revision
