@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Union
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from .adapter import get_adapter
@@ -59,7 +59,7 @@ class _UnitMask:
         hooks = []
         for layer, units in sorted(self.units.items()):
             index = torch.tensor(units, dtype=torch.long)
-            mean = self._mean(layer)[index].float() if self.mode == "mean" else None
+            mean = self._mean(layer)[index].float() if self.mode == "mean" else None   # moved to the activation's device
             hooks.append((self._hook_name(adapter, layer), _replace_hook(index, mean, self._per_head)))
         return hooks
 
@@ -114,11 +114,12 @@ def _replace_hook(index: Tensor, value: Tensor | None, per_head: bool) -> Callab
 
     def hook(activation: Float[Tensor, "..."], hook: Any) -> Tensor:
         out = activation.clone()
-        fill = 0.0 if value is None else value.to(out.dtype)
+        at = index.to(out.device)
+        fill = 0.0 if value is None else value.to(device=out.device, dtype=out.dtype)
         if per_head:
-            out[..., index, :] = fill
+            out[..., at, :] = fill
         else:
-            out[..., index] = fill
+            out[..., at] = fill
         return out
 
     return hook
@@ -128,12 +129,13 @@ HookMask = Union[NeuronMask, HeadMask]
 
 
 @contextlib.contextmanager
-def ablate(model: Any, mask: Mask | HookMask, gamma: float = 0.0) -> Iterator[Any]:
+def ablate(model: Any, mask: Mask | HookMask, gamma: float = 0.0, *, store: str | torch.device | None = None) -> Iterator[Any]:
     """Context manager: inside, ``model`` computes with the mask applied.
 
-    * a :class:`~persona_interp.masks.Mask` multiplies each covered weight in place by
-      ``M + γ·(1−M)`` (``γ = 0``: removed weights are zero; ``0 < γ < 1``: a soft gate);
-      on exit, also on exception, every weight is restored bit-exact;
+    * a :class:`~persona_interp.masks.Mask` sets each covered weight's removed entries in place to 0
+      (``γ = 0``) or to ``γ·W`` (``0 < γ < 1``: a soft gate); only those entries are kept aside (ρ × the
+      covered weights, on the weight's device or on ``store``, e.g. ``"cpu"`` for a model that fills its
+      GPU), and on exit, also on exception, they are written back bit-exact;
     * a :class:`NeuronMask` / :class:`HeadMask` adds forward hooks and removes them on exit.
 
     Nested ablations are allowed on disjoint maps; a nested weight mask touching a map that is
@@ -142,6 +144,8 @@ def ablate(model: Any, mask: Mask | HookMask, gamma: float = 0.0) -> Iterator[An
     Example:
         >>> with ablate(model, seek_mask):
         ...     print(model.generate(tokens, max_new_tokens=20))
+        >>> with ablate(big_model, mask, store="cpu"):     # the removed entries wait in host memory
+        ...     ...
     """
     if isinstance(mask, (NeuronMask, HeadMask)):
         with mask.apply(model):
@@ -163,16 +167,24 @@ def ablate(model: Any, mask: Mask | HookMask, gamma: float = 0.0) -> Iterator[An
         with torch.no_grad():
             for name, keep in mask.keep.items():
                 parameter = adapter.parameter(name)
-                saved[name] = parameter.detach().clone()
-                factor = keep.to(parameter.dtype)
+                removed = _removed(adapter, name, keep, parameter)
+                values = parameter[removed]
+                saved[name] = values.to(store) if store is not None else values
                 if gamma:
-                    factor = factor + gamma * (1 - factor)
-                parameter.mul_(adapter.to_native(name, factor.to(parameter.device)))
+                    parameter.masked_scatter_(removed, values * torch.tensor(gamma, dtype=parameter.dtype))
+                else:
+                    parameter.masked_fill_(removed, 0)
         yield model
     finally:
         with torch.no_grad():
-            for name, original in saved.items():
-                adapter.parameter(name).copy_(original)
+            for name, values in saved.items():
+                parameter = adapter.parameter(name)
+                parameter.masked_scatter_(_removed(adapter, name, mask.keep[name], parameter), values.to(parameter.device))
         active.difference_update(mask.keep)
         if not active:
             _ACTIVE.pop(id(model), None)
+
+
+def _removed(adapter: Any, name: str, keep: Bool[Tensor, "out in"], parameter: Tensor) -> Tensor:
+    """The removed entries of map ``name`` as a boolean tensor in the parameter's own layout and device."""
+    return ~adapter.to_native(name, keep.to(parameter.device))

@@ -82,6 +82,7 @@ class ModelAdapter:
                 self._access[name] = access
                 self.maps.append(LinearMap(name, layer, MODULE_OF_KIND[kind], kind, self._site(layer, kind), n_out, n_in))
         self.map_by_name = {m.name: m for m in self.maps}
+        self._legacy: str | None = None
         self.fingerprint = self._fingerprint()
 
     # ----------------------------------------------------------------- hooks
@@ -127,7 +128,8 @@ class ModelAdapter:
         """Logits from final normalised residuals (any leading shape), so callers can unembed only
         the positions they need."""
         shape = residual.shape
-        logits = self.model.unembed(residual.reshape(1, -1, shape[-1])).reshape(*shape[:-1], -1)
+        device = next(self.model.unembed.parameters()).device          # the last shard under a device_map
+        logits = self.model.unembed(residual.reshape(1, -1, shape[-1]).to(device)).reshape(*shape[:-1], -1)
         cap = getattr(self.model.cfg, "output_logits_soft_cap", 0.0) or 0.0
         return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
@@ -222,7 +224,15 @@ class ModelAdapter:
 
     # ------------------------------------------------------------ identity
     def _fingerprint(self) -> str:
-        """Architecture, shapes and a sample of the (never masked) token embedding, hashed."""
+        """Architecture, shapes and the sign bits of a sample of the (never masked) token embedding, hashed.
+
+        Sign bits survive rounding to any floating-point format and any device, so the same weights give the
+        same fingerprint in float32, bfloat16 or float16, on the CPU or a GPU."""
+        embedding = self.model.W_E.detach().flatten()
+        signs = torch.signbit(embedding[:: max(1, embedding.numel() // 4096)]).cpu()
+        return self._digest(bytes(signs.to(torch.uint8).tolist()))
+
+    def _digest(self, weights: bytes) -> str:
         desc = {
             "class": type(self.model).__name__,
             "arch": str(getattr(self.model.cfg, "architecture", None) or getattr(self.model.cfg, "original_architecture", None)),
@@ -230,9 +240,41 @@ class ModelAdapter:
             "maps": [(m.name, m.n_out, m.n_in) for m in self.maps],
         }
         digest = hashlib.sha256(json.dumps(desc).encode())
-        embedding = self.model.W_E.detach().float().flatten()
-        digest.update(embedding[:: max(1, embedding.numel() // 4096)].cpu().numpy().tobytes())
+        digest.update(weights)
         return digest.hexdigest()[:16]
+
+    @property
+    def accepted_fingerprints(self) -> set[str]:
+        """This model's fingerprint and, for a float32 model, the one files saved before fingerprints ignored
+        the dtype carry (a hash of the float32 embedding sample), so those files still load."""
+        if self._legacy is None:
+            embedding = self.model.W_E.detach().flatten()
+            legacy = (self._digest(embedding[:: max(1, embedding.numel() // 4096)].float().cpu().numpy().tobytes())
+                      if embedding.dtype == torch.float32 else None)
+            self._legacy = legacy or ""
+        return {self.fingerprint, self._legacy} - {""}
+
+    def check_fingerprint(self, fingerprint: str | None, what: str) -> None:
+        """Raise :class:`ModelMismatchError` unless ``fingerprint`` (of a saved mask, signature or LoRA) is this
+        model's; ``None`` (a hand-made object) is accepted. ``what`` says what and how, e.g. ``"mask 'wanda' was
+        built for"``."""
+        if fingerprint is None or fingerprint in self.accepted_fingerprints:
+            return
+        raise ModelMismatchError(
+            f"{what} model {fingerprint}, not for this one ({self.fingerprint}: "
+            f"{self.n_layers} layers, d_model {self.d_model}, {self.dtype}). Fingerprints hash the architecture and "
+            "the weights, not the dtype or device; a file saved before that rule from a float32 model loads only on a "
+            "float32 model: load it there and save it again")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the linear maps' weights."""
+        return self.parameter(self.maps[0].name).dtype
+
+    @property
+    def input_device(self) -> torch.device:
+        """Where token ids go in: the device of the token embedding (the first shard under a ``device_map``)."""
+        return self.model.W_E.device
 
     def select_maps(self, modules: tuple[str, ...] | list[str] | None = None,
                     layers: tuple[int, ...] | list[int] | range | None = None) -> list[LinearMap]:
@@ -251,6 +293,10 @@ class ModelAdapter:
         return [m for m in self.maps
                 if (modules is None or m.module in modules or m.kind in modules or m.name in modules)
                 and (layers is None or m.layer in layers)]
+
+
+class ModelMismatchError(ValueError):
+    """A signature, mask or LoRA was built for a different model."""
 
 
 _ADAPTERS: "weakref.WeakKeyDictionary[Any, ModelAdapter]" = weakref.WeakKeyDictionary()

@@ -26,7 +26,7 @@ from torch import Tensor
 from .conditions import Condition, MaskCondition, Prompt
 from .data import MBTI_AXES, PersonaItem, load_persona, persona_prompts
 from .evaluation import evaluate, markdown_table
-from .masks import (Mask, _abs_weight, _meta, _row_normalise, _selected, check_sparsity, contrast, contrastive_wanda_masks,
+from .masks import (Mask, _abs_weight, _by_channel, _meta, _row_normalise, _selected, check_sparsity, contrast, contrastive_wanda_masks,
                     keep_top_per_row, phi_fn, random_mask)
 from .signatures import ModelMismatchError, Signature
 from .stats import mean_ci, paired_difference, proportion_ci, trend
@@ -130,8 +130,8 @@ def pole_scores(model: Any, seek: Signature, reject: Signature, pole: str = "see
 
     def scores(name: str) -> tuple[Tensor, Tensor]:
         w = _abs_weight(model, name)
-        return (_row_normalise(w * act(sign * contrast(seek, reject, name, eps))[None, :]),
-                _row_normalise(w * chosen.norm_mean(name)[None, :]))
+        return (_row_normalise(_by_channel(w, act(sign * contrast(seek, reject, name, eps)))),
+                _row_normalise(_by_channel(w, chosen.norm_mean(name))))
 
     meta = _meta(model, "pole_scores", 0.0, maps, modules, layers, phi=phi, tau=tau, eps=eps,
                  poles=[{"dataset": seek.meta.get("dataset"), "pole": pole, "weight": 1.0}])
@@ -228,9 +228,10 @@ def compose(masks: Sequence[Mask], weights: Sequence[float] | None = None, *, sp
     keep = {}
     for name in names:
         shape = next(m.keep[name].shape for m in masks if name in m.keep)
-        vote = torch.zeros(shape, dtype=torch.float64)
+        device = next(m.keep[name].device for m in masks if name in m.keep)
+        vote = torch.zeros(shape, dtype=torch.float64, device=device)
         for w, m in zip(weights, masks):
-            part = m.keep.get(name, torch.ones(shape, dtype=torch.bool))
+            part = m.keep.get(name, torch.ones(shape, dtype=torch.bool, device=device)).to(device)
             if part.shape != shape:
                 raise ModelMismatchError(f"masks disagree on the shape of {name}: {tuple(part.shape)} vs {tuple(shape)}")
             vote += w * part.double()

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .adapter import get_adapter
 from .chat import prompt_ids
 
 
@@ -27,7 +28,7 @@ def generate(model: Any, question: str, *, system: str | None = None, max_new_to
     tokenizer = model.tokenizer
     stops = {t for t in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")) if isinstance(t, int) and t >= 0}
     stops.discard(tokenizer.unk_token_id)
-    tokens = torch.tensor([prompt_ids(tokenizer, question, system)])
+    tokens = torch.tensor([prompt_ids(tokenizer, question, system)], device=get_adapter(model).input_device)
     start = tokens.shape[1]
     generator = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
@@ -43,5 +44,5 @@ def generate(model: Any, question: str, *, system: str | None = None, max_new_to
                 nxt = int(order[choice])
             if nxt in stops:
                 break
-            tokens = torch.cat([tokens, torch.tensor([[nxt]])], 1)
+            tokens = torch.cat([tokens, torch.tensor([[nxt]], device=tokens.device)], 1)
     return tokenizer.decode(tokens[0, start:], skip_special_tokens=True).strip()

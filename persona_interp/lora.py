@@ -33,11 +33,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .adapter import get_adapter
+from .adapter import ModelMismatchError, get_adapter
 from .chat import encode_batch
 from .data import PersonaItem
 from .scoring import score_ab
-from .signatures import ModelMismatchError
 from .storage import read_header, write_tagged
 
 FORMAT = "persona_interp.lora/1"
@@ -80,8 +79,7 @@ class LoRA:
 
     def check_model(self, model: Any) -> None:
         adapter = get_adapter(model)
-        if self.meta.get("fingerprint") not in (None, adapter.fingerprint):
-            raise ModelMismatchError(f"LoRA was trained on model {self.meta.get('fingerprint')}, not on this one ({adapter.fingerprint})")
+        adapter.check_fingerprint(self.meta.get("fingerprint"), "LoRA was trained on")
         for name in self.A:
             if name not in adapter.map_by_name:
                 raise ModelMismatchError(f"LoRA has map {name!r}, which the model lacks")
@@ -101,7 +99,8 @@ class LoRA:
                 for name in self.A:
                     parameter = adapter.parameter(name)
                     saved[name] = parameter.detach().clone()
-                    parameter.add_(adapter.to_native(name, self.delta(name)).to(parameter.dtype))
+                    delta = self.scaling * (self.B[name].to(parameter.device) @ self.A[name].to(parameter.device))
+                    parameter.add_(adapter.to_native(name, delta).to(parameter.dtype))
             yield model
         finally:
             with torch.no_grad():
@@ -116,7 +115,7 @@ class LoRA:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LoRA":
         """Load a LoRA saved by :meth:`save` (no unpickling)."""
-        header = read_header(path, FORMAT, "LoRA")
+        header = read_header(path, FORMAT, "LoRA was trained on")
         tensors = load_file(str(path))
         A = {k.split("|", 1)[1]: v for k, v in tensors.items() if k.startswith("A|")}
         B = {k.split("|", 1)[1]: v for k, v in tensors.items() if k.startswith("B|")}
@@ -128,12 +127,14 @@ def init_factors(model: Any, config: LoRAConfig) -> tuple[dict[str, Tensor], dic
     maps = get_adapter(model).select_maps(config.modules, config.layers)
     if not maps:
         raise ValueError(f"no linear maps match modules={config.modules} layers={config.layers}")
-    generator = torch.Generator().manual_seed(config.seed)
+    adapter = get_adapter(model)
+    generator = torch.Generator().manual_seed(config.seed)            # drawn on the CPU: the same factors on any device
     A, B = {}, {}
     for m in maps:
         bound = math.sqrt(6.0 / ((1 + 5.0) * m.n_in))                 # kaiming_uniform_(a=√5): gain² = 2/(1+a²)
-        A[m.name] = (torch.rand(config.rank, m.n_in, generator=generator) * 2 - 1) * bound
-        B[m.name] = torch.zeros(m.n_out, config.rank)
+        device = adapter.parameter(m.name).device
+        A[m.name] = ((torch.rand(config.rank, m.n_in, generator=generator) * 2 - 1) * bound).to(device)
+        B[m.name] = torch.zeros(m.n_out, config.rank, device=device)
     return A, B
 
 
@@ -142,8 +143,9 @@ def answer_loss(model: Any, tokens: Tensor, targets: Tensor, params: dict[str, T
     some parameters replaced (``functional_call``)."""
     # tie_weights=False: with True, torch 2.13 leaves the replacement in place on a TransformerBridge, whose
     # parameters are reachable under two paths; nothing LoRA touches is tied (embeddings are never targets)
+    tokens = tokens.to(get_adapter(model).input_device)
     logits = torch.func.functional_call(model, params, (tokens,), tie_weights=False) if params else model(tokens)
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets[:, 1:].flatten(), ignore_index=-100)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets[:, 1:].flatten().to(logits.device), ignore_index=-100)
 
 
 def _targets(batch: Any) -> Tensor:
@@ -198,7 +200,7 @@ def train_lora(model: Any, items: Sequence[PersonaItem], side: str, config: LoRA
                 epoch_loss.append(float(loss.detach()))
             losses.append(sum(epoch_loss) / len(epoch_loss))
             if snapshots or epoch == config.epochs - 1:
-                out.append(LoRA({n: a.detach().clone() for n, a in A.items()}, {n: b.detach().clone() for n, b in B.items()},
+                out.append(LoRA({n: a.detach().cpu() for n, a in A.items()}, {n: b.detach().cpu() for n, b in B.items()},
                                 scaling, {**meta, "epochs": epoch + 1, "train_loss": list(losses)}))
     finally:
         model.train(was_training)

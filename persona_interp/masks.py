@@ -28,8 +28,8 @@ from jaxtyping import Bool, Float
 from safetensors.numpy import load_file, save_file
 from torch import Tensor
 
-from .adapter import LinearMap, get_adapter
-from .signatures import ModelMismatchError, Signature
+from .adapter import LinearMap, ModelMismatchError, get_adapter
+from .signatures import Signature
 from .storage import read_header, write_tagged
 
 FORMAT = "persona_interp.mask/1"
@@ -58,9 +58,7 @@ class Mask:
     def check_model(self, model: Any) -> None:
         """Raise unless this mask fits ``model``: same fingerprint, every map present with its shape."""
         adapter = get_adapter(model)
-        if self.meta.get("fingerprint") not in (None, adapter.fingerprint):
-            raise ModelMismatchError(f"mask {self.meta.get('method')!r} was built for model {self.meta.get('fingerprint')}, "
-                                     f"not for this one ({adapter.fingerprint})")
+        adapter.check_fingerprint(self.meta.get("fingerprint"), f"mask {self.meta.get('method')!r} was built for")
         for name, keep in self.keep.items():
             if name not in adapter.map_by_name:
                 raise ModelMismatchError(f"mask has map {name!r}, which the model lacks")
@@ -79,7 +77,7 @@ class Mask:
         for name in dict.fromkeys([*self.keep, *other.keep]):
             ref = self.keep.get(name, other.keep.get(name))
             a = self.keep.get(name, torch.ones_like(ref))
-            b = other.keep.get(name, torch.ones_like(ref))
+            b = other.keep.get(name, torch.ones_like(ref)).to(a.device)
             if a.shape != b.shape:
                 raise ModelMismatchError(f"masks disagree on the shape of {name}: {tuple(a.shape)} vs {tuple(b.shape)}")
             keep[name] = op(a, b)
@@ -138,18 +136,19 @@ def keep_top_per_row(primary: Float[Tensor, "out in"], sparsity: float,
     check_sparsity(sparsity)
     n_out, n_in = primary.shape
     k = math.floor(n_in * (1 - sparsity))
+    device = primary.device                                          # ranked where the weight lives
     if k >= n_in:
-        return torch.ones(n_out, n_in, dtype=torch.bool)
-    order = torch.arange(n_in).expand(n_out, n_in)
+        return torch.ones(n_out, n_in, dtype=torch.bool, device=device)
+    order = torch.arange(n_in, device=device).expand(n_out, n_in)
     if secondary is not None:
-        order = torch.argsort(secondary, dim=1, descending=True, stable=True)
+        order = torch.argsort(secondary.to(device), dim=1, descending=True, stable=True)
     ranked = torch.argsort(primary.gather(1, order), dim=1, descending=True, stable=True)
     top = order.gather(1, ranked)[:, :k]
-    return torch.zeros(n_out, n_in, dtype=torch.bool).scatter_(1, top, True)
+    return torch.zeros(n_out, n_in, dtype=torch.bool, device=device).scatter_(1, top, True)
 
 
 def contrast(seek: Signature, reject: Signature, map_name: str, eps: float = 1e-8) -> Float[Tensor, " n_in"]:
-    """``z_j = (μ⁺_j − μ⁻_j) / sqrt(σ²⁺_j + σ²⁻_j + ε)`` over the per-sample input norms."""
+    """``z_j = (μ⁺_j − μ⁻_j) / sqrt(σ²⁺_j + σ²⁻_j + ε)`` over the per-sample input norms (float64, CPU)."""
     diff = seek.norm_mean(map_name) - reject.norm_mean(map_name)
     return diff / torch.sqrt(seek.norm_var(map_name) + reject.norm_var(map_name) + eps)
 
@@ -188,7 +187,13 @@ def _mask_pair(model: Any, method: str, keep_seek: dict, keep_reject: dict, spar
 
 
 def _abs_weight(model: Any, name: str) -> Float[Tensor, "out in"]:
+    """``|W|`` of one map in float64, on the weight's device."""
     return get_adapter(model).weight(name).abs().double()
+
+
+def _by_channel(w: Float[Tensor, "out in"], channel: Float[Tensor, " in"]) -> Float[Tensor, "out in"]:
+    """``w`` scaled per input channel (a signature statistic, moved to ``w``'s device)."""
+    return w * channel.to(device=w.device, dtype=w.dtype)[None, :]
 
 
 # ---------------------------------------------------------------------- builders
@@ -201,7 +206,7 @@ def wanda_mask(model: Any, signature: Signature, sparsity: float, *, modules: It
     """
     check_sparsity(sparsity)
     maps = _selected(model, modules, layers, [signature])
-    keep = {m.name: keep_top_per_row(_abs_weight(model, m.name) * signature.norm_mean(m.name)[None, :], sparsity)
+    keep = {m.name: keep_top_per_row(_by_channel(_abs_weight(model, m.name), signature.norm_mean(m.name)), sparsity)
             for m in maps}
     return Mask(keep, _meta(model, "wanda", sparsity, maps, modules, layers,
                             persona=persona or signature.meta.get("dataset"), side=signature.meta.get("side")))
@@ -234,7 +239,8 @@ def _contrastive(model: Any, method: str, rule: Callable, seek: Signature, rejec
     for m in maps:
         w, z = _abs_weight(model, m.name), contrast(seek, reject, m.name, eps)
         keep_seek[m.name], keep_reject[m.name] = rule(
-            w, w * act(z)[None, :], w * act(-z)[None, :], w * seek.norm_mean(m.name)[None, :], w * reject.norm_mean(m.name)[None, :])
+            w, _by_channel(w, act(z)), _by_channel(w, act(-z)),
+            _by_channel(w, seek.norm_mean(m.name)), _by_channel(w, reject.norm_mean(m.name)))
     return _mask_pair(model, method, keep_seek, keep_reject, sparsity, maps, modules, layers,
                       phi=phi, tau=tau, eps=eps, persona=persona or seek.meta.get("dataset"))
 
@@ -309,7 +315,8 @@ def _grouped(a: Mask, b: Mask, by: str, count: Callable[[Tensor, Tensor], tuple[
     totals: dict[str, list[int]] = {}
     for name in dict.fromkeys([*a.keep, *b.keep]):
         ref = a.keep.get(name, b.keep.get(name))
-        num, den = count(a.keep.get(name, torch.ones_like(ref)), b.keep.get(name, torch.ones_like(ref)))
+        x = a.keep.get(name, torch.ones_like(ref))
+        num, den = count(x, b.keep.get(name, torch.ones_like(ref)).to(x.device))
         entry = totals.setdefault(_group_key(name, by), [0, 0])
         entry[0] += num
         entry[1] += den

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -89,27 +90,118 @@ def _write_cache(folder: Path, model: Any, tokenizer: Any, save_file: Any) -> No
         tmp.rename(folder)
 
 
-def load_model(name_or_model: Any = None, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:
-    """A TransformerLens hooked model: the embedded SmolLM2 by default, a hub name or local folder,
-    or an already-built ``TransformerBridge`` / ``HookedTransformer`` (returned as is).
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A torch dtype from a dtype or its name (``"bfloat16"``, ``"bf16"``, ``"float16"``, ``"float32"``…).
 
     Example:
-        >>> model = load_model()                       # embedded, offline
-        >>> model = load_model("/path/to/hf_folder")   # any architecture TransformerLens supports
+        >>> resolve_dtype("bf16")
+        torch.bfloat16
     """
-    if name_or_model is not None and not isinstance(name_or_model, (str, os.PathLike)):
-        if not hasattr(name_or_model, "run_with_hooks"):
-            raise TypeError(
-                f"load_model got a {type(name_or_model).__name__}; pass a name, a folder, or a "
-                "TransformerLens model (TransformerBridge or HookedTransformer)"
-            )
-        return name_or_model
+    if dtype is None or isinstance(dtype, torch.dtype):
+        if dtype is not None and not dtype.is_floating_point:
+            raise ValueError(f"a model's dtype must be a floating-point type, got {dtype}")
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in DTYPES:
+        return DTYPES[dtype.lower()]
+    raise ValueError(f"unknown dtype {dtype!r}: use one of {sorted(set(DTYPES))}")
+
+
+def _dispatch(hf_model: Any, device_map: str | dict) -> Any:
+    """Place a built transformers model with accelerate: ``"auto"`` (balanced over the visible GPUs, else the
+    CPU) or an explicit ``{module name: device}`` map. Hooks move each block's inputs to its device."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    if device_map == "auto":
+        device_map = infer_auto_device_map(hf_model, no_split_module_classes=getattr(hf_model, "_no_split_modules", None))
+    elif not isinstance(device_map, dict):
+        raise ValueError(f"device_map must be 'auto' or a dict of module name -> device, got {device_map!r}")
+    hf_model.tie_weights()
+    return dispatch_model(hf_model, device_map=device_map, force_hooks=True)
+
+
+def _wrap(name: str, hf_model: Any, tokenizer: Any, device: Any, device_map: Any) -> Any:
     from transformer_lens.model_bridge import TransformerBridge
 
+    if device_map is not None:
+        if device is not None:
+            raise ValueError("pass either device or device_map, not both")
+        hf_model = _dispatch(hf_model, device_map)
+    elif device is not None:
+        hf_model = hf_model.to(device)
+    return TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer)
+
+
+def load_model(name_or_model: Any = None, *, device: str | torch.device | None = None,
+               dtype: torch.dtype | str | None = None, device_map: str | dict | None = None,
+               tokenizer: Any = None) -> Any:
+    """A TransformerLens hooked model: the embedded SmolLM2 by default, a hub name or local folder (loaded with
+    transformers), a built transformers model (with its ``tokenizer``), or an already-built ``TransformerBridge`` /
+    ``HookedTransformer`` (returned as is, moved or cast if asked).
+
+    ``dtype`` (a torch dtype or a name such as ``"bfloat16"``; default float32) and ``device`` place the whole
+    model; ``device_map`` (``"auto"`` or ``{module: device}``, Hugging Face accelerate) shards it over several
+    devices instead. Statistics and scores are still accumulated in float32/float64 on each module's device.
+
+    Example:
+        >>> model = load_model()                                          # embedded, offline, float32
+        >>> model = load_model(dtype="bfloat16")                          # the faster CPU path (AMX-BF16)
+        >>> model = load_model("/path/to/Llama-2-13b-hf", dtype=torch.bfloat16, device="cuda")
+        >>> model = load_model("/path/to/Llama-2-70b-hf", dtype=torch.bfloat16, device_map="auto")   # several GPUs
+    """
+    dtype = resolve_dtype(dtype)
+    if name_or_model is not None and not isinstance(name_or_model, (str, os.PathLike)):
+        from transformers import PreTrainedModel
+
+        if isinstance(name_or_model, PreTrainedModel):
+            if tokenizer is None:
+                raise ValueError("load_model of a transformers model needs its tokenizer: load_model(hf_model, tokenizer=tok)")
+            hf_model = name_or_model.to(dtype) if dtype is not None else name_or_model
+            bridge = _wrap(type(hf_model).__name__, hf_model.eval(), tokenizer, device, device_map)
+            return bridge.eval()
+        if not hasattr(name_or_model, "run_with_hooks"):
+            raise TypeError(
+                f"load_model got a {type(name_or_model).__name__}; pass a name, a folder, a transformers model, or a "
+                "TransformerLens model (TransformerBridge or HookedTransformer)"
+            )
+        if device_map is not None:
+            raise ValueError("device_map applies when loading a model; dispatch a built TransformerLens model yourself")
+        if dtype is not None or device is not None:
+            name_or_model.to(**{k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
+        return name_or_model
     if name_or_model is None:
-        hf_model, tokenizer = load_embedded_hf(dtype)
-        bridge = TransformerBridge.boot_transformers(EMBEDDED_NAME, hf_model=hf_model, tokenizer=tokenizer)
-    else:
-        bridge = TransformerBridge.boot_transformers(str(name_or_model), device=device, dtype=dtype)
-    bridge.eval()
-    return bridge if str(device) == "cpu" else bridge.to(device)
+        hf_model, embedded_tokenizer = load_embedded_hf(dtype or torch.float32)
+        return _wrap(EMBEDDED_NAME, hf_model, tokenizer or embedded_tokenizer, device, device_map).eval()
+    return _load_pretrained(str(name_or_model), dtype or torch.float32, device, device_map, tokenizer).eval()
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _load_pretrained(name: str, dtype: torch.dtype, device: Any, device_map: Any, tokenizer: Any) -> Any:
+    """A local folder or a hub name (``org/model``) through transformers, placed on load (``device_map``), with
+    a clear error for a folder that is not there."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(name).expanduser()
+    if path.exists() or not _HUB_ID.match(name):
+        if not path.is_dir():
+            raise FileNotFoundError(f"model folder {name!r} does not exist or is not a folder; pass a folder with "
+                                    "config.json and the weights, a hub name such as 'org/model', or None for the embedded model")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{name!r} has no config.json: it is not a transformers model folder")
+        name = str(path)
+    if device_map is not None and device is not None:
+        raise ValueError("pass either device or device_map, not both")
+    if device_map is not None and device_map != "auto" and not isinstance(device_map, dict):
+        raise ValueError(f"device_map must be 'auto' or a dict of module name -> device, got {device_map!r}")
+    placement = device_map if device_map is not None else ({"": str(device)} if device is not None else None)
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, device_map=placement)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(name)
+    except OSError as error:
+        raise OSError(f"could not load model {name!r}: {error}") from error
+    return _wrap(name, hf_model.eval(), tokenizer, None, None)

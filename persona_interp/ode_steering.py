@@ -41,6 +41,11 @@ class Barrier:
     omega: Float[Tensor, "features d_model"] | None = None
     phase: Float[Tensor, " features"] | None = None
 
+    def to(self, device: torch.device | str) -> "Barrier":
+        """The same barrier with its tensors on ``device`` (a no-op where they already are)."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Barrier(move(self.weight), self.bias, move(self.mean), move(self.scale), move(self.omega), move(self.phase))
+
     def _z(self, x: Tensor) -> Tensor:
         return (x.double() - self.mean) / self.scale
 
@@ -113,16 +118,24 @@ class ODESteering:
     step_size: float = 1.0
     multiplier: float = 1.0
     meta: dict = field(default_factory=dict)
+    _placed: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def flow(self, x: Float[Tensor, "... d_model"], multiplier: float | None = None) -> Float[Tensor, "... d_model"]:
         """Integrate the flow from ``x`` (what the hook does to every position)."""
         alpha = self.multiplier if multiplier is None else multiplier
         step = math.copysign(abs(alpha) * self.step_size, alpha)
         y = x.double()
+        barrier = self._barrier_on(y.device)
         for _ in range(self.steps):
-            g = self.barrier.gradient(y)
+            g = barrier.gradient(y)
             y = y + step * g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return y.to(x.dtype)
+
+    def _barrier_on(self, device: torch.device) -> Barrier:
+        """The barrier on the residual's device (copied once per device)."""
+        if device not in self._placed:
+            self._placed[device] = self.barrier.to(device)
+        return self._placed[device]
 
     def fwd_hooks(self, model: Any, multiplier: float | None = None) -> list[tuple[str, Callable]]:
         """``(hook name, hook)`` pairs for ``run_with_hooks``."""

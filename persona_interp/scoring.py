@@ -38,9 +38,11 @@ def final_residual(model: Any, tokens: Int[Tensor, "batch pos"], **forward_kwarg
         captured["x"] = x
         raise _Stop
 
+    device = adapter.input_device
+    forward_kwargs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in forward_kwargs.items()}
     with model.hooks(fwd_hooks=[(adapter.final_residual_hook, grab)]):
         try:
-            model(tokens, **forward_kwargs)
+            model(tokens.to(device), **forward_kwargs)
         except _Stop:
             pass
     return captured["x"]
@@ -49,10 +51,11 @@ def final_residual(model: Any, tokens: Int[Tensor, "batch pos"], **forward_kwarg
 def _summed_logprobs(model: Any, residual: Float[Tensor, "batch pos d_model"], rows: Int[Tensor, " n"],
                      positions: Int[Tensor, " n"], targets: Int[Tensor, " n"]) -> Float[Tensor, " batch"]:
     """Per row, the sum of log P(target | position) over the given (row, position, target) triples;
-    only those positions are unembedded."""
-    logprobs = torch.log_softmax(get_adapter(model).unembed(residual[rows, positions]).float(), -1)
-    picked = logprobs.gather(1, targets[:, None])[:, 0].double()
-    return torch.zeros(len(residual), dtype=torch.float64).index_add_(0, rows, picked)
+    only those positions are unembedded (on the model's device; the per-row sums come back to the CPU)."""
+    picked_rows = residual[rows.to(residual.device), positions.to(residual.device)]
+    logprobs = torch.log_softmax(get_adapter(model).unembed(picked_rows).float(), -1)
+    picked = logprobs.gather(1, targets.to(logprobs.device)[:, None])[:, 0].double()
+    return torch.zeros(len(residual), dtype=torch.float64, device=picked.device).index_add_(0, rows.to(picked.device), picked).cpu()
 
 
 def answer_logprobs(model: Any, batch: EncodedBatch) -> Float[Tensor, " batch"]:
@@ -142,6 +145,13 @@ def _neutral_batches(model: Any, texts: Sequence[str], batch_size: int, max_toke
         yield tokens, real
 
 
+def _next_token_logprobs(model: Any, tokens: Int[Tensor, "batch pos"], real: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Float32 log-probs of the next token at every position but the last, with ``tokens`` and ``real`` moved
+    to the logits' device."""
+    logits = model(tokens.to(get_adapter(model).input_device))
+    return torch.log_softmax(logits.float(), -1)[:, :-1], tokens.to(logits.device), real.to(logits.device)
+
+
 def perplexity(model: Any, texts: Sequence[str], *, batch_size: int = 8, max_tokens: int = 256) -> float:
     """Token-level perplexity of plain texts (no chat template), padding excluded.
 
@@ -153,7 +163,7 @@ def perplexity(model: Any, texts: Sequence[str], *, batch_size: int = 8, max_tok
     total_nll, total = 0.0, 0
     with torch.inference_mode():
         for tokens, real in _neutral_batches(model, texts, batch_size, max_tokens):
-            logprobs = torch.log_softmax(model(tokens).float(), -1)[:, :-1]
+            logprobs, tokens, real = _next_token_logprobs(model, tokens, real)
             nll = -logprobs.gather(2, tokens[:, 1:, None])[..., 0]
             total_nll += float(nll[real].double().sum())
             total += int(real.sum())
@@ -183,7 +193,8 @@ class DamageReference:
         stored = []
         with torch.inference_mode():
             for tokens, real in _neutral_batches(model, texts, batch_size, max_tokens):
-                stored.append(torch.log_softmax(model(tokens).float(), -1)[:, :-1][real].half())
+                logprobs, _, real = _next_token_logprobs(model, tokens, real)
+                stored.append(logprobs[real].half().cpu())
         return cls(list(texts), stored, batch_size, max_tokens)
 
     def measure(self, model: Any) -> dict[str, float]:
@@ -192,9 +203,9 @@ class DamageReference:
         with torch.inference_mode():
             batches = _neutral_batches(model, self.texts, self.batch_size, self.max_tokens)
             for (tokens, real), base in zip(batches, self.base_logprobs):
-                logprobs = torch.log_softmax(model(tokens).float(), -1)[:, :-1]
+                logprobs, tokens, real = _next_token_logprobs(model, tokens, real)
                 total_nll -= float(logprobs.gather(2, tokens[:, 1:, None])[..., 0][real].double().sum())
-                base = base.float()
+                base = base.to(logprobs.device).float()
                 total_kl += float((base.exp() * (base - logprobs[real])).sum(-1).double().sum())
                 total += int(real.sum())
         return {"perplexity": math.exp(total_nll / total), "kl": max(total_kl / total, 0.0)}  # fp16 base log-probs: clip rounding below 0
@@ -222,8 +233,9 @@ def score_statements(model: Any, items: PersonaDataset | Sequence[PersonaItem], 
             chunk = items[start:start + batch_size]
             prompts = [prompt_ids(tokenizer, it.question, system_for(system, it.question)) for it in chunk]
             tokens, lengths = pad_right(prompts, pad_id_of(tokenizer))
-            residual = final_residual(model, tokens)[torch.arange(len(chunk)), lengths - 1]
-            logprobs = torch.log_softmax(adapter.unembed(residual).float(), -1).double()
+            residual = final_residual(model, tokens)
+            residual = residual[torch.arange(len(chunk), device=residual.device), (lengths - 1).to(residual.device)]
+            logprobs = torch.log_softmax(adapter.unembed(residual).float(), -1).double().cpu()
             yes = torch.tensor([first(it.matching) for it in chunk])
             no = torch.tensor([first(it.not_matching) for it in chunk])
             rows = torch.arange(len(chunk))

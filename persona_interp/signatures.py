@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .adapter import ModelAdapter, get_adapter
+from .adapter import ModelAdapter, ModelMismatchError, get_adapter
 from .chat import EncodedBatch, encode_batch
 from .data import PersonaDataset
 from .storage import read_header, write_tagged
@@ -40,10 +40,6 @@ FORMAT = "persona_interp.signature/1"
 
 class _StopForward(Exception):
     """Raised after the last needed hook so the unembedding is never computed."""
-
-
-class ModelMismatchError(ValueError):
-    """A signature or mask was built for a different model."""
 
 
 @dataclass
@@ -108,10 +104,8 @@ class Signature:
     # ------------------------------------------------------------------ identity and I/O
     def check_model(self, model: Any) -> None:
         """Raise :class:`ModelMismatchError` unless this signature was collected on ``model``."""
-        adapter = get_adapter(model)
-        if self.meta.get("fingerprint") != adapter.fingerprint:
-            raise ModelMismatchError(f"signature {self.meta.get('dataset')!r} was collected on model "
-                                     f"{self.meta.get('fingerprint')}, not on this one ({adapter.fingerprint})")
+        get_adapter(model).check_fingerprint(self.meta.get("fingerprint") or "(none)",
+                                             f"signature {self.meta.get('dataset')!r} was collected on")
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Save as safetensors (float64 sums, JSON metadata); refuses to overwrite unless asked."""
@@ -151,20 +145,35 @@ class _Accumulator:
     def __init__(self, adapter: ModelAdapter):
         self.head_sites = {adapter.head_hook(layer): layer for layer in range(adapter.n_layers)}
         self.sums: dict[str, dict[str, Tensor]] = {}
-        self.weights: Float[Tensor, "batch pos"] | None = None
+        self._weights: dict[torch.device, Tensor] = {}
 
     def hook_for(self, name: str) -> Any:
         """The hook for site ``name`` (keyed by the registered name: bridges report aliases' canonical names)."""
         return lambda activation, hook: self._add(name, activation)
 
+    def set_weights(self, weights: Float[Tensor, "batch pos"]) -> None:
+        """The token weights (1 = covered) of the next batch."""
+        self._weights = {weights.device: weights}
+
+    def _weights_on(self, device: torch.device) -> Tensor:
+        """The batch's token weights on ``device`` (copied once per device: a sharded model spans several)."""
+        if device not in self._weights:
+            self._weights[device] = next(iter(self._weights.values())).to(device)
+        return self._weights[device]
+
     def _add(self, name: str, activation: Tensor) -> None:
         x = activation.detach()
         heads = x.reshape(*x.shape[:2], -1, x.shape[-1]) if name in self.head_sites and x.dim() == 4 else None
         x = x.reshape(*x.shape[:2], -1)
+        weights = self._weights_on(x.device)
         rows = max(1, CHUNK_ELEMENTS // (x.shape[1] * x.shape[2]))       # whole samples per chunk
         for start in range(0, x.shape[0], rows):
             chunk = slice(start, start + rows)
-            self._add_rows(name, x[chunk], None if heads is None else heads[chunk], self.weights[chunk, : x.shape[1], None])
+            self._add_rows(name, x[chunk], None if heads is None else heads[chunk], weights[chunk, : x.shape[1], None])
+
+    def cpu_sums(self) -> dict[str, dict[str, Tensor]]:
+        """The running sums (kept on each site's device while collecting), moved to the CPU."""
+        return {site: {key: value.cpu() for key, value in stats.items()} for site, stats in self.sums.items()}
 
     def _add_rows(self, name: str, x: Tensor, heads: Tensor | None, w: Tensor) -> None:
         x = x.double()                                               # float64 sums: batch-size invariant to ~1e-7
@@ -204,7 +213,7 @@ def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, st
         samples = samples[:max_samples]
     accumulator = _Accumulator(adapter)
     sites = list(dict.fromkeys([*adapter.input_sites, *accumulator.head_sites]))
-    last_site = f"blocks.{adapter.n_layers - 1}.mlp.hook_post"
+    last_site = adapter.neuron_hook(adapter.n_layers - 1)
 
     def stop(_: Tensor, hook: Any) -> None:
         raise _StopForward
@@ -219,10 +228,10 @@ def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, st
             mask: Bool[Tensor, "batch pos"] = batch.token_mask(token_scope)
             if not mask.any(1).all():
                 raise ValueError(f"a sample has no tokens in scope {token_scope!r} (max_tokens={max_tokens} too small?)")
-            accumulator.weights = mask.double()
+            accumulator.set_weights(mask.double())
             n_tokens += int(mask.sum())
             try:
-                model(batch.tokens)
+                model(batch.tokens.to(adapter.input_device))
             except _StopForward:
                 pass
             bar.update(len(batch.tokens))
@@ -230,6 +239,6 @@ def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, st
     name = data.name if isinstance(data, PersonaDataset) else "pairs"
     meta = {"fingerprint": adapter.fingerprint, "dataset": name, "side": side, "n_samples": len(samples),
             "n_tokens": n_tokens, "token_scope": token_scope, "max_tokens": max_tokens, "system": system}
-    return Signature(accumulator.sums, {m.name: m.site for m in adapter.maps},
+    return Signature(accumulator.cpu_sums(), {m.name: m.site for m in adapter.maps},
                      {layer: site for site, layer in accumulator.head_sites.items()},
                      {layer: adapter.neuron_hook(layer) for layer in range(adapter.n_layers)}, meta)

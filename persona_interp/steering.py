@@ -43,7 +43,7 @@ class SteeringVector:
         delta = (self.multiplier if multiplier is None else multiplier) * self.direction
 
         def add(resid: Tensor, hook: Any) -> Tensor:
-            return resid + delta.to(resid.dtype)
+            return resid + delta.to(device=resid.device, dtype=resid.dtype)
 
         return [(adapter.residual_hook(self.layer), add)]
 
@@ -102,11 +102,12 @@ def residual_means(model: Any, pairs: Sequence[tuple[str, str]], layers: Sequenc
             weights = weights / weights.sum(1, keepdim=True)
             captured.clear()
             try:
-                model(batch.tokens)
+                model(batch.tokens.to(adapter.input_device))
             except _Enough:
                 pass
             for i in range(len(layers)):
-                out[start:start + len(chunk), i] = torch.einsum("bp,bpd->bd", weights, captured[i].double())
+                x = captured[i]
+                out[start:start + len(chunk), i] = torch.einsum("bp,bpd->bd", weights.to(x.device), x.double()).cpu()
     return out
 
 

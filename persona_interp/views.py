@@ -85,12 +85,12 @@ def neuron_activations(model: Any, text: Text, neurons: Sequence[tuple[int, int]
 
     def grab(layer: int):
         def hook(activation: Tensor, hook: Any) -> None:
-            captured[layer] = activation[0].detach().float()
+            captured[layer] = activation[0].detach().float().cpu()
         return hook
 
     layers = sorted({layer for layer, _ in neurons})
     with torch.inference_mode(), model.hooks(fwd_hooks=[(adapter.neuron_hook(layer), grab(layer)) for layer in layers]):
-        model(torch.tensor([_ids(model, text)]))
+        model(torch.tensor([_ids(model, text)], device=adapter.input_device))
     return torch.stack([captured[layer][:, unit] for layer, unit in neurons], dim=1)
 
 
@@ -114,12 +114,12 @@ def attention_patterns(model: Any, text: Text, heads: Sequence[tuple[int, int]])
 
     def grab(layer: int):
         def hook(pattern: Tensor, hook: Any) -> None:
-            captured[layer] = pattern[0].detach().float()
+            captured[layer] = pattern[0].detach().float().cpu()
         return hook
 
     layers = sorted({layer for layer, _ in heads})
     with torch.inference_mode(), model.hooks(fwd_hooks=[(adapter.pattern_hook(layer), grab(layer)) for layer in layers]):
-        model(torch.tensor([_ids(model, text)]))
+        model(torch.tensor([_ids(model, text)], device=adapter.input_device))
     return torch.stack([captured[layer][head] for layer, head in heads])
 
 
