@@ -174,6 +174,7 @@ def ablate(model: Any, mask: Mask | HookMask, gamma: float = 0.0, *, store: str 
                     parameter.masked_scatter_(removed, values * torch.tensor(gamma, dtype=parameter.dtype))
                 else:
                     parameter.masked_fill_(removed, 0)
+                del removed, values                                          # only `saved` stays while inside
         yield model
     finally:
         with torch.no_grad():

@@ -128,8 +128,9 @@ class ModelAdapter:
         """Logits from final normalised residuals (any leading shape), so callers can unembed only
         the positions they need."""
         shape = residual.shape
-        device = next(self.model.unembed.parameters()).device          # the last shard under a device_map
-        logits = self.model.unembed(residual.reshape(1, -1, shape[-1]).to(device)).reshape(*shape[:-1], -1)
+        weight = next(self.model.unembed.parameters())                  # on the last shard under a device_map
+        x = residual.reshape(1, -1, shape[-1]).to(device=weight.device, dtype=weight.dtype)   # norms may upcast
+        logits = self.model.unembed(x).reshape(*shape[:-1], -1)
         cap = getattr(self.model.cfg, "output_logits_soft_cap", 0.0) or 0.0
         return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
