@@ -11,10 +11,11 @@ Example:
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .data import MBTI_AXES, persona_names
 
@@ -52,22 +53,22 @@ def _writable(path: Path, force: bool) -> Path:
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
-    from . import collect_signatures, load_model, load_persona
+    from . import collect_signatures, load_persona
 
     out = _writable(Path(args.out), args.force)
     data = load_persona(args.persona, "train")
     if args.n:
         data = data.sample(args.n, seed=args.seed)
-    sig = collect_signatures(load_model(args.model), data, args.side, token_scope=args.token_scope,
+    sig = collect_signatures(_model(args), data, args.side, token_scope=args.token_scope,
                              batch_size=args.batch_size, max_tokens=args.max_tokens)
     sig.save(out, overwrite=True)
     print(f"wrote {out}: {sig.n_samples} samples, {sig.n_tokens} tokens")
 
 
 def cmd_build_mask(args: argparse.Namespace) -> None:
-    from . import Signature, load_model, masks
+    from . import Signature, masks
 
-    model = load_model(args.model)
+    model = _model(args)
     kw = {"modules": args.modules, "layers": args.layers}
     seek = Signature.load(args.seek) if args.seek else None
     reject = Signature.load(args.reject) if args.reject else None
@@ -130,7 +131,10 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
             setattr(config, key, getattr(args, key))
     out = Path(args.out or ("results/quick" if args.quick else "reports"))
     try:
-        report = reproduce(config, out, args.figures, force=args.force, resume=args.resume, model=args.model)
+        if args.dtype:
+            config.dtype = args.dtype
+        model = _model(args) if args.device or args.device_map else args.model
+        report = reproduce(config, out, args.figures, force=args.force, resume=args.resume, model=model)
     except (FileExistsError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     print(f"wrote {report}")
@@ -140,7 +144,6 @@ def cmd_analyse(args: argparse.Namespace) -> None:
     import json
 
     from . import atlas as atlas_module
-    from .models import load_model
 
     out = Path(args.out)
     paths = {suffix: _writable(out.with_name(out.name + suffix), args.force) for suffix in (".md", ".json")}
@@ -153,7 +156,7 @@ def cmd_analyse(args: argparse.Namespace) -> None:
             setattr(config, key, getattr(args, key))
     config.prompts = config.prompts and not args.no_prompts
     signatures = _saved_signatures(Path(args.signatures), args.persona) if args.signatures else None
-    atlas = atlas_module.persona_atlas(load_model(args.model), args.persona, config, args.figures, signatures=signatures)
+    atlas = atlas_module.persona_atlas(_model(args), args.persona, config, args.figures, signatures=signatures)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths[".md"].write_text(atlas_module.to_markdown(atlas))
     paths[".json"].write_text(json.dumps(atlas, indent=1))
@@ -175,7 +178,6 @@ def cmd_overlap(args: argparse.Namespace) -> None:
     import json
 
     from .atlas import overlap_markdown, overlap_table
-    from .models import load_model
 
     out = Path(args.out)
     paths = {suffix: _writable(out.with_name(out.name + suffix), args.force) for suffix in (".md", ".json")}
@@ -184,7 +186,7 @@ def cmd_overlap(args: argparse.Namespace) -> None:
     if not personas:
         raise SystemExit(f"error: no *_seek.safetensors signatures in {folder}")
     signatures = {persona: _saved_signatures(folder, persona) for persona in personas}
-    rows = overlap_table(load_model(args.model), signatures, args.sparsities, args.figures)
+    rows = overlap_table(_model(args), signatures, args.sparsities, args.figures)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths[".md"].write_text(overlap_markdown(rows))
     paths[".json"].write_text(json.dumps(rows, indent=1))
@@ -193,14 +195,13 @@ def cmd_overlap(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from . import Mask, load_neutral_texts, load_persona, random_mask
-    from .models import load_model
     from .conditions import Condition, MaskCondition, Prompt
     from .data import persona_prompts
     from .evaluation import evaluate, markdown_table
     from .pipeline import TABLE_COLUMNS, control_comparison
 
     paths = _study_paths(args)
-    model = load_model(args.model)
+    model = _model(args)
     conditions: list[Condition] = [Condition()]
     if args.prompts:
         conditions += [Prompt(f"prompt-{side}", side=side, system=persona_prompts(args.persona, side)[0], meta={"pair": "prompt"})
@@ -277,7 +278,6 @@ def _write_study(args: argparse.Namespace, paths: dict[str, Path], study: dict, 
 
 def cmd_compose(args: argparse.Namespace) -> None:
     from .composition import TYPE_LETTERS, composition_markdown, run_composition, type_poles
-    from .models import load_model
 
     try:
         type_poles(args.type)
@@ -285,18 +285,17 @@ def cmd_compose(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: {error}") from None
     paths = _study_paths(args)
     axes = {axis: _saved_signatures(Path(args.signatures), axis) for axis in TYPE_LETTERS}
-    study = run_composition(load_model(args.model), axes, type_code=args.type, sparsity=args.sparsity, axis=args.axis,
+    study = run_composition(_model(args), axes, type_code=args.type, sparsity=args.sparsity, axis=args.axis,
                             fractions=args.fractions, n_test=args.n_test, seed=args.seed, figures_dir=args.figures)
     _write_study(args, paths, study, composition_markdown(study))
 
 
 def cmd_regimes(args: argparse.Namespace) -> None:
-    from .models import load_model
     from .regimes import regimes_markdown, run_regimes
 
     paths = _study_paths(args)
     signatures = _saved_signatures(Path(args.signatures), args.persona)
-    study = run_regimes(load_model(args.model), args.persona, signatures, sparsity=args.sparsity, n_items=args.n_items,
+    study = run_regimes(_model(args), args.persona, signatures, sparsity=args.sparsity, n_items=args.n_items,
                         n_texts=args.n_texts, n_calibration=args.n_calibration, seed=args.seed, figures_dir=args.figures)
     _write_study(args, paths, study, regimes_markdown(study))
 
@@ -308,12 +307,47 @@ def _study_arguments(p: argparse.ArgumentParser, figures: str) -> None:
     p.add_argument("--force", action="store_true")
 
 
+def _model_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """Which model and how it is placed; accepted before or after the subcommand."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=default, help="model name or folder (default: embedded SmolLM2-135M-Instruct)")
+    group.add_argument("--dtype", default=default, choices=["float32", "bfloat16", "float16"],
+                       help="the model's dtype (default float32; bfloat16 is faster on CPUs with AMX and on GPUs)")
+    group.add_argument("--device", default=default, help="put the whole model on this device, e.g. cuda or cuda:1")
+    group.add_argument("--device-map", default=default,
+                       help="'auto': shard the model over every visible GPU with accelerate (instead of --device)")
+
+
+def _model(args: argparse.Namespace) -> Any:
+    """The model the options name."""
+    from .models import load_model
+
+    return load_model(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map)
+
+
+class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that states every option's default, also for options without a help text."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+
+def _command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand that shows its defaults and takes the model options too."""
+    command = sub.add_parser(name, help=help, formatter_class=_ShowDefaults)
+    _model_options(command, argparse.SUPPRESS)             # SUPPRESS: a value given before the subcommand stays
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="persona-interp", description="Persona subnetworks: signatures, masks, evaluation.")
-    parser.add_argument("--model", default=None, help="model name or folder (default: embedded SmolLM2-135M-Instruct)")
+    _model_options(parser, None)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("collect", help="collect activation signatures of one pole of a persona")
+    p = _command(sub, "collect", "collect activation signatures of one pole of a persona")
     p.add_argument("--persona", required=True, choices=persona_names())
     p.add_argument("--side", required=True, choices=["seek", "reject"])
     p.add_argument("--out", required=True)
@@ -325,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.set_defaults(func=cmd_collect)
 
-    p = sub.add_parser("build-mask", help="build a mask (or an opposing pair) from signatures")
+    p = _command(sub, "build-mask", "build a mask (or an opposing pair) from signatures")
     p.add_argument("--method", required=True, choices=["wanda", "contrastive_wanda", "contrastive_sparse", "random", "magnitude"])
     p.add_argument("--seek")
     p.add_argument("--reject")
@@ -338,11 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_build_mask)
 
-    p = sub.add_parser("inspect", help="describe a saved mask or signature")
+    p = _command(sub, "inspect", "describe a saved mask or signature")
     p.add_argument("path")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("analyse", help="where a persona sits: heatmaps, top heads/neurons, overlap, dose-response, circuitsvis")
+    p = _command(sub, "analyse", "where a persona sits: heatmaps, top heads/neurons, overlap, dose-response, circuitsvis")
     p.add_argument("--persona", required=True, choices=persona_names())
     p.add_argument("--quick", action="store_true", help="small samples (a few minutes)")
     p.add_argument("--sparsity", type=_sparsity)
@@ -358,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_analyse)
 
-    p = sub.add_parser("overlap", help="the paper's overlap table: %% of entries opposing masks differ in, for every pair")
+    p = _command(sub, "overlap", "the paper's overlap table: %% of entries opposing masks differ in, for every pair")
     p.add_argument("--signatures", required=True, help="folder of PERSONA_{seek,reject}.safetensors (the main job writes REPORT_DIR/signatures)")
     p.add_argument("--personas", nargs="+", choices=persona_names())
     p.add_argument("--sparsities", nargs="+", type=_sparsity, default=[0.3, 0.5])
@@ -367,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_overlap)
 
-    p = sub.add_parser("evaluate", help="score saved masks (and optionally the persona prompts) on a persona's test items")
+    p = _command(sub, "evaluate", "score saved masks (and optionally the persona prompts) on a persona's test items")
     p.add_argument("--persona", required=True, choices=persona_names())
     p.add_argument("--masks", nargs="+", help="mask files (persona-interp build-mask writes them)")
     p.add_argument("--prompts", action="store_true", help="also the persona's default seek and reject system prompts")
@@ -378,13 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
     _study_arguments(p, "figures")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("figures", help="render the accuracy figures again from a saved results.json")
+    p = _command(sub, "figures", "render the accuracy figures again from a saved results.json")
     p.add_argument("--results", default="reports/results.json")
     p.add_argument("--out", default="figures")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_figures)
 
-    p = sub.add_parser("compose", help="a full MBTI type from the four axes (composed mask vs intersection vs prompt) and a fractional persona curve")
+    p = _command(sub, "compose", "a full MBTI type from the four axes (composed mask vs intersection vs prompt) and a fractional persona curve")
     p.add_argument("--signatures", required=True, help="folder of AXIS_{seek,reject}.safetensors for the four MBTI axes")
     p.add_argument("--type", default="INTJ", help="four-letter MBTI type (default INTJ)")
     p.add_argument("--sparsity", type=_sparsity, default=0.3)
@@ -394,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     _study_arguments(p, "figures/composition")
     p.set_defaults(func=cmd_compose)
 
-    p = sub.add_parser("regimes", help="prompt vs mask vs steering: residual shifts per layer, cosines, transfer of directions")
+    p = _command(sub, "regimes", "prompt vs mask vs steering: residual shifts per layer, cosines, transfer of directions")
     p.add_argument("--persona", required=True, choices=persona_names())
     p.add_argument("--signatures", required=True, help="folder of PERSONA_{seek,reject}.safetensors")
     p.add_argument("--sparsity", type=_sparsity, default=0.3)
@@ -404,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     _study_arguments(p, "figures/regimes")
     p.set_defaults(func=cmd_regimes)
 
-    p = sub.add_parser("reproduce", help="the main job: the whole pipeline, report and figures")
+    p = _command(sub, "reproduce", "the main job: the whole pipeline, report and figures")
     p.add_argument("--quick", action="store_true", help="power persona only, small samples: a few minutes on 2 cores")
     p.add_argument("--personas", nargs="+", choices=persona_names())
     p.add_argument("--sparsities", nargs="+", type=_sparsity)

@@ -62,6 +62,7 @@ class ReproduceConfig:
     prompt_search: bool = True
     lora: LoRAConfig | None = field(default_factory=lambda: LoRAConfig(epochs=3))
     damage_budgets: list[float] = field(default_factory=lambda: [0.02, 0.1, 0.5])   # KL (nats/token) tiers of the summary
+    dtype: str = "float32"           # the model's dtype ("bfloat16": the faster CPU path, see README)
 
 
 QUICK = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=32, n_test=24, n_neutral=6, rag_k=2,
@@ -266,7 +267,7 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
                               "or resume=True (--resume) to continue a run with the same configuration")
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    model = load_model(model)
+    model = load_model(model, dtype=config.dtype)
     neutral = load_neutral_texts()[: config.n_neutral]
     report = _write_report(out_dir, figures_dir, config, results)
     for persona in config.personas:
@@ -300,8 +301,9 @@ def _finished_personas(path: Path, config: ReproduceConfig) -> dict[str, Any]:
     if not path.is_file():
         return {}
     previous = json.loads(path.read_text())
+    defaults = {"dtype": "float32"}                                  # runs from before a field existed
     mine = {k: v for k, v in dataclasses.asdict(config).items() if k != "personas"}
-    theirs = {k: v for k, v in previous.get("config", {}).items() if k != "personas"}
+    theirs = {**defaults, **{k: v for k, v in previous.get("config", {}).items() if k != "personas"}}
     differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     if differ:
         raise ValueError(f"cannot resume {path}: its configuration differs in {differ}; rerun with --force instead")

@@ -33,7 +33,7 @@ def test_cli_analyse_writes_outputs_and_refuses_to_overwrite(llama, tmp_path, mo
     from persona_interp import atlas, cli, models
 
     monkeypatch.setattr(atlas, "QUICK_ATLAS", TINY)
-    monkeypatch.setattr(models, "load_model", lambda name=None: llama)
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: llama)
     args = ["analyse", "--persona", "thinking_feeling", "--quick", "--out", str(tmp_path / "tf"), "--figures", str(tmp_path / "fig")]
     cli.main(args)
     assert (tmp_path / "tf.md").read_text().startswith("## thinking_feeling")
@@ -70,7 +70,7 @@ def test_cli_analyse_localise_only_skips_the_causal_part(llama, tmp_path, monkey
     from persona_interp import atlas, cli, models
 
     monkeypatch.setattr(atlas, "QUICK_ATLAS", TINY)
-    monkeypatch.setattr(models, "load_model", lambda name=None: llama)
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: llama)
     cli.main(["analyse", "--persona", "power", "--quick", "--localise-only", "--out", str(tmp_path / "p"),
               "--figures", str(tmp_path / "fig")])
     saved = json.loads((tmp_path / "p.json").read_text())
@@ -87,7 +87,7 @@ def test_cli_analyse_chooses_the_dose_response_it_measures(llama, tmp_path, monk
     from persona_interp import atlas, cli, models
 
     monkeypatch.setattr(atlas, "QUICK_ATLAS", TINY)
-    monkeypatch.setattr(models, "load_model", lambda name=None: llama)
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: llama)
     cli.main(["analyse", "--persona", "power", "--quick", "--kinds", "neuron", "--modes", "zero", "--ks", "2",
               "--seeds", "0", "1", "--no-prompts", "--out", str(tmp_path / "p"), "--figures", str(tmp_path / "fig")])
     rows = json.loads((tmp_path / "p.json").read_text())["dose_response"]
@@ -119,7 +119,7 @@ def test_cli_overlap_reads_saved_signatures(llama, tmp_path, monkeypatch):
     from persona_interp import cli, models
     from test_masks import fake_signature
 
-    monkeypatch.setattr(models, "load_model", lambda name=None: llama)
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: llama)
     folder = tmp_path / "sigs"
     fake_signature(llama, {}, side="seek").save(folder / "power_seek.safetensors")
     fake_signature(llama, {}, side="reject").save(folder / "power_reject.safetensors")

@@ -11,7 +11,7 @@ AXIS = "thinking_feeling"
 
 @pytest.fixture
 def tiny_cli(llama, monkeypatch):
-    monkeypatch.setattr(models, "load_model", lambda name=None: llama)
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: llama)
     return llama
 
 
@@ -52,3 +52,30 @@ def test_figures_rerenders_from_results(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(SystemExit, match="not a persona-interp results"):
         cli.main(["figures", "--results", str(tmp_path / "bad.json")])
+
+
+@pytest.mark.parametrize("argv", [
+    ["--model", "M", "--dtype", "bfloat16", "collect", "--persona", AXIS, "--side", "seek", "--out", "x"],
+    ["collect", "--persona", AXIS, "--side", "seek", "--out", "x", "--model", "M", "--dtype", "bfloat16"],
+])
+def test_model_options_work_before_and_after_the_subcommand(argv, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(models, "load_model", lambda name, **kw: seen.update(name=name, **kw) or (_ for _ in ()).throw(SystemExit(0)))
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    assert seen == {"name": "M", "dtype": "bfloat16", "device": None, "device_map": None}
+
+
+def test_reproduce_passes_the_dtype_into_the_run_config(monkeypatch):
+    from persona_interp import pipeline
+
+    seen = {}
+    monkeypatch.setattr(pipeline, "reproduce", lambda config, *a, **kw: seen.update(dtype=config.dtype, model=kw["model"]) or "r")
+    cli.main(["reproduce", "--quick", "--dtype", "bfloat16", "--out", "unused"])
+    assert seen == {"dtype": "bfloat16", "model": None}
+
+
+def test_every_subcommand_shows_its_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["collect", "--help"])
+    assert "(default: 256)" in capsys.readouterr().out

@@ -153,7 +153,7 @@ def test_cli_compose_writes_tables_and_figures(llama, tmp_path, monkeypatch):
 
     from persona_interp import cli, models
 
-    monkeypatch.setattr(models, "load_model", lambda name=None: llama)
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: llama)
     folder = tmp_path / "sigs"
     for i, axis in enumerate(AXES):
         seek, reject = random_pair(llama, i, axis)

@@ -94,7 +94,7 @@ def test_cli_regimes_on_an_mbti_axis(llama, tmp_path, monkeypatch):
     from persona_interp import cli, models
     from test_composition import random_pair
 
-    monkeypatch.setattr(models, "load_model", lambda name=None: llama)
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: llama)
     folder = tmp_path / "sigs"
     seek, reject = random_pair(llama, 0, "introversion_extraversion")
     seek.save(folder / "introversion_extraversion_seek.safetensors")
