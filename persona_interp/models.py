@@ -69,7 +69,10 @@ def load_embedded_hf(dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         _write_cache(folder, model, tokenizer, save_file)
     model.eval()
-    return model.to(dtype), tokenizer
+    with torch.no_grad():        # copies: the loaded weights alias the (copy-on-write) mapped file; buffers stay float32
+        for parameter in model.parameters():
+            parameter.data = parameter.data.to(dtype, copy=True)
+    return model, tokenizer
 
 
 def _write_cache(folder: Path, model: Any, tokenizer: Any, save_file: Any) -> None:
@@ -132,7 +135,7 @@ def _wrap(name: str, hf_model: Any, tokenizer: Any, device: Any, device_map: Any
         hf_model = _dispatch(hf_model, device_map)
     elif device is not None:
         hf_model = hf_model.to(device)
-    return TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer)
+    return TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, dtype=hf_model.dtype)
 
 
 def load_model(name_or_model: Any = None, *, device: str | torch.device | None = None,
