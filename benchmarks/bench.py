@@ -144,7 +144,8 @@ def run(model: Any, train: Sequence[pi.PersonaItem], test: Sequence[pi.PersonaIt
         with pi.ablate(model, pair[0]):
             pass
 
-    out["ablate_enter_exit_s"] = measure(enter_exit)[0]
+    out["ablate_enter_exit_s"], out["ablate_extra_memory_mb"], _ = measure(enter_exit)     # the first call
+    out["ablate_enter_exit_best_s"] = min(measure(enter_exit)[0] for _ in range(3))
     neurons = pi.NeuronMask({layer: list(range(0, adapter.d_mlp, 7)) for layer in range(adapter.n_layers)})
     heads = pi.HeadMask({layer: [0] for layer in range(adapter.n_layers)})
     # Plain and masked forwards interleaved, fastest of several each: a slow spell of the machine
@@ -183,20 +184,30 @@ def run(model: Any, train: Sequence[pi.PersonaItem], test: Sequence[pi.PersonaIt
 GOALS = {"signatures_over_forward": ("<=", 1.15), "naive_over_ours_time": (">=", 2.0), "naive_over_ours_memory": (">=", 10.0),
          "extra_memory_4x_tokens_ratio": ("<=", 1.5), "masked_forward_over_plain": ("<=", 1.02),
          "neuron_mask_forward_over_plain": ("<=", 1.10), "head_mask_forward_over_plain": ("<=", 1.10),
-         "batching_speedup": (">=", 3.0), "end_to_end_s": ("<=", 300.0)}
+         "batching_speedup": (">=", 3.0), "end_to_end_s": ("<=", 300.0), "ablate_enter_exit_s": ("<=", 0.2)}
+SPEEDUPS = ("forward_s", "signatures_s", "mask_build_s", "ablate_enter_exit_s", "eval_batched_s", "end_to_end_s")
 
 
-def table(results: dict[str, Any]) -> str:
-    """The results as a plain-text table, with each goal and whether this run met it."""
-    lines = [f"{'measure':34s} {'value':>12s}  goal"]
+def speedups(slow: dict[str, Any], fast: dict[str, Any]) -> dict[str, float]:
+    """Per timed step, how many times faster ``fast`` (e.g. bfloat16) ran than ``slow`` (float32)."""
+    return {f"{key[:-2]}_speedup": slow[key] / fast[key] for key in SPEEDUPS if key in slow and key in fast}
+
+
+def table(results: dict[str, Any], prefix: str = "") -> str:
+    """The results as a plain-text table, with each goal and whether this run met it (nested sections, e.g.
+    one per dtype, get their name as a prefix)."""
+    lines = [f"{'measure':44s} {'value':>12s}  goal"] if not prefix else []
     for key, value in results.items():
+        if isinstance(value, dict):
+            lines.append(table(value, f"{prefix}{key}."))
+            continue
         goal = GOALS.get(key)
         text = f"{value:12.4g}" if isinstance(value, float) else f"{value!s:>12s}"
         verdict = ""
         if goal:
             ok = value <= goal[1] if goal[0] == "<=" else value >= goal[1]
             verdict = f"{goal[0]} {goal[1]:g}  {'met' if ok else 'MISSED'}"
-        lines.append(f"{key:34s} {text}  {verdict}")
+        lines.append(f"{prefix + key:44s} {text}  {verdict}")
     return "\n".join(lines)
 
 
@@ -206,15 +217,19 @@ def main() -> None:
     parser.add_argument("--n-calibration", type=int, default=128)
     parser.add_argument("--n-test", type=int, default=200)
     parser.add_argument("--out", default="benchmarks/results.json")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], help="model dtypes to run, in order")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
     if out.exists() and not args.force:
         raise SystemExit(f"error: {out} exists; pass --force to overwrite it")
-    model = pi.load_model()
-    results = run(model, list(pi.load_persona(args.persona, "train")), list(pi.load_persona(args.persona, "test")),
-                  n_calibration=args.n_calibration, n_test=args.n_test)
-    results["torch_threads"] = torch.get_num_threads()
+    train, test = list(pi.load_persona(args.persona, "train")), list(pi.load_persona(args.persona, "test"))
+    results: dict[str, Any] = {"torch_threads": torch.get_num_threads()}
+    for dtype in args.dtypes:
+        print(f"== {dtype}", flush=True)
+        results[dtype] = run(pi.load_model(dtype=dtype), train, test, n_calibration=args.n_calibration, n_test=args.n_test)
+    if "float32" in results and "bfloat16" in results:
+        results["bfloat16_over_float32"] = speedups(results["float32"], results["bfloat16"])
     print(table(results))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))

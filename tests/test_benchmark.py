@@ -17,5 +17,7 @@ def test_benchmark_smoke(llama):
     assert results["naive_max_abs_diff"] < 1e-4
     assert set(bench.GOALS) <= set(results)
     assert all(results[key] > 0 for key in ("signatures_over_forward", "naive_over_ours_time", "batching_speedup", "end_to_end_s"))
-    text = bench.table(results)
-    assert "signatures_over_forward" in text and ("met" in text or "MISSED" in text)
+    assert {"ablate_enter_exit_best_s", "ablate_extra_memory_mb"} <= set(results)
+    text = bench.table({"float32": results, "bfloat16_over_float32": bench.speedups(results, results)})
+    assert "float32.signatures_over_forward" in text and ("met" in text or "MISSED" in text)
+    assert "bfloat16_over_float32.end_to_end_speedup" in text
