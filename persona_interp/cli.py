@@ -21,16 +21,24 @@ from .data import MBTI_AXES, persona_names
 
 
 def _sparsity(text: str) -> float:
-    value = float(text)
+    """A sparsity: the fraction of weights removed, in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"sparsity must be in [0, 1), got {text}")
     return value
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    """A count: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive number of units, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a positive count, got {text}")
     return value
 
 
@@ -351,11 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--persona", required=True, choices=persona_names())
     p.add_argument("--side", required=True, choices=["seek", "reject"])
     p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, help="use a seeded sample of this many calibration items")
+    p.add_argument("--n", type=_positive_int, help="use a seeded sample of this many calibration items")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--token-scope", default="all", choices=["all", "answer", "prompt"])
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--max-tokens", type=_positive_int, default=256)
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.set_defaults(func=cmd_collect)
 
@@ -406,9 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", nargs="+", help="mask files (persona-interp build-mask writes them)")
     p.add_argument("--prompts", action="store_true", help="also the persona's default seek and reject system prompts")
     p.add_argument("--no-control", action="store_true", help="skip the random mask matched to the first mask")
-    p.add_argument("--n-test", type=int, help="seeded sample of the test items (default: all)")
-    p.add_argument("--n-neutral", type=int, default=24, help="neutral texts for perplexity and KL")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--n-test", type=_positive_int, help="seeded sample of the test items (default: all)")
+    p.add_argument("--n-neutral", type=_positive_int, default=24, help="neutral texts for perplexity and KL")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
     _study_arguments(p, "figures")
     p.set_defaults(func=cmd_evaluate)
 
@@ -424,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=_sparsity, default=0.3)
     p.add_argument("--axis", default="introversion_extraversion", choices=list(MBTI_AXES), help="axis of the fractional curve")
     p.add_argument("--fractions", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0])
-    p.add_argument("--n-test", type=int, help="seeded sample of each axis's test items (default: all)")
+    p.add_argument("--n-test", type=_positive_int, help="seeded sample of each axis's test items (default: all)")
     _study_arguments(p, "figures/composition")
     p.set_defaults(func=cmd_compose)
 
@@ -432,9 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--persona", required=True, choices=persona_names())
     p.add_argument("--signatures", required=True, help="folder of PERSONA_{seek,reject}.safetensors")
     p.add_argument("--sparsity", type=_sparsity, default=0.3)
-    p.add_argument("--n-items", type=int, default=48, help="held-out A/B items for the behavioural effects")
-    p.add_argument("--n-texts", type=int, default=16, help="neutral texts for the residual shifts")
-    p.add_argument("--n-calibration", type=int, default=64, help="calibration items for the steering vector")
+    p.add_argument("--n-items", type=_positive_int, default=48, help="held-out A/B items for the behavioural effects")
+    p.add_argument("--n-texts", type=_positive_int, default=16, help="neutral texts for the residual shifts")
+    p.add_argument("--n-calibration", type=_positive_int, default=64, help="calibration items for the steering vector")
     _study_arguments(p, "figures/regimes")
     p.set_defaults(func=cmd_regimes)
 
@@ -442,10 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="power persona only, small samples: a few minutes on 2 cores")
     p.add_argument("--personas", nargs="+", choices=persona_names())
     p.add_argument("--sparsities", nargs="+", type=_sparsity)
-    p.add_argument("--n-test", type=int)
-    p.add_argument("--n-calibration", type=int)
+    p.add_argument("--n-test", type=_positive_int)
+    p.add_argument("--n-calibration", type=_positive_int)
     p.add_argument("--seed", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--out", help="report folder (default results/quick with --quick, else reports)")
     p.add_argument("--figures", help="figures folder (default OUT/figures)")
     p.add_argument("--force", action="store_true", help="write into a non-empty output folder")

@@ -26,7 +26,7 @@ from torch import Tensor
 from .conditions import Condition, MaskCondition, Prompt
 from .data import MBTI_AXES, PersonaItem, load_persona, persona_prompts
 from .evaluation import evaluate, markdown_table
-from .masks import (Mask, _abs_weight, _by_channel, _meta, _row_normalise, _selected, check_sparsity, contrast, contrastive_wanda_masks,
+from .masks import (Mask, _abs_weight, _by_channel, _meta, _row_normalise, _selected, check_contrast, check_sparsity, contrast, contrastive_wanda_masks,
                     keep_top_per_row, phi_fn, random_mask)
 from .signatures import ModelMismatchError, Signature
 from .stats import mean_ci, paired_difference, proportion_ci, trend
@@ -124,6 +124,7 @@ def pole_scores(model: Any, seek: Signature, reject: Signature, pole: str = "see
     """
     if pole not in ("seek", "reject"):
         raise ValueError(f"pole must be 'seek' or 'reject', got {pole!r}")
+    check_contrast(seek, reject, eps)
     maps = _selected(model, modules, layers, [seek, reject])
     act, sign = phi_fn(phi, tau), (1.0 if pole == "seek" else -1.0)
     chosen = seek if pole == "seek" else reject

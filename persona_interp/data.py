@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import random
@@ -46,6 +47,13 @@ class PersonaItem:
     question: str
     matching: str
     not_matching: str
+
+    def __post_init__(self) -> None:
+        for key in ("question", "matching", "not_matching"):
+            value = getattr(self, key)
+            if not isinstance(value, str) or not value.strip():
+                raise DataError(f"PersonaItem {key} must be a non-empty string, got {value!r}: an empty answer has "
+                                "log-prob 0 and would always win the A/B comparison")
 
     def answer(self, side: str) -> str:
         """The answer of ``side`` ("seek" = matching, "reject" = not_matching)."""
@@ -109,7 +117,9 @@ class PersonaDataset:
                 self._subset([self.items[i] for i in val_idx], ":val", split=record))
 
     def sample(self, n: int, seed: int = 0) -> "PersonaDataset":
-        """The first ``n`` items of a seeded shuffle (all of them when ``n >= len``)."""
+        """The first ``n`` items of a seeded shuffle (all of them when ``n >= len``); ``n`` must be positive."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"sample size must be a positive whole number, got {n!r}")
         order = list(range(len(self.items)))
         random.Random(seed).shuffle(order)
         return self._subset([self.items[i] for i in sorted(order[:n])], f":n{n}")
@@ -123,7 +133,9 @@ def _need(record: dict, keys: Iterable[str], where: str) -> list[str]:
     values = []
     for key in keys:
         value = record.get(key)
-        if not isinstance(value, str) or not value.strip():
+        if value is not None and not isinstance(value, str):
+            raise DataError(f"{where}: field {key!r} must be text, got {type(value).__name__} {value!r}")
+        if value is None or not value.strip():
             raise DataError(f"{where}: missing or empty field {key!r}")
         values.append(value.strip())
     return values
@@ -152,8 +164,23 @@ def item_from_record(record: dict, where: str) -> PersonaItem:
                     "question/A/B/matching, or statement/answer_matching_behavior/answer_not_matching_behavior")
 
 
+def read_text(path: Path) -> str:
+    """A text file as UTF-8 (a leading byte-order mark, as Excel writes it, is dropped); bytes that are not
+    UTF-8 raise :class:`DataError` naming the file and line.
+
+    Example:
+        >>> read_text(Path("data/neutral.txt"))[:20]
+    """
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[error.start]:02x}); save the file as UTF-8") from None
+
+
 def _json_lines(path: Path) -> Iterator[tuple[str, object]]:
-    with open(path, encoding="utf-8") as handle:
+    with io.StringIO(read_text(path)) as handle:
         for number, line in enumerate(handle, 1):
             if line.strip():
                 try:
@@ -193,7 +220,7 @@ def load_csv(path: str | os.PathLike, name: str | None = None, poles: tuple[str,
     ``skip_invalid`` (then it is skipped with a warning and listed in ``meta["skipped"]``).
     """
     path = Path(path)
-    with open(path, encoding="utf-8", newline="") as handle:
+    with io.StringIO(read_text(path), newline="") as handle:
         reader = csv.DictReader(handle)
         columns = set(reader.fieldnames or ())
         if not ({"question", "matching", "not_matching"} <= columns or {"question", "A", "B", "matching"} <= columns):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -113,8 +114,15 @@ class Mask:
         shapes = json.loads(header["shapes"])
         keep = {}
         for name, packed in load_file(str(path)).items():
+            if name not in shapes:
+                raise ValueError(f"{path}: map {name!r} has packed bits but no shape in the header")
             count = math.prod(shapes[name])
+            if packed.size != math.ceil(count / 8):
+                raise ValueError(f"{path}: map {name!r} holds {packed.size} bytes of packed bits, its shape "
+                                 f"{shapes[name]} needs {math.ceil(count / 8)}: the file is damaged")
             keep[name] = torch.from_numpy(np.unpackbits(packed, count=count).astype(bool)).reshape(shapes[name])
+        if set(shapes) - set(keep):
+            raise ValueError(f"{path}: the header names maps with no data: {sorted(set(shapes) - set(keep))[:3]}")
         return cls(keep, json.loads(header["meta"]))
 
 
@@ -145,6 +153,28 @@ def keep_top_per_row(primary: Float[Tensor, "out in"], sparsity: float,
     ranked = torch.argsort(primary.gather(1, order), dim=1, descending=True, stable=True)
     top = order.gather(1, ranked)[:, :k]
     return torch.zeros(n_out, n_in, dtype=torch.bool, device=device).scatter_(1, top, True)
+
+
+MIN_SAMPLES = 2          # per pole: with one sample σ² is 0 and z is a difference divided by sqrt(ε)
+FEW_SAMPLES = 16         # per pole: below this, z is noisy (a warning says so)
+
+
+def check_contrast(seek: Signature, reject: Signature, eps: float) -> None:
+    """Refuse statistics that would give inf/NaN or meaningless z: ε ≤ 0, fewer than ``MIN_SAMPLES`` per pole,
+    or two identical signatures (the same answers collected twice); warn below ``FEW_SAMPLES``."""
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps (added to the pooled variance) must be a positive number, got {eps!r}")
+    for sig in (seek, reject):
+        if sig.n_samples < MIN_SAMPLES:
+            raise ValueError(f"the {sig.meta.get('side')} signature of {sig.meta.get('dataset')!r} has {sig.n_samples} "
+                             f"sample(s); contrastive statistics need at least {MIN_SAMPLES} per pole (their variance is 0)")
+    if min(seek.n_samples, reject.n_samples) < FEW_SAMPLES:
+        warnings.warn(f"contrastive statistics from {seek.n_samples} seek and {reject.n_samples} reject samples: "
+                      f"z is noisy below {FEW_SAMPLES} per pole")
+    if seek.sums.keys() == reject.sums.keys() and all(
+            torch.equal(seek.sums[site]["norm_sum"], reject.sums[site]["norm_sum"]) for site in seek.sums):
+        raise ValueError("the seek and reject signatures are identical (the same answers collected twice?); "
+                         "collect each pole from its own answers")
 
 
 def contrast(seek: Signature, reject: Signature, map_name: str, eps: float = 1e-8) -> Float[Tensor, " n_in"]:
@@ -233,6 +263,7 @@ def _contrastive(model: Any, method: str, rule: Callable, seek: Signature, rejec
     """Shared loop of the contrastive builders: ``rule(|W|, |W|·φ(z), |W|·φ(−z), |W|·μ⁺, |W|·μ⁻)``
     returns the two keep-masks of one map."""
     check_sparsity(sparsity)
+    check_contrast(seek, reject, eps)
     maps = _selected(model, modules, layers, [seek, reject])
     act = phi_fn(phi, tau)
     keep_seek, keep_reject = {}, {}

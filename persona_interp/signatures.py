@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .adapter import ModelAdapter, ModelMismatchError, get_adapter
 from .chat import EncodedBatch, encode_batch
-from .data import PersonaDataset
+from .data import PersonaDataset, PersonaItem
 from .storage import read_header, write_tagged
 
 _SUMS = ("norm_sum", "norm_sq_sum", "token_sum", "token_sq_sum", "token_abs_sum")
@@ -127,10 +127,24 @@ class Signature:
                    as_int_keys(header["neuron_sites"]), json.loads(header["meta"]))
 
 
-def _samples(data: PersonaDataset | Sequence[tuple[str, str]], side: str) -> list[tuple[str, str]]:
-    if isinstance(data, PersonaDataset):
-        return [(item.question, item.answer(side)) for item in data]
-    samples = list(data)
+def _samples(data: PersonaDataset | Sequence[Any], side: str) -> list[tuple[str, str]]:
+    """(question, answer) pairs: ``side``'s answer of each item or ``(question, seek, reject)`` triple; a plain
+    ``(question, answer)`` pair is taken as it is (``side`` then only labels the signature)."""
+    if side not in ("seek", "reject"):
+        raise ValueError(f"side must be 'seek' or 'reject', got {side!r}")
+    samples = []
+    for index, sample in enumerate(data):
+        if isinstance(sample, PersonaItem):
+            samples.append((sample.question, sample.answer(side)))
+        elif isinstance(sample, (tuple, list)) and len(sample) == 3:
+            samples.append((sample[0], sample[1] if side == "seek" else sample[2]))
+        elif isinstance(sample, (tuple, list)) and len(sample) == 2:
+            samples.append(tuple(sample))
+        else:
+            raise ValueError(f"sample {index}: expected a PersonaItem, a (question, answer) pair or a "
+                             f"(question, seek_answer, reject_answer) triple, got {type(sample).__name__}")
+        if not all(isinstance(t, str) and t.strip() for t in samples[-1]):
+            raise ValueError(f"sample {index}: question and answer must be non-empty text, got {samples[-1]!r}")
     if not samples:
         raise ValueError("collect_signatures got an empty dataset")
     return samples
@@ -199,8 +213,9 @@ def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, st
                        max_samples: int | None = None, system: str | None = None, progress: bool = True) -> Signature:
     """Run (question, answer) samples through ``model`` and keep streaming input statistics.
 
-    ``side`` picks the answer of each :class:`PersonaItem` ("seek" = matching, "reject" =
-    not_matching); ``token_scope`` is ``all`` (the whole chat), ``answer`` or ``prompt``.
+    ``side`` picks the answer of each :class:`PersonaItem` or ``(question, seek, reject)`` triple ("seek" =
+    matching, "reject" = not_matching); plain ``(question, answer)`` pairs are used as given, so pass each pole's
+    own pairs. ``token_scope`` is ``all`` (the whole chat), ``answer`` or ``prompt``.
 
     Example:
         >>> seek = collect_signatures(model, ds, side="seek", token_scope="answer")

@@ -85,10 +85,26 @@ def test_contrastive_wanda_relu_ties_broken_by_wanda(llama):
         pi.contrastive_wanda_masks(llama, seek, reject, 0.5, phi="tanh")
 
 
-def test_identical_signatures_give_identical_contrastive_wanda(llama):
+def test_identical_signatures_are_refused(llama):
+    """Identical poles (e.g. the same answers collected as seek and as reject) would give z = 0 everywhere and
+    two identical 'opposing' masks without a word."""
     sig = fake_signature(llama, {})
-    ms, mr = pi.contrastive_wanda_masks(llama, sig, sig, 0.4)
-    assert pi.fraction_differ(ms, mr) == 0.0       # z = 0 everywhere: both fall back to plain Wanda
+    for builder in (pi.contrastive_wanda_masks, pi.contrastive_sparse_masks):
+        with pytest.raises(ValueError, match="signatures are identical"):
+            builder(llama, sig, sig, 0.4)
+
+
+def test_contrast_refuses_one_sample_and_a_zero_eps_and_warns_on_few(llama):
+    rng = np.random.default_rng(3)
+    mu = [{m.name: torch.tensor(rng.uniform(1, 2, m.n_in)) for m in pi.get_adapter(llama).maps} for _ in range(2)]
+    one, other = fake_signature(llama, mu[0], n=1), fake_signature(llama, mu[1], side="reject", n=1)
+    with pytest.raises(ValueError, match="at least 2 per pole"):
+        pi.contrastive_wanda_masks(llama, one, other, 0.3)
+    seek, reject = fake_signature(llama, mu[0], n=4), fake_signature(llama, mu[1], side="reject", n=4)
+    with pytest.raises(ValueError, match="eps .* must be a positive number"):
+        pi.contrastive_wanda_masks(llama, seek, reject, 0.3, eps=0)
+    with pytest.warns(UserWarning, match="z is noisy below 16"):
+        pi.contrastive_wanda_masks(llama, seek, reject, 0.3)
 
 
 def test_contrastive_sparse_masks_are_disjoint(llama):

@@ -1,0 +1,89 @@
+"""Input that used to give a silent wrong answer or a raw traceback now gives a clear error naming what is wrong."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import persona_interp as pi
+from persona_interp.cli import main as cli_main
+from persona_interp.data import DataError
+
+
+def test_empty_or_blank_answers_are_refused_in_memory_and_in_files(tmp_path):
+    with pytest.raises(DataError, match="not_matching must be a non-empty string"):
+        pi.PersonaItem("Lead?", "Yes.", "   ")
+    path = tmp_path / "p.csv"
+    path.write_text("question,matching,not_matching\nLead?,Yes.,No.\nRule?,Yes.,\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"p.csv:3: missing or empty field 'not_matching'"):
+        pi.load_csv(path)
+
+
+def test_counts_must_be_positive():
+    data = pi.PersonaDataset("toy", [pi.PersonaItem(f"Q{i}?", "Yes.", "No.") for i in range(5)])
+    for n in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="sample size must be a positive whole number"):
+            data.sample(n)
+    assert len(data.sample(9)) == 5
+    for flag in ("--n", "--batch-size", "--max-tokens"):
+        with pytest.raises(SystemExit):
+            cli_main(["collect", "--persona", "thinking_feeling", "--side", "seek", "--out", "x", flag, "0"])
+
+
+def test_csv_with_a_byte_order_mark_loads_and_non_utf8_names_file_and_line(tmp_path):
+    bom = tmp_path / "excel.csv"
+    bom.write_bytes("question,matching,not_matching\nLead?,Yes.,No.\n".encode("utf-8-sig"))
+    assert pi.load_csv(bom)[0].question == "Lead?"
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("question,matching,not_matching\nLead?,Yes.,No.\nCaf\xe9?,Oui.,Non.\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin.csv:3: not UTF-8 text \(byte 0xe9\)"):
+        pi.load_csv(latin)
+
+
+def test_a_number_in_a_jsonl_field_is_named_as_such(tmp_path):
+    path = tmp_path / "n.jsonl"
+    path.write_text('{"question": 42, "matching": "Yes.", "not_matching": "No."}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"n.jsonl:1: field 'question' must be text, got int 42"):
+        pi.load_jsonl(path)
+
+
+def test_damaged_and_foreign_files_give_one_clear_error(llama, tmp_path):
+    mask = pi.random_mask(llama, 0.3)
+    path = mask.save(tmp_path / "m.safetensors")
+    raw = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "text.safetensors").write_text("hello", encoding="utf-8")
+    for name in ("cut.safetensors", "text.safetensors"):
+        for load in (pi.Mask.load, pi.Signature.load):
+            with pytest.raises(ValueError, match="not a complete safetensors file"):
+                load(tmp_path / name)
+    with pytest.raises(FileNotFoundError, match="no mask file"):
+        pi.Mask.load(tmp_path / "absent.safetensors")
+
+
+def test_a_mask_whose_packed_bits_are_shorter_than_its_shape_is_refused(llama, tmp_path):
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    mask = pi.random_mask(llama, 0.3)
+    name = next(iter(mask.keep))
+    packed = np.packbits(mask.keep[name].numpy().reshape(-1))[:-3]            # three bytes short
+    save_file({name: packed}, str(tmp_path / "short.safetensors"), metadata={
+        "format": "persona_interp.mask/1", "shapes": json.dumps({name: list(mask.keep[name].shape)}), "meta": "{}"})
+    with pytest.raises(ValueError, match="the file is damaged"):
+        pi.Mask.load(tmp_path / "short.safetensors")
+
+
+def test_sides_of_raw_samples(llama):
+    triples = [("Lead it?", "Yes, gladly.", "No, thanks."), ("Rule it?", "Absolutely.", "Never, really.")]
+    seek = pi.collect_signatures(llama, triples, side="seek", progress=False)
+    reject = pi.collect_signatures(llama, triples, side="reject", progress=False)
+    assert not torch.equal(seek.norm_mean("blocks.0.mlp.up"), reject.norm_mean("blocks.0.mlp.up"))
+    items = [pi.PersonaItem(*t) for t in triples]
+    torch.testing.assert_close(pi.collect_signatures(llama, items, side="reject", progress=False).norm_mean("blocks.0.mlp.up"),
+                               reject.norm_mean("blocks.0.mlp.up"))
+    with pytest.raises(ValueError, match="side must be 'seek' or 'reject'"):
+        pi.collect_signatures(llama, triples, side="rejected", progress=False)
+    with pytest.raises(ValueError, match="sample 0: question and answer must be non-empty"):
+        pi.collect_signatures(llama, [("Lead?", "")], progress=False)
