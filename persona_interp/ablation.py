@@ -167,14 +167,13 @@ def ablate(model: Any, mask: Mask | HookMask, gamma: float = 0.0, *, store: str 
         with torch.no_grad():
             for name, keep in mask.keep.items():
                 parameter = adapter.parameter(name)
-                removed = _removed(adapter, name, keep, parameter)
-                values = parameter[removed]
+                values = parameter[_removed(adapter, name, keep, parameter)]
                 saved[name] = values.to(store) if store is not None else values
+                factor = keep.to(device=parameter.device, dtype=parameter.dtype)
                 if gamma:
-                    parameter.masked_scatter_(removed, values * torch.tensor(gamma, dtype=parameter.dtype))
-                else:
-                    parameter.masked_fill_(removed, 0)
-                del removed, values                                          # only `saved` stays while inside
+                    factor = factor + gamma * (1 - factor)
+                parameter.mul_(adapter.to_native(name, factor))              # kept entries × 1: unchanged bits
+                del values, factor                                           # only `saved` stays while inside
         yield model
     finally:
         with torch.no_grad():

@@ -117,11 +117,17 @@ def _dispatch(hf_model: Any, device_map: str | dict) -> Any:
     """Place a built transformers model with accelerate: ``"auto"`` (balanced over the visible GPUs, else the
     CPU) or an explicit ``{module name: device}`` map. Hooks move each block's inputs to its device."""
     from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
 
     if device_map == "auto":
-        device_map = infer_auto_device_map(hf_model, no_split_module_classes=getattr(hf_model, "_no_split_modules", None))
+        no_split = getattr(hf_model, "_no_split_modules", None)
+        balanced = get_balanced_memory(hf_model, no_split_module_classes=no_split)       # spread, not GPU 0 first
+        device_map = infer_auto_device_map(hf_model, max_memory=balanced, no_split_module_classes=no_split)
     elif not isinstance(device_map, dict):
         raise ValueError(f"device_map must be 'auto' or a dict of module name -> device, got {device_map!r}")
+    if {"disk", "meta"} & {str(d) for d in device_map.values()}:
+        raise ValueError("device_map offloads to disk: masks and LoRA edit weights in place, so every weight must "
+                         "live on a device (a GPU or 'cpu')")
     hf_model.tie_weights()
     return dispatch_model(hf_model, device_map=device_map, force_hooks=True)
 
@@ -135,6 +141,11 @@ def _wrap(name: str, hf_model: Any, tokenizer: Any, device: Any, device_map: Any
         hf_model = _dispatch(hf_model, device_map)
     elif device is not None:
         hf_model = hf_model.to(device)
+    offloaded = [n for n, p in hf_model.named_parameters() if p.device.type == "meta"]
+    if offloaded:
+        raise ValueError(f"{len(offloaded)} weights (e.g. {offloaded[0]}) are offloaded (on the meta device, loaded on "
+                         "the fly by accelerate): masks and LoRA edit weights in place, so give the device_map enough "
+                         "GPU memory (max_memory) or use fewer, larger devices")
     return TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, dtype=hf_model.dtype)
 
 

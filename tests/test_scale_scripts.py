@@ -29,7 +29,7 @@ def assert_clean(results: dict) -> None:
 
 def test_gpu_check_cpu_tiny(tmp_path, capsys):
     gpu_check = load_script("gpu_check")
-    status = gpu_check.main(["--device", "cpu", "--size", "tiny", "--n-calibration", "8", "--n-items", "8",
+    status = gpu_check.main(["--device", "cpu", "--size", "tiny", "--n-calibration", "16", "--n-items", "8",
                              "--max-tokens", "64", "--out", str(tmp_path)])
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     assert_clean(results)
@@ -57,7 +57,7 @@ def test_gpu_check_refuses_cuda_without_gpu(tmp_path, monkeypatch):
 def test_scale_tiny(tmp_path):
     scale = load_script("scale")
     out = tmp_path / "scale.json"
-    assert scale.main(["--size", "tiny", "--n-samples", "8", "--out", str(out)]) == 0
+    assert scale.main(["--size", "tiny", "--out", str(out)]) == 0
     results = json.loads(out.read_text())
     assert_clean(results)
     measures = results["measures"]

@@ -1,0 +1,101 @@
+"""How far a run in one dtype is from the same run in another: per-item margins and every verdict.
+
+Compares two ``results.json`` files of ``persona-interp reproduce`` (same configuration, e.g. ``--dtype float32``
+and ``--dtype bfloat16``): for every condition both ran, the max and mean absolute difference of the per-item,
+per-token margins; for every seek − reject contrast, mask-vs-random control and equal-damage pick, whether the
+verdict (interval above 0, below 0, or across it; beats its control or not; which regime wins a budget) is the
+same; and which validation-split choices differ. Prints markdown and writes JSON.
+
+    $ .venv/bin/python benchmarks/agreement.py results/f32/results.json results/bf16/results.json \\
+          --out benchmarks/agreement.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def verdict(low: float, high: float) -> str:
+    """``+`` when the interval is above 0, ``-`` below, ``0`` when it holds 0.
+
+    Example:
+        >>> verdict(0.1, 0.3), verdict(-0.2, 0.1)
+        ('+', '0')
+    """
+    return "+" if low > 0 else "-" if high < 0 else "0"
+
+
+def _choices(used: dict[str, Any]) -> dict[str, Any]:
+    """The validation-split choices of a persona (what tuning picked), without the split itself."""
+    return {k: v for k, v in used.items() if k not in ("split", "signature_tokens", "fit_items", "validation_items")}
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Per persona: margin differences per condition, verdicts of both runs and whether they agree."""
+    out: dict[str, Any] = {}
+    for persona in sorted(set(a["personas"]) & set(b["personas"])):
+        pa, pb = a["personas"][persona], b["personas"][persona]
+        margins = {}
+        for name in sorted(set(pa["per_item"]) & set(pb["per_item"])):
+            x, y = pa["per_item"][name]["margin_mean"], pb["per_item"][name]["margin_mean"]
+            diffs = [abs(u - v) for u, v in zip(x, y)]
+            margins[name] = {"max_abs": max(diffs), "mean_abs": sum(diffs) / len(diffs), "n": len(diffs)}
+        contrasts = []
+        for ca, cb in zip(pa["contrasts"], pb["contrasts"]):
+            va, vb = verdict(ca["difference_low"], ca["difference_high"]), verdict(cb["difference_low"], cb["difference_high"])
+            contrasts.append({"pair": ca["pair"], "a": ca["difference"], "b": cb["difference"], "verdict_a": va,
+                              "verdict_b": vb, "same": va == vb and ca["pair"] == cb["pair"]})
+        controls = [{"condition": ca["condition"], "a": ca["beats_control"], "b": cb["beats_control"],
+                     "same": ca["beats_control"] == cb["beats_control"] and ca["condition"] == cb["condition"]}
+                    for ca, cb in zip(pa["controls"], pb["controls"])]
+        budgets = [{"budget": ea["budget"], "a": ea.get("pair"), "b": eb.get("pair"), "same": ea.get("pair") == eb.get("pair")}
+                   for ea, eb in zip(pa["equal_damage"], pb["equal_damage"])]
+        ua, ub = _choices(pa["used"]), _choices(pb["used"])
+        out[persona] = {"margins": margins, "contrasts": contrasts, "controls": controls, "equal_damage": budgets,
+                        "choices_differ": sorted(k for k in set(ua) | set(ub) if ua.get(k) != ub.get(k)),
+                        "verdicts_changed": sum(not r["same"] for r in contrasts + controls + budgets)}
+    return out
+
+
+def markdown(result: dict[str, Any], names: tuple[str, str]) -> str:
+    """The comparison as markdown tables."""
+    a, b = names
+    lines = []
+    for persona, r in result.items():
+        lines += [f"### {persona}: {a} vs {b}", "", "| condition | n | max abs Δ margin | mean abs Δ margin |", "|---|---|---|---|"]
+        lines += [f"| {k} | {m['n']} | {m['max_abs']:.4f} | {m['mean_abs']:.4f} |" for k, m in r["margins"].items()]
+        lines += ["", f"| pair | seek − reject ({a}) | ({b}) | verdict {a} / {b} |", "|---|---|---|---|"]
+        lines += [f"| {c['pair']} | {c['a']:+.3f} | {c['b']:+.3f} | {c['verdict_a']} / {c['verdict_b']}"
+                  f"{'' if c['same'] else ' **changed**'} |" for c in r["contrasts"]]
+        lines += ["", f"Beats its random control ({a} / {b}): " + ", ".join(
+            f"{c['condition']} {c['a']}/{c['b']}{'' if c['same'] else ' **changed**'}" for c in r["controls"])]
+        lines += [f"Equal-damage winners ({a} / {b}): " + ", ".join(
+            f"KL ≤ {e['budget']}: {e['a']}/{e['b']}{'' if e['same'] else ' **changed**'}" for e in r["equal_damage"])]
+        lines += [f"Validation choices that differ: {', '.join(r['choices_differ']) or 'none'}; "
+                  f"verdicts changed: {r['verdicts_changed']}", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("a", help="results.json of the reference run (e.g. float32)")
+    parser.add_argument("b", help="results.json of the other run (e.g. bfloat16)")
+    parser.add_argument("--out", help="write the comparison as JSON here (refuses to overwrite without --force)")
+    parser.add_argument("--force", action="store_true", help="overwrite --out")
+    args = parser.parse_args()
+    ra, rb = (json.loads(Path(p).read_text()) for p in (args.a, args.b))
+    result = compare(ra, rb)
+    names = (ra["config"].get("dtype", "float32"), rb["config"].get("dtype", "float32"))
+    print(markdown(result, names))
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and not args.force:
+            raise SystemExit(f"error: {out} exists; pass --force to overwrite it")
+        out.write_text(json.dumps({"a": args.a, "b": args.b, "dtypes": names, "revision_a": ra.get("revision"),
+                                   "revision_b": rb.get("revision"), "personas": result}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
