@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -76,10 +77,14 @@ def cmd_collect(args: argparse.Namespace) -> None:
 def cmd_build_mask(args: argparse.Namespace) -> None:
     from . import Signature, masks
 
-    model = _model(args)
-    kw = {"modules": args.modules, "layers": args.layers}
+    sides = {"contrastive_wanda": ["seek", "reject"], "contrastive_sparse": ["seek", "reject"],
+             "wanda": ["seek" if args.seek else "reject"]}.get(args.method, [args.method])
+    for side in sides:                                # before minutes of computing, not after
+        _writable(Path(f"{args.out}_{side}.safetensors"), args.force)
     seek = Signature.load(args.seek) if args.seek else None
     reject = Signature.load(args.reject) if args.reject else None
+    model = _model(args)
+    kw = {"modules": args.modules, "layers": args.layers}
     if args.method in ("contrastive_wanda", "contrastive_sparse"):
         if not (seek and reject):
             raise SystemExit(f"error: --method {args.method} needs --seek and --reject signatures")
@@ -102,13 +107,11 @@ def cmd_build_mask(args: argparse.Namespace) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
-    from safetensors import safe_open
-
     from . import Mask, Signature
     from .masks import FORMAT as MASK_FORMAT
+    from .storage import read_metadata
 
-    with safe_open(args.path, framework="numpy") as handle:
-        kind = (handle.metadata() or {}).get("format")
+    kind = read_metadata(args.path, "mask or signature").get("format")
     if kind == MASK_FORMAT:
         mask = Mask.load(args.path)
         print(f"mask: {mask.meta}\nmaps: {len(mask.keep)}, overall sparsity {mask.sparsity():.4f}")
@@ -463,8 +466,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run a subcommand; bad input (a missing or damaged file, a mask of another model, a wrong value) ends with
+    one ``error: …`` line and exit status 1 (``PERSONA_INTERP_TRACEBACK=1`` shows the traceback instead)."""
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except (OSError, ValueError, KeyError) as error:           # DataError and ModelMismatchError are ValueErrors
+        if os.environ.get("PERSONA_INTERP_TRACEBACK"):
+            raise
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

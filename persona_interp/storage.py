@@ -25,17 +25,27 @@ def write_tagged(path: str | os.PathLike, tensors: dict[str, Any], fmt: str, hea
     return path
 
 
-def read_header(path: str | os.PathLike, fmt: str, what: str) -> dict[str, str]:
-    """The metadata of a tagged file; raises ``FileNotFoundError`` when there is none, ``ValueError`` when it is not
-    a readable safetensors file (truncated, or another format) or its tag is not ``fmt``."""
+def read_metadata(path: str | os.PathLike, what: str = "file") -> dict[str, str]:
+    """The metadata of a safetensors file; raises ``FileNotFoundError`` when there is none, ``ValueError`` when it
+    is not a readable safetensors file (truncated, or another format).
+
+    Example:
+        >>> read_metadata("cw_seek.safetensors")["format"]
+        'persona_interp.mask/1'
+    """
     if not Path(path).is_file():
         raise FileNotFoundError(f"no {what} file at {path}")
     try:
         with safe_open(str(path), framework="numpy") as handle:
-            header = handle.metadata() or {}
+            return handle.metadata() or {}
     except Exception as error:                       # safetensors raises its own error type for a broken file
         raise ValueError(f"{path} is not a readable persona_interp {what}: not a complete safetensors file "
                          f"(truncated or another format: {error})") from None
+
+
+def read_header(path: str | os.PathLike, fmt: str, what: str) -> dict[str, str]:
+    """The metadata of a tagged file (see :func:`read_metadata`); ``ValueError`` when its tag is not ``fmt``."""
+    header = read_metadata(path, what)
     if header.get("format") != fmt:
         raise ValueError(f"{path} is not a persona_interp {what} (format {header.get('format')!r})")
     return header

@@ -79,3 +79,15 @@ def test_every_subcommand_shows_its_defaults(capsys):
     with pytest.raises(SystemExit):
         cli.main(["collect", "--help"])
     assert "(default: 256)" in capsys.readouterr().out
+
+
+def test_bad_input_ends_in_one_error_line_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "junk.safetensors").write_text("not a mask", encoding="utf-8")
+    with pytest.raises(SystemExit, match="error: .*junk.safetensors is not a readable persona_interp"):
+        cli.main(["inspect", str(tmp_path / "junk.safetensors")])
+    with pytest.raises(SystemExit, match="error: no signature file at"):
+        cli.main(["build-mask", "--method", "wanda", "--seek", str(tmp_path / "absent.safetensors"), "--sparsity", "0.3",
+                  "--out", str(tmp_path / "m")])
+    with pytest.raises(SystemExit):
+        cli.main(["build-mask", "--method", "wanda", "--sparsity", "lots", "--out", str(tmp_path / "m")])
+    assert "_sparsity" not in capsys.readouterr().err
