@@ -27,9 +27,22 @@ def verdict(low: float, high: float) -> str:
     return "+" if low > 0 else "-" if high < 0 else "0"
 
 
+_MEASURED = {"table", "separation", "margin", "seek_margin", "reject_margin", "seek_train_loss", "reject_train_loss"}
+
+
+def _picked(value: Any) -> Any:
+    """A search record without its measured numbers: what was chosen, not how it scored."""
+    if isinstance(value, dict):
+        return {k: _picked(v) for k, v in value.items() if k not in _MEASURED}
+    if isinstance(value, list) and value and all(isinstance(v, dict) and "side" in v and "margin" in v for v in value):
+        return {side: max((v for v in value if v["side"] == side), key=lambda v: v["margin"])["prompt"]
+                for side in dict.fromkeys(v["side"] for v in value)}           # the phrasing each pole chose
+    return value
+
+
 def _choices(used: dict[str, Any]) -> dict[str, Any]:
-    """The validation-split choices of a persona (what tuning picked), without the split itself."""
-    return {k: v for k, v in used.items() if k not in ("split", "signature_tokens", "fit_items", "validation_items")}
+    """The validation-split choices of a persona (what tuning picked), without the split and the scores."""
+    return {k: _picked(v) for k, v in used.items() if k not in ("split", "signature_tokens", "fit_items", "validation_items")}
 
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

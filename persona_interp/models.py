@@ -69,10 +69,19 @@ def load_embedded_hf(dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         _write_cache(folder, model, tokenizer, save_file)
     model.eval()
-    with torch.no_grad():        # copies: the loaded weights alias the (copy-on-write) mapped file; buffers stay float32
+    return cast_parameters(model, dtype, copy=True), tokenizer    # copy: the weights alias the mapped cache file
+
+
+def cast_parameters(model: Any, dtype: torch.dtype, copy: bool = False) -> Any:
+    """Cast a model's parameters (not its buffers: rotary frequencies stay float32, as transformers loads them).
+
+    Example:
+        >>> cast_parameters(hf_model, torch.bfloat16)
+    """
+    with torch.no_grad():
         for parameter in model.parameters():
-            parameter.data = parameter.data.to(dtype, copy=True)
-    return model, tokenizer
+            parameter.data = parameter.data.to(dtype, copy=copy)
+    return model
 
 
 def _write_cache(folder: Path, model: Any, tokenizer: Any, save_file: Any) -> None:
@@ -173,7 +182,7 @@ def load_model(name_or_model: Any = None, *, device: str | torch.device | None =
         if isinstance(name_or_model, PreTrainedModel):
             if tokenizer is None:
                 raise ValueError("load_model of a transformers model needs its tokenizer: load_model(hf_model, tokenizer=tok)")
-            hf_model = name_or_model.to(dtype) if dtype is not None else name_or_model
+            hf_model = cast_parameters(name_or_model, dtype) if dtype is not None else name_or_model
             bridge = _wrap(type(hf_model).__name__, hf_model.eval(), tokenizer, device, device_map)
             return bridge.eval()
         if not hasattr(name_or_model, "run_with_hooks"):
