@@ -14,6 +14,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Union
 
+import numpy as np
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
@@ -167,11 +168,11 @@ def ablate(model: Any, mask: Mask | HookMask, gamma: float = 0.0, *, store: str 
         with torch.no_grad():
             for name, keep in mask.keep.items():
                 parameter = adapter.parameter(name)
-                values = parameter[_removed(adapter, name, keep, parameter)]
+                values = set_aside(parameter, _removed(adapter, name, keep, parameter))
                 saved[name] = values.to(store) if store is not None else values
-                factor = keep.to(device=parameter.device, dtype=parameter.dtype)
+                factor = keep.to(parameter.device)
                 if gamma:
-                    factor = factor + gamma * (1 - factor)
+                    factor = factor.to(parameter.dtype) + gamma * (~factor).to(parameter.dtype)
                 parameter.mul_(adapter.to_native(name, factor))              # kept entries × 1: unchanged bits
                 del values, factor                                           # only `saved` stays while inside
         yield model
@@ -179,7 +180,7 @@ def ablate(model: Any, mask: Mask | HookMask, gamma: float = 0.0, *, store: str 
         with torch.no_grad():
             for name, values in saved.items():
                 parameter = adapter.parameter(name)
-                parameter.masked_scatter_(_removed(adapter, name, mask.keep[name], parameter), values.to(parameter.device))
+                put_back(parameter, _removed(adapter, name, mask.keep[name], parameter), values)
         active.difference_update(mask.keep)
         if not active:
             _ACTIVE.pop(id(model), None)
@@ -188,3 +189,35 @@ def ablate(model: Any, mask: Mask | HookMask, gamma: float = 0.0, *, store: str 
 def _removed(adapter: Any, name: str, keep: Bool[Tensor, "out in"], parameter: Tensor) -> Tensor:
     """The removed entries of map ``name`` as a boolean tensor in the parameter's own layout and device."""
     return ~adapter.to_native(name, keep.to(parameter.device))
+
+
+_BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bits(parameter: Tensor) -> "np.ndarray | None":
+    """The raw bits of a contiguous CPU parameter as a numpy integer array sharing its memory, else None (numpy
+    compacts a boolean selection several times faster than torch on the CPU, and bits copy exactly)."""
+    if parameter.device.type != "cpu" or not parameter.is_contiguous() or parameter.element_size() not in _BITS:
+        return None
+    return parameter.detach().view(_BITS[parameter.element_size()]).numpy().reshape(-1)
+
+
+def set_aside(parameter: Tensor, removed: Bool[Tensor, "..."]) -> Tensor:
+    """The entries of ``parameter`` where ``removed`` is true, in row-major order (their raw bits on the CPU).
+
+    Example:
+        >>> values = set_aside(weight, ~keep); put_back(weight, ~keep, values)     # weight as it was
+    """
+    bits = _bits(parameter)
+    if bits is None:
+        return parameter[removed]
+    return torch.from_numpy(np.compress(removed.numpy().reshape(-1), bits))
+
+
+def put_back(parameter: Tensor, removed: Bool[Tensor, "..."], values: Tensor) -> None:
+    """Write entries kept by :func:`set_aside` back where ``removed`` is true, bit-exact."""
+    bits = _bits(parameter)
+    if bits is None:
+        parameter.masked_scatter_(removed, values.to(device=parameter.device).view(parameter.dtype))
+    else:
+        bits[np.flatnonzero(removed.numpy())] = values.cpu().view(_BITS[parameter.element_size()]).numpy()
