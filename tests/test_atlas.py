@@ -96,7 +96,7 @@ def test_cli_analyse_chooses_the_dose_response_it_measures(llama, tmp_path, monk
     assert len(rows) == 3 and "Equal damage" in (tmp_path / "p.md").read_text()
     with pytest.raises(SystemExit):
         cli.main(["analyse", "--persona", "power", "--ks", "0", "--out", str(tmp_path / "x")])
-    assert "positive number of units" in capsys.readouterr().err
+    assert "must be a positive count" in capsys.readouterr().err
 
 
 def test_overlap_table_rows_and_figures(llama, tmp_path):
@@ -121,8 +121,11 @@ def test_cli_overlap_reads_saved_signatures(llama, tmp_path, monkeypatch):
 
     monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: llama)
     folder = tmp_path / "sigs"
-    fake_signature(llama, {}, side="seek").save(folder / "power_seek.safetensors")
-    fake_signature(llama, {}, side="reject").save(folder / "power_reject.safetensors")
+    rng = torch.Generator().manual_seed(0)
+    means = [{m.name: 1 + torch.rand(m.n_in, generator=rng, dtype=torch.float64) for m in pi.get_adapter(llama).maps}
+             for _ in range(2)]                                        # two different poles (identical ones are refused)
+    fake_signature(llama, means[0], side="seek").save(folder / "power_seek.safetensors")
+    fake_signature(llama, means[1], side="reject").save(folder / "power_reject.safetensors")
     cli.main(["overlap", "--signatures", str(folder), "--sparsities", "0.5", "--out", str(tmp_path / "ov"), "--figures", str(tmp_path / "f")])
     rows = json.loads((tmp_path / "ov.json").read_text())
     assert [(r["pair"], r["method"]) for r in rows] == [("power", "contrastive_wanda"), ("power", "contrastive_sparse")]
