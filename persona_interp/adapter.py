@@ -229,9 +229,13 @@ class ModelAdapter:
 
         Sign bits survive rounding to any floating-point format and any device, so the same weights give the
         same fingerprint in float32, bfloat16 or float16, on the CPU or a GPU."""
-        embedding = self.model.W_E.detach().flatten()
-        signs = torch.signbit(embedding[:: max(1, embedding.numel() // 4096)]).cpu()
+        signs = torch.signbit(self._embedding_sample()).cpu()
         return self._digest(bytes(signs.to(torch.uint8).tolist()))
+
+    def _embedding_sample(self) -> Float[Tensor, " sample"]:
+        """Every k-th entry of the token embedding (about 4096 of them), in its own dtype and device."""
+        embedding = self.model.W_E.detach().flatten()
+        return embedding[:: max(1, embedding.numel() // 4096)]
 
     def _digest(self, weights: bytes) -> str:
         desc = {
@@ -249,10 +253,8 @@ class ModelAdapter:
         """This model's fingerprint and, for a float32 model, the one files saved before fingerprints ignored
         the dtype carry (a hash of the float32 embedding sample), so those files still load."""
         if self._legacy is None:
-            embedding = self.model.W_E.detach().flatten()
-            legacy = (self._digest(embedding[:: max(1, embedding.numel() // 4096)].float().cpu().numpy().tobytes())
-                      if embedding.dtype == torch.float32 else None)
-            self._legacy = legacy or ""
+            sample = self._embedding_sample()
+            self._legacy = self._digest(sample.cpu().numpy().tobytes()) if sample.dtype == torch.float32 else ""
         return {self.fingerprint, self._legacy} - {""}
 
     def check_fingerprint(self, fingerprint: str | None, what: str) -> None:

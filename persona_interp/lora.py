@@ -73,9 +73,9 @@ class LoRA:
     scaling: float
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def delta(self, name: str) -> Float[Tensor, "out in"]:
-        """``ΔW = scaling·B·A`` of one map, ``[out, in]``."""
-        return self.scaling * (self.B[name] @ self.A[name])
+    def delta(self, name: str, device: torch.device | str | None = None) -> Float[Tensor, "out in"]:
+        """``ΔW = scaling·B·A`` of one map, ``[out, in]``, computed on ``device`` (default: the factors')."""
+        return self.scaling * (self.B[name].to(device) @ self.A[name].to(device))
 
     def check_model(self, model: Any) -> None:
         adapter = get_adapter(model)
@@ -99,8 +99,7 @@ class LoRA:
                 for name in self.A:
                     parameter = adapter.parameter(name)
                     saved[name] = parameter.detach().clone()
-                    delta = self.scaling * (self.B[name].to(parameter.device) @ self.A[name].to(parameter.device))
-                    parameter.add_(adapter.to_native(name, delta).to(parameter.dtype))
+                    parameter.add_(adapter.to_native(name, self.delta(name, parameter.device)).to(parameter.dtype))
             yield model
         finally:
             with torch.no_grad():
@@ -115,7 +114,7 @@ class LoRA:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LoRA":
         """Load a LoRA saved by :meth:`save` (no unpickling)."""
-        header = read_header(path, FORMAT, "LoRA was trained on")
+        header = read_header(path, FORMAT, "LoRA")
         tensors = load_file(str(path))
         A = {k.split("|", 1)[1]: v for k, v in tensors.items() if k.startswith("A|")}
         B = {k.split("|", 1)[1]: v for k, v in tensors.items() if k.startswith("B|")}

@@ -267,7 +267,11 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
                               "or resume=True (--resume) to continue a run with the same configuration")
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    model = load_model(model, dtype=config.dtype)
+    if model is None or isinstance(model, (str, os.PathLike)):
+        model = load_model(model, dtype=config.dtype)
+    elif str(get_adapter(model).dtype) != f"torch.{config.dtype}":       # never cast a model the caller built
+        raise ValueError(f"the model passed in is {get_adapter(model).dtype}, the configuration says {config.dtype}: "
+                         "set config.dtype to match (it is recorded in the results)")
     neutral = load_neutral_texts()[: config.n_neutral]
     report = _write_report(out_dir, figures_dir, config, results)
     for persona in config.personas:

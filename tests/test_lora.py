@@ -108,7 +108,7 @@ def test_save_load_and_mismatch(llama, tokenizer, tmp_path):
     with pytest.raises(ModelMismatchError, match="trained on model"):
         with loaded.apply(other):
             pass
-    with pytest.raises(ValueError, match="not a persona_interp LoRA"):
+    with pytest.raises(ValueError, match=r"not a persona_interp LoRA \(format"):
         LoRA.load(pi.random_mask(llama, 0.5).save(tmp_path / "m.safetensors"))
 
 

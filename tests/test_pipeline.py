@@ -3,6 +3,7 @@ import json
 import subprocess
 
 import pytest
+import torch
 
 import persona_interp as pi
 from persona_interp import lora, pipeline, tuning
@@ -127,3 +128,12 @@ def test_revision_is_dirty_for_changed_code_or_data_but_not_for_the_runs_own_out
         (tmp_path / path).write_text("1\n")
         assert pipeline.git_revision(tmp_path) == clean + "-dirty", path
         (tmp_path / path).write_text("0\n")
+
+
+def test_reproduce_never_casts_a_model_it_was_given(tokenizer, tmp_path):
+    from conftest import build_hf
+
+    model = pi.load_model(build_hf("llama", len(tokenizer)), tokenizer=tokenizer, dtype="bfloat16")
+    with pytest.raises(ValueError, match="the model passed in is torch.bfloat16, the configuration says float32"):
+        pipeline.reproduce(pipeline.QUICK, tmp_path / "out", model=model, progress=False)
+    assert pi.get_adapter(model).dtype == torch.bfloat16
