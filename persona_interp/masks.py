@@ -6,7 +6,8 @@ top ``k = ⌊n_in·(1−ρ)⌋`` weights):
 * :func:`wanda_mask` — score ``|W_ij|·a_j`` with ``a`` the persona's mean per-sample input norm;
 * :func:`contrastive_wanda_masks` — ``z_j = (μ⁺_j − μ⁻_j)/sqrt(σ²⁺_j + σ²⁻_j + ε)``, scores
   ``|W|·φ(z)`` and ``|W|·φ(−z)``;
-* :func:`contrastive_sparse_masks` — disjoint masks from row-normalised contrastive scores;
+* :func:`contrastive_sparse_masks` — the paper text's disjoint rule, or its code's sequential rule;
+* :func:`mask_family` — one method's rankings, from which a sweep takes every sparsity, module and layer set;
 * :func:`random_mask` and :func:`magnitude_mask` — controls at the same per-row sparsity.
 
 Example:
@@ -25,7 +26,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from safetensors.numpy import load_file, save_file
 from torch import Tensor
 
@@ -132,27 +133,40 @@ def check_sparsity(sparsity: float) -> None:
         raise ValueError(f"sparsity must be in [0, 1) (fraction of weights removed), got {sparsity!r}")
 
 
+def row_ranks(primary: Float[Tensor, "out in"], secondary: Float[Tensor, "out in"] | None = None) -> Int[Tensor, "out in"]:
+    """Each entry's position in its row sorted from highest to lowest ``primary`` (0 = highest). Ties in
+    ``primary`` are broken by ``secondary`` (higher first), then by the lower column index, so the ranks are
+    deterministic. Keeping ``rank < k`` keeps a row's top ``k``.
+
+    Example:
+        >>> row_ranks(torch.tensor([[3., 1., 2., 0.]]))
+        tensor([[0, 2, 1, 3]])
+    """
+    n_out, n_in = primary.shape
+    device = primary.device                                          # ranked where the weight lives
+    order = torch.arange(n_in, device=device).expand(n_out, n_in)
+    if secondary is not None:
+        order = torch.argsort(secondary.to(device), dim=1, descending=True, stable=True)
+    top = order.gather(1, torch.argsort(primary.gather(1, order), dim=1, descending=True, stable=True))
+    ranks = torch.empty(n_out, n_in, dtype=torch.int32 if n_in > 32767 else torch.int16, device=device)
+    return ranks.scatter_(1, top, torch.arange(n_in, dtype=ranks.dtype, device=device).expand(n_out, n_in))
+
+
+def kept_count(n_in: int, sparsity: float) -> int:
+    """``⌊n_in·(1−ρ)⌋``: how many weights a row keeps."""
+    check_sparsity(sparsity)
+    return math.floor(n_in * (1 - sparsity))
+
+
 def keep_top_per_row(primary: Float[Tensor, "out in"], sparsity: float,
                      secondary: Float[Tensor, "out in"] | None = None) -> Bool[Tensor, "out in"]:
-    """Keep the ``⌊n_in·(1−ρ)⌋`` highest entries of each row. Ties in ``primary`` are broken by
-    ``secondary`` (higher wins), then by the lower column index, so the result is deterministic.
+    """Keep the ``⌊n_in·(1−ρ)⌋`` highest entries of each row (ties as in :func:`row_ranks`).
 
     Example:
         >>> keep_top_per_row(torch.tensor([[3., 1., 2., 0.]]), 0.5)
         tensor([[ True, False,  True, False]])
     """
-    check_sparsity(sparsity)
-    n_out, n_in = primary.shape
-    k = math.floor(n_in * (1 - sparsity))
-    device = primary.device                                          # ranked where the weight lives
-    if k >= n_in:
-        return torch.ones(n_out, n_in, dtype=torch.bool, device=device)
-    order = torch.arange(n_in, device=device).expand(n_out, n_in)
-    if secondary is not None:
-        order = torch.argsort(secondary.to(device), dim=1, descending=True, stable=True)
-    ranked = torch.argsort(primary.gather(1, order), dim=1, descending=True, stable=True)
-    top = order.gather(1, ranked)[:, :k]
-    return torch.zeros(n_out, n_in, dtype=torch.bool, device=device).scatter_(1, top, True)
+    return row_ranks(primary, secondary) < kept_count(primary.shape[1], sparsity)
 
 
 MIN_SAMPLES = 2          # per pole: with one sample σ² is 0 and z is a difference divided by sqrt(ε)
@@ -178,9 +192,19 @@ def check_contrast(seek: Signature, reject: Signature, eps: float) -> None:
 
 
 def contrast(seek: Signature, reject: Signature, map_name: str, eps: float = 1e-8) -> Float[Tensor, " n_in"]:
-    """``z_j = (μ⁺_j − μ⁻_j) / sqrt(σ²⁺_j + σ²⁻_j + ε)`` over the per-sample input norms (float64, CPU)."""
-    diff = seek.norm_mean(map_name) - reject.norm_mean(map_name)
-    return diff / torch.sqrt(seek.norm_var(map_name) + reject.norm_var(map_name) + eps)
+    """``z_j = (μ⁺_j − μ⁻_j) / sqrt(σ²⁺_j + σ²⁻_j + ε)`` over the signatures' per-sample statistic (the
+    input norm, or its RMS: :attr:`Signature.statistic`; float64, CPU)."""
+    if seek.statistic != reject.statistic:
+        raise ValueError(f"the two signatures use different statistics ({seek.statistic} vs {reject.statistic})")
+    diff = seek.sample_mean(map_name) - reject.sample_mean(map_name)
+    return diff / torch.sqrt(seek.sample_var(map_name) + reject.sample_var(map_name) + eps)
+
+
+def token_contrast(seek: Signature, reject: Signature, map_name: str, eps: float = 1e-8) -> Float[Tensor, " n_in"]:
+    """The paper code's Contrastive-Sparse statistic: ``|μ⁺_j − μ⁻_j| / sqrt(σ²⁺_j + σ²⁻_j + ε)`` over the
+    signed per-token activations (per-token mean and variance over all covered tokens, not per sample)."""
+    diff = seek.token_mean(map_name) - reject.token_mean(map_name)
+    return diff.abs() / torch.sqrt(seek.token_var(map_name) + reject.token_var(map_name) + eps)
 
 
 def phi_fn(phi: str, tau: float) -> Callable[[Tensor], Tensor]:
@@ -210,12 +234,6 @@ def _meta(model: Any, method: str, sparsity: float, maps: list[LinearMap], modul
             "layers": list(layers) if layers is not None else None, "n_maps": len(maps), **extra}
 
 
-def _mask_pair(model: Any, method: str, keep_seek: dict, keep_reject: dict, sparsity: float, maps: list[LinearMap],
-               modules: Any, layers: Any, **extra: Any) -> tuple[Mask, Mask]:
-    return (Mask(keep_seek, _meta(model, method, sparsity, maps, modules, layers, side="seek", **extra)),
-            Mask(keep_reject, _meta(model, method, sparsity, maps, modules, layers, side="reject", **extra)))
-
-
 def _abs_weight(model: Any, name: str) -> Float[Tensor, "out in"]:
     """``|W|`` of one map in float64, on the weight's device."""
     return get_adapter(model).weight(name).abs().double()
@@ -227,19 +245,137 @@ def _by_channel(w: Float[Tensor, "out in"], channel: Float[Tensor, " in"]) -> Fl
 
 
 # ---------------------------------------------------------------------- builders
+Ranker = Callable[[Any, str], "tuple[Tensor, Tensor]"]   # (model, map name) -> (seek ranks, reject ranks)
+
+
+@dataclass
+class MaskFamily:
+    """One method's per-row rankings of every covered weight, for both poles: the masks at any sparsity and on
+    any subset of its maps come from the same ranking (``rank < ⌊n_in·(1−ρ)⌋``), so a sweep over sparsity,
+    modules and layers ranks each map once (``cache=True`` keeps the ranks: 2 bytes per weight and pole).
+
+    Example:
+        >>> family = mask_family(model, "contrastive_wanda", sig_seek, sig_reject)
+        >>> seek, reject = family.pair(0.1, modules=["mlp"])
+    """
+
+    model: Any
+    method: str
+    maps: list[LinearMap]
+    ranker: Ranker
+    meta: dict[str, Any]
+    sequential: bool = False             # the reject pole takes the next k after the seek pole's (paper code)
+    cache: bool = False
+    _ranks: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
+
+    def ranks(self, name: str) -> tuple[Tensor, Tensor]:
+        if name in self._ranks:
+            return self._ranks[name]
+        ranks = self.ranker(self.model, name)
+        if self.cache:
+            self._ranks[name] = ranks
+        return ranks
+
+    def pair(self, sparsity: float, *, modules: Iterable[str] | None = None,
+             layers: Iterable[int] | None = None) -> tuple[Mask, Mask]:
+        """The (seek, reject) masks at ``sparsity`` on the family's maps that match ``modules`` and ``layers``."""
+        check_sparsity(sparsity)
+        wanted = {m.name for m in get_adapter(self.model).select_maps(
+            list(modules) if modules is not None else None, list(layers) if layers is not None else None)}
+        maps = [m for m in self.maps if m.name in wanted]
+        if not maps:
+            raise ValueError(f"no linear maps of this {self.method} mask family match modules={modules} layers={layers}")
+        keep: tuple[dict, dict] = ({}, {})
+        for m in maps:
+            seek_rank, reject_rank = self.ranks(m.name)
+            k = kept_count(m.n_in, sparsity)
+            keep[0][m.name] = seek_rank < k
+            keep[1][m.name] = _next_k(seek_rank, k) if self.sequential else reject_rank < k
+        return tuple(Mask(kept, _meta(self.model, self.method, sparsity, maps, modules, layers, side=side, **self.meta))
+                     for side, kept in zip(("seek", "reject"), keep))
+
+
+def _next_k(rank: Int[Tensor, "out in"], k: int) -> Bool[Tensor, "out in"]:
+    """The top ``k`` of a row once its first ``k`` are set to −∞ (the paper code's reject mask): ranks
+    ``k … 2k−1``, and when ``2k > n_in`` the lowest-index ``2k − n_in`` of the first ``k`` as well."""
+    n_in = rank.shape[1]
+    rank = rank.long()
+    nxt = (rank >= k) & (rank < 2 * k)
+    if 2 * k > n_in:
+        first = rank < k
+        nxt |= first & (first.cumsum(1) <= 2 * k - n_in)
+    return nxt
+
+
+def mask_family(model: Any, method: str, seek: Signature, reject: Signature | None = None, *,
+                phi: str = "relu", tau: float = 1.0, eps: float = 1e-8, rule: str = "disjoint",
+                modules: Iterable[str] | None = None, layers: Iterable[int] | None = None,
+                persona: str | None = None, cache: bool = False) -> MaskFamily:
+    """The ranking behind one method's masks (``method`` one of :data:`METHODS`): ``wanda`` ranks
+    ``|W|·a`` of each pole's own signature; ``contrastive_wanda`` ``|W|·φ(±z)``; ``contrastive_sparse``
+    by ``rule`` (see :func:`contrastive_sparse_masks`).
+
+    Example:
+        >>> family = mask_family(model, "wanda", sig_seek, sig_reject, cache=True)
+        >>> masks = {rho: family.pair(rho) for rho in (0.01, 0.1, 0.3)}
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown mask method {method!r}: use one of {METHODS}")
+    sigs = [seek] if reject is None else [seek, reject]
+    if reject is None and method != "wanda":
+        raise ValueError(f"{method} needs a seek and a reject signature")
+    maps = _selected(model, modules, layers, sigs)
+    extra: dict[str, Any] = {"persona": persona or seek.meta.get("dataset"), "statistic": seek.statistic}
+    if method == "wanda":
+        def ranker(model: Any, name: str) -> tuple[Tensor, Tensor]:
+            ranks = [row_ranks(_by_channel(_abs_weight(model, name), sig.sample_mean(name))) for sig in sigs]
+            return ranks[0], ranks[-1]
+        return MaskFamily(model, method, maps, ranker, extra, cache=cache)
+    check_contrast(seek, reject, eps)
+    if method == "contrastive_sparse" and rule == "paper_code":
+        def ranker(model: Any, name: str) -> tuple[Tensor, Tensor]:
+            ranks = row_ranks(_by_channel(_abs_weight(model, name), token_contrast(seek, reject, name, eps)))
+            return ranks, ranks
+        return MaskFamily(model, method, maps, ranker, {**extra, "statistic": "token", "rule": rule, "eps": eps},
+                          sequential=True, cache=cache)
+    if method == "contrastive_sparse" and rule != "disjoint":
+        raise ValueError(f"contrastive_sparse rule must be 'disjoint' (the paper's text) or 'paper_code', got {rule!r}")
+    act = phi_fn(phi, tau)
+
+    def ranker(model: Any, name: str) -> tuple[Tensor, Tensor]:
+        w, z = _abs_weight(model, name), contrast(seek, reject, name, eps)
+        score = (_by_channel(w, act(z)), _by_channel(w, act(-z)))
+        plain = (_by_channel(w, seek.sample_mean(name)), _by_channel(w, reject.sample_mean(name)))
+        if method == "contrastive_wanda":
+            return row_ranks(score[0], plain[0]), row_ranks(score[1], plain[1])
+        s_seek, s_reject = _row_normalise(score[0]), _row_normalise(score[1])
+        p_seek, p_reject = _row_normalise(plain[0]), _row_normalise(plain[1])
+        to_seek = (s_seek > s_reject) | ((s_seek == s_reject) & (p_seek >= p_reject))
+        sentinel = w.shape[1]                                        # never < k: the other pole's weights
+        return (row_ranks(torch.where(to_seek, s_seek, -1.0), p_seek).masked_fill(~to_seek, sentinel),
+                row_ranks(torch.where(~to_seek, s_reject, -1.0), p_reject).masked_fill(to_seek, sentinel))
+
+    if method == "contrastive_sparse":
+        extra["rule"] = rule
+    return MaskFamily(model, method, maps, ranker, {**extra, "phi": phi, "tau": tau, "eps": eps}, cache=cache)
+
+
+METHODS = ("wanda", "contrastive_wanda", "contrastive_sparse")
+
+
 def wanda_mask(model: Any, signature: Signature, sparsity: float, *, modules: Iterable[str] | None = None,
                layers: Iterable[int] | None = None, persona: str | None = None) -> Mask:
-    """Wanda persona mask: keep the top ``(1−ρ)`` of ``|W_ij|·a_j`` per output row.
+    """Wanda persona mask: keep the top ``(1−ρ)`` of ``|W_ij|·a_j`` per output row (``a``: the signature's
+    per-sample statistic, :attr:`Signature.statistic`).
 
     Example:
         >>> mask = wanda_mask(model, sig_seek, 0.3, modules=["mlp"])
     """
     check_sparsity(sparsity)
-    maps = _selected(model, modules, layers, [signature])
-    keep = {m.name: keep_top_per_row(_by_channel(_abs_weight(model, m.name), signature.norm_mean(m.name)), sparsity)
-            for m in maps}
-    return Mask(keep, _meta(model, "wanda", sparsity, maps, modules, layers,
-                            persona=persona or signature.meta.get("dataset"), side=signature.meta.get("side")))
+    mask = mask_family(model, "wanda", signature, modules=modules, layers=layers, persona=persona).pair(
+        sparsity, modules=modules, layers=layers)[0]
+    mask.meta["side"] = signature.meta.get("side")
+    return mask
 
 
 def contrastive_wanda_masks(model: Any, seek: Signature, reject: Signature, sparsity: float, *,
@@ -250,30 +386,29 @@ def contrastive_wanda_masks(model: Any, seek: Signature, reject: Signature, spar
 
     Under φ = ReLU every channel with ``z ≤ 0`` scores 0 for the seek side, so many scores tie at
     zero; ties are broken by the plain Wanda score of the same side (``|W|·μ⁺`` for seek, ``|W|·μ⁻``
-    for reject), then by column index.
+    for reject), then by column index. So each pole removes ρ of a row among the channels whose z
+    points to the other pole: when the share p of channels with z > 0 lies in [ρ, 1−ρ] the two removed
+    sets are disjoint and the masks differ in exactly 2ρ of their entries (:func:`relu_differ_bound`).
     """
-    def rule(w: Tensor, score_seek: Tensor, score_reject: Tensor, wanda_seek: Tensor, wanda_reject: Tensor):
-        return keep_top_per_row(score_seek, sparsity, wanda_seek), keep_top_per_row(score_reject, sparsity, wanda_reject)
-
-    return _contrastive(model, "contrastive_wanda", rule, seek, reject, sparsity, phi, tau, eps, modules, layers, persona)
-
-
-def _contrastive(model: Any, method: str, rule: Callable, seek: Signature, reject: Signature, sparsity: float,
-                 phi: str, tau: float, eps: float, modules: Any, layers: Any, persona: str | None) -> tuple[Mask, Mask]:
-    """Shared loop of the contrastive builders: ``rule(|W|, |W|·φ(z), |W|·φ(−z), |W|·μ⁺, |W|·μ⁻)``
-    returns the two keep-masks of one map."""
     check_sparsity(sparsity)
-    check_contrast(seek, reject, eps)
-    maps = _selected(model, modules, layers, [seek, reject])
-    act = phi_fn(phi, tau)
-    keep_seek, keep_reject = {}, {}
-    for m in maps:
-        w, z = _abs_weight(model, m.name), contrast(seek, reject, m.name, eps)
-        keep_seek[m.name], keep_reject[m.name] = rule(
-            w, _by_channel(w, act(z)), _by_channel(w, act(-z)),
-            _by_channel(w, seek.norm_mean(m.name)), _by_channel(w, reject.norm_mean(m.name)))
-    return _mask_pair(model, method, keep_seek, keep_reject, sparsity, maps, modules, layers,
-                      phi=phi, tau=tau, eps=eps, persona=persona or seek.meta.get("dataset"))
+    return mask_family(model, "contrastive_wanda", seek, reject, phi=phi, tau=tau, eps=eps, modules=modules,
+                       layers=layers, persona=persona).pair(sparsity, modules=modules, layers=layers)
+
+
+def relu_differ_bound(sparsity: float, positive_share: float) -> float:
+    """The fraction of entries in which two ReLU Contrastive-Wanda masks differ by construction: each pole
+    removes ρ of every row among the other pole's channels, so ``2ρ`` when ``ρ ≤ p ≤ 1−ρ`` (p: share of
+    channels with z > 0), else ``2·min(p, 1−p)`` plus whatever the Wanda tie-break makes the two removals share.
+    Returned: ``2ρ`` inside that range, the lower bound ``2·min(p, 1−p)`` outside it.
+
+    Example:
+        >>> relu_differ_bound(0.3, 0.5)
+        0.6
+    """
+    check_sparsity(sparsity)
+    if sparsity <= positive_share <= 1 - sparsity:
+        return 2 * sparsity
+    return 2 * min(positive_share, 1 - positive_share)
 
 
 def _row_normalise(score: Tensor) -> Tensor:
@@ -281,26 +416,29 @@ def _row_normalise(score: Tensor) -> Tensor:
 
 
 def contrastive_sparse_masks(model: Any, seek: Signature, reject: Signature, sparsity: float, *,
-                             phi: str = "relu", tau: float = 1.0, eps: float = 1e-8,
+                             phi: str = "relu", tau: float = 1.0, eps: float = 1e-8, rule: str = "disjoint",
                              modules: Iterable[str] | None = None, layers: Iterable[int] | None = None,
                              persona: str | None = None) -> tuple[Mask, Mask]:
-    """Contrastive-Sparse: two disjoint masks.
+    """Contrastive-Sparse, by one of two rules (recorded in ``meta["rule"]``):
 
-    Both sides' contrastive scores ``|W|·φ(±z)`` are normalised by their row sums; every weight goes
-    to the side whose normalised score is higher (ties: the higher row-normalised plain Wanda score,
-    then seek). Each side then keeps, per row, its top ``⌊n_in·(1−ρ)⌋`` among the weights it was given
-    (all of them if it was given fewer), so the two keep-masks never share a weight and the actual
-    sparsity is at least ρ. This follows the rule stated in the paper (arXiv 2602.07164); the paper's
-    public code does something else (it does not produce disjoint masks).
+    * ``"disjoint"`` (the rule stated in the paper's text, arXiv 2602.07164): both sides' contrastive scores
+      ``|W|·φ(±z)`` are normalised by their row sums; every weight goes to the side whose normalised score is
+      higher (ties: the higher row-normalised plain Wanda score, then seek). Each side then keeps, per row, its
+      top ``⌊n_in·(1−ρ)⌋`` among the weights it was given (all of them if fewer), so the two keep-masks never
+      share a weight and the actual sparsity is at least ρ. Under ReLU a pole keeps whole input channels of its
+      own sign, which removes far more than ρ of some rows (very damaging).
+    * ``"paper_code"`` (what the paper's public ``contra.py`` computes): another statistic, the signed
+      per-token activation's ``|μ⁺ − μ⁻| / sqrt(σ²⁺ + σ²⁻ + ε)`` (per-token mean and variance, not the
+      per-sample norm; ``phi`` and ``tau`` unused), scores ``|W|·that``; the seek mask keeps each row's top k,
+      the reject mask the top k of the rest (``−∞`` on seek's), which wraps into seek's weights when
+      ``2k > n_in`` (ρ < 0.5): sequential and not disjoint; neither pole is tied to a sign of the contrast.
+
+    Example:
+        >>> seek, reject = contrastive_sparse_masks(model, sig_seek, sig_reject, 0.3, rule="paper_code")
     """
-    def rule(w: Tensor, score_seek: Tensor, score_reject: Tensor, wanda_seek: Tensor, wanda_reject: Tensor):
-        s_seek, s_reject = _row_normalise(score_seek), _row_normalise(score_reject)
-        p_seek, p_reject = _row_normalise(wanda_seek), _row_normalise(wanda_reject)
-        to_seek = (s_seek > s_reject) | ((s_seek == s_reject) & (p_seek >= p_reject))
-        return (keep_top_per_row(torch.where(to_seek, s_seek, -1.0), sparsity, p_seek) & to_seek,
-                keep_top_per_row(torch.where(~to_seek, s_reject, -1.0), sparsity, p_reject) & ~to_seek)
-
-    return _contrastive(model, "contrastive_sparse", rule, seek, reject, sparsity, phi, tau, eps, modules, layers, persona)
+    check_sparsity(sparsity)
+    return mask_family(model, "contrastive_sparse", seek, reject, phi=phi, tau=tau, eps=eps, rule=rule,
+                       modules=modules, layers=layers, persona=persona).pair(sparsity, modules=modules, layers=layers)
 
 
 def random_mask(model: Any, sparsity: float, *, seed: int = 0, modules: Iterable[str] | None = None,

@@ -3,7 +3,11 @@
 For each input site (the hook that carries a linear map's input) and each input channel ``j``:
 
 * per-sample L2 norm over the covered tokens, ``n_sj = ||x_{s,:,j}||_2`` → its mean and variance over
-  samples (the Wanda activation ``a_j`` and the contrastive statistics μ, σ²);
+  samples (the Wanda activation ``a_j`` and the contrastive statistics μ, σ²: the paper's statistic);
+* the same for the length-fair per-sample RMS ``n_sj / sqrt(T_s)`` (``T_s`` covered tokens of sample ``s``):
+  the norm grows with √T, so when one pole's answers are longer the norm's z takes its sign from length.
+  ``statistic`` ("norm" or "rms", in the metadata) says which of the two :meth:`Signature.sample_mean` and
+  :meth:`Signature.sample_var` (and so every mask built from the signature) use;
 * per-token mean, variance and mean |x| over all covered tokens;
 * for the MLP hidden site these are the per-neuron mean activation and mean |activation|; for the
   attention ``z`` site also the mean ‖z‖ of each head.
@@ -17,6 +21,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -34,7 +39,7 @@ from .chat import EncodedBatch, encode_batch
 from .data import PersonaDataset, PersonaItem
 from .storage import read_header, write_tagged
 
-_SUMS = ("norm_sum", "norm_sq_sum", "token_sum", "token_sq_sum", "token_abs_sum")
+STATISTICS = ("norm", "rms")         # per-sample statistic of a channel: L2 norm over tokens, or norm / sqrt(T)
 FORMAT = "persona_interp.signature/1"
 
 
@@ -51,6 +56,7 @@ class Signature:
     head_sites: dict[int, str]
     neuron_sites: dict[int, str]
     meta: dict[str, Any] = field(default_factory=dict)
+    rows: dict[str, dict[str, Tensor]] = field(default_factory=dict, repr=False)   # per-sample rows (subset), not saved
 
     # ------------------------------------------------------------------ derived statistics
     @property
@@ -60,6 +66,62 @@ class Signature:
     @property
     def n_tokens(self) -> int:
         return int(self.meta["n_tokens"])
+
+    @property
+    def statistic(self) -> str:
+        """The per-sample statistic masks use: ``norm`` (the paper's) or ``rms`` (length-fair)."""
+        return self.meta.get("statistic", "norm")
+
+    def with_statistic(self, statistic: str) -> "Signature":
+        """The same sums, with masks built from the per-sample ``statistic`` ("norm" or "rms").
+
+        Example:
+            >>> fair = sig.with_statistic("rms"); fair.sample_mean("blocks.3.mlp.down")
+        """
+        check_statistic(statistic)
+        if statistic == "rms" and not all("rms_sum" in stats for stats in self.sums.values()):
+            raise ValueError(f"signature {self.meta.get('dataset')!r} has no RMS sums (saved by an older version): "
+                             "collect it again to use statistic='rms'")
+        return dataclasses.replace(self, meta={**self.meta, "statistic": statistic})
+
+    def sample_mean(self, map_name: str) -> Float[Tensor, " n_in"]:
+        """Mean over samples of the signature's per-sample statistic (:attr:`statistic`) of each input channel."""
+        key = "rms_sum" if self.statistic == "rms" else "norm_sum"
+        return self._site(map_name)[key] / self.n_samples
+
+    def sample_var(self, map_name: str) -> Float[Tensor, " n_in"]:
+        """Unbiased variance over samples of the signature's per-sample statistic."""
+        s, n = self._site(map_name), self.n_samples
+        total, squares = (s["rms_sum"], s["rms_sq_sum"]) if self.statistic == "rms" else (s["norm_sum"], s["norm_sq_sum"])
+        if n < 2:
+            return torch.zeros_like(total)
+        return ((squares - total ** 2 / n) / (n - 1)).clamp_min(0)
+
+    def subset(self, indices: Sequence[int]) -> "Signature":
+        """The signature of some of its samples (by position), from the per-sample rows kept by
+        ``collect_signatures(..., per_sample=True)``: norm, RMS and per-token sum and square sums (the
+        statistics masks need); neuron |x| and head norms are not kept per sample.
+
+        Example:
+            >>> half = sig.subset(range(0, sig.n_samples, 2))
+        """
+        if not self.rows:
+            raise ValueError("this signature kept no per-sample rows: collect it with per_sample=True")
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        if index.numel() < 1 or int(index.min()) < 0 or int(index.max()) >= self.n_samples:
+            raise ValueError(f"subset indices must be positions 0..{self.n_samples - 1}, got {len(index)} of them")
+        tokens = self.rows["__tokens__"]["n"][index]
+        sums = {}
+        for site, rows in self.rows.items():
+            if site == "__tokens__":
+                continue
+            norm = rows["norm"][index]
+            rms = norm / tokens.sqrt()[:, None]
+            sums[site] = {"norm_sum": norm.sum(0), "norm_sq_sum": (norm ** 2).sum(0), "rms_sum": rms.sum(0),
+                          "rms_sq_sum": (rms ** 2).sum(0), "token_sum": rows["token_sum"][index].sum(0),
+                          "token_sq_sum": (norm ** 2).sum(0)}
+        meta = {**self.meta, "n_samples": int(index.numel()), "n_tokens": int(tokens.sum()), "subset_of": self.n_samples}
+        return Signature(sums, self.map_sites, {}, {}, meta)
 
     def _site(self, map_name: str) -> dict[str, Tensor]:
         if map_name not in self.map_sites:
@@ -127,6 +189,11 @@ class Signature:
                    as_int_keys(header["neuron_sites"]), json.loads(header["meta"]))
 
 
+def check_statistic(statistic: str) -> None:
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS} (per-sample L2 norm, or norm / sqrt(tokens)), got {statistic!r}")
+
+
 def _samples(data: PersonaDataset | Sequence[Any], side: str) -> list[tuple[str, str]]:
     """(question, answer) pairs: ``side``'s answer of each item or ``(question, seek, reject)`` triple; a plain
     ``(question, answer)`` pair is taken as it is (``side`` then only labels the signature)."""
@@ -156,9 +223,10 @@ CHUNK_ELEMENTS = 2**17   # activation elements reduced at once: float64 copies o
 class _Accumulator:
     """Hook functions that add one batch's statistics to running float64 sums."""
 
-    def __init__(self, adapter: ModelAdapter):
+    def __init__(self, adapter: ModelAdapter, per_sample: bool = False):
         self.head_sites = {adapter.head_hook(layer): layer for layer in range(adapter.n_layers)}
         self.sums: dict[str, dict[str, Tensor]] = {}
+        self.rows: dict[str, dict[str, list[Tensor]]] = {} if per_sample else None
         self._weights: dict[torch.device, Tensor] = {}
 
     def hook_for(self, name: str) -> Any:
@@ -189,15 +257,30 @@ class _Accumulator:
         """The running sums (kept on each site's device while collecting), moved to the CPU."""
         return {site: {key: value.cpu() for key, value in stats.items()} for site, stats in self.sums.items()}
 
+    def cpu_rows(self, tokens_per_sample: list[int]) -> dict[str, dict[str, Tensor]]:
+        """The per-sample rows ``[samples, channels]`` (empty unless ``per_sample``) and the token counts."""
+        if self.rows is None:
+            return {}
+        rows = {site: {key: torch.cat(parts).cpu() for key, parts in stats.items()} for site, stats in self.rows.items()}
+        return {**rows, "__tokens__": {"n": torch.tensor(tokens_per_sample, dtype=torch.float64)}}
+
     def _add_rows(self, name: str, x: Tensor, heads: Tensor | None, w: Tensor) -> None:
         x = x.double()                                               # float64 sums: batch-size invariant to ~1e-7
         xw = x * w
         sq = x * xw
         per_sample_norm = sq.sum(1).sqrt()                           # [batch, channels]
+        per_sample_rms = per_sample_norm / w.sum(1).sqrt()            # norm / sqrt(covered tokens)
+        token_sums = xw.sum(1)
+        if self.rows is not None:
+            rows = self.rows.setdefault(name, {"norm": [], "token_sum": []})
+            rows["norm"].append(per_sample_norm)
+            rows["token_sum"].append(token_sums)
         batch = {
             "norm_sum": per_sample_norm.sum(0),
             "norm_sq_sum": (per_sample_norm ** 2).sum(0),
-            "token_sum": xw.sum((0, 1)),
+            "rms_sum": per_sample_rms.sum(0),
+            "rms_sq_sum": (per_sample_rms ** 2).sum(0),
+            "token_sum": token_sums.sum(0),
             "token_sq_sum": sq.sum((0, 1)),
             "token_abs_sum": xw.abs_().sum((0, 1)),
         }
@@ -210,23 +293,28 @@ class _Accumulator:
 
 def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, str]], side: str = "seek", *,
                        token_scope: str = "all", batch_size: int = 8, max_tokens: int = 256,
-                       max_samples: int | None = None, system: str | None = None, progress: bool = True) -> Signature:
+                       max_samples: int | None = None, system: str | None = None, statistic: str = "norm",
+                       per_sample: bool = False, progress: bool = True) -> Signature:
     """Run (question, answer) samples through ``model`` and keep streaming input statistics.
 
     ``side`` picks the answer of each :class:`PersonaItem` or ``(question, seek, reject)`` triple ("seek" =
     matching, "reject" = not_matching); plain ``(question, answer)`` pairs are used as given, so pass each pole's
-    own pairs. ``token_scope`` is ``all`` (the whole chat), ``answer`` or ``prompt``.
+    own pairs. ``token_scope`` is ``all`` (the whole chat), ``answer`` or ``prompt``. Both per-sample statistics
+    are collected; ``statistic`` ("norm", the paper's, or "rms") picks the one masks use (change it later with
+    :meth:`Signature.with_statistic`). ``per_sample`` keeps per-sample rows for :meth:`Signature.subset`
+    (two float64 rows per channel and sample, in memory only).
 
     Example:
         >>> seek = collect_signatures(model, ds, side="seek", token_scope="answer")
     """
     adapter = get_adapter(model)
+    check_statistic(statistic)
     if batch_size < 1 or max_tokens < 1:
         raise ValueError(f"batch_size and max_tokens must be positive, got {batch_size}, {max_tokens}")
     samples = _samples(data, side)
     if max_samples is not None:
         samples = samples[:max_samples]
-    accumulator = _Accumulator(adapter)
+    accumulator = _Accumulator(adapter, per_sample)
     sites = list(dict.fromkeys([*adapter.input_sites, *accumulator.head_sites]))
     last_site = adapter.neuron_hook(adapter.n_layers - 1)
 
@@ -234,7 +322,7 @@ def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, st
         raise _StopForward
 
     hooks = [(site, accumulator.hook_for(site)) for site in sites] + [(last_site, stop)]
-    n_tokens = 0
+    n_tokens, tokens_per_sample = 0, []
     tokenizer = model.tokenizer
     bar = tqdm(total=len(samples), desc=f"signatures[{side}]", disable=not progress, leave=False)
     with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
@@ -245,6 +333,7 @@ def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, st
                 raise ValueError(f"a sample has no tokens in scope {token_scope!r} (max_tokens={max_tokens} too small?)")
             accumulator.set_weights(mask.double())
             n_tokens += int(mask.sum())
+            tokens_per_sample += mask.sum(1).tolist()
             try:
                 model(batch.tokens.to(adapter.input_device))
             except _StopForward:
@@ -253,7 +342,9 @@ def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, st
     bar.close()
     name = data.name if isinstance(data, PersonaDataset) else "pairs"
     meta = {"fingerprint": adapter.fingerprint, "dataset": name, "side": side, "n_samples": len(samples),
-            "n_tokens": n_tokens, "token_scope": token_scope, "max_tokens": max_tokens, "system": system}
+            "n_tokens": n_tokens, "token_scope": token_scope, "max_tokens": max_tokens, "system": system,
+            "statistic": statistic}
     return Signature(accumulator.cpu_sums(), {m.name: m.site for m in adapter.maps},
                      {layer: site for site, layer in accumulator.head_sites.items()},
-                     {layer: adapter.neuron_hook(layer) for layer in range(adapter.n_layers)}, meta)
+                     {layer: adapter.neuron_hook(layer) for layer in range(adapter.n_layers)}, meta,
+                     accumulator.cpu_rows(tokens_per_sample))
