@@ -75,6 +75,28 @@ class Evaluation:
                          "items_seek_only": to_seek, "items_reject_only": to_reject})
         return rows
 
+    def prompt_additions(self) -> list[dict[str, Any]]:
+        """What a mask adds to its pole's prompt (the paper's protocol keeps the prompt on under the mask): per
+        pole the paired shift of (mask + prompt) over the prompt alone, toward that pole; per pair the
+        seek-minus-reject difference of those additions. From conditions with ``meta["prompt_of"]``."""
+        rows, by_pair = [], {}
+        for name, cond in self.conditions.items():
+            prompt = cond.meta.get("prompt_of")
+            if not prompt or prompt not in self.scores or not cond.side:
+                continue
+            sign = 1.0 if cond.side == "seek" else -1.0
+            added = self.scores[name].margin_mean - self.scores[prompt].margin_mean
+            diff = mean_ci(sign * added)
+            rows.append({"persona": self.persona, "condition": name, "prompt": prompt, "side": cond.side, "n": diff.n,
+                         "added": diff.value, "added_low": diff.low, "added_high": diff.high})
+            by_pair.setdefault(cond.meta.get("pair"), {})[cond.side] = added
+        for pair, sides in by_pair.items():
+            if set(sides) == {"seek", "reject"}:
+                diff = paired_difference(sides["seek"], sides["reject"])
+                rows.append({"persona": self.persona, "condition": pair, "prompt": "prompt pair", "side": "seek − reject",
+                             "n": diff.n, "added": diff.value, "added_low": diff.low, "added_high": diff.high})
+        return rows
+
     def per_item(self) -> dict[str, dict[str, list[float]]]:
         """Per-item summed and per-token margins of every condition (for saving)."""
         return {name: {"margin_sum": s.margin_sum.tolist(), "margin_mean": s.margin_mean.tolist()}
@@ -83,7 +105,9 @@ class Evaluation:
 
 def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Condition], *, persona: str,
              neutral_texts: Sequence[str] | None = None, batch_size: int = 8, progress: bool = True) -> Evaluation:
-    """Score every condition on the same items (and perplexity on ``neutral_texts`` if given)."""
+    """Score every condition on the same items (and perplexity on ``neutral_texts`` if given). A condition
+    whose ``meta["damage_of"]`` names an earlier one (a mask plus a prompt: the neutral text carries no prompt)
+    takes that condition's damage instead of measuring the same weights again."""
     names = [c.name for c in conditions]
     if len(set(names)) != len(names):
         raise ValueError(f"condition names must be unique, got {names}")
@@ -94,7 +118,9 @@ def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Cond
     for cond in conditions:
         with cond.applied(model):
             scores[cond.name] = score_ab(model, items, system=cond.system, batch_size=batch_size, progress=progress)
-            if reference is not None:
+            if reference is not None and cond.meta.get("damage_of") in damage:   # same weights, prompt-free text
+                damage[cond.name] = damage[cond.meta["damage_of"]]
+            elif reference is not None:
                 damage[cond.name] = reference.measure(model)
     return Evaluation(persona, {c.name: c for c in conditions}, scores, damage)
 

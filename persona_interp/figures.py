@@ -218,3 +218,26 @@ def plot_type_comparison(rows: Sequence[dict], stem: str | os.PathLike, title: s
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return save(fig, stem)
+
+
+def plot_frontier(rows: Sequence[dict], stem: str | os.PathLike, title: str = "") -> list[Path]:
+    """The effect–damage frontier: x = damage (KL from the base model on the report's neutral texts,
+    symlog), y = test seek − reject difference with its 95 % interval; one line per regime through its
+    per-budget picks, masks with their prompt dashed (the paper's protocol), prompt-only regimes as points
+    at 0. ``rows``: :func:`~persona_interp.pipeline.frontier_rows`."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    regimes = list(dict.fromkeys(r["line"] for r in rows))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, line in enumerate(regimes):
+        mine = sorted((r for r in rows if r["line"] == line), key=lambda r: r["kl"])
+        ax.errorbar([r["kl"] for r in mine], [r["difference"] for r in mine],
+                    yerr=[[r["difference"] - r["difference_low"] for r in mine], [r["difference_high"] - r["difference"] for r in mine]],
+                    marker="o", capsize=3, ls="--" if line.endswith("+prompt") else "-", color=colors[i % len(colors)], label=line)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xscale("symlog", linthresh=1e-3)
+    ax.set_xlabel("damage: KL(base ‖ condition) on neutral text (nats/token)")
+    ax.set_ylabel("test seek − reject margin (nats/token, 95 % CI)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title)
+    fig.tight_layout()
+    return save(fig, stem)

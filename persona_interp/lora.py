@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from .adapter import ModelMismatchError, get_adapter
 from .chat import encode_batch
 from .data import PersonaItem
-from .scoring import score_ab
+from .scoring import DamageReference, score_ab
 from .storage import read_header, write_tagged
 
 FORMAT = "persona_interp.lora/1"
@@ -216,12 +216,14 @@ class LoRAChoice:
     seek: LoRA
     reject: LoRA
     table: list[dict[str, float]]
+    runs: dict[str, list[LoRA]] = field(default_factory=dict)    # each pole's LoRA after every epoch (budgeted picks)
 
 
 def select_lora(model: Any, fit: Sequence[PersonaItem], validation: Sequence[PersonaItem], config: LoRAConfig | None = None,
-                *, batch_size: int = 8, progress: bool = True) -> LoRAChoice:
+                *, reference: DamageReference | None = None, batch_size: int = 8, progress: bool = True) -> LoRAChoice:
     """Train a seek and a reject LoRA on ``fit`` and choose the number of epochs by the largest mean
-    seek-minus-reject per-token margin on ``validation`` (the criterion of the steering search).
+    seek-minus-reject per-token margin on ``validation`` (the criterion of the steering search). With
+    ``reference`` every epoch's row records its damage on neutral text (``kl``, the larger pole's).
 
     Example:
         >>> choice = select_lora(model, fit, validation, LoRAConfig(epochs=3))
@@ -233,13 +235,15 @@ def select_lora(model: Any, fit: Sequence[PersonaItem], validation: Sequence[Per
     runs = {side: train_lora(model, fit, side, config, snapshots=True, progress=progress) for side in ("seek", "reject")}
     table = []
     for epoch in range(config.epochs):
-        margins = {}
+        margins, kls = {}, []
         for side in ("seek", "reject"):
             with runs[side][epoch].apply(model):
                 margins[side] = score_ab(model, validation, batch_size=batch_size).margin_mean
+                if reference is not None:
+                    kls.append(reference.measure(model)["kl"])
         table.append({"epochs": epoch + 1, "separation": float((margins["seek"] - margins["reject"]).mean()),
                       "seek_margin": float(margins["seek"].mean()), "reject_margin": float(margins["reject"].mean()),
                       "seek_train_loss": runs["seek"][epoch].meta["train_loss"][-1],
-                      "reject_train_loss": runs["reject"][epoch].meta["train_loss"][-1]})
+                      "reject_train_loss": runs["reject"][epoch].meta["train_loss"][-1], **({"kl": max(kls)} if kls else {})})
     best = max(range(config.epochs), key=lambda e: table[e]["separation"])
-    return LoRAChoice(best + 1, runs["seek"][best], runs["reject"][best], table)
+    return LoRAChoice(best + 1, runs["seek"][best], runs["reject"][best], table, runs)

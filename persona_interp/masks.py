@@ -361,6 +361,24 @@ def mask_family(model: Any, method: str, seek: Signature, reject: Signature | No
 
 
 METHODS = ("wanda", "contrastive_wanda", "contrastive_sparse")
+MASK_METHODS: dict[str, dict[str, Any]] = {          # every named mask method: the family and its fixed options
+    "wanda": {"method": "wanda"},
+    "contrastive_wanda": {"method": "contrastive_wanda"},
+    "contrastive_sparse": {"method": "contrastive_sparse", "rule": "disjoint"},
+    "contrastive_sparse_code": {"method": "contrastive_sparse", "rule": "paper_code"},
+}
+
+
+def method_family(model: Any, name: str, seek: Signature, reject: Signature, **options: Any) -> MaskFamily:
+    """The :class:`MaskFamily` of a named method of :data:`MASK_METHODS` (``wanda``: one mask per pole's own
+    signature).
+
+    Example:
+        >>> seek, reject = method_family(model, "contrastive_sparse_code", sig_seek, sig_reject).pair(0.3)
+    """
+    if name not in MASK_METHODS:
+        raise ValueError(f"unknown mask method {name!r}: use one of {sorted(MASK_METHODS)}")
+    return mask_family(model, seek=seek, reject=reject, **MASK_METHODS[name], **options)
 
 
 def wanda_mask(model: Any, signature: Signature, sparsity: float, *, modules: Iterable[str] | None = None,

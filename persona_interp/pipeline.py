@@ -23,8 +23,9 @@ from .conditions import Condition, LoRACondition, MaskCondition, Prompt, Steerin
 from .data import (AI_PERSONAS, MBTI_AXES, REPO_ROOT, PersonaDataset, load_neutral_texts, load_persona,
                    persona_prompts)
 from .evaluation import Evaluation, evaluate, markdown_table
-from .figures import plot_accuracy
-from .masks import contrastive_sparse_masks, contrastive_wanda_masks, random_mask, wanda_mask
+from .figures import plot_accuracy, plot_frontier
+from .diagnostics import overlap_table, statistic_table, stability
+from .masks import MASK_METHODS, method_family, random_mask
 from .models import load_model
 from .retrieval import Retriever
 from .signatures import Signature, collect_signatures
@@ -32,7 +33,8 @@ from .stats import paired_difference
 from .ode_steering import ode_steerings
 from .steering import answer_residual_means, vectors_from_differences
 from .lora import LoRAConfig, select_lora
-from .tuning import MASK_BUILDERS, MaskSpace, select_masks, select_prompts, select_steering
+from .scoring import DamageReference
+from .tuning import MaskSpace, build_candidate, pick_within, select_masks, select_prompts, select_steering
 
 
 @dataclass
@@ -41,7 +43,7 @@ class ReproduceConfig:
     signatures use the fit part only, test items are only ever scored."""
 
     personas: list[str] = field(default_factory=lambda: [*AI_PERSONAS, *MBTI_AXES])
-    sparsities: list[float] = field(default_factory=lambda: [0.3, 0.5])
+    sparsities: list[float] = field(default_factory=lambda: [0.3])     # the paper's rows (contra.py's default rho)
     n_calibration: int | None = None
     n_test: int | None = None
     validation_fraction: float = 0.2
@@ -49,26 +51,30 @@ class ReproduceConfig:
     token_scope: str = "all"
     batch_size: int = 8
     max_tokens: int = 256
-    n_neutral: int = 24
+    n_neutral: int = 24              # neutral texts of the reported damage
+    n_selection_neutral: int = 8     # the next neutral texts: the damage every search sees (never the reported ones)
+    stability_draws: int = 3
     modules: list[str] | None = None
     rag_k: int = 3
     steering_layers: list[float] = field(default_factory=lambda: [0.2, 0.35, 0.5, 0.65])   # fractions of depth
-    steering_multipliers: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])
+    steering_multipliers: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
     n_validation: int | None = 24
     ode_features: int | None = 256
     # the same validation split tunes every regime: masks (per method), prompt phrasing, LoRA epochs
     mask_search: MaskSpace | None = field(default_factory=lambda: MaskSpace(
-        sparsities=[0.1, 0.3, 0.5], modules=[None, "mlp"], layer_ranges=["all"], token_scopes=["all", "answer"]))
+        sparsities=[0.01, 0.03, 0.1, 0.3, 0.5], modules=[None, "mlp"], layer_ranges=["all", "late"],
+        token_scopes=["all", "answer"], statistics=["norm", "rms"], phis=["relu", "softplus"], design="one_at_a_time"))
     prompt_search: bool = True
     lora: LoRAConfig | None = field(default_factory=lambda: LoRAConfig(epochs=3))
-    damage_budgets: list[float] = field(default_factory=lambda: [0.02, 0.1, 0.5])   # KL (nats/token) tiers of the summary
+    damage_budgets: list[float] = field(default_factory=lambda: [0.02, 0.1, 0.5])   # KL (nats/token): each regime's picks
     dtype: str = "float32"           # the model's dtype ("bfloat16": the faster CPU path, see README)
 
 
-QUICK = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=32, n_test=24, n_neutral=6, rag_k=2,
-                        steering_layers=[0.35, 0.5], steering_multipliers=[4.0, 8.0], n_validation=8,
-                        mask_search=MaskSpace(sparsities=[0.1, 0.3], modules=[None], layer_ranges=["all"],
-                                              token_scopes=["all", "answer"]),
+QUICK = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=32, n_test=24, n_neutral=6,
+                        n_selection_neutral=4, stability_draws=2, rag_k=2, steering_layers=[0.5],
+                        steering_multipliers=[2.0, 8.0], n_validation=8, damage_budgets=[0.1, 0.5],
+                        mask_search=MaskSpace(sparsities=[0.03, 0.3], modules=[None], layer_ranges=["all"],
+                                              token_scopes=["all"], statistics=["norm", "rms"], design="one_at_a_time"),
                         lora=LoRAConfig(epochs=2))
 FULL = ReproduceConfig(n_calibration=128, n_test=100)   # 2 cores: 57-60 min per AI persona, 40 min per MBTI axis (measured)
 
@@ -94,104 +100,187 @@ def git_revision(root: str | Path = REPO_ROOT) -> str:
         return "unknown"
 
 
+SIDES = ("seek", "reject")
+
+
 def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
                        progress: bool = True) -> tuple[list[Condition], dict, dict[str, Signature]]:
-    """Base, persona prompts, RAG, steering, LoRA, and for every sparsity: Wanda (per pole),
-    Contrastive-Wanda, Contrastive-Sparse and a random control; plus each mask method at the
-    configuration its search chose on the validation split, with a random control of the same
-    per-row sparsity. Returns the conditions, what was used to build them (every search table), and
-    the two poles' signatures."""
+    """Every condition of one persona, each regime's dose chosen on the validation split:
+
+    * base; the persona prompts (phrasing searched) and RAG;
+    * the paper's rows at each ``config.sparsities``: Wanda (per pole), Contrastive-Wanda, Contrastive-Sparse by
+      the text's and by the code's rule, a random control; each mask also **with its pole's prompt on** (the
+      paper's protocol, ``+prompt``), beside a random mask with each prompt;
+    * per damage budget (``config.damage_budgets``, KL nats/token on neutral texts apart from the report's), the
+      candidate of each regime (steering: layer × multiplier; ODE: its strength; LoRA: epochs; each mask method:
+      sparsity × modules × layers × token scope × statistic × φ) with the largest validation separation within
+      the budget, named ``REGIME-SIDE@klB``; masks again with their prompt and with a random control removing
+      the same weights per row.
+
+    Returns the conditions, what was used to build them (every search table and the mask diagnostics), and the
+    two poles' signatures."""
     fit, validation = load_persona(persona, "train").split(config.validation_fraction, seed=config.seed)
     if config.n_calibration:
         fit = fit.sample(config.n_calibration, seed=config.seed)
-    sig = {side: collect_signatures(model, fit, side, token_scope=config.token_scope, batch_size=config.batch_size,
-                                    max_tokens=config.max_tokens, progress=progress) for side in ("seek", "reject")}
+    scopes = list(dict.fromkeys([config.token_scope, *(config.mask_search.token_scopes if config.mask_search else [])]))
+    by_scope = {scope: tuple(collect_signatures(model, fit, side, token_scope=scope, batch_size=config.batch_size,
+                                                max_tokens=config.max_tokens, per_sample=scope == config.token_scope,
+                                                progress=progress) for side in SIDES) for scope in scopes}
+    sig = dict(zip(SIDES, by_scope[config.token_scope]))
     if config.n_validation:
         validation = validation.sample(config.n_validation, seed=config.seed)
     used: dict[str, Any] = {"fit_items": len(fit), "validation_items": len(validation), "split": validation.meta.get("split"),
                             "signature_tokens": {side: s.n_tokens for side, s in sig.items()}}
+    neutral = load_neutral_texts()
+    selection = DamageReference.build(model, neutral[config.n_neutral: config.n_neutral + config.n_selection_neutral],
+                                      config.batch_size)
+    used["selection_neutral_texts"] = config.n_selection_neutral
     conditions: list[Condition] = [Condition()]
-    prompts = {side: persona_prompts(persona, side)[0] for side in ("seek", "reject")}
+    prompts = {side: persona_prompts(persona, side)[0] for side in SIDES}
     if config.prompt_search:
         choice = select_prompts(model, persona_prompts(persona, "seek"), persona_prompts(persona, "reject"), validation,
                                 batch_size=config.batch_size)
         prompts, used["prompt_search"] = {"seek": choice.seek, "reject": choice.reject}, choice.table
-    for side in ("seek", "reject"):
+    for side in SIDES:
         conditions.append(Prompt(f"prompt-{side}", side=side, system=prompts[side], meta={"pair": "prompt"}))
     retriever = Retriever(list(fit))
-    for side in ("seek", "reject"):
+    for side in SIDES:
         conditions.append(Prompt(f"rag-{side}", side=side, regime="rag", meta={"pair": "rag"},
                                  system=functools.partial(retriever.system_prompt, side=side, k=config.rag_k)))
-    steering = steering_conditions(model, fit, validation, config, progress)
+    steering = steering_conditions(model, fit, validation, config, selection, progress)
     conditions += steering["conditions"]
     used["steering_search"] = steering["search"]
     if config.lora is not None:
-        choice = select_lora(model, list(fit), list(validation), config.lora, batch_size=config.batch_size, progress=progress)
+        choice = select_lora(model, list(fit), list(validation), config.lora, reference=selection,
+                             batch_size=config.batch_size, progress=progress)
         used["lora_search"] = {"epochs": choice.epochs, "table": choice.table, "config": dataclasses.asdict(config.lora)}
-        for side, lora in (("seek", choice.seek), ("reject", choice.reject)):
-            conditions.append(LoRACondition(f"lora-{side}", side=side, lora=lora, meta={"pair": "lora"}))
+        for budgets, index in budget_picks(choice.table, config.damage_budgets):
+            for side in SIDES:
+                conditions.append(LoRACondition(f"lora-{side}@kl{budgets[0]:g}", side=side, lora=choice.runs[side][index],
+                                                meta={"pair": f"lora@kl{budgets[0]:g}", "budgets": budgets,
+                                                      "chosen": choice.table[index]}))
     for rho in config.sparsities:
-        kw = {"modules": config.modules}
-        for side in ("seek", "reject"):
-            conditions.append(MaskCondition(f"wanda-{side}@{rho}", side=side, regime="wanda", meta={"pair": f"wanda@{rho}"},
-                                            mask=wanda_mask(model, sig[side], rho, persona=persona, **kw)))
-        for regime, builder in (("contrastive_wanda", contrastive_wanda_masks), ("contrastive_sparse", contrastive_sparse_masks)):
-            for side, mask in zip(("seek", "reject"), builder(model, sig["seek"], sig["reject"], rho, persona=persona, **kw)):
-                conditions.append(MaskCondition(f"{regime}-{side}@{rho}", side=side, regime=regime,
-                                                meta={"pair": f"{regime}@{rho}"}, mask=mask))
-        conditions.append(MaskCondition(f"random@{rho}", regime="random", mask=random_mask(model, rho, seed=config.seed, **kw)))
+        conditions += paper_mask_conditions(model, persona, by_scope[config.token_scope], rho, prompts, config)
     if config.mask_search is not None:
-        conditions += tuned_mask_conditions(model, persona, fit, validation, sig, config, used, progress)
+        conditions += budget_mask_conditions(model, persona, by_scope, validation, selection, prompts, config, used, progress)
+    used["diagnostics"] = mask_diagnostics(model, persona, sig, validation, config, progress)
     return conditions, used, sig
 
 
-def tuned_mask_conditions(model: Any, persona: str, fit: PersonaDataset, validation: PersonaDataset,
-                          signatures: dict[str, Signature], config: ReproduceConfig, used: dict[str, Any],
-                          progress: bool = True) -> list[Condition]:
-    """Each mask method at the configuration chosen by :func:`~persona_interp.tuning.select_masks`
-    on the validation split, named ``METHOD-SIDE@tuned``, each with a random mask removing the same
-    number of weights per row (``random@tuned-METHOD``). The search tables go to ``used``."""
-    space = config.mask_search
-    by_scope = {config.token_scope: (signatures["seek"], signatures["reject"])}
-    for scope in space.token_scopes:
-        if scope not in by_scope:
-            by_scope[scope] = tuple(collect_signatures(model, fit, side, token_scope=scope, batch_size=config.batch_size,
-                                                       max_tokens=config.max_tokens, progress=progress) for side in ("seek", "reject"))
-    conditions: list[Condition] = []
-    used["mask_search"] = {}
-    for method in MASK_BUILDERS:
-        choice = select_masks(model, method, by_scope, validation, space, persona=persona, batch_size=config.batch_size,
-                              progress=progress)
-        used["mask_search"][method] = {"chosen": choice.config, "table": choice.table}
-        control = f"random@tuned-{method}"
-        for side, mask in zip(("seek", "reject"), choice.masks):
-            conditions.append(MaskCondition(f"{method}-{side}@tuned", side=side, regime=method, mask=mask,
-                                            meta={"pair": f"{method}@tuned", "control": control, "chosen": choice.config}))
-        conditions.append(MaskCondition(control, regime="random",
-                                        mask=random_mask(model, choice.masks[0].sparsity(), seed=config.seed, like=choice.masks[0])))
+def budget_picks(table: list[dict[str, Any]], budgets: list[float]) -> list[tuple[list[float], int]]:
+    """The row each damage budget picks (:func:`~persona_interp.tuning.pick_within`), one entry per distinct row
+    with the budgets that picked it (ascending); budgets that no row fits are left out.
+
+    Example:
+        >>> budget_picks([{"separation": 0.2, "kl": 0.3}, {"separation": 0.1, "kl": 0.01}], [0.02, 0.1, 0.5])
+        [([0.02, 0.1], 1), ([0.5], 0)]
+    """
+    picks: dict[int, list[float]] = {}
+    for budget in sorted(budgets):
+        index = pick_within(table, budget)
+        if index is not None:
+            picks.setdefault(index, []).append(budget)
+    return [(chosen, index) for index, chosen in picks.items()]
+
+
+def _with_prompt(cond: MaskCondition, prompts: dict[str, str], control: str | None = None) -> MaskCondition:
+    """The paper's protocol: ``cond``'s mask with its pole's persona prompt on (damage: the mask's own)."""
+    return MaskCondition(f"{cond.name}+prompt", side=cond.side, regime=cond.regime, mask=cond.mask, system=prompts[cond.side],
+                         meta={**cond.meta, "pair": f"{cond.meta['pair']}+prompt", "protocol": "mask+prompt",
+                               "prompt_of": f"prompt-{cond.side}", "mask_of": cond.name, "damage_of": cond.name,
+                               "control": control})
+
+
+def paper_mask_conditions(model: Any, persona: str, signatures: tuple[Signature, Signature], rho: float,
+                          prompts: dict[str, str], config: ReproduceConfig) -> list[Condition]:
+    """Every mask method at sparsity ``rho`` (default modules, the run's token scope, the paper's norm statistic,
+    ReLU), each alone and with its pole's prompt; a random mask alone and with each prompt as their controls."""
+    kw = {"modules": config.modules, "persona": persona}
+    control = f"random@{rho}"
+    conditions: list[Condition] = [MaskCondition(control, regime="random", mask=random_mask(model, rho, seed=config.seed, modules=config.modules),
+                                                 meta={"protocol": "mask"})]
+    for side in SIDES:
+        conditions.append(MaskCondition(f"{control}+prompt-{side}", side=side, regime="random", mask=conditions[0].mask,
+                                        system=prompts[side], meta={"pair": f"{control}+prompt", "protocol": "mask+prompt",
+                                                                    "damage_of": control}))
+    for method in MASK_METHODS:
+        pair = method_family(model, method, *signatures, **kw).pair(rho, modules=config.modules)
+        for side, mask in zip(SIDES, pair):
+            alone = MaskCondition(f"{method}-{side}@{rho}", side=side, regime=method, mask=mask,
+                                  meta={"pair": f"{method}@{rho}", "protocol": "mask", "control": control})
+            conditions += [alone, _with_prompt(alone, prompts, f"{control}+prompt-{side}")]
     return conditions
 
 
+def budget_mask_conditions(model: Any, persona: str, by_scope: dict[str, tuple[Signature, Signature]],
+                           validation: PersonaDataset, selection: DamageReference, prompts: dict[str, str],
+                           config: ReproduceConfig, used: dict[str, Any], progress: bool = True) -> list[Condition]:
+    """Each mask method's search (:func:`~persona_interp.tuning.select_masks`, damage on ``selection``) and its
+    pick per damage budget, named ``METHOD-SIDE@klB``, alone and with its prompt, each pick with a random mask
+    that removes the same number of weights per row (``random@klB-METHOD``). The tables go to ``used``."""
+    space = dataclasses.replace(config.mask_search, stop_above=max(config.damage_budgets))
+    conditions: list[Condition] = []
+    used["mask_search"] = {}
+    for method in MASK_METHODS:
+        choice = select_masks(model, method, by_scope, validation, space, reference=selection, persona=persona,
+                              batch_size=config.batch_size, progress=progress)
+        used["mask_search"][method] = {"chosen": choice.config, "table": choice.table}
+        for budgets, index in budget_picks(choice.table, config.damage_budgets):
+            tag = f"kl{budgets[0]:g}"
+            pair = build_candidate(model, method, by_scope, choice.table[index], tau=space.tau, persona=persona)
+            control = f"random@{tag}-{method}"
+            conditions.append(MaskCondition(control, regime="random", mask=random_mask(model, pair[0].sparsity(), seed=config.seed, like=pair[0]),
+                                            meta={"protocol": "mask"}))
+            for side, mask in zip(SIDES, pair):
+                alone = MaskCondition(f"{method}-{side}@{tag}", side=side, regime=method, mask=mask,
+                                      meta={"pair": f"{method}@{tag}", "protocol": "mask", "control": control,
+                                            "budgets": budgets, "chosen": choice.table[index]})
+                conditions += [alone, _with_prompt(alone, prompts)]
+    return conditions
+
+
+def mask_diagnostics(model: Any, persona: str, sig: dict[str, Signature], validation: PersonaDataset,
+                     config: ReproduceConfig, progress: bool = True) -> dict[str, Any]:
+    """What the masks are made of, at the first paper sparsity: the like-for-like overlap table, the two
+    statistics (share of channels with z > 0, which pole's mask breaks the model), and stability over halves
+    of the calibration data (:func:`~persona_interp.diagnostics.stability`)."""
+    rho = config.sparsities[0]
+    neutral = load_neutral_texts()[: config.n_neutral]
+    reference = DamageReference.build(model, neutral, config.batch_size)
+    return {"sparsity": rho,
+            "overlap": overlap_table(model, sig["seek"], sig["reject"], rho, persona=persona),
+            "statistics": statistic_table(model, sig["seek"], sig["reject"], rho, reference, persona=persona),
+            "stability": stability(model, sig["seek"], sig["reject"], rho, validation, draws=config.stability_draws,
+                                   seed=config.seed, batch_size=config.batch_size, persona=persona, progress=progress)}
+
+
 def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaDataset, config: ReproduceConfig,
-                        progress: bool = True) -> dict[str, Any]:
+                        selection: DamageReference | None = None, progress: bool = True) -> dict[str, Any]:
     """Mean-difference (CAA), PCA and ODE steering (barrier on ``config.ode_features`` random Fourier
-    features), each with layer and multiplier chosen on the validation split: +α is the seek
-    condition, −α the reject condition. One pass over the fit items feeds all three."""
+    features), each searched over layer × multiplier on the validation split with its damage on ``selection``;
+    per damage budget the pick with the largest separation: +α is the seek condition, −α the reject condition.
+    One pass over the fit items feeds all three."""
     n_layers = get_adapter(model).n_layers
     layers = sorted({min(n_layers - 1, round(f * n_layers)) for f in config.steering_layers})
     conditions, search = [], {}
     means = {side: answer_residual_means(model, fit, layers, side=side, batch_size=config.batch_size,
-                                         max_tokens=config.max_tokens, progress=progress) for side in ("seek", "reject")}
+                                         max_tokens=config.max_tokens, progress=progress) for side in SIDES}
     candidates = {method: vectors_from_differences(method, means["seek"] - means["reject"], layers)
                   for method in ("mean_difference", "pca")}
     candidates["ode"] = ode_steerings(model, fit, layers, features=config.ode_features, means=means, seed=config.seed)
     for method, vectors in candidates.items():
-        choice = select_steering(model, vectors, validation, config.steering_multipliers,
+        choice = select_steering(model, vectors, validation, config.steering_multipliers, reference=selection,
+                                 stop_above=max(config.damage_budgets) if selection else None,
                                  batch_size=config.batch_size, progress=progress)
         search[method] = {"layer": choice.layer, "multiplier": choice.multiplier, "table": choice.table}
-        for side, sign in (("seek", 1.0), ("reject", -1.0)):
-            conditions.append(SteeringCondition(f"{method}-{side}", side=side, regime=method, vector=choice.vector,
-                                                multiplier=sign * choice.multiplier, meta={"pair": method}))
+        for budgets, index in (budget_picks(choice.table, config.damage_budgets) if selection else
+                               [([None], choice.table.index(max(choice.table, key=lambda r: r["separation"])))]):
+            row = choice.table[index]
+            tag = f"@kl{budgets[0]:g}" if budgets[0] is not None else ""
+            for side, sign in (("seek", 1.0), ("reject", -1.0)):
+                conditions.append(SteeringCondition(f"{method}-{side}{tag}", side=side, regime=method,
+                                                    vector=vectors[int(row["layer"])], multiplier=sign * row["multiplier"],
+                                                    meta={"pair": f"{method}{tag}", "budgets": budgets, "chosen": row}))
     return {"conditions": conditions, "search": search}
 
 
@@ -203,9 +292,9 @@ def control_comparison(ev: Evaluation) -> list[dict[str, Any]]:
         if not isinstance(cond, MaskCondition) or cond.regime == "random" or not cond.side:
             continue
         rho = cond.mask.meta["sparsity"]
-        control = cond.meta.get("control") or next(
+        control = cond.meta.get("control") if "control" in cond.meta else next(
             (n for n, c in ev.conditions.items() if c.regime == "random" and not c.mask.meta.get("like") and c.mask.meta["sparsity"] == rho), None)
-        if control is None:
+        if control is None or control not in ev.scores:
             continue
         sign = 1.0 if cond.side == "seek" else -1.0
         diff = paired_difference(sign * ev.scores[name].margin_mean, sign * ev.scores[control].margin_mean)
@@ -238,6 +327,62 @@ def equal_damage_summary(table: list[dict[str, Any]], contrasts: list[dict[str, 
                      "difference": best["difference"], "difference_low": best["difference_low"],
                      "difference_high": best["difference_high"], "n_eligible": len(eligible),
                      "damage": max(kl.get(best["seek_condition"], 0.0), kl.get(best["reject_condition"], 0.0))})
+    return rows
+
+
+def _pair_damage(table: list[dict[str, Any]]) -> dict[str, float]:
+    kl: dict[str, float] = {}
+    for row in table:
+        kl[row["condition"]] = max(kl.get(row["condition"], 0.0), max(row.get("kl", 0.0), 0.0))
+    return kl
+
+
+def frontier_rows(ev: Evaluation, contrasts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points of the effect–damage frontier: every per-budget pick (``meta["budgets"]``), every paper
+    row and the prompt and RAG pairs, with its test seek − reject difference and its damage on the report's
+    neutral texts (the larger pole's KL). ``line`` is the regime, ``+prompt`` for the paper's protocol."""
+    kl = _pair_damage(ev.table())
+    rows = []
+    for c in contrasts:
+        cond = ev.conditions[c["seek_condition"]]
+        if cond.regime == "random":
+            continue
+        line = cond.regime + ("+prompt" if cond.meta.get("protocol") == "mask+prompt" else "")
+        rows.append({"line": line, "pair": c["pair"], "budgets": cond.meta.get("budgets"), "kl": max(kl.get(c["seek_condition"], 0.0), kl.get(c["reject_condition"], 0.0)),
+                     **{k: c[k] for k in ("n", "difference", "difference_low", "difference_high")}})
+    return rows
+
+
+def budget_winners(ev: Evaluation, contrasts: list[dict[str, Any]], budgets: list[float]) -> list[dict[str, Any]]:
+    """Per damage budget, the regime whose pick for that budget (chosen on the validation split) has the largest
+    test seek − reject difference, among the picks for the budget and the prompt and RAG pairs (damage 0 by
+    construction); masks count alone and with their prompt. ``lead`` is the paired difference to the runner-up
+    (``decisive`` when its 95 % interval is above 0); ``test_kl`` the winner's damage on the report's texts.
+
+    Example:
+        >>> budget_winners(ev, ev.contrasts(), [0.02, 0.1, 0.5])[0]["pair"]
+    """
+    kl = _pair_damage(ev.table())
+    per_item = {c["pair"]: ev.scores[c["seek_condition"]].margin_mean - ev.scores[c["reject_condition"]].margin_mean
+                for c in contrasts}
+    rows = []
+    for budget in budgets:
+        eligible = [c for c in contrasts if ev.conditions[c["seek_condition"]].regime in ("prompt", "rag")
+                    or budget in (ev.conditions[c["seek_condition"]].meta.get("budgets") or [])]
+        if not eligible:
+            rows.append({"budget": budget, "pair": None})
+            continue
+        ranked = sorted(eligible, key=lambda c: c["difference"], reverse=True)
+        best = ranked[0]
+        row = {"budget": budget, "pair": best["pair"], "regime": best["regime"], "n": best["n"],
+               "difference": best["difference"], "difference_low": best["difference_low"],
+               "difference_high": best["difference_high"], "n_eligible": len(eligible),
+               "test_kl": max(kl.get(best["seek_condition"], 0.0), kl.get(best["reject_condition"], 0.0))}
+        if len(ranked) > 1:
+            lead = paired_difference(per_item[best["pair"]], per_item[ranked[1]["pair"]])
+            row.update(runner_up=ranked[1]["pair"], lead=lead.value, lead_low=lead.low, lead_high=lead.high,
+                       decisive=lead.low > 0)
+        rows.append(row)
     return rows
 
 
@@ -290,6 +435,8 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
                                         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                                         "used": used, "n_test": len(test), "table": table, "contrasts": contrasts,
                                         "controls": controls, "equal_damage": equal_damage_summary(table, contrasts, config.damage_budgets),
+                                        "prompt_additions": ev.prompt_additions(), "frontier": frontier_rows(ev, contrasts),
+                                        "budget_winners": budget_winners(ev, contrasts, config.damage_budgets),
                                         "per_item": ev.per_item(), "damage": ev.damage}
         report = _write_report(out_dir, figures_dir, config, results)   # first, so a later failure keeps the persona
         for side in ("seek", "reject"):                             # the fine-tuned adapters, reusable
@@ -297,6 +444,8 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
             if lora is not None:
                 lora.save(out_dir / "lora" / f"{persona}_{side}.safetensors", overwrite=force or resume)
         plot_accuracy(table, figures_dir / f"{persona}_accuracy", title=f"{persona}: {len(test)} test items")
+        plot_frontier(results["personas"][persona]["frontier"], figures_dir / f"{persona}_frontier",
+                      title=f"{persona}: effect against damage, picks per budget ({len(test)} test items)")
     return report
 
 
@@ -344,20 +493,23 @@ REPORT_LEGEND = (
 
 
 def _tuning_lines(used: dict[str, Any]) -> list[str]:
-    """What each regime's search on the validation split chose."""
-    lines = [f"\nTuned on {used['validation_items']} validation items (never a test item); "
-             f"signatures and fitting on {used['fit_items']} calibration items:\n"]
+    """What each regime's search on the validation split tried and picked."""
+    lines = [f"\nTuned on {used['validation_items']} validation items (never a test item), damage during the searches on "
+             f"{used.get('selection_neutral_texts', 0)} neutral texts apart from the reported ones; signatures and fitting on "
+             f"{used['fit_items']} calibration items. Each regime's pick per damage budget is the candidate with the largest "
+             "validation separation whose validation KL is within the budget (`@klB` rows):\n"]
     for method, s in used.get("steering_search", {}).items():
-        lines.append(f"- steering {method}: layer {s['layer']}, multiplier {s['multiplier']:g}")
+        lines.append(f"- steering {method}: {len(s['table'])} (layer, multiplier) candidates; unbudgeted best: layer {s['layer']}, "
+                     f"multiplier {s['multiplier']:g}")
     if "lora_search" in used:
-        lines.append(f"- LoRA: {used['lora_search']['epochs']} epoch(s) of {used['lora_search']['config']['epochs']} "
-                     f"(rank {used['lora_search']['config']['rank']}, lr {used['lora_search']['config']['learning_rate']:g})")
+        lines.append(f"- LoRA: epochs 1–{used['lora_search']['config']['epochs']} (rank {used['lora_search']['config']['rank']}, "
+                     f"lr {used['lora_search']['config']['learning_rate']:g}); unbudgeted best: {used['lora_search']['epochs']}")
     if "prompt_search" in used:
         lines.append(f"- prompts: the phrasings in results.json (`prompt_search`), {len(used['prompt_search'])} candidates")
     for method, s in used.get("mask_search", {}).items():
         c = s["chosen"]
-        lines.append(f"- {method}: sparsity {c['sparsity']}, modules {c['modules']}, layers {c['layers']}, "
-                     f"statistics over {c['token_scope']} tokens ({len(s['table'])} configurations)")
+        lines.append(f"- {method}: {len(s['table'])} candidates; unbudgeted best: sparsity {c['sparsity']}, modules {c['modules']}, "
+                     f"layers {c['layers']}, {c['token_scope']} tokens, statistic {c['statistic']}, φ {c['phi']}")
     return lines
 
 
@@ -374,17 +526,69 @@ def _equal_damage_lines(equal_damage: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _winner_lines(winners: list[dict[str, Any]]) -> list[str]:
+    lines = ["\nWhich regime wins at each damage budget (each regime's pick for the budget, test seek − reject; "
+             "`lead`: paired difference to the runner-up, decisive when its interval is above 0):\n"]
+    for row in winners:
+        if row["pair"] is None:
+            lines.append(f"- KL ≤ {row['budget']:g}: no regime has a pick within the budget")
+            continue
+        lead = (f"; lead over {row['runner_up']} {row['lead']:+.4f} [{row['lead_low']:+.4f}, {row['lead_high']:+.4f}]"
+                f"{' (decisive)' if row['decisive'] else ' (not decisive)'}" if "lead" in row else "")
+        lines.append(f"- KL ≤ {row['budget']:g}: **{row['pair']}** ({row['difference']:+.4f} [{row['difference_low']:+.4f}, "
+                     f"{row['difference_high']:+.4f}] nats/token, n = {row['n']}, test KL {row['test_kl']:.4f}; "
+                     f"{row['n_eligible']} picks){lead}")
+    return lines
+
+
+def _diagnostic_lines(diag: dict[str, Any]) -> list[str]:
+    rho = diag["sparsity"]
+    overlap = [{**r, "2ρ bound": r.get("bound", ""), "p (z>0)": r.get("p", "")} for r in diag["overlap"]]
+    stab = diag["stability"]["summary"]
+    lines = [f"\nOpposing masks compared like with like (ρ = {rho}; fraction of entries where seek and reject differ; "
+             "under ReLU each pole removes ρ of a row among the other pole's channels, so they differ in 2ρ by "
+             "construction when ρ ≤ p ≤ 1−ρ):\n",
+             markdown_table(overlap, ["variant", "kind", "differ", "2ρ bound", "p (z>0)"]),
+             "\nThe per-sample statistic (norm: the paper's, grows with √T; rms: norm/√T) — share of channels with z > 0, "
+             f"mean covered tokens per pole, and which pole's ReLU Contrastive-Wanda mask (ρ = {rho}) breaks the model:\n",
+             markdown_table(diag["statistics"], ["statistic", "positive_share", "seek_tokens", "reject_tokens",
+                                                 "seek_perplexity_ratio", "reject_perplexity_ratio", "breaks"]),
+             f"\nStability ({stab['method']}, ρ = {rho}, {stab['draws']} draws of two disjoint halves of {stab['half_size']} "
+             f"calibration items): a pole's mask differs between halves in {stab['within_pole']:.3f} of entries, seek from "
+             f"reject in {stab['between_poles']:.3f} (full data {stab['between_poles_full']:.3f}); validation seek − reject over "
+             f"the {stab['n_halves']} halves {stab['separation']:+.4f} [{stab['separation_low']:+.4f}, {stab['separation_high']:+.4f}]. "
+             + ("**Noise**: a pole's mask differs between halves of its own data at least as much as from the other pole."
+                if stab["noise"] else "Each pole's mask is more alike across halves than the two poles are.")]
+    return lines
+
+
+PROTOCOL_NOTE = ("\nTwo mask protocols: `METHOD-SIDE@…` is the mask alone (no system prompt); `…+prompt` keeps the same "
+                 "pole's persona prompt on under the mask, **the paper's protocol** (its `contra.py` masks the weights and "
+                 "scores with the persona system prompt), so the paper's mask rows compare with our `+prompt` rows.\n")
+
+
 def _persona_section(persona: str, entry: dict[str, Any], figure: Path, out_dir: Path) -> str:
     contrasts, controls = entry["contrasts"], entry["controls"]
     lines = [f"\n## {persona} ({entry['n_test']} test items)\n", f"Computed by revision `{entry['revision']}`, finished {entry['finished']}.",
-             *_tuning_lines(entry["used"]), "", markdown_table(entry["table"], TABLE_COLUMNS),
+             *_tuning_lines(entry["used"]), PROTOCOL_NOTE, markdown_table(entry["table"], TABLE_COLUMNS),
              "\nSeek-minus-reject (paired, per-token margin; cancels damage both poles share):\n",
              markdown_table(contrasts, ["pair", "n", "difference", "items_seek_only", "items_reject_only"]),
-             "\nEach mask against the random mask of the same sparsity (paired margin toward the mask's side):\n",
+             "\nEach mask against its random-mask control (same sparsity or the same weights per row; with prompts, the "
+             "random mask with the same prompt; paired margin toward the mask's side):\n",
              markdown_table(controls, ["condition", "control", "advantage", "beats_control"])]
     losers = [c["condition"] for c in controls if not c["beats_control"]]
     if losers:
         lines.append(f"\nDoes not beat its random-mask control (95 % interval not above 0): {', '.join(losers)}.\n")
+    if entry.get("prompt_additions"):
+        lines += ["\nWhat the mask adds to the prompt (mask + prompt − prompt, toward the pole; per pair seek − reject):\n",
+                  markdown_table(entry["prompt_additions"], ["condition", "side", "n", "added"])]
     lines += _equal_damage_lines(entry["equal_damage"])
+    if entry.get("budget_winners"):
+        lines += _winner_lines(entry["budget_winners"])
+    if "diagnostics" in entry["used"]:
+        lines += _diagnostic_lines(entry["used"]["diagnostics"])
     lines.append(f"\n![{persona} accuracy]({os.path.relpath(figure, out_dir)})\n")
+    frontier = figure.with_name(f"{persona}_frontier.png")
+    if entry.get("frontier"):
+        lines.append(f"![{persona} effect–damage frontier]({os.path.relpath(frontier, out_dir)})\n")
     return "\n".join(lines)

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .ablation import ablate
 from .adapter import get_adapter
 from .data import PersonaItem
-from .masks import Mask, contrastive_sparse_masks, contrastive_wanda_masks, wanda_mask
+from .masks import MASK_METHODS, Mask, MaskFamily, method_family
 from .scoring import DamageReference, score_ab
 from .signatures import Signature
 from .steering import SteeringVector
@@ -36,9 +36,14 @@ class SteeringChoice:
 
 
 def select_steering(model: Any, vectors: dict[int, SteeringVector], validation: Sequence[PersonaItem],
-                    multipliers: Sequence[float], *, batch_size: int = 8, progress: bool = False) -> SteeringChoice:
+                    multipliers: Sequence[float], *, reference: DamageReference | None = None,
+                    stop_above: float | None = None, batch_size: int = 8, progress: bool = False) -> SteeringChoice:
     """For each layer and multiplier α, score the validation items with +α and −α; choose the pair
-    with the largest mean seek-minus-reject difference of the per-token margin."""
+    with the largest mean seek-minus-reject difference of the per-token margin. With ``reference`` each
+    row records the damage on neutral text (``kl``: the larger of ±α) for budgeted picks (:func:`pick_within`);
+    with ``stop_above`` a layer's multipliers (ascending) stop once one exceeds that damage."""
+    if stop_above is not None and reference is None:
+        raise ValueError("stop_above needs a damage reference")
     if not vectors or not multipliers:
         raise ValueError("select_steering needs at least one vector and one multiplier")
     if any(m <= 0 for m in multipliers):
@@ -46,33 +51,74 @@ def select_steering(model: Any, vectors: dict[int, SteeringVector], validation: 
     validation = list(validation)
     table = []
     for layer, vector in vectors.items():
-        for alpha in multipliers:
-            margins = {}
+        for alpha in sorted(multipliers):
+            margins, kls = {}, []
             for sign in (1, -1):
                 with vector.apply(model, sign * alpha):
                     margins[sign] = score_ab(model, validation, batch_size=batch_size, progress=progress).margin_mean
+                    if reference is not None:
+                        kls.append(reference.measure(model)["kl"])
             table.append({"layer": layer, "multiplier": alpha, "separation": float((margins[1] - margins[-1]).mean()),
-                          "seek_margin": float(margins[1].mean()), "reject_margin": float(margins[-1].mean())})
+                          "seek_margin": float(margins[1].mean()), "reject_margin": float(margins[-1].mean()),
+                          **({"kl": max(kls)} if kls else {})})
+            if stop_above is not None and table[-1]["kl"] > stop_above:
+                break
     best = max(table, key=lambda row: row["separation"])
     return SteeringChoice(int(best["layer"]), float(best["multiplier"]), vectors[int(best["layer"])], table)
 
 
-MASK_BUILDERS = {
-    "wanda": lambda model, seek, reject, rho, **kw: (wanda_mask(model, seek, rho, **kw), wanda_mask(model, reject, rho, **kw)),
-    "contrastive_wanda": contrastive_wanda_masks,
-    "contrastive_sparse": contrastive_sparse_masks,
-}
+def pick_within(table: Sequence[dict[str, Any]], budget: float | None) -> int | None:
+    """Index of the row with the largest ``separation`` among those whose ``kl`` (validation damage) is at most
+    ``budget`` (``None``: no limit; rows without ``kl`` count as 0, e.g. prompts); ``None`` when none is.
+
+    Example:
+        >>> pick_within([{"separation": 0.2, "kl": 0.3}, {"separation": 0.1, "kl": 0.01}], 0.1)
+        1
+    """
+    allowed = [i for i, row in enumerate(table) if budget is None or row.get("kl", 0.0) <= budget]
+    return max(allowed, key=lambda i: table[i]["separation"]) if allowed else None
 
 
 @dataclass
 class MaskSpace:
-    """The grid of a mask search: sparsity, modules (``None`` = attention and MLP), layer range
-    (``all``, ``early`` or ``late`` half) and which tokens the signatures cover."""
+    """The candidates of a mask search: sparsity (the dose), modules (``None`` = attention and MLP), layer
+    band (``all``, ``early`` or ``late`` half), the tokens the signatures cover, the per-sample statistic
+    (``norm`` or ``rms``) and φ (``relu`` or ``softplus`` with τ = ``tau``; Contrastive-Wanda and the disjoint
+    Contrastive-Sparse only). ``design="grid"`` tries every combination; ``"one_at_a_time"`` tries the first
+    value of every factor and then each other value of one factor with the rest at their first, each at every
+    sparsity. With ``stop_above`` (nats/token) a configuration's sparsities stop once one exceeds that damage.
+
+    Example:
+        >>> MaskSpace(sparsities=[0.01, 0.1, 0.3], statistics=["norm", "rms"], design="one_at_a_time")
+    """
 
     sparsities: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5])
     modules: list[str | None] = field(default_factory=lambda: [None, "attn", "mlp"])
     layer_ranges: list[str] = field(default_factory=lambda: ["all", "late"])
     token_scopes: list[str] = field(default_factory=lambda: ["all", "answer"])
+    statistics: list[str] = field(default_factory=lambda: ["norm"])
+    phis: list[str] = field(default_factory=lambda: ["relu"])
+    tau: float = 2.0
+    design: str = "grid"
+    stop_above: float | None = None
+
+    def configurations(self, method: str) -> list[dict[str, Any]]:
+        """The (modules, layers, token scope, statistic, φ) configurations of ``method``, without the factors
+        that do not change its masks (φ for Wanda and the code's rule, the statistic for the code's rule)."""
+        factors = {"modules": self.modules, "layers": self.layer_ranges, "token_scope": self.token_scopes,
+                   "statistic": self.statistics, "phi": self.phis}
+        if method in ("wanda", "contrastive_sparse_code"):
+            factors["phi"] = ["relu"]
+        if method == "contrastive_sparse_code":
+            factors["statistic"] = ["norm"]
+        if self.design == "grid":
+            combos = [dict(zip(factors, values)) for values in itertools.product(*factors.values())]
+        elif self.design == "one_at_a_time":
+            first = {key: values[0] for key, values in factors.items()}
+            combos = [first] + [{**first, key: value} for key, values in factors.items() for value in values[1:]]
+        else:
+            raise ValueError(f"design must be 'grid' or 'one_at_a_time', got {self.design!r}")
+        return combos
 
 
 @dataclass
@@ -92,53 +138,85 @@ def _layers(model: Any, layer_range: str) -> range | None:
     return ranges[layer_range]
 
 
+CANDIDATE_KEYS = ("sparsity", "modules", "layers", "token_scope", "statistic", "phi")
+
+
+def candidate_family(model: Any, method: str, signatures: dict[str, tuple[Signature, Signature]],
+                     config: dict[str, Any], *, tau: float = 2.0, persona: str | None = None,
+                     cache: bool = False) -> MaskFamily:
+    """The mask family of one search configuration (token scope, statistic, φ; see :class:`MaskSpace`)."""
+    seek, reject = (sig.with_statistic(config.get("statistic", "norm")) for sig in signatures[config["token_scope"]])
+    options: dict[str, Any] = {"persona": persona, "cache": cache}
+    if method in ("contrastive_wanda", "contrastive_sparse"):
+        options.update(phi=config.get("phi", "relu"), tau=tau if config.get("phi") == "softplus" else 1.0)
+    return method_family(model, method, seek, reject, **options)
+
+
+def build_candidate(model: Any, method: str, signatures: dict[str, tuple[Signature, Signature]],
+                    row: dict[str, Any], *, tau: float = 2.0, persona: str | None = None) -> tuple[Mask, Mask]:
+    """The (seek, reject) masks of one row of a mask search table.
+
+    Example:
+        >>> seek, reject = build_candidate(model, "wanda", {"all": (s, r)}, choice.table[pick_within(choice.table, 0.1)])
+    """
+    modules = row["modules"]
+    return candidate_family(model, method, signatures, row, tau=tau, persona=persona).pair(
+        row["sparsity"], modules=None if modules == "attn+mlp" else [modules], layers=_layers(model, row["layers"]))
+
+
 def select_masks(model: Any, method: str, signatures: dict[str, tuple[Signature, Signature]],
                  validation: Sequence[PersonaItem], space: MaskSpace, *, reference: DamageReference | None = None,
                  max_kl: float | None = None, persona: str | None = None, batch_size: int = 8,
                  progress: bool = False) -> MaskChoice:
-    """Search ``space`` for the mask pair of ``method`` (``wanda``: one mask per pole's signature;
-    ``contrastive_wanda`` / ``contrastive_sparse``) with the largest seek-minus-reject separation of
-    the per-token margin on the validation items. ``signatures`` maps each token scope to the
-    (seek, reject) signatures collected with it. With ``reference`` each row records the damage
-    (KL on neutral text, the larger of the two masks); ``max_kl`` excludes configurations above it.
+    """Search ``space`` for the mask pair of ``method`` (a name of :data:`~persona_interp.masks.MASK_METHODS`)
+    with the largest seek-minus-reject separation of the per-token margin on the validation items.
+    ``signatures`` maps each token scope to the (seek, reject) signatures collected with it. With ``reference``
+    each row records the damage (KL on neutral text, the larger of the two masks); ``max_kl`` chooses only among
+    configurations within it (:func:`pick_within`). Each configuration is ranked once for all its sparsities.
 
     Example:
         >>> choice = select_masks(model, "contrastive_wanda", {"all": (s, r)}, val, MaskSpace(token_scopes=["all"]))
-        >>> choice.config        # {"sparsity": 0.1, "modules": "mlp", "layers": "late", "token_scope": "all"}
+        >>> choice.config        # {"sparsity": 0.1, "modules": "mlp", "layers": "late", "token_scope": "all", ...}
     """
-    if method not in MASK_BUILDERS:
-        raise ValueError(f"unknown mask method {method!r}: use one of {sorted(MASK_BUILDERS)}")
+    if method not in MASK_METHODS:
+        raise ValueError(f"unknown mask method {method!r}: use one of {sorted(MASK_METHODS)}")
     missing = [scope for scope in space.token_scopes if scope not in signatures]
     if missing:
         raise ValueError(f"no signatures for token scope(s) {missing}; have {sorted(signatures)}")
-    if max_kl is not None and reference is None:
-        raise ValueError("max_kl needs a damage reference")
+    if (max_kl is not None or space.stop_above is not None) and reference is None:
+        raise ValueError("max_kl and stop_above need a damage reference")
     validation = list(validation)
-    grid = list(itertools.product(space.sparsities, space.modules, space.layer_ranges, space.token_scopes))
-    table, built = [], {}
-    for rho, modules, layer_range, scope in tqdm(grid, desc=f"mask search ({method})", disable=not progress):
-        seek_sig, reject_sig = signatures[scope]
-        pair = MASK_BUILDERS[method](model, seek_sig, reject_sig, rho, modules=[modules] if modules else None,
-                                     layers=_layers(model, layer_range), persona=persona)
-        margins, kls = [], []
-        for mask in pair:
-            with ablate(model, mask):
-                margins.append(score_ab(model, validation, batch_size=batch_size, progress=False).margin_mean)
-                if reference is not None:
-                    kls.append(reference.measure(model)["kl"])
-        row = {"sparsity": rho, "modules": modules or "attn+mlp", "layers": layer_range, "token_scope": scope,
-               "separation": float((margins[0] - margins[1]).mean()), "seek_margin": float(margins[0].mean()),
-               "reject_margin": float(margins[1].mean())}
-        if kls:
-            row["kl"] = max(kls)
-        table.append(row)
-        built[len(table) - 1] = pair
-    allowed = [i for i, row in enumerate(table) if max_kl is None or row["kl"] <= max_kl]
-    if not allowed:
+    configs = space.configurations(method)
+    table: list[dict[str, Any]] = []
+    bar = tqdm(total=len(configs) * len(space.sparsities), desc=f"mask search ({method})", disable=not progress)
+    for config in configs:
+        family = candidate_family(model, method, signatures, config, tau=space.tau, persona=persona, cache=True)
+        for rho in sorted(space.sparsities):
+            bar.update()
+            modules = config["modules"]
+            pair = family.pair(rho, modules=[modules] if modules else None, layers=_layers(model, config["layers"]))
+            margins, kls = [], []
+            for mask in pair:
+                with ablate(model, mask):
+                    margins.append(score_ab(model, validation, batch_size=batch_size, progress=False).margin_mean)
+                    if reference is not None:
+                        kls.append(reference.measure(model)["kl"])
+            row = {**config, "sparsity": rho, "modules": modules or "attn+mlp",
+                   "separation": float((margins[0] - margins[1]).mean()), "seek_margin": float(margins[0].mean()),
+                   "reject_margin": float(margins[1].mean())}
+            if kls:
+                row["kl"] = max(kls)
+            table.append(row)
+            if space.stop_above is not None and row["kl"] > space.stop_above:
+                bar.update(len([r for r in space.sparsities if r > rho]))
+                break
+        del family
+    bar.close()
+    best = pick_within(table, max_kl)
+    if best is None:
         raise ValueError(f"no configuration has KL <= {max_kl}; the least damaging has {min(r['kl'] for r in table):.4f}")
-    best = max(allowed, key=lambda i: table[i]["separation"])
-    config = {key: table[best][key] for key in ("sparsity", "modules", "layers", "token_scope")}
-    return MaskChoice(config, built[best], table)
+    config = {key: table[best][key] for key in CANDIDATE_KEYS}
+    return MaskChoice(config, build_candidate(model, method, signatures, table[best], tau=space.tau, persona=persona), table)
 
 
 @dataclass

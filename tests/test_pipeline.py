@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import persona_interp as pi
-from persona_interp import lora, pipeline, tuning
+from persona_interp import diagnostics, lora, pipeline, tuning
 from persona_interp.lora import LoRAConfig
 from persona_interp.tuning import MaskSpace
 
@@ -21,7 +21,8 @@ def fake_persona(name, split="train"):
 @pytest.fixture
 def tiny_pipeline(monkeypatch, llama):
     monkeypatch.setattr(pipeline, "load_persona", fake_persona)
-    monkeypatch.setattr(pipeline, "load_neutral_texts", lambda: ["plain neutral text one", "another neutral text"])
+    monkeypatch.setattr(pipeline, "load_neutral_texts", lambda: ["plain neutral text one", "another neutral text",
+                                                                 "selection text one", "selection text two", "unused"])
     seen = []
     real = tuning.score_ab
 
@@ -31,9 +32,11 @@ def tiny_pipeline(monkeypatch, llama):
 
     monkeypatch.setattr(tuning, "score_ab", spy)
     monkeypatch.setattr(lora, "score_ab", spy)
+    monkeypatch.setattr(diagnostics, "score_ab", spy)
     monkeypatch.setattr(pipeline, "persona_prompts", lambda persona, side: [f"You {side} power.", f"Always {side} power."])
     config = pipeline.ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=10, n_test=None,
-                                      n_neutral=2, steering_layers=[0.5], steering_multipliers=[1.0, 2.0], n_validation=4,
+                                      n_neutral=2, n_selection_neutral=2, steering_layers=[0.5], steering_multipliers=[1.0, 2.0],
+                                      n_validation=4, damage_budgets=[1e-9, 1000.0], stability_draws=2,
                                       mask_search=MaskSpace(sparsities=[0.2, 0.4], modules=[None, "mlp"], layer_ranges=["all"],
                                                             token_scopes=["all", "answer"]),
                                       lora=LoRAConfig(rank=2, epochs=2, batch_size=4))
@@ -48,16 +51,30 @@ def test_reproduce_writes_report_and_never_tunes_on_test_items(tiny_pipeline, tm
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     table = results["personas"]["power"]["table"]
     names = {row["condition"] for row in table}
-    assert {"base", "prompt-seek", "rag-reject", "mean_difference-seek", "pca-reject", "ode-seek", "ode-reject", "wanda-seek@0.3",
-            "contrastive_wanda-reject@0.3", "contrastive_sparse-seek@0.3", "random@0.3"} <= names
-    assert {"lora-seek", "lora-reject", "wanda-seek@tuned", "contrastive_wanda-reject@tuned", "contrastive_sparse-seek@tuned",
-            "random@tuned-contrastive_sparse"} <= names
+    assert {"base", "prompt-seek", "rag-reject", "mean_difference-seek@kl1000", "pca-reject@kl1000", "ode-seek@kl1000",
+            "wanda-seek@0.3", "wanda-seek@0.3+prompt", "contrastive_wanda-reject@0.3", "contrastive_sparse-seek@0.3",
+            "contrastive_sparse_code-reject@0.3+prompt", "random@0.3", "random@0.3+prompt-seek"} <= names
+    assert {"lora-seek@kl1000", "lora-reject@kl1000", "wanda-seek@kl1000", "contrastive_wanda-reject@kl1000+prompt",
+            "contrastive_sparse-seek@kl1000", "random@kl1000-contrastive_sparse"} <= names
+    assert not any("@kl1e-09" in name for name in names)            # nothing is within a budget of 1e-9 nats/token
     assert all(row["n"] == 8 for row in table)
     used = results["personas"]["power"]["used"]
     assert used["lora_search"]["epochs"] in (1, 2) and len(used["prompt_search"]) == 4
     assert len(used["mask_search"]["contrastive_wanda"]["table"]) == 2 * 2 * 2
     controls = {c["condition"]: c["control"] for c in results["personas"]["power"]["controls"]}
-    assert controls["wanda-seek@0.3"] == "random@0.3" and controls["wanda-reject@tuned"] == "random@tuned-wanda"
+    assert controls["wanda-seek@0.3"] == "random@0.3" and controls["wanda-reject@kl1000"] == "random@kl1000-wanda"
+    assert controls["wanda-seek@0.3+prompt"] == "random@0.3+prompt-seek"
+    entry = results["personas"]["power"]
+    added = {(r["condition"], r["side"]): r for r in entry["prompt_additions"]}
+    margins = {name: torch.tensor(v["margin_mean"]) for name, v in entry["per_item"].items()}
+    assert added["wanda-reject@0.3+prompt", "reject"]["added"] == pytest.approx(
+        float((margins["prompt-reject"] - margins["wanda-reject@0.3+prompt"]).mean()))
+    damage = entry["damage"]
+    assert damage["wanda-seek@0.3+prompt"] == damage["wanda-seek@0.3"]      # the prompt never meets the neutral text
+    assert [w["budget"] for w in entry["budget_winners"]] == config.damage_budgets
+    assert {r["variant"] for r in used["diagnostics"]["overlap"]} >= {"wanda (per pole)", "contrastive_wanda relu"}
+    assert "mask+prompt" not in text or "paper's protocol" in text
+    assert (tmp_path / "out" / "figures" / "power_frontier.png").is_file()
     assert [r["budget"] for r in results["personas"]["power"]["equal_damage"]] == config.damage_budgets
     assert "at equal damage" in text and "- LoRA:" in text
     assert pi.lora.LoRA.load(tmp_path / "out" / "lora" / "power_seek.safetensors").meta["side"] == "seek"

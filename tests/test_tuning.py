@@ -23,7 +23,7 @@ def test_select_masks_picks_the_best_separation_and_records_the_grid(llama, sign
     choice = select_masks(llama, "contrastive_wanda", signatures, VALIDATION, space, persona="power")
     assert len(choice.table) == 8 and set(seen) == {item.question for item in VALIDATION}   # validation items only
     best = max(choice.table, key=lambda r: r["separation"])
-    assert choice.config == {k: best[k] for k in ("sparsity", "modules", "layers", "token_scope")}
+    assert choice.config == {k: best[k] for k in tuning.CANDIDATE_KEYS}
     seek, reject = choice.masks                                      # the returned masks reproduce the table's number
     margins = []
     for mask in (seek, reject):
