@@ -81,15 +81,16 @@ def cmd_build_mask(args: argparse.Namespace) -> None:
              "wanda": ["seek" if args.seek else "reject"]}.get(args.method, [args.method])
     for side in sides:                                # before minutes of computing, not after
         _writable(Path(f"{args.out}_{side}.safetensors"), args.force)
-    seek = Signature.load(args.seek) if args.seek else None
-    reject = Signature.load(args.reject) if args.reject else None
+    seek = Signature.load(args.seek).with_statistic(args.statistic) if args.seek else None
+    reject = Signature.load(args.reject).with_statistic(args.statistic) if args.reject else None
     model = _model(args)
     kw = {"modules": args.modules, "layers": args.layers}
     if args.method in ("contrastive_wanda", "contrastive_sparse"):
         if not (seek and reject):
             raise SystemExit(f"error: --method {args.method} needs --seek and --reject signatures")
-        builder = getattr(masks, f"{args.method}_masks")
-        built = dict(zip(("seek", "reject"), builder(model, seek, reject, args.sparsity, phi=args.phi, **kw)))
+        options = {"phi": args.phi, "tau": args.tau, **({"rule": args.rule} if args.method == "contrastive_sparse" else {})}
+        family = masks.mask_family(model, args.method, seek, reject, **options, **kw)
+        built = dict(zip(("seek", "reject"), family.pair(args.sparsity, **kw)))
     elif args.method == "wanda":
         if not (seek or reject):
             raise SystemExit("error: --method wanda needs --seek (or --reject) signature")
@@ -378,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modules", nargs="+", help="attn, mlp, q … down, or map names")
     p.add_argument("--layers", type=_layers, help="e.g. 10-19 or 3,5,7")
     p.add_argument("--phi", default="relu", choices=["relu", "softplus"])
+    p.add_argument("--tau", type=float, default=1.0, help="softplus temperature (the paper code's option: 2)")
+    p.add_argument("--rule", default="disjoint", choices=["disjoint", "paper_code"],
+                   help="contrastive_sparse: the paper text's disjoint rule or its code's sequential top-k")
+    p.add_argument("--statistic", default="norm", choices=["norm", "rms"],
+                   help="per-sample statistic: the paper's L2 norm, or the length-fair norm / sqrt(tokens)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX_<side>.safetensors")
     p.add_argument("--force", action="store_true")

@@ -63,20 +63,22 @@ class ReproduceConfig:
     # the same validation split tunes every regime: masks (per method), prompt phrasing, LoRA epochs
     mask_search: MaskSpace | None = field(default_factory=lambda: MaskSpace(
         sparsities=[0.01, 0.03, 0.1, 0.3, 0.5], modules=[None, "mlp"], layer_ranges=["all", "late"],
-        token_scopes=["all", "answer"], statistics=["norm", "rms"], phis=["relu", "softplus"], design="one_at_a_time"))
+        token_scopes=["all", "answer"], statistics=["norm", "rms"], phis=["relu", "softplus"], design="one_at_a_time",
+        vary=["contrastive_wanda"]))
     prompt_search: bool = True
     lora: LoRAConfig | None = field(default_factory=lambda: LoRAConfig(epochs=3))
     damage_budgets: list[float] = field(default_factory=lambda: [0.02, 0.1, 0.5])   # KL (nats/token): each regime's picks
     dtype: str = "float32"           # the model's dtype ("bfloat16": the faster CPU path, see README)
 
 
-QUICK = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=32, n_test=24, n_neutral=6,
+QUICK = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=24, n_test=16, n_neutral=4,
                         n_selection_neutral=4, stability_draws=2, rag_k=2, steering_layers=[0.5],
-                        steering_multipliers=[2.0, 8.0], n_validation=8, damage_budgets=[0.1, 0.5],
+                        steering_multipliers=[4.0], n_validation=6, damage_budgets=[0.1, 0.5],
                         mask_search=MaskSpace(sparsities=[0.03, 0.3], modules=[None], layer_ranges=["all"],
-                                              token_scopes=["all"], statistics=["norm", "rms"], design="one_at_a_time"),
-                        lora=LoRAConfig(epochs=2))
-FULL = ReproduceConfig(n_calibration=128, n_test=100)   # 2 cores: 57-60 min per AI persona, 40 min per MBTI axis (measured)
+                                              token_scopes=["all"], statistics=["norm", "rms"], design="one_at_a_time",
+                                              vary=["contrastive_wanda"]),
+                        lora=LoRAConfig(epochs=1))
+FULL = ReproduceConfig(n_calibration=128, n_test=100)   # 2 cores, float32: see README "Performance" for the measured time
 
 
 COMPUTED_WITH = ("persona_interp", "data", "pyproject.toml")   # what a result depends on, for git_revision

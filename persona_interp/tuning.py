@@ -86,7 +86,9 @@ class MaskSpace:
     (``norm`` or ``rms``) and φ (``relu`` or ``softplus`` with τ = ``tau``; Contrastive-Wanda and the disjoint
     Contrastive-Sparse only). ``design="grid"`` tries every combination; ``"one_at_a_time"`` tries the first
     value of every factor and then each other value of one factor with the rest at their first, each at every
-    sparsity. With ``stop_above`` (nats/token) a configuration's sparsities stop once one exceeds that damage.
+    sparsity. ``vary`` names the methods whose factors vary (``None``: every method); the others sweep sparsity at
+    the first value of every factor. With ``stop_above`` (nats/token) a configuration's sparsities stop once one
+    exceeds that damage.
 
     Example:
         >>> MaskSpace(sparsities=[0.01, 0.1, 0.3], statistics=["norm", "rms"], design="one_at_a_time")
@@ -100,6 +102,7 @@ class MaskSpace:
     phis: list[str] = field(default_factory=lambda: ["relu"])
     tau: float = 2.0
     design: str = "grid"
+    vary: list[str] | None = None
     stop_above: float | None = None
 
     def configurations(self, method: str) -> list[dict[str, Any]]:
@@ -111,6 +114,8 @@ class MaskSpace:
             factors["phi"] = ["relu"]
         if method == "contrastive_sparse_code":
             factors["statistic"] = ["norm"]
+        if self.vary is not None and method not in self.vary:
+            factors = {key: values[:1] for key, values in factors.items()}
         if self.design == "grid":
             combos = [dict(zip(factors, values)) for values in itertools.product(*factors.values())]
         elif self.design == "one_at_a_time":
