@@ -99,19 +99,50 @@ class PersonaDataset:
     def questions(self) -> set[str]:
         return {_norm(item.question) for item in self.items}
 
+    def duplicates(self) -> dict[str, int]:
+        """Normalised questions that occur more than once, with their counts.
+
+        Example:
+            >>> load_persona("power").duplicates()
+        """
+        counts: dict[str, int] = {}
+        for item in self.items:
+            counts[_norm(item.question)] = counts.get(_norm(item.question), 0) + 1
+        return {question: n for question, n in counts.items() if n > 1}
+
+    def without_questions(self, questions: set[str]) -> "PersonaDataset":
+        """The items whose normalised question is not in ``questions`` (e.g. another split's
+        :meth:`questions`: calibration items that leak into the test set); ``meta["dropped"]`` counts the rest.
+
+        Example:
+            >>> train = load_persona("power", "train").without_questions(test.questions())
+        """
+        kept = [item for item in self.items if _norm(item.question) not in questions]
+        return self._subset(kept, "", dropped=len(self.items) - len(kept))
+
     def split(self, fraction: float, seed: int = 0) -> tuple["PersonaDataset", "PersonaDataset"]:
-        """Seeded split into (fit, validation); ``fraction`` of the items go to validation.
+        """Seeded split into (fit, validation); ``fraction`` of the items go to validation. Items with the
+        same normalised question stay on one side (copies never straddle the split).
 
         The indices of the validation items are recorded in ``meta["split"]``.
         """
         if not 0 < fraction < 1:
             raise ValueError(f"split fraction must be in (0, 1), got {fraction}")
-        order = list(range(len(self.items)))
+        groups: dict[str, list[int]] = {}
+        for index, item in enumerate(self.items):
+            groups.setdefault(_norm(item.question), []).append(index)
+        order = list(groups.values())
         random.Random(seed).shuffle(order)
-        n_val = max(1, round(len(order) * fraction))
-        if n_val >= len(order):
-            raise DataError(f"dataset {self.name!r} has {len(order)} items: too few to split off {fraction:.0%}")
-        val_idx, fit_idx = sorted(order[:n_val]), sorted(order[n_val:])
+        n_val = max(1, round(len(self.items) * fraction))
+        val_idx: list[int] = []
+        for group in order:
+            if len(val_idx) >= n_val:
+                break
+            val_idx += group
+        if len(val_idx) >= len(self.items):
+            raise DataError(f"dataset {self.name!r} has {len(self.items)} items: too few to split off {fraction:.0%}")
+        val_idx = sorted(val_idx)
+        fit_idx = sorted(set(range(len(self.items))) - set(val_idx))
         record = {"seed": seed, "fraction": fraction, "validation_indices": val_idx}
         return (self._subset([self.items[i] for i in fit_idx], ":fit", split=record),
                 self._subset([self.items[i] for i in val_idx], ":val", split=record))

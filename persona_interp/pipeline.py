@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import subprocess
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,12 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
 
     Returns the conditions, what was used to build them (every search table and the mask diagnostics), and the
     two poles' signatures."""
-    fit, validation = load_persona(persona, "train").split(config.validation_fraction, seed=config.seed)
+    train = load_persona(persona, "train").without_questions(test_items(persona, config).questions())
+    duplicates = train.duplicates()
+    if duplicates or train.meta["dropped"]:
+        warnings.warn(f"{persona}: dropped {train.meta['dropped']} calibration item(s) whose question is in the test set; "
+                      f"{len(duplicates)} question(s) occur more than once (kept on one side of the split)")
+    fit, validation = train.split(config.validation_fraction, seed=config.seed)
     if config.n_calibration:
         fit = fit.sample(config.n_calibration, seed=config.seed)
     scopes = list(dict.fromkeys([config.token_scope, *(config.mask_search.token_scopes if config.mask_search else [])]))
@@ -132,6 +138,7 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
     if config.n_validation:
         validation = validation.sample(config.n_validation, seed=config.seed)
     used: dict[str, Any] = {"fit_items": len(fit), "validation_items": len(validation), "split": validation.meta.get("split"),
+                            "test_leaks_dropped": train.meta["dropped"], "duplicate_questions": len(duplicates),
                             "signature_tokens": {side: s.n_tokens for side, s in sig.items()}}
     neutral = load_neutral_texts()
     selection = DamageReference.build(model, neutral[config.n_neutral: config.n_neutral + config.n_selection_neutral],
@@ -167,6 +174,12 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
         conditions += budget_mask_conditions(model, persona, by_scope, validation, selection, prompts, config, used, progress)
     used["diagnostics"] = mask_diagnostics(model, persona, sig, validation, config, progress)
     return conditions, used, sig
+
+
+def test_items(persona: str, config: ReproduceConfig) -> PersonaDataset:
+    """The test items a run scores (``config.n_test`` of them, seeded); calibration never uses their questions."""
+    test = load_persona(persona, "test")
+    return test.sample(config.n_test, seed=config.seed) if config.n_test else test
 
 
 def budget_picks(table: list[dict[str, Any]], budgets: list[float]) -> list[tuple[list[float], int]]:
@@ -427,9 +440,7 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
         conditions, used, signatures = persona_conditions(model, persona, config, progress)
         for side, signature in signatures.items():                  # reusable by `analyse` and the notebooks
             signature.save(out_dir / "signatures" / f"{persona}_{side}.safetensors", overwrite=force or resume)
-        test = load_persona(persona, "test")
-        if config.n_test:
-            test = test.sample(config.n_test, seed=config.seed)
+        test = test_items(persona, config)
         ev = evaluate(model, list(test), conditions, persona=persona, neutral_texts=neutral,
                       batch_size=config.batch_size, progress=progress)
         table, contrasts, controls = ev.table(), ev.contrasts(), control_comparison(ev)
@@ -499,7 +510,9 @@ def _tuning_lines(used: dict[str, Any]) -> list[str]:
     lines = [f"\nTuned on {used['validation_items']} validation items (never a test item), damage during the searches on "
              f"{used.get('selection_neutral_texts', 0)} neutral texts apart from the reported ones; signatures and fitting on "
              f"{used['fit_items']} calibration items. Each regime's pick per damage budget is the candidate with the largest "
-             "validation separation whose validation KL is within the budget (`@klB` rows):\n"]
+             "validation separation whose validation KL is within the budget (`@klB` rows). "
+             f"Calibration items whose question is in the test set: {used.get('test_leaks_dropped', 0)} dropped; "
+             f"questions that occur more than once: {used.get('duplicate_questions', 0)} (kept on one side of the split).\n"]
     for method, s in used.get("steering_search", {}).items():
         lines.append(f"- steering {method}: {len(s['table'])} (layer, multiplier) candidates; unbudgeted best: layer {s['layer']}, "
                      f"multiplier {s['multiplier']:g}")

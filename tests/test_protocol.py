@@ -1,5 +1,7 @@
 """The paper's protocol and like-for-like comparisons: mask + prompt, the length-fair statistic, the 2ρ bound,
 both Contrastive-Sparse rules, mask families, budgeted picks and the stability split."""
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -177,3 +179,25 @@ def test_stability_halves_are_disjoint_and_subsets_match_a_direct_collection(lla
     assert sub.n_tokens == direct.n_tokens
     with pytest.raises(ValueError, match="per_sample=True"):
         pi.collect_signatures(llama, fit, "seek", progress=False).subset([0, 1])
+
+
+def test_split_keeps_copies_together_and_the_pipeline_drops_test_leaks(monkeypatch, llama):
+    items = [pi.PersonaItem(f"Question {i % 7}?", "Yes.", "No.") for i in range(20)] + \
+            [pi.PersonaItem(f"Other {i}?", "Yes.", "No.") for i in range(10)]
+    ds = pi.PersonaDataset("dups", items)
+    assert ds.duplicates() == {f"question {i}?": 3 if i < 6 else 2 for i in range(7)}
+    for seed in range(5):
+        fit, val = ds.split(0.3, seed=seed)
+        assert not fit.questions() & val.questions() and len(fit) + len(val) == 30
+    plain = pi.PersonaDataset("plain", [pi.PersonaItem(f"Q{i}?", "Yes.", "No.") for i in range(30)])
+    assert plain.split(0.2, seed=3)[1].meta["split"]["validation_indices"] == sorted(_old_split(30, 0.2, 3))  # no copies: as before
+    test = pi.PersonaDataset("t", [pi.PersonaItem("  question 1? ", "Yes.", "No.")])
+    kept = ds.without_questions(test.questions())
+    assert kept.meta["dropped"] == 3 and "question 1?" not in kept.questions()
+
+
+def _old_split(n, fraction, seed):
+    """The item-level split from before copies were grouped."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order[: max(1, round(n * fraction))]
