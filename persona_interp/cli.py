@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .data import MBTI_AXES, persona_names
+from .storage import write_text
 
 
 def _sparsity(text: str) -> float:
@@ -153,12 +154,9 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 
 
 def cmd_analyse(args: argparse.Namespace) -> None:
-    import json
-
     from . import atlas as atlas_module
 
-    out = Path(args.out)
-    paths = {suffix: _writable(out.with_name(out.name + suffix), args.force) for suffix in (".md", ".json")}
+    paths = _study_paths(args, f"{args.persona}_")
     config = dataclasses.replace(atlas_module.QUICK_ATLAS if args.quick else atlas_module.AtlasConfig())
     if args.sparsity is not None:
         config.sparsity = args.sparsity
@@ -169,10 +167,7 @@ def cmd_analyse(args: argparse.Namespace) -> None:
     config.prompts = config.prompts and not args.no_prompts
     signatures = _saved_signatures(Path(args.signatures), args.persona) if args.signatures else None
     atlas = atlas_module.persona_atlas(_model(args), args.persona, config, args.figures, signatures=signatures)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths[".md"].write_text(atlas_module.to_markdown(atlas))
-    paths[".json"].write_text(json.dumps(atlas, indent=1))
-    print(f"wrote {paths['.md']}, {paths['.json']} and figures in {args.figures}")
+    _write_study(args, paths, atlas, atlas_module.to_markdown(atlas))
 
 
 def _saved_signatures(folder: Path, persona: str) -> tuple:
@@ -187,22 +182,16 @@ def _saved_signatures(folder: Path, persona: str) -> tuple:
 
 
 def cmd_overlap(args: argparse.Namespace) -> None:
-    import json
-
     from .atlas import overlap_markdown, overlap_table
 
-    out = Path(args.out)
-    paths = {suffix: _writable(out.with_name(out.name + suffix), args.force) for suffix in (".md", ".json")}
+    paths = _study_paths(args, "overlap_")
     folder = Path(args.signatures)
     personas = args.personas or sorted({p.name.rsplit("_", 1)[0] for p in folder.glob("*_seek.safetensors")})
     if not personas:
         raise SystemExit(f"error: no *_seek.safetensors signatures in {folder}")
     signatures = {persona: _saved_signatures(folder, persona) for persona in personas}
     rows = overlap_table(_model(args), signatures, args.sparsities, args.figures)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths[".md"].write_text(overlap_markdown(rows))
-    paths[".json"].write_text(json.dumps(rows, indent=1))
-    print(f"wrote {paths['.md']} and {paths['.json']}")
+    _write_study(args, paths, rows, overlap_markdown(rows))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -212,7 +201,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluation import evaluate, markdown_table
     from .pipeline import TABLE_COLUMNS, control_comparison
 
-    paths = _study_paths(args)
+    paths = _study_paths(args, f"{args.persona}_evaluate")
     model = _model(args)
     conditions: list[Condition] = [Condition()]
     if args.prompts:
@@ -273,18 +262,28 @@ def cmd_figures(args: argparse.Namespace) -> None:
     print(f"wrote {len(written)} files to {args.out}")
 
 
-def _study_paths(args: argparse.Namespace) -> dict[str, Path]:
-    """PREFIX.md and PREFIX.json, checked before a long run starts."""
+def _study_paths(args: argparse.Namespace, figures: str | None = None) -> dict[str, Path]:
+    """PREFIX.md and PREFIX.json, checked before a long run starts, and the figures the run will write
+    (``--figures``/``figures``*): existing ones are refused without ``--force``. With ``--force`` the old
+    report is removed first, so an interrupted run never leaves it beside new figures (each file itself is
+    written whole or not at all)."""
     out = Path(args.out)
-    return {suffix: _writable(out.with_name(out.name + suffix), args.force) for suffix in (".md", ".json")}
+    paths = {suffix: _writable(out.with_name(out.name + suffix), args.force) for suffix in (".md", ".json")}
+    folder = Path(args.figures) if figures is not None else None
+    existing = sorted(folder.glob(f"{figures}*")) if folder is not None and folder.is_dir() else []
+    if existing and not args.force:
+        raise SystemExit(f"error: {folder} already holds {len(existing)} figure file(s) named {figures}* (e.g. {existing[0].name}); "
+                         "pass --force to overwrite them, or --figures to write elsewhere")
+    for path in paths.values():
+        path.unlink(missing_ok=True)
+    return paths
 
 
 def _write_study(args: argparse.Namespace, paths: dict[str, Path], study: dict, markdown: str) -> None:
     import json
 
-    paths[".md"].parent.mkdir(parents=True, exist_ok=True)
-    paths[".md"].write_text(markdown)
-    paths[".json"].write_text(json.dumps(study, indent=1))
+    write_text(paths[".md"], markdown)
+    write_text(paths[".json"], json.dumps(study, indent=1))
     print(f"wrote {paths['.md']}, {paths['.json']} and figures in {args.figures}")
 
 
@@ -295,7 +294,7 @@ def cmd_compose(args: argparse.Namespace) -> None:
         type_poles(args.type)
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
-    paths = _study_paths(args)
+    paths = _study_paths(args, f"type_{args.type.upper()}_{args.sparsity}")
     axes = {axis: _saved_signatures(Path(args.signatures), axis) for axis in TYPE_LETTERS}
     study = run_composition(_model(args), axes, type_code=args.type, sparsity=args.sparsity, axis=args.axis,
                             fractions=args.fractions, n_test=args.n_test, seed=args.seed, figures_dir=args.figures)
@@ -305,7 +304,7 @@ def cmd_compose(args: argparse.Namespace) -> None:
 def cmd_regimes(args: argparse.Namespace) -> None:
     from .regimes import regimes_markdown, run_regimes
 
-    paths = _study_paths(args)
+    paths = _study_paths(args, f"regimes_{args.persona}")
     signatures = _saved_signatures(Path(args.signatures), args.persona)
     study = run_regimes(_model(args), args.persona, signatures, sparsity=args.sparsity, n_items=args.n_items,
                         n_texts=args.n_texts, n_calibration=args.n_calibration, seed=args.seed, figures_dir=args.figures)

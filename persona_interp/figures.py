@@ -12,6 +12,8 @@ from typing import Any, Sequence
 import matplotlib
 import numpy as np
 
+from .storage import atomic
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -22,10 +24,13 @@ def save(fig: Any, stem: str | os.PathLike) -> list[Path]:
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.svg"]   # not with_suffix: stems may hold "0.3"
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    with plt.rc_context({"svg.hashsalt": "persona_interp"}):
-        fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
-    plt.close(fig)
+    try:
+        with atomic(paths[0]) as tmp:                                # never a half-written figure
+            fig.savefig(tmp, dpi=150, bbox_inches="tight", format="png")
+        with atomic(paths[1]) as tmp, plt.rc_context({"svg.hashsalt": "persona_interp"}):
+            fig.savefig(tmp, bbox_inches="tight", metadata={"Date": None}, format="svg")
+    finally:
+        plt.close(fig)
     return paths
 
 

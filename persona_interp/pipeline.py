@@ -31,6 +31,7 @@ from .models import load_model
 from .retrieval import Retriever
 from .signatures import Signature, collect_signatures
 from .stats import paired_difference
+from .storage import write_text
 from .ode_steering import ode_steerings
 from .steering import answer_residual_means, vectors_from_differences
 from .lora import LoRAConfig, select_lora
@@ -480,7 +481,7 @@ def _write_report(out_dir: Path, figures_dir: Path, config: ReproduceConfig, res
     results["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     done = [p for p in config.personas if p in results["personas"]]
     results["complete"] = done == list(config.personas)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    write_text(out_dir / "results.json", json.dumps(results, indent=1))
     status = "" if results["complete"] else (f"**Partial run**: {len(done)} of {len(config.personas)} personas "
                                              f"finished ({', '.join(done) or 'none yet'}).\n\n")
     revisions = sorted({results["personas"][p].get("revision", results["revision"]) for p in done} or {results["revision"]})
@@ -492,7 +493,7 @@ def _write_report(out_dir: Path, figures_dir: Path, config: ReproduceConfig, res
         entry = results["personas"][persona]
         sections.append(_persona_section(persona, entry, figures_dir / f"{persona}_accuracy.png", out_dir))
     report = out_dir / "report.md"
-    report.write_text(header + "\n".join(sections))
+    write_text(report, header + "\n".join(sections))
     return report
 
 

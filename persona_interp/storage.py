@@ -6,11 +6,38 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from safetensors import safe_open
+
+
+@contextlib.contextmanager
+def atomic(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary name beside ``path`` to write to; renamed over ``path`` when the block finishes and removed if
+    it raises, so ``path`` holds either its old content or the complete new one, never a partial file.
+
+    Example:
+        >>> with atomic("report.md") as tmp:
+        ...     tmp.write_text(text)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic`."""
+    with atomic(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def write_tagged(path: str | os.PathLike, tensors: dict[str, Any], fmt: str, header: dict[str, str],
@@ -20,8 +47,8 @@ def write_tagged(path: str | os.PathLike, tensors: dict[str, Any], fmt: str, hea
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save(tensors, str(path), metadata={"format": fmt, **header})
+    with atomic(path) as tmp:
+        save(tensors, str(tmp), metadata={"format": fmt, **header})
     return path
 
 

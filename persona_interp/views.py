@@ -21,6 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .adapter import get_adapter
+from .storage import write_text
 
 Text = Union[str, Sequence[int]]
 
@@ -64,9 +65,7 @@ class OfflineHTML:
         path = Path(path)
         if path.exists() and not force:
             raise FileExistsError(f"{path} exists; pass force=True to overwrite it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.document(), encoding="utf-8")
-        return path
+        return write_text(path, self.document())
 
 
 def _ids(model: Any, text: Text) -> list[int]:

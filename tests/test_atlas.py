@@ -41,6 +41,10 @@ def test_cli_analyse_writes_outputs_and_refuses_to_overwrite(llama, tmp_path, mo
     assert (tmp_path / "fig" / "thinking_feeling_heads.svg").is_file()
     with pytest.raises(SystemExit, match="exists; pass --force"):
         cli.main(args)
+    figure = (tmp_path / "fig" / "thinking_feeling_heads.svg").read_bytes()
+    with pytest.raises(SystemExit, match="already holds .* figure file"):    # new report name, same figures: refused
+        cli.main([*args[:-4], "--out", str(tmp_path / "other"), "--figures", str(tmp_path / "fig")])
+    assert (tmp_path / "fig" / "thinking_feeling_heads.svg").read_bytes() == figure and not (tmp_path / "other.md").exists()
     with pytest.raises(SystemExit):
         cli.main(["analyse", "--persona", "stoicism", "--out", str(tmp_path / "x")])
     assert "invalid choice" in capsys.readouterr().err
@@ -130,4 +134,5 @@ def test_cli_overlap_reads_saved_signatures(llama, tmp_path, monkeypatch):
     rows = json.loads((tmp_path / "ov.json").read_text())
     assert [(r["pair"], r["method"]) for r in rows] == [("power", "contrastive_wanda"), ("power", "contrastive_sparse")]
     with pytest.raises(SystemExit, match="no saved signatures for 'wealth'"):
-        cli.main(["overlap", "--signatures", str(folder), "--personas", "wealth", "--out", str(tmp_path / "ov2")])
+        cli.main(["overlap", "--signatures", str(folder), "--personas", "wealth", "--out", str(tmp_path / "ov2"),
+                  "--figures", str(tmp_path / "f2")])

@@ -87,3 +87,24 @@ def test_sides_of_raw_samples(llama):
         pi.collect_signatures(llama, triples, side="rejected", progress=False)
     with pytest.raises(ValueError, match="sample 0: question and answer must be non-empty"):
         pi.collect_signatures(llama, [("Lead?", "")], progress=False)
+
+
+def test_outputs_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """An exception in the middle of writing leaves the old file (or none) and no partial file behind."""
+    import matplotlib.pyplot as plt
+
+    from persona_interp import figures
+    from persona_interp.storage import atomic, write_text
+
+    target = write_text(tmp_path / "report.md", "old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic(target) as tmp:
+            tmp.write_text("half of the new")
+            raise KeyboardInterrupt
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    monkeypatch.setattr(fig, "savefig", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        figures.save(fig, tmp_path / "fig")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]
