@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .ablation import ablate
 from .data import PersonaItem
-from .masks import contrast, fraction_differ, mask_family, method_family, relu_differ_bound
+from .masks import contrast, kept_count, fraction_differ, mask_family, method_family, relu_differ_range
 from .scoring import DamageReference, score_ab
 from .signatures import Signature
 from .stats import mean_ci
@@ -52,8 +52,9 @@ def positive_share(seek: Signature, reject: Signature, maps: Sequence[Any]) -> d
 def overlap_table(model: Any, seek: Signature, reject: Signature, sparsity: float, *,
                   persona: str | None = None) -> list[dict[str, Any]]:
     """One row per method variant of :data:`OVERLAP_VARIANTS` and module kind (and ``all``): the fraction of
-    entries in which the seek and reject masks differ; ReLU rows also carry ``bound`` (the fraction they must
-    differ in by construction, :func:`~persona_interp.masks.relu_differ_bound`, weighted by map size) and ``p``.
+    entries in which the seek and reject masks differ; ReLU rows also carry ``bound_low`` / ``bound_high`` (the
+    range they must differ in by construction, :func:`~persona_interp.masks.relu_differ_range`, weighted by map
+    size: equal, 2ρ, where every map has ρ ≤ p ≤ 1−ρ) and ``p``.
 
     Example:
         >>> [r for r in overlap_table(model, s, r, 0.3) if r["kind"] == "all"]
@@ -68,16 +69,18 @@ def overlap_table(model: Any, seek: Signature, reject: Signature, sparsity: floa
         if options.get("phi") == "relu":
             for m in family.maps:
                 z = contrast(seek, reject, m.name)
-                value = relu_differ_bound(sparsity, float((z > 0).double().mean()))
+                removed = 1 - kept_count(m.n_in, sparsity) / m.n_in          # ρ after the floor of k
+                low, high = relu_differ_range(removed, float((z > 0).double().mean()))
                 for key in (m.kind, "all"):
-                    bound.setdefault(key, [0.0, 0.0])
-                    bound[key][0] += value * m.n_in * m.n_out
-                    bound[key][1] += m.n_in * m.n_out
+                    entry = bound.setdefault(key, [0.0, 0.0, 0.0])
+                    entry[0] += low * m.n_in * m.n_out
+                    entry[1] += high * m.n_in * m.n_out
+                    entry[2] += m.n_in * m.n_out
         share = positive_share(seek, reject, family.maps) if bound else {}
         for kind, value in differ.items():
             row = {"variant": label, "kind": kind, "sparsity": sparsity, "differ": value}
             if bound:
-                row.update(bound=bound[kind][0] / bound[kind][1], p=share[kind])
+                row.update(bound_low=bound[kind][0] / bound[kind][2], bound_high=bound[kind][1] / bound[kind][2], p=share[kind])
             rows.append(row)
     return rows
 

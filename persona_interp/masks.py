@@ -406,27 +406,27 @@ def contrastive_wanda_masks(model: Any, seek: Signature, reject: Signature, spar
     zero; ties are broken by the plain Wanda score of the same side (``|W|·μ⁺`` for seek, ``|W|·μ⁻``
     for reject), then by column index. So each pole removes ρ of a row among the channels whose z
     points to the other pole: when the share p of channels with z > 0 lies in [ρ, 1−ρ] the two removed
-    sets are disjoint and the masks differ in exactly 2ρ of their entries (:func:`relu_differ_bound`).
+    sets are disjoint and the masks differ in exactly 2ρ of their entries (:func:`relu_differ_range`).
     """
     check_sparsity(sparsity)
     return mask_family(model, "contrastive_wanda", seek, reject, phi=phi, tau=tau, eps=eps, modules=modules,
                        layers=layers, persona=persona).pair(sparsity, modules=modules, layers=layers)
 
 
-def relu_differ_bound(sparsity: float, positive_share: float) -> float:
-    """The fraction of entries in which two ReLU Contrastive-Wanda masks differ by construction: each pole
-    removes ρ of every row among the other pole's channels, so ``2ρ`` when ``ρ ≤ p ≤ 1−ρ`` (p: share of
-    channels with z > 0), else ``2·min(p, 1−p)`` plus whatever the Wanda tie-break makes the two removals share.
-    Returned: ``2ρ`` inside that range, the lower bound ``2·min(p, 1−p)`` outside it.
+def relu_differ_range(sparsity: float, positive_share: float) -> tuple[float, float]:
+    """The fraction of entries in which two ReLU Contrastive-Wanda masks of a map differ, by construction
+    (p: the map's share of input channels with z > 0, no z exactly 0). Each pole removes ρ of every row, so they
+    differ in at most 2ρ; when ``ρ ≤ p ≤ 1−ρ`` each removes only the other pole's channels, the removals are
+    disjoint and they differ in exactly 2ρ; otherwise in at least ``2·min(p, 1−p)``.
 
     Example:
-        >>> relu_differ_bound(0.3, 0.5)
-        0.6
+        >>> relu_differ_range(0.3, 0.5), relu_differ_range(0.3, 0.9)
+        ((0.6, 0.6), (0.2, 0.6))
     """
     check_sparsity(sparsity)
     if sparsity <= positive_share <= 1 - sparsity:
-        return 2 * sparsity
-    return 2 * min(positive_share, 1 - positive_share)
+        return 2 * sparsity, 2 * sparsity
+    return 2 * min(positive_share, 1 - positive_share), 2 * sparsity
 
 
 def _row_normalise(score: Tensor) -> Tensor:

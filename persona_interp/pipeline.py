@@ -559,12 +559,14 @@ def _winner_lines(winners: list[dict[str, Any]]) -> list[str]:
 
 def _diagnostic_lines(diag: dict[str, Any]) -> list[str]:
     rho = diag["sparsity"]
-    overlap = [{**r, "2ρ bound": r.get("bound", ""), "p (z>0)": r.get("p", "")} for r in diag["overlap"]]
+    overlap = [{**r, "by construction": f"{r['bound_low']:.3f}–{r['bound_high']:.3f}" if "bound_low" in r else "",
+                "p (z>0)": r.get("p", "")} for r in diag["overlap"]]
     stab = diag["stability"]["summary"]
     lines = [f"\nOpposing masks compared like with like (ρ = {rho}; fraction of entries where seek and reject differ; "
-             "under ReLU each pole removes ρ of a row among the other pole's channels, so they differ in 2ρ by "
-             "construction when ρ ≤ p ≤ 1−ρ):\n",
-             markdown_table(overlap, ["variant", "kind", "differ", "2ρ bound", "p (z>0)"]),
+             "under ReLU each pole removes ρ of a row, so they differ in at most 2ρ, exactly 2ρ in a map whose share p of "
+             "channels with z > 0 lies in [ρ, 1−ρ], at least 2·min(p, 1−p) otherwise; `by construction` is that range "
+             "weighted over the maps):\n",
+             markdown_table(overlap, ["variant", "kind", "differ", "by construction", "p (z>0)"]),
              "\nThe per-sample statistic (norm: the paper's, grows with √T; rms: norm/√T) — share of channels with z > 0, "
              f"mean covered tokens per pole, and which pole's ReLU Contrastive-Wanda mask (ρ = {rho}) breaks the model:\n",
              markdown_table(diag["statistics"], ["statistic", "positive_share", "seek_tokens", "reject_tokens",

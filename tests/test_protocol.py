@@ -9,7 +9,7 @@ import torch
 import persona_interp as pi
 from persona_interp import diagnostics, pipeline
 from persona_interp.conditions import MaskCondition
-from persona_interp.masks import contrast, mask_family, relu_differ_bound
+from persona_interp.masks import contrast, mask_family, relu_differ_range
 from persona_interp.scoring import score_ab
 from persona_interp.tuning import pick_within
 
@@ -72,8 +72,11 @@ def test_relu_masks_differ_in_two_rho_by_construction(llama):
             assert differ <= 2 * k / m.n_in + 1e-12                  # never more: two removals of k per row
         rows = diagnostics.overlap_table(llama, seek, reject, rho)
         relu = next(r for r in rows if r["variant"] == "contrastive_wanda relu" and r["kind"] == "all")
-        assert relu["differ"] <= relu["bound"] + 0.05 and relu["p"] == pytest.approx(p_share, abs=0.05)
-    assert relu_differ_bound(0.3, 0.5) == pytest.approx(0.6) and relu_differ_bound(0.3, 0.1) == pytest.approx(0.2)
+        assert relu["bound_low"] - 1e-9 <= relu["differ"] <= relu["bound_high"] + 1e-9
+        assert relu["p"] == pytest.approx(p_share, abs=0.05)
+        if inside:                                                    # near 2 rho (rho after the floor of k)
+            assert relu["differ"] == pytest.approx(relu["bound_high"], abs=0.02)
+    assert relu_differ_range(0.3, 0.5) == pytest.approx((0.6, 0.6)) and relu_differ_range(0.3, 0.1) == pytest.approx((0.2, 0.6))
 
 
 def _paper_code_reference(score: torch.Tensor, rho: float):
