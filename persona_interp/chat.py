@@ -12,6 +12,7 @@ Example:
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -34,6 +35,55 @@ def prompt_ids(tokenizer: Any, question: str, system: str | None = None) -> list
     return tokenizer.encode(text, add_special_tokens=False)
 
 
+ELLIPSIS = " … "          # marks where an over-long question was cut
+MIN_QUESTION_TOKENS = 8    # below this, a cut question says nothing: the sample is refused instead
+
+
+def fit_prompt(tokenizer: Any, question: str, system: str | None, answer_len: int,
+               max_tokens: int | None) -> tuple[list[int], bool]:
+    """The prompt's token ids so that prompt + ``answer_len`` tokens fit in ``max_tokens``: the chat template,
+    the system prompt and the answer are kept whole and the middle of the question is cut (marked ``…``).
+    Returns the ids and whether the question was cut; raises ``ValueError`` when the answer and the template
+    alone leave no room for the question (one behaviour for every architecture).
+
+    Example:
+        >>> ids, cut = fit_prompt(tokenizer, very_long_question, None, answer_len=20, max_tokens=256)
+    """
+    prompt = prompt_ids(tokenizer, question, system)
+    if max_tokens is None or len(prompt) + answer_len <= max_tokens:
+        return prompt, False
+    room = max_tokens - answer_len
+    overhead = len(prompt_ids(tokenizer, ELLIPSIS, system))
+    question_ids = tokenizer.encode(question, add_special_tokens=False)
+    keep = room - overhead
+    if keep < MIN_QUESTION_TOKENS:
+        raise ValueError(f"a sample does not fit in max_tokens={max_tokens}: its answer ({answer_len} tokens) and the chat "
+                         f"template with the system prompt ({overhead} tokens) leave {max(keep, 0)} for the question "
+                         f"(at least {MIN_QUESTION_TOKENS} needed); raise max_tokens or shorten the answer: {question[:60]!r}")
+    while keep >= MIN_QUESTION_TOKENS:
+        head, tail = question_ids[: keep - keep // 2], question_ids[len(question_ids) - keep // 2:]
+        prompt = prompt_ids(tokenizer, tokenizer.decode(head) + ELLIPSIS + tokenizer.decode(tail), system)
+        if len(prompt) <= room:
+            return prompt, True
+        keep -= len(prompt) - room                                   # re-tokenising may merge differently
+    raise ValueError(f"could not cut the question to fit max_tokens={max_tokens}: {question[:60]!r}")
+
+
+def token_budget(model: Any, max_tokens: int | None) -> int | None:
+    """``max_tokens`` bounded by the model's context length (``cfg.n_ctx``), so no architecture runs past it."""
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    if max_tokens is None:
+        return int(n_ctx) if n_ctx else None
+    return min(int(max_tokens), int(n_ctx)) if n_ctx else int(max_tokens)
+
+
+def warn_cut(n_cut: int, n_total: int, max_tokens: int | None, what: str) -> None:
+    """Say how many samples had the middle of their question cut to fit."""
+    if n_cut:
+        warnings.warn(f"{what}: {n_cut} of {n_total} samples were longer than max_tokens={max_tokens}; the middle of "
+                      "their question was cut (chat template, system prompt and answer kept whole)")
+
+
 def answer_ids(tokenizer: Any, answer: str) -> list[int]:
     """Token ids of an answer as it follows the prompt (a leading space is added for templates
     that end in ``Assistant:``)."""
@@ -51,6 +101,7 @@ class EncodedBatch:
     tokens: Int[Tensor, "batch pos"]
     lengths: Int[Tensor, " batch"]
     answer_start: Int[Tensor, " batch"]
+    n_cut: int = 0                      # samples whose question was cut to fit max_tokens
 
     def token_mask(self, scope: str = "all") -> Bool[Tensor, "batch pos"]:
         """Which positions a statistic covers: ``all`` real tokens, the ``answer`` or the ``prompt``."""
@@ -92,18 +143,18 @@ def system_for(system: SystemPrompt, question: str) -> str | None:
 
 def encode_batch(tokenizer: Any, pairs: Sequence[tuple[str, str]], system: SystemPrompt = None,
                  max_tokens: int | None = None) -> EncodedBatch:
-    """Encode (question, answer) pairs; ``max_tokens`` truncates from the left of the prompt so the
-    answer is kept whole whenever it fits. ``system`` may be a function of the question."""
-    sequences, starts = [], []
+    """Encode (question, answer) pairs within ``max_tokens`` (:func:`fit_prompt`: the middle of an over-long
+    question is cut, template, system prompt and answer kept whole; ``n_cut`` counts them). ``system`` may be a
+    function of the question."""
+    sequences, starts, n_cut = [], [], 0
     for question, answer in pairs:
-        prompt, ans = prompt_ids(tokenizer, question, system_for(system, question)), answer_ids(tokenizer, answer)
-        if max_tokens is not None and len(prompt) + len(ans) > max_tokens:
-            ans = ans[:max_tokens]
-            prompt = prompt[len(prompt) - (max_tokens - len(ans)):] if max_tokens > len(ans) else []
+        ans = answer_ids(tokenizer, answer)
+        prompt, cut = fit_prompt(tokenizer, question, system_for(system, question), len(ans), max_tokens)
+        n_cut += cut
         sequences.append(prompt + ans)
         starts.append(len(prompt))
     tokens, lengths = pad_right(sequences, pad_id_of(tokenizer))
-    return EncodedBatch(tokens, lengths, torch.tensor(starts))
+    return EncodedBatch(tokens, lengths, torch.tensor(starts), n_cut)
 
 
 @dataclass
@@ -122,6 +173,7 @@ class PackedOptions:
     prompt_len: Int[Tensor, " batch"]
     a_len: Int[Tensor, " batch"]
     b_len: Int[Tensor, " batch"]
+    n_cut: int = 0
 
     def targets(self, option: str) -> tuple[Int[Tensor, " n"], Int[Tensor, " n"], Int[Tensor, " n"]]:
         """For every token of option ``a`` or ``b``: its row, the position whose output predicts it, its id."""
@@ -142,19 +194,18 @@ class PackedOptions:
 
 def encode_packed(tokenizer: Any, questions: Sequence[tuple[str, str, str]], system: SystemPrompt = None,
                   max_tokens: int | None = None) -> PackedOptions:
-    """Pack ``(question, answer_a, answer_b)`` triples; ``max_tokens`` bounds prompt + longer answer
-    (the prompt is cut from the left, answers are kept whole).
+    """Pack ``(question, answer_a, answer_b)`` triples; ``max_tokens`` bounds prompt + longer answer (the
+    positions the model sees; :func:`fit_prompt` cuts an over-long question's middle, answers are kept whole).
 
     Example:
         >>> packed = encode_packed(tokenizer, [("Lead it?", "Yes.", "No, thanks.")])
         >>> model(packed.tokens, attention_mask=packed.attention, position_ids=packed.position_ids)
     """
-    rows, prompts, a_lens, b_lens = [], [], [], []
+    rows, prompts, a_lens, b_lens, n_cut = [], [], [], [], 0
     for question, answer_a, answer_b in questions:
-        prompt = prompt_ids(tokenizer, question, system_for(system, question))
         a, b = answer_ids(tokenizer, answer_a), answer_ids(tokenizer, answer_b)
-        if max_tokens is not None and len(prompt) + max(len(a), len(b)) > max_tokens:
-            prompt = prompt[max(0, len(prompt) - (max_tokens - max(len(a), len(b)))):]
+        prompt, cut = fit_prompt(tokenizer, question, system_for(system, question), max(len(a), len(b)), max_tokens)
+        n_cut += cut
         rows.append(prompt + a + b)
         prompts.append(len(prompt)), a_lens.append(len(a)), b_lens.append(len(b))
     tokens, lengths = pad_right(rows, pad_id_of(tokenizer))
@@ -168,4 +219,5 @@ def encode_packed(tokenizer: Any, questions: Sequence[tuple[str, str, str]], sys
         attention[row, 0, p + a + b:, :] = False
         pad = torch.arange(p + a + b, width)
         attention[row, 0, pad, pad] = True                          # ... which sees only itself
-    return PackedOptions(tokens, position_ids, attention, torch.tensor(prompts), torch.tensor(a_lens), torch.tensor(b_lens))
+    return PackedOptions(tokens, position_ids, attention, torch.tensor(prompts), torch.tensor(a_lens), torch.tensor(b_lens),
+                         n_cut)

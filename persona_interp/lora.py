@@ -34,7 +34,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .adapter import ModelMismatchError, get_adapter
-from .chat import encode_batch
+from .chat import encode_batch, token_budget
 from .data import PersonaItem
 from .scoring import DamageReference, score_ab
 from .storage import read_header, write_tagged
@@ -190,7 +190,7 @@ def train_lora(model: Any, items: Sequence[PersonaItem], side: str, config: LoRA
             for start in tqdm(range(0, len(shuffled), config.batch_size), desc=f"LoRA[{side}] epoch {epoch + 1}",
                               disable=not progress, leave=False):
                 batch = encode_batch(model.tokenizer, [(it.question, it.answer(side)) for it in shuffled[start:start + config.batch_size]],
-                                     max_tokens=config.max_tokens)
+                                     max_tokens=token_budget(model, config.max_tokens))
                 params = {names[n]: base[n] + adapter.to_native(n, scaling * (B[n] @ A[n])).to(base[n].dtype) for n in A}
                 loss = answer_loss(model, batch.tokens, _targets(batch), params)
                 optimiser.zero_grad()

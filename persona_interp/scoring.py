@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .adapter import get_adapter
 from .chat import (EncodedBatch, PackedOptions, SystemPrompt, answer_ids, encode_batch, encode_packed, pad_id_of, pad_right,
-                   prompt_ids, system_for)
+                   prompt_ids, system_for, token_budget, warn_cut)
 from .data import PersonaDataset, PersonaItem
 
 
@@ -120,26 +120,31 @@ def score_ab(model: Any, items: PersonaDataset | Sequence[PersonaItem], *, syste
     seek, reject = torch.zeros(len(items), dtype=torch.float64), torch.zeros(len(items), dtype=torch.float64)
     n_seek, n_reject = torch.zeros(len(items), dtype=torch.long), torch.zeros(len(items), dtype=torch.long)
     rows_per_batch = batch_size if packed else max(1, batch_size // 2)
+    max_tokens, n_cut = token_budget(model, max_tokens), 0
     with torch.inference_mode():
         for start in tqdm(range(0, len(order), rows_per_batch), desc="A/B scoring", disable=not progress, leave=False):
             chunk = order[start:start + rows_per_batch]
             triples = [(items[i].question, items[i].matching, items[i].not_matching) for i in chunk]
             if packed:
                 batch = encode_packed(model.tokenizer, triples, system, max_tokens)
+                n_cut += batch.n_cut
                 seek[chunk], reject[chunk] = packed_logprobs(model, batch)
                 n_seek[chunk], n_reject[chunk] = batch.a_len, batch.b_len
             else:
                 pairs = [(q, answer) for q, a, b in triples for answer in (a, b)]
                 batch = encode_batch(model.tokenizer, pairs, system, max_tokens)
+                n_cut += batch.n_cut
                 logprob, n = answer_logprobs(model, batch), batch.lengths - batch.answer_start
                 seek[chunk], reject[chunk], n_seek[chunk], n_reject[chunk] = logprob[0::2], logprob[1::2], n[0::2], n[1::2]
+    warn_cut(n_cut, len(items) * (1 if packed else 2), max_tokens, "score_ab")
     return ABScores(seek, reject, n_seek, n_reject)
 
 
 def _neutral_batches(model: Any, texts: Sequence[str], batch_size: int, max_tokens: int):
     tokenizer = model.tokenizer
     for start in range(0, len(texts), batch_size):
-        seqs = [tokenizer.encode(t, add_special_tokens=False)[:max_tokens] for t in texts[start:start + batch_size]]
+        seqs = [tokenizer.encode(t, add_special_tokens=False)[:token_budget(model, max_tokens)]
+                for t in texts[start:start + batch_size]]
         tokens, lengths = pad_right(seqs, pad_id_of(tokenizer))
         real = torch.arange(tokens.shape[1] - 1)[None, :] < (lengths - 1)[:, None]
         yield tokens, real

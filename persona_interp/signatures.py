@@ -35,7 +35,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .adapter import ModelAdapter, ModelMismatchError, get_adapter
-from .chat import EncodedBatch, encode_batch
+from .chat import EncodedBatch, encode_batch, token_budget, warn_cut
 from .data import PersonaDataset, PersonaItem
 from .storage import read_header, write_tagged
 
@@ -322,12 +322,14 @@ def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, st
         raise _StopForward
 
     hooks = [(site, accumulator.hook_for(site)) for site in sites] + [(last_site, stop)]
-    n_tokens, tokens_per_sample = 0, []
+    n_tokens, tokens_per_sample, n_cut = 0, [], 0
+    budget = token_budget(model, max_tokens)
     tokenizer = model.tokenizer
     bar = tqdm(total=len(samples), desc=f"signatures[{side}]", disable=not progress, leave=False)
     with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
         for start in range(0, len(samples), batch_size):
-            batch: EncodedBatch = encode_batch(tokenizer, samples[start:start + batch_size], system, max_tokens)
+            batch: EncodedBatch = encode_batch(tokenizer, samples[start:start + batch_size], system, budget)
+            n_cut += batch.n_cut
             mask: Bool[Tensor, "batch pos"] = batch.token_mask(token_scope)
             if not mask.any(1).all():
                 raise ValueError(f"a sample has no tokens in scope {token_scope!r} (max_tokens={max_tokens} too small?)")
@@ -340,10 +342,11 @@ def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, st
                 pass
             bar.update(len(batch.tokens))
     bar.close()
+    warn_cut(n_cut, len(samples), budget, f"signatures[{side}]")
     name = data.name if isinstance(data, PersonaDataset) else "pairs"
     meta = {"fingerprint": adapter.fingerprint, "dataset": name, "side": side, "n_samples": len(samples),
             "n_tokens": n_tokens, "token_scope": token_scope, "max_tokens": max_tokens, "system": system,
-            "statistic": statistic}
+            "statistic": statistic, "n_cut": n_cut}
     return Signature(accumulator.cpu_sums(), {m.name: m.site for m in adapter.maps},
                      {layer: site for site, layer in accumulator.head_sites.items()},
                      {layer: adapter.neuron_hook(layer) for layer in range(adapter.n_layers)}, meta,

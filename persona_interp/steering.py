@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .adapter import get_adapter
-from .chat import SystemPrompt, encode_batch
+from .chat import SystemPrompt, encode_batch, token_budget
 from .data import PersonaDataset, PersonaItem
 
 
@@ -97,7 +97,7 @@ def residual_means(model: Any, pairs: Sequence[tuple[str, str]], layers: Sequenc
     with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
         for start in tqdm(range(0, len(pairs), batch_size), desc=desc, disable=not progress, leave=False):
             chunk = pairs[start:start + batch_size]
-            batch = encode_batch(model.tokenizer, chunk, system=system, max_tokens=max_tokens)
+            batch = encode_batch(model.tokenizer, chunk, system=system, max_tokens=token_budget(model, max_tokens))
             weights = batch.token_mask("answer").double()
             weights = weights / weights.sum(1, keepdim=True)
             captured.clear()

@@ -108,3 +108,33 @@ def test_outputs_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         figures.save(fig, tmp_path / "fig")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]
+
+
+def test_over_long_questions_keep_template_and_answer_on_every_architecture(tiny_model):
+    """One behaviour everywhere: within max_tokens (and never past the model's context) the chat template,
+    system prompt and answer stay whole, the question's middle is cut, and a warning says how many."""
+    from persona_interp.chat import encode_batch, fit_prompt, prompt_ids, token_budget
+
+    model = tiny_model
+    tok = model.tokenizer
+    question = "Would you like to lead " + "the very large project " * 60 + "at the end of the year?"
+    answer, system = "Yes, I would lead it.", "You love power."
+    batch = encode_batch(tok, [(question, answer)], system, max_tokens=64)
+    assert batch.n_cut == 1 and int(batch.lengths[0]) <= 64
+    ids = batch.tokens[0, : int(batch.lengths[0])].tolist()
+    text = tok.decode(ids)
+    assert "You love power." in text and text.rstrip().endswith("Yes, I would lead it.") and "…" in text
+    assert "Would you" in text and "year?<" in text                    # head and tail of the question kept
+    short = encode_batch(tok, [("Lead it?", answer)], system, max_tokens=64)
+    assert short.n_cut == 0 and short.tokens[0, : int(short.lengths[0])].tolist() == prompt_ids(tok, "Lead it?", system) + \
+        tok.encode(answer, add_special_tokens=False)
+    with pytest.raises(ValueError, match="does not fit in max_tokens"):
+        fit_prompt(tok, question, system, answer_len=60, max_tokens=64)
+    assert token_budget(model, 10**6) == model.cfg.n_ctx                # never past the context
+    items = [pi.PersonaItem(question, answer, "No."), pi.PersonaItem("Lead it?", answer, "No.")]
+    with pytest.warns(UserWarning, match="1 of 2 samples were longer than max_tokens=64"):
+        pi.collect_signatures(model, items, "seek", max_tokens=64, progress=False)
+    from persona_interp.scoring import score_ab
+
+    with pytest.warns(UserWarning, match="score_ab: (1 of 2|2 of 4) samples"):   # rows: packed pairs, or one per option
+        score_ab(model, items, max_tokens=64, progress=False)

@@ -29,10 +29,14 @@ def test_truncation_keeps_the_answer(tokenizer):
     pair = [("A long question about many things and more things", "Short answer.")]
     full = encode_batch(tokenizer, pair)
     n_answer = int(full.lengths[0] - full.answer_start[0])
-    cut = encode_batch(tokenizer, pair, max_tokens=n_answer + 3)
-    assert int(cut.lengths[0]) == n_answer + 3 and int(cut.answer_start[0]) == 3
-    assert torch.equal(cut.tokens[0, 3:], full.tokens[0, int(full.answer_start[0]):int(full.lengths[0])])
-    assert torch.equal(cut.tokens[0, :3], full.tokens[0, int(full.answer_start[0]) - 3:int(full.answer_start[0])])
+    with pytest.raises(ValueError, match="does not fit in max_tokens"):     # no room for the template: refused,
+        encode_batch(tokenizer, pair, max_tokens=n_answer + 3)            # not cut through the template
+    budget = int(full.lengths[0]) - 2
+    cut = encode_batch(tokenizer, pair, max_tokens=budget)
+    assert cut.n_cut == 1 and int(cut.lengths[0]) <= budget
+    start = int(cut.answer_start[0])
+    assert torch.equal(cut.tokens[0, start:int(cut.lengths[0])], full.tokens[0, int(full.answer_start[0]):int(full.lengths[0])])
+    assert torch.equal(cut.tokens[0, start - 3:start], full.tokens[0, int(full.answer_start[0]) - 3:int(full.answer_start[0])])
 
 
 def test_pad_right_rejects_empty():
