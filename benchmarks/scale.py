@@ -5,7 +5,8 @@ Stages, each timed and measured (extra peak resident memory above the stage's st
 samples each), Contrastive-Wanda masks at ρ = 0.3, ``ablate`` (the first enter + exit and the fastest
 of ``--ablate-rounds`` more, the resident memory it adds while entered against ρ × the covered weights'
 bytes, bit-exact restore of every map), A/B scoring of 16 items with and without the mask, and ``ablate``
-enter + exit on the embedded SmolLM2-135M with a random mask on every map (first and fastest of 3). The model is random, so no number says anything about
+enter + exit on the embedded SmolLM2-135M with a random mask on every map (first and fastest of 3).
+The model is random, so no number says anything about
 personas: this checks speed, memory and correctness at a size the tests never reach.
 
     $ HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/scale.py --out benchmarks/scale.json   # ~1B, a few minutes

@@ -20,11 +20,13 @@ from .composition import compose, fractional_mask, type_mask
 from .generation import generate
 from .regimes import compare_regimes
 from .models import load_model
-from .signatures import ModelMismatchError, Signature, collect_signatures
+from .adapter import ModelMismatchError
+from .signatures import Signature, collect_signatures
 
 __all__ = [
     "HeadMask", "NeuronMask", "ablate", "LinearMap", "ModelAdapter", "get_adapter", "DataError", "PersonaDataset",
     "PersonaItem", "load_csv", "load_dataset", "load_jsonl", "load_neutral_texts", "load_persona", "persona_names",
     "Mask", "contrastive_sparse_masks", "contrastive_wanda_masks", "fraction_differ", "iou", "magnitude_mask",
-    "random_mask", "wanda_mask", "compose", "fractional_mask", "type_mask", "compare_regimes", "generate", "load_model", "ModelMismatchError", "Signature", "collect_signatures",
+    "random_mask", "wanda_mask", "compose", "fractional_mask", "type_mask", "compare_regimes", "generate", "load_model",
+    "ModelMismatchError", "Signature", "collect_signatures",
 ]

@@ -226,7 +226,8 @@ def to_markdown(atlas: dict[str, Any]) -> str:
               "|---|---|---|---|---|---|---|"]
     rows = atlas["dose_response"]
     for r in (r for r in rows if r["selection"] == "top"):
-        rand = [x["shift"] for x in rows if x["selection"] == "random" and (x["kind"], x["mode"], x["system"], x["k"]) == (r["kind"], r["mode"], r["system"], r["k"])]
+        key = (r["kind"], r["mode"], r["system"], r["k"])
+        rand = [x["shift"] for x in rows if x["selection"] == "random" and (x["kind"], x["mode"], x["system"], x["k"]) == key]
         rand_text = f"{sum(rand) / len(rand):+.3f} [{min(rand):+.3f}, {max(rand):+.3f}]" if rand else "—"
         lines.append(f"| {r['kind']} | {r['mode']} | {r['system']} | {r['k']} | {r['shift']:+.3f} [{r['shift_low']:+.3f}, {r['shift_high']:+.3f}] "
                      f"| {rand_text} | {100 * r.get('perplexity_change', float('nan')):+.1f} % |")
@@ -257,7 +258,8 @@ def summary_markdown(atlases: list[dict[str, Any]], n_units: int = 3) -> str:
         heads = ", ".join(f"L{u['layer']}H{u['unit']} ({u['divergence']:.2f})" for u in atlas["top_heads"][:n_units])
         neurons = ", ".join(f"L{u['layer']}N{u['unit']} ({u['divergence']:.2f})" for u in atlas["top_neurons"][:n_units])
         layers = sorted(u["layer"] for u in atlas["top_neurons"])
-        lines.append(f"| {atlas['persona']} | {cosine[low]:.4f} (L{low}) | {100 * cw['overall']:.1f} % ({100 * cw['attn']:.1f} / {100 * cw['mlp']:.1f}) "
+        lines.append(f"| {atlas['persona']} | {cosine[low]:.4f} (L{low}) | "
+                     f"{100 * cw['overall']:.1f} % ({100 * cw['attn']:.1f} / {100 * cw['mlp']:.1f}) "
                      f"| {heads} | {neurons} | {layers[0]}–{layers[-1]} (median {layers[len(layers) // 2]}) | {_largest_k_neurons(atlas)} |")
     return "\n".join(lines) + "\n"
 

@@ -81,7 +81,7 @@ def warn_cut(n_cut: int, n_total: int, max_tokens: int | None, what: str) -> Non
     """Say how many samples had the middle of their question cut to fit."""
     if n_cut:
         warnings.warn(f"{what}: {n_cut} of {n_total} samples were longer than max_tokens={max_tokens}; the middle of "
-                      "their question was cut (chat template, system prompt and answer kept whole)")
+                      "their question was cut (chat template, system prompt and answer kept whole)", stacklevel=2)
 
 
 def answer_ids(tokenizer: Any, answer: str) -> list[int]:

@@ -235,7 +235,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
              "contrasts": ev.contrasts(), "controls": control_comparison(ev), "per_item": ev.per_item()}
     markdown = "\n".join([f"## {args.persona}: {len(test)} test items (seed {args.seed})\n", markdown_table(study["table"], TABLE_COLUMNS),
                           "\nSeek-minus-reject:\n", markdown_table(study["contrasts"], ["pair", "n", "difference"]),
-                          "\nAgainst the random control:\n", markdown_table(study["controls"], ["condition", "control", "advantage", "beats_control"])])
+                          "\nAgainst the random control:\n",
+                          markdown_table(study["controls"], ["condition", "control", "advantage", "beats_control"])])
     from .figures import plot_accuracy
 
     plot_accuracy(study["table"], Path(args.figures) / f"{args.persona}_evaluate", title=f"{args.persona}: {len(test)} test items")
@@ -399,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.md and PREFIX.json")
     p.add_argument("--figures", default="figures/atlas", help="figures folder (PNG, SVG, HTML)")
     p.add_argument("--signatures", help="reuse PERSONA_{seek,reject}.safetensors from this folder (e.g. reports/signatures)")
-    p.add_argument("--localise-only", action="store_true", help="skip the causal ablations (dose-response, equal damage): under a minute, not an hour")
+    p.add_argument("--localise-only", action="store_true",
+                   help="skip the causal ablations (dose-response, equal damage): under a minute, not an hour")
     p.add_argument("--kinds", nargs="+", choices=["neuron", "head"], help="units of the dose-response (default both)")
     p.add_argument("--modes", nargs="+", choices=["zero", "mean"], help="ablation modes (default both)")
     p.add_argument("--ks", nargs="+", type=_positive_int, help="numbers of top / random units to ablate (default 1 4 16 64)")

@@ -26,7 +26,8 @@ from torch import Tensor
 from .conditions import Condition, MaskCondition, Prompt
 from .data import MBTI_AXES, PersonaItem, load_persona, persona_prompts
 from .evaluation import evaluate, markdown_table
-from .masks import (Mask, _abs_weight, _by_channel, _meta, _row_normalise, _selected, check_contrast, check_sparsity, contrast, contrastive_wanda_masks,
+from .masks import (Mask, _abs_weight, _by_channel, _meta, _row_normalise, _selected, check_contrast, check_sparsity, contrast,
+                    contrastive_wanda_masks,
                     keep_top_per_row, phi_fn, random_mask)
 from .signatures import ModelMismatchError, Signature
 from .stats import mean_ci, paired_difference, proportion_ci, trend

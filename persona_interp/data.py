@@ -239,7 +239,7 @@ def _read_items(records: Iterable[tuple[str, object]], skip_invalid: bool) -> tu
                 raise
             skipped.append(str(error))
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} invalid record(s): {skipped[0]}" + (" …" if len(skipped) > 1 else ""))
+        warnings.warn(f"skipped {len(skipped)} invalid record(s): {skipped[0]}" + (" …" if len(skipped) > 1 else ""), stacklevel=2)
     return items, skipped
 
 

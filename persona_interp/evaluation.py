@@ -71,7 +71,8 @@ class Evaluation:
             diff = paired_difference(seek.margin_mean, reject.margin_mean)
             to_seek, to_reject = flips(seek.seek_wins, reject.seek_wins)
             rows.append({"persona": self.persona, "pair": pair, "regime": self.conditions[sides["seek"]].regime,
-                         "seek_condition": sides["seek"], "reject_condition": sides["reject"], "n": diff.n, "difference": diff.value, "difference_low": diff.low, "difference_high": diff.high,
+                         "seek_condition": sides["seek"], "reject_condition": sides["reject"], "n": diff.n,
+                         "difference": diff.value, "difference_low": diff.low, "difference_high": diff.high,
                          "items_seek_only": to_seek, "items_reject_only": to_reject})
         return rows
 

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import warnings
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -184,7 +185,7 @@ def check_contrast(seek: Signature, reject: Signature, eps: float) -> None:
                              f"sample(s); contrastive statistics need at least {MIN_SAMPLES} per pole (their variance is 0)")
     if min(seek.n_samples, reject.n_samples) < FEW_SAMPLES:
         warnings.warn(f"contrastive statistics from {seek.n_samples} seek and {reject.n_samples} reject samples: "
-                      f"z is noisy below {FEW_SAMPLES} per pole")
+                      f"z is noisy below {FEW_SAMPLES} per pole", stacklevel=2)
     if seek.sums.keys() == reject.sums.keys() and all(
             torch.equal(seek.sums[site]["norm_sum"], reject.sums[site]["norm_sum"]) for site in seek.sums):
         raise ValueError("the seek and reject signatures are identical (the same answers collected twice?); "

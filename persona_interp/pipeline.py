@@ -127,7 +127,7 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
     duplicates = train.duplicates()
     if duplicates or train.meta["dropped"]:
         warnings.warn(f"{persona}: dropped {train.meta['dropped']} calibration item(s) whose question is in the test set; "
-                      f"{len(duplicates)} question(s) occur more than once (kept on one side of the split)")
+                      f"{len(duplicates)} question(s) occur more than once (kept on one side of the split)", stacklevel=2)
     fit, validation = train.split(config.validation_fraction, seed=config.seed)
     if config.n_calibration:
         fit = fit.sample(config.n_calibration, seed=config.seed)
@@ -364,7 +364,8 @@ def frontier_rows(ev: Evaluation, contrasts: list[dict[str, Any]]) -> list[dict[
         if cond.regime == "random":
             continue
         line = cond.regime + ("+prompt" if cond.meta.get("protocol") == "mask+prompt" else "")
-        rows.append({"line": line, "pair": c["pair"], "budgets": cond.meta.get("budgets"), "kl": max(kl.get(c["seek_condition"], 0.0), kl.get(c["reject_condition"], 0.0)),
+        rows.append({"line": line, "pair": c["pair"], "budgets": cond.meta.get("budgets"),
+                     "kl": max(kl.get(c["seek_condition"], 0.0), kl.get(c["reject_condition"], 0.0)),
                      **{k: c[k] for k in ("n", "difference", "difference_low", "difference_high")}})
     return rows
 

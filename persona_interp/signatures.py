@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .adapter import ModelAdapter, ModelMismatchError, get_adapter
+from .adapter import ModelAdapter, get_adapter
 from .chat import EncodedBatch, encode_batch, token_budget, warn_cut
 from .data import PersonaDataset, PersonaItem
 from .storage import read_header, write_tagged

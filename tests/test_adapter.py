@@ -33,7 +33,7 @@ def test_sites_carry_the_maps_inputs(tiny_model, model_kind):
     layer = adapter.n_layers - 1
     names = [adapter.head_hook(layer), adapter.neuron_hook(layer), f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out"]
     seen = {}
-    hooks = [(n, (lambda n: lambda x, hook: seen.__setitem__(n, x.detach().clone()))(n)) for n in names]
+    hooks = [(n, (lambda name: lambda x, hook: seen.__setitem__(name, x.detach().clone()))(n)) for n in names]
     tiny_model.run_with_hooks(tokens, fwd_hooks=hooks)
     z = seen[names[0]].flatten(-2)
     bias_o = _bias(tiny_model, model_kind, layer, "o")
@@ -58,7 +58,7 @@ def test_bridge_shared_sites_equal_their_siblings(tiny_model):
     seen = {}
     names = ["blocks.0.attn.q.hook_in", "blocks.0.attn.k.hook_in", "blocks.0.attn.v.hook_in",
              "blocks.0.mlp.in.hook_in"] + (["blocks.0.mlp.gate.hook_in"] if "blocks.0.mlp.gate.hook_in" in tiny_model.hook_dict else [])
-    hooks = [(n, (lambda n: lambda x, hook: seen.__setitem__(n, x.clone()))(n)) for n in names]
+    hooks = [(n, (lambda name: lambda x, hook: seen.__setitem__(name, x.clone()))(n)) for n in names]
     tiny_model.run_with_hooks(torch.tensor([[1, 2, 3, 4]]), fwd_hooks=hooks)
     assert torch.equal(seen[names[0]], seen[names[1]]) and torch.equal(seen[names[0]], seen[names[2]])
     if len(names) == 5:

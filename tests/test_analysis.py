@@ -77,7 +77,8 @@ def test_figures_render_without_display(tmp_path, llama):
     paths += plot_unit_map([UnitDivergence(0, 1, 2.0, 0.1), UnitDivergence(1, 0, 1.0, 0.0)], 2, 4, tmp_path / "heads", unit_label="head")
     rows = [{"kind": "head", "mode": "zero", "k": k, "selection": sel, "seed": seed, "system": "none", "shift": v,
              "shift_low": v - 0.1, "shift_high": v + 0.1} for k, sel, seed, v in
-            [(1, "top", None, 0.1), (2, "top", None, 0.3), (1, "random", 0, 0.0), (2, "random", 0, 0.05), (1, "random", 1, -0.02), (2, "random", 1, 0.01)]]
+            [(1, "top", None, 0.1), (2, "top", None, 0.3), (1, "random", 0, 0.0), (2, "random", 0, 0.05),
+             (1, "random", 1, -0.02), (2, "random", 1, 0.01)]]
     paths += plot_dose_response(rows, tmp_path / "dose", title="dose")
     assert len(paths) == 8 and all(p.stat().st_size > 1000 for p in paths)
     assert {p.suffix for p in paths} == {".png", ".svg"}

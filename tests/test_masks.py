@@ -140,7 +140,7 @@ def test_contrastive_sparse_assignment_rule(llama):
 def test_random_mask_is_seeded_with_exact_row_sparsity(llama):
     a, b, c = pi.random_mask(llama, 0.25, seed=0), pi.random_mask(llama, 0.25, seed=0), pi.random_mask(llama, 0.25, seed=1)
     assert pi.fraction_differ(a, b) == 0 and pi.fraction_differ(a, c) > 0
-    for name, keep in a.keep.items():
+    for keep in a.keep.values():
         assert (keep.sum(1) == int(keep.shape[1] * 0.75)).all()
     like = pi.random_mask(llama, 0.0, seed=4, like=pi.magnitude_mask(llama, 0.6, modules=["attn"]))
     assert set(like.keep) == {m.name for m in pi.get_adapter(llama).select_maps(modules=["attn"])}

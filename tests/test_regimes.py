@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import persona_interp as pi
-from persona_interp.conditions import Condition, MaskCondition, Prompt, SteeringCondition
+from persona_interp.conditions import MaskCondition, Prompt, SteeringCondition
 from persona_interp.figures import plot_regime_comparison
 from persona_interp.regimes import (compare_regimes, regime_cosines, regime_shifts, regimes_markdown, regimes_summary_markdown,
                                     transfer_ratio)

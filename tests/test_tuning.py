@@ -11,7 +11,8 @@ VALIDATION = [pi.PersonaItem(f"Shall you lead team {i}?", "Yes, I will lead.", "
 
 @pytest.fixture
 def signatures(llama):
-    return {scope: tuple(pi.collect_signatures(llama, pi.PersonaDataset("fit", FIT), side, token_scope=scope, progress=False) for side in ("seek", "reject"))
+    return {scope: tuple(pi.collect_signatures(llama, pi.PersonaDataset("fit", FIT), side, token_scope=scope, progress=False)
+                         for side in ("seek", "reject"))
             for scope in ("all", "answer")}
 
 
