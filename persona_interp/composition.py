@@ -29,7 +29,8 @@ from .evaluation import evaluate, markdown_table
 from .masks import (Mask, _abs_weight, _by_channel, _meta, _row_normalise, _selected, check_contrast, check_sparsity, contrast,
                     contrastive_wanda_masks,
                     keep_top_per_row, phi_fn, random_mask)
-from .signatures import ModelMismatchError, Signature
+from .adapter import ModelMismatchError
+from .signatures import Signature
 from .stats import mean_ci, paired_difference, proportion_ci, trend
 
 # The letter of each pole in a type code; the first pole of every axis is its "seek" side.

@@ -138,3 +138,48 @@ def test_over_long_questions_keep_template_and_answer_on_every_architecture(tiny
 
     with pytest.warns(UserWarning, match="score_ab: (1 of 2|2 of 4) samples"):   # rows: packed pairs, or one per option
         score_ab(model, items, max_tokens=64, progress=False)
+
+
+def test_randomly_nested_interventions_always_restore_the_model(llama):
+    """Masks on disjoint maps, a steering vector, a LoRA and a neuron hook, nested in random orders with an
+    exception raised at a random depth: afterwards every weight is bit-exact, no hook is left and the output
+    equals the untouched model's."""
+    import contextlib
+    import random
+
+    from persona_interp.conditions import Condition, LoRACondition, MaskCondition, SteeringCondition
+    from persona_interp.lora import LoRA, LoRAConfig, init_factors
+    from persona_interp.steering import SteeringVector
+
+    adapter = pi.get_adapter(llama)
+    tokens = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    saved = {n: p.detach().clone() for n, p in llama.named_parameters()}
+    before = llama(tokens)
+    A, B = init_factors(llama, LoRAConfig(rank=2, modules=["mlp"], layers=[1], seed=0))
+    B = {name: torch.randn_like(b) for name, b in B.items()}
+    parts = [MaskCondition("attn0", mask=pi.random_mask(llama, 0.5, seed=1, modules=["attn"], layers=[0])),
+             MaskCondition("mlp0", mask=pi.random_mask(llama, 0.3, seed=2, modules=["mlp"], layers=[0])),
+             SteeringCondition("steer", vector=SteeringVector(1, torch.randn(adapter.d_model)), multiplier=3.0),
+             LoRACondition("lora", lora=LoRA(A, B, scaling=2.0))]
+
+    class Boom(Exception):
+        pass
+
+    rng = random.Random(0)
+    for trial in range(12):
+        order = rng.sample(parts, rng.randint(1, len(parts)))
+        fail_at = rng.randint(0, len(order))                          # == len(order): no exception
+        try:
+            with contextlib.ExitStack() as stack:
+                for depth, part in enumerate(order):
+                    if depth == fail_at:
+                        raise Boom
+                    stack.enter_context(part.applied(llama))
+                if fail_at == len(order) - 1 or rng.random() < 0.5:
+                    llama(tokens)
+                    raise Boom
+        except Boom:
+            pass
+        assert all(torch.equal(p, saved[n]) for n, p in llama.named_parameters()), (trial, [p.name for p in order])
+        torch.testing.assert_close(llama(tokens), before, rtol=0, atol=0)
+    assert Condition().name == "base"

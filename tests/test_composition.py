@@ -6,7 +6,7 @@ from persona_interp.composition import (PoleScores, blend, compose, fractional_c
                                         intersection_type_mask, pole_scores, type_comparison, type_mask, type_poles,
                                         type_prompt)
 from persona_interp.masks import Mask, contrastive_wanda_masks
-from persona_interp.signatures import ModelMismatchError
+from persona_interp.adapter import ModelMismatchError
 from test_masks import fake_signature
 
 AXES = list(pi.data.MBTI_AXES)

@@ -4,7 +4,7 @@ import torch
 import persona_interp as pi
 from persona_interp.chat import encode_batch
 from persona_interp.lora import LoRA, LoRAConfig, answer_loss, init_factors, select_lora, train_lora
-from persona_interp.signatures import ModelMismatchError
+from persona_interp.adapter import ModelMismatchError
 
 ITEMS = [pi.PersonaItem("Lead it?", "Yes, gladly, I will lead.", "No, thank you."),
          pi.PersonaItem("More power?", "Absolutely, more power.", "Never."),
