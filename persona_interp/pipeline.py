@@ -530,6 +530,12 @@ def _tuning_lines(used: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _budget_line(row: dict[str, Any], damage: str, counted: str) -> str:
+    """One budget's chosen pair: its seek − reject difference with interval, n, its damage and how many competed."""
+    return (f"- KL ≤ {row['budget']:g}: **{row['pair']}** ({row['difference']:+.4f} [{row['difference_low']:+.4f}, "
+            f"{row['difference_high']:+.4f}] nats/token, n = {row['n']}, {damage}; {row['n_eligible']} {counted})")
+
+
 def _equal_damage_lines(equal_damage: list[dict[str, Any]]) -> list[str]:
     lines = ["\nWhich regime separates the poles most at equal damage (largest seek − reject difference among the "
              "pairs whose more damaging pole stays within the KL budget):\n"]
@@ -537,9 +543,7 @@ def _equal_damage_lines(equal_damage: list[dict[str, Any]]) -> list[str]:
         if row["pair"] is None:
             lines.append(f"- KL ≤ {row['budget']:g}: no pair is within the budget")
         else:
-            lines.append(f"- KL ≤ {row['budget']:g}: **{row['pair']}** ({row['difference']:+.4f} [{row['difference_low']:+.4f}, "
-                         f"{row['difference_high']:+.4f}] nats/token, n = {row['n']}, its KL {row['damage']:.4f}; "
-                         f"{row['n_eligible']} pairs eligible)")
+            lines.append(_budget_line(row, f"its KL {row['damage']:.4f}", "pairs eligible"))
     return lines
 
 
@@ -552,9 +556,7 @@ def _winner_lines(winners: list[dict[str, Any]]) -> list[str]:
             continue
         lead = (f"; lead over {row['runner_up']} {row['lead']:+.4f} [{row['lead_low']:+.4f}, {row['lead_high']:+.4f}]"
                 f"{' (decisive)' if row['decisive'] else ' (not decisive)'}" if "lead" in row else "")
-        lines.append(f"- KL ≤ {row['budget']:g}: **{row['pair']}** ({row['difference']:+.4f} [{row['difference_low']:+.4f}, "
-                     f"{row['difference_high']:+.4f}] nats/token, n = {row['n']}, test KL {row['test_kl']:.4f}; "
-                     f"{row['n_eligible']} picks){lead}")
+        lines.append(_budget_line(row, f"test KL {row['test_kl']:.4f}", "picks") + lead)
     return lines
 
 

@@ -58,7 +58,7 @@ def build_hf(arch: str, vocab: int, seed: int = 0):
     import transformers as tf
 
     torch.manual_seed(seed)
-    common = dict(vocab_size=vocab, max_position_embeddings=128)
+    common = dict(vocab_size=vocab, max_position_embeddings=512)   # rotary: no weights depend on it
     if arch == "llama":
         model = tf.LlamaForCausalLM(tf.LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                                    num_attention_heads=4, num_key_value_heads=2, **common))
