@@ -56,6 +56,7 @@ class ReproduceConfig:
     n_neutral: int = 24              # neutral texts of the reported damage
     n_selection_neutral: int = 8     # the next neutral texts: the damage every search sees (never the reported ones)
     stability_draws: int = 3
+    diagnostics: bool = True         # overlap table, both statistics, stability (about 15 rankings of every weight)
     modules: list[str] | None = None
     rag_k: int = 3
     steering_layers: list[float] = field(default_factory=lambda: [0.2, 0.35, 0.5, 0.65])   # fractions of depth
@@ -173,7 +174,8 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
         conditions += paper_mask_conditions(model, persona, by_scope[config.token_scope], rho, prompts, config)
     if config.mask_search is not None:
         conditions += budget_mask_conditions(model, persona, by_scope, validation, selection, prompts, config, used, progress)
-    used["diagnostics"] = mask_diagnostics(model, persona, sig, validation, config, progress)
+    if config.diagnostics:
+        used["diagnostics"] = mask_diagnostics(model, persona, sig, validation, config, progress)
     return conditions, used, sig
 
 
