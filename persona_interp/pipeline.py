@@ -292,7 +292,7 @@ def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaData
                                  batch_size=config.batch_size, progress=progress)
         search[method] = {"layer": choice.layer, "multiplier": choice.multiplier, "table": choice.table}
         for budgets, index in (budget_picks(choice.table, config.damage_budgets) if selection else
-                               [([None], choice.table.index(max(choice.table, key=lambda r: r["separation"])))]):
+                               [([None], pick_within(choice.table, None))]):
             row = choice.table[index]
             tag = f"@kl{budgets[0]:g}" if budgets[0] is not None else ""
             for side, sign in (("seek", 1.0), ("reject", -1.0)):
@@ -331,9 +331,7 @@ def equal_damage_summary(table: list[dict[str, Any]], contrasts: list[dict[str, 
     Example:
         >>> equal_damage_summary(ev.table(), ev.contrasts(), [0.02, 0.1])[0]["pair"]
     """
-    kl = {}
-    for row in table:
-        kl[row["condition"]] = max(kl.get(row["condition"], 0.0), max(row.get("kl", 0.0), 0.0))
+    kl = _pair_damage(table)
     rows = []
     for budget in budgets:
         eligible = [c for c in contrasts if max(kl.get(c["seek_condition"], 0.0), kl.get(c["reject_condition"], 0.0)) <= budget]
