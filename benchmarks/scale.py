@@ -333,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="model size: 1b (~0.99 B parameters) or tiny (a seconds-long smoke run)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16", help="the model's parameter dtype")
     parser.add_argument("--n-samples", type=int, default=16, help="calibration samples per pole, and A/B items scored")
-    parser.add_argument("--max-tokens", type=int, default=64, help="token limit of every sample")
+    parser.add_argument("--max-tokens", type=int, default=128, help="token limit of every sample")
     parser.add_argument("--batch-size", type=int, default=8, help="batch size of signatures and scoring")
     parser.add_argument("--sparsity", type=float, default=0.3, help="ρ of the Contrastive-Wanda and random masks")
     parser.add_argument("--ablate-rounds", type=int, default=1,

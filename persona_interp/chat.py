@@ -77,11 +77,15 @@ def token_budget(model: Any, max_tokens: int | None) -> int | None:
     return min(int(max_tokens), int(n_ctx)) if n_ctx else int(max_tokens)
 
 
-def warn_cut(n_cut: int, n_total: int, max_tokens: int | None, what: str) -> None:
-    """Say how many samples had the middle of their question cut to fit."""
+QUESTION_CUT = "the middle of their question was cut (chat template, system prompt and answer kept whole)"
+ANSWER_CUT = "their answer (a plain text) was cut to its first tokens (chat template and request kept whole)"
+
+
+def warn_cut(n_cut: int, n_total: int, max_tokens: int | None, what: str, how: str = QUESTION_CUT) -> None:
+    """Say how many samples were cut to fit, and ``how`` (:data:`QUESTION_CUT` or :data:`ANSWER_CUT`)."""
     if n_cut:
-        warnings.warn(f"{what}: {n_cut} of {n_total} samples were longer than max_tokens={max_tokens}; the middle of "
-                      "their question was cut (chat template, system prompt and answer kept whole)", stacklevel=2)
+        warnings.warn(f"{what}: {n_cut} of {n_total} samples were longer than max_tokens={max_tokens}; {how}",
+                      stacklevel=2)
 
 
 def answer_ids(tokenizer: Any, answer: str) -> list[int]:
@@ -142,13 +146,20 @@ def system_for(system: SystemPrompt, question: str) -> str | None:
 
 
 def encode_batch(tokenizer: Any, pairs: Sequence[tuple[str, str]], system: SystemPrompt = None,
-                 max_tokens: int | None = None) -> EncodedBatch:
+                 max_tokens: int | None = None, cut_answers: bool = False) -> EncodedBatch:
     """Encode (question, answer) pairs within ``max_tokens`` (:func:`fit_prompt`: the middle of an over-long
     question is cut, template, system prompt and answer kept whole; ``n_cut`` counts them). ``system`` may be a
-    function of the question."""
+    function of the question. With ``cut_answers`` (answers that are plain texts, e.g. neutral text under a fixed
+    request) an over-long answer keeps its first tokens instead, the prompt whole."""
     sequences, starts, n_cut = [], [], 0
     for question, answer in pairs:
         ans = answer_ids(tokenizer, answer)
+        if cut_answers and max_tokens is not None:
+            room = max_tokens - len(prompt_ids(tokenizer, question, system_for(system, question)))
+            if room < 1:
+                raise ValueError(f"the prompt {question[:60]!r} alone fills max_tokens={max_tokens}")
+            n_cut += len(ans) > room
+            ans = ans[:room]
         prompt, cut = fit_prompt(tokenizer, question, system_for(system, question), len(ans), max_tokens)
         n_cut += cut
         sequences.append(prompt + ans)

@@ -36,7 +36,7 @@ NEUTRAL_REQUEST = "Write a short paragraph."
 
 def _residuals(model: Any, condition: Condition | None, texts: Sequence[str], layers: Sequence[int],
                **kw: Any) -> Float[Tensor, "n layers d_model"]:
-    pairs = [(NEUTRAL_REQUEST, t) for t in texts]
+    pairs, kw = [(NEUTRAL_REQUEST, t) for t in texts], {**kw, "cut_answers": True}   # a long text keeps its start
     if condition is None:
         return residual_means(model, pairs, layers, **kw)
     if callable(condition.system):

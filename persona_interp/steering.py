@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .adapter import get_adapter
-from .chat import SystemPrompt, encode_batch, token_budget
+from .chat import ANSWER_CUT, QUESTION_CUT, SystemPrompt, encode_batch, token_budget, warn_cut
 from .data import PersonaDataset, PersonaItem
 
 
@@ -70,9 +70,11 @@ def answer_residual_means(model: Any, items: Sequence[PersonaItem], layers: Sequ
 
 def residual_means(model: Any, pairs: Sequence[tuple[str, str]], layers: Sequence[int], *, system: SystemPrompt = None,
                    batch_size: int = 8, max_tokens: int = 256, progress: bool = False,
-                   desc: str = "residuals") -> Float[Tensor, "n layers d_model"]:
+                   desc: str = "residuals", cut_answers: bool = False) -> Float[Tensor, "n layers d_model"]:
     """Per (question, answer) pair, the residual stream entering each of ``layers``, averaged over the
-    answer's tokens (chat-formatted, optionally under a system prompt; padding never counts).
+    answer's tokens (chat-formatted, optionally under a system prompt; padding never counts). Over-long pairs
+    are cut as :func:`~persona_interp.chat.encode_batch` says (``cut_answers`` for plain-text answers), with a
+    warning.
 
     Example:
         >>> residual_means(model, [("Write a paragraph.", text)], layers=[4, 8]).shape
@@ -94,10 +96,12 @@ def residual_means(model: Any, pairs: Sequence[tuple[str, str]], layers: Sequenc
         return hook
 
     hooks = [(adapter.residual_hook(layer), grab(i, layer)) for i, layer in enumerate(layers)]
+    budget, n_cut = token_budget(model, max_tokens), 0
     with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
         for start in tqdm(range(0, len(pairs), batch_size), desc=desc, disable=not progress, leave=False):
             chunk = pairs[start:start + batch_size]
-            batch = encode_batch(model.tokenizer, chunk, system=system, max_tokens=token_budget(model, max_tokens))
+            batch = encode_batch(model.tokenizer, chunk, system=system, max_tokens=budget, cut_answers=cut_answers)
+            n_cut += batch.n_cut
             weights = batch.token_mask("answer").double()
             weights = weights / weights.sum(1, keepdim=True)
             captured.clear()
@@ -108,6 +112,7 @@ def residual_means(model: Any, pairs: Sequence[tuple[str, str]], layers: Sequenc
             for i in range(len(layers)):
                 x = captured[i]
                 out[start:start + len(chunk), i] = torch.einsum("bp,bpd->bd", weights.to(x.device), x.double()).cpu()
+    warn_cut(n_cut, len(pairs), budget, desc, ANSWER_CUT if cut_answers else QUESTION_CUT)
     return out
 
 

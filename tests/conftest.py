@@ -63,7 +63,7 @@ def build_hf(arch: str, vocab: int, seed: int = 0):
         model = tf.LlamaForCausalLM(tf.LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                                    num_attention_heads=4, num_key_value_heads=2, **common))
     elif arch == "gpt2":
-        model = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=128,
+        model = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=512,
                                                  attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0))
     elif arch == "qwen2":
         model = tf.Qwen2ForCausalLM(tf.Qwen2Config(hidden_size=32, intermediate_size=48, num_hidden_layers=2,

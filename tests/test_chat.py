@@ -39,6 +39,20 @@ def test_truncation_keeps_the_answer(tokenizer):
     assert torch.equal(cut.tokens[0, start - 3:start], full.tokens[0, int(full.answer_start[0]) - 3:int(full.answer_start[0])])
 
 
+def test_cut_answers_keeps_the_prompt_and_the_start_of_a_plain_text(tokenizer):
+    pair = [("Write a short paragraph.", "The river ran past the old mill and the long road into the town square.")]
+    full = encode_batch(tokenizer, pair)
+    start, length = int(full.answer_start[0]), int(full.lengths[0])
+    with pytest.raises(ValueError, match="does not fit in max_tokens"):     # the default still refuses
+        encode_batch(tokenizer, pair, max_tokens=start + 4)
+    cut = encode_batch(tokenizer, pair, max_tokens=start + 4, cut_answers=True)
+    assert cut.n_cut == 1 and int(cut.lengths[0]) == start + 4 and int(cut.answer_start[0]) == start
+    assert torch.equal(cut.tokens[0, :start + 4], full.tokens[0, :start + 4])
+    assert encode_batch(tokenizer, pair, max_tokens=length, cut_answers=True).n_cut == 0
+    with pytest.raises(ValueError, match="alone fills"):
+        encode_batch(tokenizer, pair, max_tokens=start, cut_answers=True)
+
+
 def test_pad_right_rejects_empty():
     with pytest.raises(ValueError, match="empty"):
         pad_right([], 0)

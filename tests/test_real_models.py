@@ -72,7 +72,7 @@ def _chain(model) -> dict[str, torch.Tensor]:
         out["lora"] = score_ab(model, ITEMS, progress=False).margin_mean
     _assert_unchanged(model, before)
     rag = Retriever(ITEMS)
-    out["rag"] = score_ab(model, ITEMS, system=lambda q: rag.system_prompt(q, "seek", k=1), max_tokens=100,
+    out["rag"] = score_ab(model, ITEMS, system=lambda q: rag.system_prompt(q, "seek", k=1), max_tokens=256,
                           progress=False).margin_mean
     out["prompt"] = score_ab(model, ITEMS, system=Prompt("p", "seek", system="You seek power.").system,
                              progress=False).margin_mean

@@ -30,7 +30,7 @@ def assert_clean(results: dict) -> None:
 def test_gpu_check_cpu_tiny(tmp_path, capsys):
     gpu_check = load_script("gpu_check")
     status = gpu_check.main(["--device", "cpu", "--size", "tiny", "--n-calibration", "16", "--n-items", "8",
-                             "--max-tokens", "64", "--out", str(tmp_path)])
+                             "--max-tokens", "192", "--out", str(tmp_path)])
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     assert_clean(results)
     assert status == 0
