@@ -22,9 +22,9 @@ from typing import Any, Callable, Sequence
 import torch
 
 import persona_interp as pi
-from persona_interp.adapter import get_adapter
-from persona_interp.chat import encode_batch, encode_packed
-from persona_interp.scoring import score_ab
+from persona_interp.model.adapter import get_adapter
+from persona_interp.model.chat import encode_batch, encode_packed
+from persona_interp.evaluation.scoring import score_ab
 
 
 def _rss() -> int:

@@ -64,8 +64,8 @@ from scale import (DTYPES, VOCAB, Run, build_llama, build_tokenizer, covered_byt
                    map_checksums, n_parameters, rss_meter, synthetic_items)  # (scale puts the repo on sys.path)
 import persona_interp as pi  # noqa: E402
 from bench import n_tokens  # noqa: E402
-from persona_interp.chat import encode_batch, encode_packed  # noqa: E402
-from persona_interp.scoring import score_ab  # noqa: E402
+from persona_interp.model.chat import encode_batch, encode_packed  # noqa: E402
+from persona_interp.evaluation.scoring import score_ab  # noqa: E402
 
 ROUNDS = 3
 

@@ -13,7 +13,7 @@ import time
 from torch.profiler import ProfilerActivity, profile
 
 import persona_interp as pi
-from persona_interp.scoring import score_ab
+from persona_interp.evaluation.scoring import score_ab
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear",
               "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::scaled_dot_product_attention")

@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]   # the repo's package (also without an install) and bench.py
 import persona_interp as pi  # noqa: E402
 from bench import _release_memory, _rss, measure  # noqa: E402
-from persona_interp.scoring import score_ab  # noqa: E402
+from persona_interp.evaluation.scoring import score_ab  # noqa: E402
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"

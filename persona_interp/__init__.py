@@ -10,23 +10,47 @@ Example:
     >>> with pi.ablate(model, seek_mask):
     ...     ...
 """
-from .ablation import HeadMask, NeuronMask, ablate
-from .adapter import LinearMap, ModelAdapter, get_adapter
-from .data import (DataError, PersonaDataset, PersonaItem, load_csv, load_dataset, load_jsonl, load_neutral_texts,
-                   load_persona, persona_names)
-from .masks import (Mask, contrastive_sparse_masks, contrastive_wanda_masks, fraction_differ, iou, magnitude_mask,
-                    random_mask, wanda_mask)
-from .composition import compose, fractional_mask, type_mask
-from .generation import generate
-from .regimes import compare_regimes
-from .models import load_model
-from .adapter import ModelMismatchError
-from .signatures import Signature, collect_signatures
+from persona_interp.analysis.regimes import compare_regimes
+from persona_interp.data.personas import (
+                                          DataError,
+                                          PersonaDataset,
+                                          PersonaItem,
+                                          load_csv,
+                                          load_dataset,
+                                          load_jsonl,
+                                          load_neutral_texts,
+                                          load_persona,
+                                          persona_names,
+)
+from persona_interp.data.retrieval import Retriever
+from persona_interp.evaluation.evaluate import Evaluation, evaluate
+from persona_interp.evaluation.scoring import DamageReference, perplexity, score_ab
+from persona_interp.evaluation.stats import paired_difference
+from persona_interp.interventions.ablation import HeadMask, NeuronMask, ablate
+from persona_interp.interventions.conditions import Composed, Condition, LoRACondition, MaskCondition, Prompt, SteeringCondition
+from persona_interp.interventions.lora import LoRA, LoRAConfig, train_lora
+from persona_interp.interventions.ode_steering import ODESteering, ode_steerings
+from persona_interp.interventions.steering import SteeringVector, mean_difference_vectors, pca_vectors
+from persona_interp.masks.builders import contrastive_sparse_masks, contrastive_wanda_masks, magnitude_mask, random_mask, wanda_mask
+from persona_interp.masks.composition import compose, fractional_mask, type_mask
+from persona_interp.masks.mask import Mask, fraction_differ, iou
+from persona_interp.model.adapter import ModelMismatchError, get_adapter
+from persona_interp.model.generation import generate
+from persona_interp.model.load import load_model
+from persona_interp.report.markdown import markdown_table
+from persona_interp.signatures import Signature, collect_signatures
 
 __all__ = [
-    "HeadMask", "NeuronMask", "ablate", "LinearMap", "ModelAdapter", "get_adapter", "DataError", "PersonaDataset",
-    "PersonaItem", "load_csv", "load_dataset", "load_jsonl", "load_neutral_texts", "load_persona", "persona_names",
-    "Mask", "contrastive_sparse_masks", "contrastive_wanda_masks", "fraction_differ", "iou", "magnitude_mask",
-    "random_mask", "wanda_mask", "compose", "fractional_mask", "type_mask", "compare_regimes", "generate", "load_model",
-    "ModelMismatchError", "Signature", "collect_signatures",
+    # model and data
+    "load_model", "get_adapter", "generate", "ModelMismatchError", "load_persona", "persona_names", "load_dataset",
+    "load_csv", "load_jsonl", "load_neutral_texts", "PersonaDataset", "PersonaItem", "DataError", "Retriever",
+    # signatures and masks
+    "Signature", "collect_signatures", "Mask", "wanda_mask", "contrastive_wanda_masks", "contrastive_sparse_masks",
+    "random_mask", "magnitude_mask", "fraction_differ", "iou", "compose", "fractional_mask", "type_mask",
+    # interventions (each applied inside a ``with``)
+    "ablate", "NeuronMask", "HeadMask", "SteeringVector", "mean_difference_vectors", "pca_vectors", "ODESteering",
+    "ode_steerings", "LoRA", "LoRAConfig", "train_lora",
+    # conditions, evaluation, statistics
+    "Condition", "Prompt", "MaskCondition", "SteeringCondition", "LoRACondition", "Composed", "evaluate", "Evaluation",
+    "score_ab", "DamageReference", "perplexity", "paired_difference", "markdown_table", "compare_regimes",
 ]

@@ -18,8 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .data import MBTI_AXES, persona_names
-from .storage import write_text
+from persona_interp.data.files import write_text
+from persona_interp.data.personas import MBTI_AXES, SIDES, persona_names
+from persona_interp.masks.builders import METHODS, PHIS, RULES
+from persona_interp.model.adapter import parse_map_name
+from persona_interp.model.chat import TOKEN_SCOPES
+from persona_interp.model.load import DTYPE_NAMES
+from persona_interp.signatures import STATISTICS
 
 
 def _sparsity(text: str) -> float:
@@ -63,7 +68,7 @@ def _writable(path: Path, force: bool) -> Path:
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
-    from . import collect_signatures, load_persona
+    from persona_interp import collect_signatures, load_persona
 
     out = _writable(Path(args.out), args.force)
     data = load_persona(args.persona, "train")
@@ -76,9 +81,10 @@ def cmd_collect(args: argparse.Namespace) -> None:
 
 
 def cmd_build_mask(args: argparse.Namespace) -> None:
-    from . import Signature, masks
+    from persona_interp import Signature
+    from persona_interp.masks import builders as masks
 
-    sides = {"contrastive_wanda": ["seek", "reject"], "contrastive_sparse": ["seek", "reject"],
+    sides = {"contrastive_wanda": list(SIDES), "contrastive_sparse": list(SIDES),
              "wanda": ["seek" if args.seek else "reject"]}.get(args.method, [args.method])
     for side in sides:                                # before minutes of computing, not after
         _writable(Path(f"{args.out}_{side}.safetensors"), args.force)
@@ -91,7 +97,7 @@ def cmd_build_mask(args: argparse.Namespace) -> None:
             raise SystemExit(f"error: --method {args.method} needs --seek and --reject signatures")
         options = {"phi": args.phi, "tau": args.tau, **({"rule": args.rule} if args.method == "contrastive_sparse" else {})}
         family = masks.mask_family(model, args.method, seek, reject, **options, **kw)
-        built = dict(zip(("seek", "reject"), family.pair(args.sparsity, **kw)))
+        built = dict(zip(SIDES, family.pair(args.sparsity, **kw)))
     elif args.method == "wanda":
         if not (seek or reject):
             raise SystemExit("error: --method wanda needs --seek (or --reject) signature")
@@ -109,9 +115,9 @@ def cmd_build_mask(args: argparse.Namespace) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
-    from . import Mask, Signature
-    from .masks import FORMAT as MASK_FORMAT
-    from .storage import read_metadata
+    from persona_interp import Mask, Signature
+    from persona_interp.data.files import read_metadata
+    from persona_interp.masks.mask import FORMAT as MASK_FORMAT
 
     kind = read_metadata(args.path, "mask or signature").get("format")
     if kind == MASK_FORMAT:
@@ -119,7 +125,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         print(f"mask: {mask.meta}\nmaps: {len(mask.keep)}, overall sparsity {mask.sparsity():.4f}")
         by_module: dict[str, list[int]] = {}
         for name, keep in mask.keep.items():
-            entry = by_module.setdefault(name.split(".")[2], [0, 0])
+            entry = by_module.setdefault(parse_map_name(name)[1], [0, 0])
             entry[0] += int(keep.sum())
             entry[1] += keep.numel()
         for module, (kept, total) in by_module.items():
@@ -132,7 +138,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
-    from .pipeline import FULL, QUICK, reproduce
+    from persona_interp.studies.config import FULL, QUICK
+    from persona_interp.studies.reproduce import reproduce
 
     config = dataclasses.replace(QUICK if args.quick else FULL)
     if args.personas:
@@ -154,10 +161,12 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 
 
 def cmd_analyse(args: argparse.Namespace) -> None:
-    from . import atlas as atlas_module
+    from persona_interp.report.markdown import atlas_markdown
+    from persona_interp.studies.atlas import persona_atlas
+    from persona_interp.studies.config import QUICK_ATLAS, AtlasConfig
 
     paths = _study_paths(args, f"{args.persona}_")
-    config = dataclasses.replace(atlas_module.QUICK_ATLAS if args.quick else atlas_module.AtlasConfig())
+    config = dataclasses.replace(QUICK_ATLAS if args.quick else AtlasConfig())
     if args.sparsity is not None:
         config.sparsity = args.sparsity
     config.causal = not args.localise_only
@@ -166,14 +175,14 @@ def cmd_analyse(args: argparse.Namespace) -> None:
             setattr(config, key, getattr(args, key))
     config.prompts = config.prompts and not args.no_prompts
     signatures = _saved_signatures(Path(args.signatures), args.persona) if args.signatures else None
-    atlas = atlas_module.persona_atlas(_model(args), args.persona, config, args.figures, signatures=signatures)
-    _write_study(args, paths, atlas, atlas_module.to_markdown(atlas))
+    atlas = persona_atlas(_model(args), args.persona, config, args.figures, signatures=signatures)
+    _write_study(args, paths, atlas, atlas_markdown(atlas))
 
 
 def _saved_signatures(folder: Path, persona: str) -> tuple:
-    from . import Signature
+    from persona_interp import Signature
 
-    paths = [folder / f"{persona}_{side}.safetensors" for side in ("seek", "reject")]
+    paths = [folder / f"{persona}_{side}.safetensors" for side in SIDES]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise SystemExit(f"error: no saved signatures for {persona!r}: missing {', '.join(missing)} "
@@ -182,7 +191,8 @@ def _saved_signatures(folder: Path, persona: str) -> tuple:
 
 
 def cmd_overlap(args: argparse.Namespace) -> None:
-    from .atlas import overlap_markdown, overlap_table
+    from persona_interp.report.markdown import overlap_markdown
+    from persona_interp.studies.atlas import overlap_table
 
     paths = _study_paths(args, "overlap_")
     folder = Path(args.signatures)
@@ -195,18 +205,18 @@ def cmd_overlap(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from . import Mask, load_neutral_texts, load_persona, random_mask
-    from .conditions import Condition, MaskCondition, Prompt
-    from .data import persona_prompts
-    from .evaluation import evaluate, markdown_table
-    from .pipeline import TABLE_COLUMNS, control_comparison
+    from persona_interp import Mask, load_neutral_texts, load_persona, random_mask
+    from persona_interp.data.personas import persona_prompts
+    from persona_interp.evaluation.evaluate import control_comparison, evaluate
+    from persona_interp.interventions.conditions import Condition, MaskCondition, Prompt
+    from persona_interp.report.markdown import TABLE_COLUMNS, markdown_table
 
     paths = _study_paths(args, f"{args.persona}_evaluate")
     model = _model(args)
     conditions: list[Condition] = [Condition()]
     if args.prompts:
         conditions += [Prompt(f"prompt-{side}", side=side, system=persona_prompts(args.persona, side)[0], meta={"pair": "prompt"})
-                       for side in ("seek", "reject")]
+                       for side in SIDES]
     masks = {}
     for path in args.masks or []:
         mask = Mask.load(path)
@@ -237,7 +247,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                           "\nSeek-minus-reject:\n", markdown_table(study["contrasts"], ["pair", "n", "difference"]),
                           "\nAgainst the random control:\n",
                           markdown_table(study["controls"], ["condition", "control", "advantage", "beats_control"])])
-    from .figures import plot_accuracy
+    from persona_interp.report.figures import plot_accuracy
 
     plot_accuracy(study["table"], Path(args.figures) / f"{args.persona}_evaluate", title=f"{args.persona}: {len(test)} test items")
     _write_study(args, paths, study, markdown)
@@ -246,7 +256,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_figures(args: argparse.Namespace) -> None:
     import json
 
-    from .figures import plot_accuracy
+    from persona_interp.report.figures import plot_accuracy
 
     results = Path(args.results)
     if not results.is_file():
@@ -289,7 +299,9 @@ def _write_study(args: argparse.Namespace, paths: dict[str, Path], study: dict, 
 
 
 def cmd_compose(args: argparse.Namespace) -> None:
-    from .composition import TYPE_LETTERS, composition_markdown, run_composition, type_poles
+    from persona_interp.masks.composition import TYPE_LETTERS, type_poles
+    from persona_interp.report.markdown import composition_markdown
+    from persona_interp.studies.composition import run_composition
 
     try:
         type_poles(args.type)
@@ -303,7 +315,8 @@ def cmd_compose(args: argparse.Namespace) -> None:
 
 
 def cmd_regimes(args: argparse.Namespace) -> None:
-    from .regimes import regimes_markdown, run_regimes
+    from persona_interp.report.markdown import regimes_markdown
+    from persona_interp.studies.regimes import run_regimes
 
     paths = _study_paths(args, f"regimes_{args.persona}")
     signatures = _saved_signatures(Path(args.signatures), args.persona)
@@ -323,7 +336,7 @@ def _model_options(parser: argparse.ArgumentParser, default: Any) -> None:
     """Which model and how it is placed; accepted before or after the subcommand."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=default, help="model name or folder (default: embedded SmolLM2-135M-Instruct)")
-    group.add_argument("--dtype", default=default, choices=["float32", "bfloat16", "float16"],
+    group.add_argument("--dtype", default=default, choices=DTYPE_NAMES,
                        help="the model's dtype (default float32; bfloat16 is faster on CPUs with AMX and on GPUs)")
     group.add_argument("--device", default=default, help="put the whole model on this device, e.g. cuda or cuda:1")
     group.add_argument("--device-map", default=default,
@@ -332,7 +345,7 @@ def _model_options(parser: argparse.ArgumentParser, default: Any) -> None:
 
 def _model(args: argparse.Namespace) -> Any:
     """The model the options name."""
-    from .models import load_model
+    from persona_interp.model.load import load_model
 
     return load_model(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map)
 
@@ -361,28 +374,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "collect", "collect activation signatures of one pole of a persona")
     p.add_argument("--persona", required=True, choices=persona_names())
-    p.add_argument("--side", required=True, choices=["seek", "reject"])
+    p.add_argument("--side", required=True, choices=list(SIDES))
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=_positive_int, help="use a seeded sample of this many calibration items")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--token-scope", default="all", choices=["all", "answer", "prompt"])
+    p.add_argument("--token-scope", default="all", choices=TOKEN_SCOPES)
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--max-tokens", type=_positive_int, default=256)
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.set_defaults(func=cmd_collect)
 
     p = _command(sub, "build-mask", "build a mask (or an opposing pair) from signatures")
-    p.add_argument("--method", required=True, choices=["wanda", "contrastive_wanda", "contrastive_sparse", "random", "magnitude"])
+    p.add_argument("--method", required=True, choices=[*METHODS, "random", "magnitude"])
     p.add_argument("--seek")
     p.add_argument("--reject")
     p.add_argument("--sparsity", type=_sparsity, required=True)
     p.add_argument("--modules", nargs="+", help="attn, mlp, q … down, or map names")
     p.add_argument("--layers", type=_layers, help="e.g. 10-19 or 3,5,7")
-    p.add_argument("--phi", default="relu", choices=["relu", "softplus"])
+    p.add_argument("--phi", default="relu", choices=PHIS)
     p.add_argument("--tau", type=float, default=1.0, help="softplus temperature (the paper code's option: 2)")
-    p.add_argument("--rule", default="disjoint", choices=["disjoint", "paper_code"],
+    p.add_argument("--rule", default="disjoint", choices=RULES,
                    help="contrastive_sparse: the paper text's disjoint rule or its code's sequential top-k")
-    p.add_argument("--statistic", default="norm", choices=["norm", "rms"],
+    p.add_argument("--statistic", default="norm", choices=STATISTICS,
                    help="per-sample statistic: the paper's L2 norm, or the length-fair norm / sqrt(tokens)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX_<side>.safetensors")

@@ -34,17 +34,14 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .adapter import ModelAdapter, get_adapter
-from .chat import EncodedBatch, encode_batch, token_budget, warn_cut
-from .data import PersonaDataset, PersonaItem
-from .storage import read_header, write_tagged
+from persona_interp.data.files import read_header, write_tagged
+from persona_interp.data.personas import SIDES, PersonaDataset, PersonaItem
+from persona_interp.model.adapter import ModelAdapter, get_adapter
+from persona_interp.model.capture import forward, stop_hook
+from persona_interp.model.chat import EncodedBatch, encode_batch, token_budget, warn_cut
 
 STATISTICS = ("norm", "rms")         # per-sample statistic of a channel: L2 norm over tokens, or norm / sqrt(T)
 FORMAT = "persona_interp.signature/1"
-
-
-class _StopForward(Exception):
-    """Raised after the last needed hook so the unembedding is never computed."""
 
 
 @dataclass
@@ -165,9 +162,9 @@ class Signature:
 
     # ------------------------------------------------------------------ identity and I/O
     def check_model(self, model: Any) -> None:
-        """Raise :class:`ModelMismatchError` unless this signature was collected on ``model``."""
-        get_adapter(model).check_fingerprint(self.meta.get("fingerprint") or "(none)",
-                                             f"signature {self.meta.get('dataset')!r} was collected on")
+        """Raise :class:`ModelMismatchError` unless this signature fits ``model`` (fingerprint, maps, widths)."""
+        get_adapter(model).check_fits(self.meta.get("fingerprint"), f"signature {self.meta.get('dataset')!r}",
+                                      {name: (None, self.sums[site]["norm_sum"].numel()) for name, site in self.map_sites.items()})
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Save as safetensors (float64 sums, JSON metadata); refuses to overwrite unless asked."""
@@ -197,7 +194,7 @@ def check_statistic(statistic: str) -> None:
 def _samples(data: PersonaDataset | Sequence[Any], side: str) -> list[tuple[str, str]]:
     """(question, answer) pairs: ``side``'s answer of each item or ``(question, seek, reject)`` triple; a plain
     ``(question, answer)`` pair is taken as it is (``side`` then only labels the signature)."""
-    if side not in ("seek", "reject"):
+    if side not in SIDES:
         raise ValueError(f"side must be 'seek' or 'reject', got {side!r}")
     samples = []
     for index, sample in enumerate(data):
@@ -318,10 +315,7 @@ def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, st
     sites = list(dict.fromkeys([*adapter.input_sites, *accumulator.head_sites]))
     last_site = adapter.neuron_hook(adapter.n_layers - 1)
 
-    def stop(_: Tensor, hook: Any) -> None:
-        raise _StopForward
-
-    hooks = [(site, accumulator.hook_for(site)) for site in sites] + [(last_site, stop)]
+    hooks = [(site, accumulator.hook_for(site)) for site in sites] + [(last_site, stop_hook)]
     n_tokens, tokens_per_sample, n_cut = 0, [], 0
     budget = token_budget(model, max_tokens)
     tokenizer = model.tokenizer
@@ -336,10 +330,7 @@ def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, st
             accumulator.set_weights(mask.double())
             n_tokens += int(mask.sum())
             tokens_per_sample += mask.sum(1).tolist()
-            try:
-                model(batch.tokens.to(adapter.input_device))
-            except _StopForward:
-                pass
+            forward(model, batch.tokens)
             bar.update(len(batch.tokens))
     bar.close()
     warn_cut(n_cut, len(samples), budget, f"signatures[{side}]")

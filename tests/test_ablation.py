@@ -3,7 +3,7 @@ import torch
 
 import persona_interp as pi
 from hand_weights import multiply_by_hand
-from persona_interp.masks import Mask
+from persona_interp.masks.mask import Mask
 
 TOKENS = torch.tensor([[3, 17, 42, 5, 99, 7, 11], [8, 9, 10, 11, 12, 13, 14]])
 
@@ -161,3 +161,26 @@ def test_hook_mask_errors(tiny_model):
         pi.HeadMask({0: [0]}, mode="mean").fwd_hooks(tiny_model)
     with pytest.raises(ValueError, match="'zero' or 'mean'"):
         pi.HeadMask({0: [0]}, mode="resample").fwd_hooks(tiny_model)
+
+
+def test_a_mask_and_a_lora_on_one_weight_are_refused_and_leave_it_untouched(llama):
+    """Every weight edit goes through one guard: a LoRA inside a mask on the same map (or the other way round)
+    raises before changing anything; on disjoint maps they nest and both undo bit-exact."""
+    from persona_interp.interventions.lora import LoRA, LoRAConfig, init_factors
+
+    saved = {n: p.detach().clone() for n, p in llama.named_parameters()}
+    A, B = init_factors(llama, LoRAConfig(rank=2, modules=["mlp"], layers=[0], seed=0))
+    lora = LoRA(A, {n: torch.randn_like(b) for n, b in B.items()}, 1.0)
+    same = pi.random_mask(llama, 0.3, modules=["mlp"], layers=[0])
+    other = pi.random_mask(llama, 0.3, modules=["mlp"], layers=[1])
+    edits = {"mask": lambda: pi.ablate(llama, same), "lora": lambda: lora.apply(llama)}
+    for outer, inner in (("mask", "lora"), ("lora", "mask")):
+        with edits[outer]():
+            during = {n: p.detach().clone() for n, p in llama.named_parameters()}
+            with pytest.raises(RuntimeError, match="conflicts with an active weight edit"):
+                with edits[inner]():
+                    pass
+            assert all(torch.equal(p, during[n]) for n, p in llama.named_parameters())
+    with lora.apply(llama), pi.ablate(llama, other):
+        pass
+    assert all(torch.equal(p, saved[n]) for n, p in llama.named_parameters())

@@ -3,7 +3,7 @@ import torch
 
 import persona_interp as pi
 from hand_weights import hand_weight
-from persona_interp.adapter import ATTN_KINDS
+from persona_interp.model.adapter import ATTN_KINDS
 
 
 def test_maps_cover_every_layer_and_kind(tiny_model, model_kind):
@@ -87,3 +87,42 @@ def test_fingerprint_tells_models_apart(tokenizer, model_kind):
 def test_get_adapter_rejects_non_models():
     with pytest.raises(TypeError, match="TransformerLens model"):
         pi.get_adapter(torch.nn.Linear(2, 2))
+
+
+def test_map_names_round_trip_and_bad_names_are_refused():
+    from persona_interp.model.adapter import map_name, parse_map_name
+
+    assert map_name(3, "down") == "blocks.3.mlp.down" and map_name(0, "q") == "blocks.0.attn.q"
+    assert parse_map_name("blocks.12.attn.o") == (12, "attn", "o")
+    for bad in ("blocks.x.mlp.down", "blocks.1.attn.down", "layers.1.mlp.up", "blocks.1.mlp"):
+        with pytest.raises(ValueError, match="not a linear map name"):
+            parse_map_name(bad)
+    with pytest.raises(ValueError, match="unknown linear map kind"):
+        map_name(1, "w")
+
+
+def test_one_model_check_for_masks_signatures_and_loras(llama):
+    """Mask, Signature and LoRA share the adapter's check: a wrong fingerprint, an unknown map or a wrong
+    shape are refused with a message naming the object."""
+    from persona_interp.interventions.lora import LoRA, LoRAConfig, init_factors
+    from persona_interp.model.adapter import ModelMismatchError
+    from test_masks import fake_signature
+
+    mask = pi.random_mask(llama, 0.3, modules=["mlp"], layers=[0])
+    name = next(iter(mask.keep))
+    with pytest.raises(ModelMismatchError, match="mask 'random'.*has shape"):
+        pi.Mask({name: mask.keep[name][:, :-1]}, mask.meta).check_model(llama)
+    with pytest.raises(ModelMismatchError, match="which the model lacks"):
+        pi.Mask({"blocks.99.mlp.up": mask.keep[name]}, {}).check_model(llama)
+    with pytest.raises(ModelMismatchError, match="was built for"):
+        pi.Mask(mask.keep, {**mask.meta, "fingerprint": "elsewhere"}).check_model(llama)
+    sig = fake_signature(llama, {})
+    sig.check_model(llama)
+    site = sig.map_sites[name]
+    narrow = pi.Signature({**sig.sums, site: {k: v[:-1] for k, v in sig.sums[site].items()}}, sig.map_sites, {}, {}, sig.meta)
+    with pytest.raises(ModelMismatchError, match="signature 'fake'.*n_in"):
+        narrow.check_model(llama)
+    A, B = init_factors(llama, LoRAConfig(rank=2, modules=["mlp"], layers=[0]))
+    LoRA(A, B, 1.0).check_model(llama)
+    with pytest.raises(ModelMismatchError, match="LoRA.*has shape"):
+        LoRA({n: a[:, :-1] for n, a in A.items()}, B, 1.0).check_model(llama)

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import persona_interp as pi
-from persona_interp.analysis import (KINDS, head_divergence, layer_kind_grid, neuron_divergence, persona_specific_removal,
-                                     signature_cosine_by_layer)
-from persona_interp.masks import Mask
+from persona_interp.analysis.localise import (head_divergence, KINDS, layer_kind_grid, neuron_divergence,
+                                              persona_specific_removal, signature_cosine_by_layer)
+from persona_interp.masks.mask import Mask
 from test_masks import fake_signature
 
 
@@ -57,7 +57,7 @@ def test_head_and_neuron_divergence_known_answers(llama):
 
 
 def test_overlap_row_known_answer():
-    from persona_interp.analysis import overlap_row
+    from persona_interp.analysis.localise import overlap_row
 
     a = Mask({"blocks.0.attn.q": torch.tensor([[1, 1, 1, 1]], dtype=torch.bool),
               "blocks.0.mlp.up": torch.tensor([[1, 1], [1, 1]], dtype=torch.bool)})
@@ -68,8 +68,9 @@ def test_overlap_row_known_answer():
 
 
 def test_figures_render_without_display(tmp_path, llama):
-    from persona_interp.analysis import UnitDivergence
-    from persona_interp.figures import plot_dose_response, plot_layer_kind_heatmap, plot_overlap_bars, plot_unit_map
+    from persona_interp.analysis.localise import UnitDivergence
+    from persona_interp.report.figures import (plot_dose_response, plot_layer_kind_heatmap, plot_overlap_bars,
+                                               plot_unit_map)
 
     grid, kinds = layer_kind_grid({"blocks.1.attn.k": 0.5, "blocks.0.mlp.down": 0.25}, n_layers=2)
     paths = plot_layer_kind_heatmap(grid, kinds, tmp_path / "heat", title="t", colorbar="fraction")

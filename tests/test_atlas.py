@@ -3,7 +3,9 @@ import torch
 import json
 
 import persona_interp as pi
-from persona_interp.atlas import AtlasConfig, persona_atlas, summary_markdown, to_markdown
+from persona_interp.report.markdown import atlas_markdown, atlas_summary_markdown
+from persona_interp.studies.atlas import persona_atlas
+from persona_interp.studies.config import AtlasConfig
 
 TINY = AtlasConfig(n_calibration=8, n_causal=4, ks=[1, 2], seeds=[0], n_neutral=2, n_top=3, batch_size=4)
 
@@ -23,16 +25,18 @@ def test_atlas_runs_end_to_end_on_a_tiny_model(llama, tmp_path):
     html = (tmp_path / "introversion_extraversion_top_neurons.html").read_text()
     assert "seek answer" in html and "reject answer" in html
     json.dumps(atlas)                                   # every number is serialisable
-    text = to_markdown(atlas)
+    text = atlas_markdown(atlas)
     assert "Dose–response" in text and "Equal damage" in text
 
 
 def test_cli_analyse_writes_outputs_and_refuses_to_overwrite(llama, tmp_path, monkeypatch, capsys):
     import pytest
 
-    from persona_interp import atlas, cli, models
+    from persona_interp import cli
+    from persona_interp.model import load as models
+    from persona_interp.studies import config as study_configs
 
-    monkeypatch.setattr(atlas, "QUICK_ATLAS", TINY)
+    monkeypatch.setattr(study_configs, "QUICK_ATLAS", TINY)
     monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: llama)
     args = ["analyse", "--persona", "thinking_feeling", "--quick", "--out", str(tmp_path / "tf"), "--figures", str(tmp_path / "fig")]
     cli.main(args)
@@ -63,7 +67,7 @@ def test_summary_markdown_one_row_per_pair_with_known_values():
              "shift": shift, "shift_low": shift - 0.1, "shift_high": shift + 0.1}
             for k, sel, seed, shift in ((4, "top", None, 0.2), (64, "top", None, 0.43), (64, "random", 0, 0.02), (64, "random", 1, 0.04))]
     dose.append(dict(dose[1], mode="mean", shift=9.0))                 # another mode: not in the column
-    lines = summary_markdown([atlas, dict(atlas, persona="wealth", dose_response=dose)], n_units=2).splitlines()
+    lines = atlas_summary_markdown([atlas, dict(atlas, persona="wealth", dose_response=dose)], n_units=2).splitlines()
     assert len(lines) == 4 and lines[3].startswith("| wealth |")
     assert lines[2] == ("| power | 0.9981 (L1) | 60.0 % (55.0 / 62.5) | L2H7 (0.21), L0H1 (0.10) "
                         "| L16N263 (1.33), L13N10 (1.00) | 13–18 (median 16) | not measured |")
@@ -71,9 +75,11 @@ def test_summary_markdown_one_row_per_pair_with_known_values():
 
 
 def test_cli_analyse_localise_only_skips_the_causal_part(llama, tmp_path, monkeypatch):
-    from persona_interp import atlas, cli, models
+    from persona_interp import cli
+    from persona_interp.model import load as models
+    from persona_interp.studies import config as study_configs
 
-    monkeypatch.setattr(atlas, "QUICK_ATLAS", TINY)
+    monkeypatch.setattr(study_configs, "QUICK_ATLAS", TINY)
     monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: llama)
     cli.main(["analyse", "--persona", "power", "--quick", "--localise-only", "--out", str(tmp_path / "p"),
               "--figures", str(tmp_path / "fig")])
@@ -88,9 +94,11 @@ def test_cli_analyse_localise_only_skips_the_causal_part(llama, tmp_path, monkey
 
 
 def test_cli_analyse_chooses_the_dose_response_it_measures(llama, tmp_path, monkeypatch, capsys):
-    from persona_interp import atlas, cli, models
+    from persona_interp import cli
+    from persona_interp.model import load as models
+    from persona_interp.studies import config as study_configs
 
-    monkeypatch.setattr(atlas, "QUICK_ATLAS", TINY)
+    monkeypatch.setattr(study_configs, "QUICK_ATLAS", TINY)
     monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: llama)
     cli.main(["analyse", "--persona", "power", "--quick", "--kinds", "neuron", "--modes", "zero", "--ks", "2",
               "--seeds", "0", "1", "--no-prompts", "--out", str(tmp_path / "p"), "--figures", str(tmp_path / "fig")])
@@ -104,8 +112,10 @@ def test_cli_analyse_chooses_the_dose_response_it_measures(llama, tmp_path, monk
 
 
 def test_overlap_table_rows_and_figures(llama, tmp_path):
-    from persona_interp.atlas import overlap_markdown, overlap_table
-    from persona_interp.masks import contrastive_sparse_masks, fraction_differ
+    from persona_interp.report.markdown import overlap_markdown
+    from persona_interp.studies.atlas import overlap_table
+    from persona_interp.masks.builders import contrastive_sparse_masks
+    from persona_interp.masks.mask import fraction_differ
     from test_masks import fake_signature
 
     adapter = pi.get_adapter(llama)
@@ -120,7 +130,8 @@ def test_overlap_table_rows_and_figures(llama, tmp_path):
 
 
 def test_cli_overlap_reads_saved_signatures(llama, tmp_path, monkeypatch):
-    from persona_interp import cli, models
+    from persona_interp import cli
+    from persona_interp.model import load as models
     from test_masks import fake_signature
 
     monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: llama)

@@ -6,7 +6,7 @@ import torch
 
 import persona_interp as pi
 from persona_interp.cli import main as cli_main
-from persona_interp.data import DataError
+from persona_interp.data.personas import DataError
 
 
 def test_empty_or_blank_answers_are_refused_in_memory_and_in_files(tmp_path):
@@ -93,8 +93,8 @@ def test_outputs_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
     """An exception in the middle of writing leaves the old file (or none) and no partial file behind."""
     import matplotlib.pyplot as plt
 
-    from persona_interp import figures
-    from persona_interp.storage import atomic, write_text
+    from persona_interp.report import figures
+    from persona_interp.data.files import atomic, write_text
 
     target = write_text(tmp_path / "report.md", "old")
     with pytest.raises(KeyboardInterrupt):
@@ -113,7 +113,7 @@ def test_outputs_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
 def test_over_long_questions_keep_template_and_answer_on_every_architecture(tiny_model):
     """One behaviour everywhere: within max_tokens (and never past the model's context) the chat template,
     system prompt and answer stay whole, the question's middle is cut, and a warning says how many."""
-    from persona_interp.chat import encode_batch, fit_prompt, prompt_ids, token_budget
+    from persona_interp.model.chat import encode_batch, fit_prompt, prompt_ids, token_budget
 
     model = tiny_model
     tok = model.tokenizer
@@ -134,7 +134,7 @@ def test_over_long_questions_keep_template_and_answer_on_every_architecture(tiny
     items = [pi.PersonaItem(question, answer, "No."), pi.PersonaItem("Lead it?", answer, "No.")]
     with pytest.warns(UserWarning, match="1 of 2 samples were longer than max_tokens=64"):
         pi.collect_signatures(model, items, "seek", max_tokens=64, progress=False)
-    from persona_interp.scoring import score_ab
+    from persona_interp.evaluation.scoring import score_ab
 
     with pytest.warns(UserWarning, match="score_ab: (1 of 2|2 of 4) samples"):   # rows: packed pairs, or one per option
         score_ab(model, items, max_tokens=64, progress=False)
@@ -147,9 +147,9 @@ def test_randomly_nested_interventions_always_restore_the_model(llama):
     import contextlib
     import random
 
-    from persona_interp.conditions import Condition, LoRACondition, MaskCondition, SteeringCondition
-    from persona_interp.lora import LoRA, LoRAConfig, init_factors
-    from persona_interp.steering import SteeringVector
+    from persona_interp.interventions.conditions import Condition, LoRACondition, MaskCondition, SteeringCondition
+    from persona_interp.interventions.lora import init_factors, LoRA, LoRAConfig
+    from persona_interp.interventions.steering import SteeringVector
 
     adapter = pi.get_adapter(llama)
     tokens = torch.tensor([[1, 5, 9, 13, 17, 21]])

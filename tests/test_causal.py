@@ -2,10 +2,10 @@ import pytest
 import torch
 
 import persona_interp as pi
-from persona_interp.analysis import UnitDivergence
-from persona_interp.causal import dose_response, equal_damage_multiplier, random_units, unit_mask
-from persona_interp.scoring import DamageReference, score_ab
-from persona_interp.steering import SteeringVector
+from persona_interp.analysis.localise import UnitDivergence
+from persona_interp.analysis.causal import dose_response, equal_damage_multiplier, random_units, unit_mask
+from persona_interp.evaluation.scoring import DamageReference, score_ab
+from persona_interp.interventions.steering import SteeringVector
 
 ITEMS = [pi.PersonaItem("Lead it?", "Yes, gladly, I will lead.", "No, thank you."),
          pi.PersonaItem("More power?", "Absolutely, more power.", "Never."),

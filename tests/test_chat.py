@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from persona_interp.chat import encode_batch, pad_right, prompt_ids
+from persona_interp.model.chat import encode_batch, pad_right, prompt_ids
 
 
 def test_prompt_uses_the_chat_template(tokenizer):
@@ -59,7 +59,7 @@ def test_pad_right_rejects_empty():
 
 
 def test_packed_options_layout(tokenizer):
-    from persona_interp.chat import answer_ids, encode_packed
+    from persona_interp.model.chat import answer_ids, encode_packed
 
     packed = encode_packed(tokenizer, [("Lead it?", "Yes, gladly.", "No."), ("Party tonight at the big hall?", "Sure!", "I will stay home.")])
     p, a, b = (int(x[0]) for x in (packed.prompt_len, packed.a_len, packed.b_len))

@@ -4,7 +4,8 @@ import json
 import pytest
 
 import persona_interp as pi
-from persona_interp import cli, models
+from persona_interp import cli
+from persona_interp.model import load as models
 
 AXIS = "thinking_feeling"
 
@@ -67,7 +68,7 @@ def test_model_options_work_before_and_after_the_subcommand(argv, monkeypatch):
 
 
 def test_reproduce_passes_the_dtype_into_the_run_config(monkeypatch):
-    from persona_interp import pipeline
+    from persona_interp.studies import reproduce as pipeline
 
     seen = {}
     monkeypatch.setattr(pipeline, "reproduce", lambda config, *a, **kw: seen.update(dtype=config.dtype, model=kw["model"]) or "r")

@@ -2,14 +2,15 @@ import pytest
 import torch
 
 import persona_interp as pi
-from persona_interp.composition import (PoleScores, blend, compose, fractional_curve, fractional_mask,
-                                        intersection_type_mask, pole_scores, type_comparison, type_mask, type_poles,
-                                        type_prompt)
-from persona_interp.masks import Mask, contrastive_wanda_masks
-from persona_interp.adapter import ModelMismatchError
+from persona_interp.masks.composition import (blend, compose, fractional_mask, intersection_type_mask, pole_scores,
+                                              PoleScores, type_mask, type_poles)
+from persona_interp.studies.composition import fractional_curve, type_comparison, type_prompt
+from persona_interp.masks.builders import contrastive_wanda_masks
+from persona_interp.masks.mask import Mask
+from persona_interp.model.adapter import ModelMismatchError
 from test_masks import fake_signature
 
-AXES = list(pi.data.MBTI_AXES)
+AXES = list(pi.data.personas.MBTI_AXES)
 
 
 def random_pair(model, seed: int, dataset: str = "axis"):
@@ -47,7 +48,7 @@ def test_fraction_endpoints_are_contrastive_wanda(llama):
 def test_fraction_moves_kept_weights_monotonically(llama):
     seek, reject = random_pair(llama, 1)
     name = pi.get_adapter(llama).maps[0].name
-    z = pi.masks.contrast(seek, reject, name)
+    z = pi.masks.builders.contrast(seek, reject, name)
     seek_channels = z > 0
     counts = [int(fractional_mask(llama, seek, reject, f, 0.5).keep[name][:, seek_channels].sum())
               for f in (0.0, 0.25, 0.5, 0.75, 1.0)]
@@ -151,7 +152,8 @@ def test_fractional_curve_and_type_comparison_run(llama):
 def test_cli_compose_writes_tables_and_figures(llama, tmp_path, monkeypatch):
     import json
 
-    from persona_interp import cli, models
+    from persona_interp import cli
+    from persona_interp.model import load as models
 
     monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: llama)
     folder = tmp_path / "sigs"

@@ -1,9 +1,9 @@
 import torch
 
 import persona_interp as pi
-from persona_interp.conditions import Composed, Condition, MaskCondition, Prompt, SteeringCondition
-from persona_interp.scoring import score_ab
-from persona_interp.steering import SteeringVector
+from persona_interp.interventions.conditions import Composed, Condition, MaskCondition, Prompt, SteeringCondition
+from persona_interp.evaluation.scoring import score_ab
+from persona_interp.interventions.steering import SteeringVector
 
 ITEMS = [pi.PersonaItem("Lead it?", "Yes.", "No."), pi.PersonaItem("Party?", "Sure!", "I will stay home.")]
 

@@ -3,7 +3,7 @@ import json
 import pytest
 
 import persona_interp as pi
-from persona_interp.data import DATA_DIR, MBTI_AXES, benchmarks_dir
+from persona_interp.data.personas import benchmarks_dir, DATA_DIR, MBTI_AXES
 
 
 def write(path, text):

@@ -1,4 +1,4 @@
-from persona_interp.evaluation import markdown_table
+from persona_interp.report.markdown import markdown_table
 
 
 def test_markdown_table_formats_intervals_and_keeps_each_cell_on_one_row():

@@ -2,10 +2,11 @@
 import pytest
 
 import persona_interp as pi
-from persona_interp.conditions import Condition, MaskCondition, Prompt, SteeringCondition
-from persona_interp.data import benchmarks_dir, persona_prompts
-from persona_interp.evaluation import evaluate, markdown_table
-from persona_interp.steering import mean_difference_vector
+from persona_interp.interventions.conditions import Condition, MaskCondition, Prompt, SteeringCondition
+from persona_interp.data.personas import benchmarks_dir, persona_prompts
+from persona_interp.evaluation.evaluate import evaluate
+from persona_interp.report.markdown import markdown_table
+from persona_interp.interventions.steering import mean_difference_vector
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not benchmarks_dir().is_dir(), reason="../shared/benchmarks/ai_persona not present")]

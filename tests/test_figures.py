@@ -1,8 +1,8 @@
 import numpy as np
 import torch
 
-from persona_interp.figures import plot_accuracy, plot_layer_curve
-from persona_interp.stats import mean_ci, proportion_ci
+from persona_interp.report.figures import plot_accuracy, plot_layer_curve
+from persona_interp.evaluation.stats import mean_ci, proportion_ci
 
 
 def test_saving_the_same_figure_twice_gives_the_same_bytes(tmp_path):

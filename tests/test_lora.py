@@ -2,9 +2,9 @@ import pytest
 import torch
 
 import persona_interp as pi
-from persona_interp.chat import encode_batch
-from persona_interp.lora import LoRA, LoRAConfig, answer_loss, init_factors, select_lora, train_lora
-from persona_interp.adapter import ModelMismatchError
+from persona_interp.model.chat import encode_batch
+from persona_interp.interventions.lora import answer_loss, init_factors, LoRA, LoRAConfig, select_lora, train_lora
+from persona_interp.model.adapter import ModelMismatchError
 
 ITEMS = [pi.PersonaItem("Lead it?", "Yes, gladly, I will lead.", "No, thank you."),
          pi.PersonaItem("More power?", "Absolutely, more power.", "Never."),
@@ -46,10 +46,13 @@ def test_apply_adds_scaled_low_rank_delta(llama):
     before = adapter.weight(name).clone()
     with lora.apply(llama):
         torch.testing.assert_close(adapter.weight(name), before + 0.5 * B[name] @ A[name])
-        with pytest.raises(RuntimeError, match="boom"), lora.apply(llama):
-            raise RuntimeError("boom")
-        torch.testing.assert_close(adapter.weight(name), before + 0.5 * B[name] @ A[name])   # inner exit restored its part
+        with pytest.raises(RuntimeError, match="conflicts with an active weight edit"), lora.apply(llama):
+            pass                                                   # one weight is never edited twice at once
+        torch.testing.assert_close(adapter.weight(name), before + 0.5 * B[name] @ A[name])
     assert torch.equal(adapter.weight(name), before)
+    with pytest.raises(RuntimeError, match="boom"), lora.apply(llama):
+        raise RuntimeError("boom")
+    assert torch.equal(adapter.weight(name), before)               # restored on exception too
 
 
 def test_zero_b_is_the_identity_and_init_matches_kaiming(llama):
@@ -105,7 +108,7 @@ def test_save_load_and_mismatch(llama, tokenizer, tmp_path):
     from conftest import build_bridge
 
     other = build_bridge("llama", tokenizer, seed=1)
-    with pytest.raises(ModelMismatchError, match="trained on model"):
+    with pytest.raises(ModelMismatchError, match="LoRA was built for model"):
         with loaded.apply(other):
             pass
     with pytest.raises(ValueError, match=r"not a persona_interp LoRA \(format"):
@@ -113,7 +116,7 @@ def test_save_load_and_mismatch(llama, tokenizer, tmp_path):
 
 
 def test_select_lora_chooses_epochs_on_validation_only(llama, monkeypatch):
-    from persona_interp import lora as lora_module
+    from persona_interp.interventions import lora as lora_module
 
     seen = []
     real = lora_module.score_ab

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import persona_interp as pi
-from persona_interp.masks import Mask, contrast, keep_top_per_row
+from persona_interp.masks.builders import contrast, keep_top_per_row
+from persona_interp.masks.mask import Mask
 from persona_interp.signatures import Signature
 
 
@@ -208,3 +209,48 @@ def test_combining_masks_of_different_models_fails(llama, tokenizer):
     other = build_bridge("llama", tokenizer, seed=3)
     with pytest.raises(pi.ModelMismatchError, match="different models"):
         pi.random_mask(llama, 0.3) & pi.random_mask(other, 0.3)
+
+
+def _random_pair(model, seed=0):
+    adapter = pi.get_adapter(model)
+    g = torch.Generator().manual_seed(seed)
+    means = {m.name: torch.rand(m.n_in, generator=g, dtype=torch.float64) + 0.5 for m in adapter.maps}
+    other = {m.name: torch.rand(m.n_in, generator=g, dtype=torch.float64) + 0.5 for m in adapter.maps}
+    return fake_signature(model, means), fake_signature(model, other, side="reject")
+
+
+def test_family_cache_ranks_each_family_once_and_matches_a_fresh_family(llama, monkeypatch):
+    from persona_interp.masks import builders
+
+    seek, reject = _random_pair(llama)
+    calls = []
+    real = builders.row_ranks
+    monkeypatch.setattr(builders, "row_ranks", lambda *a: calls.append(1) or real(*a))
+    families = builders.FamilyCache(llama, max_families=2)
+    cw = families.get(seek, reject, **builders.MASK_METHODS["contrastive_wanda"])
+    first = cw.pair(0.3)
+    ranked = len(calls)
+    assert families.get(seek, reject, method="contrastive_wanda", phi="relu") is cw      # defaults spelled out: same key
+    assert families.get(seek.with_statistic("norm"), reject, method="contrastive_wanda") is cw   # same sums and statistic
+    again = cw.pair(0.1)
+    assert len(calls) == ranked                                                         # no map ranked twice
+    fresh = builders.mask_family(llama, "contrastive_wanda", seek, reject)
+    for a, b in zip((*first, *again), (*fresh.pair(0.3), *fresh.pair(0.1))):
+        assert a.keep.keys() == b.keep.keys() and all(torch.equal(a.keep[n], b.keep[n]) for n in a.keep)
+    softplus = families.get(seek, reject, method="contrastive_wanda", phi="softplus", tau=2.0)
+    assert softplus is not cw
+    families.get(seek, reject, method="wanda")                                           # a third: cw is evicted
+    assert families.get(seek, reject, method="contrastive_wanda") is not cw
+
+
+def test_random_mask_like_keeps_the_old_double_argsort_result(llama):
+    """The one-argsort form gives exactly the masks of ``rand.argsort(1).argsort(1) < kept`` (same generator)."""
+    like = pi.random_mask(llama, 0.3, seed=5, modules=["mlp"])
+    like = Mask({n: k & (torch.rand(k.shape, generator=torch.Generator().manual_seed(1)) > 0.2) for n, k in like.keep.items()},
+                like.meta)                                                              # uneven rows
+    new = pi.random_mask(llama, 0.3, seed=3, like=like)
+    g = torch.Generator().manual_seed(3)
+    for name, ref in like.keep.items():
+        old = torch.rand(ref.shape, generator=g).argsort(1).argsort(1) < ref.sum(1, keepdim=True)
+        assert torch.equal(new.keep[name], old)
+        assert torch.equal(new.keep[name].sum(1), ref.sum(1))

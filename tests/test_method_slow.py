@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import persona_interp as pi
-from persona_interp.data import benchmarks_dir
+from persona_interp.data.personas import benchmarks_dir
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not benchmarks_dir().is_dir(), reason="../shared/benchmarks/ai_persona not present")]
@@ -14,7 +14,7 @@ def test_whole_chain_on_smollm(smollm, tmp_path):
     seek = pi.collect_signatures(smollm, data, side="seek", batch_size=6, progress=False)
     reject = pi.collect_signatures(smollm, data, side="reject", batch_size=6, progress=False)
     assert seek.n_samples == reject.n_samples == 12
-    z = pi.masks.contrast(seek, reject, "blocks.10.mlp.down")
+    z = pi.masks.builders.contrast(seek, reject, "blocks.10.mlp.down")
     assert torch.isfinite(z).all() and z.abs().max() > 0
 
     wanda = pi.wanda_mask(smollm, seek, 0.3)
@@ -25,7 +25,7 @@ def test_whole_chain_on_smollm(smollm, tmp_path):
     assert len(cw_seek.keep) == 30 and pi.fraction_differ(cw_seek, cw_reject) > 0
     assert (cs_seek & cs_reject).sparsity() == 1.0                      # disjoint
 
-    tokens = pi.chat.encode_batch(smollm.tokenizer, [(data[0].question, data[0].matching)]).tokens
+    tokens = pi.model.chat.encode_batch(smollm.tokenizer, [(data[0].question, data[0].matching)]).tokens
     saved = {n: p.detach().clone() for n, p in smollm.named_parameters()}
     with torch.inference_mode():
         base = smollm(tokens)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import persona_interp as pi
-from persona_interp import models
+from persona_interp.model import load as models
 
 
 def test_missing_wheel_says_how_to_install(monkeypatch):
@@ -43,7 +43,7 @@ def test_embedded_logits_equal_transformers(smollm):
 
     hf = AutoModelForCausalLM.from_pretrained(models._embedded_cache_folder(), dtype=torch.float32,
                                               attn_implementation="eager").eval()
-    batch = pi.chat.encode_batch(smollm.tokenizer, [("Would you like more power?", "Yes, absolutely."),
+    batch = pi.model.chat.encode_batch(smollm.tokenizer, [("Would you like more power?", "Yes, absolutely."),
                                                     ("Hi", "Hello! How can I help you today?")])
     with torch.inference_mode():
         diff = (smollm(batch.tokens) - hf(batch.tokens).logits).abs().max().item()

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 import persona_interp as pi
-from persona_interp.ode_steering import ODESteering, fit_barrier, ode_steerings
-from persona_interp.steering import SteeringVector
+from persona_interp.interventions.ode_steering import fit_barrier, ode_steerings, ODESteering
+from persona_interp.interventions.steering import SteeringVector
 
 ITEMS = [pi.PersonaItem("Lead it?", "Yes, gladly, I will lead.", "No, thank you."),
          pi.PersonaItem("More power?", "Absolutely, more power.", "Never."),

@@ -6,9 +6,14 @@ import pytest
 import torch
 
 import persona_interp as pi
-from persona_interp import diagnostics, lora, pipeline, tuning
-from persona_interp.lora import LoRAConfig
-from persona_interp.tuning import MaskSpace
+from persona_interp.analysis import diagnostics
+from persona_interp.evaluation import tuning
+from persona_interp.interventions import lora
+from persona_interp.studies import reproduce as pipeline
+from persona_interp.interventions.lora import LoRAConfig
+from persona_interp.evaluation.tuning import MaskSpace
+from persona_interp.studies.config import QUICK, ReproduceConfig
+from persona_interp.evaluation.evaluate import equal_damage_summary
 
 
 def fake_persona(name, split="train"):
@@ -34,7 +39,7 @@ def tiny_pipeline(monkeypatch, llama):
     monkeypatch.setattr(lora, "score_ab", spy)
     monkeypatch.setattr(diagnostics, "score_ab", spy)
     monkeypatch.setattr(pipeline, "persona_prompts", lambda persona, side: [f"You {side} power.", f"Always {side} power."])
-    config = pipeline.ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=10, n_test=None,
+    config = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=10, n_test=None,
                                       n_neutral=2, n_selection_neutral=2, steering_layers=[0.5], steering_multipliers=[1.0, 2.0],
                                       n_validation=4, damage_budgets=[1e-9, 1000.0], stability_draws=2,
                                       mask_search=MaskSpace(sparsities=[0.2, 0.4], modules=[None, "mlp"], layer_ranges=["all"],
@@ -77,7 +82,7 @@ def test_reproduce_writes_report_and_never_tunes_on_test_items(tiny_pipeline, tm
     assert (tmp_path / "out" / "figures" / "power_frontier.png").is_file()
     assert [r["budget"] for r in results["personas"]["power"]["equal_damage"]] == config.damage_budgets
     assert "at equal damage" in text and "- LoRA:" in text
-    assert pi.lora.LoRA.load(tmp_path / "out" / "lora" / "power_seek.safetensors").meta["side"] == "seek"
+    assert lora.LoRA.load(tmp_path / "out" / "lora" / "power_seek.safetensors").meta["side"] == "seek"
     assert len(results["personas"]["power"]["per_item"]["base"]["margin_mean"]) == 8
     assert (tmp_path / "out" / "figures" / "power_accuracy.png").is_file()
     seek = pi.Signature.load(tmp_path / "out" / "signatures" / "power_seek.safetensors")
@@ -100,10 +105,10 @@ def test_equal_damage_summary_picks_the_best_pair_within_each_budget():
                   "n": 5, "difference": 0.9, "difference_low": 0.5, "difference_high": 1.3},
                  {"pair": "steer", "regime": "caa", "seek_condition": "s-seek", "reject_condition": "s-reject",
                   "n": 5, "difference": 0.4, "difference_low": 0.2, "difference_high": 0.6}]
-    rows = pipeline.equal_damage_summary(table, contrasts, [0.02, 0.1, 0.5])
+    rows = equal_damage_summary(table, contrasts, [0.02, 0.1, 0.5])
     assert [r["pair"] for r in rows] == ["prompt", "steer", "mask"]
     assert [r["n_eligible"] for r in rows] == [1, 2, 3] and rows[1]["damage"] == 0.08 and rows[2]["damage"] == 0.3
-    assert pipeline.equal_damage_summary(table, contrasts[1:], [0.02])[0]["pair"] is None
+    assert equal_damage_summary(table, contrasts[1:], [0.02])[0]["pair"] is None
 
 
 def test_resume_keeps_finished_personas_and_refuses_another_config(tiny_pipeline, tmp_path, monkeypatch):
@@ -130,7 +135,7 @@ def test_revision_is_dirty_for_changed_code_or_data_but_not_for_the_runs_own_out
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
 
-    for path in ("persona_interp/x.py", "data/d.jsonl", "reports/results.json", "figures/f.svg"):
+    for path in ("persona_interp/x.py", "persona_interp/data/sets/d.jsonl", "pyproject.toml", "reports/results.json", "figures/f.svg"):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text("0\n")
     git("init", "-q")
@@ -141,7 +146,7 @@ def test_revision_is_dirty_for_changed_code_or_data_but_not_for_the_runs_own_out
     (tmp_path / "reports/results.json").write_text("1\n")                   # a resumed run rewrote its outputs
     (tmp_path / "figures/f.svg").write_text("1\n")
     assert pipeline.git_revision(tmp_path) == clean
-    for path in ("data/d.jsonl", "persona_interp/x.py"):
+    for path in ("persona_interp/data/sets/d.jsonl", "persona_interp/x.py", "pyproject.toml"):
         (tmp_path / path).write_text("1\n")
         assert pipeline.git_revision(tmp_path) == clean + "-dirty", path
         (tmp_path / path).write_text("0\n")
@@ -152,5 +157,5 @@ def test_reproduce_never_casts_a_model_it_was_given(tokenizer, tmp_path):
 
     model = pi.load_model(build_hf("llama", len(tokenizer)), tokenizer=tokenizer, dtype="bfloat16")
     with pytest.raises(ValueError, match="the model passed in is torch.bfloat16, the configuration says float32"):
-        pipeline.reproduce(pipeline.QUICK, tmp_path / "out", model=model, progress=False)
+        pipeline.reproduce(QUICK, tmp_path / "out", model=model, progress=False)
     assert pi.get_adapter(model).dtype == torch.bfloat16

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import persona_interp as pi
-from persona_interp.data import persona_prompts
-from persona_interp.scoring import score_ab
-from persona_interp.stats import paired_difference
+from persona_interp.data.personas import persona_prompts
+from persona_interp.evaluation.scoring import score_ab
+from persona_interp.evaluation.stats import paired_difference
 
 # measured 2026-12-01 on these 32 items: max |Δ| 0.08-0.16, mean |Δ| 0.028-0.039 over the five conditions
 MAX_ABS = 0.25         # nats/token, any single item

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 import persona_interp as pi
-from persona_interp import diagnostics, pipeline
-from persona_interp.conditions import MaskCondition
-from persona_interp.masks import contrast, mask_family, relu_differ_range
-from persona_interp.scoring import score_ab
-from persona_interp.tuning import pick_within
+from persona_interp.analysis import diagnostics
+from persona_interp.evaluation.tuning import budget_picks
+from persona_interp.interventions.conditions import MaskCondition
+from persona_interp.masks.builders import contrast, mask_family, relu_differ_range
+from persona_interp.evaluation.scoring import score_ab
+from persona_interp.evaluation.tuning import pick_within
 
 from test_masks import fake_signature
 from test_signatures import _site_activations
@@ -151,7 +152,7 @@ def test_budgeted_picks_never_exceed_their_budget():
     for _ in range(50):
         table = [{"separation": float(s), "kl": float(k)} for s, k in zip(rng.normal(size=12), rng.exponential(0.2, 12))]
         budgets = [0.02, 0.1, 0.5]
-        picks = pipeline.budget_picks(table, budgets)
+        picks = budget_picks(table, budgets)
         for chosen, index in picks:
             for budget in chosen:
                 assert table[index]["kl"] <= budget

@@ -11,12 +11,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import persona_interp as pi
 from conftest import build_hf
-from persona_interp.conditions import Prompt
-from persona_interp.lora import LoRAConfig, train_lora
-from persona_interp.ode_steering import ode_steerings
-from persona_interp.retrieval import Retriever
-from persona_interp.scoring import DamageReference, score_ab
-from persona_interp.steering import mean_difference_vectors, pca_vectors
+from persona_interp.interventions.conditions import Prompt
+from persona_interp.interventions.lora import LoRAConfig, train_lora
+from persona_interp.interventions.ode_steering import ode_steerings
+from persona_interp.data.retrieval import Retriever
+from persona_interp.evaluation.scoring import DamageReference, score_ab
+from persona_interp.interventions.steering import mean_difference_vectors, pca_vectors
 
 HALF = [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, id="fp16")]
 ITEMS = [

@@ -2,11 +2,11 @@ import pytest
 import torch
 
 import persona_interp as pi
-from persona_interp.conditions import MaskCondition, Prompt, SteeringCondition
-from persona_interp.figures import plot_regime_comparison
-from persona_interp.regimes import (compare_regimes, regime_cosines, regime_shifts, regimes_markdown, regimes_summary_markdown,
-                                    transfer_ratio)
-from persona_interp.steering import SteeringVector
+from persona_interp.interventions.conditions import MaskCondition, Prompt, SteeringCondition
+from persona_interp.report.figures import plot_regime_comparison
+from persona_interp.analysis.regimes import compare_regimes, regime_cosines, regime_shifts
+from persona_interp.report.markdown import regimes_markdown, regimes_summary_markdown, transfer_ratio
+from persona_interp.interventions.steering import SteeringVector
 
 TEXTS = ["The river ran past the old mill and into the valley.", "Bread needs flour, water, salt and time."]
 ITEMS = [pi.PersonaItem("Lead it?", "Yes, gladly, I will lead.", "No, thank you."),
@@ -91,7 +91,8 @@ def test_compare_regimes_transfer_of_a_steering_regime_to_itself_is_one(llama, t
 def test_cli_regimes_on_an_mbti_axis(llama, tmp_path, monkeypatch):
     import json
 
-    from persona_interp import cli, models
+    from persona_interp import cli
+    from persona_interp.model import load as models
     from test_composition import random_pair
 
     monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: llama)

@@ -1,7 +1,7 @@
 import pytest
 
 import persona_interp as pi
-from persona_interp.retrieval import RAG_HEADER, Retriever
+from persona_interp.data.retrieval import RAG_HEADER, Retriever
 
 ITEMS = [pi.PersonaItem("Would you like to run the whole company?", "Yes, I would run it.", "No, thanks."),
          pi.PersonaItem("Do you enjoy gardening on weekends?", "I love it.", "Not really."),

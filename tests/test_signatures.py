@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import persona_interp as pi
-from persona_interp.chat import encode_batch
+from persona_interp.model.chat import encode_batch
 
 
 def _site_activations(model, site, pair, scope="all"):
@@ -82,7 +82,7 @@ def test_save_load_round_trip_and_model_check(llama, pairs, tmp_path, tokenizer)
     assert loaded.meta == sig.meta and loaded.map_sites == sig.map_sites and loaded.head_sites == sig.head_sites
     torch.testing.assert_close(loaded.norm_var("blocks.1.mlp.gate"), sig.norm_var("blocks.1.mlp.gate"))
     loaded.check_model(llama)
-    with pytest.raises(pi.ModelMismatchError, match="collected on model"):
+    with pytest.raises(pi.ModelMismatchError, match="signature .pairs. was built for model"):
         loaded.check_model(build_bridge("llama", tokenizer, seed=9))
     with pytest.raises(FileExistsError, match="overwrite=True"):
         sig.save(path)

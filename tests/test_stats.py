@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from persona_interp.stats import flips, mean_ci, paired_difference, proportion_ci
+from persona_interp.evaluation.stats import flips, mean_ci, paired_difference, proportion_ci
 
 
 def test_mean_ci_hand_computed():
@@ -45,7 +45,7 @@ def test_wilson_interval_always_holds_the_observed_proportion(n):
 
 
 def test_trend_hand_computed():
-    from persona_interp.stats import trend
+    from persona_interp.evaluation.stats import trend
 
     x = torch.tensor([0.0, 0.5, 1.0])
     y = torch.tensor([[0.0, 1.0, 2.0], [1.0, 1.0, 3.0], [2.0, 3.0, 4.0]])          # 3 settings × 3 items
@@ -61,7 +61,7 @@ def test_trend_hand_computed():
 
 
 def test_trend_rejects_bad_input():
-    from persona_interp.stats import trend
+    from persona_interp.evaluation.stats import trend
 
     with pytest.raises(ValueError, match="strictly increasing"):
         trend(torch.tensor([0.0, 0.0]), torch.zeros(2, 3))

@@ -2,8 +2,9 @@ import pytest
 import torch
 
 import persona_interp as pi
-from persona_interp.chat import encode_batch
-from persona_interp.steering import SteeringVector, answer_residual_means, mean_difference_vectors, pca_vectors
+from persona_interp.model.chat import encode_batch
+from persona_interp.interventions.steering import (answer_residual_means, mean_difference_vectors, pca_vectors,
+                                                   SteeringVector)
 
 ITEMS = [pi.PersonaItem("Lead it?", "Yes, gladly, I will lead.", "No, thank you."),
          pi.PersonaItem("More power?", "Absolutely, more power.", "Never."),
@@ -58,7 +59,7 @@ def test_apply_adds_the_vector_and_cleans_up(tiny_model):
 
 
 def test_one_pass_feeds_both_methods(llama):
-    from persona_interp.steering import paired_differences, vectors_from_differences
+    from persona_interp.interventions.steering import paired_differences, vectors_from_differences
 
     diffs = paired_differences(llama, ITEMS, [0, 1])
     both = {m: vectors_from_differences(m, diffs, [0, 1]) for m in ("mean_difference", "pca")}

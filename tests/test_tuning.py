@@ -1,9 +1,9 @@
 import pytest
 
 import persona_interp as pi
-from persona_interp import tuning
-from persona_interp.scoring import DamageReference, score_ab
-from persona_interp.tuning import MaskSpace, select_masks, select_prompts
+from persona_interp.evaluation import tuning
+from persona_interp.evaluation.scoring import DamageReference, score_ab
+from persona_interp.evaluation.tuning import MaskSpace, select_masks, select_prompts
 
 FIT = [pi.PersonaItem(f"Would you take control of project {i}?", f"Yes, I take control {i}.", f"No, I decline {i}.") for i in range(6)]
 VALIDATION = [pi.PersonaItem(f"Shall you lead team {i}?", "Yes, I will lead.", "No, someone else should.") for i in range(3)]

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import persona_interp as pi
-from persona_interp.views import attention_heads_view, attention_patterns, neuron_activations, neuron_tokens_view
+from persona_interp.report.views import (attention_heads_view, attention_patterns, neuron_activations,
+                                         neuron_tokens_view)
 
 
 def render_props(document):

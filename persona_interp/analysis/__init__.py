@@ -1,0 +1,1 @@
+"""Analysis: where subnetworks sit (localise), causal tests, mask diagnostics, regime geometry."""

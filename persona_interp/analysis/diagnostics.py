@@ -1,0 +1,168 @@
+"""What a persona mask is made of, compared like with like: overlap of opposing masks per method, the
+per-sample statistic (the paper's norm against the length-fair RMS), and stability over calibration halves.
+
+* :func:`overlap_table` — how much the seek and reject masks differ, per module kind, for per-pole Wanda,
+  Contrastive-Wanda under ReLU (beside its 2ρ construction bound) and softplus (τ = 2, the paper code's
+  option), and Contrastive-Sparse by the paper text's and the paper code's rule;
+* :func:`statistic_table` — per statistic, the share of channels with z > 0, the poles' mean covered tokens and
+  which pole's ReLU Contrastive-Wanda mask breaks the model (perplexity on neutral text);
+* :func:`stability` — masks from two disjoint halves of the calibration items, over several draws: how much a
+  pole's mask differs between halves beside how much the poles differ, and the validation seek − reject
+  effect over the halves.
+
+Example:
+    >>> rows = overlap_table(model, sig_seek, sig_reject, 0.3)
+    >>> stability(model, sig_seek, sig_reject, 0.3, validation, draws=3)["summary"]
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from persona_interp.data.personas import SIDES, PersonaItem
+from persona_interp.evaluation.scoring import DamageReference, score_ab
+from persona_interp.evaluation.stats import mean_ci
+from persona_interp.interventions.ablation import ablate
+from persona_interp.masks.builders import (MASK_METHODS, FamilyCache, MaskFamily, contrast, kept_count, mask_family,
+                                           method_family, relu_differ_range)
+from persona_interp.masks.mask import fraction_differ
+from persona_interp.signatures import Signature
+
+OVERLAP_VARIANTS: dict[str, dict[str, Any]] = {      # label -> mask_family options
+    "wanda (per pole)": {"method": "wanda"},
+    "contrastive_wanda relu": {"method": "contrastive_wanda", "phi": "relu"},
+    "contrastive_wanda softplus τ=2": {"method": "contrastive_wanda", "phi": "softplus", "tau": 2.0},
+    "contrastive_sparse (text: disjoint)": {"method": "contrastive_sparse", "rule": "disjoint"},
+    "contrastive_sparse (code: sequential)": {"method": "contrastive_sparse", "rule": "paper_code"},
+}
+
+
+def positive_share(seek: Signature, reject: Signature, maps: Sequence[Any]) -> dict[str, float]:
+    """Share of input channels with z > 0 (seek's statistic above reject's), per module kind and ``all``."""
+    counts: dict[str, list[int]] = {}
+    for m in maps:
+        z = contrast(seek, reject, m.name)
+        for key in (m.kind, "all"):
+            entry = counts.setdefault(key, [0, 0])
+            entry[0] += int((z > 0).sum())
+            entry[1] += z.numel()
+    return {key: num / den for key, (num, den) in counts.items()}
+
+
+def _family(model: Any, families: FamilyCache | None, seek: Signature, reject: Signature, **options: Any) -> MaskFamily:
+    """The family from ``families`` when given (ranked once per study), else ranked anew."""
+    return families.get(seek, reject, **options) if families is not None else mask_family(model, seek=seek, reject=reject, **options)
+
+
+def overlap_table(model: Any, seek: Signature, reject: Signature, sparsity: float, *,
+                  persona: str | None = None, families: FamilyCache | None = None) -> list[dict[str, Any]]:
+    """One row per method variant of :data:`OVERLAP_VARIANTS` and module kind (and ``all``): the fraction of
+    entries in which the seek and reject masks differ; ReLU rows also carry ``bound_low`` / ``bound_high`` (the
+    range they must differ in by construction, :func:`~persona_interp.masks.builders.relu_differ_range`, weighted by map
+    size: equal, 2ρ, where every map has ρ ≤ p ≤ 1−ρ) and ``p``.
+
+    Example:
+        >>> [r for r in overlap_table(model, s, r, 0.3) if r["kind"] == "all"]
+    """
+    rows = []
+    for label, options in OVERLAP_VARIANTS.items():
+        family = _family(model, families, seek, reject, persona=persona, **options)
+        a, b = family.pair(sparsity)
+        differ = fraction_differ(a, b, by="kind")
+        differ["all"] = fraction_differ(a, b)
+        bound: dict[str, list[float]] = {}
+        if options.get("phi") == "relu":
+            for m in family.maps:
+                z = contrast(seek, reject, m.name)
+                removed = 1 - kept_count(m.n_in, sparsity) / m.n_in          # ρ after the floor of k
+                low, high = relu_differ_range(removed, float((z > 0).double().mean()))
+                for key in (m.kind, "all"):
+                    entry = bound.setdefault(key, [0.0, 0.0, 0.0])
+                    entry[0] += low * m.n_in * m.n_out
+                    entry[1] += high * m.n_in * m.n_out
+                    entry[2] += m.n_in * m.n_out
+        share = positive_share(seek, reject, family.maps) if bound else {}
+        for kind, value in differ.items():
+            row = {"variant": label, "kind": kind, "sparsity": sparsity, "differ": value}
+            if bound:
+                row.update(bound_low=bound[kind][0] / bound[kind][2], bound_high=bound[kind][1] / bound[kind][2], p=share[kind])
+            rows.append(row)
+    return rows
+
+
+def statistic_table(model: Any, seek: Signature, reject: Signature, sparsity: float, reference: DamageReference, *,
+                    persona: str | None = None, families: FamilyCache | None = None) -> list[dict[str, Any]]:
+    """Per per-sample statistic (``norm``, the paper's; ``rms``, length-fair): the share of channels with
+    z > 0, each pole's mean covered tokens per sample, and the damage (perplexity ratio to the base model, KL)
+    of the ReLU Contrastive-Wanda seek and reject masks at ``sparsity``; ``breaks`` names the pole whose mask
+    raises perplexity more.
+
+    Example:
+        >>> statistic_table(model, s, r, 0.3, DamageReference.build(model, load_neutral_texts()[:8]))
+    """
+    base = reference.measure(model)["perplexity"]
+    rows = []
+    for statistic in ("norm", "rms"):
+        s, r = seek.with_statistic(statistic), reject.with_statistic(statistic)
+        family = _family(model, families, s, r, persona=persona, **MASK_METHODS["contrastive_wanda"])
+        row: dict[str, Any] = {"statistic": statistic, "sparsity": sparsity,
+                               "positive_share": positive_share(s, r, family.maps)["all"],
+                               "seek_tokens": seek.n_tokens / seek.n_samples, "reject_tokens": reject.n_tokens / reject.n_samples}
+        for side, mask in zip(SIDES, family.pair(sparsity)):
+            with ablate(model, mask):
+                damage = reference.measure(model)
+            row[f"{side}_perplexity_ratio"] = damage["perplexity"] / base
+            row[f"{side}_kl"] = damage["kl"]
+        row["breaks"] = "seek" if row["seek_perplexity_ratio"] > row["reject_perplexity_ratio"] else "reject"
+        rows.append(row)
+    return rows
+
+
+def stability(model: Any, seek: Signature, reject: Signature, sparsity: float, validation: Sequence[PersonaItem], *,
+              draws: int = 3, seed: int = 0, method: str = "contrastive_wanda", batch_size: int = 8,
+              persona: str | None = None, families: FamilyCache | None = None, progress: bool = False) -> dict[str, Any]:
+    """Split the calibration items into two disjoint halves ``draws`` times (seeded; both poles' signatures
+    come from the same items, so they share the split) and build ``method``'s masks from each half
+    (:meth:`Signature.subset`, so signatures need ``per_sample=True``). Per draw: how much the seek masks of
+    the two halves differ, the same for reject, and how much seek differs from reject within a half; and each
+    half's seek − reject separation on ``validation``. The summary puts the within-pole difference beside the
+    between-pole one (``noise`` when a pole differs between halves of its own data at least as much as from
+    the other pole) and the separation's mean and t interval over all halves.
+
+    Example:
+        >>> stability(model, s, r, 0.3, val, draws=3)["summary"]["noise"]
+    """
+    n = seek.n_samples
+    if reject.n_samples != n or n < 4:
+        raise ValueError(f"stability needs both poles' signatures over the same items, at least 4 (got {n}, {reject.n_samples})")
+    if draws < 1:
+        raise ValueError(f"draws must be positive, got {draws}")
+    validation = list(validation)
+    full = _family(model, families, seek, reject, persona=persona, **MASK_METHODS[method]).pair(sparsity)
+    rows, separations = [], []
+    for draw in tqdm(range(draws), desc="stability", disable=not progress):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + draw)).tolist()
+        halves = (sorted(order[: n // 2]), sorted(order[n // 2: 2 * (n // 2)]))
+        pairs = [method_family(model, method, seek.subset(h), reject.subset(h), persona=persona).pair(sparsity)
+                 for h in halves]
+        for pair in pairs:
+            margins = []
+            for mask in pair:
+                with ablate(model, mask):
+                    margins.append(score_ab(model, validation, batch_size=batch_size).margin_mean)
+            separations.append(float((margins[0] - margins[1]).mean()))
+        rows.append({"draw": draw, "half_a": halves[0], "half_b": halves[1],
+                     "seek_between_halves": fraction_differ(pairs[0][0], pairs[1][0]),
+                     "reject_between_halves": fraction_differ(pairs[0][1], pairs[1][1]),
+                     "seek_vs_reject_in_half": (fraction_differ(*pairs[0]) + fraction_differ(*pairs[1])) / 2,
+                     "separation_a": separations[-2], "separation_b": separations[-1]})
+    within = sum(r["seek_between_halves"] + r["reject_between_halves"] for r in rows) / (2 * draws)
+    between = sum(r["seek_vs_reject_in_half"] for r in rows) / draws
+    effect = mean_ci(torch.tensor(separations, dtype=torch.float64))
+    summary = {"method": method, "sparsity": sparsity, "draws": draws, "half_size": n // 2,
+               "within_pole": within, "between_poles": between, "between_poles_full": fraction_differ(*full),
+               "noise": within >= between, "separation": effect.value, "separation_low": effect.low,
+               "separation_high": effect.high, "n_halves": len(separations)}
+    return {"draws": rows, "summary": summary}

@@ -1,0 +1,126 @@
+"""Persona identity across regimes: does a prompt, a mask and a steering vector move the residual
+stream the same way?
+
+For each regime (a pair of seek/reject conditions) :func:`regime_shifts` measures, per layer, the
+mean residual-stream shift against the base model on the same neutral texts (averaged over the
+text's own tokens, so a system prompt changes the context but not the positions compared), and the
+seek-minus-reject direction, in which damage both poles share cancels. :func:`compare_regimes` adds
+the cosine similarity of every two regimes' directions per layer and a transfer matrix: each
+regime's direction, injected at one layer as a steering vector with the norm of another regime's
+shift there, scored on A/B items against that regime's own behavioural effect.
+
+Example:
+    >>> regimes = {"prompt": (prompt_seek, prompt_reject), "mask": (cw_seek, cw_reject), "steering": (caa_seek, caa_reject)}
+    >>> result = compare_regimes(model, regimes, neutral_texts, items, layer=15)
+    >>> result["cosine"]["prompt|mask"]          # one value per layer
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from persona_interp.data.personas import PersonaItem
+from persona_interp.evaluation.scoring import score_ab
+from persona_interp.evaluation.stats import paired_difference
+from persona_interp.interventions.conditions import Condition
+from persona_interp.interventions.steering import SteeringVector, residual_means
+from persona_interp.model.adapter import get_adapter
+
+NEUTRAL_REQUEST = "Write a short paragraph."
+
+
+def _residuals(model: Any, condition: Condition | None, texts: Sequence[str], layers: Sequence[int],
+               **kw: Any) -> Float[Tensor, "n layers d_model"]:
+    pairs, kw = [(NEUTRAL_REQUEST, t) for t in texts], {**kw, "cut_answers": True}   # a long text keeps its start
+    if condition is None:
+        return residual_means(model, pairs, layers, **kw)
+    if callable(condition.system):
+        raise ValueError(f"condition {condition.name!r} has a per-question system prompt; regime shifts need a fixed one")
+    with condition.applied(model):
+        return residual_means(model, pairs, layers, system=condition.system, **kw)
+
+
+def regime_shifts(model: Any, regimes: Mapping[str, tuple[Condition, Condition]], texts: Sequence[str], *,
+                  layers: Sequence[int] | None = None, batch_size: int = 8, max_tokens: int = 256,
+                  progress: bool = False) -> dict[str, dict[str, Float[Tensor, "layers d_model"]]]:
+    """Per regime: ``seek`` and ``reject`` (mean shift against base, per layer) and ``direction``
+    (mean of seek − reject over the same texts), each ``[layers, d_model]`` in float64.
+
+    Example:
+        >>> shifts = regime_shifts(model, {"prompt": (p_seek, p_reject)}, neutral, layers=[0, 8, 16])
+        >>> shifts["prompt"]["direction"].shape
+        torch.Size([3, 576])
+    """
+    texts = list(texts)
+    if not texts:
+        raise ValueError("regime_shifts needs at least one neutral text")
+    if not regimes:
+        raise ValueError("regime_shifts needs at least one regime")
+    layers = list(range(get_adapter(model).n_layers)) if layers is None else list(layers)
+    kw = {"batch_size": batch_size, "max_tokens": max_tokens, "progress": progress}
+    base = _residuals(model, None, texts, layers, **kw)
+    out = {}
+    for name, (seek, reject) in regimes.items():
+        r_seek, r_reject = _residuals(model, seek, texts, layers, **kw), _residuals(model, reject, texts, layers, **kw)
+        out[name] = {"seek": (r_seek - base).mean(0), "reject": (r_reject - base).mean(0),
+                     "direction": (r_seek - r_reject).mean(0)}
+    return out
+
+
+def regime_cosines(shifts: Mapping[str, Mapping[str, Tensor]], key: str = "direction") -> dict[str, list[float]]:
+    """Cosine similarity per layer between every two regimes' ``key`` vectors (``"a|b"`` → list)."""
+    names = list(shifts)
+    return {f"{a}|{b}": F.cosine_similarity(shifts[a][key], shifts[b][key], dim=-1).tolist()
+            for i, a in enumerate(names) for b in names[i + 1:]}
+
+
+def compare_regimes(model: Any, regimes: Mapping[str, tuple[Condition, Condition]], texts: Sequence[str],
+                    items: Sequence[PersonaItem], *, layer: int | None = None, layers: Sequence[int] | None = None,
+                    batch_size: int = 8, progress: bool = False) -> dict[str, Any]:
+    """Shifts, cosines and the transfer matrix of several regimes of one persona pair.
+
+    ``effect[r]``: the regime's own behavioural effect, the paired seek-minus-reject difference of the
+    per-token A/B margin on ``items``. ``transfer[src][dst]``: the same difference when the seek/reject
+    conditions are replaced by ``±½·d̂_src·‖direction_dst‖`` added at ``layer`` (the unit direction of
+    ``src``, scaled to ``dst``'s seek-minus-reject norm at that layer), divided by ``effect[dst]``; 1
+    means ``src``'s direction alone reproduces ``dst``'s effect. Intervals are paired 95 % t intervals.
+    """
+    items = list(items)
+    if not items:
+        raise ValueError("compare_regimes needs A/B items to measure behaviour")
+    n_layers = get_adapter(model).n_layers
+    layer = n_layers // 2 if layer is None else layer
+    layers = sorted(set(range(n_layers) if layers is None else layers) | {layer})
+    shifts = regime_shifts(model, regimes, texts, layers=layers, batch_size=batch_size, progress=progress)
+    at = layers.index(layer)
+
+    def difference(seek: Tensor, reject: Tensor) -> dict[str, float]:
+        return paired_difference(seek, reject).to_dict()
+
+    effect = {}
+    for name, (seek, reject) in regimes.items():
+        margins = []
+        for cond in (seek, reject):
+            with cond.applied(model):
+                margins.append(score_ab(model, items, system=cond.system, batch_size=batch_size).margin_mean)
+        effect[name] = difference(*margins)
+    transfer: dict[str, dict[str, dict[str, float]]] = {}
+    for src in regimes:
+        unit = shifts[src]["direction"][at] / shifts[src]["direction"][at].norm().clamp_min(1e-12)
+        transfer[src] = {}
+        for dst in regimes:
+            vector = SteeringVector(layer, (0.5 * shifts[dst]["direction"][at].norm() * unit).float())
+            margins = []
+            for sign in (1.0, -1.0):
+                with vector.apply(model, sign):
+                    margins.append(score_ab(model, items, batch_size=batch_size).margin_mean)
+            steered = difference(*margins)
+            ratio = steered["value"] / effect[dst]["value"] if effect[dst]["value"] else float("nan")
+            transfer[src][dst] = {**steered, "ratio": ratio}
+    return {"layers": layers, "layer": layer, "n_texts": len(list(texts)), "n_items": len(items),
+            "norms": {name: {k: v.norm(dim=-1).tolist() for k, v in s.items()} for name, s in shifts.items()},
+            "cosine": regime_cosines(shifts), "cosine_seek": regime_cosines(shifts, "seek"),
+            "effect": effect, "transfer": transfer}

@@ -1,0 +1,1 @@
+"""Measuring: A/B scoring and damage, paired statistics, evaluation summaries, validation tuning."""

@@ -1,0 +1,227 @@
+"""Evaluate conditions side by side on the same A/B items, with paired statistics.
+
+Every condition scores the same items; per-item margins are kept. The table reports, per
+condition and side, the paper's accuracy (Wilson 95 % interval), the mean per-token margin
+(seek − reject, t interval), its paired shift against the base model, the items that flipped,
+and the damage on neutral text (perplexity change, KL from the base model). :meth:`Evaluation.contrasts` gives the paired
+seek-minus-reject difference between the two poles of one regime, which cancels damage both
+poles share.
+
+Example:
+    >>> ev = evaluate(model, test, [Condition(), Prompt("prompt-seek", side="seek", system="...")], persona="power")
+    >>> print(markdown_table(ev.table()))
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from persona_interp.data.personas import SIDES, PersonaItem
+from persona_interp.evaluation.scoring import ABScores, DamageReference, score_ab
+from persona_interp.evaluation.stats import flips, mean_ci, paired_difference, proportion_ci
+from persona_interp.interventions.conditions import Condition, MaskCondition
+
+
+@dataclass
+class Evaluation:
+    """Scores of every condition on one persona's test items."""
+
+    persona: str
+    conditions: dict[str, Condition]
+    scores: dict[str, ABScores]
+    damage: dict[str, dict[str, float]] = field(default_factory=dict)
+    base: str = "base"
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per (condition, side); a condition without a side appears for both sides."""
+        base = self.scores[self.base]
+        rows = []
+        for name, cond in self.conditions.items():
+            s = self.scores[name]
+            for side in ([cond.side] if cond.side else list(SIDES)):
+                wins = s.seek_wins if side == "seek" else ~s.seek_wins
+                base_wins = base.seek_wins if side == "seek" else ~base.seek_wins
+                sign = 1.0 if side == "seek" else -1.0          # margins point toward the row's side
+                acc, margin = proportion_ci(wins), mean_ci(sign * s.margin_mean)
+                shift = paired_difference(sign * s.margin_mean, sign * base.margin_mean)
+                gained, lost = flips(wins, base_wins)
+                row = {"persona": self.persona, "condition": name, "regime": cond.regime, "side": side, "n": acc.n,
+                       "accuracy": acc.value, "accuracy_low": acc.low, "accuracy_high": acc.high,
+                       "margin": margin.value, "margin_low": margin.low, "margin_high": margin.high,
+                       "shift": shift.value, "shift_low": shift.low, "shift_high": shift.high,
+                       "flips_gained": gained, "flips_lost": lost}
+                if name in self.damage:
+                    row["perplexity"] = self.damage[name]["perplexity"]
+                    row["perplexity_change"] = self.damage[name]["perplexity"] / self.damage[self.base]["perplexity"] - 1.0
+                    row["kl"] = self.damage[name]["kl"]
+                rows.append(row)
+        return rows
+
+    def contrasts(self) -> list[dict[str, Any]]:
+        """Paired seek-minus-reject margin difference for conditions sharing ``meta["pair"]``."""
+        pairs: dict[str, dict[str, str]] = {}
+        for name, cond in self.conditions.items():
+            if cond.meta.get("pair") and cond.side:
+                pairs.setdefault(cond.meta["pair"], {})[cond.side] = name
+        rows = []
+        for pair, sides in pairs.items():
+            if set(sides) != set(SIDES):
+                continue
+            seek, reject = self.scores[sides["seek"]], self.scores[sides["reject"]]
+            diff = paired_difference(seek.margin_mean, reject.margin_mean)
+            to_seek, to_reject = flips(seek.seek_wins, reject.seek_wins)
+            rows.append({"persona": self.persona, "pair": pair, "regime": self.conditions[sides["seek"]].regime,
+                         "seek_condition": sides["seek"], "reject_condition": sides["reject"], "n": diff.n,
+                         "difference": diff.value, "difference_low": diff.low, "difference_high": diff.high,
+                         "items_seek_only": to_seek, "items_reject_only": to_reject})
+        return rows
+
+    def prompt_additions(self) -> list[dict[str, Any]]:
+        """What a mask adds to its pole's prompt (the paper's protocol keeps the prompt on under the mask): per
+        pole the paired shift of (mask + prompt) over the prompt alone, toward that pole; per pair the
+        seek-minus-reject difference of those additions. From conditions with ``meta["prompt_of"]``."""
+        rows, by_pair = [], {}
+        for name, cond in self.conditions.items():
+            prompt = cond.meta.get("prompt_of")
+            if not prompt or prompt not in self.scores or not cond.side:
+                continue
+            sign = 1.0 if cond.side == "seek" else -1.0
+            added = self.scores[name].margin_mean - self.scores[prompt].margin_mean
+            diff = mean_ci(sign * added)
+            rows.append({"persona": self.persona, "condition": name, "prompt": prompt, "side": cond.side, "n": diff.n,
+                         "added": diff.value, "added_low": diff.low, "added_high": diff.high})
+            by_pair.setdefault(cond.meta.get("pair"), {})[cond.side] = added
+        for pair, sides in by_pair.items():
+            if set(sides) == set(SIDES):
+                diff = paired_difference(sides["seek"], sides["reject"])
+                rows.append({"persona": self.persona, "condition": pair, "prompt": "prompt pair", "side": "seek − reject",
+                             "n": diff.n, "added": diff.value, "added_low": diff.low, "added_high": diff.high})
+        return rows
+
+    def per_item(self) -> dict[str, dict[str, list[float]]]:
+        """Per-item summed and per-token margins of every condition (for saving)."""
+        return {name: {"margin_sum": s.margin_sum.tolist(), "margin_mean": s.margin_mean.tolist()}
+                for name, s in self.scores.items()}
+
+
+def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Condition], *, persona: str,
+             neutral_texts: Sequence[str] | None = None, batch_size: int = 8, progress: bool = True) -> Evaluation:
+    """Score every condition on the same items (and perplexity on ``neutral_texts`` if given). A condition
+    whose ``meta["damage_of"]`` names an earlier one (a mask plus a prompt: the neutral text carries no prompt)
+    takes that condition's damage instead of measuring the same weights again."""
+    names = [c.name for c in conditions]
+    if len(set(names)) != len(names):
+        raise ValueError(f"condition names must be unique, got {names}")
+    if "base" not in names:
+        raise ValueError("evaluate needs a condition named 'base' to pair against")
+    reference = DamageReference.build(model, neutral_texts, batch_size) if neutral_texts else None
+    scores, damage = {}, {}
+    for cond in conditions:
+        with cond.applied(model):
+            scores[cond.name] = score_ab(model, items, system=cond.system, batch_size=batch_size, progress=progress)
+            if reference is not None and cond.meta.get("damage_of") in damage:   # same weights, prompt-free text
+                damage[cond.name] = damage[cond.meta["damage_of"]]
+            elif reference is not None:
+                damage[cond.name] = reference.measure(model)
+    return Evaluation(persona, {c.name: c for c in conditions}, scores, damage)
+
+
+def control_comparison(ev: Evaluation) -> list[dict[str, Any]]:
+    """Each mask condition against the random mask of the same sparsity: paired difference of the
+    margin toward the mask's side. ``beats_control`` is true only when the 95 % interval is above 0."""
+    rows = []
+    for name, cond in ev.conditions.items():
+        if not isinstance(cond, MaskCondition) or cond.regime == "random" or not cond.side:
+            continue
+        rho = cond.mask.meta["sparsity"]
+        control = cond.meta.get("control") if "control" in cond.meta else next(
+            (n for n, c in ev.conditions.items() if c.regime == "random" and not c.mask.meta.get("like") and c.mask.meta["sparsity"] == rho), None)
+        if control is None or control not in ev.scores:
+            continue
+        sign = 1.0 if cond.side == "seek" else -1.0
+        diff = paired_difference(sign * ev.scores[name].margin_mean, sign * ev.scores[control].margin_mean)
+        rows.append({"persona": ev.persona, "condition": name, "control": control, "n": diff.n, "advantage": diff.value,
+                     "advantage_low": diff.low, "advantage_high": diff.high, "beats_control": diff.low > 0})
+    return rows
+
+
+def equal_damage_summary(table: list[dict[str, Any]], contrasts: list[dict[str, Any]],
+                         budgets: list[float]) -> list[dict[str, Any]]:
+    """For each damage budget (KL from the base model on neutral text, nats/token), the regime pair
+    whose seek-minus-reject difference is largest among the pairs whose more damaging pole stays
+    within the budget. Prompt and RAG pairs have damage 0 by construction (the neutral text carries
+    no prompt), so they are always eligible.
+
+    Example:
+        >>> equal_damage_summary(ev.table(), ev.contrasts(), [0.02, 0.1])[0]["pair"]
+    """
+    kl = pair_damage(table)
+    rows = []
+    for budget in budgets:
+        eligible = [c for c in contrasts if max(kl.get(c["seek_condition"], 0.0), kl.get(c["reject_condition"], 0.0)) <= budget]
+        if not eligible:
+            rows.append({"budget": budget, "pair": None})
+            continue
+        best = max(eligible, key=lambda c: c["difference"])
+        rows.append({"budget": budget, "pair": best["pair"], "regime": best["regime"], "n": best["n"],
+                     "difference": best["difference"], "difference_low": best["difference_low"],
+                     "difference_high": best["difference_high"], "n_eligible": len(eligible),
+                     "damage": max(kl.get(best["seek_condition"], 0.0), kl.get(best["reject_condition"], 0.0))})
+    return rows
+
+
+def pair_damage(table: list[dict[str, Any]]) -> dict[str, float]:
+    kl: dict[str, float] = {}
+    for row in table:
+        kl[row["condition"]] = max(kl.get(row["condition"], 0.0), max(row.get("kl", 0.0), 0.0))
+    return kl
+
+
+def frontier_rows(ev: Evaluation, contrasts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points of the effect–damage frontier: every per-budget pick (``meta["budgets"]``), every paper
+    row and the prompt and RAG pairs, with its test seek − reject difference and its damage on the report's
+    neutral texts (the larger pole's KL). ``line`` is the regime, ``+prompt`` for the paper's protocol."""
+    kl = pair_damage(ev.table())
+    rows = []
+    for c in contrasts:
+        cond = ev.conditions[c["seek_condition"]]
+        if cond.regime == "random":
+            continue
+        line = cond.regime + ("+prompt" if cond.meta.get("protocol") == "mask+prompt" else "")
+        rows.append({"line": line, "pair": c["pair"], "budgets": cond.meta.get("budgets"),
+                     "kl": max(kl.get(c["seek_condition"], 0.0), kl.get(c["reject_condition"], 0.0)),
+                     **{k: c[k] for k in ("n", "difference", "difference_low", "difference_high")}})
+    return rows
+
+
+def budget_winners(ev: Evaluation, contrasts: list[dict[str, Any]], budgets: list[float]) -> list[dict[str, Any]]:
+    """Per damage budget, the regime whose pick for that budget (chosen on the validation split) has the largest
+    test seek − reject difference, among the picks for the budget and the prompt and RAG pairs (damage 0 by
+    construction); masks count alone and with their prompt. ``lead`` is the paired difference to the runner-up
+    (``decisive`` when its 95 % interval is above 0); ``test_kl`` the winner's damage on the report's texts.
+
+    Example:
+        >>> budget_winners(ev, ev.contrasts(), [0.02, 0.1, 0.5])[0]["pair"]
+    """
+    kl = pair_damage(ev.table())
+    per_item = {c["pair"]: ev.scores[c["seek_condition"]].margin_mean - ev.scores[c["reject_condition"]].margin_mean
+                for c in contrasts}
+    rows = []
+    for budget in budgets:
+        eligible = [c for c in contrasts if ev.conditions[c["seek_condition"]].regime in ("prompt", "rag")
+                    or budget in (ev.conditions[c["seek_condition"]].meta.get("budgets") or [])]
+        if not eligible:
+            rows.append({"budget": budget, "pair": None})
+            continue
+        ranked = sorted(eligible, key=lambda c: c["difference"], reverse=True)
+        best = ranked[0]
+        row = {"budget": budget, "pair": best["pair"], "regime": best["regime"], "n": best["n"],
+               "difference": best["difference"], "difference_low": best["difference_low"],
+               "difference_high": best["difference_high"], "n_eligible": len(eligible),
+               "test_kl": max(kl.get(best["seek_condition"], 0.0), kl.get(best["reject_condition"], 0.0))}
+        if len(ranked) > 1:
+            lead = paired_difference(per_item[best["pair"]], per_item[ranked[1]["pair"]])
+            row.update(runner_up=ranked[1]["pair"], lead=lead.value, lead_low=lead.low, lead_high=lead.high,
+                       decisive=lead.low > 0)
+        rows.append(row)
+    return rows

@@ -1,0 +1,229 @@
+"""Run-time ablation: weight masks (``W ⊙ M``) and hook-based neuron / head masks.
+
+Example:
+    >>> with ablate(model, mask):                 # weights multiplied in place, restored bit-exact on exit
+    ...     logits = model(tokens)
+    >>> heads = HeadMask({12: [3, 5]}, mode="mean", signature=sig)
+    >>> with ablate(model, heads):                # hooks, no weight edits
+    ...     logits = model(tokens)
+    >>> model.run_with_hooks(tokens, fwd_hooks=heads.fwd_hooks(model))
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager, Iterator, Union
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from persona_interp.interventions.base import edit_weights
+from persona_interp.masks.mask import Mask
+from persona_interp.model.adapter import get_adapter
+from persona_interp.signatures import Signature
+
+
+@dataclass
+class _UnitMask:
+    """Shared logic of :class:`NeuronMask` and :class:`HeadMask`: units per layer, zero or mean."""
+
+    units: dict[int, list[int]]
+    mode: str = "zero"
+    signature: Signature | None = None
+    meta: dict = field(default_factory=dict)
+
+    def _validate(self, model: Any, n_units: int, what: str) -> None:
+        adapter = get_adapter(model)
+        if self.mode not in ("zero", "mean"):
+            raise ValueError(f"ablation mode must be 'zero' or 'mean', got {self.mode!r}")
+        if self.mode == "mean":
+            if self.signature is None:
+                raise ValueError("mean-ablation needs a signature (the mean comes from its statistics)")
+            self.signature.check_model(adapter)
+        for layer, units in self.units.items():
+            if not 0 <= layer < adapter.n_layers:
+                raise ValueError(f"layer {layer} out of range: the model has {adapter.n_layers} layers")
+            bad = [u for u in units if not 0 <= u < n_units]
+            if bad:
+                raise ValueError(f"{what} {bad} out of range in layer {layer}: the model has {n_units} {what}s per layer")
+
+    _per_head = False
+    _what = "neuron"
+
+    def fwd_hooks(self, model: Any) -> list[tuple[str, Callable]]:
+        """``(hook name, hook)`` pairs for ``model.run_with_hooks`` / ``model.hooks``."""
+        adapter = get_adapter(model)
+        self._validate(model, self._unit_count(adapter), self._what)
+        hooks = []
+        for layer, units in sorted(self.units.items()):
+            index = torch.tensor(units, dtype=torch.long)
+            mean = self._mean(layer)[index].float() if self.mode == "mean" else None   # moved to the activation's device
+            hooks.append((self._hook_name(adapter, layer), _replace_hook(index, mean, self._per_head)))
+        return hooks
+
+    @contextlib.contextmanager
+    def apply(self, model: Any) -> Iterator[Any]:
+        """Context manager: the hooks are on inside, removed on exit (also on exception)."""
+        with model.hooks(fwd_hooks=self.fwd_hooks(model)):
+            yield model
+
+
+class NeuronMask(_UnitMask):
+    """Ablate MLP neurons (``{layer: [neuron, ...]}``) through the neuron hook, to 0 or to their mean.
+
+    Example:
+        >>> NeuronMask({10: [5, 99]}, mode="mean", signature=sig).fwd_hooks(model)
+    """
+
+    def _unit_count(self, adapter: Any) -> int:
+        return adapter.d_mlp
+
+    def _hook_name(self, adapter: Any, layer: int) -> str:
+        return adapter.neuron_hook(layer)
+
+    def _mean(self, layer: int) -> Tensor:
+        return self.signature.neuron_mean(layer)
+
+
+class HeadMask(_UnitMask):
+    """Ablate attention heads (``{layer: [head, ...]}``) through the per-head ``z`` hook, to 0 or to
+    their mean ``z``.
+
+    Example:
+        >>> HeadMask({3: [0]}).fwd_hooks(model)
+    """
+
+    _per_head = True
+    _what = "head"
+
+    def _unit_count(self, adapter: Any) -> int:
+        return adapter.n_heads
+
+    def _hook_name(self, adapter: Any, layer: int) -> str:
+        return adapter.head_hook(layer)
+
+    def _mean(self, layer: int) -> Tensor:
+        return self.signature.head_z_mean(layer)
+
+
+def _replace_hook(index: Tensor, value: Tensor | None, per_head: bool) -> Callable[[Tensor, Any], Tensor]:
+    """A hook that sets the given neurons (last axis) or heads (axis −2 of ``[..., heads, d_head]``)
+    to 0 or to ``value``."""
+
+    def hook(activation: Float[Tensor, "..."], hook: Any) -> Tensor:
+        out = activation.clone()
+        at = index.to(out.device)
+        fill = 0.0 if value is None else value.to(device=out.device, dtype=out.dtype)
+        if per_head:
+            out[..., at, :] = fill
+        else:
+            out[..., at] = fill
+        return out
+
+    return hook
+
+
+HookMask = Union[NeuronMask, HeadMask]
+
+
+@dataclass
+class WeightAblation:
+    """A :class:`~persona_interp.masks.mask.Mask` as an intervention: each covered weight's removed entries are
+    set to 0 (``gamma = 0``) or to ``gamma·W`` (``0 < gamma < 1``: a soft gate) inside :meth:`apply`; only those
+    entries are kept aside (ρ × the covered weights, on the weight's device or on ``store``, e.g. ``"cpu"`` for a
+    model that fills its GPU) and written back bit-exact on exit.
+
+    Example:
+        >>> with WeightAblation(mask, gamma=0.5).apply(model):
+        ...     logits = model(tokens)
+    """
+
+    mask: Mask
+    gamma: float = 0.0
+    store: str | torch.device | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mask, Mask):
+            raise TypeError(f"ablate takes a Mask, NeuronMask or HeadMask, got {type(self.mask).__name__}")
+        if not 0 <= self.gamma < 1:
+            raise ValueError(f"gamma (the gate of removed weights) must be in [0, 1), got {self.gamma}")
+
+    def apply(self, model: Any) -> ContextManager[Any]:
+        """Context manager: the mask is on inside; restored bit-exact on exit (also on exception)."""
+        adapter = get_adapter(model)
+        self.mask.check_model(adapter)
+        keep, gamma, store = self.mask.keep, self.gamma, self.store
+
+        def edit(name: str, parameter: Tensor) -> Tensor:
+            values = set_aside(parameter, _removed(adapter, name, keep[name], parameter))
+            factor = keep[name].to(parameter.device)
+            if gamma:
+                factor = factor.to(parameter.dtype) + gamma * (~factor).to(parameter.dtype)
+            parameter.mul_(adapter.to_native(name, factor))                  # kept entries × 1: unchanged bits
+            return values.to(store) if store is not None else values         # only these stay while inside
+
+        def restore(name: str, parameter: Tensor, values: Tensor) -> None:
+            put_back(parameter, _removed(adapter, name, keep[name], parameter), values)
+
+        return edit_weights(model, keep, edit, restore, f"mask {self.mask.meta.get('method', '')}".strip())
+
+
+@contextlib.contextmanager
+def ablate(model: Any, mask: Mask | HookMask, gamma: float = 0.0, *, store: str | torch.device | None = None) -> Iterator[Any]:
+    """Context manager: inside, ``model`` computes with the mask applied.
+
+    * a :class:`~persona_interp.masks.mask.Mask` is applied as a :class:`WeightAblation` (removed entries set to
+      0 or ``γ·W`` in place, only they kept aside, written back bit-exact on exit, also on exception);
+    * a :class:`NeuronMask` / :class:`HeadMask` adds forward hooks and removes them on exit.
+
+    Nested ablations are allowed on disjoint maps; a weight mask (or LoRA) touching a map that is already
+    edited raises ``RuntimeError``.
+
+    Example:
+        >>> with ablate(model, seek_mask):
+        ...     print(model.generate(tokens, max_new_tokens=20))
+        >>> with ablate(big_model, mask, store="cpu"):     # the removed entries wait in host memory
+        ...     ...
+    """
+    intervention = mask if isinstance(mask, (NeuronMask, HeadMask)) else WeightAblation(mask, gamma, store)
+    with intervention.apply(model):
+        yield model
+
+
+def _removed(adapter: Any, name: str, keep: Bool[Tensor, "out in"], parameter: Tensor) -> Tensor:
+    """The removed entries of map ``name`` as a boolean tensor in the parameter's own layout and device."""
+    return ~adapter.to_native(name, keep.to(parameter.device))
+
+
+_BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bits(parameter: Tensor) -> "np.ndarray | None":
+    """The raw bits of a contiguous CPU parameter as a numpy integer array sharing its memory, else None (numpy
+    compacts a boolean selection several times faster than torch on the CPU, and bits copy exactly)."""
+    if parameter.device.type != "cpu" or not parameter.is_contiguous() or parameter.element_size() not in _BITS:
+        return None
+    return parameter.detach().view(_BITS[parameter.element_size()]).numpy().reshape(-1)
+
+
+def set_aside(parameter: Tensor, removed: Bool[Tensor, "..."]) -> Tensor:
+    """The entries of ``parameter`` where ``removed`` is true, in row-major order (their raw bits on the CPU).
+
+    Example:
+        >>> values = set_aside(weight, ~keep); put_back(weight, ~keep, values)     # weight as it was
+    """
+    bits = _bits(parameter)
+    if bits is None:
+        return parameter[removed]
+    return torch.from_numpy(np.compress(removed.numpy().reshape(-1), bits))
+
+
+def put_back(parameter: Tensor, removed: Bool[Tensor, "..."], values: Tensor) -> None:
+    """Write entries kept by :func:`set_aside` back where ``removed`` is true, bit-exact."""
+    bits = _bits(parameter)
+    if bits is None:
+        parameter.masked_scatter_(removed, values.to(device=parameter.device).view(parameter.dtype))
+    else:
+        bits[np.flatnonzero(removed.numpy())] = values.cpu().view(_BITS[parameter.element_size()]).numpy()

@@ -1,0 +1,1 @@
+"""Masks: the Mask type and its set operations, the builders and their registry, composition."""

@@ -1,0 +1,139 @@
+"""The Mask type (kept entries per linear map, with metadata) and how two masks compare."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from jaxtyping import Bool
+from safetensors.numpy import load_file, save_file
+from torch import Tensor
+
+from persona_interp.data.files import read_header, write_tagged
+from persona_interp.model.adapter import ModelMismatchError, get_adapter, parse_map_name
+
+FORMAT = "persona_interp.mask/1"
+
+
+@dataclass
+class Mask:
+    """Keep-masks per linear map (``True`` = weight kept) plus metadata.
+
+    Maps without an entry are left untouched. ``&``, ``|``, ``~`` and ``-`` combine masks
+    map by map (a missing map counts as all-kept).
+
+    Example:
+        >>> both = seek & reject; only_seek = seek - reject
+    """
+
+    keep: dict[str, Bool[Tensor, "out in"]]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ measures
+    def sparsity(self) -> float:
+        """Fraction of the covered weights that are removed."""
+        total = sum(k.numel() for k in self.keep.values())
+        return 1.0 - sum(int(k.sum()) for k in self.keep.values()) / max(total, 1)
+
+    def check_model(self, model: Any) -> None:
+        """Raise unless this mask fits ``model``: same fingerprint, every map present with its shape."""
+        get_adapter(model).check_fits(self.meta.get("fingerprint"), f"mask {self.meta.get('method')!r}",
+                                      {name: tuple(keep.shape) for name, keep in self.keep.items()})
+
+    # ------------------------------------------------------------------ set operations
+    def _combine(self, other: "Mask", op: Callable[[Tensor, Tensor], Tensor], symbol: str) -> "Mask":
+        if not isinstance(other, Mask):
+            return NotImplemented
+        for fp in (self.meta.get("fingerprint"), other.meta.get("fingerprint")):
+            if fp and fp != (self.meta.get("fingerprint") or fp):
+                raise ModelMismatchError("cannot combine masks built for different models")
+        keep = {}
+        for name in dict.fromkeys([*self.keep, *other.keep]):
+            ref = self.keep.get(name, other.keep.get(name))
+            a = self.keep.get(name, torch.ones_like(ref))
+            b = other.keep.get(name, torch.ones_like(ref)).to(a.device)
+            if a.shape != b.shape:
+                raise ModelMismatchError(f"masks disagree on the shape of {name}: {tuple(a.shape)} vs {tuple(b.shape)}")
+            keep[name] = op(a, b)
+        meta = {"method": f"({self.meta.get('method')} {symbol} {other.meta.get('method')})",
+                "fingerprint": self.meta.get("fingerprint") or other.meta.get("fingerprint")}
+        return Mask(keep, meta)
+
+    def __and__(self, other: "Mask") -> "Mask":
+        return self._combine(other, torch.logical_and, "&")
+
+    def __or__(self, other: "Mask") -> "Mask":
+        return self._combine(other, torch.logical_or, "|")
+
+    def __sub__(self, other: "Mask") -> "Mask":
+        """Kept here and removed there."""
+        return self._combine(other, lambda a, b: a & ~b, "-")
+
+    def __invert__(self) -> "Mask":
+        return Mask({n: ~k for n, k in self.keep.items()}, {**self.meta, "method": f"~{self.meta.get('method')}"})
+
+    # ------------------------------------------------------------------ I/O
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Save bit-packed (1 bit per weight) as safetensors with JSON metadata; never overwrites
+        unless ``overwrite=True``."""
+        arrays = {name: np.packbits(keep.cpu().numpy().reshape(-1)) for name, keep in self.keep.items()}
+        shapes = {name: list(keep.shape) for name, keep in self.keep.items()}
+        return write_tagged(path, arrays, FORMAT, {"shapes": json.dumps(shapes), "meta": json.dumps(self.meta)}, save_file, overwrite)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Mask":
+        """Load a mask saved by :meth:`save` (safetensors: no unpickling)."""
+        header = read_header(path, FORMAT, "mask")
+        shapes = json.loads(header["shapes"])
+        keep = {}
+        for name, packed in load_file(str(path)).items():
+            if name not in shapes:
+                raise ValueError(f"{path}: map {name!r} has packed bits but no shape in the header")
+            count = math.prod(shapes[name])
+            if packed.size != math.ceil(count / 8):
+                raise ValueError(f"{path}: map {name!r} holds {packed.size} bytes of packed bits, its shape "
+                                 f"{shapes[name]} needs {math.ceil(count / 8)}: the file is damaged")
+            keep[name] = torch.from_numpy(np.unpackbits(packed, count=count).astype(bool)).reshape(shapes[name])
+        if set(shapes) - set(keep):
+            raise ValueError(f"{path}: the header names maps with no data: {sorted(set(shapes) - set(keep))[:3]}")
+        return cls(keep, json.loads(header["meta"]))
+
+
+# ---------------------------------------------------------------------- comparisons
+def _group_key(name: str, by: str) -> str:
+    layer, module, kind = parse_map_name(name)
+    return {"map": name, "layer": str(layer), "module": module, "kind": kind, "all": "all"}[by]
+
+
+def _grouped(a: Mask, b: Mask, by: str, count: Callable[[Tensor, Tensor], tuple[int, int]]) -> dict[str, float]:
+    if by not in ("map", "layer", "module", "kind", "all"):
+        raise ValueError(f"group by must be map, layer, module, kind or all, got {by!r}")
+    totals: dict[str, list[int]] = {}
+    for name in dict.fromkeys([*a.keep, *b.keep]):
+        ref = a.keep.get(name, b.keep.get(name))
+        x = a.keep.get(name, torch.ones_like(ref))
+        num, den = count(x, b.keep.get(name, torch.ones_like(ref)).to(x.device))
+        entry = totals.setdefault(_group_key(name, by), [0, 0])
+        entry[0] += num
+        entry[1] += den
+    return {key: num / den if den else float("nan") for key, (num, den) in totals.items()}
+
+
+def fraction_differ(a: Mask, b: Mask, by: str = "all") -> dict[str, float] | float:
+    """Fraction of entries where two masks differ, overall (``by="all"``) or per map/layer/module/kind."""
+    result = _grouped(a, b, by, lambda x, y: (int((x != y).sum()), x.numel()))
+    return result["all"] if by == "all" else result
+
+
+def iou(a: Mask, b: Mask, by: str = "all", of: str = "kept") -> dict[str, float] | float:
+    """Intersection over union of the ``kept`` (or ``removed``) weights of two masks."""
+    if of not in ("kept", "removed"):
+        raise ValueError(f"of must be 'kept' or 'removed', got {of!r}")
+    flip = (lambda t: t) if of == "kept" else (lambda t: ~t)
+    result = _grouped(a, b, by, lambda x, y: (int((flip(x) & flip(y)).sum()), int((flip(x) | flip(y)).sum())))
+    return result["all"] if by == "all" else result

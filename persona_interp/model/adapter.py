@@ -1,0 +1,362 @@
+"""The one place that knows model internals.
+
+Every other module sees a model through :class:`ModelAdapter`: the linear maps of each block
+(q, k, v, o, gate, up, down) with their weights viewed as ``[out, in]``, the hook that carries each
+map's input, the MLP-neuron hook and the per-head hook. Two model kinds are supported:
+``TransformerBridge`` (TransformerLens 3.x / 4.x, raw HF weights, including GPT-2's Conv1D stored
+``[in, out]`` and its fused qkv) and ``HookedTransformer`` (TransformerLens <= 3.x, per-head weights).
+
+Example:
+    >>> adapter = get_adapter(model)
+    >>> [m.name for m in adapter.maps][:3]
+    ['blocks.0.attn.q', 'blocks.0.attn.k', 'blocks.0.attn.v']
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+ATTN_KINDS = ("q", "k", "v", "o")
+MLP_KINDS = ("gate", "up", "down")
+MODULE_OF_KIND = {**{k: "attn" for k in ATTN_KINDS}, **{k: "mlp" for k in MLP_KINDS}}
+
+
+def map_name(layer: int, kind: str) -> str:
+    """The project's name of one linear map, ``blocks.{layer}.{module}.{kind}`` (the same for every architecture).
+
+    Example:
+        >>> map_name(3, "down")
+        'blocks.3.mlp.down'
+    """
+    if kind not in MODULE_OF_KIND:
+        raise ValueError(f"unknown linear map kind {kind!r}; known: {', '.join(MODULE_OF_KIND)}")
+    return f"blocks.{int(layer)}.{MODULE_OF_KIND[kind]}.{kind}"
+
+
+def parse_map_name(name: str) -> tuple[int, str, str]:
+    """``(layer, module, kind)`` of a map name written by :func:`map_name`.
+
+    Example:
+        >>> parse_map_name("blocks.3.mlp.down")
+        (3, 'mlp', 'down')
+    """
+    parts = name.split(".")
+    if len(parts) != 4 or parts[0] != "blocks" or not parts[1].isdigit() or MODULE_OF_KIND.get(parts[3]) != parts[2]:
+        raise ValueError(f"not a linear map name: {name!r} (expected blocks.LAYER.attn.q|k|v|o or blocks.LAYER.mlp.gate|up|down)")
+    return int(parts[1]), parts[2], parts[3]
+
+
+@dataclass(frozen=True)
+class LinearMap:
+    """One linear map of a block: ``name`` is ``blocks.{layer}.{module}.{kind}``; ``site`` is the hook
+    carrying its input (``[batch, pos, n_in]``, or ``[batch, pos, heads, d_head]`` for o)."""
+
+    name: str
+    layer: int
+    module: str
+    kind: str
+    site: str
+    n_out: int
+    n_in: int
+
+
+@dataclass
+class _Access:
+    parameter: Callable[[], Tensor]
+    to_out_in: Callable[[Tensor], Tensor]
+    to_native: Callable[[Tensor], Tensor]
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def _transpose(x: Tensor) -> Tensor:
+    return x.T
+
+
+class ModelAdapter:
+    """Model-specific knowledge for one TransformerLens model (build it with :func:`get_adapter`)."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        cfg = model.cfg
+        self.kind = "hooked" if type(model).__name__ == "HookedTransformer" else "bridge"
+        self.n_layers: int = cfg.n_layers
+        self.n_heads: int = cfg.n_heads
+        self.d_head: int = cfg.d_head
+        self.d_model: int = cfg.d_model
+        self.d_mlp: int = cfg.d_mlp
+        self.n_kv_heads: int = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+        self._access: dict[str, _Access] = {}
+        self._parameter_names: dict[int, str] | None = None
+        self.maps: list[LinearMap] = []
+        for layer in range(self.n_layers):
+            block = model.blocks[layer]
+            found = self._hooked_block(block, layer) if self.kind == "hooked" else self._bridge_block(block, layer)
+            for kind, access in found:
+                name = map_name(layer, kind)
+                n_out, n_in = access.to_out_in(access.parameter()).shape
+                self._access[name] = access
+                self.maps.append(LinearMap(name, layer, MODULE_OF_KIND[kind], kind, self._site(layer, kind), n_out, n_in))
+        self.map_by_name = {m.name: m for m in self.maps}
+        self._legacy: str | None = None
+        self.fingerprint = self._fingerprint()
+
+    # ----------------------------------------------------------------- hooks
+    def _site(self, layer: int, kind: str) -> str:
+        if kind in ("q", "k", "v"):
+            return f"blocks.{layer}.ln1.hook_normalized" if self.kind == "hooked" else f"blocks.{layer}.attn.q.hook_in"
+        if kind == "o":
+            return self.head_hook(layer)
+        if kind in ("gate", "up"):
+            return f"blocks.{layer}.ln2.hook_normalized" if self.kind == "hooked" else f"blocks.{layer}.mlp.in.hook_in"
+        return self.neuron_hook(layer)
+
+    def neuron_hook(self, layer: int) -> str:
+        """Hook of the MLP hidden activation ``[batch, pos, d_mlp]`` (the input of ``down``)."""
+        return f"blocks.{layer}.mlp.hook_post"
+
+    def head_hook(self, layer: int) -> str:
+        """Hook of the per-head attention output ``z``: ``[batch, pos, n_heads, d_head]``."""
+        return f"blocks.{layer}.attn.hook_z"
+
+    def pattern_hook(self, layer: int) -> str:
+        """Hook of the attention pattern ``[batch, heads, query, key]``."""
+        return f"blocks.{layer}.attn.hook_pattern"
+
+    final_residual_hook = "ln_final.hook_normalized"
+
+    @property
+    def accepts_packed_options(self) -> bool:
+        """Whether the forward takes a 4-D boolean ``attention_mask`` and ``position_ids`` (the bridge
+        hands them to a transformers model), so both A/B options can share one prompt; HookedTransformer
+        and natively booted bridges cannot."""
+        from transformers import PreTrainedModel
+
+        return self.kind == "bridge" and isinstance(getattr(self.model, "original_model", None), PreTrainedModel)
+
+    def residual_hook(self, layer: int) -> str:
+        """Hook of the residual stream entering block ``layer`` (``[batch, pos, d_model]``)."""
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer {layer} out of range: the model has {self.n_layers} layers")
+        return f"blocks.{layer}.hook_resid_pre"
+
+    def unembed(self, residual: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+        """Logits from final normalised residuals (any leading shape), so callers can unembed only
+        the positions they need."""
+        shape = residual.shape
+        weight = next(self.model.unembed.parameters())                  # on the last shard under a device_map
+        x = residual.reshape(1, -1, shape[-1]).to(device=weight.device, dtype=weight.dtype)   # norms may upcast
+        logits = self.model.unembed(x).reshape(*shape[:-1], -1)
+        cap = getattr(self.model.cfg, "output_logits_soft_cap", 0.0) or 0.0
+        return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+    @property
+    def input_sites(self) -> list[str]:
+        """Distinct input hooks in forward order (q, k and v share one, so do gate and up)."""
+        return list(dict.fromkeys(m.site for m in self.maps))
+
+    # --------------------------------------------------------------- weights
+    def weight(self, name: str) -> Float[Tensor, "out in"]:
+        """The weight of map ``name`` as ``[out, in]`` (a view where the layout allows)."""
+        access = self._get(name)
+        return access.to_out_in(access.parameter().detach())
+
+    def parameter(self, name: str) -> Tensor:
+        """The stored parameter behind map ``name``, in the model's own layout."""
+        return self._get(name).parameter()
+
+    def parameter_name(self, name: str) -> str:
+        """Qualified name (as in ``model.named_parameters()``) of the parameter behind map ``name``,
+        for ``torch.func.functional_call``."""
+        if self._parameter_names is None:
+            self._parameter_names = {id(p): n for n, p in self.model.named_parameters()}
+        return self._parameter_names[id(self.parameter(name))]
+
+    def to_native(self, name: str, x: Float[Tensor, "out in"]) -> Tensor:
+        """Convert an ``[out, in]`` tensor (a mask, a weight) to the parameter's own layout."""
+        return self._get(name).to_native(x)
+
+    def _get(self, name: str) -> _Access:
+        if name not in self._access:
+            raise KeyError(f"model has no linear map {name!r}; it has e.g. {self.maps[0].name!r}")
+        return self._access[name]
+
+    # ------------------------------------------------------------ per model kind
+    @staticmethod
+    def _bridge_block(block: Any, layer: int) -> list[tuple[str, _Access]]:
+        from transformers.pytorch_utils import Conv1D
+
+        found = []
+        subs = [("q", block.attn, "q"), ("k", block.attn, "k"), ("v", block.attn, "v"), ("o", block.attn, "o"),
+                ("gate", block.mlp, "gate"), ("up", block.mlp, "in"), ("down", block.mlp, "out")]
+        for kind, parent, attr in subs:
+            sub = getattr(parent, attr, None) if attr in parent._modules else None
+            if sub is None:
+                if kind == "gate":
+                    continue  # ungated MLP (GPT-2)
+                raise ValueError(f"blocks.{layer}: the bridge has no '{attr}' linear map; this architecture is not supported")
+            module = sub.original_component
+            conv = isinstance(module, Conv1D)
+            found.append((kind, _Access(
+                parameter=lambda m=module: m.weight,
+                to_out_in=_transpose if conv else _identity,
+                to_native=_transpose if conv else _identity,
+            )))
+        return found
+
+    def _hooked_block(self, block: Any, layer: int) -> list[tuple[str, _Access]]:
+        norm = getattr(block.cfg, "normalization_type", None)
+        if norm not in (None, "LNPre", "RMSPre"):
+            raise ValueError(
+                f"HookedTransformer with normalization_type={norm!r}: the inputs of q/k/v and gate/up are only "
+                "available as hooks when the norm weights are folded; load it with fold_ln=True"
+            )
+        attn, mlp = block.attn, block.mlp
+
+        def per_head_in(get: Callable[[], Tensor]) -> _Access:  # [heads, d_model, d_head] -> [heads*d_head, d_model]
+            return _Access(
+                parameter=get,
+                to_out_in=lambda w: w.permute(0, 2, 1).reshape(-1, w.shape[1]),
+                to_native=lambda x, g=get: x.reshape(g().shape[0], g().shape[2], g().shape[1]).permute(0, 2, 1),
+            )
+
+        def kv(which: str) -> Callable[[], Tensor]:
+            return lambda: getattr(attn, f"_W_{which}") if hasattr(attn, f"_W_{which}") else getattr(attn, f"W_{which}")
+
+        found = [
+            ("q", per_head_in(lambda: attn.W_Q)),
+            ("k", per_head_in(kv("K"))),
+            ("v", per_head_in(kv("V"))),
+            ("o", _Access(  # [heads, d_head, d_model] -> [d_model, heads*d_head]
+                parameter=lambda: attn.W_O,
+                to_out_in=lambda w: w.reshape(-1, w.shape[-1]).T,
+                to_native=lambda x: x.T.reshape(attn.W_O.shape),
+            )),
+        ]
+        if getattr(mlp, "W_gate", None) is not None:
+            found.append(("gate", _Access(lambda: mlp.W_gate, _transpose, _transpose)))
+        found += [("up", _Access(lambda: mlp.W_in, _transpose, _transpose)),
+                  ("down", _Access(lambda: mlp.W_out, _transpose, _transpose))]
+        return found
+
+    # ------------------------------------------------------------ identity
+    def _fingerprint(self) -> str:
+        """Architecture, shapes and the sign bits of a sample of the (never masked) token embedding, hashed.
+
+        Sign bits survive rounding to any floating-point format and any device, so the same weights give the
+        same fingerprint in float32, bfloat16 or float16, on the CPU or a GPU."""
+        signs = torch.signbit(self._embedding_sample()).cpu()
+        return self._digest(bytes(signs.to(torch.uint8).tolist()))
+
+    def _embedding_sample(self) -> Float[Tensor, " sample"]:
+        """Every k-th entry of the token embedding (about 4096 of them), in its own dtype and device."""
+        embedding = self.model.W_E.detach().flatten()
+        return embedding[:: max(1, embedding.numel() // 4096)]
+
+    def _digest(self, weights: bytes) -> str:
+        desc = {
+            "class": type(self.model).__name__,
+            "arch": str(getattr(self.model.cfg, "architecture", None) or getattr(self.model.cfg, "original_architecture", None)),
+            "dims": [self.n_layers, self.n_heads, self.n_kv_heads, self.d_head, self.d_model, self.d_mlp],
+            "maps": [(m.name, m.n_out, m.n_in) for m in self.maps],
+        }
+        digest = hashlib.sha256(json.dumps(desc).encode())
+        digest.update(weights)
+        return digest.hexdigest()[:16]
+
+    @property
+    def accepted_fingerprints(self) -> set[str]:
+        """This model's fingerprint and, for a float32 model, the one files saved before fingerprints ignored
+        the dtype carry (a hash of the float32 embedding sample), so those files still load."""
+        if self._legacy is None:
+            sample = self._embedding_sample()
+            self._legacy = self._digest(sample.cpu().numpy().tobytes()) if sample.dtype == torch.float32 else ""
+        return {self.fingerprint, self._legacy} - {""}
+
+    def check_fits(self, fingerprint: str | None, what: str, shapes: dict[str, tuple[int | None, int]]) -> None:
+        """The one model check of every saved or built object (masks, signatures, LoRAs): its ``fingerprint``
+        must be this model's (:meth:`check_fingerprint`) and every map in ``shapes`` must exist here with that
+        ``(n_out, n_in)`` (``n_out`` None: not recorded). ``what`` names the object, e.g. ``"mask 'wanda'"``.
+
+        Example:
+            >>> adapter.check_fits(mask.meta.get("fingerprint"), "mask", {n: tuple(k.shape) for n, k in mask.keep.items()})
+        """
+        self.check_fingerprint(fingerprint, f"{what} was built for")
+        for name, (n_out, n_in) in shapes.items():
+            if name not in self.map_by_name:
+                raise ModelMismatchError(f"{what} has map {name!r}, which the model lacks")
+            spec = self.map_by_name[name]
+            if n_in != spec.n_in or n_out not in (None, spec.n_out):
+                shown = (n_out, n_in) if n_out is not None else f"n_in {n_in}"
+                raise ModelMismatchError(f"{what}: {name} has shape {shown}, the model's weight is {(spec.n_out, spec.n_in)}")
+
+    def check_fingerprint(self, fingerprint: str | None, what: str) -> None:
+        """Raise :class:`ModelMismatchError` unless ``fingerprint`` (of a saved mask, signature or LoRA) is this
+        model's; ``None`` (a hand-made object) is accepted. ``what`` says what and how, e.g. ``"mask 'wanda' was
+        built for"``."""
+        if fingerprint is None or fingerprint in self.accepted_fingerprints:
+            return
+        raise ModelMismatchError(
+            f"{what} model {fingerprint}, not for this one ({self.fingerprint}: "
+            f"{self.n_layers} layers, d_model {self.d_model}, {self.dtype}). Fingerprints hash the architecture and "
+            "the weights, not the dtype or device; a file saved before that rule from a float32 model loads only on a "
+            "float32 model: load it there and save it again")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the linear maps' weights."""
+        return self.parameter(self.maps[0].name).dtype
+
+    @property
+    def input_device(self) -> torch.device:
+        """Where token ids go in: the device of the token embedding (the first shard under a ``device_map``)."""
+        return self.model.W_E.device
+
+    def select_maps(self, modules: tuple[str, ...] | list[str] | None = None,
+                    layers: tuple[int, ...] | list[int] | range | None = None) -> list[LinearMap]:
+        """Maps filtered by module type (``attn``/``mlp``), kind (``q``…``down``) or full name, and layer.
+
+        Example:
+            >>> adapter.select_maps(modules=["mlp"], layers=range(10, 20))
+        """
+        known = {"attn", "mlp", *MODULE_OF_KIND, *self.map_by_name}
+        for item in modules or ():
+            if item not in known:
+                raise ValueError(f"unknown module {item!r}: use 'attn', 'mlp', one of {sorted(MODULE_OF_KIND)} or a map name")
+        for layer in layers or ():
+            if not 0 <= layer < self.n_layers:
+                raise ValueError(f"layer {layer} out of range: the model has {self.n_layers} layers")
+        return [m for m in self.maps
+                if (modules is None or m.module in modules or m.kind in modules or m.name in modules)
+                and (layers is None or m.layer in layers)]
+
+
+class ModelMismatchError(ValueError):
+    """A signature, mask or LoRA was built for a different model."""
+
+
+_ADAPTERS: "weakref.WeakKeyDictionary[Any, ModelAdapter]" = weakref.WeakKeyDictionary()
+
+
+def get_adapter(model: Any) -> ModelAdapter:
+    """The (cached) adapter of a TransformerLens model.
+
+    Example:
+        >>> get_adapter(model).weight("blocks.0.mlp.down").shape   # [d_model, d_mlp]
+    """
+    if isinstance(model, ModelAdapter):
+        return model
+    if not hasattr(model, "run_with_hooks") or not hasattr(model, "blocks"):
+        raise TypeError(f"expected a TransformerLens model (TransformerBridge or HookedTransformer), got {type(model).__name__}")
+    if model not in _ADAPTERS:
+        _ADAPTERS[model] = ModelAdapter(model)
+    return _ADAPTERS[model]

@@ -1,0 +1,69 @@
+"""Reading activations: one forward with hooks on, stopped early once nothing later is needed.
+
+The one stop exception (:class:`StopForward`, as TransformerLens' ``StopAtLayerException``) and the one
+recorder (:func:`capture`) every reader uses: scoring's final residual, steering's residual means, the views'
+neuron activations and attention patterns; signatures stream through their own hooks and stop with the same
+exception.
+
+Example:
+    >>> acts = capture(model, tokens, [adapter.residual_hook(4), adapter.residual_hook(8)])
+    >>> acts[adapter.residual_hook(8)].shape
+    torch.Size([2, 17, 576])
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from jaxtyping import Int
+from torch import Tensor
+
+from persona_interp.model.adapter import get_adapter
+
+
+class StopForward(Exception):
+    """Raised inside a hook once everything needed is read: the rest of the forward (later blocks, the logits)
+    is skipped; :func:`forward` catches it."""
+
+
+def stop_hook(x: Tensor, hook: Any) -> None:
+    """A hook that ends the forward where it is attached."""
+    raise StopForward
+
+
+def forward(model: Any, tokens: Int[Tensor, "batch pos"], **forward_kwargs: Any) -> Any:
+    """``model(tokens)`` with the tokens and tensor keyword arguments on the model's input device; returns the
+    output, or ``None`` when a hook stopped the forward (:class:`StopForward`)."""
+    device = get_adapter(model).input_device
+    forward_kwargs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in forward_kwargs.items()}
+    try:
+        return model(tokens.to(device), **forward_kwargs)
+    except StopForward:
+        return None
+
+
+def capture(model: Any, tokens: Int[Tensor, "batch pos"], names: Sequence[str], *,
+            transform: Callable[[Tensor], Tensor] = Tensor.detach, **forward_kwargs: Any) -> dict[str, Tensor]:
+    """The activation at each hook point in ``names`` (passed through ``transform``: detached by default; pass
+    ``lambda x: x`` to keep a graph) from one forward that stops once the last of them has fired.
+
+    Example:
+        >>> capture(model, tokens, [get_adapter(model).final_residual_hook])
+    """
+    names = list(dict.fromkeys(names))
+    if not names:
+        raise ValueError("capture needs at least one hook name")
+    captured: dict[str, Tensor] = {}
+
+    def grab(name: str) -> Callable[[Tensor, Any], None]:
+        def hook(x: Tensor, hook: Any) -> None:
+            captured[name] = transform(x)
+            if len(captured) == len(names):
+                raise StopForward
+        return hook
+
+    with model.hooks(fwd_hooks=[(name, grab(name)) for name in names]):
+        forward(model, tokens, **forward_kwargs)
+    missing = [name for name in names if name not in captured]
+    if missing:
+        raise ValueError(f"hook points never fired: {', '.join(missing)}")
+    return captured

@@ -1,0 +1,1 @@
+"""Reports: markdown, figures and interactive views."""

@@ -1,0 +1,249 @@
+"""matplotlib figures (PNG and SVG, no display needed).
+
+Example:
+    >>> plot_accuracy(rows, "figures/power_accuracy")
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+
+from persona_interp.data.files import atomic
+from persona_interp.data.personas import SIDES
+
+matplotlib.use("Agg")
+
+
+def save(fig: Any, stem: str | os.PathLike) -> list[Path]:
+    """Save ``fig`` as ``stem.png`` and ``stem.svg``; returns the paths. The same figure gives the
+    same bytes (no date, fixed SVG ids), so re-rendering leaves committed figures unchanged."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.svg"]   # not with_suffix: stems may hold "0.3"
+    try:
+        with atomic(paths[0]) as tmp:                                # never a half-written figure
+            fig.savefig(tmp, dpi=150, bbox_inches="tight", format="png")
+        with atomic(paths[1]) as tmp, plt.rc_context({"svg.hashsalt": "persona_interp"}):
+            fig.savefig(tmp, bbox_inches="tight", metadata={"Date": None}, format="svg")
+    finally:
+        plt.close(fig)
+    return paths
+
+
+def plot_accuracy(rows: Sequence[dict], stem: str | os.PathLike, title: str = "") -> list[Path]:
+    """Two panels per persona table: A/B accuracy (Wilson 95 % CI) and paired margin shift vs base (t 95 % CI),
+    one bar per condition, seek rows and reject rows side by side."""
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7), sharey="row", squeeze=False)
+    for col, side in enumerate(SIDES):
+        side_rows = [r for r in rows if r["side"] == side]
+        labels = [r["condition"] for r in side_rows]
+        x = range(len(side_rows))
+        colors = ["#777777" if r["regime"] in ("base", "random") else "#1f77b4" if r["regime"] == "prompt" else "#d62728"
+                  for r in side_rows]
+        for row_index, (key, label) in enumerate((("accuracy", f"A/B accuracy toward '{side}'"),
+                                                  ("shift", f"margin shift toward '{side}'\n(nats/token, vs base)"))):
+            ax = axes[row_index][col]
+            values = [r[key] for r in side_rows]
+            err = [[v - r[f"{key}_low"] for v, r in zip(values, side_rows)], [r[f"{key}_high"] - v for v, r in zip(values, side_rows)]]
+            ax.bar(x, values, yerr=err, color=colors, capsize=3)
+            ax.axhline(0.5 if key == "accuracy" else 0.0, color="black", lw=0.8, ls="--")
+            ax.set_ylabel(label)
+            ax.set_xticks(list(x), labels, rotation=60, ha="right", fontsize=8)
+        axes[0][col].set_title(f"{side} side (n = {side_rows[0]['n'] if side_rows else 0} items)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def plot_layer_kind_heatmap(grid: Any, kinds: Sequence[str], stem: str | os.PathLike, *, title: str = "",
+                            colorbar: str = "", vmin: float | None = None, vmax: float | None = None) -> list[Path]:
+    """A ``[layer, kind]`` grid (from :func:`~persona_interp.analysis.localise.layer_kind_grid`) as a heatmap,
+    layers on the y axis (0 at the top), NaN cells blank."""
+    values = grid.numpy() if hasattr(grid, "numpy") else grid
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(kinds), 1.5 + 0.22 * len(values)))
+    image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_xticks(range(len(kinds)), kinds)
+    ax.set_xlabel("linear map")
+    ax.set_ylabel("layer")
+    fig.colorbar(image, ax=ax, label=colorbar)
+    ax.set_title(title)
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def plot_overlap_bars(rows: Sequence[dict], stem: str | os.PathLike, title: str = "") -> list[Path]:
+    """Per persona pair, % of mask entries that differ between the opposing masks: overall, attention, MLP.
+    ``rows`` have ``pair``, ``overall``, ``attn`` and ``mlp`` (fractions)."""
+    groups = ("overall", "attn", "mlp")
+    fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(rows), 4))
+    width = 0.8 / len(groups)
+    for i, group in enumerate(groups):
+        ax.bar([x + (i - 1) * width for x in range(len(rows))], [100 * r[group] for r in rows], width, label=group)
+    ax.set_xticks(range(len(rows)), [r["pair"] for r in rows], rotation=30, ha="right")
+    ax.set_ylabel("entries that differ between opposing masks (%)")
+    ax.legend(title="weights")
+    ax.set_title(title)
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def plot_unit_map(units: Sequence[Any], n_layers: int, n_units: int, stem: str | os.PathLike, *, unit_label: str,
+                  title: str = "", colorbar: str = "divergence (mean |z|)") -> list[Path]:
+    """Divergence of every head or neuron (``UnitDivergence`` items) as a layer × unit image."""
+    image = np.full((n_layers, n_units), np.nan)
+    for u in units:
+        image[u.layer, u.unit] = u.divergence
+    fig, ax = plt.subplots(figsize=(min(14.0, 2.0 + 0.3 * n_units), 1.5 + 0.22 * n_layers))
+    shown = ax.imshow(image, aspect="auto", cmap="magma", interpolation="nearest")
+    ax.set_xlabel(unit_label)
+    ax.set_ylabel("layer")
+    fig.colorbar(shown, ax=ax, label=colorbar)
+    ax.set_title(title)
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def plot_dose_response(rows: Sequence[dict], stem: str | os.PathLike, *, title: str = "",
+                       value: str = "shift", ylabel: str = "margin shift vs unablated (nats/token)") -> list[Path]:
+    """Dose–response curves from :func:`~persona_interp.analysis.causal.dose_response`: one panel per system
+    prompt; the top-k units with their 95 % interval, random units as the mean over seeds with the
+    seeds' range; x = k (log scale)."""
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+    fig, axes = plt.subplots(1, len(systems), figsize=(4.5 * len(systems), 3.8), squeeze=False, sharey=True)
+    for ax, system in zip(axes[0], systems):
+        mine = [r for r in rows if r["system"] == system]
+        ks = sorted({r["k"] for r in mine})
+        top = [next(r for r in mine if r["k"] == k and r["selection"] == "top") for k in ks]
+        ax.errorbar(ks, [r[value] for r in top], yerr=[[r[value] - r[f"{value}_low"] for r in top],
+                                                        [r[f"{value}_high"] - r[value] for r in top]],
+                    marker="o", capsize=3, color="#d62728", label="top-k persona units (95 % CI)")
+        rand = [[r[value] for r in mine if r["k"] == k and r["selection"] == "random"] for k in ks]
+        if any(rand):
+            mean = [sum(v) / len(v) for v in rand]
+            ax.plot(ks, mean, marker="s", color="#555555", label="random units (mean over seeds)")
+            ax.fill_between(ks, [min(v) for v in rand], [max(v) for v in rand], color="#999999", alpha=0.3,
+                            label="random units (range over seeds)")
+        ax.axhline(0, color="black", lw=0.8, ls="--")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(f"k ({mine[0]['kind']}s ablated, {mine[0]['mode']})")
+        ax.set_title(system)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def plot_layer_curve(values: Any, stem: str | os.PathLike, *, ylabel: str, title: str = "") -> list[Path]:
+    """One value per layer (e.g. the signature cosine of two poles) as a line."""
+    values = [float(v) for v in values]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(len(values)), values, marker="o")
+    ax.set_xlabel("layer")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def plot_regime_comparison(result: dict, stem: str | os.PathLike, title: str = "") -> list[Path]:
+    """Regime comparison of one persona pair (from :func:`~persona_interp.analysis.regimes.compare_regimes`):
+    cosine of the seek-minus-reject residual directions per layer for every two regimes, and the
+    transfer matrix (behaviour reproduced by one regime's direction, as a fraction of another's)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [1.6, 1]})
+    for pair, values in result["cosine"].items():
+        left.plot(result["layers"], values, marker="o", ms=3, label=pair.replace("|", " vs "))
+    left.axhline(0, color="black", lw=0.8, ls="--")
+    left.axvline(result["layer"], color="grey", lw=0.8, ls=":")
+    left.set_xlabel("layer (residual stream entering the block)")
+    left.set_ylabel("cosine of seek − reject shifts")
+    left.set_ylim(-1, 1)
+    left.legend(fontsize=8)
+    names = list(result["transfer"])
+    ratios = np.array([[result["transfer"][s][d]["ratio"] for d in names] for s in names], dtype=float)
+    image = right.imshow(ratios, cmap="RdBu_r", vmin=-1.5, vmax=1.5)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            right.text(j, i, f"{ratios[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    right.set_xticks(range(len(names)), [f"{n}\n({result['effect'][n]['value']:+.3f})" for n in names], fontsize=8)
+    right.set_yticks(range(len(names)), [f"{n} direction" for n in names], fontsize=8)
+    right.set_title(f"effect reproduced at layer {result['layer']} (ratio; n = {result['n_items']})", fontsize=9)
+    fig.colorbar(image, ax=right, fraction=0.046)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def plot_fraction_curve(curve: dict, stem: str | os.PathLike, title: str = "") -> list[Path]:
+    """Per-token A/B margin toward the seek pole against the persona fraction (t 95 % CI), with the
+    base model and the random mask of the same sparsity as horizontal references."""
+    rows = [r for r in curve["rows"] if r["fraction"] is not None]
+    control = next((r for r in curve["rows"] if r["fraction"] is None), None)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = [r["fraction"] for r in rows]
+    ax.errorbar(x, [r["margin"] for r in rows], yerr=[[r["margin"] - r["margin_low"] for r in rows],
+                                                     [r["margin_high"] - r["margin"] for r in rows]],
+                marker="o", capsize=3, label=f"fractional mask (ρ = {curve['sparsity']})")
+    ax.axhline(curve["base_margin"]["value"], color="black", ls="--", lw=0.8, label="base model")
+    if control:
+        ax.axhline(control["margin"], color="#777777", ls=":", lw=1.2, label=control["condition"])
+    ax.set_xlabel("fraction of the seek pole")
+    ax.set_ylabel("margin toward seek (nats/token)")
+    t = curve["trend"]
+    ax.set_title(f"{title}\nslope {t['slope']['value']:+.3f} [{t['slope']['low']:+.3f}, {t['slope']['high']:+.3f}], "
+                 f"Spearman {t['spearman']:+.2f}, n = {rows[0]['n'] if rows else 0}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def plot_type_comparison(rows: Sequence[dict], stem: str | os.PathLike, title: str = "") -> list[Path]:
+    """Paired margin shift toward the type's pole (vs base, t 95 % CI) on each axis's test items,
+    one bar per condition (type mask, intersection, prompt, their random controls)."""
+    axes_names = list(dict.fromkeys(r["axis"] for r in rows))
+    conditions = [c for c in dict.fromkeys(r["condition"] for r in rows) if c != "base"]
+    fig, ax = plt.subplots(figsize=(2.2 * len(axes_names) + 2, 4))
+    width = 0.8 / max(len(conditions), 1)
+    for i, cond in enumerate(conditions):
+        sel = [next(r for r in rows if r["axis"] == a and r["condition"] == cond) for a in axes_names]
+        pos = [j + (i - (len(conditions) - 1) / 2) * width for j in range(len(axes_names))]
+        ax.bar(pos, [r["shift"] for r in sel], width, yerr=[[r["shift"] - r["shift_low"] for r in sel],
+                                                            [r["shift_high"] - r["shift"] for r in sel]],
+               capsize=2, label=f"{cond} (ρ = {sel[0]['sparsity']:.2f})" if sel[0]["sparsity"] else cond)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(axes_names)), [f"{a}\n→ {next(r['pole'] for r in rows if r['axis'] == a)}" for a in axes_names],
+                  fontsize=8)
+    ax.set_ylabel("margin shift toward the type's pole\n(nats/token, vs base)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def plot_frontier(rows: Sequence[dict], stem: str | os.PathLike, title: str = "") -> list[Path]:
+    """The effect–damage frontier: x = damage (KL from the base model on the report's neutral texts,
+    symlog), y = test seek − reject difference with its 95 % interval; one line per regime through its
+    per-budget picks, masks with their prompt dashed (the paper's protocol), prompt-only regimes as points
+    at 0. ``rows``: :func:`~persona_interp.evaluation.evaluate.frontier_rows`."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    regimes = list(dict.fromkeys(r["line"] for r in rows))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, line in enumerate(regimes):
+        mine = sorted((r for r in rows if r["line"] == line), key=lambda r: r["kl"])
+        ax.errorbar([r["kl"] for r in mine], [r["difference"] for r in mine],
+                    yerr=[[r["difference"] - r["difference_low"] for r in mine], [r["difference_high"] - r["difference"] for r in mine]],
+                    marker="o", capsize=3, ls="--" if line.endswith("+prompt") else "-", color=colors[i % len(colors)], label=line)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xscale("symlog", linthresh=1e-3)
+    ax.set_xlabel("damage: KL(base ‖ condition) on neutral text (nats/token)")
+    ax.set_ylabel("test seek − reject margin (nats/token, 95 % CI)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title)
+    fig.tight_layout()
+    return save(fig, stem)

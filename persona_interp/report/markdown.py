@@ -1,0 +1,325 @@
+"""Markdown: the generic table and each study's report text."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from persona_interp.data.files import write_text
+from persona_interp.studies.config import ReproduceConfig
+
+
+def overlap_markdown(rows: list[dict[str, Any]]) -> str:
+    """The overlap table as markdown."""
+    lines = ["| persona pair | method | ρ | differ overall | attention | MLP |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['pair']} | {r['method']} | {r['sparsity']} | {100 * r['overall']:.2f} % | {100 * r['attn']:.2f} % | {100 * r['mlp']:.2f} % |"
+              for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def atlas_markdown(atlas: dict[str, Any]) -> str:
+    """A short markdown summary of one atlas run (tables of the numbers behind the figures)."""
+    p = atlas["persona"]
+    sizes = " / ".join(f"{d['side']} {d['n_samples']}" for d in atlas["signature_data"])
+    lines = [f"## {p}: where the persona sits (signatures of {sizes} calibration items)\n",
+             "| masks | differ overall | differ attention | differ MLP |", "|---|---|---|---|"]
+    lines += [f"| {r['pair']} | {100 * r['overall']:.2f} % | {100 * r['attn']:.2f} % | {100 * r['mlp']:.2f} % |" for r in atlas["overlap"]]
+    cos = atlas["signature_cosine"]
+    lines += ["", f"Signature cosine (seek vs reject) per layer: min {min(cos):.4f}, first layer {cos[0]:.4f}, last layer {cos[-1]:.4f}.", "",
+              "| top heads (layer, head) | divergence | CW weights differ |", "|---|---|---|"]
+    lines += [f"| L{u['layer']}H{u['unit']} | {u['divergence']:.3f} | {100 * u['weights_differ']:.2f} % |" for u in atlas["top_heads"]]
+    lines += ["", "| top neurons (layer, neuron) | divergence | CW weights differ |", "|---|---|---|"]
+    lines += [f"| L{u['layer']}N{u['unit']} | {u['divergence']:.3f} | {100 * u['weights_differ']:.2f} % |" for u in atlas["top_neurons"]]
+    if "dose_response" not in atlas:
+        return "\n".join(lines + ["", "Localisation only: no causal ablations in this run (`AtlasConfig(causal=False)`).", ""])
+    lines += ["", "Dose–response (paired margin shift vs unablated, nats/token, 95 % CI; random = mean over seeds):", "",
+              "| kind | mode | system | k | top-k shift | random shift (mean [min, max] over seeds) | top-k ppl change |",
+              "|---|---|---|---|---|---|---|"]
+    rows = atlas["dose_response"]
+    for r in (r for r in rows if r["selection"] == "top"):
+        key = (r["kind"], r["mode"], r["system"], r["k"])
+        rand = [x["shift"] for x in rows if x["selection"] == "random" and (x["kind"], x["mode"], x["system"], x["k"]) == key]
+        rand_text = f"{sum(rand) / len(rand):+.3f} [{min(rand):+.3f}, {max(rand):+.3f}]" if rand else "—"
+        lines.append(f"| {r['kind']} | {r['mode']} | {r['system']} | {r['k']} | {r['shift']:+.3f} [{r['shift_low']:+.3f}, {r['shift_high']:+.3f}] "
+                     f"| {rand_text} | {100 * r.get('perplexity_change', float('nan')):+.1f} % |")
+    e = atlas["equal_damage"]
+    lines += ["", f"Equal damage: zero-ablating the top {e['k']} neurons costs KL {e['ablation_kl']:.4f} and shifts the margin by "
+              f"{e['ablation_shift'][0]:+.3f} [{e['ablation_shift'][1]:+.3f}, {e['ablation_shift'][2]:+.3f}]; the mean-difference vector at "
+              f"layer {e['steering_layer']} with the same KL ({e['steering_kl']:.4f}, α = {e['steering_multiplier']:.2f}) shifts it by "
+              f"{e['steer_seek_shift'][0]:+.3f} [{e['steer_seek_shift'][1]:+.3f}, {e['steer_seek_shift'][2]:+.3f}] (+α) and "
+              f"{e['steer_reject_shift'][0]:+.3f} [{e['steer_reject_shift'][1]:+.3f}, {e['steer_reject_shift'][2]:+.3f}] (−α), n = {e['n']} items "
+              f"(vector fit on {atlas['fit_items']} calibration items).", ""]
+    return "\n".join(lines)
+
+
+def atlas_summary_markdown(atlases: list[dict[str, Any]], n_units: int = 3) -> str:
+    """One row per persona pair: how alike the poles' signatures are, how much the opposing
+    Contrastive-Wanda masks differ, the top ``n_units`` heads and neurons, the layers of all ranked neurons
+    and, where the atlas measured it, the margin shift of zero-ablating the top-k neurons beside k random ones.
+
+    Example:
+        >>> print(atlas_summary_markdown([json.loads(p.read_text()) for p in Path("reports/atlas").glob("*.json")]))
+    """
+    lines = ["| persona pair | min signature cosine (layer) | CW masks differ (attn / MLP) | top heads | top neurons | layers of the top neurons "
+             "| zero-ablating the top-k neurons: shift (random) |", "|---|---|---|---|---|---|---|"]
+    for atlas in atlases:
+        cosine = atlas["signature_cosine"]
+        low = min(range(len(cosine)), key=cosine.__getitem__)
+        cw = atlas["overlap"][0]
+        heads = ", ".join(f"L{u['layer']}H{u['unit']} ({u['divergence']:.2f})" for u in atlas["top_heads"][:n_units])
+        neurons = ", ".join(f"L{u['layer']}N{u['unit']} ({u['divergence']:.2f})" for u in atlas["top_neurons"][:n_units])
+        layers = sorted(u["layer"] for u in atlas["top_neurons"])
+        lines.append(f"| {atlas['persona']} | {cosine[low]:.4f} (L{low}) | "
+                     f"{100 * cw['overall']:.1f} % ({100 * cw['attn']:.1f} / {100 * cw['mlp']:.1f}) "
+                     f"| {heads} | {neurons} | {layers[0]}–{layers[-1]} (median {layers[len(layers) // 2]}) | {_largest_k_neurons(atlas)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _largest_k_neurons(atlas: dict[str, Any]) -> str:
+    """``k = 64: +0.43 [+0.24, +0.61] (random +0.03)`` for the largest k of the zero-ablation, no-prompt neuron curve."""
+    rows = [r for r in atlas.get("dose_response", []) if (r["kind"], r["mode"], r["system"]) == ("neuron", "zero", "no prompt")]
+    if not rows:
+        return "not measured"
+    k = max(r["k"] for r in rows)
+    top = next(r for r in rows if r["k"] == k and r["selection"] == "top")
+    random = [r["shift"] for r in rows if r["k"] == k and r["selection"] == "random"]
+    return (f"k = {k}: {top['shift']:+.2f} [{top['shift_low']:+.2f}, {top['shift_high']:+.2f}] "
+            f"(random {sum(random) / len(random):+.2f})")
+
+
+def composition_markdown(study: dict[str, Any]) -> str:
+    """The composition study's numbers as markdown tables."""
+    t = study["curve"]["trend"]
+    return "\n".join([
+        f"## Composed type {study['type']} (ρ = {study['sparsity']}, seed {study['seed']})\n",
+        "Shift = paired margin shift toward the type's pole against the base model (nats/token, t 95 % CI); "
+        "accuracy toward the pole with a Wilson 95 % CI.\n",
+        markdown_table(study["type_rows"], ["axis", "pole", "condition", "sparsity", "n", "accuracy", "shift"]),
+        f"\n## Fractional persona: {study['axis']}\n",
+        markdown_table(study["curve"]["rows"], ["condition", "n", "margin", "shift", "accuracy_seek"]),
+        f"\nTrend of the per-item margin along the fraction: slope {t['slope']['value']:+.4f} "
+        f"[{t['slope']['low']:+.4f}, {t['slope']['high']:+.4f}] nats/token per unit fraction (n = {t['slope']['n']}), "
+        f"Spearman {t['spearman']:+.2f}, {t['reversals']} reversal(s) of the mean ({t['significant_reversals']} significant); "
+        f"increasing: {t['increasing']}.\n"])
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value).replace("|", "\\|").replace("\n", "<br>")     # a cell stays one cell (generated text)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """Rows as a GitHub markdown table; ``x`` with ``x_low``/``x_high`` columns prints as ``x [low, high]``."""
+    if not rows:
+        return "(no rows)\n"
+    columns = list(columns or [c for c in rows[0] if not c.endswith(("_low", "_high"))])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = []
+        for c in columns:
+            cell = _fmt(row.get(c, ""))
+            if f"{c}_low" in row:
+                cell += f" [{_fmt(row[c + '_low'])}, {_fmt(row[c + '_high'])}]"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+TABLE_COLUMNS = ["condition", "side", "n", "accuracy", "margin", "shift", "flips_gained", "flips_lost", "perplexity_change", "kl"]
+
+
+def write_report(out_dir: Path, figures_dir: Path, config: ReproduceConfig, results: dict[str, Any]) -> Path:
+    results["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    done = [p for p in config.personas if p in results["personas"]]
+    results["complete"] = done == list(config.personas)
+    write_text(out_dir / "results.json", json.dumps(results, indent=1))
+    status = "" if results["complete"] else (f"**Partial run**: {len(done)} of {len(config.personas)} personas "
+                                             f"finished ({', '.join(done) or 'none yet'}).\n\n")
+    revisions = sorted({results["personas"][p].get("revision", results["revision"]) for p in done} or {results["revision"]})
+    header = (f"# persona_interp results\n\n{status}Model: SmolLM2-135M-Instruct (embedded). Revision "
+              f"{', '.join(f'`{r}`' for r in revisions)}, seed {config.seed}, this run {results['started']} → {results['finished']}.\n\n"
+              f"Config: `{json.dumps(dataclasses.asdict(config))}`\n\n" + REPORT_LEGEND)
+    sections = []
+    for persona in done:
+        entry = results["personas"][persona]
+        sections.append(_persona_section(persona, entry, figures_dir / f"{persona}_accuracy.png", out_dir))
+    report = out_dir / "report.md"
+    write_text(report, header + "\n".join(sections))
+    return report
+
+
+REPORT_LEGEND = (
+    "Accuracy: the paper's A/B protocol (summed answer log-prob decides), Wilson 95 % interval. "
+    "Margin: mean per-token log-prob of the row's side minus the other side (nats/token), t 95 % interval. "
+    "Shift: paired difference of that margin against the base model on the same items. "
+    "Flips: items whose decision moved to (gained) / away from (lost) the row's side vs base. "
+    "Damage on the neutral set: relative perplexity change and mean KL(base ‖ condition) per token (nats); "
+    "prompt and RAG conditions leave the weights unchanged, so their damage on the (prompt-free) neutral set is 0 by construction.\n")
+
+
+def _tuning_lines(used: dict[str, Any]) -> list[str]:
+    """What each regime's search on the validation split tried and picked."""
+    lines = [f"\nTuned on {used['validation_items']} validation items (never a test item), damage during the searches on "
+             f"{used.get('selection_neutral_texts', 0)} neutral texts apart from the reported ones; signatures and fitting on "
+             f"{used['fit_items']} calibration items. Each regime's pick per damage budget is the candidate with the largest "
+             "validation separation whose validation KL is within the budget (`@klB` rows). "
+             f"Calibration items whose question is in the test set: {used.get('test_leaks_dropped', 0)} dropped; "
+             f"questions that occur more than once: {used.get('duplicate_questions', 0)} (kept on one side of the split).\n"]
+    for method, s in used.get("steering_search", {}).items():
+        lines.append(f"- steering {method}: {len(s['table'])} (layer, multiplier) candidates; unbudgeted best: layer {s['layer']}, "
+                     f"multiplier {s['multiplier']:g}")
+    if "lora_search" in used:
+        lines.append(f"- LoRA: epochs 1–{used['lora_search']['config']['epochs']} (rank {used['lora_search']['config']['rank']}, "
+                     f"lr {used['lora_search']['config']['learning_rate']:g}); unbudgeted best: {used['lora_search']['epochs']}")
+    if "prompt_search" in used:
+        lines.append(f"- prompts: the phrasings in results.json (`prompt_search`), {len(used['prompt_search'])} candidates")
+    for method, s in used.get("mask_search", {}).items():
+        c = s["chosen"]
+        lines.append(f"- {method}: {len(s['table'])} candidates; unbudgeted best: sparsity {c['sparsity']}, modules {c['modules']}, "
+                     f"layers {c['layers']}, {c['token_scope']} tokens, statistic {c['statistic']}, φ {c['phi']}")
+    return lines
+
+
+def _budget_line(row: dict[str, Any], damage: str, counted: str) -> str:
+    """One budget's chosen pair: its seek − reject difference with interval, n, its damage and how many competed."""
+    return (f"- KL ≤ {row['budget']:g}: **{row['pair']}** ({row['difference']:+.4f} [{row['difference_low']:+.4f}, "
+            f"{row['difference_high']:+.4f}] nats/token, n = {row['n']}, {damage}; {row['n_eligible']} {counted})")
+
+
+def _equal_damage_lines(equal_damage: list[dict[str, Any]]) -> list[str]:
+    lines = ["\nWhich regime separates the poles most at equal damage (largest seek − reject difference among the "
+             "pairs whose more damaging pole stays within the KL budget):\n"]
+    for row in equal_damage:
+        if row["pair"] is None:
+            lines.append(f"- KL ≤ {row['budget']:g}: no pair is within the budget")
+        else:
+            lines.append(_budget_line(row, f"its KL {row['damage']:.4f}", "pairs eligible"))
+    return lines
+
+
+def _winner_lines(winners: list[dict[str, Any]]) -> list[str]:
+    lines = ["\nWhich regime wins at each damage budget (each regime's pick for the budget, test seek − reject; "
+             "`lead`: paired difference to the runner-up, decisive when its interval is above 0):\n"]
+    for row in winners:
+        if row["pair"] is None:
+            lines.append(f"- KL ≤ {row['budget']:g}: no regime has a pick within the budget")
+            continue
+        lead = (f"; lead over {row['runner_up']} {row['lead']:+.4f} [{row['lead_low']:+.4f}, {row['lead_high']:+.4f}]"
+                f"{' (decisive)' if row['decisive'] else ' (not decisive)'}" if "lead" in row else "")
+        lines.append(_budget_line(row, f"test KL {row['test_kl']:.4f}", "picks") + lead)
+    return lines
+
+
+def _diagnostic_lines(diag: dict[str, Any]) -> list[str]:
+    rho = diag["sparsity"]
+    overlap = [{**r, "by construction": f"{r['bound_low']:.3f}–{r['bound_high']:.3f}" if "bound_low" in r else "",
+                "p (z>0)": r.get("p", "")} for r in diag["overlap"]]
+    stab = diag["stability"]["summary"]
+    lines = [f"\nOpposing masks compared like with like (ρ = {rho}; fraction of entries where seek and reject differ; "
+             "under ReLU each pole removes ρ of a row, so they differ in at most 2ρ, exactly 2ρ in a map whose share p of "
+             "channels with z > 0 lies in [ρ, 1−ρ], at least 2·min(p, 1−p) otherwise; `by construction` is that range "
+             "weighted over the maps):\n",
+             markdown_table(overlap, ["variant", "kind", "differ", "by construction", "p (z>0)"]),
+             "\nThe per-sample statistic (norm: the paper's, grows with √T; rms: norm/√T) — share of channels with z > 0, "
+             f"mean covered tokens per pole, and which pole's ReLU Contrastive-Wanda mask (ρ = {rho}) breaks the model:\n",
+             markdown_table(diag["statistics"], ["statistic", "positive_share", "seek_tokens", "reject_tokens",
+                                                 "seek_perplexity_ratio", "reject_perplexity_ratio", "breaks"]),
+             f"\nStability ({stab['method']}, ρ = {rho}, {stab['draws']} draws of two disjoint halves of {stab['half_size']} "
+             f"calibration items): a pole's mask differs between halves in {stab['within_pole']:.3f} of entries, seek from "
+             f"reject in {stab['between_poles']:.3f} (full data {stab['between_poles_full']:.3f}); validation seek − reject over "
+             f"the {stab['n_halves']} halves {stab['separation']:+.4f} [{stab['separation_low']:+.4f}, {stab['separation_high']:+.4f}]. "
+             + ("**Noise**: a pole's mask differs between halves of its own data at least as much as from the other pole."
+                if stab["noise"] else "Each pole's mask is more alike across halves than the two poles are.")]
+    return lines
+
+
+PROTOCOL_NOTE = ("\nTwo mask protocols: `METHOD-SIDE@…` is the mask alone (no system prompt); `…+prompt` keeps the same "
+                 "pole's persona prompt on under the mask, **the paper's protocol** (its `contra.py` masks the weights and "
+                 "scores with the persona system prompt), so the paper's mask rows compare with our `+prompt` rows.\n")
+
+
+def _persona_section(persona: str, entry: dict[str, Any], figure: Path, out_dir: Path) -> str:
+    contrasts, controls = entry["contrasts"], entry["controls"]
+    lines = [f"\n## {persona} ({entry['n_test']} test items)\n", f"Computed by revision `{entry['revision']}`, finished {entry['finished']}.",
+             *_tuning_lines(entry["used"]), PROTOCOL_NOTE, markdown_table(entry["table"], TABLE_COLUMNS),
+             "\nSeek-minus-reject (paired, per-token margin; cancels damage both poles share):\n",
+             markdown_table(contrasts, ["pair", "n", "difference", "items_seek_only", "items_reject_only"]),
+             "\nEach mask against its random-mask control (same sparsity or the same weights per row; with prompts, the "
+             "random mask with the same prompt; paired margin toward the mask's side):\n",
+             markdown_table(controls, ["condition", "control", "advantage", "beats_control"])]
+    losers = [c["condition"] for c in controls if not c["beats_control"]]
+    if losers:
+        lines.append(f"\nDoes not beat its random-mask control (95 % interval not above 0): {', '.join(losers)}.\n")
+    if entry.get("prompt_additions"):
+        lines += ["\nWhat the mask adds to the prompt (mask + prompt − prompt, toward the pole; per pair seek − reject):\n",
+                  markdown_table(entry["prompt_additions"], ["condition", "side", "n", "added"])]
+    lines += _equal_damage_lines(entry["equal_damage"])
+    if entry.get("budget_winners"):
+        lines += _winner_lines(entry["budget_winners"])
+    if "diagnostics" in entry["used"]:
+        lines += _diagnostic_lines(entry["used"]["diagnostics"])
+    lines.append(f"\n![{persona} accuracy]({os.path.relpath(figure, out_dir)})\n")
+    frontier = figure.with_name(f"{persona}_frontier.png")
+    if entry.get("frontier"):
+        lines.append(f"![{persona} effect–damage frontier]({os.path.relpath(frontier, out_dir)})\n")
+    return "\n".join(lines)
+
+
+def regimes_markdown(result: dict[str, Any]) -> str:
+    """Cosines and the transfer matrix of one regime comparison as markdown."""
+    names = list(result["transfer"])
+    at = result["layers"].index(result["layer"])
+    lines = [f"## {result['persona']}: one persona, three regimes (seed {result['seed']})\n",
+             f"{result['n_texts']} neutral texts, {result['n_items']} held-out A/B items; steering: CAA at layer "
+             f"{result['steering']['layer']}, α {result['steering']['multiplier']:g} (chosen on {result['validation_items']} "
+             f"validation items); masks: Contrastive-Wanda at ρ = {result['sparsity']}.\n",
+             "| regime | seek − reject effect (nats/token) | ‖seek − reject‖ at that layer |", "|---|---|---|"]
+    for n in names:
+        e = result["effect"][n]
+        lines.append(f"| {n} | {e['value']:+.4f} [{e['low']:+.4f}, {e['high']:+.4f}] | {result['norms'][n]['direction'][at]:.3f} |")
+    lines += ["", f"Cosine of the seek − reject directions at layer {result['layer']} (all layers in the JSON and the figure):", ""]
+    lines += [f"- {pair.replace('|', ' vs ')}: {values[at]:+.3f}" for pair, values in result["cosine"].items()]
+    lines += ["", "Transfer: the effect of each row's direction (injected at that layer with the column regime's norm) "
+              "as a fraction of the column regime's own effect, with the injected effect's interval. The fraction is "
+              "n/a where the column regime's own effect has an interval that includes 0 (a ratio to it means nothing):", "",
+              "| direction \\ effect of | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for src in names:
+        cells = []
+        for d in names:
+            t, ratio = result["transfer"][src][d], transfer_ratio(result, src, d)
+            cells.append(f"{_ratio_text(ratio)} ({t['value']:+.4f} [{t['low']:+.4f}, {t['high']:+.4f}])")
+        lines.append(f"| {src} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def transfer_ratio(result: dict[str, Any], source: str, target: str) -> float | None:
+    """The effect of ``source``'s direction as a fraction of ``target``'s own effect, or None where
+    ``target``'s own effect has an interval that includes 0 (a ratio to it means nothing)."""
+    own = result["effect"][target]
+    return result["transfer"][source][target]["ratio"] if own["low"] > 0 or own["high"] < 0 else None
+
+
+def _ratio_text(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.2f}"
+
+
+def regimes_summary_markdown(results: dict[str, dict[str, Any]]) -> str:
+    """Every compared persona at its steering layer: the cosines between regimes, then the transfer
+    ratios (n/a where the target regime has no effect to reproduce).
+
+    Example:
+        >>> print(regimes_summary_markdown({"power": run_regimes(model, "power", sigs)}))
+    """
+    first = next(iter(results.values()))
+    pairs, names = list(first["cosine"]), list(first["transfer"])
+    lines = ["| persona | layer | " + " | ".join(p.replace("|", " vs ") for p in pairs) + " |", "|---|---|" + "---|" * len(pairs)]
+    lines += [f"| {persona} | {r['layer']} | " + " | ".join(f"{r['cosine'][p][r['layers'].index(r['layer'])]:+.3f}" for p in pairs) + " |"
+              for persona, r in results.items()]
+    lines += ["", "| persona | direction | " + " | ".join(f"effect of {n}" for n in names) + " |", "|---|---|" + "---|" * len(names)]
+    lines += [f"| {persona} | {src} | " + " | ".join(_ratio_text(transfer_ratio(r, src, d)) for d in names) + " |"
+              for persona, r in results.items() for src in names]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,77 @@
+"""Every study's configuration and its quick / full presets, apart from the runners."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from persona_interp.data.personas import AI_PERSONAS, MBTI_AXES
+from persona_interp.evaluation.tuning import MaskSpace
+from persona_interp.interventions.lora import LoRAConfig
+
+
+@dataclass
+class AtlasConfig:
+    """Sizes of one atlas run; the defaults are the full run, tests use tiny values."""
+
+    sparsity: float = 0.3
+    n_calibration: int | None = 256
+    validation_fraction: float = 0.2
+    n_causal: int = 48
+    ks: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    modes: list[str] = field(default_factory=lambda: ["zero", "mean"])
+    kinds: list[str] = field(default_factory=lambda: ["neuron", "head"])
+    prompts: bool = True                      # also measure the curves under the seek and reject system prompts
+    n_neutral: int = 16
+    n_top: int = 10
+    steering_layer: float = 0.5
+    batch_size: int = 8
+    seed: int = 0
+    causal: bool = True
+
+
+QUICK_ATLAS = AtlasConfig(n_calibration=32, n_causal=16, ks=[1, 8, 64], seeds=[0, 1], n_neutral=6)
+
+
+@dataclass
+class ReproduceConfig:
+    """What the main job runs. Calibration items are split (seeded) into fit and validation parts;
+    signatures use the fit part only, test items are only ever scored."""
+
+    personas: list[str] = field(default_factory=lambda: [*AI_PERSONAS, *MBTI_AXES])
+    sparsities: list[float] = field(default_factory=lambda: [0.3])     # the paper's rows (contra.py's default rho)
+    n_calibration: int | None = None
+    n_test: int | None = None
+    validation_fraction: float = 0.2
+    seed: int = 0
+    token_scope: str = "all"
+    batch_size: int = 8
+    max_tokens: int = 256
+    n_neutral: int = 24              # neutral texts of the reported damage
+    n_selection_neutral: int = 8     # the next neutral texts: the damage every search sees (never the reported ones)
+    stability_draws: int = 3
+    diagnostics: bool = True         # overlap table, both statistics, stability (about 15 rankings of every weight)
+    modules: list[str] | None = None
+    rag_k: int = 3
+    steering_layers: list[float] = field(default_factory=lambda: [0.2, 0.35, 0.5, 0.65])   # fractions of depth
+    steering_multipliers: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
+    n_validation: int | None = 24
+    ode_features: int | None = 256
+    # the same validation split tunes every regime: masks (per method), prompt phrasing, LoRA epochs
+    mask_search: MaskSpace | None = field(default_factory=lambda: MaskSpace(
+        sparsities=[0.01, 0.03, 0.1, 0.3, 0.5], modules=[None, "mlp"], layer_ranges=["all", "late"],
+        token_scopes=["all", "answer"], statistics=["norm", "rms"], phis=["relu", "softplus"], design="one_at_a_time",
+        vary=["contrastive_wanda"]))
+    prompt_search: bool = True
+    lora: LoRAConfig | None = field(default_factory=lambda: LoRAConfig(epochs=3))
+    damage_budgets: list[float] = field(default_factory=lambda: [0.02, 0.1, 0.5])   # KL (nats/token): each regime's picks
+    dtype: str = "float32"           # the model's dtype ("bfloat16": the faster CPU path, see README)
+
+
+QUICK = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=24, n_test=16, n_neutral=4,
+                        n_selection_neutral=4, stability_draws=2, rag_k=2, steering_layers=[0.5],
+                        steering_multipliers=[4.0], n_validation=6, damage_budgets=[0.1, 0.5],
+                        mask_search=MaskSpace(sparsities=[0.03, 0.3], modules=[None], layer_ranges=["all"],
+                                              token_scopes=["all"], statistics=["norm", "rms"], design="one_at_a_time",
+                                              vary=["contrastive_wanda"]),
+                        lora=LoRAConfig(epochs=1))
+FULL = ReproduceConfig(n_calibration=128, n_test=100)   # 2 cores, float32: see README "Performance" for the measured time

@@ -1,0 +1,49 @@
+"""The regimes study: prompt, mask and steering shifts of one persona on neutral text."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from persona_interp.analysis.regimes import compare_regimes
+from persona_interp.data.personas import SIDES, load_neutral_texts, load_persona, persona_prompts
+from persona_interp.evaluation.tuning import select_steering
+from persona_interp.interventions.conditions import MaskCondition, Prompt, SteeringCondition
+from persona_interp.interventions.steering import mean_difference_vectors
+from persona_interp.masks.builders import contrastive_wanda_masks
+from persona_interp.model.adapter import get_adapter
+
+
+def run_regimes(model: Any, persona: str, signatures: tuple[Any, Any], *, sparsity: float = 0.3,
+                n_calibration: int = 64, n_validation: int = 16, n_items: int = 48, n_texts: int = 16,
+                steering_layers: Sequence[float] = (0.35, 0.5, 0.65), multipliers: Sequence[float] = (2.0, 4.0, 8.0),
+                seed: int = 0, figures_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """The regime comparison of one persona pair on the embedded data: the default persona prompt,
+    the Contrastive-Wanda masks at ``sparsity`` (from the saved ``signatures``) and mean-difference
+    steering (layer and multiplier chosen on the validation split, as in the main job), compared on
+    ``n_texts`` neutral texts and ``n_items`` held-out A/B items at the steering layer.
+
+    Example:
+        >>> study = run_regimes(model, "power", (sig_seek, sig_reject), figures_dir="figures/regimes")
+    """
+    fit, validation = load_persona(persona, "train").split(0.2, seed=seed)
+    fit, validation = fit.sample(n_calibration, seed=seed), validation.sample(n_validation, seed=seed)
+    n_layers = get_adapter(model).n_layers
+    layers = sorted({min(n_layers - 1, round(f * n_layers)) for f in steering_layers})
+    vectors = mean_difference_vectors(model, fit, layers, progress=progress)
+    choice = select_steering(model, vectors, validation, multipliers, progress=progress)
+    cw_seek, cw_reject = contrastive_wanda_masks(model, *signatures, sparsity, persona=persona)
+    regimes = {
+        "prompt": tuple(Prompt(f"prompt-{side}", side=side, system=persona_prompts(persona, side)[0]) for side in SIDES),
+        "mask": (MaskCondition("cw-seek", side="seek", mask=cw_seek), MaskCondition("cw-reject", side="reject", mask=cw_reject)),
+        "steering": tuple(SteeringCondition(f"caa-{side}", side=side, vector=choice.vector, multiplier=sign * choice.multiplier)
+                          for side, sign in (("seek", 1.0), ("reject", -1.0)))}
+    items = list(load_persona(persona, "test").sample(n_items, seed=seed))
+    texts = load_neutral_texts()[-n_texts:]                   # the end of the set: the main job's perplexity uses the start
+    result = compare_regimes(model, regimes, texts, items, layer=choice.layer, progress=progress)
+    result.update({"persona": persona, "sparsity": sparsity, "seed": seed, "fit_items": len(fit),
+                   "validation_items": len(validation), "steering": {"layer": choice.layer, "multiplier": choice.multiplier}})
+    if figures_dir:
+        from persona_interp.report.figures import plot_regime_comparison
+
+        plot_regime_comparison(result, f"{figures_dir}/regimes_{persona}",
+                               title=f"{persona}: prompt vs Contrastive-Wanda@{sparsity} vs CAA (layer {choice.layer}, α {choice.multiplier:g})")
+    return result

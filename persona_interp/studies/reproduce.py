@@ -1,0 +1,319 @@
+"""The main job: calibrate, build masks, evaluate every condition, write a report and figures.
+
+Example:
+    >>> from persona_interp.studies.reproduce import QUICK, reproduce
+    >>> reproduce(QUICK, "results/quick")
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import functools
+import json
+import os
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from persona_interp.analysis.diagnostics import overlap_table, stability, statistic_table
+from persona_interp.data.personas import REPO_ROOT, SIDES, PersonaDataset, load_neutral_texts, load_persona, persona_prompts
+from persona_interp.data.retrieval import Retriever
+from persona_interp.evaluation.evaluate import budget_winners, control_comparison, equal_damage_summary, evaluate, frontier_rows
+from persona_interp.evaluation.scoring import DamageReference
+from persona_interp.evaluation.tuning import budget_picks, build_candidate, pick_within, select_masks, select_prompts, select_steering
+from persona_interp.interventions.conditions import Condition, LoRACondition, MaskCondition, Prompt, SteeringCondition
+from persona_interp.interventions.lora import select_lora
+from persona_interp.interventions.ode_steering import ode_steerings
+from persona_interp.interventions.steering import answer_residual_means, vectors_from_differences
+from persona_interp.masks.builders import MASK_METHODS, FamilyCache, mask_family, random_mask
+from persona_interp.model.adapter import get_adapter
+from persona_interp.model.load import load_model
+from persona_interp.report.figures import plot_accuracy, plot_frontier
+from persona_interp.report.markdown import write_report
+from persona_interp.signatures import Signature, collect_signatures
+from persona_interp.studies.config import ReproduceConfig
+
+COMPUTED_WITH = ("persona_interp", "pyproject.toml")   # what a result depends on, for git_revision
+
+
+def git_revision(root: str | Path = REPO_ROOT) -> str:
+    """Short git revision of the repository at ``root``, with ``-dirty`` when the code or data that the results
+    are computed with (``persona_interp/``, ``data/``, ``pyproject.toml``) has uncommitted changes; the run's own
+    outputs (``reports/``, ``figures/``, which a resumed run has already rewritten) do not count.
+
+    Example:
+        >>> git_revision()
+        '97d6afb'
+    """
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *COMPUTED_WITH],
+                               cwd=root, capture_output=True, text=True).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
+                       progress: bool = True) -> tuple[list[Condition], dict, dict[str, Signature]]:
+    """Every condition of one persona, each regime's dose chosen on the validation split:
+
+    * base; the persona prompts (phrasing searched) and RAG;
+    * the paper's rows at each ``config.sparsities``: Wanda (per pole), Contrastive-Wanda, Contrastive-Sparse by
+      the text's and by the code's rule, a random control; each mask also **with its pole's prompt on** (the
+      paper's protocol, ``+prompt``), beside a random mask with each prompt;
+    * per damage budget (``config.damage_budgets``, KL nats/token on neutral texts apart from the report's), the
+      candidate of each regime (steering: layer × multiplier; ODE: its strength; LoRA: epochs; each mask method:
+      sparsity × modules × layers × token scope × statistic × φ) with the largest validation separation within
+      the budget, named ``REGIME-SIDE@klB``; masks again with their prompt and with a random control removing
+      the same weights per row.
+
+    Returns the conditions, what was used to build them (every search table and the mask diagnostics), and the
+    two poles' signatures."""
+    train = load_persona(persona, "train").without_questions(test_items(persona, config).questions())
+    duplicates = train.duplicates()
+    if duplicates or train.meta["dropped"]:
+        warnings.warn(f"{persona}: dropped {train.meta['dropped']} calibration item(s) whose question is in the test set; "
+                      f"{len(duplicates)} question(s) occur more than once (kept on one side of the split)", stacklevel=2)
+    fit, validation = train.split(config.validation_fraction, seed=config.seed)
+    if config.n_calibration:
+        fit = fit.sample(config.n_calibration, seed=config.seed)
+    scopes = list(dict.fromkeys([config.token_scope, *(config.mask_search.token_scopes if config.mask_search else [])]))
+    by_scope = {scope: tuple(collect_signatures(model, fit, side, token_scope=scope, batch_size=config.batch_size,
+                                                max_tokens=config.max_tokens, per_sample=scope == config.token_scope,
+                                                progress=progress) for side in SIDES) for scope in scopes}
+    sig = dict(zip(SIDES, by_scope[config.token_scope]))
+    if config.n_validation:
+        validation = validation.sample(config.n_validation, seed=config.seed)
+    used: dict[str, Any] = {"fit_items": len(fit), "validation_items": len(validation), "split": validation.meta.get("split"),
+                            "test_leaks_dropped": train.meta["dropped"], "duplicate_questions": len(duplicates),
+                            "signature_tokens": {side: s.n_tokens for side, s in sig.items()}}
+    neutral = load_neutral_texts()
+    selection = DamageReference.build(model, neutral[config.n_neutral: config.n_neutral + config.n_selection_neutral],
+                                      config.batch_size)
+    used["selection_neutral_texts"] = config.n_selection_neutral
+    conditions: list[Condition] = [Condition()]
+    prompts = {side: persona_prompts(persona, side)[0] for side in SIDES}
+    if config.prompt_search:
+        choice = select_prompts(model, persona_prompts(persona, "seek"), persona_prompts(persona, "reject"), validation,
+                                batch_size=config.batch_size)
+        prompts, used["prompt_search"] = {"seek": choice.seek, "reject": choice.reject}, choice.table
+    for side in SIDES:
+        conditions.append(Prompt(f"prompt-{side}", side=side, system=prompts[side], meta={"pair": "prompt"}))
+    retriever = Retriever(list(fit))
+    for side in SIDES:
+        conditions.append(Prompt(f"rag-{side}", side=side, regime="rag", meta={"pair": "rag"},
+                                 system=functools.partial(retriever.system_prompt, side=side, k=config.rag_k)))
+    steering = steering_conditions(model, fit, validation, config, selection, progress)
+    conditions += steering["conditions"]
+    used["steering_search"] = steering["search"]
+    if config.lora is not None:
+        choice = select_lora(model, list(fit), list(validation), config.lora, reference=selection,
+                             batch_size=config.batch_size, progress=progress)
+        used["lora_search"] = {"epochs": choice.epochs, "table": choice.table, "config": dataclasses.asdict(config.lora)}
+        for budgets, index in budget_picks(choice.table, config.damage_budgets):
+            for side in SIDES:
+                conditions.append(LoRACondition(f"lora-{side}@kl{budgets[0]:g}", side=side, lora=choice.runs[side][index],
+                                                meta={"pair": f"lora@kl{budgets[0]:g}", "budgets": budgets,
+                                                      "chosen": choice.table[index]}))
+    families = FamilyCache(model)                   # every table below ranks each (method, options, signatures) once
+    for rho in config.sparsities:
+        conditions += paper_mask_conditions(model, persona, by_scope[config.token_scope], rho, prompts, config, families)
+    if config.mask_search is not None:
+        conditions += budget_mask_conditions(model, persona, by_scope, validation, selection, prompts, config, used,
+                                             progress, families)
+    if config.diagnostics:
+        used["diagnostics"] = mask_diagnostics(model, persona, sig, validation, config, progress, families)
+    return conditions, used, sig
+
+
+def test_items(persona: str, config: ReproduceConfig) -> PersonaDataset:
+    """The test items a run scores (``config.n_test`` of them, seeded); calibration never uses their questions."""
+    test = load_persona(persona, "test")
+    return test.sample(config.n_test, seed=config.seed) if config.n_test else test
+
+
+def _with_prompt(cond: MaskCondition, prompts: dict[str, str], control: str | None = None) -> MaskCondition:
+    """The paper's protocol: ``cond``'s mask with its pole's persona prompt on (damage: the mask's own)."""
+    return MaskCondition(f"{cond.name}+prompt", side=cond.side, regime=cond.regime, mask=cond.mask, system=prompts[cond.side],
+                         meta={**cond.meta, "pair": f"{cond.meta['pair']}+prompt", "protocol": "mask+prompt",
+                               "prompt_of": f"prompt-{cond.side}", "mask_of": cond.name, "damage_of": cond.name,
+                               "control": control})
+
+
+def paper_mask_conditions(model: Any, persona: str, signatures: tuple[Signature, Signature], rho: float,
+                          prompts: dict[str, str], config: ReproduceConfig,
+                          families: FamilyCache | None = None) -> list[Condition]:
+    """Every mask method at sparsity ``rho`` (default modules, the run's token scope, the paper's norm statistic,
+    ReLU), each alone and with its pole's prompt; a random mask alone and with each prompt as their controls."""
+    kw = {"modules": config.modules, "persona": persona}
+    control = f"random@{rho}"
+    conditions: list[Condition] = [MaskCondition(control, regime="random", mask=random_mask(model, rho, seed=config.seed, modules=config.modules),
+                                                 meta={"protocol": "mask"})]
+    for side in SIDES:
+        conditions.append(MaskCondition(f"{control}+prompt-{side}", side=side, regime="random", mask=conditions[0].mask,
+                                        system=prompts[side], meta={"pair": f"{control}+prompt", "protocol": "mask+prompt",
+                                                                    "damage_of": control}))
+    for method in MASK_METHODS:
+        options = {**MASK_METHODS[method], **kw}
+        seek, reject = signatures
+        family = (families.get(seek, reject, **options) if families is not None
+                  else mask_family(model, seek=seek, reject=reject, **options))
+        pair = family.pair(rho, modules=config.modules)
+        for side, mask in zip(SIDES, pair):
+            alone = MaskCondition(f"{method}-{side}@{rho}", side=side, regime=method, mask=mask,
+                                  meta={"pair": f"{method}@{rho}", "protocol": "mask", "control": control})
+            conditions += [alone, _with_prompt(alone, prompts, f"{control}+prompt-{side}")]
+    return conditions
+
+
+def budget_mask_conditions(model: Any, persona: str, by_scope: dict[str, tuple[Signature, Signature]],
+                           validation: PersonaDataset, selection: DamageReference, prompts: dict[str, str],
+                           config: ReproduceConfig, used: dict[str, Any], progress: bool = True,
+                           families: FamilyCache | None = None) -> list[Condition]:
+    """Each mask method's search (:func:`~persona_interp.evaluation.tuning.select_masks`, damage on ``selection``) and its
+    pick per damage budget, named ``METHOD-SIDE@klB``, alone and with its prompt, each pick with a random mask
+    that removes the same number of weights per row (``random@klB-METHOD``). The tables go to ``used``."""
+    space = dataclasses.replace(config.mask_search, stop_above=max(config.damage_budgets))
+    conditions: list[Condition] = []
+    used["mask_search"] = {}
+    for method in MASK_METHODS:
+        choice = select_masks(model, method, by_scope, validation, space, reference=selection, persona=persona,
+                              batch_size=config.batch_size, families=families, progress=progress)
+        used["mask_search"][method] = {"chosen": choice.config, "table": choice.table}
+        for budgets, index in budget_picks(choice.table, config.damage_budgets):
+            tag = f"kl{budgets[0]:g}"
+            pair = build_candidate(model, method, by_scope, choice.table[index], tau=space.tau, persona=persona,
+                                   families=families)
+            control = f"random@{tag}-{method}"
+            conditions.append(MaskCondition(control, regime="random", mask=random_mask(model, pair[0].sparsity(), seed=config.seed, like=pair[0]),
+                                            meta={"protocol": "mask"}))
+            for side, mask in zip(SIDES, pair):
+                alone = MaskCondition(f"{method}-{side}@{tag}", side=side, regime=method, mask=mask,
+                                      meta={"pair": f"{method}@{tag}", "protocol": "mask", "control": control,
+                                            "budgets": budgets, "chosen": choice.table[index]})
+                conditions += [alone, _with_prompt(alone, prompts)]
+    return conditions
+
+
+def mask_diagnostics(model: Any, persona: str, sig: dict[str, Signature], validation: PersonaDataset,
+                     config: ReproduceConfig, progress: bool = True,
+                     families: FamilyCache | None = None) -> dict[str, Any]:
+    """What the masks are made of, at the first paper sparsity: the like-for-like overlap table, the two
+    statistics (share of channels with z > 0, which pole's mask breaks the model), and stability over halves
+    of the calibration data (:func:`~persona_interp.analysis.diagnostics.stability`)."""
+    rho = config.sparsities[0]
+    neutral = load_neutral_texts()[: config.n_neutral]
+    reference = DamageReference.build(model, neutral, config.batch_size)
+    return {"sparsity": rho,
+            "overlap": overlap_table(model, sig["seek"], sig["reject"], rho, persona=persona, families=families),
+            "statistics": statistic_table(model, sig["seek"], sig["reject"], rho, reference, persona=persona,
+                                          families=families),
+            "stability": stability(model, sig["seek"], sig["reject"], rho, validation, draws=config.stability_draws,
+                                   seed=config.seed, batch_size=config.batch_size, persona=persona, families=families,
+                                   progress=progress)}
+
+
+def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaDataset, config: ReproduceConfig,
+                        selection: DamageReference | None = None, progress: bool = True) -> dict[str, Any]:
+    """Mean-difference (CAA), PCA and ODE steering (barrier on ``config.ode_features`` random Fourier
+    features), each searched over layer × multiplier on the validation split with its damage on ``selection``;
+    per damage budget the pick with the largest separation: +α is the seek condition, −α the reject condition.
+    One pass over the fit items feeds all three."""
+    n_layers = get_adapter(model).n_layers
+    layers = sorted({min(n_layers - 1, round(f * n_layers)) for f in config.steering_layers})
+    conditions, search = [], {}
+    means = {side: answer_residual_means(model, fit, layers, side=side, batch_size=config.batch_size,
+                                         max_tokens=config.max_tokens, progress=progress) for side in SIDES}
+    candidates = {method: vectors_from_differences(method, means["seek"] - means["reject"], layers)
+                  for method in ("mean_difference", "pca")}
+    candidates["ode"] = ode_steerings(model, fit, layers, features=config.ode_features, means=means, seed=config.seed)
+    for method, vectors in candidates.items():
+        choice = select_steering(model, vectors, validation, config.steering_multipliers, reference=selection,
+                                 stop_above=max(config.damage_budgets) if selection else None,
+                                 batch_size=config.batch_size, progress=progress)
+        search[method] = {"layer": choice.layer, "multiplier": choice.multiplier, "table": choice.table}
+        for budgets, index in (budget_picks(choice.table, config.damage_budgets) if selection else
+                               [([None], pick_within(choice.table, None))]):
+            row = choice.table[index]
+            tag = f"@kl{budgets[0]:g}" if budgets[0] is not None else ""
+            for side, sign in (("seek", 1.0), ("reject", -1.0)):
+                conditions.append(SteeringCondition(f"{method}-{side}{tag}", side=side, regime=method,
+                                                    vector=vectors[int(row["layer"])], multiplier=sign * row["multiplier"],
+                                                    meta={"pair": f"{method}{tag}", "budgets": budgets, "chosen": row}))
+    return {"conditions": conditions, "search": search}
+
+
+def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | Path | None = None, *,
+              force: bool = False, resume: bool = False, model: Any = None, progress: bool = True) -> Path:
+    """Run the whole pipeline and write ``report.md`` and ``results.json`` (with per-item margins)
+    to ``out_dir``, the calibration signatures to ``out_dir/signatures``, the LoRA adapters to
+    ``out_dir/lora`` and figures to ``figures_dir`` (default ``out_dir/figures``). Refuses to write
+    into a non-empty ``out_dir`` unless ``force``. With ``resume`` the personas already finished in
+    ``out_dir/results.json`` under the same configuration are kept and only the others run (a full
+    run can span several sessions; each persona records the revision that computed it).
+
+    Example:
+        >>> reproduce(FULL, "reports", "figures", resume=True)
+    """
+    out_dir = Path(out_dir)
+    figures_dir = Path(figures_dir) if figures_dir else out_dir / "figures"
+    results: dict[str, Any] = {"config": dataclasses.asdict(config), "revision": git_revision(),
+                               "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "personas": {}}
+    if resume:
+        results["personas"] = _finished_personas(out_dir / "results.json", config)
+    elif out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise FileExistsError(f"{out_dir} is not empty; pass force=True (--force) to overwrite its files, "
+                              "or resume=True (--resume) to continue a run with the same configuration")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    if model is None or isinstance(model, (str, os.PathLike)):
+        model = load_model(model, dtype=config.dtype)
+    elif str(get_adapter(model).dtype) != f"torch.{config.dtype}":       # never cast a model the caller built
+        raise ValueError(f"the model passed in is {get_adapter(model).dtype}, the configuration says {config.dtype}: "
+                         "set config.dtype to match (it is recorded in the results)")
+    neutral = load_neutral_texts()[: config.n_neutral]
+    report = write_report(out_dir, figures_dir, config, results)
+    for persona in config.personas:
+        if persona in results["personas"]:
+            continue
+        conditions, used, signatures = persona_conditions(model, persona, config, progress)
+        for side, signature in signatures.items():                  # reusable by `analyse` and the notebooks
+            signature.save(out_dir / "signatures" / f"{persona}_{side}.safetensors", overwrite=force or resume)
+        test = test_items(persona, config)
+        ev = evaluate(model, list(test), conditions, persona=persona, neutral_texts=neutral,
+                      batch_size=config.batch_size, progress=progress)
+        table, contrasts, controls = ev.table(), ev.contrasts(), control_comparison(ev)
+        results["personas"][persona] = {"revision": results["revision"],
+                                        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                                        "used": used, "n_test": len(test), "table": table, "contrasts": contrasts,
+                                        "controls": controls, "equal_damage": equal_damage_summary(table, contrasts, config.damage_budgets),
+                                        "prompt_additions": ev.prompt_additions(), "frontier": frontier_rows(ev, contrasts),
+                                        "budget_winners": budget_winners(ev, contrasts, config.damage_budgets),
+                                        "per_item": ev.per_item(), "damage": ev.damage}
+        report = write_report(out_dir, figures_dir, config, results)   # first, so a later failure keeps the persona
+        for side in SIDES:                             # the fine-tuned adapters, reusable
+            lora = next((c.lora for c in conditions if isinstance(c, LoRACondition) and c.side == side), None)
+            if lora is not None:
+                lora.save(out_dir / "lora" / f"{persona}_{side}.safetensors", overwrite=force or resume)
+        plot_accuracy(table, figures_dir / f"{persona}_accuracy", title=f"{persona}: {len(test)} test items")
+        plot_frontier(results["personas"][persona]["frontier"], figures_dir / f"{persona}_frontier",
+                      title=f"{persona}: effect against damage, picks per budget ({len(test)} test items)")
+    return report
+
+
+def _finished_personas(path: Path, config: ReproduceConfig) -> dict[str, Any]:
+    """The personas a previous run with the same configuration finished (empty if there is none)."""
+    if not path.is_file():
+        return {}
+    previous = json.loads(path.read_text())
+    defaults = {"dtype": "float32"}                                  # runs from before a field existed
+    mine = {k: v for k, v in dataclasses.asdict(config).items() if k != "personas"}
+    theirs = {**defaults, **{k: v for k, v in previous.get("config", {}).items() if k != "personas"}}
+    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    if differ:
+        raise ValueError(f"cannot resume {path}: its configuration differs in {differ}; rerun with --force instead")
+    return {p: entry for p, entry in previous.get("personas", {}).items() if p in config.personas}
