@@ -138,6 +138,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
+    from persona_interp.model.load import load_model
     from persona_interp.studies.config import FULL, QUICK
     from persona_interp.studies.reproduce import reproduce
 
@@ -153,7 +154,8 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     try:
         if args.dtype:
             config.dtype = args.dtype
-        model = _model(args) if args.device or args.device_map else args.model
+        model = (load_model(args.model, dtype=config.dtype, device=args.device, device_map=args.device_map)
+                 if args.device or args.device_map else args.model)
         report = reproduce(config, out, args.figures, force=args.force, resume=args.resume, model=model)
     except (FileExistsError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
@@ -188,6 +190,18 @@ def _saved_signatures(folder: Path, persona: str) -> tuple:
         raise SystemExit(f"error: no saved signatures for {persona!r}: missing {', '.join(missing)} "
                          "(the main job writes them to REPORT_DIR/signatures)")
     return tuple(Signature.load(p) for p in paths)
+
+
+def _signatures(args: argparse.Namespace, model: Any, persona: str) -> tuple:
+    """The persona's (seek, reject) signatures: from ``--signatures`` if given, else collected from a seeded
+    sample of ``--n-calibration`` items of the fit part of its training split (as the main job and ``analyse``)."""
+    if args.signatures:
+        return _saved_signatures(Path(args.signatures), persona)
+    from persona_interp import collect_signatures, load_persona
+
+    fit, _ = load_persona(persona, "train").split(0.2, seed=args.seed)
+    fit = fit.sample(min(args.n_calibration, len(fit)), seed=args.seed)
+    return tuple(collect_signatures(model, fit, side) for side in SIDES)
 
 
 def cmd_overlap(args: argparse.Namespace) -> None:
@@ -275,11 +289,13 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
 def _study_paths(args: argparse.Namespace, figures: str | None = None) -> dict[str, Path]:
     """PREFIX.md and PREFIX.json, checked before a long run starts, and the figures the run will write
-    (``--figures``/``figures``*): existing ones are refused without ``--force``. With ``--force`` the old
+    (``--figures``/``figures``*, by default in PREFIX_figures): existing ones are refused without ``--force``. With ``--force`` the old
     report is removed first, so an interrupted run never leaves it beside new figures (each file itself is
     written whole or not at all)."""
     out = Path(args.out)
     paths = {suffix: _writable(out.with_name(out.name + suffix), args.force) for suffix in (".md", ".json")}
+    if args.figures is None:
+        args.figures = str(out.with_name(out.name + "_figures"))
     folder = Path(args.figures) if figures is not None else None
     existing = sorted(folder.glob(f"{figures}*")) if folder is not None and folder.is_dir() else []
     if existing and not args.force:
@@ -308,8 +324,9 @@ def cmd_compose(args: argparse.Namespace) -> None:
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
     paths = _study_paths(args, f"type_{args.type.upper()}_{args.sparsity}")
-    axes = {axis: _saved_signatures(Path(args.signatures), axis) for axis in TYPE_LETTERS}
-    study = run_composition(_model(args), axes, type_code=args.type, sparsity=args.sparsity, axis=args.axis,
+    model = _model(args)
+    axes = {axis: _signatures(args, model, axis) for axis in TYPE_LETTERS}
+    study = run_composition(model, axes, type_code=args.type, sparsity=args.sparsity, axis=args.axis,
                             fractions=args.fractions, n_test=args.n_test, seed=args.seed, figures_dir=args.figures)
     _write_study(args, paths, study, composition_markdown(study))
 
@@ -319,16 +336,20 @@ def cmd_regimes(args: argparse.Namespace) -> None:
     from persona_interp.studies.regimes import run_regimes
 
     paths = _study_paths(args, f"regimes_{args.persona}")
-    signatures = _saved_signatures(Path(args.signatures), args.persona)
-    study = run_regimes(_model(args), args.persona, signatures, sparsity=args.sparsity, n_items=args.n_items,
+    model = _model(args)
+    signatures = _signatures(args, model, args.persona)
+    study = run_regimes(model, args.persona, signatures, sparsity=args.sparsity, n_items=args.n_items,
                         n_texts=args.n_texts, n_calibration=args.n_calibration, seed=args.seed, figures_dir=args.figures)
     _write_study(args, paths, study, regimes_markdown(study))
 
 
-def _study_arguments(p: argparse.ArgumentParser, figures: str) -> None:
+FIGURES_HELP = "figures folder (default: PREFIX_figures, beside the report)"
+
+
+def _study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.md and PREFIX.json")
-    p.add_argument("--figures", default=figures)
+    p.add_argument("--figures", help=FIGURES_HELP)
     p.add_argument("--force", action="store_true")
 
 
@@ -337,7 +358,7 @@ def _model_options(parser: argparse.ArgumentParser, default: Any) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=default, help="model name or folder (default: embedded SmolLM2-135M-Instruct)")
     group.add_argument("--dtype", default=default, choices=DTYPE_NAMES,
-                       help="the model's dtype (default float32; bfloat16 is faster on CPUs with AMX and on GPUs)")
+                       help="the model's dtype (default float32, but bfloat16 for the main job `reproduce`: faster on CPUs with AMX and on GPUs)")
     group.add_argument("--device", default=default, help="put the whole model on this device, e.g. cuda or cuda:1")
     group.add_argument("--device-map", default=default,
                        help="'auto': shard the model over every visible GPU with accelerate (instead of --device)")
@@ -411,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small samples (a few minutes)")
     p.add_argument("--sparsity", type=_sparsity)
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.md and PREFIX.json")
-    p.add_argument("--figures", default="figures/atlas", help="figures folder (PNG, SVG, HTML)")
+    p.add_argument("--figures", help=FIGURES_HELP + "; PNG, SVG, HTML")
     p.add_argument("--signatures", help="reuse PERSONA_{seek,reject}.safetensors from this folder (e.g. reports/signatures)")
     p.add_argument("--localise-only", action="store_true",
                    help="skip the causal ablations (dose-response, equal damage): under a minute, not an hour")
@@ -428,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--personas", nargs="+", choices=persona_names())
     p.add_argument("--sparsities", nargs="+", type=_sparsity, default=[0.3, 0.5])
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.md and PREFIX.json")
-    p.add_argument("--figures", default="figures/overlap")
+    p.add_argument("--figures", help=FIGURES_HELP)
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_overlap)
 
@@ -440,33 +461,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-test", type=_positive_int, help="seeded sample of the test items (default: all)")
     p.add_argument("--n-neutral", type=_positive_int, default=24, help="neutral texts for perplexity and KL")
     p.add_argument("--batch-size", type=_positive_int, default=8)
-    _study_arguments(p, "figures")
+    _study_arguments(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = _command(sub, "figures", "render the accuracy figures again from a saved results.json")
-    p.add_argument("--results", default="reports/results.json")
-    p.add_argument("--out", default="figures")
+    p.add_argument("--results", required=True, help="a results.json the main job wrote (e.g. results/quick/results.json)")
+    p.add_argument("--out", required=True, help="figures folder")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_figures)
 
     p = _command(sub, "compose", "a full MBTI type from the four axes (composed mask vs intersection vs prompt) and a fractional persona curve")
-    p.add_argument("--signatures", required=True, help="folder of AXIS_{seek,reject}.safetensors for the four MBTI axes")
+    p.add_argument("--signatures", help="folder of AXIS_{seek,reject}.safetensors for the four MBTI axes (default: collect them)")
+    p.add_argument("--n-calibration", type=_positive_int, default=64,
+                   help="without --signatures: calibration items per axis the signatures are collected from")
     p.add_argument("--type", default="INTJ", help="four-letter MBTI type (default INTJ)")
     p.add_argument("--sparsity", type=_sparsity, default=0.3)
     p.add_argument("--axis", default="introversion_extraversion", choices=list(MBTI_AXES), help="axis of the fractional curve")
     p.add_argument("--fractions", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0])
     p.add_argument("--n-test", type=_positive_int, help="seeded sample of each axis's test items (default: all)")
-    _study_arguments(p, "figures/composition")
+    _study_arguments(p)
     p.set_defaults(func=cmd_compose)
 
     p = _command(sub, "regimes", "prompt vs mask vs steering: residual shifts per layer, cosines, transfer of directions")
     p.add_argument("--persona", required=True, choices=persona_names())
-    p.add_argument("--signatures", required=True, help="folder of PERSONA_{seek,reject}.safetensors")
+    p.add_argument("--signatures", help="folder of PERSONA_{seek,reject}.safetensors (default: collect them)")
     p.add_argument("--sparsity", type=_sparsity, default=0.3)
     p.add_argument("--n-items", type=_positive_int, default=48, help="held-out A/B items for the behavioural effects")
     p.add_argument("--n-texts", type=_positive_int, default=16, help="neutral texts for the residual shifts")
-    p.add_argument("--n-calibration", type=_positive_int, default=64, help="calibration items for the steering vector")
-    _study_arguments(p, "figures/regimes")
+    p.add_argument("--n-calibration", type=_positive_int, default=64,
+                   help="calibration items for the steering vector (and, without --signatures, the signatures)")
+    _study_arguments(p)
     p.set_defaults(func=cmd_regimes)
 
     p = _command(sub, "reproduce", "the main job: the whole pipeline, report and figures")

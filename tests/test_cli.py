@@ -49,10 +49,10 @@ def test_figures_rerenders_from_results(tmp_path):
     with pytest.raises(SystemExit, match="exists"):
         cli.main(["figures", "--results", str(results), "--out", str(tmp_path / "figs")])
     with pytest.raises(SystemExit, match="does not exist"):
-        cli.main(["figures", "--results", str(tmp_path / "none.json")])
+        cli.main(["figures", "--results", str(tmp_path / "none.json"), "--out", str(tmp_path / "f2")])
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(SystemExit, match="not a persona-interp results"):
-        cli.main(["figures", "--results", str(tmp_path / "bad.json")])
+        cli.main(["figures", "--results", str(tmp_path / "bad.json"), "--out", str(tmp_path / "f2")])
 
 
 @pytest.mark.parametrize("argv", [
@@ -72,7 +72,11 @@ def test_reproduce_passes_the_dtype_into_the_run_config(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(pipeline, "reproduce", lambda config, *a, **kw: seen.update(dtype=config.dtype, model=kw["model"]) or "r")
-    cli.main(["reproduce", "--quick", "--dtype", "bfloat16", "--out", "unused"])
+    cli.main(["reproduce", "--quick", "--dtype", "float32", "--out", "unused"])
+    assert seen == {"dtype": "float32", "model": None}
+    cli.main(["reproduce", "--quick", "--out", "unused"])          # the main job's default
+    assert seen == {"dtype": "bfloat16", "model": None}
+    cli.main(["reproduce", "--out", "unused"])
     assert seen == {"dtype": "bfloat16", "model": None}
 
 

@@ -54,6 +54,7 @@ def test_embedded_logits_equal_transformers(smollm):
 def test_embedded_chat_is_fluent(smollm):
     reply = pi.generate(smollm, "What is the capital of France?", max_new_tokens=12)
     assert "Paris" in reply
+    assert reply == pi.generate(smollm, "What is the capital of France?", max_new_tokens=12, use_cache=False)
     sampled = pi.generate(smollm, "Name a colour.", max_new_tokens=8, temperature=0.7, seed=1)
     assert sampled and sampled == pi.generate(smollm, "Name a colour.", max_new_tokens=8, temperature=0.7, seed=1)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 ATTN_KINDS = ("q", "k", "v", "o")
@@ -321,6 +321,35 @@ class ModelAdapter:
         """Where token ids go in: the device of the token embedding (the first shard under a ``device_map``)."""
         return self.model.W_E.device
 
+    def next_logits(self, sequence: Int[Tensor, "batch pos"], cache: Any = None) -> tuple[Float[Tensor, "batch vocab"], Any]:
+        """Logits after the last token of ``sequence``, and the state to pass with the next, longer sequence.
+        Only the tokens the state has not seen run, through the model's own KV cache (Hugging Face's under a
+        TransformerBridge, TransformerLens' for a HookedTransformer); a model without one (a TL-native bridge)
+        reruns the whole sequence. Hooks and weight edits act on the new positions as in a full forward.
+
+        Example:
+            >>> logits, state = adapter.next_logits(prompt)               # the prompt once
+            >>> logits, state = adapter.next_logits(prompt_and_reply, state)   # then only the new token runs
+        """
+        past, seen = cache if cache is not None else (None, 0)
+        new = sequence[:, seen:]
+        if self.kind == "hooked":
+            if past is None:
+                try:                                                   # TransformerLens 3.x, then 2.x
+                    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache as KVCache
+                except ImportError:
+                    from transformer_lens.past_key_value_caching import HookedTransformerKeyValueCache as KVCache
+                past = KVCache.init_cache(self.model.cfg, self.model.cfg.device, sequence.shape[0])
+            return self.model(new, past_kv_cache=past)[:, -1], (past, sequence.shape[1])
+        hooks = [block.attn.register_forward_pre_hook(_cache_alias, with_kwargs=True) for block in self.model.blocks]
+        try:
+            extra = {"past_key_values": past} if past is not None else {"use_cache": True}
+            logits, past = self.model(new, return_type="logits_and_cache", **extra)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return logits[:, -1], ((past, sequence.shape[1]) if past is not None else None)
+
     def select_maps(self, modules: tuple[str, ...] | list[str] | None = None,
                     layers: tuple[int, ...] | list[int] | range | None = None) -> list[LinearMap]:
         """Maps filtered by module type (``attn``/``mlp``), kind (``q``…``down``) or full name, and layer.
@@ -338,6 +367,14 @@ class ModelAdapter:
         return [m for m in self.maps
                 if (modules is None or m.module in modules or m.kind in modules or m.name in modules)
                 and (layers is None or m.layer in layers)]
+
+
+def _cache_alias(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Hand a bridge attention the KV cache under the name it reads: transformers >= 5.2x passes ``cache=``,
+    TransformerLens 4.3's attention components read ``past_key_values`` and would attend to the new tokens alone."""
+    if kwargs.get("cache") is not None and kwargs.get("past_key_values") is None:
+        kwargs = {**kwargs, "past_key_values": kwargs["cache"]}
+    return args, kwargs
 
 
 class ModelMismatchError(ValueError):
