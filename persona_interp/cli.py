@@ -358,7 +358,7 @@ def _model_options(parser: argparse.ArgumentParser, default: Any) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=default, help="model name or folder (default: embedded SmolLM2-135M-Instruct)")
     group.add_argument("--dtype", default=default, choices=DTYPE_NAMES,
-                       help="the model's dtype (default float32, but bfloat16 for the main job `reproduce`: faster on CPUs with AMX and on GPUs)")
+                       help="the model's dtype (default float32; bfloat16 is faster on GPUs and CPUs with AMX-BF16, far slower on CPUs without)")
     group.add_argument("--device", default=default, help="put the whole model on this device, e.g. cuda or cuda:1")
     group.add_argument("--device-map", default=default,
                        help="'auto': shard the model over every visible GPU with accelerate (instead of --device)")

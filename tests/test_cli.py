@@ -72,12 +72,10 @@ def test_reproduce_passes_the_dtype_into_the_run_config(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(pipeline, "reproduce", lambda config, *a, **kw: seen.update(dtype=config.dtype, model=kw["model"]) or "r")
-    cli.main(["reproduce", "--quick", "--dtype", "float32", "--out", "unused"])
-    assert seen == {"dtype": "float32", "model": None}
+    cli.main(["reproduce", "--quick", "--dtype", "bfloat16", "--out", "unused"])
+    assert seen == {"dtype": "bfloat16", "model": None}
     cli.main(["reproduce", "--quick", "--out", "unused"])          # the main job's default
-    assert seen == {"dtype": "bfloat16", "model": None}
-    cli.main(["reproduce", "--out", "unused"])
-    assert seen == {"dtype": "bfloat16", "model": None}
+    assert seen == {"dtype": "float32", "model": None}
 
 
 def test_every_subcommand_shows_its_defaults(capsys):

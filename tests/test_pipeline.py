@@ -155,8 +155,7 @@ def test_revision_is_dirty_for_changed_code_or_data_but_not_for_the_runs_own_out
 def test_reproduce_never_casts_a_model_it_was_given(tokenizer, tmp_path):
     from conftest import build_hf
 
-    model = pi.load_model(build_hf("llama", len(tokenizer)), tokenizer=tokenizer)
-    assert QUICK.dtype == "bfloat16"                     # the main job's preset
-    with pytest.raises(ValueError, match="the model passed in is torch.float32, the configuration says bfloat16"):
+    model = pi.load_model(build_hf("llama", len(tokenizer)), tokenizer=tokenizer, dtype="bfloat16")
+    with pytest.raises(ValueError, match="the model passed in is torch.bfloat16, the configuration says float32"):
         pipeline.reproduce(QUICK, tmp_path / "out", model=model, progress=False)
-    assert pi.get_adapter(model).dtype == torch.float32
+    assert pi.get_adapter(model).dtype == torch.bfloat16
