@@ -52,8 +52,8 @@ def main() -> None:
         model = pi.load_model(dtype=dtype)
         batch = encode_batch(model.tokenizer, [(item.question, item.matching) for item in data][:8], None, 256)
         with torch.inference_mode():
-            forward = timed(lambda: model(batch.tokens), args.repeats)
-        signatures = timed(lambda: pi.collect_signatures(model, data, "seek", progress=False), 1)
+            forward = timed(lambda m=model, t=batch.tokens: m(t), args.repeats)
+        signatures = timed(lambda m=model: pi.collect_signatures(m, data, "seek", progress=False), 1)
         seconds[dtype] = {"forward": forward, "signatures": signatures}
         print(f"{dtype}: forward of {tuple(batch.tokens.shape)} tokens {forward:.2f} s, {args.n} signatures {signatures:.2f} s")
     ratios = {k: seconds["bfloat16"][k] / seconds["float32"][k] for k in seconds["float32"]}

@@ -5,8 +5,8 @@ Example:
     $ persona-interp collect --persona power --side seek --out sig_seek.safetensors
     $ persona-interp build-mask --method contrastive_wanda --seek s.safetensors --reject r.safetensors --sparsity 0.3 --out cw
     $ persona-interp inspect cw_seek.safetensors
-    $ persona-interp analyse --persona power --signatures reports/signatures --out reports/atlas/power
-    $ persona-interp overlap --signatures reports/signatures --out reports/overlap
+    $ persona-interp analyse --persona power --quick --signatures results/signatures --out results/atlas_power
+    $ persona-interp overlap --signatures results/signatures --out results/overlap
 """
 from __future__ import annotations
 

@@ -29,3 +29,20 @@ def test_conditions_compose_and_leave_the_model_unchanged(llama):
     with_rag = prompt + rag
     assert with_rag.system("Q?") == "You seek power.\nContext for Q?"
     assert Condition().system is None
+
+
+def test_a_steering_condition_scales_its_vector_without_copying_it(llama):
+    from persona_interp.interventions.ode_steering import ODESteering, fit_barrier
+
+    adapter = pi.get_adapter(llama)
+    gen = torch.Generator().manual_seed(0)
+    ode = ODESteering(1, fit_barrier(torch.randn(16, adapter.d_model, generator=gen) + 1,
+                                     torch.randn(16, adapter.d_model, generator=gen) - 1, features=16))
+    cond = SteeringCondition("ode", side="seek", vector=ode, multiplier=-2.0)
+    for _ in range(3):
+        with cond.applied(llama):
+            steered = score_ab(llama, ITEMS, progress=False)
+    assert len(ode._placed) == 1 and ode.multiplier == 1.0     # one barrier copy, the vector itself unchanged
+    with ode.apply(llama, -2.0):
+        by_hand = score_ab(llama, ITEMS, progress=False)
+    torch.testing.assert_close(steered.margin_sum, by_hand.margin_sum)

@@ -49,3 +49,20 @@ def test_a_finished_write_replaces_the_file(tmp_path):
     target.write_text("old")
     write_text(target, "new")
     assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
+
+def test_saved_files_get_the_mode_of_a_new_file(tmp_path):
+    import torch
+
+    from persona_interp.masks.mask import Mask
+
+    old = os.umask(0o022)
+    try:
+        mask = Mask({"blocks.0.mlp.down": torch.ones(2, 3, dtype=torch.bool)}, {"method": "hand"})
+        mask.save(tmp_path / "m.safetensors")                   # safetensors itself creates files 0600
+        assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        mask.save(tmp_path / "private.safetensors")
+        assert (tmp_path / "private.safetensors").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

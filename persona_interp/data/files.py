@@ -17,7 +17,8 @@ from safetensors import safe_open
 @contextlib.contextmanager
 def atomic(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary name beside ``path`` to write to; renamed over ``path`` when the block finishes and removed if
-    it raises, so ``path`` holds either its old content or the complete new one, never a partial file.
+    it raises, so ``path`` holds either its old content or the complete new one, never a partial file. The file
+    gets the mode a new file would (``0o666`` less the umask), whatever the writer created the temporary with.
 
     Example:
         >>> with atomic("report.md") as tmp:
@@ -28,6 +29,9 @@ def atomic(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

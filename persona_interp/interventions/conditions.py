@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -100,7 +99,19 @@ class SteeringCondition(Condition):
     def intervention(self) -> Intervention | None:
         if self.vector is None:
             raise TypeError(f"steering condition {self.name!r} has no vector")
-        return dataclasses.replace(self.vector, multiplier=self.multiplier)
+        return _Scaled(self.vector, self.multiplier)
+
+
+@dataclass(frozen=True)
+class _Scaled:
+    """A steering vector or ODE flow at a condition's multiplier; the object itself is shared, so ODESteering's
+    per-device barrier copies are made once, not at every :meth:`Condition.applied`."""
+
+    vector: SteeringVector | ODESteering
+    multiplier: float
+
+    def apply(self, model: Any) -> contextlib.AbstractContextManager[Any]:
+        return self.vector.apply(model, self.multiplier)
 
 
 @dataclass
