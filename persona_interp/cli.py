@@ -339,7 +339,8 @@ def cmd_regimes(args: argparse.Namespace) -> None:
     model = _model(args)
     signatures = _signatures(args, model, args.persona)
     study = run_regimes(model, args.persona, signatures, sparsity=args.sparsity, n_items=args.n_items,
-                        n_texts=args.n_texts, n_calibration=args.n_calibration, seed=args.seed, figures_dir=args.figures)
+                        n_texts=args.n_texts, n_calibration=args.n_calibration, n_validation=args.n_validation,
+                        seed=args.seed, figures_dir=args.figures)
     _write_study(args, paths, study, regimes_markdown(study))
 
 
@@ -490,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-texts", type=_positive_int, default=16, help="neutral texts for the residual shifts")
     p.add_argument("--n-calibration", type=_positive_int, default=64,
                    help="calibration items for the steering vector (and, without --signatures, the signatures)")
+    p.add_argument("--n-validation", type=_positive_int, default=16, help="validation items that pick the steering layer and multiplier")
     _study_arguments(p)
     p.set_defaults(func=cmd_regimes)
 

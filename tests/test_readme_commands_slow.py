@@ -55,7 +55,7 @@ def test_every_readme_command_runs_on_a_fresh_clone(tmp_path):
     status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True).stdout
     assert status == "", f"the commands wrote outside the ignored results/: {status}"
     for path in ("results/quick/report.md", "results/cw_seek.safetensors", "results/eval_cw.md", "results/atlas_power.md",
-                 "results/atlas_wealth.md", "results/overlap.md", "results/figures/power_accuracy.png",
+                 "results/overlap.md", "results/figures/power_accuracy.png",
                  "results/composition.md", "results/regimes_power.md"):
         assert (clone / path).is_file(), path
     assert any((clone / "results" / "atlas_power_figures").iterdir())
