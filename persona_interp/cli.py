@@ -138,7 +138,6 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
-    from persona_interp.model.load import load_model
     from persona_interp.studies.config import FULL, QUICK
     from persona_interp.studies.reproduce import reproduce
 
@@ -154,8 +153,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     try:
         if args.dtype:
             config.dtype = args.dtype
-        model = (load_model(args.model, dtype=config.dtype, device=args.device, device_map=args.device_map)
-                 if args.device or args.device_map else args.model)
+        model = _model(args) if args.device or args.device_map else args.model
         report = reproduce(config, out, args.figures, force=args.force, resume=args.resume, model=model)
     except (FileExistsError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None

@@ -51,7 +51,7 @@ def test_the_prompt_runs_once_then_one_token_per_step(tiny_model, model_kind):
 
 
 def test_generation_stops_at_the_context_length(tokenizer):
-    from tests.conftest import build_model
+    from conftest import build_model
 
     model = build_model("native", tokenizer)          # n_ctx 128
     long = "power " * 200
