@@ -184,3 +184,27 @@ def test_a_mask_and_a_lora_on_one_weight_are_refused_and_leave_it_untouched(llam
     with lora.apply(llama), pi.ablate(llama, other):
         pass
     assert all(torch.equal(p, saved[n]) for n, p in llama.named_parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_set_aside_zero_and_put_back_are_bit_exact_on_both_paths(dtype, layout):
+    """The numpy path (contiguous CPU) and the torch path (any other tensor) keep exactly the removed entries,
+    zero them to +0 without touching the kept bits, and restore every bit: NaN payloads and −0 included."""
+    from persona_interp.interventions.ablation import put_back, set_aside, zero_removed
+
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(12, 20, generator=generator).to(dtype)
+    base[0, :4] = torch.tensor([float("nan"), -0.0, float("inf"), -float("inf")]).to(dtype)
+    weight = base.clone() if layout == "contiguous" else base.t().clone().t()     # same values, column-major
+    keep = torch.rand(12, 20, generator=generator) > 0.3
+    keep[0, :4] = False
+    bits = {2: torch.int16, 4: torch.int32}[weight.element_size()]
+    before = weight.clone()
+    values = set_aside(weight, keep)
+    assert values.numel() == int((~keep).sum())
+    zero_removed(weight, keep)
+    assert not weight.view(bits)[~keep].any()                       # +0: all bits clear (not −0)
+    assert torch.equal(weight.view(bits)[keep], before.view(bits)[keep])
+    put_back(weight, keep, values)
+    assert torch.equal(weight.view(bits), before.view(bits))

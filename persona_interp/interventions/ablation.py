@@ -155,17 +155,19 @@ class WeightAblation:
         adapter = get_adapter(model)
         self.mask.check_model(adapter)
         keep, gamma, store = self.mask.keep, self.gamma, self.store
+        scratch = _Scratch()
 
         def edit(name: str, parameter: Tensor) -> Tensor:
-            values = set_aside(parameter, _removed(adapter, name, keep[name], parameter))
-            factor = keep[name].to(parameter.device)
+            kept = adapter.to_native(name, keep[name].to(parameter.device))
+            values = set_aside(parameter, kept, scratch)
             if gamma:
-                factor = factor.to(parameter.dtype) + gamma * (~factor).to(parameter.dtype)
-            parameter.mul_(adapter.to_native(name, factor))                  # kept entries × 1: unchanged bits
+                parameter.mul_(kept.to(parameter.dtype) + gamma * (~kept).to(parameter.dtype))
+            else:
+                zero_removed(parameter, kept)                                # kept entries: unchanged bits
             return values.to(store) if store is not None else values         # only these stay while inside
 
         def restore(name: str, parameter: Tensor, values: Tensor) -> None:
-            put_back(parameter, _removed(adapter, name, keep[name], parameter), values)
+            put_back(parameter, adapter.to_native(name, keep[name].to(parameter.device)), values, scratch)
 
         return edit_weights(model, keep, edit, restore, f"mask {self.mask.meta.get('method', '')}".strip())
 
@@ -192,11 +194,6 @@ def ablate(model: Any, mask: Mask | HookMask, gamma: float = 0.0, *, store: str 
         yield model
 
 
-def _removed(adapter: Any, name: str, keep: Bool[Tensor, "out in"], parameter: Tensor) -> Tensor:
-    """The removed entries of map ``name`` as a boolean tensor in the parameter's own layout and device."""
-    return ~adapter.to_native(name, keep.to(parameter.device))
-
-
 _BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
@@ -208,22 +205,47 @@ def _bits(parameter: Tensor) -> "np.ndarray | None":
     return parameter.detach().view(_BITS[parameter.element_size()]).numpy().reshape(-1)
 
 
-def set_aside(parameter: Tensor, removed: Bool[Tensor, "..."]) -> Tensor:
-    """The entries of ``parameter`` where ``removed`` is true, in row-major order (their raw bits on the CPU).
+class _Scratch:
+    """One reused boolean buffer for ``~keep`` on the CPU, the size of the largest map seen: a fresh temporary per
+    map costs more in page faults than the work itself."""
+
+    def __init__(self) -> None:
+        self.buffer = np.empty(0, dtype=bool)
+
+    def removed(self, keep: Bool[Tensor, "..."]) -> np.ndarray:
+        flat = keep.numpy().reshape(-1)
+        if self.buffer.size < flat.size:
+            self.buffer = np.empty(flat.size, dtype=bool)
+        return np.logical_not(flat, out=self.buffer[:flat.size])
+
+
+def set_aside(parameter: Tensor, keep: Bool[Tensor, "..."], scratch: _Scratch | None = None) -> Tensor:
+    """The entries of ``parameter`` where ``keep`` is false, in row-major order (their raw bits on the CPU);
+    ``keep`` in the parameter's own layout and on its device.
 
     Example:
-        >>> values = set_aside(weight, ~keep); put_back(weight, ~keep, values)     # weight as it was
+        >>> values = set_aside(weight, keep); zero_removed(weight, keep); put_back(weight, keep, values)  # as it was
     """
     bits = _bits(parameter)
     if bits is None:
-        return parameter[removed]
-    return torch.from_numpy(np.compress(removed.numpy().reshape(-1), bits))
+        return parameter[~keep]
+    return torch.from_numpy(np.compress((scratch or _Scratch()).removed(keep), bits))
 
 
-def put_back(parameter: Tensor, removed: Bool[Tensor, "..."], values: Tensor) -> None:
-    """Write entries kept by :func:`set_aside` back where ``removed`` is true, bit-exact."""
+def zero_removed(parameter: Tensor, keep: Bool[Tensor, "..."]) -> None:
+    """Set the entries where ``keep`` is false to +0, leaving the kept entries' bits as they are."""
     bits = _bits(parameter)
     if bits is None:
-        parameter.masked_scatter_(removed, values.to(device=parameter.device).view(parameter.dtype))
+        parameter.masked_fill_(~keep, 0)
     else:
-        bits[np.flatnonzero(removed.numpy())] = values.cpu().view(_BITS[parameter.element_size()]).numpy()
+        bits *= keep.numpy().reshape(-1)            # integer bits × 1 or × 0: exact, no float rounding, no temporary
+
+
+def put_back(parameter: Tensor, keep: Bool[Tensor, "..."], values: Tensor, scratch: _Scratch | None = None) -> None:
+    """Write entries kept by :func:`set_aside` back where ``keep`` is false, bit-exact."""
+    bits = _bits(parameter)
+    if bits is None:
+        parameter.masked_scatter_(~keep, values.to(device=parameter.device).view(parameter.dtype))
+    else:
+        removed = (scratch or _Scratch()).removed(keep)
+        bits[np.flatnonzero(removed)] = values.cpu().view(_BITS[parameter.element_size()]).numpy()
