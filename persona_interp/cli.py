@@ -68,12 +68,11 @@ def _writable(path: Path, force: bool) -> Path:
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
-    from persona_interp import collect_signatures, load_persona
+    from persona_interp import collect_signatures
+    from persona_interp.data.personas import calibration_split
 
     out = _writable(Path(args.out), args.force)
-    data = load_persona(args.persona, "train")
-    if args.n:
-        data = data.sample(args.n, seed=args.seed)
+    data, _ = calibration_split(args.persona, seed=args.seed, n_fit=args.n)      # never a test or validation item
     sig = collect_signatures(_model(args), data, args.side, token_scope=args.token_scope,
                              batch_size=args.batch_size, max_tokens=args.max_tokens)
     sig.save(out, overwrite=True)
@@ -195,10 +194,10 @@ def _signatures(args: argparse.Namespace, model: Any, persona: str) -> tuple:
     sample of ``--n-calibration`` items of the fit part of its training split (as the main job and ``analyse``)."""
     if args.signatures:
         return _saved_signatures(Path(args.signatures), persona)
-    from persona_interp import collect_signatures, load_persona
+    from persona_interp import collect_signatures
+    from persona_interp.data.personas import calibration_split
 
-    fit, _ = load_persona(persona, "train").split(0.2, seed=args.seed)
-    fit = fit.sample(min(args.n_calibration, len(fit)), seed=args.seed)
+    fit, _ = calibration_split(persona, seed=args.seed, n_fit=args.n_calibration)
     return tuple(collect_signatures(model, fit, side) for side in SIDES)
 
 
@@ -396,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--persona", required=True, choices=persona_names())
     p.add_argument("--side", required=True, choices=list(SIDES))
     p.add_argument("--out", required=True)
-    p.add_argument("--n", type=_positive_int, help="use a seeded sample of this many calibration items")
+    p.add_argument("--n", type=_positive_int, help="use a seeded sample of this many calibration items (from the fit part "
+                   "of the training split, test questions dropped: the items the main job and analyse calibrate on)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--token-scope", default="all", choices=TOKEN_SCOPES)
     p.add_argument("--batch-size", type=_positive_int, default=8)

@@ -109,3 +109,19 @@ def test_paper_data_loads(persona):
     train, test = pi.load_persona(persona, "train"), pi.load_persona(persona, "test")
     assert len(train) > 600 and len(test) == 200
     assert train.poles[0].endswith(("seeking", "hallucinating"))
+
+
+@pytest.mark.skipif(not benchmarks_dir().is_dir(), reason="../shared/benchmarks/ai_persona not present")
+def test_calibration_split_never_holds_a_test_question():
+    from persona_interp.data.personas import calibration_split
+
+    test = pi.load_persona("power", "test").questions()
+    train = pi.load_persona("power", "train")
+    assert train.questions() & test, "the paper's power data has train questions that are also test questions"
+    fit, validation = calibration_split("power", n_fit=40, n_validation=10, seed=2)
+    assert len(fit) == 40 and len(validation) == 10 and fit.meta["dropped"] == len(train) - len(train.without_questions(test))
+    assert not (fit.questions() | validation.questions()) & test
+    assert not fit.questions() & validation.questions()
+    assert calibration_split("power", n_fit=40, n_validation=10, seed=2)[0].items == fit.items    # seeded
+    everything, _ = calibration_split("power", exclude=set())
+    assert everything.questions() & test                                  # exclude=set() keeps them

@@ -309,6 +309,22 @@ def load_persona(name: str, split: str = "train") -> PersonaDataset:
     raise ValueError(f"unknown persona {name!r}; known: {', '.join(persona_names())}")
 
 
+def calibration_split(persona: str, *, fraction: float = 0.2, seed: int = 0, n_fit: int | None = None,
+                      n_validation: int | None = None, exclude: set[str] | None = None
+                      ) -> tuple[PersonaDataset, PersonaDataset]:
+    """The persona's training items split (seeded) into (fit, validation), each a seeded sample of at most
+    ``n_fit`` / ``n_validation`` items when given. Items whose question is in ``exclude`` are dropped first
+    (by default every question of the test split, so calibration never sees a test question).
+
+    Example:
+        >>> fit, validation = calibration_split("power", n_fit=64, n_validation=16)
+    """
+    exclude = load_persona(persona, "test").questions() if exclude is None else exclude
+    fit, validation = load_persona(persona, "train").without_questions(exclude).split(fraction, seed=seed)
+    fit = fit.sample(n_fit, seed=seed) if n_fit else fit
+    return fit, validation.sample(n_validation, seed=seed) if n_validation else validation
+
+
 def load_neutral_texts(path: str | os.PathLike | None = None) -> list[str]:
     """The neutral text set (``persona_interp/data/sets/neutral.jsonl``, one ``{"text"}`` per line) used for perplexity."""
     path = Path(path) if path else DATA_DIR / "neutral.jsonl"

@@ -26,7 +26,7 @@ from persona_interp.analysis.localise import (
     persona_specific_removal,
     signature_cosine_by_layer,
 )
-from persona_interp.data.personas import SIDES, load_neutral_texts, load_persona, persona_prompts
+from persona_interp.data.personas import SIDES, calibration_split, load_neutral_texts, load_persona, persona_prompts
 from persona_interp.evaluation.scoring import DamageReference, score_ab
 from persona_interp.evaluation.stats import paired_difference
 from persona_interp.interventions.steering import mean_difference_vector
@@ -48,9 +48,7 @@ def persona_atlas(model: Any, persona: str, config: AtlasConfig, figures_dir: st
     main job saved), otherwise collected on the fit split."""
     figures = Path(figures_dir)
     adapter = get_adapter(model)
-    fit, _ = load_persona(persona, "train").split(config.validation_fraction, seed=config.seed)
-    if config.n_calibration:
-        fit = fit.sample(min(config.n_calibration, len(fit)), seed=config.seed)
+    fit, _ = calibration_split(persona, fraction=config.validation_fraction, seed=config.seed, n_fit=config.n_calibration)
     if signatures is None:
         signatures = tuple(collect_signatures(model, fit, side, batch_size=config.batch_size, progress=progress)
                            for side in SIDES)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from persona_interp.analysis.regimes import compare_regimes
-from persona_interp.data.personas import SIDES, load_neutral_texts, load_persona, persona_prompts
+from persona_interp.data.personas import SIDES, calibration_split, load_neutral_texts, load_persona, persona_prompts
 from persona_interp.evaluation.tuning import select_steering
 from persona_interp.interventions.conditions import MaskCondition, Prompt, SteeringCondition
 from persona_interp.interventions.steering import mean_difference_vectors
@@ -24,8 +24,7 @@ def run_regimes(model: Any, persona: str, signatures: tuple[Any, Any], *, sparsi
     Example:
         >>> study = run_regimes(model, "power", (sig_seek, sig_reject), figures_dir="figures/regimes")
     """
-    fit, validation = load_persona(persona, "train").split(0.2, seed=seed)
-    fit, validation = fit.sample(n_calibration, seed=seed), validation.sample(n_validation, seed=seed)
+    fit, validation = calibration_split(persona, seed=seed, n_fit=n_calibration, n_validation=n_validation)
     n_layers = get_adapter(model).n_layers
     layers = sorted({min(n_layers - 1, round(f * n_layers)) for f in steering_layers})
     vectors = mean_difference_vectors(model, fit, layers, progress=progress)
