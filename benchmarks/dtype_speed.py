@@ -2,7 +2,7 @@
 dtype on the embedded model, with the CPU flags that decide it (AMX-BF16 / AVX512-BF16). Prints the ratios
 and writes JSON; a minute or two on 2 cores.
 
-    $ .venv/bin/python benchmarks/dtype_speed.py --out benchmarks/dtype_speed.json
+    $ .venv/bin/python benchmarks/dtype_speed.py --out benchmarks/dtype_speed_MACHINE.json
 """
 from __future__ import annotations
 
