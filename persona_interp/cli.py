@@ -174,7 +174,7 @@ def cmd_analyse(args: argparse.Namespace) -> None:
             setattr(config, key, getattr(args, key))
     config.prompts = config.prompts and not args.no_prompts
     signatures = _saved_signatures(Path(args.signatures), args.persona) if args.signatures else None
-    atlas = persona_atlas(_model(args), args.persona, config, args.figures, signatures=signatures)
+    atlas = persona_atlas(_model(args), args.persona, config, paths["figures"], signatures=signatures)
     _write_study(args, paths, atlas, atlas_markdown(atlas))
 
 
@@ -211,7 +211,7 @@ def cmd_overlap(args: argparse.Namespace) -> None:
     if not personas:
         raise SystemExit(f"error: no *_seek.safetensors signatures in {folder}")
     signatures = {persona: _saved_signatures(folder, persona) for persona in personas}
-    rows = overlap_table(_model(args), signatures, args.sparsities, args.figures)
+    rows = overlap_table(_model(args), signatures, args.sparsities, paths["figures"])
     _write_study(args, paths, rows, overlap_markdown(rows))
 
 
@@ -260,7 +260,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                           markdown_table(study["controls"], ["condition", "control", "advantage", "beats_control"])])
     from persona_interp.report.figures import plot_accuracy
 
-    plot_accuracy(study["table"], Path(args.figures) / f"{args.persona}_evaluate", title=f"{args.persona}: {len(test)} test items")
+    plot_accuracy(study["table"], paths["figures"] / f"{args.persona}_evaluate", title=f"{args.persona}: {len(test)} test items")
     _write_study(args, paths, study, markdown)
 
 
@@ -288,19 +288,17 @@ def _study_paths(args: argparse.Namespace, figures: str | None = None) -> dict[s
     """PREFIX.md and PREFIX.json, checked before a long run starts, and the figures the run will write
     (``--figures``/``figures``*, by default in PREFIX_figures): existing ones are refused without ``--force``. With ``--force`` the old
     report is removed first, so an interrupted run never leaves it beside new figures (each file itself is
-    written whole or not at all)."""
+    written whole or not at all). Returns ``{".md": …, ".json": …, "figures": folder}``."""
     out = Path(args.out)
     paths = {suffix: _writable(out.with_name(out.name + suffix), args.force) for suffix in (".md", ".json")}
-    if args.figures is None:
-        args.figures = str(out.with_name(out.name + "_figures"))
-    folder = Path(args.figures) if figures is not None else None
-    existing = sorted(folder.glob(f"{figures}*")) if folder is not None and folder.is_dir() else []
+    folder = Path(args.figures) if args.figures is not None else out.with_name(out.name + "_figures")
+    existing = sorted(folder.glob(f"{figures}*")) if figures is not None and folder.is_dir() else []
     if existing and not args.force:
         raise SystemExit(f"error: {folder} already holds {len(existing)} figure file(s) named {figures}* (e.g. {existing[0].name}); "
                          "pass --force to overwrite them, or --figures to write elsewhere")
     for path in paths.values():
         path.unlink(missing_ok=True)
-    return paths
+    return {**paths, "figures": folder}
 
 
 def _write_study(args: argparse.Namespace, paths: dict[str, Path], study: dict, markdown: str) -> None:
@@ -308,7 +306,7 @@ def _write_study(args: argparse.Namespace, paths: dict[str, Path], study: dict, 
 
     write_text(paths[".md"], markdown)
     write_text(paths[".json"], json.dumps(study, indent=1))
-    print(f"wrote {paths['.md']}, {paths['.json']} and figures in {args.figures}")
+    print(f"wrote {paths['.md']}, {paths['.json']} and figures in {paths['figures']}")
 
 
 def cmd_compose(args: argparse.Namespace) -> None:
@@ -324,7 +322,7 @@ def cmd_compose(args: argparse.Namespace) -> None:
     model = _model(args)
     axes = {axis: _signatures(args, model, axis) for axis in TYPE_LETTERS}
     study = run_composition(model, axes, type_code=args.type, sparsity=args.sparsity, axis=args.axis,
-                            fractions=args.fractions, n_test=args.n_test, seed=args.seed, figures_dir=args.figures)
+                            fractions=args.fractions, n_test=args.n_test, seed=args.seed, figures_dir=paths["figures"])
     _write_study(args, paths, study, composition_markdown(study))
 
 
@@ -337,7 +335,7 @@ def cmd_regimes(args: argparse.Namespace) -> None:
     signatures = _signatures(args, model, args.persona)
     study = run_regimes(model, args.persona, signatures, sparsity=args.sparsity, n_items=args.n_items,
                         n_texts=args.n_texts, n_calibration=args.n_calibration, n_validation=args.n_validation,
-                        seed=args.seed, figures_dir=args.figures)
+                        seed=args.seed, figures_dir=paths["figures"])
     _write_study(args, paths, study, regimes_markdown(study))
 
 

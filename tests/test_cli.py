@@ -94,3 +94,15 @@ def test_bad_input_ends_in_one_error_line_not_a_traceback(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["build-mask", "--method", "wanda", "--sparsity", "lots", "--out", str(tmp_path / "m")])
     assert "_sparsity" not in capsys.readouterr().err
+
+
+def test_study_figures_default_to_a_folder_beside_the_report(tiny_cli, tmp_path):
+    seek = pi.random_mask(tiny_cli, 0.3, seed=1)
+    seek.meta.update(side="seek", method="wanda")
+    seek.save(tmp_path / "a_seek.safetensors")
+    cli.main(["evaluate", "--persona", AXIS, "--masks", str(tmp_path / "a_seek.safetensors"), "--n-test", "2",
+              "--n-neutral", "2", "--out", str(tmp_path / "ev")])
+    assert (tmp_path / "ev_figures" / f"{AXIS}_evaluate.png").is_file() and (tmp_path / "ev.md").is_file()
+    with pytest.raises(SystemExit, match="ev_figures already holds"):                 # the report's figures, not lost
+        cli.main(["evaluate", "--persona", AXIS, "--masks", str(tmp_path / "a_seek.safetensors"), "--n-test", "2",
+                  "--n-neutral", "2", "--out", str(tmp_path / "ev2"), "--figures", str(tmp_path / "ev_figures")])
