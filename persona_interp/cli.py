@@ -267,7 +267,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_figures(args: argparse.Namespace) -> None:
     import json
 
-    from persona_interp.report.figures import plot_accuracy
+    from persona_interp.report.figures import plot_persona
 
     results = Path(args.results)
     if not results.is_file():
@@ -277,10 +277,11 @@ def cmd_figures(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: {results} is not a persona-interp results file (no 'personas')")
     written = []
     for persona, entry in data["personas"].items():
-        stem = Path(args.out) / f"{persona}_accuracy"
-        for path in (stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".svg")):
-            _writable(path, args.force)
-        written += plot_accuracy(entry["table"], stem, title=f"{persona}: {entry['n_test']} test items")
+        stems = [f"{persona}_accuracy", *([f"{persona}_frontier"] if entry.get("frontier") else [])]
+        for stem in stems:
+            for suffix in (".png", ".svg"):
+                _writable(Path(args.out) / f"{stem}{suffix}", args.force)
+        written += plot_persona(persona, entry, args.out)
     print(f"wrote {len(written)} files to {args.out}")
 
 
@@ -461,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     _study_arguments(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = _command(sub, "figures", "render the accuracy figures again from a saved results.json")
+    p = _command(sub, "figures", "render the accuracy and effect–damage frontier figures again from a saved results.json")
     p.add_argument("--results", required=True, help="a results.json the main job wrote (e.g. results/quick/results.json)")
     p.add_argument("--out", required=True, help="figures folder")
     p.add_argument("--force", action="store_true")

@@ -45,7 +45,13 @@ def test_figures_rerenders_from_results(tmp_path):
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"personas": {"power": {"n_test": 4, "table": [row, {**row, "side": "reject"}]}}}))
     cli.main(["figures", "--results", str(results), "--out", str(tmp_path / "figs")])
-    assert (tmp_path / "figs" / "power_accuracy.png").is_file()
+    assert (tmp_path / "figs" / "power_accuracy.png").is_file() and not (tmp_path / "figs" / "power_frontier.png").exists()
+    point = {"line": "prompt", "kl": 0.0, "difference": 0.1, "difference_low": 0.0, "difference_high": 0.2}
+    frontier = [point, {**point, "line": "wanda", "kl": 0.05}, {**point, "line": "wanda+prompt", "kl": 0.05}]
+    results.write_text(json.dumps({"personas": {"power": {"n_test": 4, "table": [row, {**row, "side": "reject"}],
+                                                          "frontier": frontier}}}))
+    cli.main(["figures", "--results", str(results), "--out", str(tmp_path / "figs"), "--force"])
+    assert (tmp_path / "figs" / "power_frontier.png").is_file() and (tmp_path / "figs" / "power_frontier.svg").is_file()
     with pytest.raises(SystemExit, match="exists"):
         cli.main(["figures", "--results", str(results), "--out", str(tmp_path / "figs")])
     with pytest.raises(SystemExit, match="does not exist"):

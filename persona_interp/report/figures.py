@@ -229,21 +229,45 @@ def plot_type_comparison(rows: Sequence[dict], stem: str | os.PathLike, title: s
 def plot_frontier(rows: Sequence[dict], stem: str | os.PathLike, title: str = "") -> list[Path]:
     """The effect–damage frontier: x = damage (KL from the base model on the report's neutral texts,
     symlog), y = test seek − reject difference with its 95 % interval; one line per regime through its
-    per-budget picks, masks with their prompt dashed (the paper's protocol), prompt-only regimes as points
-    at 0. ``rows``: :func:`~persona_interp.evaluation.evaluate.frontier_rows`."""
-    fig, ax = plt.subplots(figsize=(8, 5))
-    regimes = list(dict.fromkeys(r["line"] for r in rows))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, line in enumerate(regimes):
+    per-budget picks, masks with their prompt dashed in the mask's colour (the paper's protocol), the budgets
+    dotted, prompt-only regimes as points at 0. ``rows``: :func:`~persona_interp.evaluation.evaluate.frontier_rows`."""
+    fig, ax = plt.subplots(figsize=(9, 5))
+    lines = list(dict.fromkeys(r["line"] for r in rows))
+    bases = list(dict.fromkeys(line.removesuffix("+prompt") for line in lines))
+    colors = plt.get_cmap("tab20").colors if len(bases) > 10 else plt.get_cmap("tab10").colors
+    for line in lines:                        # a mask and its +prompt share a colour: solid alone, dashed with the prompt
         mine = sorted((r for r in rows if r["line"] == line), key=lambda r: r["kl"])
+        with_prompt = line.endswith("+prompt")
         ax.errorbar([r["kl"] for r in mine], [r["difference"] for r in mine],
                     yerr=[[r["difference"] - r["difference_low"] for r in mine], [r["difference_high"] - r["difference"] for r in mine]],
-                    marker="o", capsize=3, ls="--" if line.endswith("+prompt") else "-", color=colors[i % len(colors)], label=line)
+                    marker="s" if with_prompt else "o", mfc="white" if with_prompt else None, capsize=3,
+                    ls="--" if with_prompt else "-", color=colors[bases.index(line.removesuffix("+prompt")) % len(colors)],
+                    label=line)
     ax.axhline(0, color="black", lw=0.8)
+    for budget in sorted({b for r in rows for b in r.get("budgets") or []}):
+        ax.axvline(budget, color="grey", lw=0.8, ls=":")
+        ax.annotate(f"KL ≤ {budget:g}", (budget, 1), xycoords=("data", "axes fraction"), xytext=(2, -10),
+                    textcoords="offset points", fontsize=7, color="grey")
     ax.set_xscale("symlog", linthresh=1e-3)
+    ax.set_xlim(0, 2 * max([r["kl"] for r in rows] + [1e-3]))      # KL is never negative
     ax.set_xlabel("damage: KL(base ‖ condition) on neutral text (nats/token)")
     ax.set_ylabel("test seek − reject margin (nats/token, 95 % CI)")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title(title)
     fig.tight_layout()
     return save(fig, stem)
+
+
+def plot_persona(persona: str, entry: dict, folder: str | os.PathLike) -> list[Path]:
+    """A persona's report figures from its ``results.json`` entry: ``PERSONA_accuracy`` and, where the entry has
+    one, ``PERSONA_frontier`` (PNG + SVG in ``folder``); the main job and ``persona-interp figures`` both draw them.
+
+    Example:
+        >>> plot_persona("power", json.load(open("reports/results.json"))["personas"]["power"], "figures")
+    """
+    folder, n = Path(folder), entry["n_test"]
+    written = plot_accuracy(entry["table"], folder / f"{persona}_accuracy", title=f"{persona}: {n} test items")
+    if entry.get("frontier"):
+        written += plot_frontier(entry["frontier"], folder / f"{persona}_frontier",
+                                 title=f"{persona}: effect against damage, picks per budget ({n} test items)")
+    return written

@@ -31,7 +31,7 @@ from persona_interp.interventions.steering import answer_residual_means, vectors
 from persona_interp.masks.builders import MASK_METHODS, FamilyCache, mask_family, random_mask
 from persona_interp.model.adapter import get_adapter
 from persona_interp.model.load import load_model
-from persona_interp.report.figures import plot_accuracy, plot_frontier
+from persona_interp.report.figures import plot_persona
 from persona_interp.report.markdown import write_report
 from persona_interp.signatures import Signature, collect_signatures
 from persona_interp.studies.config import ReproduceConfig
@@ -299,9 +299,7 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
             lora = next((c.lora for c in conditions if isinstance(c, LoRACondition) and c.side == side), None)
             if lora is not None:
                 lora.save(out_dir / "lora" / f"{persona}_{side}.safetensors", overwrite=force or resume)
-        plot_accuracy(table, figures_dir / f"{persona}_accuracy", title=f"{persona}: {len(test)} test items")
-        plot_frontier(results["personas"][persona]["frontier"], figures_dir / f"{persona}_frontier",
-                      title=f"{persona}: effect against damage, picks per budget ({len(test)} test items)")
+        plot_persona(persona, results["personas"][persona], figures_dir)
     return report
 
 
