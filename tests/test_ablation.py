@@ -208,3 +208,62 @@ def test_set_aside_zero_and_put_back_are_bit_exact_on_both_paths(dtype, layout):
     assert torch.equal(weight.view(bits)[keep], before.view(bits)[keep])
     put_back(weight, keep, values)
     assert torch.equal(weight.view(bits), before.view(bits))
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_edit_weights_restores_every_map_when_an_edit_or_a_restore_raises(tiny_model, workers):
+    from persona_interp.interventions.base import edit_weights
+    from persona_interp.model.adapter import get_adapter
+
+    adapter = get_adapter(tiny_model)
+    saved = _params(tiny_model)
+    names = list(pi.random_mask(tiny_model, 0.5, seed=0).keep)
+    before = {name: adapter.parameter(name).detach().clone() for name in names}
+    bad = names[len(names) // 2]
+
+    def edit(name, parameter):
+        if name == bad:
+            raise ValueError(f"cannot edit {name}")
+        values = parameter.detach().clone()
+        parameter.mul_(0)
+        return values
+
+    def restore(name, parameter, values):
+        if name == names[0] and failing:
+            raise OSError("restore failed")
+        parameter.copy_(values)
+
+    failing = False
+    with pytest.raises(ValueError, match="cannot edit"):       # an edit raises: the maps edited are restored
+        with edit_weights(tiny_model, names, edit, restore, "test", workers=workers):
+            pass
+    _assert_bit_exact(tiny_model, saved)
+
+    failing = True
+    names.remove(bad)
+    with pytest.raises(OSError, match="restore failed"):       # a restore raises: every other map is restored
+        with edit_weights(tiny_model, names, edit, restore, "test", workers=workers):
+            assert all(adapter.parameter(name).abs().sum() == 0 for name in names)
+    assert adapter.parameter(names[0]).abs().sum() == 0
+    for name in names[1:]:
+        assert torch.equal(adapter.parameter(name), before[name]), name
+    with torch.no_grad():
+        adapter.parameter(names[0]).copy_(before[names[0]])
+    _assert_bit_exact(tiny_model, saved)
+    with pi.ablate(tiny_model, pi.random_mask(tiny_model, 0.5, seed=1)):   # the conflict registry was cleared
+        pass
+
+
+def test_ablate_is_the_same_in_one_thread_and_in_several(tiny_model):
+    mask = pi.random_mask(tiny_model, 0.4, seed=3)
+    threads = torch.get_num_threads()
+    inside = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            with pi.ablate(tiny_model, mask):
+                inside.append(_params(tiny_model))
+    finally:
+        torch.set_num_threads(threads)
+    for name in inside[0]:
+        assert torch.equal(inside[0][name].contiguous().view(torch.uint8), inside[1][name].contiguous().view(torch.uint8)), name

@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Iterator, Union
 
@@ -155,11 +156,16 @@ class WeightAblation:
         adapter = get_adapter(model)
         self.mask.check_model(adapter)
         keep, gamma, store = self.mask.keep, self.gamma, self.store
-        scratch = _Scratch()
+        local = threading.local()                                   # one scratch buffer per worker thread
+
+        def scratch() -> _Scratch:
+            if not hasattr(local, "scratch"):
+                local.scratch = _Scratch()
+            return local.scratch
 
         def edit(name: str, parameter: Tensor) -> Tensor:
             kept = adapter.to_native(name, keep[name].to(parameter.device))
-            values = set_aside(parameter, kept, scratch)
+            values = set_aside(parameter, kept, scratch())
             if gamma:
                 parameter.mul_(kept.to(parameter.dtype) + gamma * (~kept).to(parameter.dtype))
             else:
@@ -167,9 +173,12 @@ class WeightAblation:
             return values.to(store) if store is not None else values         # only these stay while inside
 
         def restore(name: str, parameter: Tensor, values: Tensor) -> None:
-            put_back(parameter, adapter.to_native(name, keep[name].to(parameter.device)), values, scratch)
+            put_back(parameter, adapter.to_native(name, keep[name].to(parameter.device)), values, scratch())
 
-        return edit_weights(model, keep, edit, restore, f"mask {self.mask.meta.get('method', '')}".strip())
+        # numpy's compress and multiply hold one core each; on CPU weights the maps go over torch's threads
+        on_cpu = all(adapter.parameter(name).device.type == "cpu" for name in keep)
+        return edit_weights(model, keep, edit, restore, f"mask {self.mask.meta.get('method', '')}".strip(),
+                            workers=torch.get_num_threads() if on_cpu else 1)
 
 
 @contextlib.contextmanager

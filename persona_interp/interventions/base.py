@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, ContextManager, Iterable, Iterator, Protocol, runtime_checkable
 
 import torch
@@ -33,10 +34,12 @@ _EDITING: dict[int, dict[str, str]] = {}   # id(model) -> {map name: what is edi
 
 @contextlib.contextmanager
 def edit_weights(model: Any, names: Iterable[str], edit: Callable[[str, Tensor], Any],
-                 restore: Callable[[str, Tensor, Any], None], what: str) -> Iterator[Any]:
+                 restore: Callable[[str, Tensor, Any], None], what: str, *, workers: int = 1) -> Iterator[Any]:
     """Context manager: ``edit(name, parameter)`` changes each named map's parameter in place (under
     ``torch.no_grad``) and returns what ``restore(name, parameter, saved)`` needs to undo it on exit, also on
-    exception, in reverse order. A map already under another edit raises ``RuntimeError`` before anything changes.
+    exception, in reverse order; every edited map is restored even if one restore raises. With ``workers`` > 1 the
+    maps are edited and restored in that many threads (``edit`` and ``restore`` must then be thread-safe; the maps
+    are disjoint). A map already under another edit raises ``RuntimeError`` before anything changes.
 
     Example:
         >>> with edit_weights(model, ["blocks.0.mlp.down"], lambda n, p: p.mul_(0) and None, restore, "zero"):
@@ -53,15 +56,47 @@ def edit_weights(model: Any, names: Iterable[str], edit: Callable[[str, Tensor],
     saved: dict[str, Any] = {}
     active.update(dict.fromkeys(names, what))
     try:
-        with torch.no_grad():
-            for name in names:
-                saved[name] = edit(name, adapter.parameter(name))
+        _each(names, lambda name: edit(name, adapter.parameter(name)), workers, saved, stop_at_error=True)
         yield model
     finally:
-        with torch.no_grad():
-            for name, state in reversed(saved.items()):
-                restore(name, adapter.parameter(name), state)
+        try:
+            _each(list(reversed(saved)), lambda name: restore(name, adapter.parameter(name), saved[name]), workers, {},
+                  stop_at_error=False)
+        finally:
+            for name in names:
+                active.pop(name, None)
+            if not active:
+                _EDITING.pop(id(model), None)
+
+
+def _each(names: list[str], fn: Callable[[str], Any], workers: int, into: dict[str, Any], *, stop_at_error: bool) -> None:
+    """``into[name] = fn(name)`` under ``torch.no_grad`` for every name, in ``workers`` threads when > 1; ``into``
+    holds every call that returned even when one raised (serially, ``stop_at_error`` stops at the first error).
+    The first error is raised after the calls end."""
+    def call(name: str) -> Any:
+        with torch.no_grad():                                  # grad mode is per thread
+            return fn(name)
+
+    errors: list[BaseException] = []
+    if workers <= 1:
         for name in names:
-            active.pop(name, None)
-        if not active:
-            _EDITING.pop(id(model), None)
+            try:
+                into[name] = call(name)
+            except BaseException as error:                     # re-raised below
+                errors.append(error)
+                if stop_at_error:
+                    break
+    else:
+        futures: dict[str, Future] = {}
+        try:
+            with ThreadPoolExecutor(workers) as pool:          # leaving the block waits for every call
+                for name in names:
+                    futures[name] = pool.submit(call, name)
+        finally:
+            for name, future in futures.items():
+                if future.exception() is None:
+                    into[name] = future.result()
+                else:
+                    errors.append(future.exception())
+    if errors:
+        raise errors[0]
