@@ -276,6 +276,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
     if "personas" not in data:
         raise SystemExit(f"error: {results} is not a persona-interp results file (no 'personas')")
     written = []
+    report = _writable(Path(args.report), args.force) if args.report else None
     for persona, entry in data["personas"].items():
         stems = [f"{persona}_accuracy", *([f"{persona}_frontier"] if entry.get("frontier") else [])]
         for stem in stems:
@@ -283,6 +284,10 @@ def cmd_figures(args: argparse.Namespace) -> None:
                 _writable(Path(args.out) / f"{stem}{suffix}", args.force)
         written += plot_persona(persona, entry, args.out)
     print(f"wrote {len(written)} files to {args.out}")
+    if report is not None:
+        from persona_interp.report.markdown import render_report
+
+        print(f"wrote {render_report(data, report, Path(args.out))}")
 
 
 def _study_paths(args: argparse.Namespace, figures: str | None = None) -> dict[str, Path]:
@@ -462,9 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
     _study_arguments(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = _command(sub, "figures", "render the accuracy and effect–damage frontier figures again from a saved results.json")
+    p = _command(sub, "figures", "render the accuracy and effect–damage frontier figures (and the report) again from a saved results.json")
     p.add_argument("--results", required=True, help="a results.json the main job wrote (e.g. results/quick/results.json)")
     p.add_argument("--out", required=True, help="figures folder")
+    p.add_argument("--report", help="also write the report (markdown, its figures linked from --out) to this file")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_figures)
 

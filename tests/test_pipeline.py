@@ -95,6 +95,35 @@ def test_reproduce_writes_report_and_never_tunes_on_test_items(tiny_pipeline, tm
         pipeline.reproduce(config, tmp_path / "out", model=model, progress=False)
 
 
+def test_the_report_summarises_across_personas_and_renders_again_from_results_json(tiny_pipeline, tmp_path):
+    from persona_interp import cli
+    from persona_interp.report.markdown import render_report
+
+    model, config, _ = tiny_pipeline
+    text = pipeline.reproduce(config, tmp_path / "out", model=model, progress=False).read_text()
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    entry = results["personas"]["power"]
+    assert text.index("## Across personas") < text.index("## power")
+    strict, generous = entry["budget_winners"]                        # budgets 1e-9 and 1000 nats/token
+    assert strict["regime"] in ("prompt", "rag") and f"| power | KL ≤ 1e-09 | {strict['regime']} |" in text
+    assert (f"| power | KL ≤ 1000 | {generous['regime']} | {generous['difference']:+.2f} "
+            f"[{generous['difference_low']:+.2f}, {generous['difference_high']:+.2f}] |") in text
+    cw = next(c for c in entry["contrasts"] if c["pair"] == "contrastive_wanda@0.3+prompt")
+    assert f"{cw['difference']:+.2f} [{cw['difference_low']:+.2f}, {cw['difference_high']:+.2f}]" in text
+    stability = entry["used"]["diagnostics"]["stability"]["summary"]
+    assert f"| {100 * stability['within_pole']:.0f} % | {100 * stability['between_poles']:.0f} % |" in text
+    assert "(construction " in text                                  # the ReLU overlap beside its 2ρ range
+    (tmp_path / "out" / "report.md").unlink()                        # rendered again from results.json alone: the same
+    assert render_report(results, tmp_path / "out" / "report.md", tmp_path / "out" / "figures").read_text() == text
+    argv = ["figures", "--results", str(tmp_path / "out" / "results.json"), "--out", str(tmp_path / "figs"),
+            "--report", str(tmp_path / "report.md")]
+    cli.main(argv)
+    assert "## Across personas" in (tmp_path / "report.md").read_text()
+    argv[argv.index("--out") + 1] = str(tmp_path / "figs2")         # new figures, the same report: refused
+    with pytest.raises(SystemExit, match="report.md exists"):
+        cli.main(argv)
+
+
 def test_equal_damage_summary_picks_the_best_pair_within_each_budget():
     table = [{"condition": "p-seek", "kl": 0.0}, {"condition": "p-reject", "kl": 0.0},
              {"condition": "m-seek", "kl": 0.05}, {"condition": "m-reject", "kl": 0.3},

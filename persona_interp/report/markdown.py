@@ -1,7 +1,6 @@
 """Markdown: the generic table and each study's report text."""
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import json
 import os
@@ -9,6 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from persona_interp.data.files import write_text
+from persona_interp.report.summary import summary_tables
 from persona_interp.studies.config import ReproduceConfig
 
 
@@ -133,23 +133,58 @@ TABLE_COLUMNS = ["condition", "side", "n", "accuracy", "margin", "shift", "flips
 
 
 def write_report(out_dir: Path, figures_dir: Path, config: ReproduceConfig, results: dict[str, Any]) -> Path:
+    """Stamp ``results`` finished now, write ``results.json`` and render ``report.md`` (:func:`render_report`)."""
     results["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     done = [p for p in config.personas if p in results["personas"]]
     results["complete"] = done == list(config.personas)
     write_text(out_dir / "results.json", json.dumps(results, indent=1))
-    status = "" if results["complete"] else (f"**Partial run**: {len(done)} of {len(config.personas)} personas "
-                                             f"finished ({', '.join(done) or 'none yet'}).\n\n")
+    return render_report(results, out_dir / "report.md", figures_dir)
+
+
+def render_report(results: dict[str, Any], report: Path, figures_dir: Path) -> Path:
+    """Write the report of a main-job ``results`` dict to ``report``: header, the summary across personas, then one
+    section per persona (figures linked from ``figures_dir``).
+
+    Example:
+        >>> render_report(json.loads(Path("reports/results.json").read_text()), Path("reports/report.md"), Path("figures"))
+    """
+    config = results["config"]
+    done = [p for p in config["personas"] if p in results["personas"]]
+    status = "" if results.get("complete") else (f"**Partial run**: {len(done)} of {len(config['personas'])} personas "
+                                                 f"finished ({', '.join(done) or 'none yet'}).\n\n")
     revisions = sorted({results["personas"][p].get("revision", results["revision"]) for p in done} or {results["revision"]})
     header = (f"# persona_interp results\n\n{status}Model: SmolLM2-135M-Instruct (embedded). Revision "
-              f"{', '.join(f'`{r}`' for r in revisions)}, seed {config.seed}, this run {results['started']} → {results['finished']}.\n\n"
-              f"Config: `{json.dumps(dataclasses.asdict(config))}`\n\n" + REPORT_LEGEND)
-    sections = []
+              f"{', '.join(f'`{r}`' for r in revisions)}, seed {config['seed']}, this run {results['started']} → {results['finished']}.\n\n"
+              f"Config: `{json.dumps(config)}`\n\n" + REPORT_LEGEND)
+    sections = [summary_markdown(results)] if done else []
     for persona in done:
         entry = results["personas"][persona]
-        sections.append(_persona_section(persona, entry, figures_dir / f"{persona}_accuracy.png", out_dir))
-    report = out_dir / "report.md"
+        sections.append(_persona_section(persona, entry, figures_dir / f"{persona}_accuracy.png", report.parent))
     write_text(report, header + "\n".join(sections))
     return report
+
+
+SUMMARY_TEXTS = {
+    "winners": "Which regime wins at each damage budget (each regime's validation pick within the budget, test seek − reject "
+               "in nats/token; `lead`: paired difference to the runner-up), and the best mask within the same budget:",
+    "paper": "The paper's mask rows (ρ from the config, Contrastive-Wanda): seek − reject of the mask alone and with the "
+             "same pole's prompt (the paper's protocol), what the mask adds to the prompt, whether each pole's mask beats a "
+             "random mask of the same sparsity (alone; with the prompt), and each pole's damage:",
+    "overlap": "Opposing masks, like with like: share of entries where seek and reject differ over all maps:",
+    "statistic": "The per-sample statistic: share of channels with z > 0, mean covered tokens, and which pole's ReLU "
+                 "Contrastive-Wanda mask breaks the model:",
+    "stability": "Stability: a pole's Contrastive-Wanda mask between two disjoint halves of its calibration data, against "
+                 "the two poles; validation seek − reject over the halves:",
+}
+
+
+def summary_markdown(results: dict[str, Any]) -> str:
+    """The across-persona tables of :func:`~persona_interp.report.summary.summary_tables` as markdown."""
+    parts = ["\n## Across personas\n"]
+    for name, rows in summary_tables(results).items():
+        if rows:
+            parts += [f"\n{SUMMARY_TEXTS[name]}\n", markdown_table(rows)]
+    return "\n".join(parts)
 
 
 REPORT_LEGEND = (

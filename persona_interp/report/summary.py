@@ -1,0 +1,135 @@
+"""The main job's findings across personas, one table per question, read from ``results.json``: which regime
+wins at each damage budget (and how the best mask does there), what the paper's mask rows give under both
+protocols, how much opposing masks differ like with like, which pole breaks under each statistic, and whether a
+pole's mask is stable across halves of its calibration data. Cells are formatted for reading
+(``+0.89 [+0.77, +1.01]``); the numbers behind them stay in ``results.json``.
+
+Example:
+    >>> tables = summary_tables(json.loads(Path("reports/results.json").read_text()))
+    >>> tables["winners"][0]["winner"]
+    'pca'
+"""
+from __future__ import annotations
+
+from typing import Any
+
+STEERING_AND_PROMPTS = ("prompt", "rag", "mean_difference", "pca", "ode", "lora")
+
+
+def _ci(row: dict[str, Any], key: str = "difference") -> str:
+    return f"{row[key]:+.2f} [{row[key + '_low']:+.2f}, {row[key + '_high']:+.2f}]"
+
+
+def _by(rows: list[dict[str, Any]], key: str) -> dict[Any, dict[str, Any]]:
+    return {row[key]: row for row in rows}
+
+
+def _beats(controls: dict[str, dict[str, Any]], condition: str) -> str:
+    """"yes / no": whether the seek and the reject mask (``condition`` with ``{}`` for the side) beat their control."""
+    return " / ".join("yes" if controls[condition.format(side)]["beats_control"] else "no" for side in ("seek", "reject"))
+
+
+def _best_mask(entry: dict[str, Any], budget: float, with_prompt: bool) -> str:
+    """The mask line's pick for ``budget`` with the largest test seek − reject (masks alone or with their prompt)."""
+    picks = [r for r in entry["frontier"] if r["line"] not in STEERING_AND_PROMPTS and r["budgets"]
+             and budget in r["budgets"] and r["line"].endswith("+prompt") == with_prompt]
+    if not picks:
+        return "none within the budget"
+    best = max(picks, key=lambda r: r["difference"])
+    return f"{best['pair']} {_ci(best)}"
+
+
+def winner_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per persona and damage budget: the winning regime (its test seek − reject, its lead over the runner-up)
+    and the best mask within the same budget, alone and with its prompt."""
+    rows = []
+    for persona, entry in results["personas"].items():
+        for w in entry.get("budget_winners", []):
+            row = {"persona": persona, "budget": f"KL ≤ {w['budget']:g}"}
+            if w["pair"] is None:
+                row.update(winner="none", effect="", lead="")
+            else:
+                row.update(winner=w["regime"], effect=_ci(w),
+                           lead=(f"{_ci(w, 'lead')} over {w['runner_up']}" + (" (decisive)" if w["decisive"] else ""))
+                           if "lead" in w else "")
+            row.update({"best mask": _best_mask(entry, w["budget"], False),
+                        "best mask + prompt": _best_mask(entry, w["budget"], True)})
+            rows.append(row)
+    return rows
+
+
+def paper_rows(results: dict[str, Any], method: str = "contrastive_wanda") -> list[dict[str, Any]]:
+    """Per persona and paper sparsity: prompt and RAG, ``method``'s pair alone and with its prompt (the paper's
+    protocol), what the mask adds to the prompt, which pole beats its random control, and each pole's damage."""
+    rows = []
+    for persona, entry in results["personas"].items():
+        contrasts, controls = _by(entry["contrasts"], "pair"), _by(entry["controls"], "condition")
+        table = _by(entry["table"], "condition")
+        added = {r["condition"]: r for r in entry.get("prompt_additions", []) if r["side"] == "seek − reject"}
+        for rho in results["config"]["sparsities"]:
+            pair = f"{method}@{rho:g}"
+            if pair not in contrasts:
+                continue
+            damage = " / ".join(f"{table[f'{method}-{side}@{rho:g}']['kl']:.2f} (×{1 + table[f'{method}-{side}@{rho:g}']['perplexity_change']:.3g})"
+                                for side in ("seek", "reject"))
+            rows.append({"persona": persona, "prompt": _ci(contrasts["prompt"]), "rag": _ci(contrasts["rag"]),
+                         "mask": pair, "alone": _ci(contrasts[pair]), "+ prompt (paper)": _ci(contrasts[f"{pair}+prompt"]),
+                         "adds to prompt": _ci(added[f"{pair}+prompt"], "added") if f"{pair}+prompt" in added else "",
+                         "beats random, seek / reject": _beats(controls, f"{method}-{{}}@{rho:g}"),
+                         "with prompt": _beats(controls, f"{method}-{{}}@{rho:g}+prompt"),
+                         "KL (perplexity) seek / reject": damage})
+    return rows
+
+
+def overlap_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per persona: the share of entries where the opposing masks differ over all maps, per variant; the ReLU
+    column shows its construction range beside it."""
+    rows = []
+    for persona, entry in results["personas"].items():
+        diag = entry["used"].get("diagnostics")
+        if not diag:
+            continue
+        row: dict[str, Any] = {"persona": persona, "ρ": diag["sparsity"]}
+        for r in diag["overlap"]:
+            if r["kind"] == "all":
+                cell = f"{100 * r['differ']:.1f} %"
+                if "bound_low" in r:
+                    cell += f" (construction {100 * r['bound_low']:.1f}–{100 * r['bound_high']:.1f} %)"
+                row[r["variant"]] = cell
+        rows.append(row)
+    return rows
+
+
+def statistic_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per persona and statistic: share of channels with z > 0, mean covered tokens per pole, and which pole's
+    ReLU Contrastive-Wanda mask breaks the model (perplexity ratios seek / reject)."""
+    rows = []
+    for persona, entry in results["personas"].items():
+        diag = entry["used"].get("diagnostics")
+        for r in diag["statistics"] if diag else []:
+            rows.append({"persona": persona, "statistic": r["statistic"], "z > 0": f"{100 * r['positive_share']:.0f} %",
+                         "tokens seek / reject": f"{r['seek_tokens']:.0f} / {r['reject_tokens']:.0f}",
+                         "perplexity ×, seek / reject": f"{r['seek_perplexity_ratio']:.3g} / {r['reject_perplexity_ratio']:.3g}",
+                         "breaks": r["breaks"]})
+    return rows
+
+
+def stability_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per persona: how much a pole's mask differs between disjoint halves of its calibration data against how
+    much the poles differ, and the validation seek − reject over the halves."""
+    rows = []
+    for persona, entry in results["personas"].items():
+        diag = entry["used"].get("diagnostics")
+        if not diag:
+            continue
+        s = diag["stability"]["summary"]
+        rows.append({"persona": persona, "halves": f"{s['draws']} × 2 × {s['half_size']}",
+                     "within a pole": f"{100 * s['within_pole']:.0f} %", "between poles": f"{100 * s['between_poles']:.0f} %",
+                     "validation seek − reject": _ci(s, "separation"), "noise": "yes" if s["noise"] else "no"})
+    return rows
+
+
+def summary_tables(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Every table above, by name."""
+    return {"winners": winner_rows(results), "paper": paper_rows(results), "overlap": overlap_rows(results),
+            "statistic": statistic_rows(results), "stability": stability_rows(results)}
