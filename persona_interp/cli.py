@@ -447,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_analyse)
 
-    p = _command(sub, "overlap", "the paper's overlap table: %% of entries opposing masks differ in, for every pair")
+    p = _command(sub, "overlap", "the overlap table like with like: %% of entries opposing masks differ in, per method variant, for every pair")
     p.add_argument("--signatures", required=True, help="folder of PERSONA_{seek,reject}.safetensors (the main job writes REPORT_DIR/signatures)")
     p.add_argument("--personas", nargs="+", choices=persona_names())
     p.add_argument("--sparsities", nargs="+", type=_sparsity, default=[0.3, 0.5])

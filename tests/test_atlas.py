@@ -111,22 +111,44 @@ def test_cli_analyse_chooses_the_dose_response_it_measures(llama, tmp_path, monk
     assert "must be a positive count" in capsys.readouterr().err
 
 
+def _with_token_sums(signature):
+    """Per-token sums as well (the paper code's Contrastive-Sparse rule reads them)."""
+    for stats in signature.sums.values():
+        stats["token_sum"] = stats["norm_sum"] / 3
+        stats["token_sq_sum"] = stats["norm_sq_sum"].clone()
+    return signature
+
+
 def test_overlap_table_rows_and_figures(llama, tmp_path):
+    from persona_interp.analysis.diagnostics import OVERLAP_VARIANTS
     from persona_interp.report.markdown import overlap_markdown
-    from persona_interp.studies.atlas import overlap_table
-    from persona_interp.masks.builders import contrastive_sparse_masks
+    from persona_interp.studies.atlas import overlap_table, variant_slug
+    from persona_interp.masks.builders import contrastive_sparse_masks, wanda_mask
     from persona_interp.masks.mask import fraction_differ
     from test_masks import fake_signature
 
     adapter = pi.get_adapter(llama)
-    seek = fake_signature(llama, {m.name: 1.0 + torch.arange(m.n_in, dtype=torch.float64) % 3 for m in adapter.maps})
-    reject = fake_signature(llama, {}, side="reject")
+    rng = torch.Generator().manual_seed(0)                            # no ties in z: the 2ρ construction holds
+    seek = _with_token_sums(fake_signature(llama, {m.name: 0.5 + torch.rand(m.n_in, generator=rng, dtype=torch.float64)
+                                                   for m in adapter.maps}))
+    reject = _with_token_sums(fake_signature(llama, {}, side="reject"))
     rows = overlap_table(llama, {"power": (seek, reject), "wealth": (reject, seek)}, [0.3, 0.5], tmp_path)
-    assert len(rows) == 2 * 2 * 2
-    cs = next(r for r in rows if r["pair"] == "power" and r["method"] == "contrastive_sparse" and r["sparsity"] == 0.5)
+    assert len(rows) == 2 * 2 * len(OVERLAP_VARIANTS)
+    pick = {(r["pair"], r["variant"], r["sparsity"]): r for r in rows}
+    cs = pick["power", "contrastive_sparse (text: disjoint)", 0.5]
     assert cs["overall"] == pytest.approx(fraction_differ(*contrastive_sparse_masks(llama, seek, reject, 0.5)))
-    assert (tmp_path / "overlap_power_cw0.3.png").is_file() and (tmp_path / "overlap_contrastive_sparse_0.5.svg").is_file()
-    assert "| power | contrastive_wanda | 0.3 |" in overlap_markdown(rows)
+    a, b = wanda_mask(llama, seek, 0.3), wanda_mask(llama, reject, 0.3)
+    wanda = pick["power", "wanda (per pole)", 0.3]                      # attention / MLP weighted by their entries
+    for group, kinds in (("attn", ("q", "k", "v", "o")), ("mlp", ("gate", "up", "down"))):
+        names = [m.name for m in adapter.maps if m.kind in kinds]
+        differ = sum(int((a.keep[n] != b.keep[n]).sum()) for n in names) / sum(a.keep[n].numel() for n in names)
+        assert wanda[group] == pytest.approx(differ)
+    relu = pick["power", "contrastive_wanda relu", 0.3]
+    assert relu["bound_low"] - 1e-9 <= relu["overall"] <= relu["bound_high"] + 1e-9 and "bound_low" not in wanda
+    assert (tmp_path / "overlap_power_cw0.3.png").is_file()
+    assert all((tmp_path / f"overlap_{variant_slug(v)}_0.5.svg").is_file() for v in OVERLAP_VARIANTS)
+    text = overlap_markdown(rows)
+    assert "| power | contrastive_wanda relu | 0.3 |" in text and "| power | wanda (per pole) | 0.3 |" in text
 
 
 def test_cli_overlap_reads_saved_signatures(llama, tmp_path, monkeypatch):
@@ -139,11 +161,14 @@ def test_cli_overlap_reads_saved_signatures(llama, tmp_path, monkeypatch):
     rng = torch.Generator().manual_seed(0)
     means = [{m.name: 1 + torch.rand(m.n_in, generator=rng, dtype=torch.float64) for m in pi.get_adapter(llama).maps}
              for _ in range(2)]                                        # two different poles (identical ones are refused)
-    fake_signature(llama, means[0], side="seek").save(folder / "power_seek.safetensors")
-    fake_signature(llama, means[1], side="reject").save(folder / "power_reject.safetensors")
+    _with_token_sums(fake_signature(llama, means[0], side="seek")).save(folder / "power_seek.safetensors")
+    _with_token_sums(fake_signature(llama, means[1], side="reject")).save(folder / "power_reject.safetensors")
     cli.main(["overlap", "--signatures", str(folder), "--sparsities", "0.5", "--out", str(tmp_path / "ov"), "--figures", str(tmp_path / "f")])
     rows = json.loads((tmp_path / "ov.json").read_text())
-    assert [(r["pair"], r["method"]) for r in rows] == [("power", "contrastive_wanda"), ("power", "contrastive_sparse")]
+    from persona_interp.analysis.diagnostics import OVERLAP_VARIANTS
+
+    assert [(r["pair"], r["variant"]) for r in rows] == [("power", variant) for variant in OVERLAP_VARIANTS]
+    assert "(construction" not in (tmp_path / "ov.md").read_text() and "by construction" in (tmp_path / "ov.md").read_text()
     with pytest.raises(SystemExit, match="no saved signatures for 'wealth'"):
         cli.main(["overlap", "--signatures", str(folder), "--personas", "wealth", "--out", str(tmp_path / "ov2"),
                   "--figures", str(tmp_path / "f2")])

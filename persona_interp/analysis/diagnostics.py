@@ -39,6 +39,43 @@ OVERLAP_VARIANTS: dict[str, dict[str, Any]] = {      # label -> mask_family opti
 }
 
 
+ATTENTION_KINDS, MLP_KINDS = ("q", "k", "v", "o"), ("gate", "up", "down")
+
+
+def kind_sizes(maps: Sequence[Any]) -> dict[str, int]:
+    """Weight entries per module kind over ``maps`` (e.g. ``get_adapter(model).maps``)."""
+    sizes: dict[str, int] = {}
+    for m in maps:
+        sizes[m.kind] = sizes.get(m.kind, 0) + m.n_in * m.n_out
+    return sizes
+
+
+def grouped_overlap(rows: Sequence[dict[str, Any]], sizes: dict[str, int]) -> list[dict[str, Any]]:
+    """The per-kind rows of :func:`overlap_table` folded into one row per variant and sparsity: ``overall``,
+    ``attn`` and ``mlp`` shares of entries that differ (each kind weighted by its entries, ``sizes`` from
+    :func:`kind_sizes`), and for ReLU rows the overall construction range ``bound_low`` / ``bound_high``.
+
+    Example:
+        >>> grouped_overlap(overlap_table(model, s, r, 0.3), kind_sizes(get_adapter(model).maps))[0]["mlp"]
+    """
+    groups: dict[tuple[str, float], dict[str, Any]] = {}
+    weighted: dict[tuple[str, float, str], list[float]] = {}
+    for r in rows:
+        key = (r["variant"], r["sparsity"])
+        row = groups.setdefault(key, {"variant": r["variant"], "sparsity": r["sparsity"]})
+        if r["kind"] == "all":
+            row["overall"] = r["differ"]
+            row.update({k: r[k] for k in ("bound_low", "bound_high") if k in r})
+        for group, kinds in (("attn", ATTENTION_KINDS), ("mlp", MLP_KINDS)):
+            if r["kind"] in kinds:
+                total = weighted.setdefault((*key, group), [0.0, 0.0])
+                total[0] += r["differ"] * sizes[r["kind"]]
+                total[1] += sizes[r["kind"]]
+    for (variant, sparsity, group), (num, den) in weighted.items():
+        groups[variant, sparsity][group] = num / den
+    return list(groups.values())
+
+
 def positive_share(seek: Signature, reject: Signature, maps: Sequence[Any]) -> dict[str, float]:
     """Share of input channels with z > 0 (seek's statistic above reject's), per module kind and ``all``."""
     counts: dict[str, list[int]] = {}

@@ -13,9 +13,10 @@ from persona_interp.studies.config import ReproduceConfig
 
 
 def overlap_markdown(rows: list[dict[str, Any]]) -> str:
-    """The overlap table as markdown."""
-    lines = ["| persona pair | method | ρ | differ overall | attention | MLP |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['pair']} | {r['method']} | {r['sparsity']} | {100 * r['overall']:.2f} % | {100 * r['attn']:.2f} % | {100 * r['mlp']:.2f} % |"
+    """The like-for-like overlap table as markdown (ReLU rows with the range they differ in by construction)."""
+    lines = ["| persona pair | variant | ρ | differ overall | attention | MLP | by construction |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['pair']} | {r['variant']} | {r['sparsity']} | {100 * r['overall']:.2f} % | {100 * r['attn']:.2f} % | "
+              f"{100 * r['mlp']:.2f} % | " + (f"{100 * r['bound_low']:.1f}–{100 * r['bound_high']:.1f} % |" if "bound_low" in r else "|")
               for r in rows]
     return "\n".join(lines) + "\n"
 

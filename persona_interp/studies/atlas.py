@@ -14,10 +14,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
 from persona_interp.analysis.causal import dose_response, equal_damage_multiplier, unit_mask
+from persona_interp.analysis.diagnostics import OVERLAP_VARIANTS, grouped_overlap, kind_sizes
+from persona_interp.analysis.diagnostics import overlap_table as diagnostic_overlap
 from persona_interp.analysis.localise import (
     head_divergence,
     layer_kind_grid,
@@ -30,7 +33,7 @@ from persona_interp.data.personas import SIDES, calibration_split, load_neutral_
 from persona_interp.evaluation.scoring import DamageReference, score_ab
 from persona_interp.evaluation.stats import paired_difference
 from persona_interp.interventions.steering import mean_difference_vector
-from persona_interp.masks.builders import contrastive_sparse_masks, contrastive_wanda_masks, magnitude_mask, wanda_mask
+from persona_interp.masks.builders import FamilyCache, contrastive_sparse_masks, contrastive_wanda_masks, magnitude_mask, wanda_mask
 from persona_interp.masks.mask import fraction_differ, iou
 from persona_interp.model.adapter import get_adapter
 from persona_interp.model.chat import answer_ids, prompt_ids
@@ -124,34 +127,42 @@ def persona_atlas(model: Any, persona: str, config: AtlasConfig, figures_dir: st
 
 def overlap_table(model: Any, signatures: dict[str, tuple[Signature, Signature]], sparsities: list[float],
                   figures_dir: str | Path | None = None) -> list[dict[str, Any]]:
-    """The paper's table for every persona pair: % of entries that differ between the opposing
-    Contrastive-Wanda and Contrastive-Sparse masks, overall / attention / MLP, per sparsity; with
-    ``figures_dir``, a bar chart and layer × map heatmaps of the CW difference per pair.
+    """The overlap table like with like, for every persona pair and sparsity: per variant of
+    :data:`~persona_interp.analysis.diagnostics.OVERLAP_VARIANTS` (per-pole Wanda, ReLU and softplus τ = 2
+    Contrastive-Wanda, Contrastive-Sparse by the paper text's and code's rule) the share of entries the opposing
+    masks differ in, overall / attention / MLP, ReLU rows with the range they differ in by construction. With
+    ``figures_dir``, a bar chart per variant and sparsity and layer × map heatmaps of the ReLU Contrastive-Wanda
+    difference per pair.
 
     Example:
         >>> overlap_table(model, {"power": (seek_sig, reject_sig)}, [0.3, 0.5])
     """
     adapter = get_adapter(model)
+    sizes = kind_sizes(adapter.maps)
     rows: list[dict[str, Any]] = []
     for persona, (seek, reject) in signatures.items():
+        families = FamilyCache(model)                   # each variant ranked once for all sparsities
         for rho in sparsities:
-            for method, builder in (("contrastive_wanda", contrastive_wanda_masks), ("contrastive_sparse", contrastive_sparse_masks)):
-                pair = builder(model, seek, reject, rho, persona=persona)
-                row = {**overlap_row(persona, *pair), "method": method, "sparsity": rho}
-                rows.append(row)
-                if figures_dir is not None and method == "contrastive_wanda":
-                    grid, kinds = layer_kind_grid(fraction_differ(*pair, by="map"), adapter.n_layers)
-                    row["grid"] = grid.tolist()
-                    plot_layer_kind_heatmap(grid, kinds, Path(figures_dir) / f"overlap_{persona}_cw{rho}",
-                                            colorbar="entries that differ (fraction)",
-                                            title=f"{persona}: opposing Contrastive-Wanda masks (ρ = {rho})")
+            per_kind = diagnostic_overlap(model, seek, reject, rho, persona=persona, families=families)
+            rows += [{"pair": persona, **row} for row in grouped_overlap(per_kind, sizes)]
+            if figures_dir is not None:
+                cw = families.get(seek, reject, persona=persona, **OVERLAP_VARIANTS["contrastive_wanda relu"]).pair(rho)
+                grid, kinds = layer_kind_grid(fraction_differ(*cw, by="map"), adapter.n_layers)
+                plot_layer_kind_heatmap(grid, kinds, Path(figures_dir) / f"overlap_{persona}_cw{rho}",
+                                        colorbar="entries that differ (fraction)",
+                                        title=f"{persona}: opposing ReLU Contrastive-Wanda masks (ρ = {rho})")
     if figures_dir is not None:
         for rho in sparsities:
-            for method in ("contrastive_wanda", "contrastive_sparse"):
-                chosen = [r for r in rows if r["sparsity"] == rho and r["method"] == method]
-                plot_overlap_bars(chosen, Path(figures_dir) / f"overlap_{method}_{rho}",
-                                  title=f"{method}, ρ = {rho}: opposing masks differ in")
+            for variant in OVERLAP_VARIANTS:
+                chosen = [r for r in rows if r["sparsity"] == rho and r["variant"] == variant]
+                plot_overlap_bars(chosen, Path(figures_dir) / f"overlap_{variant_slug(variant)}_{rho}",
+                                  title=f"{variant}, ρ = {rho}: opposing masks differ in")
     return rows
+
+
+def variant_slug(variant: str) -> str:
+    """A file-name form of an overlap variant's label: ``"contrastive_wanda softplus τ=2"`` → ``"contrastive_wanda_softplus_2"``."""
+    return re.sub(r"[^0-9a-z_]+", "_", variant.lower()).strip("_")
 
 
 def equal_damage_comparison(model: Any, test: list, fit: Any, neurons: list, k: int, reference: DamageReference,
