@@ -18,17 +18,13 @@ import persona_interp as pi
 from persona_interp.data.files import write_text
 
 from dtype_speed import cpu_flags
+from scale import enter_exit_times
 
 
 def enter_exit_seconds(model: torch.nn.Module, mask: pi.Mask, calls: int) -> dict[str, float]:
     """First, median and fastest enter + exit of ``calls`` after the first; raises if a weight changed."""
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    seconds = []
-    for _ in range(calls + 1):
-        start = time.perf_counter()
-        with pi.ablate(model, mask):
-            pass
-        seconds.append(time.perf_counter() - start)
+    seconds = enter_exit_times(model, mask, calls)
     for name, p in model.named_parameters():
         if not torch.equal(p.detach().view(torch.uint8), before[name].view(torch.uint8)):
             raise AssertionError(f"{name} was not restored bit-exact")

@@ -68,3 +68,25 @@ def test_scale_tiny(tmp_path):
     assert "embedded_ablate" in results["skipped"]
     with pytest.raises(SystemExit, match="--force"):
         scale.main(["--size", "tiny", "--out", str(out)])
+
+
+def test_ablate_speed_times_and_checks_the_restore(llama, monkeypatch):
+    import contextlib
+
+    import torch
+
+    import persona_interp as pi
+
+    speed = load_script("ablate_speed")
+    row = speed.enter_exit_seconds(llama, pi.random_mask(llama, 0.3), calls=3)
+    assert set(row) == {"first", "median", "best"} and 0 <= row["best"] <= row["median"]
+
+    @contextlib.contextmanager
+    def leaky(model, mask):                                            # an ablate that forgets to restore one entry
+        with torch.no_grad():
+            next(model.parameters()).view(-1)[0] += 1
+        yield model
+
+    monkeypatch.setattr(pi, "ablate", leaky)
+    with pytest.raises(AssertionError, match="not restored bit-exact"):
+        speed.enter_exit_seconds(llama, pi.random_mask(llama, 0.3), calls=1)
