@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from persona_interp.analysis.diagnostics import grouped_overlap
+
 STEERING_AND_PROMPTS = ("prompt", "rag", "mean_difference", "pca", "ode", "lora")
 
 
@@ -133,3 +135,15 @@ def summary_tables(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """Every table above, by name."""
     return {"winners": winner_rows(results), "paper": paper_rows(results), "overlap": overlap_rows(results),
             "statistic": statistic_rows(results), "stability": stability_rows(results)}
+
+
+def overlap_from_results(results: dict[str, Any], sizes: dict[str, int]) -> list[dict[str, Any]]:
+    """The like-for-like overlap rows of every persona in a main-job ``results`` dict, folded into overall /
+    attention / MLP (:func:`~persona_interp.analysis.diagnostics.grouped_overlap`; ``sizes`` from ``kind_sizes``),
+    in the rows' shape of ``persona-interp overlap``.
+
+    Example:
+        >>> overlap_from_results(results, kind_sizes(get_adapter(model).maps))[0]["mlp"]
+    """
+    return [{"pair": persona, **row} for persona, entry in results["personas"].items()
+            if entry["used"].get("diagnostics") for row in grouped_overlap(entry["used"]["diagnostics"]["overlap"], sizes)]
