@@ -105,8 +105,8 @@ def test_the_report_summarises_across_personas_and_renders_again_from_results_js
     entry = results["personas"]["power"]
     assert text.index("## Across personas") < text.index("## power")
     strict, generous = entry["budget_winners"]                        # budgets 1e-9 and 1000 nats/token
-    assert strict["regime"] in ("prompt", "rag") and f"| power | KL ≤ 1e-09 | {strict['regime']} |" in text
-    assert (f"| power | KL ≤ 1000 | {generous['regime']} | {generous['difference']:+.2f} "
+    assert strict["regime"] in ("prompt", "rag") and f"| power | KL ≤ 1e-09 | {strict['pair']} |" in text
+    assert (f"| power | KL ≤ 1000 | {generous['pair']} | {generous['difference']:+.2f} "
             f"[{generous['difference_low']:+.2f}, {generous['difference_high']:+.2f}] |") in text
     cw = next(c for c in entry["contrasts"] if c["pair"] == "contrastive_wanda@0.3+prompt")
     assert f"{cw['difference']:+.2f} [{cw['difference_low']:+.2f}, {cw['difference_high']:+.2f}]" in text

@@ -7,7 +7,7 @@ pole's mask is stable across halves of its calibration data. Cells are formatted
 Example:
     >>> tables = summary_tables(json.loads(Path("reports/results.json").read_text()))
     >>> tables["winners"][0]["winner"]
-    'pca'
+    'pca@kl0.02'
 """
 from __future__ import annotations
 
@@ -42,8 +42,9 @@ def _best_mask(entry: dict[str, Any], budget: float, with_prompt: bool) -> str:
 
 
 def winner_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per persona and damage budget: the winning regime (its test seek − reject, its lead over the runner-up)
-    and the best mask within the same budget, alone and with its prompt."""
+    """Per persona and damage budget: the winning regime's pick, named as evaluated (``…+prompt`` for a mask
+    with its prompt), its test seek − reject and its lead over the runner-up, and the best mask within the same
+    budget, alone and with its prompt."""
     rows = []
     for persona, entry in results["personas"].items():
         for w in entry.get("budget_winners", []):
@@ -51,7 +52,7 @@ def winner_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             if w["pair"] is None:
                 row.update(winner="none", effect="", lead="")
             else:
-                row.update(winner=w["regime"], effect=_ci(w),
+                row.update(winner=w["pair"], effect=_ci(w),
                            lead=(f"{_ci(w, 'lead')} over {w['runner_up']}" + (" (decisive)" if w["decisive"] else ""))
                            if "lead" in w else "")
             row.update({"best mask": _best_mask(entry, w["budget"], False),
