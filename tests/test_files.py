@@ -11,7 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 WRITER = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)   # as in a terminal, even when the runner ignores Ctrl-C
 from persona_interp.data.files import atomic
 with atomic(sys.argv[1]) as tmp:
     tmp.write_text("new, half written")
