@@ -267,7 +267,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_figures(args: argparse.Namespace) -> None:
     import json
 
-    from persona_interp.report.figures import plot_persona
+    from persona_interp.report.figures import plot_persona, plot_stability
 
     results = Path(args.results)
     if not results.is_file():
@@ -283,6 +283,10 @@ def cmd_figures(args: argparse.Namespace) -> None:
             for suffix in (".png", ".svg"):
                 _writable(Path(args.out) / f"{stem}{suffix}", args.force)
         written += plot_persona(persona, entry, args.out)
+    if any(entry.get("used", {}).get("diagnostics") for entry in data["personas"].values()):
+        for suffix in (".png", ".svg"):
+            _writable(Path(args.out) / f"stability{suffix}", args.force)
+        written += plot_stability(data, Path(args.out) / "stability")
     print(f"wrote {len(written)} files to {args.out}")
     if report is not None:
         from persona_interp.report.markdown import render_report

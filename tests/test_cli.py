@@ -46,6 +46,7 @@ def test_figures_rerenders_from_results(tmp_path):
     results.write_text(json.dumps({"personas": {"power": {"n_test": 4, "table": [row, {**row, "side": "reject"}]}}}))
     cli.main(["figures", "--results", str(results), "--out", str(tmp_path / "figs")])
     assert (tmp_path / "figs" / "power_accuracy.png").is_file() and not (tmp_path / "figs" / "power_frontier.png").exists()
+    assert not (tmp_path / "figs" / "stability.png").exists()            # no diagnostics in these results
     point = {"line": "prompt", "kl": 0.0, "difference": 0.1, "difference_low": 0.0, "difference_high": 0.2}
     frontier = [point, {**point, "line": "wanda", "kl": 0.05}, {**point, "line": "wanda+prompt", "kl": 0.05}]
     results.write_text(json.dumps({"personas": {"power": {"n_test": 4, "table": [row, {**row, "side": "reject"}],

@@ -26,3 +26,25 @@ def test_accuracy_figure_draws_a_condition_that_gets_every_item_wrong(tmp_path):
                          "shift": shift.value, "shift_low": shift.low, "shift_high": shift.high})
     paths = plot_accuracy(rows, tmp_path / "acc", title="t")
     assert [p.suffix for p in paths] == [".png", ".svg"] and all(p.stat().st_size > 0 for p in paths)
+
+
+def test_stability_figure_draws_each_persona_with_diagnostics_and_every_half(tmp_path, monkeypatch):
+    from persona_interp.report import figures
+
+    draw = {"seek_between_halves": 0.2, "reject_between_halves": 0.25, "seek_vs_reject_in_half": 0.59,
+            "separation_a": 0.8, "separation_b": -0.1}
+    summary = {"method": "contrastive_wanda", "sparsity": 0.3, "draws": 2, "separation": 0.35,
+               "separation_low": -0.2, "separation_high": 0.9}
+    stability = {"draws": [draw, {**draw, "separation_a": 0.5}], "summary": summary}
+    results = {"personas": {"power": {"used": {"diagnostics": {"stability": stability}}},
+                            "wealth": {"used": {}}, "old": {}}}
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, stem: drawn.append(fig) or [stem])
+    assert figures.plot_stability(results, tmp_path / "s") == [tmp_path / "s"]
+    left, right = drawn[0].axes
+    assert [t.get_text() for t in left.get_yticklabels()] == ["power"]            # wealth and old have no diagnostics
+    within, between = left.collections[:2]
+    assert sorted(100 * w for w in [0.2, 0.25, 0.2, 0.25]) == sorted(within.get_offsets()[:, 0].tolist())
+    assert between.get_offsets()[:, 0].tolist() == [59.0, 59.0]
+    assert sorted(right.collections[0].get_offsets()[:, 0].tolist()) == [-0.1, -0.1, 0.5, 0.8]   # all four halves
+    assert figures.plot_stability({"personas": {"wealth": {"used": {}}}}, tmp_path / "none") == []

@@ -80,6 +80,7 @@ def test_reproduce_writes_report_and_never_tunes_on_test_items(tiny_pipeline, tm
     assert {r["variant"] for r in used["diagnostics"]["overlap"]} >= {"wanda (per pole)", "contrastive_wanda relu"}
     assert "mask+prompt" not in text or "paper's protocol" in text
     assert (tmp_path / "out" / "figures" / "power_frontier.png").is_file()
+    assert (tmp_path / "out" / "figures" / "stability.png").is_file()          # the halves, across personas
     assert [r["budget"] for r in results["personas"]["power"]["equal_damage"]] == config.damage_budgets
     assert "at equal damage" in text and "- LoRA:" in text
     assert lora.LoRA.load(tmp_path / "out" / "lora" / "power_seek.safetensors").meta["side"] == "seek"
@@ -117,8 +118,10 @@ def test_the_report_summarises_across_personas_and_renders_again_from_results_js
     assert render_report(results, tmp_path / "out" / "report.md", tmp_path / "out" / "figures").read_text() == text
     argv = ["figures", "--results", str(tmp_path / "out" / "results.json"), "--out", str(tmp_path / "figs"),
             "--report", str(tmp_path / "report.md")]
+    assert "![stability across personas](figures/stability.png)" in text
     cli.main(argv)
     assert "## Across personas" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "figs" / "stability.png").is_file() and (tmp_path / "figs" / "power_frontier.svg").is_file()
     argv[argv.index("--out") + 1] = str(tmp_path / "figs2")         # new figures, the same report: refused
     with pytest.raises(SystemExit, match="report.md exists"):
         cli.main(argv)

@@ -271,3 +271,44 @@ def plot_persona(persona: str, entry: dict, folder: str | os.PathLike) -> list[P
         written += plot_frontier(entry["frontier"], folder / f"{persona}_frontier",
                                  title=f"{persona}: effect against damage, picks per budget ({n} test items)")
     return written
+
+
+def plot_stability(results: dict, stem: str | os.PathLike) -> list[Path]:
+    """Stability of every persona's masks (the main job's diagnostics) in one figure: left, the share of entries
+    in which a pole's mask differs between two disjoint calibration halves (each draw and pole) beside the share in
+    which the poles differ within a half, with ReLU Contrastive-Wanda's construction value 2ρ dotted; right, the
+    validation seek − reject of each half's masks, their mean and its 95 % interval. Personas without diagnostics
+    are left out; nothing is drawn (``[]``) when none has them.
+
+    Example:
+        >>> plot_stability(json.load(open("reports/results.json")), "figures/stability")
+    """
+    rows = [(persona, entry["used"]["diagnostics"]["stability"]) for persona, entry in results["personas"].items()
+            if entry.get("used", {}).get("diagnostics")]
+    if not rows:
+        return []
+    first = rows[0][1]["summary"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 1.8 + 0.55 * len(rows)), sharey=True)
+    for y, (_, stability) in enumerate(rows):
+        draws, s = stability["draws"], stability["summary"]
+        within = [100 * d[f"{side}_between_halves"] for d in draws for side in SIDES]
+        between = [100 * d["seek_vs_reject_in_half"] for d in draws]
+        left.scatter(within, [y - 0.12] * len(within), color="tab:blue", s=18, label="a pole, half A vs half B" if y == 0 else None)
+        left.scatter(between, [y + 0.12] * len(between), color="tab:red", marker="s", s=18,
+                     label="seek vs reject, within a half" if y == 0 else None)
+        halves = [d[key] for d in draws for key in ("separation_a", "separation_b")]
+        right.scatter(halves, [y] * len(halves), color="grey", s=14, label="one half's masks" if y == 0 else None)
+        right.errorbar([s["separation"]], [y], xerr=[[s["separation"] - s["separation_low"]], [s["separation_high"] - s["separation"]]],
+                       fmt="o", color="black", capsize=3, label="mean, 95 % interval" if y == 0 else None)
+    left.axvline(200 * first["sparsity"], ls=":", color="grey", label=f"2ρ = {200 * first['sparsity']:.0f} % (ReLU construction)")
+    right.axvline(0, color="grey", lw=0.8)
+    left.set_yticks(range(len(rows)), [persona for persona, _ in rows])
+    left.invert_yaxis()
+    left.set_xlabel("mask entries that differ (%)")
+    right.set_xlabel("validation seek − reject (nats/token)")
+    for ax in (left, right):
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
+    fig.suptitle(f"{first['method']}, ρ = {first['sparsity']}: masks from disjoint halves of the calibration data "
+                 f"({first['draws']} draws of 2 halves)")
+    fig.tight_layout()
+    return save(fig, stem)

@@ -158,6 +158,8 @@ def render_report(results: dict[str, Any], report: Path, figures_dir: Path) -> P
               f"{', '.join(f'`{r}`' for r in revisions)}, seed {config['seed']}, this run {results['started']} → {results['finished']}.\n\n"
               f"Config: `{json.dumps(config)}`\n\n" + REPORT_LEGEND)
     sections = [summary_markdown(results)] if done else []
+    if any(results["personas"][p]["used"].get("diagnostics") for p in done):
+        sections.append(f"\n![stability across personas]({os.path.relpath(figures_dir / 'stability.png', report.parent)})\n")
     for persona in done:
         entry = results["personas"][persona]
         sections.append(_persona_section(persona, entry, figures_dir / f"{persona}_accuracy.png", report.parent))

@@ -31,7 +31,7 @@ from persona_interp.interventions.steering import answer_residual_means, vectors
 from persona_interp.masks.builders import MASK_METHODS, FamilyCache, mask_family, random_mask
 from persona_interp.model.adapter import get_adapter
 from persona_interp.model.load import load_model
-from persona_interp.report.figures import plot_persona
+from persona_interp.report.figures import plot_persona, plot_stability
 from persona_interp.report.markdown import write_report
 from persona_interp.signatures import Signature, collect_signatures
 from persona_interp.studies.config import ReproduceConfig
@@ -300,6 +300,7 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
             if lora is not None:
                 lora.save(out_dir / "lora" / f"{persona}_{side}.safetensors", overwrite=force or resume)
         plot_persona(persona, results["personas"][persona], figures_dir)
+        plot_stability(results, figures_dir / "stability")       # across the personas so far
     return report
 
 
