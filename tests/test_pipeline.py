@@ -143,6 +143,20 @@ def test_equal_damage_summary_picks_the_best_pair_within_each_budget():
     assert equal_damage_summary(table, contrasts[1:], [0.02])[0]["pair"] is None
 
 
+def test_winner_rows_flag_a_pick_over_its_budget_on_the_reported_texts():
+    from persona_interp.report.summary import winner_rows
+
+    win = {"budget": 0.02, "pair": "pca@kl0.02", "n": 9, "difference": 0.9, "difference_low": 0.8, "difference_high": 1.0,
+           "test_kl": 0.0216, "runner_up": "rag", "lead": 0.2, "lead_low": 0.1, "lead_high": 0.3, "decisive": True}
+    within = {**win, "budget": 0.1, "pair": "steer@kl0.1", "test_kl": 0.05}
+    fallback = {"budget": 0.02, "pair": "rag", "n": 9, "difference": 0.3, "difference_low": 0.2, "difference_high": 0.4}
+    entry = {"budget_winners": [win, within], "frontier": [],
+             "equal_damage": [fallback, {**within, "budget": 0.1}]}
+    tight, loose = winner_rows({"personas": {"tf": entry}})
+    assert tight["KL"] == "0.0216 (over)" and tight["by reported-text KL"] == "rag +0.30 [+0.20, +0.40]"
+    assert loose["KL"] == "0.0500" and loose["by reported-text KL"] == "same"
+
+
 def test_resume_keeps_finished_personas_and_refuses_another_config(tiny_pipeline, tmp_path, monkeypatch):
     import dataclasses
 

@@ -168,8 +168,10 @@ def render_report(results: dict[str, Any], report: Path, figures_dir: Path) -> P
 
 
 SUMMARY_TEXTS = {
-    "winners": "Which regime wins at each damage budget (each regime's validation pick within the budget, test seek − reject "
-               "in nats/token; `lead`: paired difference to the runner-up), and the best mask within the same budget:",
+    "winners": "Which regime wins at each damage budget (each regime's validation pick within the budget on the selection "
+               "texts, test seek − reject in nats/token; `KL`: its damage on the reported neutral texts, `over` where that "
+               "exceeds the budget; `lead`: paired difference to the runner-up; `by reported-text KL`: the winner when the "
+               "budget is enforced on the reported texts instead), and the best mask within the same budget:",
     "paper": "The paper's mask rows (ρ from the config, Contrastive-Wanda): seek − reject of the mask alone and with the "
              "same pole's prompt (the paper's protocol), what the mask adds to the prompt, whether each pole's mask beats a "
              "random mask of the same sparsity (alone; with the prompt), and each pole's damage:",

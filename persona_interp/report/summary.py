@@ -41,20 +41,33 @@ def _best_mask(entry: dict[str, Any], budget: float, with_prompt: bool) -> str:
     return f"{best['pair']} {_ci(best)}"
 
 
+def _reported_text_winner(entry: dict[str, Any], w: dict[str, Any]) -> str:
+    """The pair that separates most among those within ``w``'s budget on the reported neutral texts (the
+    ``equal_damage`` rule), or ``same`` when it is ``w``'s winner."""
+    e = next((e for e in entry.get("equal_damage", []) if e["budget"] == w["budget"]), None)
+    if e is None or e["pair"] is None:
+        return "none"
+    return "same" if e["pair"] == w["pair"] else f"{e['pair']} {_ci(e)}"
+
+
 def winner_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Per persona and damage budget: the winning regime's pick, named as evaluated (``…+prompt`` for a mask
-    with its prompt), its test seek − reject and its lead over the runner-up, and the best mask within the same
-    budget, alone and with its prompt."""
+    with its prompt), its test seek − reject, its KL on the reported neutral texts (``over`` where it lands above
+    the budget it was picked within on the selection texts), its lead over the runner-up, the winner when the
+    budget is enforced on the reported texts instead, and the best mask within the same budget, alone and with
+    its prompt."""
     rows = []
     for persona, entry in results["personas"].items():
         for w in entry.get("budget_winners", []):
             row = {"persona": persona, "budget": f"KL ≤ {w['budget']:g}"}
             if w["pair"] is None:
-                row.update(winner="none", effect="", lead="")
+                row.update({"winner": "none", "effect": "", "KL": "", "lead": "", "by reported-text KL": ""})
             else:
-                row.update(winner=w["pair"], effect=_ci(w),
-                           lead=(f"{_ci(w, 'lead')} over {w['runner_up']}" + (" (decisive)" if w["decisive"] else ""))
-                           if "lead" in w else "")
+                row.update({"winner": w["pair"], "effect": _ci(w),
+                            "KL": f"{w['test_kl']:.4f}" + (" (over)" if w["test_kl"] > w["budget"] else ""),
+                            "lead": (f"{_ci(w, 'lead')} over {w['runner_up']}" + (" (decisive)" if w["decisive"] else ""))
+                            if "lead" in w else "",
+                            "by reported-text KL": _reported_text_winner(entry, w)})
             row.update({"best mask": _best_mask(entry, w["budget"], False),
                         "best mask + prompt": _best_mask(entry, w["budget"], True)})
             rows.append(row)
