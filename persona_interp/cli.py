@@ -268,6 +268,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
     import json
 
     from persona_interp.report.figures import plot_persona, plot_stability
+    from persona_interp.report.summary import diagnostics_by_persona
 
     results = Path(args.results)
     if not results.is_file():
@@ -283,7 +284,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
             for suffix in (".png", ".svg"):
                 _writable(Path(args.out) / f"{stem}{suffix}", args.force)
         written += plot_persona(persona, entry, args.out)
-    if any(entry.get("used", {}).get("diagnostics") for entry in data["personas"].values()):
+    if diagnostics_by_persona(data):
         for suffix in (".png", ".svg"):
             _writable(Path(args.out) / f"stability{suffix}", args.force)
         written += plot_stability(data, Path(args.out) / "stability")

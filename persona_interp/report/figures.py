@@ -15,6 +15,7 @@ import numpy as np
 
 from persona_interp.data.files import atomic
 from persona_interp.data.personas import SIDES
+from persona_interp.report.summary import diagnostics_by_persona
 
 matplotlib.use("Agg")
 
@@ -283,8 +284,7 @@ def plot_stability(results: dict, stem: str | os.PathLike) -> list[Path]:
     Example:
         >>> plot_stability(json.load(open("reports/results.json")), "figures/stability")
     """
-    rows = [(persona, entry["used"]["diagnostics"]["stability"]) for persona, entry in results["personas"].items()
-            if entry.get("used", {}).get("diagnostics")]
+    rows = [(persona, diag["stability"]) for persona, diag in diagnostics_by_persona(results).items()]
     if not rows:
         return []
     first = rows[0][1]["summary"]

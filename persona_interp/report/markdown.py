@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from persona_interp.data.files import write_text
-from persona_interp.report.summary import summary_tables
+from persona_interp.report.summary import diagnostics_by_persona, summary_tables
 from persona_interp.studies.config import ReproduceConfig
 
 
@@ -158,7 +158,7 @@ def render_report(results: dict[str, Any], report: Path, figures_dir: Path) -> P
               f"{', '.join(f'`{r}`' for r in revisions)}, seed {config['seed']}, this run {results['started']} → {results['finished']}.\n\n"
               f"Config: `{json.dumps(config)}`\n\n" + REPORT_LEGEND)
     sections = [summary_markdown(results)] if done else []
-    if any(results["personas"][p]["used"].get("diagnostics") for p in done):
+    if diagnostics_by_persona(results):
         sections.append(f"\n![stability across personas]({os.path.relpath(figures_dir / 'stability.png', report.parent)})\n")
     for persona in done:
         entry = results["personas"][persona]

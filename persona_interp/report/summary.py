@@ -97,14 +97,22 @@ def paper_rows(results: dict[str, Any], method: str = "contrastive_wanda") -> li
     return rows
 
 
+def diagnostics_by_persona(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The mask diagnostics (overlap, statistics, stability) of each persona of a main-job ``results`` dict that
+    has them, by persona.
+
+    Example:
+        >>> diagnostics_by_persona(results)["power"]["stability"]["summary"]["within_pole"]
+    """
+    return {persona: entry["used"]["diagnostics"] for persona, entry in results["personas"].items()
+            if entry.get("used", {}).get("diagnostics")}
+
+
 def overlap_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Per persona: the share of entries where the opposing masks differ over all maps, per variant; the ReLU
     column shows its construction range beside it."""
     rows = []
-    for persona, entry in results["personas"].items():
-        diag = entry["used"].get("diagnostics")
-        if not diag:
-            continue
+    for persona, diag in diagnostics_by_persona(results).items():
         row: dict[str, Any] = {"persona": persona, "ρ": diag["sparsity"]}
         for r in diag["overlap"]:
             if r["kind"] == "all":
@@ -120,9 +128,8 @@ def statistic_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Per persona and statistic: share of channels with z > 0, mean covered tokens per pole, and which pole's
     ReLU Contrastive-Wanda mask breaks the model (perplexity ratios seek / reject)."""
     rows = []
-    for persona, entry in results["personas"].items():
-        diag = entry["used"].get("diagnostics")
-        for r in diag["statistics"] if diag else []:
+    for persona, diag in diagnostics_by_persona(results).items():
+        for r in diag["statistics"]:
             rows.append({"persona": persona, "statistic": r["statistic"], "z > 0": f"{100 * r['positive_share']:.0f} %",
                          "tokens seek / reject": f"{r['seek_tokens']:.0f} / {r['reject_tokens']:.0f}",
                          "perplexity ×, seek / reject": f"{r['seek_perplexity_ratio']:.3g} / {r['reject_perplexity_ratio']:.3g}",
@@ -134,10 +141,7 @@ def stability_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Per persona: how much a pole's mask differs between disjoint halves of its calibration data against how
     much the poles differ, and the validation seek − reject over the halves."""
     rows = []
-    for persona, entry in results["personas"].items():
-        diag = entry["used"].get("diagnostics")
-        if not diag:
-            continue
+    for persona, diag in diagnostics_by_persona(results).items():
         s = diag["stability"]["summary"]
         rows.append({"persona": persona, "halves": f"{s['draws']} × 2 × {s['half_size']}",
                      "within a pole": f"{100 * s['within_pole']:.0f} %", "between poles": f"{100 * s['between_poles']:.0f} %",
@@ -159,5 +163,5 @@ def overlap_from_results(results: dict[str, Any], sizes: dict[str, int]) -> list
     Example:
         >>> overlap_from_results(results, kind_sizes(get_adapter(model).maps))[0]["mlp"]
     """
-    return [{"pair": persona, **row} for persona, entry in results["personas"].items()
-            if entry["used"].get("diagnostics") for row in grouped_overlap(entry["used"]["diagnostics"]["overlap"], sizes)]
+    return [{"pair": persona, **row} for persona, diag in diagnostics_by_persona(results).items()
+            for row in grouped_overlap(diag["overlap"], sizes)]
