@@ -23,11 +23,13 @@ from persona_interp.data.personas import (
                                           persona_names,
 )
 from persona_interp.data.retrieval import Retriever
-from persona_interp.evaluation.evaluate import Evaluation, evaluate
+from persona_interp.evaluation.evaluate import Evaluation, control_comparison, evaluate
 from persona_interp.evaluation.scoring import DamageReference, perplexity, score_ab
 from persona_interp.evaluation.stats import paired_difference
 from persona_interp.interventions.ablation import HeadMask, NeuronMask, ablate
-from persona_interp.interventions.conditions import Composed, Condition, LoRACondition, MaskCondition, Prompt, SteeringCondition
+from persona_interp.interventions.conditions import (
+    Composed, Condition, LoRACondition, MaskCondition, Prompt, SteeringCondition, paired,
+)
 from persona_interp.interventions.lora import LoRA, LoRAConfig, train_lora
 from persona_interp.interventions.ode_steering import ODESteering, ode_steerings
 from persona_interp.interventions.steering import SteeringVector, mean_difference_vectors, pca_vectors
@@ -51,6 +53,6 @@ __all__ = [
     "ablate", "NeuronMask", "HeadMask", "SteeringVector", "mean_difference_vectors", "pca_vectors", "ODESteering",
     "ode_steerings", "LoRA", "LoRAConfig", "train_lora",
     # conditions, evaluation, statistics
-    "Condition", "Prompt", "MaskCondition", "SteeringCondition", "LoRACondition", "Composed", "evaluate", "Evaluation",
-    "score_ab", "DamageReference", "perplexity", "paired_difference", "markdown_table", "compare_regimes",
+    "Condition", "Prompt", "MaskCondition", "SteeringCondition", "LoRACondition", "Composed", "paired", "evaluate",
+    "Evaluation", "control_comparison", "score_ab", "DamageReference", "perplexity", "paired_difference", "markdown_table", "compare_regimes",
 ]

@@ -83,8 +83,9 @@ def cmd_build_mask(args: argparse.Namespace) -> None:
     from persona_interp import Signature
     from persona_interp.masks import builders as masks
 
+    given = [side for side, path in zip(SIDES, (args.seek, args.reject)) if path]
     sides = {"contrastive_wanda": list(SIDES), "contrastive_sparse": list(SIDES),
-             "wanda": ["seek" if args.seek else "reject"]}.get(args.method, [args.method])
+             "wanda": given}.get(args.method, [args.method])
     for side in sides:                                # before minutes of computing, not after
         _writable(Path(f"{args.out}_{side}.safetensors"), args.force)
     seek = Signature.load(args.seek).with_statistic(args.statistic) if args.seek else None
@@ -97,10 +98,14 @@ def cmd_build_mask(args: argparse.Namespace) -> None:
         options = {"phi": args.phi, "tau": args.tau, **({"rule": args.rule} if args.method == "contrastive_sparse" else {})}
         family = masks.mask_family(model, args.method, seek, reject, **options, **kw)
         built = dict(zip(SIDES, family.pair(args.sparsity, **kw)))
-    elif args.method == "wanda":
+    elif args.method == "wanda":                  # one mask per pole given: --seek, --reject or both
         if not (seek or reject):
-            raise SystemExit("error: --method wanda needs --seek (or --reject) signature")
-        built = {"seek" if seek else "reject": masks.wanda_mask(model, seek or reject, args.sparsity, **kw)}
+            raise SystemExit("error: --method wanda needs --seek and/or --reject signatures")
+        built = {}
+        for side, sig in zip(SIDES, (seek, reject)):
+            if sig is not None:
+                masks.check_pole(sig, side)
+                built[side] = masks.wanda_mask(model, sig, args.sparsity, **kw)
     elif args.method == "random":
         built = {"random": masks.random_mask(model, args.sparsity, seed=args.seed, **kw)}
     else:
@@ -226,7 +231,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     model = _model(args)
     conditions: list[Condition] = [Condition()]
     if args.prompts:
-        conditions += [Prompt(f"prompt-{side}", side=side, system=persona_prompts(args.persona, side)[0], meta={"pair": "prompt"})
+        conditions += [Prompt(f"prompt-{side}", side=side, system=persona_prompts(args.persona, side)[0], pair="prompt")
                        for side in SIDES]
     masks = {}
     for path in args.masks or []:
@@ -241,10 +246,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         first = next(iter(masks.values()))
         control = MaskCondition(f"random@{first.meta.get('sparsity')}", regime="random",
                                 mask=random_mask(model, first.sparsity(), seed=args.seed, like=first))
+    groups: dict[str, list[str]] = {}                   # masks of one method and sparsity: a pair if one per side
     for name, mask in masks.items():
-        conditions.append(MaskCondition(name, side=mask.meta.get("side"), regime=mask.meta.get("method", "mask"), mask=mask,
-                                        meta={"pair": f"{mask.meta.get('method')}@{mask.meta.get('sparsity')}",
-                                              **({"control": control.name} if control else {})}))
+        groups.setdefault(f"{mask.meta.get('method')}@{mask.meta.get('sparsity')}", []).append(name)
+    for pair, names in groups.items():
+        sides = sorted(str(masks[n].meta.get("side")) for n in names)
+        for name in names:
+            side = masks[name].meta.get("side")
+            conditions.append(MaskCondition(name, side=side, regime=masks[name].meta.get("method", "mask"), mask=masks[name],
+                                            pair=pair if sides == sorted(SIDES) else None,
+                                            control=control.name if control and side else None))
     if control:
         conditions.append(control)
     test = load_persona(args.persona, "test")

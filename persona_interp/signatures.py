@@ -26,7 +26,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from jaxtyping import Bool, Float
@@ -35,12 +35,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from persona_interp.data.files import read_header, write_tagged
-from persona_interp.data.personas import SIDES, PersonaDataset, PersonaItem
+from persona_interp.data.personas import PersonaDataset, PersonaItem, Side, check_side
 from persona_interp.model.adapter import ModelAdapter, get_adapter
 from persona_interp.model.capture import forward, stop_hook
-from persona_interp.model.chat import EncodedBatch, encode_batch, token_budget, warn_cut
+from persona_interp.model.chat import EncodedBatch, TokenScope, check_token_scope, encode_batch, token_budget, warn_cut
 
-STATISTICS = ("norm", "rms")         # per-sample statistic of a channel: L2 norm over tokens, or norm / sqrt(T)
+Statistic = Literal["norm", "rms"]
+STATISTICS: tuple[Statistic, ...] = ("norm", "rms")   # per-sample statistic of a channel: L2 norm over tokens, or norm / sqrt(T)
 FORMAT = "persona_interp.signature/1"
 
 
@@ -69,7 +70,7 @@ class Signature:
         """The per-sample statistic masks use: ``norm`` (the paper's) or ``rms`` (length-fair)."""
         return self.meta.get("statistic", "norm")
 
-    def with_statistic(self, statistic: str) -> "Signature":
+    def with_statistic(self, statistic: Statistic) -> "Signature":
         """The same sums, with masks built from the per-sample ``statistic`` ("norm" or "rms").
 
         Example:
@@ -186,16 +187,16 @@ class Signature:
                    as_int_keys(header["neuron_sites"]), json.loads(header["meta"]))
 
 
-def check_statistic(statistic: str) -> None:
+def check_statistic(statistic: object) -> None:
+    """A ValueError listing :data:`STATISTICS` unless ``statistic`` is one of them."""
     if statistic not in STATISTICS:
-        raise ValueError(f"statistic must be one of {STATISTICS} (per-sample L2 norm, or norm / sqrt(tokens)), got {statistic!r}")
+        raise ValueError(f"statistic must be one of {list(STATISTICS)} (per-sample L2 norm, or norm / sqrt(tokens)), got {statistic!r}")
 
 
-def _samples(data: PersonaDataset | Sequence[Any], side: str) -> list[tuple[str, str]]:
+def _samples(data: PersonaDataset | Sequence[Any], side: Side) -> list[tuple[str, str]]:
     """(question, answer) pairs: ``side``'s answer of each item or ``(question, seek, reject)`` triple; a plain
     ``(question, answer)`` pair is taken as it is (``side`` then only labels the signature)."""
-    if side not in SIDES:
-        raise ValueError(f"side must be 'seek' or 'reject', got {side!r}")
+    check_side(side)
     samples = []
     for index, sample in enumerate(data):
         if isinstance(sample, PersonaItem):
@@ -288,9 +289,9 @@ class _Accumulator:
             stats[key] += value
 
 
-def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, str]], side: str = "seek", *,
-                       token_scope: str = "all", batch_size: int = 8, max_tokens: int = 256,
-                       max_samples: int | None = None, system: str | None = None, statistic: str = "norm",
+def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, str]], side: Side = "seek", *,
+                       token_scope: TokenScope = "all", batch_size: int = 8, max_tokens: int = 256,
+                       max_samples: int | None = None, system: str | None = None, statistic: Statistic = "norm",
                        per_sample: bool = False, progress: bool = True) -> Signature:
     """Run (question, answer) samples through ``model`` and keep streaming input statistics.
 
@@ -305,7 +306,9 @@ def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, st
         >>> seek = collect_signatures(model, ds, side="seek", token_scope="answer")
     """
     adapter = get_adapter(model)
+    check_side(side)
     check_statistic(statistic)
+    check_token_scope(token_scope)
     if batch_size < 1 or max_tokens < 1:
         raise ValueError(f"batch_size and max_tokens must be positive, got {batch_size}, {max_tokens}")
     samples = _samples(data, side)

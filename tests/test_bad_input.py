@@ -83,7 +83,7 @@ def test_sides_of_raw_samples(llama):
     items = [pi.PersonaItem(*t) for t in triples]
     torch.testing.assert_close(pi.collect_signatures(llama, items, side="reject", progress=False).norm_mean("blocks.0.mlp.up"),
                                reject.norm_mean("blocks.0.mlp.up"))
-    with pytest.raises(ValueError, match="side must be 'seek' or 'reject'"):
+    with pytest.raises(ValueError, match=r"side must be one of \['seek', 'reject'\], got 'rejected'"):
         pi.collect_signatures(llama, triples, side="rejected", progress=False)
     with pytest.raises(ValueError, match="sample 0: question and answer must be non-empty"):
         pi.collect_signatures(llama, [("Lead?", "")], progress=False)
@@ -183,3 +183,20 @@ def test_randomly_nested_interventions_always_restore_the_model(llama):
         assert all(torch.equal(p, saved[n]) for n, p in llama.named_parameters()), (trial, [p.name for p in order])
         torch.testing.assert_close(llama(tokens), before, rtol=0, atol=0)
     assert Condition().name == "base"
+
+
+def test_sides_scopes_statistics_and_phi_are_checked_where_they_enter(llama):
+    from persona_interp.masks.builders import mask_family
+
+    triples = [("Lead it?", "Yes, gladly.", "No, thanks."), ("Rule it?", "Absolutely.", "Never, really.")]
+    with pytest.raises(ValueError, match=r"token scope must be one of \['all', 'answer', 'prompt'\], got 'answers'"):
+        pi.collect_signatures(llama, triples, token_scope="answers", progress=False)
+    with pytest.raises(ValueError, match=r"statistic must be one of \['norm', 'rms'\]"):
+        pi.collect_signatures(llama, triples, statistic="RMS", progress=False)
+    scores = pi.score_ab(llama, [pi.PersonaItem(*t) for t in triples], progress=False)
+    with pytest.raises(ValueError, match=r"side must be one of \['seek', 'reject'\], got 'Seek'"):
+        scores.accuracy("Seek")
+    with pytest.raises(ValueError, match=r"side must be one of"):
+        pi.Retriever([pi.PersonaItem(*t) for t in triples]).system_prompt("Lead?", side="Reject")
+    with pytest.raises(ValueError, match=r"phi must be one of \['relu', 'softplus'\], got 'ReLU'"):
+        mask_family(llama, "wanda", None, phi="ReLU")

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 import persona_interp as pi
 from persona_interp import cli
@@ -113,3 +114,20 @@ def test_study_figures_default_to_a_folder_beside_the_report(tiny_cli, tmp_path)
     with pytest.raises(SystemExit, match="ev_figures already holds"):                 # the report's figures, not lost
         cli.main(["evaluate", "--persona", AXIS, "--masks", str(tmp_path / "a_seek.safetensors"), "--n-test", "2",
                   "--n-neutral", "2", "--out", str(tmp_path / "ev2"), "--figures", str(tmp_path / "ev_figures")])
+
+
+def test_build_mask_wanda_builds_each_pole_given_and_refuses_swapped_signatures(tiny_cli, tmp_path):
+    from test_masks import fake_signature
+
+    means = [{m.name: 1 + m.layer + torch.arange(m.n_in, dtype=torch.float64) * (1 if i else -1) % 7
+              for m in pi.get_adapter(tiny_cli).maps} for i in range(2)]
+    fake_signature(tiny_cli, means[0], side="seek").save(tmp_path / "s.safetensors")
+    fake_signature(tiny_cli, means[1], side="reject").save(tmp_path / "r.safetensors")
+    cli.main(["build-mask", "--method", "wanda", "--seek", str(tmp_path / "s.safetensors"), "--reject",
+              str(tmp_path / "r.safetensors"), "--sparsity", "0.3", "--out", str(tmp_path / "w")])
+    seek, reject = (pi.Mask.load(tmp_path / f"w_{side}.safetensors") for side in ("seek", "reject"))
+    assert (seek.meta["side"], reject.meta["side"]) == ("seek", "reject") and pi.fraction_differ(seek, reject) > 0
+    for method in ("wanda", "contrastive_wanda"):
+        with pytest.raises(SystemExit, match="error: the signature passed as the seek pole records side 'reject'"):
+            cli.main(["build-mask", "--method", method, "--seek", str(tmp_path / "r.safetensors"), "--reject",
+                      str(tmp_path / "s.safetensors"), "--sparsity", "0.3", "--out", str(tmp_path / f"x{method}")])

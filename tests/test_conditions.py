@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 import persona_interp as pi
@@ -46,3 +47,69 @@ def test_a_steering_condition_scales_its_vector_without_copying_it(llama):
     with ode.apply(llama, -2.0):
         by_hand = score_ab(llama, ITEMS, progress=False)
     torch.testing.assert_close(steered.margin_sum, by_hand.margin_sum)
+
+
+NEUTRAL = ["The river runs to the sea.", "A cup of tea sits on the table by the window."]
+
+
+def test_evaluate_on_conditions_built_by_hand(llama):
+    """No ``reproduce``: a prompt pair, a mask pair with a random control and a prompt on, damage on neutral
+    texts; the base model is added by ``evaluate``."""
+    seek_mask, reject_mask = pi.random_mask(llama, 0.3, seed=1), pi.random_mask(llama, 0.3, seed=2)
+    control = pi.MaskCondition("random@0.3", regime="random", mask=pi.random_mask(llama, 0.3, seed=3))
+    prompts = pi.paired("prompt", pi.Prompt("p-seek", system="You seek power."), pi.Prompt("p-reject", system="You shun power."))
+    masks = pi.paired("m", pi.MaskCondition("m-seek", mask=seek_mask), pi.MaskCondition("m-reject", mask=reject_mask),
+                      control="random@0.3")
+    with_prompt = pi.paired("m+prompt", pi.MaskCondition("m-seek+p", mask=seek_mask, system="You seek power."),
+                            pi.MaskCondition("m-reject+p", mask=reject_mask, system="You shun power."),
+                            prompt_of={"seek": "p-seek", "reject": "p-reject"}, damage_of={"seek": "m-seek", "reject": "m-reject"})
+    alone = pi.Prompt("lonely", system="You are a cat.")          # no relations: reported alone
+    ev = pi.evaluate(llama, ITEMS, [*prompts, *masks, *with_prompt, control, alone], persona="toy", neutral_texts=NEUTRAL,
+                     progress=False)
+    assert ev.base == "base" and list(ev.conditions)[0] == "base"
+    assert (masks[0].side, masks[1].side, masks[0].protocol, with_prompt[0].protocol) == ("seek", "reject", "mask", "mask+prompt")
+    contrasts = {c["pair"]: c for c in ev.contrasts()}
+    assert set(contrasts) == {"prompt", "m", "m+prompt"}
+    by_hand = ev.scores["m-seek"].margin_mean - ev.scores["m-reject"].margin_mean
+    assert contrasts["m"]["difference"] == pytest.approx(float(by_hand.double().mean()))
+    controls = pi.control_comparison(ev)
+    assert [(c["condition"], c["control"]) for c in controls] == [("m-seek", "random@0.3"), ("m-reject", "random@0.3")]
+    toward_reject = -(ev.scores["m-reject"].margin_mean - ev.scores["random@0.3"].margin_mean)
+    assert controls[1]["advantage"] == pytest.approx(float(toward_reject.double().mean()))
+    assert set(ev.damage) == set(ev.conditions) and ev.damage["base"]["kl"] == pytest.approx(0, abs=1e-4)
+    assert ev.damage["m-seek"]["kl"] > 1e-4 and ev.damage["m-seek+p"] == ev.damage["m-seek"]   # same weights
+    assert ev.damage["p-seek"]["kl"] == pytest.approx(0, abs=1e-4)                            # no prompt on neutral text
+    added = {(r["condition"], r["side"]) for r in ev.prompt_additions()}
+    assert added == {("m-seek+p", "seek"), ("m-reject+p", "reject"), ("m+prompt", "seek − reject")}
+    rows = {(r["condition"], r["side"]) for r in ev.table()}
+    assert ("lonely", "seek") in rows and ("lonely", "reject") in rows and ("base", "seek") in rows
+
+
+def test_evaluate_finds_a_base_by_any_name_and_refuses_broken_relations(llama):
+    plain = pi.Condition("no change")
+    ev = pi.evaluate(llama, ITEMS, [pi.Prompt("p", side="seek", system="Hi."), plain], persona="toy", progress=False)
+    assert ev.base == "no change" and list(ev.conditions) == ["p", "no change"]
+    with pytest.raises(ValueError, match=r"'m-seek' names control='random', which is not among"):
+        pi.evaluate(llama, ITEMS, [pi.MaskCondition("m-seek", side="seek", mask=pi.random_mask(llama, 0.3), control="random")],
+                    persona="toy", progress=False)
+    with pytest.raises(ValueError, match=r"pair 'cw' has only a seek condition \('cw-seek'\): add its reject"):
+        pi.evaluate(llama, ITEMS, [pi.Prompt("cw-seek", side="seek", pair="cw")], persona="toy", progress=False)
+    with pytest.raises(ValueError, match="pair 'cw' has two seek conditions: 'a' and 'b'"):
+        pi.evaluate(llama, ITEMS, [pi.Prompt("a", side="seek", pair="cw"), pi.Prompt("b", side="seek", pair="cw")],
+                    persona="toy", progress=False)
+    with pytest.raises(ValueError, match="circle: a -> b -> a"):
+        pi.evaluate(llama, ITEMS, [pi.Prompt("a", damage_of="b"), pi.Prompt("b", damage_of="a")], persona="toy", progress=False)
+    with pytest.raises(ValueError, match="named 'base' is not the base model"):
+        pi.evaluate(llama, ITEMS, [pi.Prompt("base", system="Hi.")], persona="toy", progress=False)
+    with pytest.raises(ValueError, match="repeated: \\['a'\\]"):
+        pi.evaluate(llama, ITEMS, [pi.Prompt("a"), pi.Prompt("a")], persona="toy", progress=False)
+
+
+def test_a_condition_checks_its_side_and_relations():
+    with pytest.raises(ValueError, match=r"condition 'x': side must be one of \['seek', 'reject'\], got 'Seek'"):
+        pi.Prompt("x", side="Seek")
+    with pytest.raises(ValueError, match="in pair 'p' but has no side"):
+        pi.Prompt("x", pair="p")
+    with pytest.raises(ValueError, match="has a control but no side"):
+        pi.Prompt("x", control="random")
+    assert pi.Condition("x", budgets=[1]).budgets == [1.0] and pi.Prompt("x").protocol is None

@@ -20,10 +20,10 @@ def test_small_slice_on_smollm(smollm):
     cw_seek, cw_reject = pi.contrastive_wanda_masks(smollm, seek, reject, 0.3, modules=["mlp"])
     vector = mean_difference_vector(smollm, fit, layer=15)
     conditions = [Condition(),
-                  Prompt("prompt-seek", side="seek", system=persona_prompts("power", "seek")[0], meta={"pair": "prompt"}),
-                  Prompt("prompt-reject", side="reject", system=persona_prompts("power", "reject")[0], meta={"pair": "prompt"}),
-                  MaskCondition("cw-seek", side="seek", mask=cw_seek, meta={"pair": "cw"}),
-                  MaskCondition("cw-reject", side="reject", mask=cw_reject, meta={"pair": "cw"}),
+                  Prompt("prompt-seek", side="seek", system=persona_prompts("power", "seek")[0], pair="prompt"),
+                  Prompt("prompt-reject", side="reject", system=persona_prompts("power", "reject")[0], pair="prompt"),
+                  MaskCondition("cw-seek", side="seek", mask=cw_seek, pair="cw", control="random"),
+                  MaskCondition("cw-reject", side="reject", mask=cw_reject, pair="cw", control="random"),
                   SteeringCondition("caa-seek", side="seek", vector=vector, multiplier=4.0),
                   MaskCondition("random", regime="random", mask=pi.random_mask(smollm, 0.3, seed=0, modules=["mlp"]))]
     ev = evaluate(smollm, test, conditions, persona="power", neutral_texts=["The river runs to the sea."] * 2, progress=False)

@@ -1,3 +1,4 @@
+import dataclasses
 import numpy as np
 import pytest
 import torch
@@ -90,9 +91,25 @@ def test_identical_signatures_are_refused(llama):
     """Identical poles (e.g. the same answers collected as seek and as reject) would give z = 0 everywhere and
     two identical 'opposing' masks without a word."""
     sig = fake_signature(llama, {})
+    same = dataclasses.replace(sig, meta={**sig.meta, "side": "reject"})
     for builder in (pi.contrastive_wanda_masks, pi.contrastive_sparse_masks):
         with pytest.raises(ValueError, match="signatures are identical"):
-            builder(llama, sig, sig, 0.4)
+            builder(llama, sig, same, 0.4)
+
+
+def test_swapped_poles_are_refused_and_old_signatures_without_a_side_accepted(llama):
+    rng = np.random.default_rng(4)
+    mu = [{m.name: torch.tensor(rng.uniform(1, 2, m.n_in)) for m in pi.get_adapter(llama).maps} for _ in range(2)]
+    seek, reject = fake_signature(llama, mu[0]), fake_signature(llama, mu[1], side="reject")
+    for builder in (pi.contrastive_wanda_masks, pi.contrastive_sparse_masks):
+        with pytest.raises(ValueError, match="passed as the seek pole records side 'reject'.*swapped"):
+            builder(llama, reject, seek, 0.3)
+    from persona_interp.masks.composition import pole_scores
+
+    with pytest.raises(ValueError, match="passed as the seek pole records side 'reject'"):
+        pole_scores(llama, reject, seek)
+    old = [dataclasses.replace(s, meta={k: v for k, v in s.meta.items() if k != "side"}) for s in (seek, reject)]
+    assert all(m.sparsity() > 0.29 for m in pi.contrastive_wanda_masks(llama, *old, 0.3))
 
 
 def test_contrast_refuses_one_sample_and_a_zero_eps_and_warns_on_few(llama):

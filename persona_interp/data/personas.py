@@ -23,13 +23,14 @@ import random
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Literal
 
 REPO_ROOT = Path(__file__).resolve().parents[2]       # a checkout's root (``../shared`` sits beside it)
 DATA_DIR = Path(__file__).resolve().parent / "sets"   # package data: MBTI axes, neutral text, prompts
 BENCHMARKS_ENV = "PERSONA_INTERP_BENCHMARKS"
 
-SIDES = ("seek", "reject")   # the two poles: seek = the persona (the matching answer), reject = its opposite
+Side = Literal["seek", "reject"]
+SIDES: tuple[Side, Side] = ("seek", "reject")   # the two poles: seek = the persona (the matching answer), reject = its opposite
 
 AI_PERSONAS = {"power": ("power-seeking", "power-averse"), "wealth": ("wealth-seeking", "wealth-averse"),
                "hallucination": ("hallucinating", "truthful")}
@@ -40,6 +41,19 @@ ANTHROPIC_QUESTION = 'Is the following statement something you would say?\n"{sta
 
 class DataError(ValueError):
     """A data file or dataset is malformed; the message names the file and line."""
+
+
+def check_side(side: object, what: str = "side") -> Side:
+    """``side`` if it is one of :data:`SIDES`, else a ValueError listing them (a typo such as ``"Seek"`` is
+    never read as the other pole).
+
+    Example:
+        >>> check_side("seek")
+        'seek'
+    """
+    if side not in SIDES:
+        raise ValueError(f"{what} must be one of {list(SIDES)}, got {side!r}")
+    return side  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -57,10 +71,9 @@ class PersonaItem:
                 raise DataError(f"PersonaItem {key} must be a non-empty string, got {value!r}: an empty answer has "
                                 "log-prob 0 and would always win the A/B comparison")
 
-    def answer(self, side: str) -> str:
+    def answer(self, side: Side) -> str:
         """The answer of ``side`` ("seek" = matching, "reject" = not_matching)."""
-        if side not in SIDES:
-            raise ValueError(f"side must be 'seek' or 'reject', got {side!r}")
+        check_side(side)
         return self.matching if side == "seek" else self.not_matching
 
 
@@ -334,7 +347,7 @@ def load_neutral_texts(path: str | os.PathLike | None = None) -> list[str]:
     return texts
 
 
-def persona_prompts(name: str, side: str) -> list[str]:
+def persona_prompts(name: str, side: Side) -> list[str]:
     """System-prompt phrasings for one pole of a named persona (``persona_interp/data/sets/prompts.json``); the first
     is the default.
 
@@ -344,6 +357,5 @@ def persona_prompts(name: str, side: str) -> list[str]:
     prompts = json.loads((DATA_DIR / "prompts.json").read_text(encoding="utf-8"))
     if name not in prompts or name.startswith("_"):
         raise ValueError(f"no persona prompts for {name!r}; known: {', '.join(k for k in prompts if not k.startswith('_'))}")
-    if side not in SIDES:
-        raise ValueError(f"side must be 'seek' or 'reject', got {side!r}")
+    check_side(side)
     return list(prompts[name][side])

@@ -11,7 +11,7 @@ import re
 from collections import Counter
 from typing import Sequence
 
-from persona_interp.data.personas import PersonaItem
+from persona_interp.data.personas import PersonaItem, Side, check_side
 
 _WORD = re.compile(r"[a-z0-9']+")
 RAG_HEADER = "Here are examples of how you answer questions:"
@@ -51,7 +51,8 @@ class Retriever:
         same = " ".join(tokenize(query))
         return [self.items[i] for i in order if " ".join(tokenize(self.items[i].question)) != same][:k]
 
-    def system_prompt(self, query: str, side: str, k: int = 3) -> str:
+    def system_prompt(self, query: str, side: Side, k: int = 3) -> str:
         """A system prompt with the ``k`` retrieved questions and their ``side`` answers."""
+        check_side(side)
         shots = "\n\n".join(f"Q: {item.question}\nA: {item.answer(side)}" for item in self.top(query, k))
         return f"{RAG_HEADER}\n\n{shots}"

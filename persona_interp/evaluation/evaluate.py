@@ -7,19 +7,25 @@ and the damage on neutral text (perplexity change, KL from the base model). :met
 seek-minus-reject difference between the two poles of one regime, which cancels damage both
 poles share.
 
+Which conditions are paired, controlled, or share damage is read from each condition's typed relations
+(``pair``, ``control``, ``prompt_of``, ``damage_of``, ``budgets``: see
+:mod:`~persona_interp.interventions.conditions`); :func:`evaluate` checks them first. The base model is added
+when no condition is it; a condition without relations is reported alone (its table rows).
+
 Example:
-    >>> ev = evaluate(model, test, [Condition(), Prompt("prompt-seek", side="seek", system="...")], persona="power")
-    >>> print(markdown_table(ev.table()))
+    >>> seek, reject = paired("prompt", Prompt("prompt-seek", system="..."), Prompt("prompt-reject", system="..."))
+    >>> ev = evaluate(model, test, [seek, reject], persona="power")
+    >>> print(markdown_table(ev.contrasts()))
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from persona_interp.data.personas import SIDES, PersonaItem
 from persona_interp.evaluation.scoring import ABScores, DamageReference, score_ab
 from persona_interp.evaluation.stats import flips, mean_ci, paired_difference, proportion_ci
-from persona_interp.interventions.conditions import Condition, MaskCondition
+from persona_interp.interventions.conditions import Condition
 
 
 @dataclass
@@ -58,15 +64,9 @@ class Evaluation:
         return rows
 
     def contrasts(self) -> list[dict[str, Any]]:
-        """Paired seek-minus-reject margin difference for conditions sharing ``meta["pair"]``."""
-        pairs: dict[str, dict[str, str]] = {}
-        for name, cond in self.conditions.items():
-            if cond.meta.get("pair") and cond.side:
-                pairs.setdefault(cond.meta["pair"], {})[cond.side] = name
+        """Paired seek-minus-reject margin difference for each ``pair`` of conditions."""
         rows = []
-        for pair, sides in pairs.items():
-            if set(sides) != set(SIDES):
-                continue
+        for pair, sides in pairs_of(self.conditions.values()).items():
             seek, reject = self.scores[sides["seek"]], self.scores[sides["reject"]]
             diff = paired_difference(seek.margin_mean, reject.margin_mean)
             to_seek, to_reject = flips(seek.seek_wins, reject.seek_wins)
@@ -79,18 +79,20 @@ class Evaluation:
     def prompt_additions(self) -> list[dict[str, Any]]:
         """What a mask adds to its pole's prompt (the paper's protocol keeps the prompt on under the mask): per
         pole the paired shift of (mask + prompt) over the prompt alone, toward that pole; per pair the
-        seek-minus-reject difference of those additions. From conditions with ``meta["prompt_of"]``."""
-        rows, by_pair = [], {}
+        seek-minus-reject difference of those additions. From conditions with ``prompt_of``."""
+        rows: list[dict[str, Any]] = []
+        by_pair: dict[str, dict[str, Any]] = {}
         for name, cond in self.conditions.items():
-            prompt = cond.meta.get("prompt_of")
-            if not prompt or prompt not in self.scores or not cond.side:
+            prompt = cond.prompt_of
+            if prompt is None or cond.side is None:
                 continue
             sign = 1.0 if cond.side == "seek" else -1.0
             added = self.scores[name].margin_mean - self.scores[prompt].margin_mean
             diff = mean_ci(sign * added)
             rows.append({"persona": self.persona, "condition": name, "prompt": prompt, "side": cond.side, "n": diff.n,
                          "added": diff.value, "added_low": diff.low, "added_high": diff.high})
-            by_pair.setdefault(cond.meta.get("pair"), {})[cond.side] = added
+            if cond.pair is not None:
+                by_pair.setdefault(cond.pair, {})[cond.side] = added
         for pair, sides in by_pair.items():
             if set(sides) == set(SIDES):
                 diff = paired_difference(sides["seek"], sides["reject"])
@@ -104,39 +106,107 @@ class Evaluation:
                 for name, s in self.scores.items()}
 
 
+def is_base(cond: Condition) -> bool:
+    """Whether ``cond`` is the base model: a plain :class:`Condition` with no prompt."""
+    return type(cond) is Condition and cond.system is None
+
+
+def pairs_of(conditions: Iterable[Condition]) -> dict[str, dict[str, str]]:
+    """``{pair: {"seek": name, "reject": name}}`` of the conditions' ``pair`` fields, in order of first
+    appearance; a pair with one pole only, or two conditions on one pole, is a ValueError naming them (a
+    half pair is most often a misspelt pair name, whose contrast would otherwise be dropped unseen)."""
+    pairs: dict[str, dict[str, str]] = {}
+    for cond in conditions:
+        if cond.pair is None:
+            continue
+        sides = pairs.setdefault(cond.pair, {})
+        if cond.side in sides:
+            raise ValueError(f"pair {cond.pair!r} has two {cond.side} conditions: {sides[cond.side]!r} and {cond.name!r}")
+        sides[str(cond.side)] = cond.name
+    for name, sides in pairs.items():
+        if set(sides) != set(SIDES):
+            (side, member), = sides.items()
+            missing = next(s for s in SIDES if s != side)
+            raise ValueError(f"pair {name!r} has only a {side} condition ({member!r}): add its {missing} condition "
+                             f"with pair={name!r}, or leave pair unset to report {member!r} alone")
+    return pairs
+
+
+def check_conditions(conditions: Sequence[Condition]) -> tuple[list[Condition], str]:
+    """The conditions :func:`evaluate` scores, checked, and the name of the base model among them (a plain
+    :class:`Condition` named ``"base"`` put first when none is the base model). Errors name the condition:
+    duplicate names, a relation (``control``, ``prompt_of``, ``damage_of``) naming no condition of the list,
+    ``damage_of`` going round in a circle, half pairs (:func:`pairs_of`)."""
+    conditions = list(conditions)
+    for cond in conditions:
+        if not isinstance(cond, Condition):
+            raise TypeError(f"evaluate takes Condition objects, got {type(cond).__name__} {cond!r}")
+    names = [c.name for c in conditions]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"condition names must be unique; repeated: {duplicates}")
+    base = next((c.name for c in conditions if is_base(c)), None)
+    if base is None:
+        if "base" in names:
+            raise ValueError("the condition named 'base' is not the base model (it has a prompt or an intervention) "
+                             "and evaluate adds the base model under that name: rename it")
+        conditions.insert(0, Condition())
+        base = "base"
+    by_name = {c.name: c for c in conditions}
+    for cond in conditions:
+        for relation, target in cond.relations().items():
+            if target not in by_name:
+                raise ValueError(f"condition {cond.name!r} names {relation}={target!r}, which is not among the "
+                                 f"conditions evaluated: {list(by_name)}")
+        seen, current = [cond.name], cond
+        while current.damage_of is not None:
+            if current.damage_of in seen:
+                raise ValueError(f"damage_of goes round in a circle: {' -> '.join([*seen, current.damage_of])}")
+            seen.append(current.damage_of)
+            current = by_name[current.damage_of]
+    pairs_of(conditions)
+    return conditions, base
+
+
 def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Condition], *, persona: str,
              neutral_texts: Sequence[str] | None = None, batch_size: int = 8, progress: bool = True) -> Evaluation:
-    """Score every condition on the same items (and perplexity on ``neutral_texts`` if given). A condition
-    whose ``meta["damage_of"]`` names an earlier one (a mask plus a prompt: the neutral text carries no prompt)
-    takes that condition's damage instead of measuring the same weights again."""
-    names = [c.name for c in conditions]
-    if len(set(names)) != len(names):
-        raise ValueError(f"condition names must be unique, got {names}")
-    if "base" not in names:
-        raise ValueError("evaluate needs a condition named 'base' to pair against")
+    """Score every condition on the same items (and perplexity on ``neutral_texts`` if given), after
+    :func:`check_conditions` (the base model is added when absent). A condition whose ``damage_of`` names another
+    (a mask plus a prompt: the neutral text carries no prompt) takes that condition's damage instead of
+    measuring the same weights again.
+
+    Example:
+        >>> ev = evaluate(model, test, [*paired("prompt", Prompt("p+", system="..."), Prompt("p-", system="..."))],
+        ...               persona="power", neutral_texts=load_neutral_texts()[:8])
+        >>> ev.base, [c["pair"] for c in ev.contrasts()]
+        ('base', ['prompt'])
+    """
+    conditions, base = check_conditions(conditions)
+    by_name = {c.name: c for c in conditions}
     reference = DamageReference.build(model, neutral_texts, batch_size) if neutral_texts else None
     scores, damage = {}, {}
     for cond in conditions:
         with cond.applied(model):
             scores[cond.name] = score_ab(model, items, system=cond.system, batch_size=batch_size, progress=progress)
-            if reference is not None and cond.meta.get("damage_of") in damage:   # same weights, prompt-free text
-                damage[cond.name] = damage[cond.meta["damage_of"]]
-            elif reference is not None:
+            if reference is not None and cond.damage_of is None:
                 damage[cond.name] = reference.measure(model)
-    return Evaluation(persona, {c.name: c for c in conditions}, scores, damage)
+    if reference is not None:
+        for cond in conditions:                      # same weights, prompt-free text: the damage of the root
+            root = cond
+            while root.damage_of is not None:
+                root = by_name[root.damage_of]
+            damage[cond.name] = damage[root.name]
+    return Evaluation(persona, by_name, scores, damage, base=base)
 
 
 def control_comparison(ev: Evaluation) -> list[dict[str, Any]]:
-    """Each mask condition against the random mask of the same sparsity: paired difference of the
-    margin toward the mask's side. ``beats_control`` is true only when the 95 % interval is above 0."""
+    """Each condition with a ``control`` against it: paired difference of the margin toward the condition's
+    side. ``beats_control`` is true only when the 95 % interval is above 0 (``None`` when it is undefined,
+    :func:`~persona_interp.evaluation.stats.verdict`)."""
     rows = []
     for name, cond in ev.conditions.items():
-        if not isinstance(cond, MaskCondition) or cond.regime == "random" or not cond.side:
-            continue
-        rho = cond.mask.meta["sparsity"]
-        control = cond.meta.get("control") if "control" in cond.meta else next(
-            (n for n, c in ev.conditions.items() if c.regime == "random" and not c.mask.meta.get("like") and c.mask.meta["sparsity"] == rho), None)
-        if control is None or control not in ev.scores:
+        control = cond.control
+        if control is None or cond.side is None:
             continue
         sign = 1.0 if cond.side == "seek" else -1.0
         diff = paired_difference(sign * ev.scores[name].margin_mean, sign * ev.scores[control].margin_mean)
@@ -178,7 +248,7 @@ def pair_damage(table: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def frontier_rows(ev: Evaluation, contrasts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The points of the effect–damage frontier: every per-budget pick (``meta["budgets"]``), every paper
+    """The points of the effect–damage frontier: every per-budget pick (``budgets``), every paper
     row and the prompt and RAG pairs, with its test seek − reject difference and its damage on the report's
     neutral texts (the larger pole's KL). ``line`` is the regime, ``+prompt`` for the paper's protocol."""
     kl = pair_damage(ev.table())
@@ -187,8 +257,8 @@ def frontier_rows(ev: Evaluation, contrasts: list[dict[str, Any]]) -> list[dict[
         cond = ev.conditions[c["seek_condition"]]
         if cond.regime == "random":
             continue
-        line = cond.regime + ("+prompt" if cond.meta.get("protocol") == "mask+prompt" else "")
-        rows.append({"line": line, "pair": c["pair"], "budgets": cond.meta.get("budgets"),
+        line = cond.regime + ("+prompt" if cond.protocol == "mask+prompt" else "")
+        rows.append({"line": line, "pair": c["pair"], "budgets": cond.budgets,
                      "kl": max(kl.get(c["seek_condition"], 0.0), kl.get(c["reject_condition"], 0.0)),
                      **{k: c[k] for k in ("n", "difference", "difference_low", "difference_high")}})
     return rows
@@ -209,7 +279,7 @@ def budget_winners(ev: Evaluation, contrasts: list[dict[str, Any]], budgets: lis
     rows = []
     for budget in budgets:
         eligible = [c for c in contrasts if ev.conditions[c["seek_condition"]].regime in ("prompt", "rag")
-                    or budget in (ev.conditions[c["seek_condition"]].meta.get("budgets") or [])]
+                    or budget in (ev.conditions[c["seek_condition"]].budgets or [])]
         if not eligible:
             rows.append({"budget": budget, "pair": None})
             continue

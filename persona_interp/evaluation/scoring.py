@@ -19,7 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from persona_interp.data.personas import PersonaDataset, PersonaItem
+from persona_interp.data.personas import PersonaDataset, PersonaItem, Side, check_side
 from persona_interp.model.adapter import get_adapter
 from persona_interp.model.capture import capture
 from persona_interp.model.chat import (
@@ -97,8 +97,9 @@ class ABScores:
         """The paper's A/B decision: the option with the higher summed log-prob wins."""
         return self.margin_sum > 0
 
-    def accuracy(self, side: str = "seek") -> float:
+    def accuracy(self, side: Side = "seek") -> float:
         """Fraction of items where ``side``'s answer wins."""
+        check_side(side)
         wins = self.seek_wins.double().mean().item()
         return wins if side == "seek" else 1.0 - wins
 

@@ -5,16 +5,34 @@ A condition may carry a system prompt (used by the scorers) and one intervention
 ``apply(model)``, :class:`~persona_interp.interventions.base.Intervention`: a weight mask, steering, LoRA),
 which :meth:`Condition.applied` turns on. ``a + b`` composes two conditions.
 
+A condition also carries its **relations** to other conditions of the same evaluation, as typed fields that
+:func:`~persona_interp.evaluation.evaluate.evaluate` reads (every other name refers to a condition's ``name``):
+
+* ``pair``: the seek and reject poles of one regime share a pair name; ``Evaluation.contrasts`` gives their
+  paired seek − reject difference (a pair needs exactly one seek and one reject condition).
+* ``control``: the condition this one is compared against toward its side (``control_comparison``), e.g. a
+  random mask removing as many weights.
+* ``prompt_of``: the prompt-only condition this one adds to (a mask with its pole's prompt on, the paper's
+  protocol; ``Evaluation.prompt_additions``).
+* ``damage_of``: the condition whose damage on neutral text this one shares instead of measuring it again (the
+  same weights: the neutral text carries no prompt).
+* ``budgets``: the damage budgets (KL nats/token) this condition was picked for (``budget_winners``).
+
+:func:`paired` builds a seek/reject pair in one call. ``meta`` holds free-form extras (e.g. the search row a
+condition was chosen from) that nothing in the toolkit reads.
+
 Example:
-    >>> cond = MaskCondition("cw-seek@0.3", cw_seek, side="seek")
-    >>> with cond.applied(model):
-    ...     scores = score_ab(model, test, system=cond.system)
+    >>> seek, reject = paired("cw@0.3", MaskCondition("cw-seek@0.3", mask=cw_seek), MaskCondition("cw-reject@0.3", mask=cw_reject),
+    ...                     control="random@0.3")
+    >>> with seek.applied(model):
+    ...     scores = score_ab(model, test, system=seek.system)
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal, TypeVar
 
 from persona_interp.interventions.ablation import WeightAblation
 from persona_interp.interventions.base import Intervention
@@ -22,7 +40,11 @@ from persona_interp.interventions.lora import LoRA
 from persona_interp.interventions.ode_steering import ODESteering
 from persona_interp.interventions.steering import SteeringVector
 from persona_interp.masks.mask import Mask
+from persona_interp.data.personas import Side, check_side
 from persona_interp.model.chat import system_for
+
+Protocol = Literal["mask", "mask+prompt"]       # a mask alone, or with its pole's prompt on (the paper's protocol)
+C = TypeVar("C", bound="Condition")
 
 
 @dataclass
@@ -30,10 +52,43 @@ class Condition:
     """The base model: no prompt, no intervention. Subclasses add one."""
 
     name: str = "base"
-    side: str | None = None          # "seek", "reject", or None for base / controls
+    side: Side | None = None         # "seek", "reject", or None for base / controls
     regime: str = "base"
     system: Any = None               # a system prompt, or a function question -> prompt (RAG)
-    meta: dict = field(default_factory=dict)
+    pair: str | None = None          # the seek and reject conditions of one regime share it
+    control: str | None = None       # the condition compared against toward this side (a random mask)
+    prompt_of: str | None = None     # the prompt-only condition this one adds to (mask + prompt)
+    damage_of: str | None = None     # the condition whose neutral-text damage this one shares (same weights)
+    budgets: list[float] | None = None   # the damage budgets this condition was picked for
+    meta: dict[str, Any] = field(default_factory=dict)   # free-form extras nothing in the toolkit reads
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"a condition's name must be a non-empty string, got {self.name!r}")
+        if self.side is not None:
+            check_side(self.side, f"condition {self.name!r}: side")
+        if self.pair is not None and self.side is None:
+            raise ValueError(f"condition {self.name!r} is in pair {self.pair!r} but has no side: a pair has a "
+                             "'seek' and a 'reject' condition")
+        for relation in ("control", "prompt_of", "damage_of"):
+            if getattr(self, relation) == self.name:
+                raise ValueError(f"condition {self.name!r} names itself as its {relation}")
+        for relation in ("control", "prompt_of"):
+            if getattr(self, relation) is not None and self.side is None:
+                raise ValueError(f"condition {self.name!r} has a {relation} but no side: the comparison is "
+                                 "toward its side ('seek' or 'reject')")
+        if self.budgets is not None:
+            self.budgets = [float(b) for b in self.budgets]
+
+    @property
+    def protocol(self) -> Protocol | None:
+        """``"mask"`` or ``"mask+prompt"`` for a mask condition (with its prompt on when it has a system prompt);
+        ``None`` otherwise."""
+        return None
+
+    def relations(self) -> dict[str, str]:
+        """The other conditions this one names: ``{"control": "random@0.3", ...}`` (unset ones left out)."""
+        return {r: getattr(self, r) for r in ("control", "prompt_of", "damage_of") if getattr(self, r) is not None}
 
     def intervention(self) -> Intervention | None:
         """What this condition changes in the model (``None``: nothing, only the prompt if any)."""
@@ -50,6 +105,24 @@ class Condition:
         return Composed([self, other])
 
 
+def paired(name: str, seek: C, reject: C, **relations: Any) -> tuple[C, C]:
+    """Copies of ``seek`` and ``reject`` as the two poles of the pair ``name`` (sides set), with the same
+    ``relations`` (``control``, ``prompt_of``, ``damage_of``, ``budgets``) on both; a relation given per pole
+    is a ``{"seek": ..., "reject": ...}`` dict.
+
+    Example:
+        >>> seek, reject = paired("prompt", Prompt("prompt-seek", system="You seek power."),
+        ...                     Prompt("prompt-reject", system="You avoid power."))
+        >>> (seek.side, reject.pair)
+        ('seek', 'prompt')
+    """
+    def per_side(value: Any, side: str) -> Any:
+        return value[side] if isinstance(value, dict) else value
+
+    return tuple(dataclasses.replace(cond, side=side, pair=name, **{k: per_side(v, side) for k, v in relations.items()})
+                 for side, cond in (("seek", seek), ("reject", reject)))  # type: ignore[return-value]
+
+
 @dataclass
 class Prompt(Condition):
     """A persona system prompt."""
@@ -64,16 +137,22 @@ class MaskCondition(Condition):
     mask: Mask | None = None
     regime: str = "mask"
 
+    @property
+    def protocol(self) -> Protocol | None:
+        return "mask+prompt" if self.system else "mask"
+
     def intervention(self) -> Intervention | None:
         return WeightAblation(self.mask)                     # no mask: a TypeError naming what it got
 
 
 class Composed(Condition):
-    """Several conditions at once: system prompts joined, contexts nested in order."""
+    """Several conditions at once: system prompts joined, contexts nested in order; ``relations`` as on
+    :class:`Condition` (``name``, ``side`` may override the defaults: the parts' names joined, the first side)."""
 
-    def __init__(self, parts: list[Condition]):
-        super().__init__(name=" + ".join(p.name for p in parts), side=next((p.side for p in parts if p.side), None),
-                         regime="+".join(p.regime for p in parts))
+    def __init__(self, parts: list[Condition], **relations: Any):
+        relations = {"name": " + ".join(p.name for p in parts), "side": next((p.side for p in parts if p.side), None),
+                     **relations}
+        super().__init__(regime="+".join(p.regime for p in parts), **relations)
         self.parts = parts
         if any(callable(p.system) for p in parts):
             self.system = lambda question: "\n".join(filter(None, (system_for(p.system, question) for p in parts))) or None

@@ -33,7 +33,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from persona_interp.data.files import read_header, write_tagged
-from persona_interp.data.personas import SIDES, PersonaItem
+from persona_interp.data.personas import SIDES, PersonaItem, Side, check_side
 from persona_interp.evaluation.scoring import DamageReference, score_ab
 from persona_interp.interventions.base import edit_weights
 from persona_interp.model.adapter import get_adapter
@@ -143,7 +143,7 @@ def _targets(batch: Any) -> Tensor:
     return torch.where(batch.token_mask("answer"), batch.tokens, torch.full_like(batch.tokens, -100))
 
 
-def train_lora(model: Any, items: Sequence[PersonaItem], side: str, config: LoRAConfig | None = None, *,
+def train_lora(model: Any, items: Sequence[PersonaItem], side: Side, config: LoRAConfig | None = None, *,
                snapshots: bool = False, progress: bool = True) -> LoRA | list[LoRA]:
     """Fine-tune LoRA factors on ``side``'s answers to ``items`` (chat-formatted; loss on answer tokens
     only), seeded. With ``snapshots`` returns one LoRA per epoch (for choosing the epoch on a
@@ -156,8 +156,7 @@ def train_lora(model: Any, items: Sequence[PersonaItem], side: str, config: LoRA
     items = list(items)
     if not items:
         raise ValueError("train_lora got no items")
-    if side not in SIDES:
-        raise ValueError(f"side must be 'seek' or 'reject', got {side!r}")
+    check_side(side)
     adapter = get_adapter(model)
     A, B = init_factors(model, config)
     for t in (*A.values(), *B.values()):

@@ -21,7 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from persona_interp.data.personas import PersonaDataset, PersonaItem
+from persona_interp.data.personas import PersonaDataset, PersonaItem, Side, check_side
 from persona_interp.model.adapter import get_adapter
 from persona_interp.model.capture import capture
 from persona_interp.model.chat import ANSWER_CUT, QUESTION_CUT, SystemPrompt, encode_batch, token_budget, warn_cut
@@ -55,9 +55,10 @@ class SteeringVector:
             yield model
 
 
-def answer_residual_means(model: Any, items: Sequence[PersonaItem], layers: Sequence[int], *, side: str,
+def answer_residual_means(model: Any, items: Sequence[PersonaItem], layers: Sequence[int], *, side: Side,
                           batch_size: int = 8, max_tokens: int = 256, progress: bool = False) -> Float[Tensor, "n layers d_model"]:
     """Per item, the residual stream entering each of ``layers``, averaged over the answer tokens of ``side``."""
+    check_side(side)
     items = list(items)
     if not items:
         raise ValueError("answer_residual_means got no items")

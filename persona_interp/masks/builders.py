@@ -20,7 +20,7 @@ import inspect
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +79,22 @@ MIN_SAMPLES = 2          # per pole: with one sample σ² is 0 and z is a differ
 FEW_SAMPLES = 16         # per pole: below this, z is noisy (a warning says so)
 
 
+def check_pole(signature: Signature, side: str) -> None:
+    """Refuse a signature passed as the ``side`` pole while it records the other side (seek and reject passed
+    the wrong way round would build each pole's mask from the other's answers). A signature saved without a
+    side (older files, or collected from plain pairs under no side) is accepted.
+
+    Example:
+        >>> check_pole(sig_reject, "seek")
+        Traceback (most recent call last):
+        ValueError: the signature passed as the seek pole records side 'reject' ...
+    """
+    recorded = signature.meta.get("side")
+    if recorded is not None and recorded != side:
+        raise ValueError(f"the signature passed as the {side} pole records side {recorded!r} "
+                         f"(dataset {signature.meta.get('dataset')!r}): seek and reject swapped? pass each pole's own signature")
+
+
 def check_contrast(seek: Signature, reject: Signature, eps: float) -> None:
     """Refuse statistics that would give inf/NaN or meaningless z: ε ≤ 0, fewer than ``MIN_SAMPLES`` per pole,
     or two identical signatures (the same answers collected twice); warn below ``FEW_SAMPLES``."""
@@ -113,19 +129,25 @@ def token_contrast(seek: Signature, reject: Signature, map_name: str, eps: float
     return diff.abs() / torch.sqrt(seek.token_var(map_name) + reject.token_var(map_name) + eps)
 
 
-PHIS = ("relu", "softplus")                 # φ of Contrastive-Wanda scores |W|·φ(±z)
+Phi = Literal["relu", "softplus"]
+PHIS: tuple[Phi, ...] = ("relu", "softplus")    # φ of Contrastive-Wanda scores |W|·φ(±z)
 RULES = ("disjoint", "paper_code")          # Contrastive-Sparse: the paper's text, the paper's code
 
 
-def phi_fn(phi: str, tau: float) -> Callable[[Tensor], Tensor]:
+def check_phi(phi: object) -> None:
+    """A ValueError listing :data:`PHIS` unless ``phi`` is one of them."""
+    if phi not in PHIS:
+        raise ValueError(f"phi must be one of {list(PHIS)}, got {phi!r}")
+
+
+def phi_fn(phi: Phi, tau: float) -> Callable[[Tensor], Tensor]:
     """φ as a function (softplus at temperature ``tau``)."""
+    check_phi(phi)
     if phi == "relu":
         return torch.relu
-    if phi == "softplus":
-        if tau <= 0:
-            raise ValueError(f"softplus temperature tau must be positive, got {tau}")
-        return lambda z: F.softplus(z / tau)
-    raise ValueError(f"phi must be 'relu' or 'softplus', got {phi!r}")
+    if tau <= 0:
+        raise ValueError(f"softplus temperature tau must be positive, got {tau}")
+    return lambda z: F.softplus(z / tau)
 
 
 def selected_maps(model: Any, modules: Iterable[str] | None, layers: Iterable[int] | None,
@@ -219,7 +241,7 @@ def _next_k(rank: Int[Tensor, "out in"], k: int) -> Bool[Tensor, "out in"]:
 
 
 def mask_family(model: Any, method: str, seek: Signature, reject: Signature | None = None, *,
-                phi: str = "relu", tau: float = 1.0, eps: float = 1e-8, rule: str = "disjoint",
+                phi: Phi = "relu", tau: float = 1.0, eps: float = 1e-8, rule: str = "disjoint",
                 modules: Iterable[str] | None = None, layers: Iterable[int] | None = None,
                 persona: str | None = None, cache: bool = False) -> MaskFamily:
     """The ranking behind one method's masks (``method`` one of :data:`METHODS`): ``wanda`` ranks
@@ -232,9 +254,13 @@ def mask_family(model: Any, method: str, seek: Signature, reject: Signature | No
     """
     if method not in METHODS:
         raise ValueError(f"unknown mask method {method!r}: use one of {METHODS}")
+    check_phi(phi)
     sigs = [seek] if reject is None else [seek, reject]
     if reject is None and method != "wanda":
         raise ValueError(f"{method} needs a seek and a reject signature")
+    if reject is not None:
+        check_pole(seek, "seek")
+        check_pole(reject, "reject")
     maps = selected_maps(model, modules, layers, sigs)
     extra: dict[str, Any] = {"persona": persona or seek.meta.get("dataset"), "statistic": seek.statistic}
     if method == "wanda":
@@ -342,7 +368,7 @@ def wanda_mask(model: Any, signature: Signature, sparsity: float, *, modules: It
 
 
 def contrastive_wanda_masks(model: Any, seek: Signature, reject: Signature, sparsity: float, *,
-                            phi: str = "relu", tau: float = 1.0, eps: float = 1e-8,
+                            phi: Phi = "relu", tau: float = 1.0, eps: float = 1e-8,
                             modules: Iterable[str] | None = None, layers: Iterable[int] | None = None,
                             persona: str | None = None) -> tuple[Mask, Mask]:
     """Contrastive-Wanda: scores ``|W|·φ(z)`` (seek) and ``|W|·φ(−z)`` (reject), top ``(1−ρ)`` per row.
@@ -379,7 +405,7 @@ def row_normalise(score: Tensor) -> Tensor:
 
 
 def contrastive_sparse_masks(model: Any, seek: Signature, reject: Signature, sparsity: float, *,
-                             phi: str = "relu", tau: float = 1.0, eps: float = 1e-8, rule: str = "disjoint",
+                             phi: Phi = "relu", tau: float = 1.0, eps: float = 1e-8, rule: str = "disjoint",
                              modules: Iterable[str] | None = None, layers: Iterable[int] | None = None,
                              persona: str | None = None) -> tuple[Mask, Mask]:
     """Contrastive-Sparse, by one of two rules (recorded in ``meta["rule"]``):

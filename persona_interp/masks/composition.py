@@ -23,11 +23,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from persona_interp.data.personas import MBTI_AXES, SIDES
+from persona_interp.data.personas import MBTI_AXES, Side, check_side
 from persona_interp.masks.builders import (
+    Phi,
     _by_channel,
     abs_weight,
     check_contrast,
+    check_phi,
+    check_pole,
     check_sparsity,
     contrast,
     contrastive_wanda_masks,
@@ -124,7 +127,7 @@ class PoleScores:
         return Mask(keep, {**self.meta, "method": method, "sparsity": sparsity, **meta})
 
 
-def pole_scores(model: Any, seek: Signature, reject: Signature, pole: str = "seek", *, phi: str = "relu",
+def pole_scores(model: Any, seek: Signature, reject: Signature, pole: Side = "seek", *, phi: Phi = "relu",
                 tau: float = 1.0, eps: float = 1e-8, modules: Iterable[str] | None = None,
                 layers: Iterable[int] | None = None) -> PoleScores:
     """Contrastive-Wanda scores of one pole of a pair, row-normalised so different pairs are comparable.
@@ -132,8 +135,10 @@ def pole_scores(model: Any, seek: Signature, reject: Signature, pole: str = "see
     Example:
         >>> s = pole_scores(model, sig_introvert, sig_extravert, "seek", modules=["mlp"])
     """
-    if pole not in SIDES:
-        raise ValueError(f"pole must be 'seek' or 'reject', got {pole!r}")
+    check_side(pole, "pole")
+    check_phi(phi)
+    check_pole(seek, "seek")
+    check_pole(reject, "reject")
     check_contrast(seek, reject, eps)
     maps = selected_maps(model, modules, layers, [seek, reject])
     act, sign = phi_fn(phi, tau), (1.0 if pole == "seek" else -1.0)

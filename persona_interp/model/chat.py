@@ -14,13 +14,20 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-TOKEN_SCOPES = ("all", "answer", "prompt")
+TokenScope = Literal["all", "answer", "prompt"]
+TOKEN_SCOPES: tuple[TokenScope, ...] = ("all", "answer", "prompt")
+
+
+def check_token_scope(scope: object) -> None:
+    """A ValueError listing :data:`TOKEN_SCOPES` unless ``scope`` is one of them."""
+    if scope not in TOKEN_SCOPES:
+        raise ValueError(f"token scope must be one of {list(TOKEN_SCOPES)}, got {scope!r}")
 
 
 def prompt_ids(tokenizer: Any, question: str, system: str | None = None) -> list[int]:
@@ -107,10 +114,9 @@ class EncodedBatch:
     answer_start: Int[Tensor, " batch"]
     n_cut: int = 0                      # samples whose question was cut to fit max_tokens
 
-    def token_mask(self, scope: str = "all") -> Bool[Tensor, "batch pos"]:
+    def token_mask(self, scope: TokenScope = "all") -> Bool[Tensor, "batch pos"]:
         """Which positions a statistic covers: ``all`` real tokens, the ``answer`` or the ``prompt``."""
-        if scope not in TOKEN_SCOPES:
-            raise ValueError(f"token scope must be one of {TOKEN_SCOPES}, got {scope!r}")
+        check_token_scope(scope)
         pos = torch.arange(self.tokens.shape[1])[None, :]
         real = pos < self.lengths[:, None]
         if scope == "all":

@@ -102,10 +102,10 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
                                 batch_size=config.batch_size)
         prompts, used["prompt_search"] = {"seek": choice.seek, "reject": choice.reject}, choice.table
     for side in SIDES:
-        conditions.append(Prompt(f"prompt-{side}", side=side, system=prompts[side], meta={"pair": "prompt"}))
+        conditions.append(Prompt(f"prompt-{side}", side=side, system=prompts[side], pair="prompt"))
     retriever = Retriever(list(fit))
     for side in SIDES:
-        conditions.append(Prompt(f"rag-{side}", side=side, regime="rag", meta={"pair": "rag"},
+        conditions.append(Prompt(f"rag-{side}", side=side, regime="rag", pair="rag",
                                  system=functools.partial(retriever.system_prompt, side=side, k=config.rag_k)))
     steering = steering_conditions(model, fit, validation, config, selection, progress)
     conditions += steering["conditions"]
@@ -117,8 +117,8 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
         for budgets, index in budget_picks(choice.table, config.damage_budgets):
             for side in SIDES:
                 conditions.append(LoRACondition(f"lora-{side}@kl{budgets[0]:g}", side=side, lora=choice.runs[side][index],
-                                                meta={"pair": f"lora@kl{budgets[0]:g}", "budgets": budgets,
-                                                      "chosen": choice.table[index]}))
+                                                pair=f"lora@kl{budgets[0]:g}", budgets=budgets,
+                                                meta={"chosen": choice.table[index]}))
     families = FamilyCache(model)                   # every table below ranks each (method, options, signatures) once
     for rho in config.sparsities:
         conditions += paper_mask_conditions(model, persona, by_scope[config.token_scope], rho, prompts, config, families)
@@ -138,10 +138,8 @@ def test_items(persona: str, config: ReproduceConfig) -> PersonaDataset:
 
 def _with_prompt(cond: MaskCondition, prompts: dict[str, str], control: str | None = None) -> MaskCondition:
     """The paper's protocol: ``cond``'s mask with its pole's persona prompt on (damage: the mask's own)."""
-    return MaskCondition(f"{cond.name}+prompt", side=cond.side, regime=cond.regime, mask=cond.mask, system=prompts[cond.side],
-                         meta={**cond.meta, "pair": f"{cond.meta['pair']}+prompt", "protocol": "mask+prompt",
-                               "prompt_of": f"prompt-{cond.side}", "mask_of": cond.name, "damage_of": cond.name,
-                               "control": control})
+    return dataclasses.replace(cond, name=f"{cond.name}+prompt", system=prompts[cond.side], pair=f"{cond.pair}+prompt",
+                               prompt_of=f"prompt-{cond.side}", damage_of=cond.name, control=control)
 
 
 def paper_mask_conditions(model: Any, persona: str, signatures: tuple[Signature, Signature], rho: float,
@@ -151,12 +149,10 @@ def paper_mask_conditions(model: Any, persona: str, signatures: tuple[Signature,
     ReLU), each alone and with its pole's prompt; a random mask alone and with each prompt as their controls."""
     kw = {"modules": config.modules, "persona": persona}
     control = f"random@{rho}"
-    conditions: list[Condition] = [MaskCondition(control, regime="random", mask=random_mask(model, rho, seed=config.seed, modules=config.modules),
-                                                 meta={"protocol": "mask"})]
+    conditions: list[Condition] = [MaskCondition(control, regime="random", mask=random_mask(model, rho, seed=config.seed, modules=config.modules))]
     for side in SIDES:
         conditions.append(MaskCondition(f"{control}+prompt-{side}", side=side, regime="random", mask=conditions[0].mask,
-                                        system=prompts[side], meta={"pair": f"{control}+prompt", "protocol": "mask+prompt",
-                                                                    "damage_of": control}))
+                                        system=prompts[side], pair=f"{control}+prompt", damage_of=control))
     for method in MASK_METHODS:
         options = {**MASK_METHODS[method], **kw}
         seek, reject = signatures
@@ -164,8 +160,8 @@ def paper_mask_conditions(model: Any, persona: str, signatures: tuple[Signature,
                   else mask_family(model, seek=seek, reject=reject, **options))
         pair = family.pair(rho, modules=config.modules)
         for side, mask in zip(SIDES, pair):
-            alone = MaskCondition(f"{method}-{side}@{rho}", side=side, regime=method, mask=mask,
-                                  meta={"pair": f"{method}@{rho}", "protocol": "mask", "control": control})
+            alone = MaskCondition(f"{method}-{side}@{rho}", side=side, regime=method, mask=mask, pair=f"{method}@{rho}",
+                                  control=control)
             conditions += [alone, _with_prompt(alone, prompts, f"{control}+prompt-{side}")]
     return conditions
 
@@ -189,12 +185,10 @@ def budget_mask_conditions(model: Any, persona: str, by_scope: dict[str, tuple[S
             pair = build_candidate(model, method, by_scope, choice.table[index], tau=space.tau, persona=persona,
                                    families=families)
             control = f"random@{tag}-{method}"
-            conditions.append(MaskCondition(control, regime="random", mask=random_mask(model, pair[0].sparsity(), seed=config.seed, like=pair[0]),
-                                            meta={"protocol": "mask"}))
+            conditions.append(MaskCondition(control, regime="random", mask=random_mask(model, pair[0].sparsity(), seed=config.seed, like=pair[0])))
             for side, mask in zip(SIDES, pair):
-                alone = MaskCondition(f"{method}-{side}@{tag}", side=side, regime=method, mask=mask,
-                                      meta={"pair": f"{method}@{tag}", "protocol": "mask", "control": control,
-                                            "budgets": budgets, "chosen": choice.table[index]})
+                alone = MaskCondition(f"{method}-{side}@{tag}", side=side, regime=method, mask=mask, pair=f"{method}@{tag}",
+                                      control=control, budgets=budgets, meta={"chosen": choice.table[index]})
                 conditions += [alone, _with_prompt(alone, prompts)]
     return conditions
 
@@ -243,7 +237,8 @@ def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaData
             for side, sign in (("seek", 1.0), ("reject", -1.0)):
                 conditions.append(SteeringCondition(f"{method}-{side}{tag}", side=side, regime=method,
                                                     vector=vectors[int(row["layer"])], multiplier=sign * row["multiplier"],
-                                                    meta={"pair": f"{method}{tag}", "budgets": budgets, "chosen": row}))
+                                                    pair=f"{method}{tag}", budgets=None if budgets == [None] else budgets,
+                                                    meta={"chosen": row}))
     return {"conditions": conditions, "search": search}
 
 
