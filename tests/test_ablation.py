@@ -267,3 +267,15 @@ def test_ablate_is_the_same_in_one_thread_and_in_several(tiny_model):
         torch.set_num_threads(threads)
     for name in inside[0]:
         assert torch.equal(inside[0][name].contiguous().view(torch.uint8), inside[1][name].contiguous().view(torch.uint8)), name
+
+
+def test_unit_masks_refuse_gamma_and_store_instead_of_ignoring_them(llama):
+    for unit_mask in (pi.NeuronMask({0: [1]}), pi.HeadMask({0: [0]})):
+        with pytest.raises(ValueError, match=f"gamma and store apply to weight masks only: a {type(unit_mask).__name__}"):
+            with pi.ablate(llama, unit_mask, gamma=5):
+                pass
+        with pytest.raises(ValueError, match="store='cpu'"):
+            with pi.ablate(llama, unit_mask, store="cpu"):
+                pass
+        with pi.ablate(llama, unit_mask):                      # the defaults still work
+            pass

@@ -58,6 +58,10 @@ def test_bad_csv(tmp_path):
     with pytest.warns(UserWarning, match="skipped 1 invalid"):
         ds = pi.load_csv(bad_row, skip_invalid=True)
     assert len(ds) == 1 and len(ds.meta["skipped"]) == 1
+    comma = write(tmp_path / "f.csv", "question,matching,not_matching\nQ1,a,b\nLead?,Yes, I would.,No.\n")
+    for skip in (False, True):                                 # never read into the wrong columns
+        with pytest.raises(pi.DataError, match=r"f.csv:3: 4 fields where the header has 3 .*unquoted comma"):
+            pi.load_csv(comma, skip_invalid=skip)
     with pytest.raises(pi.DataError, match="unknown extension"):
         pi.load_dataset(write(tmp_path / "e.txt", "x"))
     with pytest.raises(FileNotFoundError):

@@ -263,7 +263,9 @@ def load_csv(path: str | os.PathLike, name: str | None = None, poles: tuple[str,
     """Read the paper's CSV: ``question,matching,not_matching`` or ``question,A,B,matching``.
 
     A row with a missing field raises :class:`DataError` naming the file and line, unless
-    ``skip_invalid`` (then it is skipped with a warning and listed in ``meta["skipped"]``).
+    ``skip_invalid`` (then it is skipped with a warning and listed in ``meta["skipped"]``). A row with more
+    fields than the header (an unquoted comma: ``Lead?,Yes, I would.,No.``) always raises: its fields would be
+    read into the wrong columns.
     """
     path = Path(path)
     with io.StringIO(read_text(path), newline="") as handle:
@@ -272,7 +274,16 @@ def load_csv(path: str | os.PathLike, name: str | None = None, poles: tuple[str,
         if not ({"question", "matching", "not_matching"} <= columns or {"question", "A", "B", "matching"} <= columns):
             raise DataError(f"{path}:1: header {sorted(columns)} lacks the columns question,matching,not_matching "
                             "or question,A,B,matching")
-        items, skipped = _read_items(((f"{path}:{reader.line_num}", row) for row in reader), skip_invalid)
+        def rows() -> Iterator[tuple[str, dict]]:
+            for row in reader:
+                where = f"{path}:{reader.line_num}"
+                if None in row:                              # csv.DictReader's key for the fields past the header's
+                    raise DataError(f"{where}: {len(reader.fieldnames or ()) + len(row[None])} fields where the header has "
+                                    f"{len(reader.fieldnames or ())} ({','.join(reader.fieldnames or ())}): an unquoted "
+                                    "comma? quote fields that contain commas")
+                yield where, row
+
+        items, skipped = _read_items(rows(), skip_invalid)
     return PersonaDataset(name or path.stem, items, poles, str(path), {"skipped": skipped})
 
 

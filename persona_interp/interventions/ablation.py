@@ -187,7 +187,9 @@ def ablate(model: Any, mask: Mask | HookMask, gamma: float = 0.0, *, store: str 
 
     * a :class:`~persona_interp.masks.mask.Mask` is applied as a :class:`WeightAblation` (removed entries set to
       0 or ``γ·W`` in place, only they kept aside, written back bit-exact on exit, also on exception);
-    * a :class:`NeuronMask` / :class:`HeadMask` adds forward hooks and removes them on exit.
+    * a :class:`NeuronMask` / :class:`HeadMask` adds forward hooks and removes them on exit; they replace whole
+      units (to 0 or to their mean) and keep no weights aside, so ``gamma`` and ``store`` are refused for them
+      (a ValueError) rather than ignored.
 
     Nested ablations are allowed on disjoint maps; a weight mask (or LoRA) touching a map that is already
     edited raises ``RuntimeError``.
@@ -198,6 +200,10 @@ def ablate(model: Any, mask: Mask | HookMask, gamma: float = 0.0, *, store: str 
         >>> with ablate(big_model, mask, store="cpu"):     # the removed entries wait in host memory
         ...     ...
     """
+    if isinstance(mask, (NeuronMask, HeadMask)) and (gamma or store is not None):
+        raise ValueError(f"gamma and store apply to weight masks only: a {type(mask).__name__} sets whole units to "
+                         f"{'their mean' if mask.mode == 'mean' else '0'} through a hook and keeps no weights aside "
+                         f"(got gamma={gamma!r}, store={store!r})")
     intervention = mask if isinstance(mask, (NeuronMask, HeadMask)) else WeightAblation(mask, gamma, store)
     with intervention.apply(model):
         yield model
