@@ -225,7 +225,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from persona_interp.data.personas import persona_prompts
     from persona_interp.evaluation.evaluate import control_comparison, evaluate
     from persona_interp.interventions.conditions import Condition, MaskCondition, Prompt
-    from persona_interp.report.markdown import TABLE_COLUMNS, markdown_table
+    from persona_interp.report.markdown import TABLE_COLUMNS, control_rows, markdown_table
 
     paths = _study_paths(args, f"{args.persona}_evaluate")
     model = _model(args)
@@ -268,7 +268,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     markdown = "\n".join([f"## {args.persona}: {len(test)} test items (seed {args.seed})\n", markdown_table(study["table"], TABLE_COLUMNS),
                           "\nSeek-minus-reject:\n", markdown_table(study["contrasts"], ["pair", "n", "difference"]),
                           "\nAgainst the random control:\n",
-                          markdown_table(study["controls"], ["condition", "control", "advantage", "beats_control"])])
+                          markdown_table(control_rows(study["controls"]), ["condition", "control", "advantage", "beats_control"])])
     from persona_interp.report.figures import plot_accuracy
 
     plot_accuracy(study["table"], paths["figures"] / f"{args.persona}_evaluate", title=f"{args.persona}: {len(test)} test items")

@@ -113,3 +113,20 @@ def test_a_condition_checks_its_side_and_relations():
     with pytest.raises(ValueError, match="has a control but no side"):
         pi.Prompt("x", control="random")
     assert pi.Condition("x", budgets=[1]).budgets == [1.0] and pi.Prompt("x").protocol is None
+
+
+def test_one_test_item_gives_no_interval_and_no_verdict(llama):
+    from persona_interp.evaluation.evaluate import budget_winners
+    from persona_interp.report.markdown import _winner_lines, control_rows, markdown_table
+
+    seek_mask, reject_mask = pi.random_mask(llama, 0.3, seed=1), pi.random_mask(llama, 0.3, seed=2)
+    conditions = [*pi.paired("m", pi.MaskCondition("m-seek", mask=seek_mask), pi.MaskCondition("m-reject", mask=reject_mask),
+                             control="random", budgets=[0.1]),
+                  *pi.paired("prompt", pi.Prompt("p-seek", system="You seek power."), pi.Prompt("p-reject", system="No.")),
+                  pi.MaskCondition("random", regime="random", mask=pi.random_mask(llama, 0.3, seed=3))]
+    ev = pi.evaluate(llama, ITEMS[:1], conditions, persona="toy", progress=False)
+    controls = pi.control_comparison(ev)
+    assert [c["beats_control"] for c in controls] == [None, None]           # not a zero-width interval that passes
+    assert "| m-seek | random | " in markdown_table(control_rows(controls)) and "undefined (n < 2)" in markdown_table(control_rows(controls))
+    winners = budget_winners(ev, ev.contrasts(), [0.1])
+    assert winners[0]["decisive"] is None and "no verdict: n < 2" in "\n".join(_winner_lines(winners))

@@ -12,7 +12,9 @@ def test_mean_ci_hand_computed():
     half = 3.182446305284263 * math.sqrt(5 / 3) / 2
     assert (est.value, est.n) == (2.5, 4)
     assert est.low == pytest.approx(2.5 - half) and est.high == pytest.approx(2.5 + half)
-    assert mean_ci(torch.tensor([0.5])).low == 0.5
+    one = mean_ci(torch.tensor([0.5]))                         # one item: no interval, no verdict
+    assert one.value == 0.5 and math.isnan(one.low) and math.isnan(one.high) and one.above_zero() is None
+    assert mean_ci(torch.tensor([0.5, 0.6, 0.7])).above_zero() is True and mean_ci(torch.tensor([-0.5, 0.7])).above_zero() is False
 
 
 def test_paired_difference_and_flips():

@@ -201,8 +201,8 @@ def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Cond
 
 def control_comparison(ev: Evaluation) -> list[dict[str, Any]]:
     """Each condition with a ``control`` against it: paired difference of the margin toward the condition's
-    side. ``beats_control`` is true only when the 95 % interval is above 0 (``None`` when it is undefined,
-    :func:`~persona_interp.evaluation.stats.verdict`)."""
+    side. ``beats_control`` is true only when the 95 % interval is above 0, ``None`` when the interval is
+    undefined (fewer than :data:`~persona_interp.evaluation.stats.MIN_N` items)."""
     rows = []
     for name, cond in ev.conditions.items():
         control = cond.control
@@ -211,7 +211,7 @@ def control_comparison(ev: Evaluation) -> list[dict[str, Any]]:
         sign = 1.0 if cond.side == "seek" else -1.0
         diff = paired_difference(sign * ev.scores[name].margin_mean, sign * ev.scores[control].margin_mean)
         rows.append({"persona": ev.persona, "condition": name, "control": control, "n": diff.n, "advantage": diff.value,
-                     "advantage_low": diff.low, "advantage_high": diff.high, "beats_control": diff.low > 0})
+                     "advantage_low": diff.low, "advantage_high": diff.high, "beats_control": diff.above_zero()})
     return rows
 
 
@@ -268,7 +268,7 @@ def budget_winners(ev: Evaluation, contrasts: list[dict[str, Any]], budgets: lis
     """Per damage budget, the regime whose pick for that budget (chosen on the validation split) has the largest
     test seek − reject difference, among the picks for the budget and the prompt and RAG pairs (damage 0 by
     construction); masks count alone and with their prompt. ``lead`` is the paired difference to the runner-up
-    (``decisive`` when its 95 % interval is above 0); ``test_kl`` the winner's damage on the report's texts.
+    (``decisive`` when its 95 % interval is above 0, ``None`` when it is undefined); ``test_kl`` the winner's damage on the report's texts.
 
     Example:
         >>> budget_winners(ev, ev.contrasts(), [0.02, 0.1, 0.5])[0]["pair"]
@@ -292,6 +292,6 @@ def budget_winners(ev: Evaluation, contrasts: list[dict[str, Any]], budgets: lis
         if len(ranked) > 1:
             lead = paired_difference(per_item[best["pair"]], per_item[ranked[1]["pair"]])
             row.update(runner_up=ranked[1]["pair"], lead=lead.value, lead_low=lead.low, lead_high=lead.high,
-                       decisive=lead.low > 0)
+                       decisive=lead.above_zero())
         rows.append(row)
     return rows

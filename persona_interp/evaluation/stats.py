@@ -15,9 +15,13 @@ from scipy import stats as _scipy_stats
 from torch import Tensor
 
 
+MIN_N = 2   # a t interval needs n − 1 ≥ 1 degrees of freedom: with one item there is no spread to measure
+
+
 @dataclass(frozen=True)
 class Estimate:
-    """A point estimate with its 95 % interval and sample count."""
+    """A point estimate with its 95 % interval and sample count (``low``/``high`` NaN when the interval is
+    undefined: a mean of fewer than :data:`MIN_N` values)."""
 
     value: float
     low: float
@@ -26,6 +30,21 @@ class Estimate:
 
     def __str__(self) -> str:
         return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+    @property
+    def defined(self) -> bool:
+        """Whether the interval exists (not NaN)."""
+        return not (math.isnan(self.low) or math.isnan(self.high))
+
+    def above_zero(self) -> bool | None:
+        """The verdict "the 95 % interval lies above 0": ``None`` when the interval is undefined, so too few
+        items never pass a test (``beats_control``, ``decisive``).
+
+        Example:
+            >>> mean_ci(torch.tensor([0.5])).above_zero() is None
+            True
+        """
+        return self.low > 0 if self.defined else None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,14 +69,20 @@ def proportion_ci(successes: Bool[Tensor, " n"], level: float = 0.95) -> Estimat
 
 
 def mean_ci(values: Float[Tensor, " n"], level: float = 0.95) -> Estimate:
-    """Mean with a Student-t interval (a point interval when n = 1)."""
+    """Mean with a Student-t interval; with fewer than :data:`MIN_N` values the interval is undefined (NaN
+    bounds), not the zero-width interval of one value.
+
+    Example:
+        >>> mean_ci(torch.tensor([0.5]))
+        Estimate(value=0.5, low=nan, high=nan, n=1)
+    """
     x = values.double().flatten()
     n = int(x.numel())
     if n == 0:
         raise ValueError("mean_ci needs at least one observation")
     mean = float(x.mean())
-    if n == 1:
-        return Estimate(mean, mean, mean, 1)
+    if n < MIN_N:
+        return Estimate(mean, math.nan, math.nan, n)
     half = float(_scipy_stats.t.ppf(0.5 + level / 2, n - 1)) * float(x.std(unbiased=True)) / math.sqrt(n)
     return Estimate(mean, mean - half, mean + half, n)
 

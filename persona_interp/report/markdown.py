@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from persona_interp.data.files import write_text
+from persona_interp.evaluation.stats import MIN_N
 from persona_interp.report.summary import diagnostics_by_persona, summary_tables
 from persona_interp.studies.config import ReproduceConfig
 
@@ -130,6 +131,16 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     return "\n".join(lines) + "\n"
 
 
+def verdict_word(verdict: bool | None) -> str:
+    """A verdict as printed: ``True`` / ``False``, or ``undefined (n < 2)`` when its interval is (``None``)."""
+    return f"undefined (n < {MIN_N})" if verdict is None else str(verdict)
+
+
+def control_rows(controls: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`~persona_interp.evaluation.evaluate.control_comparison` rows with ``beats_control`` as printed."""
+    return [{**c, "beats_control": verdict_word(c["beats_control"])} for c in controls]
+
+
 TABLE_COLUMNS = ["condition", "side", "n", "accuracy", "margin", "shift", "flips_gained", "flips_lost", "perplexity_change", "kl"]
 
 
@@ -249,7 +260,8 @@ def _winner_lines(winners: list[dict[str, Any]]) -> list[str]:
             lines.append(f"- KL ≤ {row['budget']:g}: no regime has a pick within the budget")
             continue
         lead = (f"; lead over {row['runner_up']} {row['lead']:+.4f} [{row['lead_low']:+.4f}, {row['lead_high']:+.4f}]"
-                f"{' (decisive)' if row['decisive'] else ' (not decisive)'}" if "lead" in row else "")
+                f" ({'decisive' if row['decisive'] else 'not decisive' if row['decisive'] is False else f'no verdict: n < {MIN_N}'})"
+                if "lead" in row else "")
         lines.append(_budget_line(row, f"test KL {row['test_kl']:.4f}", "picks") + lead)
     return lines
 
@@ -290,10 +302,13 @@ def _persona_section(persona: str, entry: dict[str, Any], figure: Path, out_dir:
              markdown_table(contrasts, ["pair", "n", "difference", "items_seek_only", "items_reject_only"]),
              "\nEach mask against its random-mask control (same sparsity or the same weights per row; with prompts, the "
              "random mask with the same prompt; paired margin toward the mask's side):\n",
-             markdown_table(controls, ["condition", "control", "advantage", "beats_control"])]
-    losers = [c["condition"] for c in controls if not c["beats_control"]]
+             markdown_table(control_rows(controls), ["condition", "control", "advantage", "beats_control"])]
+    losers = [c["condition"] for c in controls if c["beats_control"] is False]
     if losers:
         lines.append(f"\nDoes not beat its random-mask control (95 % interval not above 0): {', '.join(losers)}.\n")
+    undefined = [c["condition"] for c in controls if c["beats_control"] is None]
+    if undefined:
+        lines.append(f"\nNo verdict against the control (fewer than {MIN_N} test items: no interval): {', '.join(undefined)}.\n")
     if entry.get("prompt_additions"):
         lines += ["\nWhat the mask adds to the prompt (mask + prompt − prompt, toward the pole; per pair seek − reject):\n",
                   markdown_table(entry["prompt_additions"], ["condition", "side", "n", "added"])]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from persona_interp.analysis.diagnostics import grouped_overlap
+from persona_interp.evaluation.stats import MIN_N
 
 STEERING_AND_PROMPTS = ("prompt", "rag", "mean_difference", "pca", "ode", "lora")
 
@@ -28,7 +29,12 @@ def _by(rows: list[dict[str, Any]], key: str) -> dict[Any, dict[str, Any]]:
 
 def _beats(controls: dict[str, dict[str, Any]], condition: str) -> str:
     """"yes / no": whether the seek and the reject mask (``condition`` with ``{}`` for the side) beat their control."""
-    return " / ".join("yes" if controls[condition.format(side)]["beats_control"] else "no" for side in ("seek", "reject"))
+    words = {True: "yes", False: "no", None: "n/a"}              # None: no interval (too few items)
+    return " / ".join(words[controls[condition.format(side)]["beats_control"]] for side in ("seek", "reject"))
+
+
+def _decisive(verdict: bool | None) -> str:
+    return " (decisive)" if verdict else f" (no verdict: n < {MIN_N})" if verdict is None else ""
 
 
 def _best_mask(entry: dict[str, Any], budget: float, with_prompt: bool) -> str:
@@ -65,7 +71,7 @@ def winner_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             else:
                 row.update({"winner": w["pair"], "effect": _ci(w),
                             "KL": f"{w['test_kl']:.4f}" + (" (over)" if w["test_kl"] > w["budget"] else ""),
-                            "lead": (f"{_ci(w, 'lead')} over {w['runner_up']}" + (" (decisive)" if w["decisive"] else ""))
+                            "lead": (f"{_ci(w, 'lead')} over {w['runner_up']}" + _decisive(w["decisive"]))
                             if "lead" in w else "",
                             "by reported-text KL": _reported_text_winner(entry, w)})
             row.update({"best mask": _best_mask(entry, w["budget"], False),
