@@ -35,7 +35,7 @@ from persona_interp.interventions.ode_steering import ODESteering, ode_steerings
 from persona_interp.interventions.steering import SteeringVector, mean_difference_vectors, pca_vectors
 from persona_interp.masks.builders import contrastive_sparse_masks, contrastive_wanda_masks, magnitude_mask, random_mask, wanda_mask
 from persona_interp.masks.composition import compose, fractional_mask, type_mask
-from persona_interp.masks.mask import Mask, fraction_differ, iou
+from persona_interp.masks.mask import Mask, fraction_differ, fraction_differ_by, iou, iou_by
 from persona_interp.model.adapter import ModelMismatchError, get_adapter
 from persona_interp.model.generation import generate
 from persona_interp.model.load import load_model
@@ -48,7 +48,7 @@ __all__ = [
     "load_csv", "load_jsonl", "load_neutral_texts", "PersonaDataset", "PersonaItem", "DataError", "Retriever",
     # signatures and masks
     "Signature", "collect_signatures", "Mask", "wanda_mask", "contrastive_wanda_masks", "contrastive_sparse_masks",
-    "random_mask", "magnitude_mask", "fraction_differ", "iou", "compose", "fractional_mask", "type_mask",
+    "random_mask", "magnitude_mask", "fraction_differ", "fraction_differ_by", "iou", "iou_by", "compose", "fractional_mask", "type_mask",
     # interventions (each applied inside a ``with``)
     "ablate", "NeuronMask", "HeadMask", "SteeringVector", "mean_difference_vectors", "pca_vectors", "ODESteering",
     "ode_steerings", "LoRA", "LoRAConfig", "train_lora",

@@ -189,13 +189,28 @@ def test_set_operations_and_measures():
     assert (a & b).keep["blocks.1.mlp.up"].tolist() == [[False, False]]      # missing in a = all kept
     # entries: q 4 (2 differ), 0.mlp.up 4 (2 differ: b keeps all), 1.mlp.up 2 (2 differ)
     assert pi.fraction_differ(a, b) == pytest.approx(6 / 10)
-    assert pi.fraction_differ(a, b, by="module") == pytest.approx({"attn": 0.5, "mlp": 4 / 6})
-    assert pi.fraction_differ(a, b, by="layer") == pytest.approx({"0": 4 / 8, "1": 1.0})
-    assert pi.iou(a, b, by="map")["blocks.0.attn.q"] == pytest.approx(1 / 3)
-    assert pi.iou(a, b, of="removed", by="map")["blocks.0.attn.q"] == pytest.approx(1 / 3)
+    assert pi.fraction_differ_by(a, b, "module") == pytest.approx({"attn": 0.5, "mlp": 4 / 6})
+    assert pi.fraction_differ_by(a, b, "layer") == pytest.approx({"0": 4 / 8, "1": 1.0})
+    assert pi.iou_by(a, b, "map")["blocks.0.attn.q"] == pytest.approx(1 / 3)
+    assert pi.iou_by(a, b, "map", of="removed")["blocks.0.attn.q"] == pytest.approx(1 / 3)
+    assert pi.iou(a, b) == pytest.approx(3 / 9) and isinstance(pi.iou(a, b, of="removed"), float)   # kept: q 1/3, 0.up 2/4, 1.up 0/2
     assert a.sparsity() == pytest.approx(4 / 8)
     with pytest.raises(ValueError, match="group by"):
-        pi.fraction_differ(a, b, by="head")
+        pi.fraction_differ_by(a, b, "head")
+    with pytest.raises(ValueError, match="use fraction_differ for the overall"):
+        pi.fraction_differ_by(a, b, "all")
+
+
+def test_measures_refuse_masks_of_two_models(llama, tokenizer):
+    from conftest import build_bridge
+
+    other = build_bridge("llama", tokenizer, seed=5)
+    a, b = pi.random_mask(llama, 0.3, seed=1), pi.random_mask(other, 0.3, seed=1)
+    for measure in (pi.fraction_differ, pi.iou, lambda x, y: pi.fraction_differ_by(x, y, "map"), lambda x, y: pi.iou_by(x, y, "map")):
+        with pytest.raises(pi.ModelMismatchError, match="cannot compare masks built for different models"):
+            measure(a, b)
+    with pytest.raises(pi.ModelMismatchError, match="cannot combine masks built for different models"):
+        a & b
 
 
 def test_save_load_bit_packed(llama, tmp_path):

@@ -27,7 +27,7 @@ from persona_interp.evaluation.stats import mean_ci
 from persona_interp.interventions.ablation import ablate
 from persona_interp.masks.builders import (MASK_METHODS, FamilyCache, MaskFamily, contrast, kept_count, mask_family,
                                            method_family, relu_differ_range)
-from persona_interp.masks.mask import fraction_differ
+from persona_interp.masks.mask import fraction_differ, fraction_differ_by
 from persona_interp.signatures import Signature
 
 OVERLAP_VARIANTS: dict[str, dict[str, Any]] = {      # label -> mask_family options
@@ -107,7 +107,7 @@ def overlap_table(model: Any, seek: Signature, reject: Signature, sparsity: floa
     for label, options in OVERLAP_VARIANTS.items():
         family = _family(model, families, seek, reject, persona=persona, **options)
         a, b = family.pair(sparsity)
-        differ = fraction_differ(a, b, by="kind")
+        differ = fraction_differ_by(a, b, "kind")
         differ["all"] = fraction_differ(a, b)
         bound: dict[str, list[float]] = {}
         if options.get("phi") == "relu":

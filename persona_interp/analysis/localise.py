@@ -3,7 +3,7 @@
 All functions work on masks and signatures only (no forward passes).
 
 Example:
-    >>> grid = layer_kind_grid(fraction_differ(seek_mask, reject_mask, by="map"))
+    >>> grid = layer_kind_grid(fraction_differ_by(seek_mask, reject_mask, "map"))
     >>> heads = head_divergence(model, sig_seek, sig_reject, seek_mask, reject_mask)[:10]
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from persona_interp.masks.builders import contrast
-from persona_interp.masks.mask import Mask, fraction_differ
+from persona_interp.masks.mask import Mask, fraction_differ, fraction_differ_by
 from persona_interp.model.adapter import ATTN_KINDS, MLP_KINDS, get_adapter, map_name, parse_map_name
 from persona_interp.signatures import Signature
 
@@ -24,7 +24,7 @@ KINDS = (*ATTN_KINDS, *MLP_KINDS)
 
 
 def layer_kind_grid(per_map: dict[str, float], n_layers: int | None = None) -> tuple[Float[Tensor, "layers kinds"], tuple[str, ...]]:
-    """A per-map measure (e.g. ``fraction_differ(a, b, by="map")``) as a ``[layer, kind]`` grid
+    """A per-map measure (e.g. ``fraction_differ_by(a, b, "map")``) as a ``[layer, kind]`` grid
     (NaN where a map is absent), with the kind labels."""
     layers = [parse_map_name(name)[0] for name in per_map]
     n_layers = n_layers if n_layers is not None else (max(layers) + 1 if layers else 0)
@@ -42,7 +42,7 @@ def overlap_row(pair: str, seek: Mask, reject: Mask) -> dict[str, float | str]:
     Example:
         >>> overlap_row("power", cw_seek, cw_reject)   # {"pair": "power", "overall": 0.011, "attn": ..., "mlp": ...}
     """
-    by_module = fraction_differ(seek, reject, by="module")
+    by_module = fraction_differ_by(seek, reject, "module")
     return {"pair": pair, "overall": fraction_differ(seek, reject), "attn": by_module.get("attn", float("nan")),
             "mlp": by_module.get("mlp", float("nan"))}
 

@@ -49,9 +49,7 @@ class Mask:
     def _combine(self, other: "Mask", op: Callable[[Tensor, Tensor], Tensor], symbol: str) -> "Mask":
         if not isinstance(other, Mask):
             return NotImplemented
-        for fp in (self.meta.get("fingerprint"), other.meta.get("fingerprint")):
-            if fp and fp != (self.meta.get("fingerprint") or fp):
-                raise ModelMismatchError("cannot combine masks built for different models")
+        _check_same_model(self, other, "combine")
         keep = {}
         for name in dict.fromkeys([*self.keep, *other.keep]):
             ref = self.keep.get(name, other.keep.get(name))
@@ -105,14 +103,26 @@ class Mask:
 
 
 # ---------------------------------------------------------------------- comparisons
+def _check_same_model(a: Mask, b: Mask, doing: str) -> None:
+    """Refuse two masks whose recorded fingerprints differ (one without a fingerprint is accepted)."""
+    fa, fb = a.meta.get("fingerprint"), b.meta.get("fingerprint")
+    if fa and fb and fa != fb:
+        raise ModelMismatchError(f"cannot {doing} masks built for different models: {a.meta.get('method')!r} "
+                                 f"(fingerprint {fa[:12]}…) and {b.meta.get('method')!r} (fingerprint {fb[:12]}…)")
+
+
 def _group_key(name: str, by: str) -> str:
     layer, module, kind = parse_map_name(name)
     return {"map": name, "layer": str(layer), "module": module, "kind": kind, "all": "all"}[by]
 
 
+GROUPS = ("map", "layer", "module", "kind")
+
+
 def _grouped(a: Mask, b: Mask, by: str, count: Callable[[Tensor, Tensor], tuple[int, int]]) -> dict[str, float]:
-    if by not in ("map", "layer", "module", "kind", "all"):
-        raise ValueError(f"group by must be map, layer, module, kind or all, got {by!r}")
+    if by not in (*GROUPS, "all"):
+        raise ValueError(f"group by must be one of {list(GROUPS)}, got {by!r}")
+    _check_same_model(a, b, "compare")
     totals: dict[str, list[int]] = {}
     for name in dict.fromkeys([*a.keep, *b.keep]):
         ref = a.keep.get(name, b.keep.get(name))
@@ -124,16 +134,46 @@ def _grouped(a: Mask, b: Mask, by: str, count: Callable[[Tensor, Tensor], tuple[
     return {key: num / den if den else float("nan") for key, (num, den) in totals.items()}
 
 
-def fraction_differ(a: Mask, b: Mask, by: str = "all") -> dict[str, float] | float:
-    """Fraction of entries where two masks differ, overall (``by="all"``) or per map/layer/module/kind."""
-    result = _grouped(a, b, by, lambda x, y: (int((x != y).sum()), x.numel()))
-    return result["all"] if by == "all" else result
+def fraction_differ(a: Mask, b: Mask) -> float:
+    """Fraction of entries where two masks (of one model) differ, over every map of either.
+
+    Example:
+        >>> fraction_differ(seek_mask, reject_mask)
+        0.6
+    """
+    return _grouped(a, b, "all", _differ)["all"]
 
 
-def iou(a: Mask, b: Mask, by: str = "all", of: str = "kept") -> dict[str, float] | float:
-    """Intersection over union of the ``kept`` (or ``removed``) weights of two masks."""
+def fraction_differ_by(a: Mask, b: Mask, by: str) -> dict[str, float]:
+    """:func:`fraction_differ` per ``map``, ``layer``, ``module`` (attn / mlp) or ``kind`` (q, k, …, down).
+
+    Example:
+        >>> fraction_differ_by(seek_mask, reject_mask, "module")
+        {'attn': 0.55, 'mlp': 0.62}
+    """
+    if by == "all":
+        raise ValueError("fraction_differ_by groups by map, layer, module or kind; use fraction_differ for the overall fraction")
+    return _grouped(a, b, by, _differ)
+
+
+def iou(a: Mask, b: Mask, of: str = "kept") -> float:
+    """Intersection over union of the ``kept`` (or ``removed``) weights of two masks (of one model)."""
+    return _grouped(a, b, "all", _iou_count(of))["all"]
+
+
+def iou_by(a: Mask, b: Mask, by: str, of: str = "kept") -> dict[str, float]:
+    """:func:`iou` per ``map``, ``layer``, ``module`` or ``kind``."""
+    if by == "all":
+        raise ValueError("iou_by groups by map, layer, module or kind; use iou for the overall value")
+    return _grouped(a, b, by, _iou_count(of))
+
+
+def _differ(x: Tensor, y: Tensor) -> tuple[int, int]:
+    return int((x != y).sum()), x.numel()
+
+
+def _iou_count(of: str) -> Callable[[Tensor, Tensor], tuple[int, int]]:
     if of not in ("kept", "removed"):
         raise ValueError(f"of must be 'kept' or 'removed', got {of!r}")
     flip = (lambda t: t) if of == "kept" else (lambda t: ~t)
-    result = _grouped(a, b, by, lambda x, y: (int((flip(x) & flip(y)).sum()), int((flip(x) | flip(y)).sum())))
-    return result["all"] if by == "all" else result
+    return lambda x, y: (int((flip(x) & flip(y)).sum()), int((flip(x) | flip(y)).sum()))

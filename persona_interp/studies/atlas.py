@@ -34,7 +34,7 @@ from persona_interp.evaluation.scoring import DamageReference, score_ab
 from persona_interp.evaluation.stats import paired_difference
 from persona_interp.interventions.steering import mean_difference_vector
 from persona_interp.masks.builders import FamilyCache, contrastive_sparse_masks, contrastive_wanda_masks, magnitude_mask, wanda_mask
-from persona_interp.masks.mask import fraction_differ, iou
+from persona_interp.masks.mask import fraction_differ_by, iou_by
 from persona_interp.model.adapter import get_adapter
 from persona_interp.model.chat import answer_ids, prompt_ids
 from persona_interp.report.figures import plot_dose_response, plot_layer_curve, plot_layer_kind_heatmap, plot_overlap_bars, plot_unit_map
@@ -67,9 +67,9 @@ def persona_atlas(model: Any, persona: str, config: AtlasConfig, figures_dir: st
                                        overlap_row(f"{persona} contrastive_sparse@{rho}", *cs),
                                        overlap_row(f"{persona} wanda seek vs magnitude@{rho}", wanda_seek, magnitude)]}
     grids = {
-        "differ_cw": (fraction_differ(*cw, by="map"), "entries that differ (fraction)",
+        "differ_cw": (fraction_differ_by(*cw, "map"), "entries that differ (fraction)",
                       f"{persona}: opposing Contrastive-Wanda masks differ (ρ = {rho})"),
-        "iou_removed_cw": (iou(*cw, by="map", of="removed"), "IoU of removed weights",
+        "iou_removed_cw": (iou_by(*cw, "map", of="removed"), "IoU of removed weights",
                            f"{persona}: overlap of what the two poles remove (ρ = {rho})"),
         "persona_specific": (persona_specific_removal(wanda_seek, magnitude), "fraction of removals a magnitude mask keeps",
                              f"{persona}: persona-specific removals of the seek Wanda mask (ρ = {rho})"),
@@ -147,7 +147,7 @@ def overlap_table(model: Any, signatures: dict[str, tuple[Signature, Signature]]
             rows += [{"pair": persona, **row} for row in grouped_overlap(per_kind, sizes)]
             if figures_dir is not None:
                 cw = families.get(seek, reject, persona=persona, **OVERLAP_VARIANTS["contrastive_wanda relu"]).pair(rho)
-                grid, kinds = layer_kind_grid(fraction_differ(*cw, by="map"), adapter.n_layers)
+                grid, kinds = layer_kind_grid(fraction_differ_by(*cw, "map"), adapter.n_layers)
                 plot_layer_kind_heatmap(grid, kinds, Path(figures_dir) / f"overlap_{persona}_cw{rho}",
                                         colorbar="entries that differ (fraction)",
                                         title=f"{persona}: opposing ReLU Contrastive-Wanda masks (ρ = {rho})")
