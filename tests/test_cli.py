@@ -131,3 +131,13 @@ def test_build_mask_wanda_builds_each_pole_given_and_refuses_swapped_signatures(
         with pytest.raises(SystemExit, match="error: the signature passed as the seek pole records side 'reject'"):
             cli.main(["build-mask", "--method", method, "--seek", str(tmp_path / "r.safetensors"), "--reject",
                       str(tmp_path / "s.safetensors"), "--sparsity", "0.3", "--out", str(tmp_path / f"x{method}")])
+
+
+def test_an_unusable_device_is_one_error_line(tmp_path):
+    args = ["collect", "--persona", AXIS, "--side", "seek", "--out", str(tmp_path / "s.safetensors")]
+    with pytest.raises(SystemExit, match=r"^error: unknown device 'nonsense': use cpu, cuda, cuda:N or mps$"):
+        cli.main(["--device", "nonsense", *args])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match=r"^error: device 'cuda' asked for, but (this torch build has no CUDA|no CUDA GPU)"):
+            cli.main(["--device", "cuda", *args])
+    assert not (tmp_path / "s.safetensors").exists()

@@ -93,3 +93,25 @@ def test_packed_and_separate_rows_agree(llama, monkeypatch):
     assert torch.allclose(packed.seek_logprob, separate.seek_logprob, atol=1e-4)
     assert torch.allclose(packed.reject_logprob, separate.reject_logprob, atol=1e-4)
     assert torch.equal(packed.seek_tokens, separate.seek_tokens) and torch.equal(packed.reject_tokens, separate.reject_tokens)
+
+
+def test_scorers_refuse_a_string_for_texts_and_a_zero_batch_and_warn_once_on_long_texts(llama):
+    with pytest.raises(TypeError, match="perplexity takes a list of texts, got a single string"):
+        perplexity(llama, "The river runs to the sea.")
+    with pytest.raises(TypeError, match="DamageReference takes a list of texts, got a single string"):
+        pi.DamageReference.build(llama, "The river runs to the sea.")
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match=f"batch_size must be a positive integer, got {bad}"):
+            score_ab(llama, [pi.PersonaItem("Lead?", "Yes.", "No.")], batch_size=bad, progress=False)
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            perplexity(llama, ["A short text."], batch_size=bad)
+    long, short = "word " * 300, "A short text."
+    with pytest.warns(UserWarning, match=r"neutral texts: 2 of 3 samples were longer than max_tokens=256") as caught:
+        reference = pi.DamageReference.build(llama, [long, short, long])
+    assert len([w for w in caught if "longer than max_tokens" in str(w.message)]) == 1
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                     # measuring each condition says nothing more
+        reference.measure(llama)
+        pi.DamageReference.build(llama, [short])

@@ -112,6 +112,7 @@ def score_ab(model: Any, items: PersonaDataset | Sequence[PersonaItem], *, syste
     items = list(items)
     if not items:
         raise ValueError("score_ab got no items")
+    check_batch_size(batch_size)
     packed = get_adapter(model).accepts_packed_options
     order = sorted(range(len(items)), key=lambda i: len(items[i].question) + len(items[i].matching) + len(items[i].not_matching))
     seek, reject = torch.zeros(len(items), dtype=torch.float64), torch.zeros(len(items), dtype=torch.float64)
@@ -137,11 +138,36 @@ def score_ab(model: Any, items: PersonaDataset | Sequence[PersonaItem], *, syste
     return ABScores(seek, reject, n_seek, n_reject)
 
 
-def _neutral_batches(model: Any, texts: Sequence[str], batch_size: int, max_tokens: int):
-    tokenizer = model.tokenizer
+TEXT_CUT = "only their first tokens count (no chat template)"
+
+
+def check_batch_size(batch_size: object) -> None:
+    """A ValueError unless ``batch_size`` is a positive integer."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def check_texts(texts: object, what: str) -> list[str]:
+    """``texts`` as a non-empty list of strings; a single string (whose characters would be read as texts) is a
+    TypeError, so is anything else that is not a sequence of strings."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(f"{what} takes a list of texts, got a single string: wrap it in a list, [text]")
+    if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
+        raise TypeError(f"{what} takes a list of strings, got {type(texts).__name__}")
+    if not texts:
+        raise ValueError(f"{what} got no texts")
+    return list(texts)
+
+
+def _neutral_batches(model: Any, texts: Sequence[str], batch_size: int, max_tokens: int, cut: list[int] | None = None):
+    """Padded token batches of plain texts, each cut to ``max_tokens``; the number of texts cut is added to
+    ``cut`` when given."""
+    tokenizer, budget = model.tokenizer, token_budget(model, max_tokens)
     for start in range(0, len(texts), batch_size):
-        seqs = [tokenizer.encode(t, add_special_tokens=False)[:token_budget(model, max_tokens)]
-                for t in texts[start:start + batch_size]]
+        encoded = [tokenizer.encode(t, add_special_tokens=False) for t in texts[start:start + batch_size]]
+        if cut is not None and budget is not None:
+            cut.append(sum(len(ids) > budget for ids in encoded))
+        seqs = [ids[:budget] for ids in encoded]
         tokens, lengths = pad_right(seqs, pad_id_of(tokenizer))
         real = torch.arange(tokens.shape[1] - 1)[None, :] < (lengths - 1)[:, None]
         yield tokens, real
@@ -160,15 +186,16 @@ def perplexity(model: Any, texts: Sequence[str], *, batch_size: int = 8, max_tok
     Example:
         >>> perplexity(model, load_neutral_texts()[:10])
     """
-    if not texts:
-        raise ValueError("perplexity got no texts")
-    total_nll, total = 0.0, 0
+    texts = check_texts(texts, "perplexity")
+    check_batch_size(batch_size)
+    total_nll, total, cut = 0.0, 0, []
     with torch.inference_mode():
-        for tokens, real in _neutral_batches(model, texts, batch_size, max_tokens):
+        for tokens, real in _neutral_batches(model, texts, batch_size, max_tokens, cut):
             logprobs, tokens, real = _next_token_logprobs(model, tokens, real)
             nll = -logprobs.gather(2, tokens[:, 1:, None])[..., 0]
             total_nll += float(nll[real].double().sum())
             total += int(real.sum())
+    warn_cut(sum(cut), len(texts), token_budget(model, max_tokens), "perplexity", TEXT_CUT)
     return math.exp(total_nll / total)
 
 
@@ -190,14 +217,15 @@ class DamageReference:
 
     @classmethod
     def build(cls, model: Any, texts: Sequence[str], batch_size: int = 8, max_tokens: int = 256) -> "DamageReference":
-        if not texts:
-            raise ValueError("DamageReference needs at least one text")
-        stored = []
+        texts = check_texts(texts, "DamageReference")
+        check_batch_size(batch_size)
+        stored, cut = [], []
         with torch.inference_mode():
-            for tokens, real in _neutral_batches(model, texts, batch_size, max_tokens):
+            for tokens, real in _neutral_batches(model, texts, batch_size, max_tokens, cut):
                 logprobs, _, real = _next_token_logprobs(model, tokens, real)
                 stored.append(logprobs[real].half().cpu())
-        return cls(list(texts), stored, batch_size, max_tokens)
+        warn_cut(sum(cut), len(texts), token_budget(model, max_tokens), "neutral texts", TEXT_CUT)   # once, not per condition
+        return cls(texts, stored, batch_size, max_tokens)
 
     def measure(self, model: Any) -> dict[str, float]:
         """Perplexity of ``model`` (as it is now, under any active condition) and its KL from the base."""
@@ -226,6 +254,7 @@ def score_statements(model: Any, items: PersonaDataset | Sequence[PersonaItem], 
     items = list(items)
     if not items:
         raise ValueError("score_statements got no items")
+    check_batch_size(batch_size)
     adapter = get_adapter(model)
     tokenizer = model.tokenizer
     first = lambda answer: answer_ids(tokenizer, answer)[0]  # noqa: E731

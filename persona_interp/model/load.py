@@ -159,6 +159,29 @@ def _wrap(name: str, hf_model: Any, tokenizer: Any, device: Any, device_map: Any
     return TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, dtype=hf_model.dtype)
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` if this torch build can use it, else a ValueError saying why (an unknown
+    name, a CUDA device on a build or machine without CUDA, a GPU index past the visible ones, MPS unavailable).
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"device {device!r} asked for, but {why} (torch {torch.__version__}): use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} asked for, but MPS is not available here")
+    return parsed
+
+
 def load_model(name_or_model: Any = None, *, device: str | torch.device | None = None,
                dtype: torch.dtype | str | None = None, device_map: str | dict | None = None,
                tokenizer: Any = None) -> Any:
@@ -177,6 +200,8 @@ def load_model(name_or_model: Any = None, *, device: str | torch.device | None =
         >>> model = load_model("/path/to/Llama-2-70b-hf", dtype=torch.bfloat16, device_map="auto")   # several GPUs
     """
     dtype = resolve_dtype(dtype)
+    if device is not None:
+        device = check_device(device)                    # before minutes of loading, not after
     if name_or_model is not None and not isinstance(name_or_model, (str, os.PathLike)):
         from transformers import PreTrainedModel
 
