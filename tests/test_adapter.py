@@ -84,6 +84,44 @@ def test_fingerprint_tells_models_apart(tokenizer, model_kind):
     assert pi.get_adapter(a).fingerprint != pi.get_adapter(b).fingerprint
 
 
+def test_fingerprint_covers_every_linear_map_and_survives_casting(tokenizer, tmp_path):
+    """A change to one MLP weight (a merged LoRA-like update that flips signs) changes the fingerprint and a mask
+    saved on the base is refused; a bfloat16 copy shares the float32 fingerprint, tiny values that round to ±0
+    included; a file with the legacy embedding-only fingerprint loads with a warning."""
+    from conftest import build_bridge
+    from persona_interp.model.adapter import SAMPLE_PER_MAP, ModelAdapter
+
+    base = build_bridge("llama", tokenizer, seed=0)
+    mask = pi.random_mask(base, 0.3)
+    mask.save(tmp_path / "m.safetensors")
+    tuned = build_bridge("llama", tokenizer, seed=0)
+    name = "blocks.1.mlp.down"
+    weight = ModelAdapter(tuned).weight(name)                           # [out, in] view; not the cached adapter
+    gen = torch.Generator().manual_seed(0)
+    delta = torch.randn(weight.shape[0], 2, generator=gen) @ torch.randn(2, weight.shape[1], generator=gen)
+    with torch.no_grad():
+        weight.add_(delta * weight.abs().mean())
+    assert torch.equal(tuned.W_E, base.W_E)                             # the embedding is untouched ...
+    assert pi.get_adapter(tuned).fingerprint != pi.get_adapter(base).fingerprint   # ... yet the fingerprint differs
+    with pytest.raises(pi.ModelMismatchError, match="was built for"):
+        pi.Mask.load(tmp_path / "m.safetensors").check_model(tuned)
+
+    tiny = build_bridge("llama", tokenizer, seed=0)
+    for m in ModelAdapter(tiny).maps[:3]:                               # sampled entries: ±1e-42 rounds to ±0 in bf16
+        with torch.no_grad():
+            flat = ModelAdapter(tiny).parameter(m.name).view(-1)
+            flat[:: max(1, flat.numel() // SAMPLE_PER_MAP)][:8] = torch.tensor([1e-42, -1e-42] * 4)
+    fp32 = ModelAdapter(tiny).fingerprint
+    half = pi.load_model(tiny, dtype="bfloat16")
+    assert half.W_E.dtype == torch.bfloat16 and ModelAdapter(half).fingerprint == fp32
+
+    legacy = pi.get_adapter(base).legacy_fingerprints
+    sign_only = next(fp for fp in legacy if fp in ModelAdapter(half).legacy_fingerprints)   # not the float32-only one
+    pi.Mask(mask.keep, {**mask.meta, "fingerprint": sign_only}).save(tmp_path / "old.safetensors")
+    with pytest.warns(UserWarning, match=r"legacy fingerprint .*save the file again"):
+        pi.Mask.load(tmp_path / "old.safetensors").check_model(base)
+
+
 def test_get_adapter_rejects_non_models():
     with pytest.raises(TypeError, match="TransformerLens model"):
         pi.get_adapter(torch.nn.Linear(2, 2))

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -82,6 +84,16 @@ def _transpose(x: Tensor) -> Tensor:
     return x.T
 
 
+SAMPLE_PER_MAP = 512          # entries of each weight whose sign bits the fingerprint hashes
+
+
+def _sign_bits(weight: Tensor, n: int) -> bytes:
+    """The sign bits of ``n`` evenly spaced entries of ``weight`` (flattened in its own layout), packed."""
+    flat = weight.detach().reshape(-1)
+    signs = torch.signbit(flat[:: max(1, flat.numel() // n)][:n]).cpu().numpy()
+    return np.packbits(signs).tobytes()
+
+
 class ModelAdapter:
     """Model-specific knowledge for one TransformerLens model (build it with :func:`get_adapter`)."""
 
@@ -107,7 +119,7 @@ class ModelAdapter:
                 self._access[name] = access
                 self.maps.append(LinearMap(name, layer, MODULE_OF_KIND[kind], kind, self._site(layer, kind), n_out, n_in))
         self.map_by_name = {m.name: m for m in self.maps}
-        self._legacy: str | None = None
+        self._legacy: set[str] | None = None
         self.fingerprint = self._fingerprint()
 
     # ----------------------------------------------------------------- hooks
@@ -250,15 +262,21 @@ class ModelAdapter:
 
     # ------------------------------------------------------------ identity
     def _fingerprint(self) -> str:
-        """Architecture, shapes and the sign bits of a sample of the (never masked) token embedding, hashed.
+        """Architecture, shapes and the sign bits of a fixed sample of the token embedding and of **every linear
+        map's** weight (:data:`SAMPLE_PER_MAP` evenly spaced entries of each, in the weight's own layout), hashed:
+        a fine-tune or a merged LoRA that leaves the embedding alone still changes the signs of some sampled
+        entries of the maps it touched.
 
-        Sign bits survive rounding to any floating-point format and any device, so the same weights give the
-        same fingerprint in float32, bfloat16 or float16, on the CPU or a GPU."""
-        signs = torch.signbit(self._embedding_sample()).cpu()
-        return self._digest(bytes(signs.to(torch.uint8).tolist()))
+        Sign bits survive casting to any floating-point format and moving to any device (rounding keeps the sign,
+        also of a tiny value that rounds to ±0), so the same weights give the same fingerprint in float32,
+        bfloat16 or float16, on the CPU or a GPU. Cost: one strided slice per map, read once per model
+        (:func:`get_adapter` caches the adapter)."""
+        weights = [self.model.W_E] + [self._access[m.name].parameter() for m in self.maps]
+        return self._digest(b"".join(_sign_bits(w, SAMPLE_PER_MAP) for w in weights))
 
     def _embedding_sample(self) -> Float[Tensor, " sample"]:
-        """Every k-th entry of the token embedding (about 4096 of them), in its own dtype and device."""
+        """Every k-th entry of the token embedding (about 4096 of them), in its own dtype and device: what the
+        legacy fingerprints hashed."""
         embedding = self.model.W_E.detach().flatten()
         return embedding[:: max(1, embedding.numel() // 4096)]
 
@@ -274,13 +292,23 @@ class ModelAdapter:
         return digest.hexdigest()[:16]
 
     @property
-    def accepted_fingerprints(self) -> set[str]:
-        """This model's fingerprint and, for a float32 model, the one files saved before fingerprints ignored
-        the dtype carry (a hash of the float32 embedding sample), so those files still load."""
+    def legacy_fingerprints(self) -> set[str]:
+        """Fingerprints files saved by earlier versions carry for this model, still accepted (with a warning):
+        the sign bits of the token embedding only (which a fine-tune of the other weights kept), and for a
+        float32 model the older hash of the float32 embedding sample."""
         if self._legacy is None:
             sample = self._embedding_sample()
-            self._legacy = self._digest(sample.cpu().numpy().tobytes()) if sample.dtype == torch.float32 else ""
-        return {self.fingerprint, self._legacy} - {""}
+            signs = torch.signbit(sample).cpu()
+            legacy = {self._digest(bytes(signs.to(torch.uint8).tolist()))}
+            if sample.dtype == torch.float32:
+                legacy.add(self._digest(sample.cpu().numpy().tobytes()))
+            self._legacy = legacy
+        return self._legacy
+
+    @property
+    def accepted_fingerprints(self) -> set[str]:
+        """This model's fingerprint and the :attr:`legacy_fingerprints` of files saved before."""
+        return {self.fingerprint} | self.legacy_fingerprints
 
     def check_fits(self, fingerprint: str | None, what: str, shapes: dict[str, tuple[int | None, int]]) -> None:
         """The one model check of every saved or built object (masks, signatures, LoRAs): its ``fingerprint``
@@ -303,7 +331,12 @@ class ModelAdapter:
         """Raise :class:`ModelMismatchError` unless ``fingerprint`` (of a saved mask, signature or LoRA) is this
         model's; ``None`` (a hand-made object) is accepted. ``what`` says what and how, e.g. ``"mask 'wanda' was
         built for"``."""
-        if fingerprint is None or fingerprint in self.accepted_fingerprints:
+        if fingerprint is None or fingerprint == self.fingerprint:
+            return
+        if fingerprint in self.legacy_fingerprints:
+            warnings.warn(f"{what} a model with the legacy fingerprint {fingerprint} (token embedding only, which "
+                          "a fine-tune that leaves the embedding alone shares with its base): accepted; save the file "
+                          f"again to record this model's fingerprint {self.fingerprint}", stacklevel=3)
             return
         raise ModelMismatchError(
             f"{what} model {fingerprint}, not for this one ({self.fingerprint}: "
