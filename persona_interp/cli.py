@@ -208,7 +208,7 @@ def _signatures(args: argparse.Namespace, model: Any, persona: str) -> tuple:
 
 def cmd_overlap(args: argparse.Namespace) -> None:
     from persona_interp.report.markdown import overlap_markdown
-    from persona_interp.studies.atlas import overlap_table
+    from persona_interp.studies.atlas import overlap_study
 
     paths = _study_paths(args, "overlap_")
     folder = Path(args.signatures)
@@ -216,7 +216,7 @@ def cmd_overlap(args: argparse.Namespace) -> None:
     if not personas:
         raise SystemExit(f"error: no *_seek.safetensors signatures in {folder}")
     signatures = {persona: _saved_signatures(folder, persona) for persona in personas}
-    rows = overlap_table(_model(args), signatures, args.sparsities, paths["figures"])
+    rows = overlap_study(_model(args), signatures, args.sparsities, paths["figures"])
     _write_study(args, paths, rows, overlap_markdown(rows))
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 import pytest
 import torch
 import json
@@ -119,10 +120,10 @@ def _with_token_sums(signature):
     return signature
 
 
-def test_overlap_table_rows_and_figures(llama, tmp_path):
+def test_overlap_study_rows_and_figures(llama, tmp_path):
     from persona_interp.analysis.diagnostics import OVERLAP_VARIANTS
     from persona_interp.report.markdown import overlap_markdown
-    from persona_interp.studies.atlas import overlap_table, variant_slug
+    from persona_interp.studies.atlas import overlap_study, variant_slug
     from persona_interp.masks.builders import contrastive_sparse_masks, wanda_mask
     from persona_interp.masks.mask import fraction_differ
     from test_masks import fake_signature
@@ -132,7 +133,9 @@ def test_overlap_table_rows_and_figures(llama, tmp_path):
     seek = _with_token_sums(fake_signature(llama, {m.name: 0.5 + torch.rand(m.n_in, generator=rng, dtype=torch.float64)
                                                    for m in adapter.maps}))
     reject = _with_token_sums(fake_signature(llama, {}, side="reject"))
-    rows = overlap_table(llama, {"power": (seek, reject), "wealth": (reject, seek)}, [0.3, 0.5], tmp_path)
+    relabel = lambda sig, side: dataclasses.replace(sig, meta={**sig.meta, "side": side})  # noqa: E731
+    wealth = (relabel(reject, "seek"), relabel(seek, "reject"))          # a second pair: the first's poles reversed
+    rows = overlap_study(llama, {"power": (seek, reject), "wealth": wealth}, [0.3, 0.5], tmp_path)
     assert len(rows) == 2 * 2 * len(OVERLAP_VARIANTS)
     pick = {(r["pair"], r["variant"], r["sparsity"]): r for r in rows}
     cs = pick["power", "contrastive_sparse (text: disjoint)", 0.5]

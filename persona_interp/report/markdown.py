@@ -5,12 +5,11 @@ import datetime as _dt
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 from persona_interp.data.files import write_text
 from persona_interp.evaluation.stats import MIN_N
 from persona_interp.report.summary import diagnostics_by_persona, summary_tables
-from persona_interp.studies.config import ReproduceConfig
 
 
 def overlap_markdown(rows: list[dict[str, Any]]) -> str:
@@ -144,7 +143,14 @@ def control_rows(controls: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 TABLE_COLUMNS = ["condition", "side", "n", "accuracy", "margin", "shift", "flips_gained", "flips_lost", "perplexity_change", "kl"]
 
 
-def write_report(out_dir: Path, figures_dir: Path, config: ReproduceConfig, results: dict[str, Any]) -> Path:
+class RunConfig(Protocol):
+    """What the report needs of a run's configuration (a :class:`~persona_interp.studies.config.ReproduceConfig`:
+    the report sits below the studies and does not import them)."""
+
+    personas: Sequence[str]
+
+
+def write_report(out_dir: Path, figures_dir: Path, config: RunConfig, results: dict[str, Any]) -> Path:
     """Stamp ``results`` finished now, write ``results.json`` and render ``report.md`` (:func:`render_report`)."""
     results["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     done = [p for p in config.personas if p in results["personas"]]

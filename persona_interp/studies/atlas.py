@@ -20,7 +20,7 @@ from typing import Any
 
 from persona_interp.analysis.causal import dose_response, equal_damage_multiplier, unit_mask
 from persona_interp.analysis.diagnostics import OVERLAP_VARIANTS, grouped_overlap, kind_sizes
-from persona_interp.analysis.diagnostics import overlap_table as diagnostic_overlap
+from persona_interp.analysis.diagnostics import overlap_table
 from persona_interp.analysis.localise import (
     head_divergence,
     layer_kind_grid,
@@ -125,9 +125,10 @@ def persona_atlas(model: Any, persona: str, config: AtlasConfig, figures_dir: st
     return out
 
 
-def overlap_table(model: Any, signatures: dict[str, tuple[Signature, Signature]], sparsities: list[float],
+def overlap_study(model: Any, signatures: dict[str, tuple[Signature, Signature]], sparsities: list[float],
                   figures_dir: str | Path | None = None) -> list[dict[str, Any]]:
-    """The overlap table like with like, for every persona pair and sparsity: per variant of
+    """The overlap study: :func:`~persona_interp.analysis.diagnostics.overlap_table` like with like, for every
+    persona pair and sparsity: per variant of
     :data:`~persona_interp.analysis.diagnostics.OVERLAP_VARIANTS` (per-pole Wanda, ReLU and softplus τ = 2
     Contrastive-Wanda, Contrastive-Sparse by the paper text's and code's rule) the share of entries the opposing
     masks differ in, overall / attention / MLP, ReLU rows with the range they differ in by construction. With
@@ -135,7 +136,7 @@ def overlap_table(model: Any, signatures: dict[str, tuple[Signature, Signature]]
     difference per pair.
 
     Example:
-        >>> overlap_table(model, {"power": (seek_sig, reject_sig)}, [0.3, 0.5])
+        >>> overlap_study(model, {"power": (seek_sig, reject_sig)}, [0.3, 0.5])
     """
     adapter = get_adapter(model)
     sizes = kind_sizes(adapter.maps)
@@ -143,7 +144,7 @@ def overlap_table(model: Any, signatures: dict[str, tuple[Signature, Signature]]
     for persona, (seek, reject) in signatures.items():
         families = FamilyCache(model)                   # each variant ranked once for all sparsities
         for rho in sparsities:
-            per_kind = diagnostic_overlap(model, seek, reject, rho, persona=persona, families=families)
+            per_kind = overlap_table(model, seek, reject, rho, persona=persona, families=families)
             rows += [{"pair": persona, **row} for row in grouped_overlap(per_kind, sizes)]
             if figures_dir is not None:
                 cw = families.get(seek, reject, persona=persona, **OVERLAP_VARIANTS["contrastive_wanda relu"]).pair(rho)

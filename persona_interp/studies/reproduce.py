@@ -23,9 +23,10 @@ from persona_interp.data.personas import REPO_ROOT, SIDES, PersonaDataset, load_
 from persona_interp.data.retrieval import Retriever
 from persona_interp.evaluation.evaluate import budget_winners, control_comparison, equal_damage_summary, evaluate, frontier_rows
 from persona_interp.evaluation.scoring import DamageReference
-from persona_interp.evaluation.tuning import budget_picks, build_candidate, pick_within, select_masks, select_prompts, select_steering
+from persona_interp.evaluation.tuning import (
+    budget_picks, build_candidate, pick_within, select_lora, select_masks, select_prompts, select_steering,
+)
 from persona_interp.interventions.conditions import Condition, LoRACondition, MaskCondition, Prompt, SteeringCondition
-from persona_interp.interventions.lora import select_lora
 from persona_interp.interventions.ode_steering import ode_steerings
 from persona_interp.interventions.steering import answer_residual_means, vectors_from_differences
 from persona_interp.masks.builders import MASK_METHODS, FamilyCache, mask_family, random_mask
