@@ -205,3 +205,27 @@ def test_reproduce_never_casts_a_model_it_was_given(tokenizer, tmp_path):
     with pytest.raises(ValueError, match="the model passed in is torch.bfloat16, the configuration says float32"):
         pipeline.reproduce(QUICK, tmp_path / "out", model=model, progress=False)
     assert pi.get_adapter(model).dtype == torch.bfloat16
+
+
+def test_a_run_on_a_model_folder_names_that_folder_in_its_report_and_results(tiny_pipeline, tokenizer, tmp_path):
+    import dataclasses
+
+    from conftest import build_hf
+
+    _, config, _ = tiny_pipeline
+    config = dataclasses.replace(config, mask_search=None, lora=None, prompt_search=False, diagnostics=False,
+                                 steering_multipliers=[1.0])
+    folder = tmp_path / "my-tiny-llama"
+    build_hf("llama", len(tokenizer), seed=3).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    text = pipeline.reproduce(config, tmp_path / "out", model=str(folder), progress=False).read_text()
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    ran = results["provenance"]
+    expected = pi.get_adapter(pi.load_model(folder)).fingerprint
+    assert ran["model"] == str(folder) and ran["fingerprint"] == expected and ran["dtype"] == "float32"
+    assert ran["device"] == "cpu" and ran["seed"] == config.seed and ran["torch"] == torch.__version__
+    assert ran["started"] <= ran["finished"] and ran["revision"] == results["revision"]
+    assert set(ran["cpu"]["flags"]) <= {"amx_bf16", "avx512_bf16", "avx512f", "avx2"} and ran["cpu"]["model"]
+    assert results["personas"]["power"]["provenance"]["fingerprint"] == expected
+    header = text.split("\n\n")[1]
+    assert header.startswith(f"Model: `{folder}` (weights' fingerprint {expected}), float32 on cpu") and "SmolLM2" not in text

@@ -267,10 +267,12 @@ def plot_persona(persona: str, entry: dict, folder: str | os.PathLike) -> list[P
         >>> plot_persona("power", json.load(open("reports/results.json"))["personas"]["power"], "figures")
     """
     folder, n = Path(folder), entry["n_test"]
-    written = plot_accuracy(entry["table"], folder / f"{persona}_accuracy", title=f"{persona}: {n} test items")
+    ran = entry.get("provenance") or {}
+    model = f"{ran['model']}, {ran['dtype']}" if ran.get("model", "not recorded") != "not recorded" else "model not recorded"
+    written = plot_accuracy(entry["table"], folder / f"{persona}_accuracy", title=f"{persona}: {n} test items ({model})")
     if entry.get("frontier"):
         written += plot_frontier(entry["frontier"], folder / f"{persona}_frontier",
-                                 title=f"{persona}: effect against damage, picks per budget ({n} test items)")
+                                 title=f"{persona}: effect against damage, picks per budget ({n} test items; {model})")
     return written
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from persona_interp.data.files import write_text
+from persona_interp.report.results import recorded_provenance
 from persona_interp.report.summary import diagnostics_by_persona, summary_tables
 from persona_interp.studies.config import ReproduceConfig
 
@@ -136,6 +137,8 @@ TABLE_COLUMNS = ["condition", "side", "n", "accuracy", "margin", "shift", "flips
 def write_report(out_dir: Path, figures_dir: Path, config: ReproduceConfig, results: dict[str, Any]) -> Path:
     """Stamp ``results`` finished now, write ``results.json`` and render ``report.md`` (:func:`render_report`)."""
     results["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    if "provenance" in results:
+        results["provenance"]["finished"] = results["finished"]
     done = [p for p in config.personas if p in results["personas"]]
     results["complete"] = done == list(config.personas)
     write_text(out_dir / "results.json", json.dumps(results, indent=1))
@@ -154,7 +157,7 @@ def render_report(results: dict[str, Any], report: Path, figures_dir: Path) -> P
     status = "" if results.get("complete") else (f"**Partial run**: {len(done)} of {len(config['personas'])} personas "
                                                  f"finished ({', '.join(done) or 'none yet'}).\n\n")
     revisions = sorted({results["personas"][p].get("revision", results["revision"]) for p in done} or {results["revision"]})
-    header = (f"# persona_interp results\n\n{status}Model: SmolLM2-135M-Instruct (embedded). Revision "
+    header = (f"# persona_interp results\n\n{status}{_provenance_lines(results, done)}Revision "
               f"{', '.join(f'`{r}`' for r in revisions)}, seed {config['seed']}, this run {results['started']} → {results['finished']}.\n\n"
               f"Config: `{json.dumps(config)}`\n\n" + REPORT_LEGEND)
     sections = [summary_markdown(results)] if done else []
@@ -165,6 +168,18 @@ def render_report(results: dict[str, Any], report: Path, figures_dir: Path) -> P
         sections.append(_persona_section(persona, entry, figures_dir / f"{persona}_accuracy.png", report.parent))
     write_text(report, header + "\n".join(sections))
     return report
+
+
+def _provenance_lines(results: dict[str, Any], done: list[str]) -> str:
+    """The model, weights, dtype, device and machine that computed the personas: one line when they share them
+    (the usual case), else one line per persona (a run resumed with ``allow_mixed``)."""
+    config, revision = results["config"], results["revision"]
+    by_persona = {p: recorded_provenance(results["personas"][p], config, revision).header() for p in done}
+    lines = list(dict.fromkeys(by_persona.values())) or [recorded_provenance(results, config, revision).header()]
+    if len(lines) == 1:
+        return lines[0] + " "
+    return ("**Mixed set-ups** (resumed with `--allow-mixed`):\n\n" +
+            "".join(f"- {p}: {line}\n" for p, line in by_persona.items()) + "\n")
 
 
 SUMMARY_TEXTS = {

@@ -7,7 +7,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import functools
 import json
 import os
@@ -33,6 +32,7 @@ from persona_interp.model.adapter import get_adapter
 from persona_interp.model.load import load_model
 from persona_interp.report.figures import plot_persona, plot_stability
 from persona_interp.report.markdown import write_report
+from persona_interp.report.results import Provenance, model_name, now
 from persona_interp.signatures import Signature, collect_signatures
 from persona_interp.studies.config import ReproduceConfig
 
@@ -261,8 +261,7 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
     """
     out_dir = Path(out_dir)
     figures_dir = Path(figures_dir) if figures_dir else out_dir / "figures"
-    results: dict[str, Any] = {"config": dataclasses.asdict(config), "revision": git_revision(),
-                               "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "personas": {}}
+    results: dict[str, Any] = {"config": dataclasses.asdict(config), "revision": git_revision(), "started": now(), "personas": {}}
     if resume:
         results["personas"] = _finished_personas(out_dir / "results.json", config)
     elif out_dir.exists() and any(out_dir.iterdir()) and not force:
@@ -270,11 +269,14 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
                               "or resume=True (--resume) to continue a run with the same configuration")
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
+    name = model_name(model)
     if model is None or isinstance(model, (str, os.PathLike)):
         model = load_model(model, dtype=config.dtype)
     elif str(get_adapter(model).dtype) != f"torch.{config.dtype}":       # never cast a model the caller built
         raise ValueError(f"the model passed in is {get_adapter(model).dtype}, the configuration says {config.dtype}: "
                          "set config.dtype to match (it is recorded in the results)")
+    provenance = Provenance.collect(model, name, seed=config.seed, revision=results["revision"], started=results["started"])
+    results["provenance"] = provenance.model_dump()
     neutral = load_neutral_texts()[: config.n_neutral]
     report = write_report(out_dir, figures_dir, config, results)
     for persona in config.personas:
@@ -287,8 +289,9 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
         ev = evaluate(model, list(test), conditions, persona=persona, neutral_texts=neutral,
                       batch_size=config.batch_size, progress=progress)
         table, contrasts, controls = ev.table(), ev.contrasts(), control_comparison(ev)
-        results["personas"][persona] = {"revision": results["revision"],
-                                        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        finished = now()
+        results["personas"][persona] = {"revision": results["revision"], "finished": finished,
+                                        "provenance": provenance.model_copy(update={"finished": finished}).model_dump(),
                                         "used": used, "n_test": len(test), "table": table, "contrasts": contrasts,
                                         "controls": controls, "equal_damage": equal_damage_summary(table, contrasts, config.damage_budgets),
                                         "prompt_additions": ev.prompt_additions(), "frontier": frontier_rows(ev, contrasts),
