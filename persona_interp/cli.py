@@ -153,7 +153,8 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         if args.dtype:
             config.dtype = args.dtype
         model = _model(args) if args.device or args.device_map else args.model
-        report = reproduce(config, out, args.figures, force=args.force, resume=args.resume, model=model)
+        report = reproduce(config, out, args.figures, force=args.force, resume=args.resume, allow_mixed=args.allow_mixed,
+                           model=model)
     except (FileExistsError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     print(f"wrote {report}")
@@ -513,8 +514,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--out", help="report folder (default results/quick with --quick, else reports)")
     p.add_argument("--figures", help="figures folder (default OUT/figures)")
-    p.add_argument("--force", action="store_true", help="write into a non-empty output folder")
+    p.add_argument("--force", action="store_true", help="write into a non-empty output or figures folder")
     p.add_argument("--resume", action="store_true", help="keep the personas a previous run with the same settings finished")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="with --resume: keep them even when computed by another model, dtype, device or CPU kind "
+                        "(refused otherwise; the report then names each persona's set-up)")
     p.set_defaults(func=cmd_reproduce)
     return parser
 

@@ -113,3 +113,15 @@ def test_study_figures_default_to_a_folder_beside_the_report(tiny_cli, tmp_path)
     with pytest.raises(SystemExit, match="ev_figures already holds"):                 # the report's figures, not lost
         cli.main(["evaluate", "--persona", AXIS, "--masks", str(tmp_path / "a_seek.safetensors"), "--n-test", "2",
                   "--n-neutral", "2", "--out", str(tmp_path / "ev2"), "--figures", str(tmp_path / "ev_figures")])
+
+
+def test_reproduce_refuses_a_figures_folder_with_files_before_loading_a_model(tmp_path, monkeypatch):
+    from persona_interp.studies import reproduce as pipeline
+
+    for module in (models, pipeline):
+        monkeypatch.setattr(module, "load_model", lambda *a, **kw: pytest.fail("loaded a model before refusing"))
+    (tmp_path / "figs").mkdir()
+    (tmp_path / "figs" / "stability.png").write_bytes(b"kept")
+    with pytest.raises(SystemExit, match="error: .*figs is not empty; pass force=True \\(--force\\)"):
+        cli.main(["reproduce", "--quick", "--out", str(tmp_path / "out"), "--figures", str(tmp_path / "figs")])
+    assert (tmp_path / "figs" / "stability.png").read_bytes() == b"kept"

@@ -229,3 +229,45 @@ def test_a_run_on_a_model_folder_names_that_folder_in_its_report_and_results(tin
     assert results["personas"]["power"]["provenance"]["fingerprint"] == expected
     header = text.split("\n\n")[1]
     assert header.startswith(f"Model: `{folder}` (weights' fingerprint {expected}), float32 on cpu") and "SmolLM2" not in text
+
+
+def test_resume_refuses_a_run_of_another_model_dtype_or_cpu_kind_unless_mixing_is_allowed(tiny_pipeline, tokenizer, tmp_path,
+                                                                                           monkeypatch):
+    import dataclasses
+
+    from conftest import build_bridge
+    from persona_interp.model.machine import CPU
+    from persona_interp.report import results as recorded
+
+    model, config, _ = tiny_pipeline
+    config = dataclasses.replace(config, mask_search=None, lora=None, prompt_search=False, diagnostics=False,
+                                 steering_multipliers=[1.0])
+    out = tmp_path / "out"
+    pipeline.reproduce(config, out, model=model, progress=False)
+    first = json.loads((out / "results.json").read_text())["personas"]["power"]
+    other = build_bridge("llama", tokenizer, seed=5)                         # same name and shapes, other weights
+    theirs, mine = first["provenance"]["fingerprint"], pi.get_adapter(other).fingerprint
+    with pytest.raises(ValueError, match=f"power was computed on another set-up \\(weights' fingerprint '{theirs}' there, '{mine}' now"):
+        pipeline.reproduce(config, out, model=other, progress=False, resume=True)
+    bf16 = pi.load_model(build_bridge("llama", tokenizer), dtype="bfloat16")
+    with pytest.raises(ValueError, match="dtype 'float32' there, 'bfloat16' now"):
+        pipeline.reproduce(dataclasses.replace(config, dtype="bfloat16"), out, model=bf16, progress=False, resume=True)
+    monkeypatch.setattr(recorded, "cpu_info", lambda: CPU("Xeon", ("amx_bf16", "avx512_bf16", "avx512f", "avx2")))
+    kind = CPU(**first["provenance"]["cpu"]).kind
+    with pytest.raises(ValueError, match=f"CPU kind '{kind}' there, 'amx_bf16\\+avx512_bf16' now"):
+        pipeline.reproduce(config, out, model=model, progress=False, resume=True)
+    assert json.loads((out / "results.json").read_text())["personas"]["power"] == first     # nothing written
+    two = dataclasses.replace(config, personas=["power"])
+    text = pipeline.reproduce(two, out, model=other, progress=False, resume=True, allow_mixed=True).read_text()
+    results = json.loads((out / "results.json").read_text())
+    assert results["personas"]["power"] == first and results["provenance"]["fingerprint"] == mine
+    assert results["provenance"]["cpu"]["model"] == "Xeon" and f"weights' fingerprint {theirs}" in text
+
+
+def test_reproduce_refuses_a_figures_folder_with_files_without_force(tiny_pipeline, tmp_path):
+    model, config, _ = tiny_pipeline
+    (tmp_path / "figs").mkdir()
+    (tmp_path / "figs" / "power_accuracy.png").write_bytes(b"an earlier run's figure")
+    with pytest.raises(FileExistsError, match="figs is not empty; pass force=True"):
+        pipeline.reproduce(config, tmp_path / "out", tmp_path / "figs", model=model, progress=False)
+    assert not (tmp_path / "out").exists() and (tmp_path / "figs" / "power_accuracy.png").read_bytes() == b"an earlier run's figure"
