@@ -81,7 +81,9 @@ def test_reproduce_passes_the_dtype_into_the_run_config(monkeypatch):
     monkeypatch.setattr(pipeline, "reproduce", lambda config, *a, **kw: seen.update(dtype=config.dtype, model=kw["model"]) or "r")
     cli.main(["reproduce", "--quick", "--dtype", "bfloat16", "--out", "unused"])
     assert seen == {"dtype": "bfloat16", "model": None}
-    cli.main(["reproduce", "--quick", "--out", "unused"])          # the main job's default
+    cli.main(["reproduce", "--quick", "--out", "unused"])          # the main job's default, resolved when the model loads
+    assert seen == {"dtype": "auto", "model": None}
+    cli.main(["reproduce", "--quick", "--dtype", "float32", "--out", "unused"])
     assert seen == {"dtype": "float32", "model": None}
 
 

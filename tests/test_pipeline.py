@@ -198,21 +198,40 @@ def test_revision_is_dirty_for_changed_code_or_data_but_not_for_the_runs_own_out
         (tmp_path / path).write_text("0\n")
 
 
-def test_reproduce_never_casts_a_model_it_was_given(tokenizer, tmp_path):
-    from conftest import build_hf
-
-    model = pi.load_model(build_hf("llama", len(tokenizer)), tokenizer=tokenizer, dtype="bfloat16")
-    with pytest.raises(ValueError, match="the model passed in is torch.bfloat16, the configuration says float32"):
-        pipeline.reproduce(QUICK, tmp_path / "out", model=model, progress=False)
-    assert pi.get_adapter(model).dtype == torch.bfloat16
-
-
-def test_a_run_on_a_model_folder_names_that_folder_in_its_report_and_results(tiny_pipeline, tokenizer, tmp_path):
+def test_reproduce_never_casts_a_model_it_was_given(tokenizer, tmp_path, monkeypatch):
     import dataclasses
 
     from conftest import build_hf
 
+    model = pi.load_model(build_hf("llama", len(tokenizer)), tokenizer=tokenizer, dtype="bfloat16")
+    with pytest.raises(ValueError, match="the model passed in is torch.bfloat16, the configuration says float32"):
+        pipeline.reproduce(dataclasses.replace(QUICK, dtype="float32"), tmp_path / "out", model=model, progress=False)
+    assert pi.get_adapter(model).dtype == torch.bfloat16
+
+    class Started(Exception):
+        pass
+
+    def first_report(out_dir, figures_dir, config, results):
+        raise Started(results)
+
+    monkeypatch.setattr(pipeline, "write_report", first_report)
+    assert QUICK.dtype == "auto"                          # auto: whatever dtype the model has, recorded as it ran
+    with pytest.raises(Started) as started:
+        pipeline.reproduce(QUICK, tmp_path / "out2", model=model, progress=False)
+    results = started.value.args[0]
+    assert results["config"]["dtype"] == "auto" and results["provenance"]["dtype"] == "bfloat16"
+    assert pi.get_adapter(model).dtype == torch.bfloat16
+
+
+def test_a_run_on_a_model_folder_names_that_folder_in_its_report_and_results(tiny_pipeline, tokenizer, tmp_path, monkeypatch):
+    import dataclasses
+
+    from conftest import build_hf
+    from persona_interp.model import machine
+
+    monkeypatch.setattr(machine, "cpu_info", lambda: machine.CPU("test CPU", ("avx2",)))     # dtype auto: float32 here
     _, config, _ = tiny_pipeline
+    assert config.dtype == "auto"
     config = dataclasses.replace(config, mask_search=None, lora=None, prompt_search=False, diagnostics=False,
                                  steering_multipliers=[1.0])
     folder = tmp_path / "my-tiny-llama"

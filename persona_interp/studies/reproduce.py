@@ -29,7 +29,7 @@ from persona_interp.interventions.ode_steering import ode_steerings
 from persona_interp.interventions.steering import answer_residual_means, vectors_from_differences
 from persona_interp.masks.builders import MASK_METHODS, FamilyCache, mask_family, random_mask
 from persona_interp.model.adapter import get_adapter
-from persona_interp.model.load import load_model
+from persona_interp.model.load import load_model, resolve_dtype
 from persona_interp.report.figures import plot_persona, plot_stability
 from persona_interp.report.markdown import write_report
 from persona_interp.model.machine import CPU
@@ -275,9 +275,9 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
     name = model_name(model)
     if model is None or isinstance(model, (str, os.PathLike)):
         model = load_model(model, dtype=config.dtype)
-    elif str(get_adapter(model).dtype) != f"torch.{config.dtype}":       # never cast a model the caller built
+    elif config.dtype != "auto" and get_adapter(model).dtype != resolve_dtype(config.dtype):   # never cast a model the caller built
         raise ValueError(f"the model passed in is {get_adapter(model).dtype}, the configuration says {config.dtype}: "
-                         "set config.dtype to match (it is recorded in the results)")
+                         "set config.dtype to match, or to 'auto' (the model's dtype is recorded in the results)")
     provenance = Provenance.collect(model, name, seed=config.seed, revision=results["revision"], started=results["started"])
     results["provenance"] = provenance.model_dump()
     if resume:
