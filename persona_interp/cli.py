@@ -266,17 +266,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
-    import json
-
     from persona_interp.report.figures import plot_persona, plot_stability
+    from persona_interp.report.results import load_results
     from persona_interp.report.summary import diagnostics_by_persona
 
     results = Path(args.results)
     if not results.is_file():
         raise SystemExit(f"error: {results} does not exist (the main job writes REPORT_DIR/results.json)")
-    data = json.loads(results.read_text())
-    if "personas" not in data:
-        raise SystemExit(f"error: {results} is not a persona-interp results file (no 'personas')")
+    typed = load_results(results)                      # a damaged or partial file: an error naming it and the field
+    data = typed.model_dump()
     written = []
     report = _writable(Path(args.report), args.force) if args.report else None
     for persona, entry in data["personas"].items():
@@ -293,7 +291,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
     if report is not None:
         from persona_interp.report.markdown import render_report
 
-        print(f"wrote {render_report(data, report, Path(args.out))}")
+        print(f"wrote {render_report(typed, report, Path(args.out))}")
 
 
 def _study_paths(args: argparse.Namespace, figures: str | None = None) -> dict[str, Path]:

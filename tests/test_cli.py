@@ -42,15 +42,17 @@ def test_evaluate_scores_saved_masks_with_prompts_and_a_control(tiny_cli, tmp_pa
 def test_figures_rerenders_from_results(tmp_path):
     row = {"condition": "base", "regime": "base", "side": "seek", "n": 4, "accuracy": 0.5, "accuracy_low": 0.2,
            "accuracy_high": 0.8, "shift": 0.0, "shift_low": 0.0, "shift_high": 0.0}
+    from conftest import run_results
+
     results = tmp_path / "results.json"
-    results.write_text(json.dumps({"personas": {"power": {"n_test": 4, "table": [row, {**row, "side": "reject"}]}}}))
+    results.write_text(json.dumps(run_results({"power": {"n_test": 4, "table": [row, {**row, "side": "reject"}]}})))
     cli.main(["figures", "--results", str(results), "--out", str(tmp_path / "figs")])
     assert (tmp_path / "figs" / "power_accuracy.png").is_file() and not (tmp_path / "figs" / "power_frontier.png").exists()
     assert not (tmp_path / "figs" / "stability.png").exists()            # no diagnostics in these results
     point = {"line": "prompt", "kl": 0.0, "difference": 0.1, "difference_low": 0.0, "difference_high": 0.2}
     frontier = [point, {**point, "line": "wanda", "kl": 0.05}, {**point, "line": "wanda+prompt", "kl": 0.05}]
-    results.write_text(json.dumps({"personas": {"power": {"n_test": 4, "table": [row, {**row, "side": "reject"}],
-                                                          "frontier": frontier}}}))
+    results.write_text(json.dumps(run_results({"power": {"n_test": 4, "table": [row, {**row, "side": "reject"}],
+                                                         "frontier": frontier}})))
     cli.main(["figures", "--results", str(results), "--out", str(tmp_path / "figs"), "--force"])
     assert (tmp_path / "figs" / "power_frontier.png").is_file() and (tmp_path / "figs" / "power_frontier.svg").is_file()
     with pytest.raises(SystemExit, match="exists"):
@@ -58,8 +60,18 @@ def test_figures_rerenders_from_results(tmp_path):
     with pytest.raises(SystemExit, match="does not exist"):
         cli.main(["figures", "--results", str(tmp_path / "none.json"), "--out", str(tmp_path / "f2")])
     (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(SystemExit, match="not a persona-interp results"):
+    with pytest.raises(SystemExit, match="error: .*bad.json is not a persona-interp results file"):
         cli.main(["figures", "--results", str(tmp_path / "bad.json"), "--out", str(tmp_path / "f2")])
+    partial = run_results({"power": {"table": [row]}})
+    del partial["personas"]["power"]["n_test"]
+    (tmp_path / "partial.json").write_text(json.dumps(partial))
+    with pytest.raises(SystemExit, match="error: .*partial.json: personas.power.n_test: Field required"):
+        cli.main(["figures", "--results", str(tmp_path / "partial.json"), "--out", str(tmp_path / "f2")])
+    for text in ("", "5"):
+        (tmp_path / "junk.json").write_text(text)
+        with pytest.raises(SystemExit, match="error: .*junk.json is not"):
+            cli.main(["figures", "--results", str(tmp_path / "junk.json"), "--out", str(tmp_path / "f2")])
+    assert not (tmp_path / "f2").exists()
 
 
 @pytest.mark.parametrize("argv", [

@@ -247,7 +247,7 @@ def test_a_run_on_a_model_folder_names_that_folder_in_its_report_and_results(tin
     assert set(ran["cpu"]["flags"]) <= {"amx_bf16", "avx512_bf16", "avx512f", "avx2"} and ran["cpu"]["model"]
     assert results["personas"]["power"]["provenance"]["fingerprint"] == expected
     header = text.split("\n\n")[1]
-    assert header.startswith(f"Model: `{folder}` (weights' fingerprint {expected}), float32 on cpu") and "SmolLM2" not in text
+    assert header.startswith(f"Model: `{folder}` (weights' fingerprint {expected}), float32, on cpu") and "SmolLM2" not in text
 
 
 def test_resume_refuses_a_run_of_another_model_dtype_or_cpu_kind_unless_mixing_is_allowed(tiny_pipeline, tokenizer, tmp_path,

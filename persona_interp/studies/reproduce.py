@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import subprocess
 import warnings
@@ -33,7 +32,7 @@ from persona_interp.model.load import load_model, resolve_dtype
 from persona_interp.report.figures import plot_persona, plot_stability
 from persona_interp.report.markdown import write_report
 from persona_interp.model.machine import CPU
-from persona_interp.report.results import NOT_RECORDED, Provenance, model_name, now, recorded_provenance
+from persona_interp.report.results import NOT_RECORDED, SCHEMA_VERSION, Provenance, load_results, model_name, now
 from persona_interp.signatures import Signature, collect_signatures
 from persona_interp.studies.config import ReproduceConfig
 
@@ -265,7 +264,8 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
     """
     out_dir = Path(out_dir)
     figures_dir = Path(figures_dir) if figures_dir else out_dir / "figures"
-    results: dict[str, Any] = {"config": dataclasses.asdict(config), "revision": git_revision(), "started": now(), "personas": {}}
+    results: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "config": dataclasses.asdict(config), "revision": git_revision(),
+                               "started": now(), "personas": {}}
     if not (resume or force):
         for folder in dict.fromkeys([out_dir, figures_dir]):
             if folder.exists() and any(folder.iterdir()):
@@ -324,19 +324,18 @@ def _finished_personas(path: Path, config: ReproduceConfig, provenance: Provenan
     (:data:`RESUME_CHECKS`) unless ``allow_mixed``."""
     if not path.is_file():
         return {}
-    previous = json.loads(path.read_text())
+    previous = load_results(path)
     mine = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("personas", "dtype")}
-    theirs = {k: v for k, v in previous.get("config", {}).items() if k not in ("personas", "dtype")}
+    theirs = {k: v for k, v in previous.config.items() if k not in ("personas", "dtype")}
     differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     if differ:
         raise ValueError(f"cannot resume {path}: its configuration differs in {differ}; rerun with --force instead")
-    kept = {p: entry for p, entry in previous.get("personas", {}).items() if p in config.personas}
+    kept = {p: entry for p, entry in previous.personas.items() if p in config.personas}
     for persona, entry in kept.items():
-        theirs_ran = recorded_provenance(entry, previous.get("config", {}), previous.get("revision", NOT_RECORDED))
-        differ = [f"{what} {get(theirs_ran)!r} there, {get(provenance)!r} now" for what, get in RESUME_CHECKS.items()
-                  if get(theirs_ran) != get(provenance)]
+        differ = [f"{what} {get(entry.provenance)!r} there, {get(provenance)!r} now" for what, get in RESUME_CHECKS.items()
+                  if get(entry.provenance) != get(provenance)]
         if differ and not allow_mixed:
             raise ValueError(f"cannot resume {path}: {persona} was computed on another set-up ({'; '.join(differ)}); "
                              "pass allow_mixed=True (--allow-mixed) to keep it anyway (the report names each persona's "
                              "set-up), or --force to start again")
-    return kept
+    return {p: entry.model_dump() for p, entry in kept.items()}
