@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from persona_interp.report.results import load_results
+
 
 def verdict(low: float, high: float) -> str:
     """``+`` when the interval is above 0, ``-`` below, ``0`` when it holds 0.
@@ -98,9 +100,9 @@ def main() -> None:
     parser.add_argument("--out", help="write the comparison as JSON here (refuses to overwrite without --force)")
     parser.add_argument("--force", action="store_true", help="overwrite --out")
     args = parser.parse_args()
-    ra, rb = (json.loads(Path(p).read_text()) for p in (args.a, args.b))
+    ra, rb = (load_results(p).model_dump() for p in (args.a, args.b))      # validated; older files read too
     result = compare(ra, rb)
-    names = (ra["config"].get("dtype", "float32"), rb["config"].get("dtype", "float32"))
+    names = (ra["provenance"]["dtype"], rb["provenance"]["dtype"])          # the dtype that ran ("auto" resolved)
     print(markdown(result, names))
     if args.out:
         out = Path(args.out)

@@ -40,6 +40,7 @@ from persona_interp.model.adapter import ModelMismatchError, get_adapter
 from persona_interp.model.generation import generate
 from persona_interp.model.load import load_model
 from persona_interp.report.markdown import markdown_table
+from persona_interp.report.results import Provenance, RunResults, load_results
 from persona_interp.signatures import Signature, collect_signatures
 
 __all__ = [
@@ -55,4 +56,6 @@ __all__ = [
     # conditions, evaluation, statistics
     "Condition", "Prompt", "MaskCondition", "SteeringCondition", "LoRACondition", "Composed", "paired", "evaluate",
     "Evaluation", "control_comparison", "score_ab", "DamageReference", "perplexity", "paired_difference", "markdown_table", "compare_regimes",
+    # the main job's results
+    "load_results", "RunResults", "Provenance",
 ]

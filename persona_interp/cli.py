@@ -157,8 +157,9 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     try:
         if args.dtype:
             config.dtype = args.dtype
-        model = _model(args) if args.device or args.device_map else args.model
-        report = reproduce(config, out, args.figures, force=args.force, resume=args.resume, model=model)
+        model = _model(args, config.dtype) if args.device or args.device_map else args.model
+        report = reproduce(config, out, args.figures, force=args.force, resume=args.resume, allow_mixed=args.allow_mixed,
+                           model=model)
     except (FileExistsError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     print(f"wrote {report}")
@@ -276,17 +277,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
-    import json
-
     from persona_interp.report.figures import plot_persona, plot_stability
+    from persona_interp.report.results import load_results
     from persona_interp.report.summary import diagnostics_by_persona
 
     results = Path(args.results)
     if not results.is_file():
         raise SystemExit(f"error: {results} does not exist (the main job writes REPORT_DIR/results.json)")
-    data = json.loads(results.read_text())
-    if "personas" not in data:
-        raise SystemExit(f"error: {results} is not a persona-interp results file (no 'personas')")
+    typed = load_results(results)                      # a damaged or partial file: an error naming it and the field
+    data = typed.model_dump()
     written = []
     report = _writable(Path(args.report), args.force) if args.report else None
     for persona, entry in data["personas"].items():
@@ -303,7 +302,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
     if report is not None:
         from persona_interp.report.markdown import render_report
 
-        print(f"wrote {render_report(data, report, Path(args.out))}")
+        print(f"wrote {render_report(typed, report, Path(args.out))}")
 
 
 def _study_paths(args: argparse.Namespace, figures: str | None = None) -> dict[str, Path]:
@@ -376,17 +375,18 @@ def _model_options(parser: argparse.ArgumentParser, default: Any) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=default, help="model name or folder (default: embedded SmolLM2-135M-Instruct)")
     group.add_argument("--dtype", default=default, choices=DTYPE_NAMES,
-                       help="the model's dtype (default float32; bfloat16 is faster on GPUs and CPUs with AMX-BF16, far slower on CPUs without)")
+                       help="the model's dtype (default: float32, and 'auto' for reproduce; auto: bfloat16 on GPUs and on CPUs "
+                            "with AMX-BF16 or AVX512-BF16, where it is 2-4x faster, float32 on CPUs without, where bf16 is far slower)")
     group.add_argument("--device", default=default, help="put the whole model on this device, e.g. cuda or cuda:1")
     group.add_argument("--device-map", default=default,
                        help="'auto': shard the model over every visible GPU with accelerate (instead of --device)")
 
 
-def _model(args: argparse.Namespace) -> Any:
-    """The model the options name."""
+def _model(args: argparse.Namespace, dtype: str | None = None) -> Any:
+    """The model the options name (``dtype``: the one ``--dtype`` leaves unset falls back to)."""
     from persona_interp.model.load import load_model
 
-    return load_model(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map)
+    return load_model(args.model, dtype=args.dtype or dtype, device=args.device, device_map=args.device_map)
 
 
 class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
@@ -524,8 +524,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--out", help="report folder (default results/quick with --quick, else reports)")
     p.add_argument("--figures", help="figures folder (default OUT/figures)")
-    p.add_argument("--force", action="store_true", help="write into a non-empty output folder")
+    p.add_argument("--force", action="store_true", help="write into a non-empty output or figures folder")
     p.add_argument("--resume", action="store_true", help="keep the personas a previous run with the same settings finished")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="with --resume: keep them even when computed by another model, dtype, device or CPU kind "
+                        "(refused otherwise; the report then names each persona's set-up)")
     p.set_defaults(func=cmd_reproduce)
     return parser
 

@@ -170,3 +170,17 @@ def smollm():
     import persona_interp as pi
 
     return pi.load_model()
+
+
+def run_results(personas: dict, **config) -> dict:
+    """A results.json (schema 2) of a main-job run holding ``personas`` (name → entry fields, the rest empty)."""
+    provenance = {"model": "tiny-llama", "fingerprint": "0123456789abcdef", "dtype": "float32", "device": "cpu",
+                  "device_map": None, "seed": 0, "revision": "abc1234", "torch": "2", "transformers": "5",
+                  "cpu": {"model": "test CPU", "flags": ["avx2"]}, "started": "2026-12-06T00:00:00+00:00",
+                  "finished": "2026-12-06T00:01:00+00:00"}
+    empty = {"revision": "abc1234", "finished": "2026-12-06T00:01:00+00:00", "provenance": provenance, "used": {},
+             "n_test": 0, "table": [], "contrasts": [], "controls": [], "equal_damage": [], "prompt_additions": [],
+             "frontier": [], "budget_winners": [], "per_item": {}, "damage": {}}
+    return {"schema_version": 2, "config": {"personas": list(personas), "seed": 0, "dtype": "auto", **config},
+            "revision": "abc1234", "started": provenance["started"], "finished": provenance["finished"], "complete": True,
+            "provenance": provenance, "personas": {name: {**empty, "provenance": dict(provenance), **entry} for name, entry in personas.items()}}

@@ -43,15 +43,17 @@ def test_evaluate_scores_saved_masks_with_prompts_and_a_control(tiny_cli, tmp_pa
 def test_figures_rerenders_from_results(tmp_path):
     row = {"condition": "base", "regime": "base", "side": "seek", "n": 4, "accuracy": 0.5, "accuracy_low": 0.2,
            "accuracy_high": 0.8, "shift": 0.0, "shift_low": 0.0, "shift_high": 0.0}
+    from conftest import run_results
+
     results = tmp_path / "results.json"
-    results.write_text(json.dumps({"personas": {"power": {"n_test": 4, "table": [row, {**row, "side": "reject"}]}}}))
+    results.write_text(json.dumps(run_results({"power": {"n_test": 4, "table": [row, {**row, "side": "reject"}]}})))
     cli.main(["figures", "--results", str(results), "--out", str(tmp_path / "figs")])
     assert (tmp_path / "figs" / "power_accuracy.png").is_file() and not (tmp_path / "figs" / "power_frontier.png").exists()
     assert not (tmp_path / "figs" / "stability.png").exists()            # no diagnostics in these results
     point = {"line": "prompt", "kl": 0.0, "difference": 0.1, "difference_low": 0.0, "difference_high": 0.2}
     frontier = [point, {**point, "line": "wanda", "kl": 0.05}, {**point, "line": "wanda+prompt", "kl": 0.05}]
-    results.write_text(json.dumps({"personas": {"power": {"n_test": 4, "table": [row, {**row, "side": "reject"}],
-                                                          "frontier": frontier}}}))
+    results.write_text(json.dumps(run_results({"power": {"n_test": 4, "table": [row, {**row, "side": "reject"}],
+                                                         "frontier": frontier}})))
     cli.main(["figures", "--results", str(results), "--out", str(tmp_path / "figs"), "--force"])
     assert (tmp_path / "figs" / "power_frontier.png").is_file() and (tmp_path / "figs" / "power_frontier.svg").is_file()
     with pytest.raises(SystemExit, match="exists"):
@@ -59,8 +61,18 @@ def test_figures_rerenders_from_results(tmp_path):
     with pytest.raises(SystemExit, match="does not exist"):
         cli.main(["figures", "--results", str(tmp_path / "none.json"), "--out", str(tmp_path / "f2")])
     (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(SystemExit, match="not a persona-interp results"):
+    with pytest.raises(SystemExit, match="error: .*bad.json is not a persona-interp results file"):
         cli.main(["figures", "--results", str(tmp_path / "bad.json"), "--out", str(tmp_path / "f2")])
+    partial = run_results({"power": {"table": [row]}})
+    del partial["personas"]["power"]["n_test"]
+    (tmp_path / "partial.json").write_text(json.dumps(partial))
+    with pytest.raises(SystemExit, match="error: .*partial.json: personas.power.n_test: Field required"):
+        cli.main(["figures", "--results", str(tmp_path / "partial.json"), "--out", str(tmp_path / "f2")])
+    for text in ("", "5"):
+        (tmp_path / "junk.json").write_text(text)
+        with pytest.raises(SystemExit, match="error: .*junk.json is not"):
+            cli.main(["figures", "--results", str(tmp_path / "junk.json"), "--out", str(tmp_path / "f2")])
+    assert not (tmp_path / "f2").exists()
 
 
 @pytest.mark.parametrize("argv", [
@@ -82,7 +94,9 @@ def test_reproduce_passes_the_dtype_into_the_run_config(monkeypatch):
     monkeypatch.setattr(pipeline, "reproduce", lambda config, *a, **kw: seen.update(dtype=config.dtype, model=kw["model"]) or "r")
     cli.main(["reproduce", "--quick", "--dtype", "bfloat16", "--out", "unused"])
     assert seen == {"dtype": "bfloat16", "model": None}
-    cli.main(["reproduce", "--quick", "--out", "unused"])          # the main job's default
+    cli.main(["reproduce", "--quick", "--out", "unused"])          # the main job's default, resolved when the model loads
+    assert seen == {"dtype": "auto", "model": None}
+    cli.main(["reproduce", "--quick", "--dtype", "float32", "--out", "unused"])
     assert seen == {"dtype": "float32", "model": None}
 
 
@@ -141,3 +155,15 @@ def test_an_unusable_device_is_one_error_line(tmp_path):
         with pytest.raises(SystemExit, match=r"^error: device 'cuda' asked for, but (this torch build has no CUDA|no CUDA GPU)"):
             cli.main(["--device", "cuda", *args])
     assert not (tmp_path / "s.safetensors").exists()
+
+
+def test_reproduce_refuses_a_figures_folder_with_files_before_loading_a_model(tmp_path, monkeypatch):
+    from persona_interp.studies import reproduce as pipeline
+
+    for module in (models, pipeline):
+        monkeypatch.setattr(module, "load_model", lambda *a, **kw: pytest.fail("loaded a model before refusing"))
+    (tmp_path / "figs").mkdir()
+    (tmp_path / "figs" / "stability.png").write_bytes(b"kept")
+    with pytest.raises(SystemExit, match="error: .*figs is not empty; pass force=True \\(--force\\)"):
+        cli.main(["reproduce", "--quick", "--out", str(tmp_path / "out"), "--figures", str(tmp_path / "figs")])
+    assert (tmp_path / "figs" / "stability.png").read_bytes() == b"kept"

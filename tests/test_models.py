@@ -71,3 +71,40 @@ def test_second_load_uses_the_cache(smollm, monkeypatch):
     again = pi.load_model()
     assert pi.get_adapter(again).fingerprint == pi.get_adapter(smollm).fingerprint
     print(f"cached load took {time.perf_counter() - start:.1f} s")
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse avx avx2 avx512f avx512_bf16 amx_bf16 amx_tile
+processor\t: 1
+model name\t: ignored second processor
+flags\t\t: fpu
+"""
+
+
+def test_cpuinfo_gives_the_first_processors_model_and_the_flags_that_matter_for_bfloat16():
+    from persona_interp.model.machine import CPU, parse_cpuinfo
+
+    cpu = parse_cpuinfo(CPUINFO)
+    assert cpu == CPU("Intel(R) Xeon(R) Platinum 8480+", ("amx_bf16", "avx512_bf16", "avx512f", "avx2"))
+    assert cpu.kind == "amx_bf16+avx512_bf16"
+    avx2 = parse_cpuinfo("model name : AMD EPYC\nflags : fpu avx avx2\n")
+    assert avx2.flags == ("avx2",) and avx2.bf16 == () and avx2.kind == "no bf16 instructions"
+
+
+@pytest.mark.parametrize("flags, expected", [(("avx512_bf16", "avx512f", "avx2"), torch.bfloat16),
+                                             (("amx_bf16",), torch.bfloat16),
+                                             (("avx512f", "avx2"), torch.float32), ((), torch.float32)])
+def test_dtype_auto_is_bfloat16_only_on_a_cpu_with_bfloat16_instructions(flags, expected, monkeypatch, tokenizer):
+    from conftest import build_hf
+    from persona_interp.model import machine
+
+    monkeypatch.setattr(machine, "cpu_info", lambda: machine.CPU("test CPU", flags))
+    assert models.resolve_dtype("auto") == expected == models.resolve_dtype("auto", "cpu")
+    model = pi.load_model(build_hf("llama", len(tokenizer)), tokenizer=tokenizer, dtype="auto")
+    assert pi.get_adapter(model).dtype == expected
+    if not torch.cuda.is_available():                   # a GPU's own support decides there, not the CPU's flags
+        assert models.resolve_dtype("auto", "cuda") == torch.float32
+    with pytest.raises(ValueError, match="unknown dtype 'automatic': use one of .*'auto'"):
+        models.resolve_dtype("automatic")

@@ -198,10 +198,95 @@ def test_revision_is_dirty_for_changed_code_or_data_but_not_for_the_runs_own_out
         (tmp_path / path).write_text("0\n")
 
 
-def test_reproduce_never_casts_a_model_it_was_given(tokenizer, tmp_path):
+def test_reproduce_never_casts_a_model_it_was_given(tokenizer, tmp_path, monkeypatch):
+    import dataclasses
+
     from conftest import build_hf
 
     model = pi.load_model(build_hf("llama", len(tokenizer)), tokenizer=tokenizer, dtype="bfloat16")
     with pytest.raises(ValueError, match="the model passed in is torch.bfloat16, the configuration says float32"):
-        pipeline.reproduce(QUICK, tmp_path / "out", model=model, progress=False)
+        pipeline.reproduce(dataclasses.replace(QUICK, dtype="float32"), tmp_path / "out", model=model, progress=False)
     assert pi.get_adapter(model).dtype == torch.bfloat16
+
+    class Started(Exception):
+        pass
+
+    def first_report(out_dir, figures_dir, config, results):
+        raise Started(results)
+
+    monkeypatch.setattr(pipeline, "write_report", first_report)
+    assert QUICK.dtype == "auto"                          # auto: whatever dtype the model has, recorded as it ran
+    with pytest.raises(Started) as started:
+        pipeline.reproduce(QUICK, tmp_path / "out2", model=model, progress=False)
+    results = started.value.args[0]
+    assert results["config"]["dtype"] == "auto" and results["provenance"]["dtype"] == "bfloat16"
+    assert pi.get_adapter(model).dtype == torch.bfloat16
+
+
+def test_a_run_on_a_model_folder_names_that_folder_in_its_report_and_results(tiny_pipeline, tokenizer, tmp_path, monkeypatch):
+    import dataclasses
+
+    from conftest import build_hf
+    from persona_interp.model import machine
+
+    monkeypatch.setattr(machine, "cpu_info", lambda: machine.CPU("test CPU", ("avx2",)))     # dtype auto: float32 here
+    _, config, _ = tiny_pipeline
+    assert config.dtype == "auto"
+    config = dataclasses.replace(config, mask_search=None, lora=None, prompt_search=False, diagnostics=False,
+                                 steering_multipliers=[1.0])
+    folder = tmp_path / "my-tiny-llama"
+    build_hf("llama", len(tokenizer), seed=3).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    text = pipeline.reproduce(config, tmp_path / "out", model=str(folder), progress=False).read_text()
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    ran = results["provenance"]
+    expected = pi.get_adapter(pi.load_model(folder)).fingerprint
+    assert ran["model"] == str(folder) and ran["fingerprint"] == expected and ran["dtype"] == "float32"
+    assert ran["device"] == "cpu" and ran["seed"] == config.seed and ran["torch"] == torch.__version__
+    assert ran["started"] <= ran["finished"] and ran["revision"] == results["revision"]
+    assert set(ran["cpu"]["flags"]) <= {"amx_bf16", "avx512_bf16", "avx512f", "avx2"} and ran["cpu"]["model"]
+    assert results["personas"]["power"]["provenance"]["fingerprint"] == expected
+    header = text.split("\n\n")[1]
+    assert header.startswith(f"Model: `{folder}` (weights' fingerprint {expected}), float32, on cpu") and "SmolLM2" not in text
+
+
+def test_resume_refuses_a_run_of_another_model_dtype_or_cpu_kind_unless_mixing_is_allowed(tiny_pipeline, tokenizer, tmp_path,
+                                                                                           monkeypatch):
+    import dataclasses
+
+    from conftest import build_bridge
+    from persona_interp.model.machine import CPU
+    from persona_interp.report import results as recorded
+
+    model, config, _ = tiny_pipeline
+    config = dataclasses.replace(config, mask_search=None, lora=None, prompt_search=False, diagnostics=False,
+                                 steering_multipliers=[1.0])
+    out = tmp_path / "out"
+    pipeline.reproduce(config, out, model=model, progress=False)
+    first = json.loads((out / "results.json").read_text())["personas"]["power"]
+    other = build_bridge("llama", tokenizer, seed=5)                         # same name and shapes, other weights
+    theirs, mine = first["provenance"]["fingerprint"], pi.get_adapter(other).fingerprint
+    with pytest.raises(ValueError, match=f"power was computed on another set-up \\(weights' fingerprint '{theirs}' there, '{mine}' now"):
+        pipeline.reproduce(config, out, model=other, progress=False, resume=True)
+    bf16 = pi.load_model(build_bridge("llama", tokenizer), dtype="bfloat16")
+    with pytest.raises(ValueError, match="dtype 'float32' there, 'bfloat16' now"):
+        pipeline.reproduce(dataclasses.replace(config, dtype="bfloat16"), out, model=bf16, progress=False, resume=True)
+    monkeypatch.setattr(recorded, "cpu_info", lambda: CPU("Xeon", ("amx_bf16", "avx512_bf16", "avx512f", "avx2")))
+    kind = CPU(**first["provenance"]["cpu"]).kind
+    with pytest.raises(ValueError, match=f"CPU kind '{kind}' there, 'amx_bf16\\+avx512_bf16' now"):
+        pipeline.reproduce(config, out, model=model, progress=False, resume=True)
+    assert json.loads((out / "results.json").read_text())["personas"]["power"] == first     # nothing written
+    two = dataclasses.replace(config, personas=["power"])
+    text = pipeline.reproduce(two, out, model=other, progress=False, resume=True, allow_mixed=True).read_text()
+    results = json.loads((out / "results.json").read_text())
+    assert results["personas"]["power"] == first and results["provenance"]["fingerprint"] == mine
+    assert results["provenance"]["cpu"]["model"] == "Xeon" and f"weights' fingerprint {theirs}" in text
+
+
+def test_reproduce_refuses_a_figures_folder_with_files_without_force(tiny_pipeline, tmp_path):
+    model, config, _ = tiny_pipeline
+    (tmp_path / "figs").mkdir()
+    (tmp_path / "figs" / "power_accuracy.png").write_bytes(b"an earlier run's figure")
+    with pytest.raises(FileExistsError, match="figs is not empty; pass force=True"):
+        pipeline.reproduce(config, tmp_path / "out", tmp_path / "figs", model=model, progress=False)
+    assert not (tmp_path / "out").exists() and (tmp_path / "figs" / "power_accuracy.png").read_bytes() == b"an earlier run's figure"

@@ -350,6 +350,12 @@ class ModelAdapter:
         return self.parameter(self.maps[0].name).dtype
 
     @property
+    def device_map(self) -> dict[str, str] | None:
+        """accelerate's ``{module: device}`` map of a model sharded with ``device_map``; None for a model on one device."""
+        placed = getattr(getattr(self.model, "original_model", None), "hf_device_map", None)
+        return {name: str(device) for name, device in placed.items()} if placed else None
+
+    @property
     def input_device(self) -> torch.device:
         """Where token ids go in: the device of the token embedding (the first shard under a ``device_map``)."""
         return self.model.W_E.device

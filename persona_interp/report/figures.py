@@ -264,13 +264,15 @@ def plot_persona(persona: str, entry: dict, folder: str | os.PathLike) -> list[P
     one, ``PERSONA_frontier`` (PNG + SVG in ``folder``); the main job and ``persona-interp figures`` both draw them.
 
     Example:
-        >>> plot_persona("power", json.load(open("reports/results.json"))["personas"]["power"], "figures")
+        >>> plot_persona("power", load_results("reports/results.json").model_dump()["personas"]["power"], "figures")
     """
     folder, n = Path(folder), entry["n_test"]
-    written = plot_accuracy(entry["table"], folder / f"{persona}_accuracy", title=f"{persona}: {n} test items")
+    ran = entry.get("provenance") or {}
+    model = f"{ran['model']}, {ran['dtype']}" if ran.get("model", "not recorded") != "not recorded" else "model not recorded"
+    written = plot_accuracy(entry["table"], folder / f"{persona}_accuracy", title=f"{persona}: {n} test items ({model})")
     if entry.get("frontier"):
         written += plot_frontier(entry["frontier"], folder / f"{persona}_frontier",
-                                 title=f"{persona}: effect against damage, picks per budget ({n} test items)")
+                                 title=f"{persona}: effect against damage, picks per budget ({n} test items; {model})")
     return written
 
 
@@ -282,7 +284,7 @@ def plot_stability(results: dict, stem: str | os.PathLike) -> list[Path]:
     are left out; nothing is drawn (``[]``) when none has them.
 
     Example:
-        >>> plot_stability(json.load(open("reports/results.json")), "figures/stability")
+        >>> plot_stability(load_results("reports/results.json").model_dump(), "figures/stability")
     """
     rows = [(persona, diag["stability"]) for persona, diag in diagnostics_by_persona(results).items()]
     if not rows:

@@ -9,6 +9,7 @@ from typing import Any, Protocol, Sequence
 
 from persona_interp.data.files import write_text
 from persona_interp.evaluation.stats import MIN_N
+from persona_interp.report.results import RunResults, parse_results
 from persona_interp.report.summary import diagnostics_by_persona, summary_tables
 
 
@@ -151,27 +152,32 @@ class RunConfig(Protocol):
 
 
 def write_report(out_dir: Path, figures_dir: Path, config: RunConfig, results: dict[str, Any]) -> Path:
-    """Stamp ``results`` finished now, write ``results.json`` and render ``report.md`` (:func:`render_report`)."""
+    """Stamp ``results`` finished now, validate them (:class:`~persona_interp.report.results.RunResults`), write
+    ``results.json`` and render ``report.md`` (:func:`render_report`)."""
     results["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    results["provenance"]["finished"] = results["finished"]
     done = [p for p in config.personas if p in results["personas"]]
     results["complete"] = done == list(config.personas)
-    write_text(out_dir / "results.json", json.dumps(results, indent=1))
-    return render_report(results, out_dir / "report.md", figures_dir)
+    typed = RunResults.model_validate(results)
+    typed.save(out_dir / "results.json")
+    return render_report(typed, out_dir / "report.md", figures_dir)
 
 
-def render_report(results: dict[str, Any], report: Path, figures_dir: Path) -> Path:
-    """Write the report of a main-job ``results`` dict to ``report``: header, the summary across personas, then one
-    section per persona (figures linked from ``figures_dir``).
+def render_report(results: RunResults | dict[str, Any], report: Path, figures_dir: Path) -> Path:
+    """Write the report of a main-job run (its results, or their dict, validated) to ``report``: header, the
+    summary across personas, then one section per persona (figures linked from ``figures_dir``).
 
     Example:
-        >>> render_report(json.loads(Path("reports/results.json").read_text()), Path("reports/report.md"), Path("figures"))
+        >>> render_report(load_results("reports/results.json"), Path("reports/report.md"), Path("figures"))
     """
+    typed = results if isinstance(results, RunResults) else parse_results(results)
+    results = typed.model_dump()
     config = results["config"]
     done = [p for p in config["personas"] if p in results["personas"]]
     status = "" if results.get("complete") else (f"**Partial run**: {len(done)} of {len(config['personas'])} personas "
                                                  f"finished ({', '.join(done) or 'none yet'}).\n\n")
     revisions = sorted({results["personas"][p].get("revision", results["revision"]) for p in done} or {results["revision"]})
-    header = (f"# persona_interp results\n\n{status}Model: SmolLM2-135M-Instruct (embedded). Revision "
+    header = (f"# persona_interp results\n\n{status}{_provenance_lines(typed, done)}Revision "
               f"{', '.join(f'`{r}`' for r in revisions)}, seed {config['seed']}, this run {results['started']} → {results['finished']}.\n\n"
               f"Config: `{json.dumps(config)}`\n\n" + REPORT_LEGEND)
     sections = [summary_markdown(results)] if done else []
@@ -182,6 +188,17 @@ def render_report(results: dict[str, Any], report: Path, figures_dir: Path) -> P
         sections.append(_persona_section(persona, entry, figures_dir / f"{persona}_accuracy.png", report.parent))
     write_text(report, header + "\n".join(sections))
     return report
+
+
+def _provenance_lines(results: RunResults, done: list[str]) -> str:
+    """The model, weights, dtype, device and machine that computed the personas: one line when they share them
+    (the usual case), else one line per persona (a run resumed with ``allow_mixed``)."""
+    by_persona = {p: results.personas[p].provenance.header() for p in done}
+    lines = list(dict.fromkeys(by_persona.values())) or [results.provenance.header()]
+    if len(lines) == 1:
+        return lines[0] + " "
+    return ("**Mixed set-ups** (resumed with `--allow-mixed`):\n\n" +
+            "".join(f"- {p}: {line}\n" for p, line in by_persona.items()) + "\n")
 
 
 SUMMARY_TEXTS = {

@@ -5,7 +5,7 @@ pole's mask is stable across halves of its calibration data. Cells are formatted
 (``+0.89 [+0.77, +1.01]``); the numbers behind them stay in ``results.json``.
 
 Example:
-    >>> tables = summary_tables(json.loads(Path("reports/results.json").read_text()))
+    >>> tables = summary_tables(load_results("reports/results.json").model_dump())
     >>> tables["winners"][0]["winner"]
     'pca@kl0.02'
 """

@@ -64,7 +64,8 @@ class ReproduceConfig:
     prompt_search: bool = True
     lora: LoRAConfig | None = field(default_factory=lambda: LoRAConfig(epochs=3))
     damage_budgets: list[float] = field(default_factory=lambda: [0.02, 0.1, 0.5])   # KL (nats/token): each regime's picks
-    dtype: str = "float32"           # the model's dtype ("bfloat16": the faster CPU path, see README)
+    dtype: str = "auto"              # bfloat16 where the CPU (AMX/AVX512-BF16) or GPU is fast in it, else float32;
+                                     # resolved once per run, the resolved dtype is in results.json's provenance
 
 
 QUICK = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=24, n_test=16, n_neutral=4,
@@ -74,4 +75,4 @@ QUICK = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=24, 
                                               token_scopes=["all"], statistics=["norm", "rms"], design="one_at_a_time",
                                               vary=["contrastive_wanda"]),
                         lora=LoRAConfig(epochs=1))
-FULL = ReproduceConfig(n_calibration=128, n_test=100)   # 2 cores, float32: see README "Performance" for the measured time
+FULL = ReproduceConfig(n_calibration=128, n_test=100)   # 2 cores: see README "Performance" for the measured times

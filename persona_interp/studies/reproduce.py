@@ -7,9 +7,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import functools
-import json
 import os
 import subprocess
 import warnings
@@ -31,9 +29,11 @@ from persona_interp.interventions.ode_steering import ode_steerings
 from persona_interp.interventions.steering import answer_residual_means, vectors_from_differences
 from persona_interp.masks.builders import MASK_METHODS, FamilyCache, mask_family, random_mask
 from persona_interp.model.adapter import get_adapter
-from persona_interp.model.load import load_model
+from persona_interp.model.load import load_model, resolve_dtype
 from persona_interp.report.figures import plot_persona, plot_stability
 from persona_interp.report.markdown import write_report
+from persona_interp.model.machine import CPU
+from persona_interp.report.results import NOT_RECORDED, SCHEMA_VERSION, Provenance, load_results, model_name, now
 from persona_interp.signatures import Signature, collect_signatures
 from persona_interp.studies.config import ReproduceConfig
 
@@ -244,33 +244,41 @@ def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaData
 
 
 def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | Path | None = None, *,
-              force: bool = False, resume: bool = False, model: Any = None, progress: bool = True) -> Path:
+              force: bool = False, resume: bool = False, allow_mixed: bool = False, model: Any = None,
+              progress: bool = True) -> Path:
     """Run the whole pipeline and write ``report.md`` and ``results.json`` (with per-item margins)
     to ``out_dir``, the calibration signatures to ``out_dir/signatures``, the LoRA adapters to
     ``out_dir/lora`` and figures to ``figures_dir`` (default ``out_dir/figures``). Refuses to write
-    into a non-empty ``out_dir`` unless ``force``. With ``resume`` the personas already finished in
-    ``out_dir/results.json`` under the same configuration are kept and only the others run (a full
-    run can span several sessions; each persona records the revision that computed it).
+    into a non-empty ``out_dir`` or ``figures_dir`` unless ``force``. With ``resume`` the personas already
+    finished in ``out_dir/results.json`` under the same configuration are kept and only the others run (a full
+    run can span several sessions; each persona records the revision and provenance that computed it); a file
+    made by another model (name or weights), dtype, device or CPU kind (its bfloat16 instructions) is refused
+    unless ``allow_mixed``, and the report then names each persona's set-up.
 
     Example:
         >>> reproduce(FULL, "reports", "figures", resume=True)
     """
     out_dir = Path(out_dir)
     figures_dir = Path(figures_dir) if figures_dir else out_dir / "figures"
-    results: dict[str, Any] = {"config": dataclasses.asdict(config), "revision": git_revision(),
-                               "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "personas": {}}
-    if resume:
-        results["personas"] = _finished_personas(out_dir / "results.json", config)
-    elif out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise FileExistsError(f"{out_dir} is not empty; pass force=True (--force) to overwrite its files, "
-                              "or resume=True (--resume) to continue a run with the same configuration")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "config": dataclasses.asdict(config), "revision": git_revision(),
+                               "started": now(), "personas": {}}
+    if not (resume or force):
+        for folder in dict.fromkeys([out_dir, figures_dir]):
+            if folder.exists() and any(folder.iterdir()):
+                raise FileExistsError(f"{folder} is not empty; pass force=True (--force) to overwrite its files, "
+                                      "or resume=True (--resume) to continue a run with the same configuration")
     torch.manual_seed(config.seed)
+    name = model_name(model)
     if model is None or isinstance(model, (str, os.PathLike)):
         model = load_model(model, dtype=config.dtype)
-    elif str(get_adapter(model).dtype) != f"torch.{config.dtype}":       # never cast a model the caller built
+    elif config.dtype != "auto" and get_adapter(model).dtype != resolve_dtype(config.dtype):   # never cast a model the caller built
         raise ValueError(f"the model passed in is {get_adapter(model).dtype}, the configuration says {config.dtype}: "
-                         "set config.dtype to match (it is recorded in the results)")
+                         "set config.dtype to match, or to 'auto' (the model's dtype is recorded in the results)")
+    provenance = Provenance.collect(model, name, seed=config.seed, revision=results["revision"], started=results["started"])
+    results["provenance"] = provenance.model_dump()
+    if resume:
+        results["personas"] = _finished_personas(out_dir / "results.json", config, provenance, allow_mixed)
+    out_dir.mkdir(parents=True, exist_ok=True)
     neutral = load_neutral_texts()[: config.n_neutral]
     report = write_report(out_dir, figures_dir, config, results)
     for persona in config.personas:
@@ -283,8 +291,9 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
         ev = evaluate(model, list(test), conditions, persona=persona, neutral_texts=neutral,
                       batch_size=config.batch_size, progress=progress)
         table, contrasts, controls = ev.table(), ev.contrasts(), control_comparison(ev)
-        results["personas"][persona] = {"revision": results["revision"],
-                                        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        finished = now()
+        results["personas"][persona] = {"revision": results["revision"], "finished": finished,
+                                        "provenance": provenance.model_copy(update={"finished": finished}).model_dump(),
                                         "used": used, "n_test": len(test), "table": table, "contrasts": contrasts,
                                         "controls": controls, "equal_damage": equal_damage_summary(table, contrasts, config.damage_budgets),
                                         "prompt_additions": ev.prompt_additions(), "frontier": frontier_rows(ev, contrasts),
@@ -300,15 +309,29 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
     return report
 
 
-def _finished_personas(path: Path, config: ReproduceConfig) -> dict[str, Any]:
-    """The personas a previous run with the same configuration finished (empty if there is none)."""
+RESUME_CHECKS = {"model": lambda p: p.model, "weights' fingerprint": lambda p: p.fingerprint, "dtype": lambda p: p.dtype,
+                 "device": lambda p: p.device, "CPU kind": lambda p: p.cpu.kind if isinstance(p.cpu, CPU) else NOT_RECORDED}
+
+
+def _finished_personas(path: Path, config: ReproduceConfig, provenance: Provenance,
+                       allow_mixed: bool = False) -> dict[str, Any]:
+    """The personas a previous run with the same configuration (``dtype`` apart: the resolved dtype is compared)
+    finished (empty if there is none), refused when one of them ran on another model, dtype, device or CPU kind
+    (:data:`RESUME_CHECKS`) unless ``allow_mixed``."""
     if not path.is_file():
         return {}
-    previous = json.loads(path.read_text())
-    defaults = {"dtype": "float32"}                                  # runs from before a field existed
-    mine = {k: v for k, v in dataclasses.asdict(config).items() if k != "personas"}
-    theirs = {**defaults, **{k: v for k, v in previous.get("config", {}).items() if k != "personas"}}
+    previous = load_results(path)
+    mine = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("personas", "dtype")}
+    theirs = {k: v for k, v in previous.config.items() if k not in ("personas", "dtype")}
     differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     if differ:
         raise ValueError(f"cannot resume {path}: its configuration differs in {differ}; rerun with --force instead")
-    return {p: entry for p, entry in previous.get("personas", {}).items() if p in config.personas}
+    kept = {p: entry for p, entry in previous.personas.items() if p in config.personas}
+    for persona, entry in kept.items():
+        differ = [f"{what} {get(entry.provenance)!r} there, {get(provenance)!r} now" for what, get in RESUME_CHECKS.items()
+                  if get(entry.provenance) != get(provenance)]
+        if differ and not allow_mixed:
+            raise ValueError(f"cannot resume {path}: {persona} was computed on another set-up ({'; '.join(differ)}); "
+                             "pass allow_mixed=True (--allow-mixed) to keep it anyway (the report names each persona's "
+                             "set-up), or --force to start again")
+    return {p: entry.model_dump() for p, entry in kept.items()}

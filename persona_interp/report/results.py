@@ -1,0 +1,218 @@
+"""The main job's results as typed, versioned records: the run (:class:`RunResults`), each persona's
+(:class:`PersonaResult`) and which model, weights, dtype, device and machine computed them (:class:`Provenance`),
+and :func:`load_results`, which reads any ``results.json`` the main job wrote, older versions included.
+
+Rows (the tables, contrasts, controls …) stay ``dict[str, Any]``; everything around them is validated on load, so a
+damaged or partial file is an error naming the file and the field.
+
+Example:
+    >>> results = load_results("reports/results.json")
+    >>> results.schema_version, results.provenance.model, results.personas["power"].n_test
+    (2, 'not recorded', 100)
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from persona_interp.model.machine import CPU, cpu_info
+
+SCHEMA_VERSION = 2                     # 1: the files before provenance (no ``schema_version``); 2: provenance
+NOT_RECORDED = "not recorded"          # what a file from before a field existed shows for it: never a guess
+NotRecorded = Literal["not recorded"]
+Row = dict[str, Any]                   # one row of a table (condition, pair, budget …): the report's columns
+
+
+def now() -> str:
+    """The current UTC time as the results record it, e.g. ``'2026-12-06T21:27:39+00:00'``."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def model_name(model: Any) -> str:
+    """How a run names its model: the embedded model's name (``None``), a folder or hub name as given, or a built
+    model's configured name (its class name when it has none).
+
+    Example:
+        >>> model_name("/models/tiny"), model_name(None)
+        ('/models/tiny', 'SmolLM2-135M-Instruct')
+    """
+    from persona_interp.model.load import EMBEDDED_NAME
+
+    if model is None:
+        return EMBEDDED_NAME
+    if isinstance(model, (str, os.PathLike)):
+        return os.fspath(model)
+    configured = getattr(getattr(model, "cfg", None), "model_name", None)
+    return str(configured) if configured else type(model).__name__
+
+
+class Provenance(BaseModel):
+    """Which model, weights, dtype, device, machine and code computed a run (or a persona of it).
+    Fields a file from before they existed never recorded read ``"not recorded"``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str                                        # name or folder as given (see :func:`model_name`)
+    fingerprint: str                                  # the weights' (``get_adapter(model).fingerprint``)
+    dtype: str                                        # the dtype that ran (``"auto"`` resolved), e.g. ``"bfloat16"``
+    device: str                                       # where token ids go in, e.g. ``"cpu"``, ``"cuda:0"``
+    device_map: dict[str, Any] | NotRecorded | None   # accelerate's map of a sharded model; None: one device
+    seed: int | NotRecorded
+    revision: str                                     # :func:`~persona_interp.studies.reproduce.git_revision`
+    torch: str
+    transformers: str
+    cpu: CPU | NotRecorded
+    started: str
+    finished: str | None = None                       # None while the run is going
+
+    @classmethod
+    def collect(cls, model: Any, name: str, *, seed: int, revision: str, started: str) -> Provenance:
+        """This process's record of ``model`` (loaded under ``name``)."""
+        import torch
+        import transformers
+
+        from persona_interp.model.adapter import get_adapter
+
+        adapter = get_adapter(model)
+        return cls(model=name, fingerprint=adapter.fingerprint, dtype=str(adapter.dtype).removeprefix("torch."),
+                   device=str(adapter.input_device), device_map=adapter.device_map, seed=seed, revision=revision,
+                   torch=torch.__version__, transformers=transformers.__version__, cpu=cpu_info(), started=started)
+
+    def header(self) -> str:
+        """One line for a report: ``Model: `x` (weights 1a2b…), float32 on cpu; CPU …; torch …, transformers …``."""
+        cpu = (f"CPU {self.cpu.model} ({', '.join(self.cpu.flags) or 'none of amx_bf16, avx512_bf16, avx512f, avx2'})"
+               if isinstance(self.cpu, CPU) else f"CPU {NOT_RECORDED}")
+        model = f"`{self.model}`" if self.model != NOT_RECORDED else NOT_RECORDED
+        placement = (f"device {NOT_RECORDED}" if self.device == NOT_RECORDED else f"on {self.device}" +
+                     (f" (device map: {self.device_map})" if self.device_map else ""))
+        return (f"Model: {model} (weights' fingerprint {self.fingerprint}), {self.dtype}, {placement}; {cpu}; "
+                f"torch {self.torch}, transformers {self.transformers}.")
+
+
+def recorded_provenance(record: dict[str, Any], config: dict[str, Any], revision: str) -> Provenance:
+    """The provenance a results record (the run, or one persona's entry) holds, or, for a file from before it was
+    recorded, what the file did record (``config``'s dtype and seed, the ``revision``, start and finish times)
+    with everything else ``"not recorded"``."""
+    return Provenance.model_validate(record["provenance"] if "provenance" in record else _recorded(record, config, revision))
+
+
+def _recorded(record: dict[str, Any], config: dict[str, Any], revision: str) -> dict[str, Any]:
+    """:func:`recorded_provenance`'s fields for a record from before provenance, not yet validated."""
+    return {"model": NOT_RECORDED, "fingerprint": NOT_RECORDED, "dtype": config.get("dtype", NOT_RECORDED),
+            "device": NOT_RECORDED, "device_map": NOT_RECORDED, "seed": config.get("seed", NOT_RECORDED),
+            "revision": record.get("revision", revision), "torch": NOT_RECORDED, "transformers": NOT_RECORDED,
+            "cpu": NOT_RECORDED, "started": record.get("started", NOT_RECORDED), "finished": record.get("finished")}
+
+
+class PersonaResult(BaseModel):
+    """One persona's results: what computed them, what the searches used and the test-set tables."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    revision: str
+    finished: str
+    provenance: Provenance
+    used: dict[str, Any]                   # the fit / validation sizes, every search table, the mask diagnostics
+    n_test: int
+    table: list[Row]                       # one row per condition
+    contrasts: list[Row]                   # seek − reject per pair
+    controls: list[Row]                    # each mask against its random mask
+    equal_damage: list[Row]                # per damage budget
+    prompt_additions: list[Row]
+    frontier: list[Row]
+    budget_winners: list[Row]
+    per_item: dict[str, dict[str, Any]]    # per condition, per test item
+    damage: dict[str, Any]                 # per condition
+
+
+class RunResults(BaseModel):
+    """A main-job run: its configuration, provenance and the personas finished so far (``complete`` when all are)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[2]
+    config: dict[str, Any]                 # :class:`~persona_interp.studies.config.ReproduceConfig` as a dict
+    revision: str
+    started: str
+    finished: str | None = None
+    complete: bool = False
+    provenance: Provenance
+    personas: dict[str, PersonaResult]
+
+    @field_validator("config")
+    @classmethod
+    def _config_names_its_personas(cls, config: dict[str, Any]) -> dict[str, Any]:
+        for key, kind in (("personas", list), ("seed", int), ("dtype", str)):
+            if not isinstance(config.get(key), kind):
+                raise ValueError(f"config.{key} is {'missing' if key not in config else repr(config[key])}, "
+                                 f"expected a {kind.__name__}")
+        return config
+
+    def save(self, path: str | Path) -> Path:
+        """Write the results as JSON (atomically; read back with :func:`load_results`)."""
+        from persona_interp.data.files import write_text
+
+        write_text(Path(path), json.dumps(self.model_dump(), indent=1))
+        return Path(path)
+
+
+class ResultsError(ValueError):
+    """A results file that cannot be read: not JSON, not a run's results, or a field missing or of the wrong type."""
+
+
+def load_results(path: str | Path) -> RunResults:
+    """A ``results.json`` of the main job, validated; a file from before provenance was recorded (schema 1) reads
+    with what it never recorded as ``"not recorded"``. Anything else is a :class:`ResultsError` naming the file
+    and the field.
+
+    Example:
+        >>> load_results("results/quick/results.json").personas["power"].provenance.dtype
+        'bfloat16'
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ResultsError(f"{path} is not JSON ({error}): not a results file of persona-interp reproduce") from None
+    except UnicodeDecodeError:
+        raise ResultsError(f"{path} is not text: not a results file of persona-interp reproduce") from None
+    return parse_results(data, str(path))
+
+
+def parse_results(data: Any, source: str = "results") -> RunResults:
+    """:func:`load_results` of an already-parsed JSON value (``source`` names it in errors)."""
+    if not isinstance(data, dict) or "personas" not in data:
+        got = f"a JSON {type(data).__name__}" if not isinstance(data, dict) else "an object without 'personas'"
+        raise ResultsError(f"{source} is not a persona-interp results file (no 'personas'): it holds {got}")
+    version = data.get("schema_version", 1)
+    if version == 1:
+        data = _from_version_1(data)
+    elif version != SCHEMA_VERSION:
+        raise ResultsError(f"{source}: schema_version {version!r} is not one this persona_interp reads "
+                           f"(1 to {SCHEMA_VERSION}); a newer persona_interp wrote it?")
+    try:
+        return RunResults.model_validate(data)
+    except ValidationError as error:
+        problems = [f"{'.'.join(str(part) for part in e['loc']) or '(top level)'}: {e['msg']}" for e in error.errors()]
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ResultsError(f"{source}: {'; '.join(problems[:3])}{more}") from None
+
+
+def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 file (before provenance) as schema 2: the run's and each persona's provenance from what the file
+    recorded (:func:`recorded_provenance`), everything else ``"not recorded"``. Fields of the wrong type are left for
+    validation to name."""
+    config = data.get("config") if isinstance(data.get("config"), dict) else {}
+    revision = data.get("revision") if isinstance(data.get("revision"), str) else NOT_RECORDED
+    out = {**data, "schema_version": SCHEMA_VERSION}
+    out.setdefault("provenance", _recorded(data, config, revision))
+    if isinstance(data["personas"], dict):
+        out["personas"] = {p: ({**e, "provenance": _recorded(e, config, revision)}
+                               if isinstance(e, dict) and "provenance" not in e else e)
+                           for p, e in data["personas"].items()}
+    return out
