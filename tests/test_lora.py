@@ -3,7 +3,8 @@ import torch
 
 import persona_interp as pi
 from persona_interp.model.chat import encode_batch
-from persona_interp.interventions.lora import answer_loss, init_factors, LoRA, LoRAConfig, select_lora, train_lora
+from persona_interp.evaluation.tuning import select_lora
+from persona_interp.interventions.lora import answer_loss, init_factors, LoRA, LoRAConfig, train_lora
 from persona_interp.model.adapter import ModelMismatchError
 
 ITEMS = [pi.PersonaItem("Lead it?", "Yes, gladly, I will lead.", "No, thank you."),
@@ -116,11 +117,11 @@ def test_save_load_and_mismatch(llama, tokenizer, tmp_path):
 
 
 def test_select_lora_chooses_epochs_on_validation_only(llama, monkeypatch):
-    from persona_interp.interventions import lora as lora_module
+    from persona_interp.evaluation import search as search_module
 
     seen = []
-    real = lora_module.score_ab
-    monkeypatch.setattr(lora_module, "score_ab", lambda model, items, **kw: seen.append(list(items)) or real(model, items, **kw))
+    real = search_module.score_ab
+    monkeypatch.setattr(search_module, "score_ab", lambda model, items, **kw: seen.append(list(items)) or real(model, items, **kw))
     choice = select_lora(llama, ITEMS[:3], ITEMS[3:], LoRAConfig(rank=2, epochs=2, batch_size=2), progress=False)
     assert [row["epochs"] for row in choice.table] == [1, 2] and choice.epochs in (1, 2)
     assert choice.table[choice.epochs - 1]["separation"] == max(r["separation"] for r in choice.table)

@@ -34,7 +34,6 @@ from tqdm.auto import tqdm
 
 from persona_interp.data.files import read_header, write_tagged
 from persona_interp.data.personas import SIDES, PersonaItem
-from persona_interp.evaluation.scoring import DamageReference, score_ab
 from persona_interp.interventions.base import edit_weights
 from persona_interp.model.adapter import get_adapter
 from persona_interp.model.chat import encode_batch, token_budget
@@ -198,44 +197,3 @@ def train_lora(model: Any, items: Sequence[PersonaItem], side: str, config: LoRA
         for p, flag in frozen.items():
             p.requires_grad_(flag)
     return out if snapshots else out[-1]
-
-
-@dataclass
-class LoRAChoice:
-    """The epoch chosen on the validation split and both poles' LoRAs at that epoch."""
-
-    epochs: int
-    seek: LoRA
-    reject: LoRA
-    table: list[dict[str, float]]
-    runs: dict[str, list[LoRA]] = field(default_factory=dict)    # each pole's LoRA after every epoch (budgeted picks)
-
-
-def select_lora(model: Any, fit: Sequence[PersonaItem], validation: Sequence[PersonaItem], config: LoRAConfig | None = None,
-                *, reference: DamageReference | None = None, batch_size: int = 8, progress: bool = True) -> LoRAChoice:
-    """Train a seek and a reject LoRA on ``fit`` and choose the number of epochs by the largest mean
-    seek-minus-reject per-token margin on ``validation`` (the criterion of the steering search). With
-    ``reference`` every epoch's row records its damage on neutral text (``kl``, the larger pole's).
-
-    Example:
-        >>> choice = select_lora(model, fit, validation, LoRAConfig(epochs=3))
-    """
-    config = config or LoRAConfig()
-    validation = list(validation)
-    if not validation:
-        raise ValueError("select_lora needs validation items")
-    runs = {side: train_lora(model, fit, side, config, snapshots=True, progress=progress) for side in SIDES}
-    table = []
-    for epoch in range(config.epochs):
-        margins, kls = {}, []
-        for side in SIDES:
-            with runs[side][epoch].apply(model):
-                margins[side] = score_ab(model, validation, batch_size=batch_size).margin_mean
-                if reference is not None:
-                    kls.append(reference.measure(model)["kl"])
-        table.append({"epochs": epoch + 1, "separation": float((margins["seek"] - margins["reject"]).mean()),
-                      "seek_margin": float(margins["seek"].mean()), "reject_margin": float(margins["reject"].mean()),
-                      "seek_train_loss": runs["seek"][epoch].meta["train_loss"][-1],
-                      "reject_train_loss": runs["reject"][epoch].meta["train_loss"][-1], **({"kl": max(kls)} if kls else {})})
-    best = max(range(config.epochs), key=lambda e: table[e]["separation"])
-    return LoRAChoice(best + 1, runs["seek"][best], runs["reject"][best], table, runs)
