@@ -36,8 +36,8 @@ def signatures(llama):
                          for side in ("seek", "reject"))}
 
 
-def _old_steering(model, vectors, multipliers, reference, stop_above):
-    """The loop select_steering ran before the search helper (1e901ef): score, then damage, stop after."""
+def _old_steering(model, vectors, multipliers, reference):
+    """The loop select_steering ran before the search helper (1e901ef), without its stop: score, then damage."""
     table = []
     for layer, vector in vectors.items():
         for alpha in sorted(multipliers):
@@ -48,9 +48,19 @@ def _old_steering(model, vectors, multipliers, reference, stop_above):
                     kls.append(reference.measure(model)["kl"])
             table.append({"layer": layer, "multiplier": alpha, "separation": float((margins[1] - margins[-1]).mean()),
                           "kl": max(kls)})
-            if stop_above is not None and table[-1]["kl"] > stop_above:
-                break
     return table
+
+
+def _old_stop(table, group, stop_above):
+    """The old loop's ``stop_above``: a sweep (rows of one ``group``, ascending dose) ends after its first row
+    over the limit (that row was scored and kept)."""
+    kept, stopped = [], set()
+    for row in table:
+        if row[group] not in stopped:
+            kept.append(row)
+            if row["kl"] > stop_above:
+                stopped.add(row[group])
+    return kept
 
 
 def _old_picks(table, budgets):
@@ -73,8 +83,9 @@ def test_steering_picks_match_the_old_loop_and_over_limit_doses_are_not_scored(l
     reference = DamageReference.build(llama, NEUTRAL)
     vectors = mean_difference_vectors(llama, pi.PersonaDataset("fit", FIT), [0, 1], progress=False)
     multipliers = [0.5, 2.0, 8.0, 32.0]
-    budgets = _budgets([r["kl"] for r in _old_steering(llama, vectors, multipliers, reference, None)])
-    old = _old_steering(llama, vectors, multipliers, reference, max(budgets))
+    everything = _old_steering(llama, vectors, multipliers, reference)
+    budgets = _budgets([r["kl"] for r in everything])
+    old = _old_stop(everything, "layer", max(budgets))
     counted.clear()
     choice = select_steering(llama, vectors, VALIDATION, multipliers, reference=reference, stop_above=max(budgets))
     new = choice.table
@@ -96,7 +107,7 @@ def test_mask_picks_match_the_old_loop(llama, signatures, counted):
     reference = DamageReference.build(llama, NEUTRAL)
     space = MaskSpace(sparsities=[0.05, 0.3, 0.6, 0.9], modules=[None, "mlp"], layer_ranges=["all"], token_scopes=["all"])
 
-    def old_table(stop_above):                   # select_masks' loop before the search helper, from mask_family
+    def old_table():                   # select_masks' loop before the search helper (no stop), from mask_family
         table = []
         for modules in space.modules:
             family = mask_family(llama, "contrastive_wanda", *signatures["all"], cache=True)
@@ -108,12 +119,11 @@ def test_mask_picks_match_the_old_loop(llama, signatures, counted):
                         kls.append(reference.measure(llama)["kl"])
                 table.append({"modules": modules or "attn+mlp", "sparsity": rho, "kl": max(kls),
                               "separation": float((margins[0] - margins[1]).mean())})
-                if stop_above is not None and table[-1]["kl"] > stop_above:
-                    break
         return table
 
-    budgets = _budgets([r["kl"] for r in old_table(None)])
-    old = old_table(max(budgets))
+    everything = old_table()
+    budgets = _budgets([r["kl"] for r in everything])
+    old = _old_stop(everything, "modules", max(budgets))
     counted.clear()
     new = select_masks(llama, "contrastive_wanda", signatures, VALIDATION, dataclasses.replace(space, stop_above=max(budgets)),
                        reference=reference).table
@@ -167,6 +177,8 @@ def test_unknown_methods_are_errors_that_list_the_known_ones():
     with pytest.raises(ValueError, match="takes no option"):
         method_spec("wanda").family(None, None, phi="relu")
     assert [s.name for s in methods(poles=False)] == ["random", "magnitude"]
+    with pytest.raises(ValueError, match="'random' has no poles"):
+        select_masks(None, "random", {}, VALIDATION, MaskSpace())
 
 
 def test_build_mask_choices_come_from_the_registry():
