@@ -13,7 +13,7 @@ from persona_interp.evaluation.search import Candidate, Pole, Racing, budget_pic
 from persona_interp.evaluation.tuning import MaskSpace, _layers, select_masks, select_steering
 from persona_interp.interventions.steering import mean_difference_vectors
 from persona_interp.masks.builders import mask_family, magnitude_mask, random_mask
-from persona_interp.masks.registry import MethodSpec, method_names, method_spec, methods, register, unregister
+from persona_interp.masks.registry import MethodInputs, MethodSpec, method_names, method_spec, methods, register, unregister
 from persona_interp.model import load as models
 
 FIT = [pi.PersonaItem(f"Would you take control of project {i}?", f"Yes, I take control {i}.", f"No, I decline {i}.") for i in range(6)]
@@ -258,3 +258,24 @@ def test_the_report_says_what_a_search_with_unscored_candidates_picked():
     assert "steering pca: 2 (layer, multiplier) candidates; best within the largest budget (1 over it, not scored)" in text
     assert "steering ode: 1 (layer, multiplier) candidates; none within the largest budget (none scored); least damaging" in text
     assert "steering mean_difference: 1 (layer, multiplier) candidates; unbudgeted best" in text
+
+
+def test_a_method_that_needs_neutral_texts_gets_them_through_the_search(llama, signatures, tmp_path):
+    seen = []
+
+    def builder(model, inputs, *, families=None, modules=None, layers=None):
+        seen.append(list(inputs.neutral_texts))
+        return _MagnitudeVsRandom(model, 0)
+
+    spec = register(MethodSpec("needs_texts", builder, needs=frozenset({"signatures", "neutral_texts"}), contrast=False, search=()))
+    try:
+        space = MaskSpace(sparsities=[0.2], modules=[None], layer_ranges=["all"], token_scopes=["all"])
+        with pytest.raises(ValueError, match="'needs_texts' needs neutral texts"):
+            select_masks(llama, "needs_texts", signatures, VALIDATION, space)
+        select_masks(llama, "needs_texts", signatures, VALIDATION, space, inputs=MethodInputs(neutral_texts=NEUTRAL))
+        assert seen and all(texts == NEUTRAL for texts in seen)
+        assert spec not in methods(available={"signatures"})                # the main job runs it once it provides texts
+        with pytest.raises(SystemExit, match="needs \\['neutral_texts'\\], which build-mask cannot provide"):
+            cli.main(["build-mask", "--method", "needs_texts", "--sparsity", "0.3", "--out", str(tmp_path / "m")])
+    finally:
+        unregister("needs_texts")

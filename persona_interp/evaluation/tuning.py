@@ -11,6 +11,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -133,36 +134,38 @@ CANDIDATE_KEYS = ("sparsity", "modules", "layers", "token_scope", "statistic", "
 
 def candidate_family(model: Any, method: str, signatures: dict[str, tuple[Signature, Signature]],
                      config: dict[str, Any], *, tau: float = 2.0, persona: str | None = None,
-                     families: FamilyCache | None = None) -> Family:
+                     families: FamilyCache | None = None, inputs: MethodInputs | None = None) -> Family:
     """The family of a registered method (:func:`~persona_interp.masks.registry.method_spec`) for one search
     configuration (token scope, statistic, φ; see :class:`MaskSpace`), from ``families`` when given (ranked once
-    however often it is asked for), else ranked anew."""
+    however often it is asked for), else ranked anew. ``inputs``: what else the method needs (a neutral
+    signature, calibration items, neutral texts); its seek, reject and persona are this configuration's."""
     spec = method_spec(method)
     seek, reject = (sig.with_statistic(config.get("statistic", "norm")) for sig in signatures[config["token_scope"]])
     options: dict[str, Any] = {}
     if "phi" in spec.search:
         options.update(phi=config.get("phi", "relu"), tau=tau if config.get("phi") == "softplus" else 1.0)
-    return spec.family(model, MethodInputs(seek, reject, persona=persona), families=families, **options)
+    inputs = dataclasses.replace(inputs or MethodInputs(), seek=seek, reject=reject, persona=persona)
+    return spec.family(model, inputs, families=families, **options)
 
 
 def build_candidate(model: Any, method: str, signatures: dict[str, tuple[Signature, Signature]],
                     row: dict[str, Any], *, tau: float = 2.0, persona: str | None = None,
-                    families: FamilyCache | None = None) -> tuple[Mask, Mask]:
+                    families: FamilyCache | None = None, inputs: MethodInputs | None = None) -> tuple[Mask, Mask]:
     """The (seek, reject) masks of one row of a mask search table.
 
     Example:
         >>> seek, reject = build_candidate(model, "wanda", {"all": (s, r)}, choice.table[pick_within(choice.table, 0.1)])
     """
     modules = row["modules"]
-    return candidate_family(model, method, signatures, row, tau=tau, persona=persona, families=families).pair(
+    return candidate_family(model, method, signatures, row, tau=tau, persona=persona, families=families, inputs=inputs).pair(
         row["sparsity"], modules=None if modules == "attn+mlp" else [modules], layers=_layers(model, row["layers"]))
 
 
 def select_masks(model: Any, method: str, signatures: dict[str, tuple[Signature, Signature]],
                  validation: Sequence[PersonaItem], space: MaskSpace, *, reference: DamageReference | None = None,
                  max_kl: float | None = None, persona: str | None = None, batch_size: int = 8,
-                 families: FamilyCache | None = None, budgets: Sequence[float] = (), racing: Racing | None = None,
-                 progress: bool = False) -> MaskChoice:
+                 families: FamilyCache | None = None, inputs: MethodInputs | None = None, budgets: Sequence[float] = (),
+                 racing: Racing | None = None, progress: bool = False) -> MaskChoice:
     """Search ``space`` for the mask pair of ``method`` (a registered name with poles,
     :mod:`persona_interp.masks.registry`) with the largest seek-minus-reject separation of the per-token margin
     on the validation items. ``signatures`` maps each token scope to the (seek, reject) signatures collected
@@ -170,8 +173,9 @@ def select_masks(model: Any, method: str, signatures: dict[str, tuple[Signature,
     measured before the scoring); ``max_kl`` chooses only among configurations within it
     (:func:`~persona_interp.evaluation.search.pick_within`); a sparsity over ``space.stop_above`` is not scored
     (when none is scored, the least damaging is chosen). Each configuration is ranked once for all its
-    sparsities (and kept in ``families``, when given, for the picks built afterwards). ``budgets`` and
-    ``racing``: :func:`~persona_interp.evaluation.search.search`.
+    sparsities (and kept in ``families``, when given, for the picks built afterwards). ``inputs``: what else
+    the method needs (:func:`candidate_family`). ``budgets`` and ``racing``:
+    :func:`~persona_interp.evaluation.search.search`.
 
     Example:
         >>> choice = select_masks(model, "contrastive_wanda", {"all": (s, r)}, val, MaskSpace(token_scopes=["all"]))
@@ -191,7 +195,7 @@ def select_masks(model: Any, method: str, signatures: dict[str, tuple[Signature,
         if i not in current:
             current.clear()
             current[i] = candidate_family(model, method, signatures, configs[i], tau=space.tau, persona=persona,
-                                          families=families)
+                                          families=families, inputs=inputs)
         return current[i]
 
     def poles(i: int, rho: float) -> tuple[Pole, ...]:
@@ -210,7 +214,7 @@ def select_masks(model: Any, method: str, signatures: dict[str, tuple[Signature,
         raise ValueError(f"no configuration has KL <= {max_kl}; the least damaging has {min(r['kl'] for r in table):.4f}")
     config = {key: table[best][key] for key in CANDIDATE_KEYS}
     return MaskChoice(config, build_candidate(model, method, signatures, table[best], tau=space.tau, persona=persona,
-                                              families=families), table)
+                                              families=families, inputs=inputs), table)
 
 
 @dataclass
