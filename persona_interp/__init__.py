@@ -36,6 +36,7 @@ from persona_interp.interventions.steering import SteeringVector, mean_differenc
 from persona_interp.masks.builders import contrastive_sparse_masks, contrastive_wanda_masks, magnitude_mask, random_mask, wanda_mask
 from persona_interp.masks.composition import compose, fractional_mask, type_mask
 from persona_interp.masks.mask import Mask, fraction_differ, fraction_differ_by, iou, iou_by
+from persona_interp.masks.registry import MethodInputs, MethodSpec, method_names, method_spec, register
 from persona_interp.model.adapter import ModelMismatchError, get_adapter
 from persona_interp.model.generation import generate
 from persona_interp.model.load import load_model
@@ -50,6 +51,7 @@ __all__ = [
     # signatures and masks
     "Signature", "collect_signatures", "Mask", "wanda_mask", "contrastive_wanda_masks", "contrastive_sparse_masks",
     "random_mask", "magnitude_mask", "fraction_differ", "fraction_differ_by", "iou", "iou_by", "compose", "fractional_mask", "type_mask",
+    "MethodSpec", "MethodInputs", "register", "method_spec", "method_names",
     # interventions (each applied inside a ``with``)
     "ablate", "NeuronMask", "HeadMask", "SteeringVector", "mean_difference_vectors", "pca_vectors", "ODESteering",
     "ode_steerings", "LoRA", "LoRAConfig", "train_lora",

@@ -20,7 +20,8 @@ from typing import Any, Sequence
 
 from persona_interp.data.files import write_text
 from persona_interp.data.personas import MBTI_AXES, SIDES, persona_names
-from persona_interp.masks.builders import METHODS, PHIS, RULES
+from persona_interp.masks.builders import PHIS, RULES
+from persona_interp.masks.registry import method_names
 from persona_interp.model.adapter import parse_map_name
 from persona_interp.model.chat import TOKEN_SCOPES
 from persona_interp.model.load import DTYPE_NAMES
@@ -81,35 +82,30 @@ def cmd_collect(args: argparse.Namespace) -> None:
 
 def cmd_build_mask(args: argparse.Namespace) -> None:
     from persona_interp import Signature
-    from persona_interp.masks import builders as masks
+    from persona_interp.masks.builders import check_pole
+    from persona_interp.masks.registry import MethodInputs, method_spec
 
-    given = [side for side, path in zip(SIDES, (args.seek, args.reject)) if path]
-    sides = {"contrastive_wanda": list(SIDES), "contrastive_sparse": list(SIDES),
-             "wanda": given}.get(args.method, [args.method])
+    spec = method_spec(args.method)
+    if spec.needs - {"signatures"}:
+        raise SystemExit(f"error: --method {args.method} needs {sorted(spec.needs - {'signatures'})}, which build-mask "
+                         "cannot provide; build it from Python (persona_interp.masks.registry)")
+    if "signatures" in spec.needs and spec.contrast and not (args.seek and args.reject):
+        raise SystemExit(f"error: --method {args.method} needs --seek and --reject signatures")
+    if "signatures" in spec.needs and not (args.seek or args.reject):
+        raise SystemExit(f"error: --method {args.method} needs --seek (or --reject) signature")
+    if "signatures" not in spec.needs and (args.seek or args.reject):
+        raise SystemExit(f"error: --method {args.method} uses no signatures; leave out --seek and --reject")
+    sides = ([side for side, given in zip(SIDES, (args.seek, args.reject)) if given] if spec.poles else [args.method])
     for side in sides:                                # before minutes of computing, not after
         _writable(Path(f"{args.out}_{side}.safetensors"), args.force)
     seek = Signature.load(args.seek).with_statistic(args.statistic) if args.seek else None
     reject = Signature.load(args.reject).with_statistic(args.statistic) if args.reject else None
     model = _model(args)
-    kw = {"modules": args.modules, "layers": args.layers}
-    if args.method in ("contrastive_wanda", "contrastive_sparse"):
-        if not (seek and reject):
-            raise SystemExit(f"error: --method {args.method} needs --seek and --reject signatures")
-        options = {"phi": args.phi, "tau": args.tau, **({"rule": args.rule} if args.method == "contrastive_sparse" else {})}
-        family = masks.mask_family(model, args.method, seek, reject, **options, **kw)
-        built = dict(zip(SIDES, family.pair(args.sparsity, **kw)))
-    elif args.method == "wanda":                  # one mask per pole given: --seek, --reject or both
-        if not (seek or reject):
-            raise SystemExit("error: --method wanda needs --seek and/or --reject signatures")
-        built = {}
-        for side, sig in zip(SIDES, (seek, reject)):
-            if sig is not None:
-                masks.check_pole(sig, side)
-                built[side] = masks.wanda_mask(model, sig, args.sparsity, **kw)
-    elif args.method == "random":
-        built = {"random": masks.random_mask(model, args.sparsity, seed=args.seed, **kw)}
-    else:
-        built = {"magnitude": masks.magnitude_mask(model, args.sparsity, **kw)}
+    for side, sig in zip(SIDES, (seek, reject)):    # swapped signatures are refused, whatever the method
+        if sig is not None:
+            check_pole(sig, side)
+    options = {name: getattr(args, name) for name in spec.options if getattr(args, name, None) is not None}
+    built = spec.build(model, MethodInputs(seek, reject), args.sparsity, modules=args.modules, layers=args.layers, **options)
     paths = {side: Path(f"{args.out}_{side}.safetensors") for side in built}
     for path in paths.values():
         _writable(path, args.force)
@@ -425,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_collect)
 
     p = _command(sub, "build-mask", "build a mask (or an opposing pair) from signatures")
-    p.add_argument("--method", required=True, choices=[*METHODS, "random", "magnitude"])
+    p.add_argument("--method", required=True, choices=method_names(),
+                   help="a registered method (persona_interp.masks.registry); its options below apply where it takes them")
     p.add_argument("--seek")
     p.add_argument("--reject")
     p.add_argument("--sparsity", type=_sparsity, required=True)

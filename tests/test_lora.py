@@ -117,11 +117,11 @@ def test_save_load_and_mismatch(llama, tokenizer, tmp_path):
 
 
 def test_select_lora_chooses_epochs_on_validation_only(llama, monkeypatch):
-    from persona_interp.evaluation import tuning
+    from persona_interp.evaluation import search as search_module
 
     seen = []
-    real = tuning.score_ab
-    monkeypatch.setattr(tuning, "score_ab", lambda model, items, **kw: seen.append(list(items)) or real(model, items, **kw))
+    real = search_module.score_ab
+    monkeypatch.setattr(search_module, "score_ab", lambda model, items, **kw: seen.append(list(items)) or real(model, items, **kw))
     choice = select_lora(llama, ITEMS[:3], ITEMS[3:], LoRAConfig(rank=2, epochs=2, batch_size=2), progress=False)
     assert [row["epochs"] for row in choice.table] == [1, 2] and choice.epochs in (1, 2)
     assert choice.table[choice.epochs - 1]["separation"] == max(r["separation"] for r in choice.table)

@@ -6,6 +6,7 @@ import torch
 import persona_interp as pi
 from persona_interp.masks.builders import contrast, keep_top_per_row
 from persona_interp.masks.mask import Mask
+from persona_interp.masks.registry import method_spec
 from persona_interp.signatures import Signature
 
 
@@ -259,7 +260,7 @@ def test_family_cache_ranks_each_family_once_and_matches_a_fresh_family(llama, m
     real = builders.row_ranks
     monkeypatch.setattr(builders, "row_ranks", lambda *a: calls.append(1) or real(*a))
     families = builders.FamilyCache(llama, max_families=2)
-    cw = families.get(seek, reject, **builders.MASK_METHODS["contrastive_wanda"])
+    cw = families.get(seek, reject, **method_spec("contrastive_wanda").fixed)
     first = cw.pair(0.3)
     ranked = len(calls)
     assert families.get(seek, reject, method="contrastive_wanda", phi="relu") is cw      # defaults spelled out: same key

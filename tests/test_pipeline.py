@@ -7,7 +7,7 @@ import torch
 
 import persona_interp as pi
 from persona_interp.analysis import diagnostics
-from persona_interp.evaluation import tuning
+from persona_interp.evaluation import search
 from persona_interp.interventions import lora
 from persona_interp.studies import reproduce as pipeline
 from persona_interp.interventions.lora import LoRAConfig
@@ -29,14 +29,13 @@ def tiny_pipeline(monkeypatch, llama):
     monkeypatch.setattr(pipeline, "load_neutral_texts", lambda: ["plain neutral text one", "another neutral text",
                                                                  "selection text one", "selection text two", "unused"])
     seen = []
-    real = tuning.score_ab
+    real = search.score_ab
 
     def spy(model, items, **kw):
         seen.extend(item.question for item in items)
         return real(model, items, **kw)
 
-    monkeypatch.setattr(tuning, "score_ab", spy)
-    monkeypatch.setattr(lora, "score_ab", spy)
+    monkeypatch.setattr(search, "score_ab", spy)
     monkeypatch.setattr(diagnostics, "score_ab", spy)
     monkeypatch.setattr(pipeline, "persona_prompts", lambda persona, side: [f"You {side} power.", f"Always {side} power."])
     config = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=10, n_test=None,

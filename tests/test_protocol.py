@@ -8,11 +8,11 @@ import torch
 
 import persona_interp as pi
 from persona_interp.analysis import diagnostics
-from persona_interp.evaluation.tuning import budget_picks
+from persona_interp.evaluation.search import budget_picks
 from persona_interp.interventions.conditions import MaskCondition
 from persona_interp.masks.builders import contrast, mask_family, relu_differ_range
 from persona_interp.evaluation.scoring import score_ab
-from persona_interp.evaluation.tuning import pick_within
+from persona_interp.evaluation.search import pick_within
 
 from test_masks import fake_signature
 from test_signatures import _site_activations

@@ -1,7 +1,7 @@
 import pytest
 
 import persona_interp as pi
-from persona_interp.evaluation import tuning
+from persona_interp.evaluation import search, tuning
 from persona_interp.evaluation.scoring import DamageReference, score_ab
 from persona_interp.evaluation.tuning import MaskSpace, select_masks, select_prompts
 
@@ -18,8 +18,8 @@ def signatures(llama):
 
 def test_select_masks_picks_the_best_separation_and_records_the_grid(llama, signatures, monkeypatch):
     seen = []
-    real = tuning.score_ab
-    monkeypatch.setattr(tuning, "score_ab", lambda model, items, **kw: seen.extend(i.question for i in items) or real(model, items, **kw))
+    real = search.score_ab
+    monkeypatch.setattr(search, "score_ab", lambda model, items, **kw: seen.extend(i.question for i in items) or real(model, items, **kw))
     space = MaskSpace(sparsities=[0.2, 0.5], modules=[None, "mlp"], layer_ranges=["late"], token_scopes=["all", "answer"])
     choice = select_masks(llama, "contrastive_wanda", signatures, VALIDATION, space, persona="power")
     assert len(choice.table) == 8 and set(seen) == {item.question for item in VALIDATION}   # validation items only
@@ -45,7 +45,7 @@ def test_select_masks_damage_constraint_and_errors(llama, signatures):
     assert capped.config["sparsity"] == min(free.table, key=lambda r: r["kl"])["sparsity"]
     with pytest.raises(ValueError, match="no configuration has KL"):
         select_masks(llama, "wanda", signatures, VALIDATION, space, reference=reference, max_kl=-1.0)
-    with pytest.raises(ValueError, match="unknown mask method"):
+    with pytest.raises(ValueError, match="unknown method 'lottery': use one of .*contrastive_sparse_code"):
         select_masks(llama, "lottery", signatures, VALIDATION, space)
     with pytest.raises(ValueError, match="no signatures for token scope"):
         select_masks(llama, "wanda", {"all": signatures["all"]}, VALIDATION, MaskSpace(token_scopes=["answer"]))

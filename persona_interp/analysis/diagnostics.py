@@ -25,18 +25,14 @@ from persona_interp.data.personas import SIDES, PersonaItem
 from persona_interp.evaluation.scoring import DamageReference, score_ab
 from persona_interp.evaluation.stats import mean_ci
 from persona_interp.interventions.ablation import ablate
-from persona_interp.masks.builders import (MASK_METHODS, FamilyCache, MaskFamily, contrast, kept_count, mask_family,
-                                           method_family, relu_differ_range)
+from persona_interp.masks.builders import FamilyCache, MaskFamily, contrast, kept_count, mask_family, relu_differ_range
 from persona_interp.masks.mask import fraction_differ, fraction_differ_by
+from persona_interp.masks.registry import MethodInputs, method_spec, methods
 from persona_interp.signatures import Signature
 
-OVERLAP_VARIANTS: dict[str, dict[str, Any]] = {      # label -> mask_family options
-    "wanda (per pole)": {"method": "wanda"},
-    "contrastive_wanda relu": {"method": "contrastive_wanda", "phi": "relu"},
-    "contrastive_wanda softplus τ=2": {"method": "contrastive_wanda", "phi": "softplus", "tau": 2.0},
-    "contrastive_sparse (text: disjoint)": {"method": "contrastive_sparse", "rule": "disjoint"},
-    "contrastive_sparse (code: sequential)": {"method": "contrastive_sparse", "rule": "paper_code"},
-}
+OVERLAP_VARIANTS: dict[str, dict[str, Any]] = {      # label -> mask_family options, from the registry's variants
+    label: {**spec.fixed, **options} for spec in methods(poles=True, available={"signatures"}) if spec.fixed
+    for label, options in spec.variants.items()}
 
 
 ATTENTION_KINDS, MLP_KINDS = ("q", "k", "v", "o"), ("gate", "up", "down")
@@ -143,7 +139,7 @@ def statistic_table(model: Any, seek: Signature, reject: Signature, sparsity: fl
     rows = []
     for statistic in ("norm", "rms"):
         s, r = seek.with_statistic(statistic), reject.with_statistic(statistic)
-        family = _family(model, families, s, r, persona=persona, **MASK_METHODS["contrastive_wanda"])
+        family = _family(model, families, s, r, persona=persona, **method_spec("contrastive_wanda").fixed)
         row: dict[str, Any] = {"statistic": statistic, "sparsity": sparsity,
                                "positive_share": positive_share(s, r, family.maps)["all"],
                                "seek_tokens": seek.n_tokens / seek.n_samples, "reject_tokens": reject.n_tokens / reject.n_samples}
@@ -177,12 +173,13 @@ def stability(model: Any, seek: Signature, reject: Signature, sparsity: float, v
     if draws < 1:
         raise ValueError(f"draws must be positive, got {draws}")
     validation = list(validation)
-    full = _family(model, families, seek, reject, persona=persona, **MASK_METHODS[method]).pair(sparsity)
+    spec = method_spec(method)
+    full = spec.family(model, MethodInputs(seek, reject, persona=persona), families=families).pair(sparsity)
     rows, separations = [], []
     for draw in tqdm(range(draws), desc="stability", disable=not progress):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + draw)).tolist()
         halves = (sorted(order[: n // 2]), sorted(order[n // 2: 2 * (n // 2)]))
-        pairs = [method_family(model, method, seek.subset(h), reject.subset(h), persona=persona).pair(sparsity)
+        pairs = [spec.family(model, MethodInputs(seek.subset(h), reject.subset(h), persona=persona)).pair(sparsity)
                  for h in halves]
         for pair in pairs:
             margins = []

@@ -1,7 +1,8 @@
 """Hyper-parameter searches on a validation split of the calibration data (never on test items).
 
-Steering (layer, multiplier), masks (sparsity, modules, layers, token scope) and prompts (phrasing)
-each get a search scored the same way: the seek-minus-reject separation of the per-token margin.
+Steering (layer, multiplier), masks (sparsity, modules, layers, token scope), LoRA (epochs) and prompts
+(phrasing) each get their candidates searched by the one loop of :mod:`persona_interp.evaluation.search`
+(damage first, then the seek-minus-reject separation of the per-token margin for those within the limit).
 
 Example:
     >>> fit, val = load_persona("power").split(0.2, seed=0)
@@ -10,37 +11,22 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from tqdm.auto import tqdm
-
 from persona_interp.data.personas import SIDES, PersonaItem
-from persona_interp.evaluation.scoring import DamageReference, score_ab
+from persona_interp.evaluation.scoring import DamageReference
+from persona_interp.evaluation.search import Candidate, Pole, Racing, fallback, pick_within, search
 from persona_interp.interventions.ablation import ablate
 from persona_interp.interventions.lora import LoRA, LoRAConfig, train_lora
 from persona_interp.interventions.steering import SteeringVector
-from persona_interp.masks.builders import MASK_METHODS, FamilyCache, MaskFamily, mask_family
+from persona_interp.masks.builders import FamilyCache
 from persona_interp.masks.mask import Mask
+from persona_interp.masks.registry import Family, MethodInputs, method_spec
 from persona_interp.model.adapter import get_adapter
 from persona_interp.signatures import Signature
-
-
-def budget_picks(table: list[dict[str, Any]], budgets: list[float]) -> list[tuple[list[float], int]]:
-    """The row each damage budget picks (:func:`~persona_interp.evaluation.tuning.pick_within`), one entry per distinct row
-    with the budgets that picked it (ascending); budgets that no row fits are left out.
-
-    Example:
-        >>> budget_picks([{"separation": 0.2, "kl": 0.3}, {"separation": 0.1, "kl": 0.01}], [0.02, 0.1, 0.5])
-        [([0.02, 0.1], 1), ([0.5], 0)]
-    """
-    picks: dict[int, list[float]] = {}
-    for budget in sorted(budgets):
-        index = pick_within(table, budget)
-        if index is not None:
-            picks.setdefault(index, []).append(budget)
-    return [(chosen, index) for index, chosen in picks.items()]
 
 
 @dataclass
@@ -55,46 +41,26 @@ class SteeringChoice:
 
 def select_steering(model: Any, vectors: dict[int, SteeringVector], validation: Sequence[PersonaItem],
                     multipliers: Sequence[float], *, reference: DamageReference | None = None,
-                    stop_above: float | None = None, batch_size: int = 8, progress: bool = False) -> SteeringChoice:
+                    stop_above: float | None = None, budgets: Sequence[float] = (), racing: Racing | None = None,
+                    batch_size: int = 8, progress: bool = False) -> SteeringChoice:
     """For each layer and multiplier α, score the validation items with +α and −α; choose the pair
     with the largest mean seek-minus-reject difference of the per-token margin. With ``reference`` each
-    row records the damage on neutral text (``kl``: the larger of ±α) for budgeted picks (:func:`pick_within`);
-    with ``stop_above`` a layer's multipliers (ascending) stop once one exceeds that damage."""
-    if stop_above is not None and reference is None:
-        raise ValueError("stop_above needs a damage reference")
+    row records the damage on neutral text (``kl``: the larger of ±α, measured first) for budgeted picks
+    (:func:`~persona_interp.evaluation.search.pick_within`); with ``stop_above`` (default: the largest of
+    ``budgets``) a multiplier over that damage is not scored and ends its layer's sweep (ascending α); when no
+    candidate is scored the least damaging one is chosen. ``racing``: :func:`~persona_interp.evaluation.search.search`."""
     if not vectors or not multipliers:
         raise ValueError("select_steering needs at least one vector and one multiplier")
     if any(m <= 0 for m in multipliers):
         raise ValueError(f"multipliers must be positive (the reject side uses −α), got {list(multipliers)}")
-    validation = list(validation)
-    table = []
-    for layer, vector in vectors.items():
-        for alpha in sorted(multipliers):
-            margins, kls = {}, []
-            for sign in (1, -1):
-                with vector.apply(model, sign * alpha):
-                    margins[sign] = score_ab(model, validation, batch_size=batch_size, progress=progress).margin_mean
-                    if reference is not None:
-                        kls.append(reference.measure(model)["kl"])
-            table.append({"layer": layer, "multiplier": alpha, "separation": float((margins[1] - margins[-1]).mean()),
-                          "seek_margin": float(margins[1].mean()), "reject_margin": float(margins[-1].mean()),
-                          **({"kl": max(kls)} if kls else {})})
-            if stop_above is not None and table[-1]["kl"] > stop_above:
-                break
-    best = max(table, key=lambda row: row["separation"])
+    candidates = [Candidate({"layer": layer, "multiplier": alpha},
+                            lambda v=vector, a=alpha: (Pole(lambda: v.apply(model, a)), Pole(lambda: v.apply(model, -a))),
+                            group=layer)
+                  for layer, vector in vectors.items() for alpha in sorted(multipliers)]
+    table = search(model, candidates, validation, reference=reference, limit=stop_above, budgets=budgets, racing=racing,
+                   batch_size=batch_size, progress=progress, desc="steering search")
+    best = table[fallback(table)]
     return SteeringChoice(int(best["layer"]), float(best["multiplier"]), vectors[int(best["layer"])], table)
-
-
-def pick_within(table: Sequence[dict[str, Any]], budget: float | None) -> int | None:
-    """Index of the row with the largest ``separation`` among those whose ``kl`` (validation damage) is at most
-    ``budget`` (``None``: no limit; rows without ``kl`` count as 0, e.g. prompts); ``None`` when none is.
-
-    Example:
-        >>> pick_within([{"separation": 0.2, "kl": 0.3}, {"separation": 0.1, "kl": 0.01}], 0.1)
-        1
-    """
-    allowed = [i for i, row in enumerate(table) if budget is None or row.get("kl", 0.0) <= budget]
-    return max(allowed, key=lambda i: table[i]["separation"]) if allowed else None
 
 
 @dataclass
@@ -105,8 +71,9 @@ class MaskSpace:
     Contrastive-Sparse only). ``design="grid"`` tries every combination; ``"one_at_a_time"`` tries the first
     value of every factor and then each other value of one factor with the rest at their first, each at every
     sparsity. ``vary`` names the methods whose factors vary (``None``: every method); the others sweep sparsity at
-    the first value of every factor. With ``stop_above`` (nats/token) a configuration's sparsities stop once one
-    exceeds that damage.
+    the first value of every factor. With ``stop_above`` (nats/token) a sparsity over that damage is not scored and
+    ends its configuration's sweep. The factors a method's masks do not depend on (its
+    :attr:`~persona_interp.masks.registry.MethodSpec.search`) stay at ``norm`` and ``relu``.
 
     Example:
         >>> MaskSpace(sparsities=[0.01, 0.1, 0.3], statistics=["norm", "rms"], design="one_at_a_time")
@@ -124,14 +91,15 @@ class MaskSpace:
     stop_above: float | None = None
 
     def configurations(self, method: str) -> list[dict[str, Any]]:
-        """The (modules, layers, token scope, statistic, φ) configurations of ``method``, without the factors
-        that do not change its masks (φ for Wanda and the code's rule, the statistic for the code's rule)."""
+        """The (modules, layers, token scope, statistic, φ) configurations of ``method`` (a registered name,
+        :func:`~persona_interp.masks.registry.method_spec`), without the factors that do not change its masks
+        (φ for Wanda and the code's rule, the statistic for the code's rule)."""
+        spec = method_spec(method)
         factors = {"modules": self.modules, "layers": self.layer_ranges, "token_scope": self.token_scopes,
                    "statistic": self.statistics, "phi": self.phis}
-        if method in ("wanda", "contrastive_sparse_code"):
-            factors["phi"] = ["relu"]
-        if method == "contrastive_sparse_code":
-            factors["statistic"] = ["norm"]
+        for factor, default in (("statistic", "norm"), ("phi", "relu")):
+            if factor not in spec.search:
+                factors[factor] = [default]
         if self.vary is not None and method not in self.vary:
             factors = {key: values[:1] for key, values in factors.items()}
         if self.design == "grid":
@@ -166,86 +134,87 @@ CANDIDATE_KEYS = ("sparsity", "modules", "layers", "token_scope", "statistic", "
 
 def candidate_family(model: Any, method: str, signatures: dict[str, tuple[Signature, Signature]],
                      config: dict[str, Any], *, tau: float = 2.0, persona: str | None = None,
-                     families: FamilyCache | None = None) -> MaskFamily:
-    """The mask family of one search configuration (token scope, statistic, φ; see :class:`MaskSpace`), from
-    ``families`` when given (ranked once however often it is asked for), else ranked anew (``cache=True``)."""
+                     families: FamilyCache | None = None, inputs: MethodInputs | None = None) -> Family:
+    """The family of a registered method (:func:`~persona_interp.masks.registry.method_spec`) for one search
+    configuration (token scope, statistic, φ; see :class:`MaskSpace`), from ``families`` when given (ranked once
+    however often it is asked for), else ranked anew. ``inputs``: what else the method needs (a neutral
+    signature, calibration items, neutral texts); its seek, reject and persona are this configuration's."""
+    spec = method_spec(method)
     seek, reject = (sig.with_statistic(config.get("statistic", "norm")) for sig in signatures[config["token_scope"]])
-    options: dict[str, Any] = {**MASK_METHODS[method], "persona": persona}
-    if method in ("contrastive_wanda", "contrastive_sparse"):
+    options: dict[str, Any] = {}
+    if "phi" in spec.search:
         options.update(phi=config.get("phi", "relu"), tau=tau if config.get("phi") == "softplus" else 1.0)
-    if families is not None:
-        return families.get(seek, reject, **options)
-    return mask_family(model, seek=seek, reject=reject, cache=True, **options)
+    inputs = dataclasses.replace(inputs or MethodInputs(), seek=seek, reject=reject, persona=persona)
+    return spec.family(model, inputs, families=families, **options)
 
 
 def build_candidate(model: Any, method: str, signatures: dict[str, tuple[Signature, Signature]],
                     row: dict[str, Any], *, tau: float = 2.0, persona: str | None = None,
-                    families: FamilyCache | None = None) -> tuple[Mask, Mask]:
+                    families: FamilyCache | None = None, inputs: MethodInputs | None = None) -> tuple[Mask, Mask]:
     """The (seek, reject) masks of one row of a mask search table.
 
     Example:
         >>> seek, reject = build_candidate(model, "wanda", {"all": (s, r)}, choice.table[pick_within(choice.table, 0.1)])
     """
     modules = row["modules"]
-    return candidate_family(model, method, signatures, row, tau=tau, persona=persona, families=families).pair(
+    return candidate_family(model, method, signatures, row, tau=tau, persona=persona, families=families, inputs=inputs).pair(
         row["sparsity"], modules=None if modules == "attn+mlp" else [modules], layers=_layers(model, row["layers"]))
 
 
 def select_masks(model: Any, method: str, signatures: dict[str, tuple[Signature, Signature]],
                  validation: Sequence[PersonaItem], space: MaskSpace, *, reference: DamageReference | None = None,
                  max_kl: float | None = None, persona: str | None = None, batch_size: int = 8,
-                 families: FamilyCache | None = None, progress: bool = False) -> MaskChoice:
-    """Search ``space`` for the mask pair of ``method`` (a name of :data:`~persona_interp.masks.builders.MASK_METHODS`)
-    with the largest seek-minus-reject separation of the per-token margin on the validation items.
-    ``signatures`` maps each token scope to the (seek, reject) signatures collected with it. With ``reference``
-    each row records the damage (KL on neutral text, the larger of the two masks); ``max_kl`` chooses only among
-    configurations within it (:func:`pick_within`). Each configuration is ranked once for all its sparsities
-    (and kept in ``families``, when given, for the picks built afterwards).
+                 families: FamilyCache | None = None, inputs: MethodInputs | None = None, budgets: Sequence[float] = (),
+                 racing: Racing | None = None, progress: bool = False) -> MaskChoice:
+    """Search ``space`` for the mask pair of ``method`` (a registered name with poles,
+    :mod:`persona_interp.masks.registry`) with the largest seek-minus-reject separation of the per-token margin
+    on the validation items. ``signatures`` maps each token scope to the (seek, reject) signatures collected
+    with it. With ``reference`` each row records the damage (KL on neutral text, the larger of the two masks,
+    measured before the scoring); ``max_kl`` chooses only among configurations within it
+    (:func:`~persona_interp.evaluation.search.pick_within`); a sparsity over ``space.stop_above`` is not scored
+    (when none is scored, the least damaging is chosen). Each configuration is ranked once for all its
+    sparsities (and kept in ``families``, when given, for the picks built afterwards). ``inputs``: what else
+    the method needs (:func:`candidate_family`). ``budgets`` and ``racing``:
+    :func:`~persona_interp.evaluation.search.search`.
 
     Example:
         >>> choice = select_masks(model, "contrastive_wanda", {"all": (s, r)}, val, MaskSpace(token_scopes=["all"]))
         >>> choice.config        # {"sparsity": 0.1, "modules": "mlp", "layers": "late", "token_scope": "all", ...}
     """
-    if method not in MASK_METHODS:
-        raise ValueError(f"unknown mask method {method!r}: use one of {sorted(MASK_METHODS)}")
+    if not method_spec(method).poles:
+        raise ValueError(f"method {method!r} has no poles: a mask search needs a seek and a reject mask")
     missing = [scope for scope in space.token_scopes if scope not in signatures]
     if missing:
         raise ValueError(f"no signatures for token scope(s) {missing}; have {sorted(signatures)}")
     if (max_kl is not None or space.stop_above is not None) and reference is None:
         raise ValueError("max_kl and stop_above need a damage reference")
-    validation = list(validation)
     configs = space.configurations(method)
-    table: list[dict[str, Any]] = []
-    bar = tqdm(total=len(configs) * len(space.sparsities), desc=f"mask search ({method})", disable=not progress)
-    for config in configs:
-        family = candidate_family(model, method, signatures, config, tau=space.tau, persona=persona, families=families)
-        for rho in sorted(space.sparsities):
-            bar.update()
-            modules = config["modules"]
-            pair = family.pair(rho, modules=[modules] if modules else None, layers=_layers(model, config["layers"]))
-            margins, kls = [], []
-            for mask in pair:
-                with ablate(model, mask):
-                    margins.append(score_ab(model, validation, batch_size=batch_size, progress=False).margin_mean)
-                    if reference is not None:
-                        kls.append(reference.measure(model)["kl"])
-            row = {**config, "sparsity": rho, "modules": modules or "attn+mlp",
-                   "separation": float((margins[0] - margins[1]).mean()), "seek_margin": float(margins[0].mean()),
-                   "reject_margin": float(margins[1].mean())}
-            if kls:
-                row["kl"] = max(kls)
-            table.append(row)
-            if space.stop_above is not None and row["kl"] > space.stop_above:
-                bar.update(len([r for r in space.sparsities if r > rho]))
-                break
-        del family
-    bar.close()
-    best = pick_within(table, max_kl)
+    current: dict[int, Family] = {}                  # one configuration's family at a time (its ranks are freed after)
+
+    def family(i: int) -> Family:
+        if i not in current:
+            current.clear()
+            current[i] = candidate_family(model, method, signatures, configs[i], tau=space.tau, persona=persona,
+                                          families=families, inputs=inputs)
+        return current[i]
+
+    def poles(i: int, rho: float) -> tuple[Pole, ...]:
+        modules = configs[i]["modules"]
+        pair = family(i).pair(rho, modules=[modules] if modules else None, layers=_layers(model, configs[i]["layers"]))
+        return tuple(Pole(lambda mask=mask: ablate(model, mask)) for mask in pair)
+
+    candidates = [Candidate({**config, "sparsity": rho, "modules": config["modules"] or "attn+mlp"},
+                            lambda i=i, rho=rho: poles(i, rho), group=i)
+                  for i, config in enumerate(configs) for rho in sorted(space.sparsities)]
+    table = search(model, candidates, validation, reference=reference, limit=space.stop_above, budgets=budgets,
+                   racing=racing, batch_size=batch_size, progress=progress, desc=f"mask search ({method})")
+    current.clear()
+    best = pick_within(table, max_kl) if max_kl is not None else fallback(table)
     if best is None:
         raise ValueError(f"no configuration has KL <= {max_kl}; the least damaging has {min(r['kl'] for r in table):.4f}")
     config = {key: table[best][key] for key in CANDIDATE_KEYS}
     return MaskChoice(config, build_candidate(model, method, signatures, table[best], tau=space.tau, persona=persona,
-                                              families=families), table)
+                                              families=families, inputs=inputs), table)
 
 
 @dataclass
@@ -258,19 +227,19 @@ class PromptChoice:
 
 
 def select_prompts(model: Any, seek_prompts: Sequence[str], reject_prompts: Sequence[str],
-                   validation: Sequence[PersonaItem], *, batch_size: int = 8) -> PromptChoice:
+                   validation: Sequence[PersonaItem], *, batch_size: int = 8, progress: bool = False) -> PromptChoice:
     """Score every phrasing on the validation items; keep the seek phrasing with the highest mean
-    margin and the reject phrasing with the lowest (the pair with the largest separation).
+    margin and the reject phrasing with the lowest (the pair with the largest separation). Prompts leave the
+    weights unchanged, so no damage is measured.
 
     Example:
         >>> choice = select_prompts(model, persona_prompts("power", "seek"), persona_prompts("power", "reject"), val)
     """
     if not seek_prompts or not reject_prompts:
         raise ValueError("select_prompts needs at least one phrasing per pole")
-    validation = list(validation)
-    table = [{"side": side, "prompt": prompt,
-              "margin": float(score_ab(model, validation, system=prompt, batch_size=batch_size, progress=False).margin_mean.mean())}
-             for side, prompts in (("seek", seek_prompts), ("reject", reject_prompts)) for prompt in prompts]
+    candidates = [Candidate({"side": side, "prompt": prompt}, lambda prompt=prompt: (Pole(system=prompt),))
+                  for side, prompts in (("seek", seek_prompts), ("reject", reject_prompts)) for prompt in prompts]
+    table = search(model, candidates, validation, batch_size=batch_size, progress=progress, desc="prompt search")
     seek = max((r for r in table if r["side"] == "seek"), key=lambda r: r["margin"])
     reject = min((r for r in table if r["side"] == "reject"), key=lambda r: r["margin"])
     return PromptChoice(seek["prompt"], reject["prompt"], table)
@@ -283,15 +252,18 @@ class LoRAChoice:
     epochs: int
     seek: LoRA
     reject: LoRA
-    table: list[dict[str, float]]
+    table: list[dict[str, Any]]
     runs: dict[str, list[LoRA]] = field(default_factory=dict)    # each pole's LoRA after every epoch (budgeted picks)
 
 
 def select_lora(model: Any, fit: Sequence[PersonaItem], validation: Sequence[PersonaItem], config: LoRAConfig | None = None,
-                *, reference: DamageReference | None = None, batch_size: int = 8, progress: bool = True) -> LoRAChoice:
+                *, reference: DamageReference | None = None, stop_above: float | None = None, budgets: Sequence[float] = (),
+                racing: Racing | None = None, batch_size: int = 8, progress: bool = True) -> LoRAChoice:
     """Train a seek and a reject LoRA on ``fit`` and choose the number of epochs by the largest mean
     seek-minus-reject per-token margin on ``validation`` (the criterion of the steering search). With
-    ``reference`` every epoch's row records its damage on neutral text (``kl``, the larger pole's).
+    ``reference`` every epoch's row records its damage on neutral text (``kl``, the larger pole's, measured
+    first); an epoch over ``stop_above`` (default: the largest of ``budgets``) is not scored and ends the sweep
+    (when none is scored, the least damaging is chosen).
 
     Example:
         >>> choice = select_lora(model, fit, validation, LoRAConfig(epochs=3))
@@ -301,17 +273,12 @@ def select_lora(model: Any, fit: Sequence[PersonaItem], validation: Sequence[Per
     if not validation:
         raise ValueError("select_lora needs validation items")
     runs = {side: train_lora(model, fit, side, config, snapshots=True, progress=progress) for side in SIDES}
-    table = []
-    for epoch in range(config.epochs):
-        margins, kls = {}, []
-        for side in SIDES:
-            with runs[side][epoch].apply(model):
-                margins[side] = score_ab(model, validation, batch_size=batch_size).margin_mean
-                if reference is not None:
-                    kls.append(reference.measure(model)["kl"])
-        table.append({"epochs": epoch + 1, "separation": float((margins["seek"] - margins["reject"]).mean()),
-                      "seek_margin": float(margins["seek"].mean()), "reject_margin": float(margins["reject"].mean()),
-                      "seek_train_loss": runs["seek"][epoch].meta["train_loss"][-1],
-                      "reject_train_loss": runs["reject"][epoch].meta["train_loss"][-1], **({"kl": max(kls)} if kls else {})})
-    best = max(range(config.epochs), key=lambda e: table[e]["separation"])
-    return LoRAChoice(best + 1, runs["seek"][best], runs["reject"][best], table, runs)
+    candidates = [Candidate({"epochs": epoch + 1, "seek_train_loss": runs["seek"][epoch].meta["train_loss"][-1],
+                             "reject_train_loss": runs["reject"][epoch].meta["train_loss"][-1]},
+                            lambda epoch=epoch: tuple(Pole(lambda lora=runs[side][epoch]: lora.apply(model)) for side in SIDES),
+                            group="epochs")
+                  for epoch in range(config.epochs)]
+    table = search(model, candidates, validation, reference=reference, limit=stop_above, budgets=budgets, racing=racing,
+                   batch_size=batch_size, progress=progress, desc="LoRA search")
+    epoch = table[fallback(table)]["epochs"] - 1
+    return LoRAChoice(epoch + 1, runs["seek"][epoch], runs["reject"][epoch], table, runs)

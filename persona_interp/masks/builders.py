@@ -129,6 +129,7 @@ def token_contrast(seek: Signature, reject: Signature, map_name: str, eps: float
     return diff.abs() / torch.sqrt(seek.token_var(map_name) + reject.token_var(map_name) + eps)
 
 
+RANKINGS = ("wanda", "contrastive_wanda", "contrastive_sparse")    # what mask_family ranks by
 Phi = Literal["relu", "softplus"]
 PHIS: tuple[Phi, ...] = ("relu", "softplus")    # φ of Contrastive-Wanda scores |W|·φ(±z)
 RULES = ("disjoint", "paper_code")          # Contrastive-Sparse: the paper's text, the paper's code
@@ -244,7 +245,8 @@ def mask_family(model: Any, method: str, seek: Signature, reject: Signature | No
                 phi: Phi = "relu", tau: float = 1.0, eps: float = 1e-8, rule: str = "disjoint",
                 modules: Iterable[str] | None = None, layers: Iterable[int] | None = None,
                 persona: str | None = None, cache: bool = False) -> MaskFamily:
-    """The ranking behind one method's masks (``method`` one of :data:`METHODS`): ``wanda`` ranks
+    """The ranking behind one method's masks (``method`` one of :data:`RANKINGS`; the named methods built from
+    them are in :mod:`persona_interp.masks.registry`): ``wanda`` ranks
     ``|W|·a`` of each pole's own signature; ``contrastive_wanda`` ``|W|·φ(±z)``; ``contrastive_sparse``
     by ``rule`` (see :func:`contrastive_sparse_masks`).
 
@@ -252,8 +254,8 @@ def mask_family(model: Any, method: str, seek: Signature, reject: Signature | No
         >>> family = mask_family(model, "wanda", sig_seek, sig_reject, cache=True)
         >>> masks = {rho: family.pair(rho) for rho in (0.01, 0.1, 0.3)}
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown mask method {method!r}: use one of {METHODS}")
+    if method not in RANKINGS:
+        raise ValueError(f"unknown mask ranking {method!r}: use one of {RANKINGS}")
     check_phi(phi)
     sigs = [seek] if reject is None else [seek, reject]
     if reject is None and method != "wanda":
@@ -297,27 +299,6 @@ def mask_family(model: Any, method: str, seek: Signature, reject: Signature | No
     return MaskFamily(model, method, maps, ranker, {**extra, "phi": phi, "tau": tau, "eps": eps}, cache=cache)
 
 
-METHODS = ("wanda", "contrastive_wanda", "contrastive_sparse")
-MASK_METHODS: dict[str, dict[str, Any]] = {          # every named mask method: the family and its fixed options
-    "wanda": {"method": "wanda"},
-    "contrastive_wanda": {"method": "contrastive_wanda"},
-    "contrastive_sparse": {"method": "contrastive_sparse", "rule": "disjoint"},
-    "contrastive_sparse_code": {"method": "contrastive_sparse", "rule": "paper_code"},
-}
-
-
-def method_family(model: Any, name: str, seek: Signature, reject: Signature, **options: Any) -> MaskFamily:
-    """The :class:`MaskFamily` of a named method of :data:`MASK_METHODS` (``wanda``: one mask per pole's own
-    signature).
-
-    Example:
-        >>> seek, reject = method_family(model, "contrastive_sparse_code", sig_seek, sig_reject).pair(0.3)
-    """
-    if name not in MASK_METHODS:
-        raise ValueError(f"unknown mask method {name!r}: use one of {sorted(MASK_METHODS)}")
-    return mask_family(model, seek=seek, reject=reject, **MASK_METHODS[name], **options)
-
-
 @dataclass
 class FamilyCache:
     """Ranked mask families reused within one study: the same method, options and signatures (same sums and
@@ -328,7 +309,7 @@ class FamilyCache:
     Example:
         >>> families = FamilyCache(model)
         >>> families.get(seek, reject, method="contrastive_wanda").pair(0.3)       # ranked here
-        >>> families.get(seek, reject, **MASK_METHODS["contrastive_wanda"]).pair(0.1)   # the same ranks
+        >>> families.get(seek, reject, **method_spec("contrastive_wanda").fixed).pair(0.1)   # the same ranks
     """
 
     model: Any
@@ -336,8 +317,8 @@ class FamilyCache:
     _families: dict[tuple, tuple[MaskFamily, Signature, Signature]] = field(default_factory=dict, repr=False)
 
     def get(self, seek: Signature, reject: Signature, **options: Any) -> MaskFamily:
-        """:func:`mask_family` with these signatures and options (``method=…``; for a name of :data:`MASK_METHODS`
-        pass ``**MASK_METHODS[name]``), ranked once and kept (``cache=True``)."""
+        """:func:`mask_family` with these signatures and options (``method=…``; for a registered method name pass
+        ``**method_spec(name).fixed``, :mod:`persona_interp.masks.registry`), ranked once and kept (``cache=True``)."""
         bound = inspect.signature(mask_family).bind(self.model, seek=seek, reject=reject, **options)
         bound.apply_defaults()
         chosen = {k: v for k, v in bound.arguments.items() if k not in ("model", "seek", "reject", "cache")}

@@ -235,6 +235,15 @@ REPORT_LEGEND = (
     "prompt and RAG conditions leave the weights unchanged, so their damage on the (prompt-free) neutral set is 0 by construction.\n")
 
 
+def _best(table: list[dict[str, Any]]) -> str:
+    """What a search's reported best is: unbudgeted when every candidate was scored, else the best of those
+    within the largest budget (the search does not score a candidate over every budget)."""
+    unscored = sum(1 for row in table if row.get("scored") is False)
+    if unscored == len(table):
+        return "none within the largest budget (none scored); least damaging"
+    return "unbudgeted best" if not unscored else f"best within the largest budget ({unscored} over it, not scored)"
+
+
 def _tuning_lines(used: dict[str, Any]) -> list[str]:
     """What each regime's search on the validation split tried and picked."""
     lines = [f"\nTuned on {used['validation_items']} validation items (never a test item), damage during the searches on "
@@ -244,16 +253,17 @@ def _tuning_lines(used: dict[str, Any]) -> list[str]:
              f"Calibration items whose question is in the test set: {used.get('test_leaks_dropped', 0)} dropped; "
              f"questions that occur more than once: {used.get('duplicate_questions', 0)} (kept on one side of the split).\n"]
     for method, s in used.get("steering_search", {}).items():
-        lines.append(f"- steering {method}: {len(s['table'])} (layer, multiplier) candidates; unbudgeted best: layer {s['layer']}, "
+        lines.append(f"- steering {method}: {len(s['table'])} (layer, multiplier) candidates; {_best(s['table'])}: layer {s['layer']}, "
                      f"multiplier {s['multiplier']:g}")
     if "lora_search" in used:
-        lines.append(f"- LoRA: epochs 1–{used['lora_search']['config']['epochs']} (rank {used['lora_search']['config']['rank']}, "
-                     f"lr {used['lora_search']['config']['learning_rate']:g}); unbudgeted best: {used['lora_search']['epochs']}")
+        lora = used["lora_search"]
+        lines.append(f"- LoRA: epochs 1–{lora['config']['epochs']} (rank {lora['config']['rank']}, "
+                     f"lr {lora['config']['learning_rate']:g}); {_best(lora['table'])}: {lora['epochs']}")
     if "prompt_search" in used:
         lines.append(f"- prompts: the phrasings in results.json (`prompt_search`), {len(used['prompt_search'])} candidates")
     for method, s in used.get("mask_search", {}).items():
         c = s["chosen"]
-        lines.append(f"- {method}: {len(s['table'])} candidates; unbudgeted best: sparsity {c['sparsity']}, modules {c['modules']}, "
+        lines.append(f"- {method}: {len(s['table'])} candidates; {_best(s['table'])}: sparsity {c['sparsity']}, modules {c['modules']}, "
                      f"layers {c['layers']}, {c['token_scope']} tokens, statistic {c['statistic']}, φ {c['phi']}")
     return lines
 

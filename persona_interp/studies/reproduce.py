@@ -21,13 +21,13 @@ from persona_interp.data.personas import REPO_ROOT, SIDES, PersonaDataset, load_
 from persona_interp.data.retrieval import Retriever
 from persona_interp.evaluation.evaluate import budget_winners, control_comparison, equal_damage_summary, evaluate, frontier_rows
 from persona_interp.evaluation.scoring import DamageReference
-from persona_interp.evaluation.tuning import (
-    budget_picks, build_candidate, pick_within, select_lora, select_masks, select_prompts, select_steering,
-)
+from persona_interp.evaluation.search import budget_picks, pick_within
+from persona_interp.evaluation.tuning import build_candidate, select_lora, select_masks, select_prompts, select_steering
 from persona_interp.interventions.conditions import Condition, LoRACondition, MaskCondition, Prompt, SteeringCondition
 from persona_interp.interventions.ode_steering import ode_steerings
 from persona_interp.interventions.steering import answer_residual_means, vectors_from_differences
-from persona_interp.masks.builders import MASK_METHODS, FamilyCache, mask_family, random_mask
+from persona_interp.masks.builders import FamilyCache, random_mask
+from persona_interp.masks.registry import MethodInputs, methods
 from persona_interp.model.adapter import get_adapter
 from persona_interp.model.load import load_model, resolve_dtype
 from persona_interp.report.figures import plot_persona, plot_stability
@@ -113,6 +113,7 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
     used["steering_search"] = steering["search"]
     if config.lora is not None:
         choice = select_lora(model, list(fit), list(validation), config.lora, reference=selection,
+                             stop_above=max(config.damage_budgets),
                              batch_size=config.batch_size, progress=progress)
         used["lora_search"] = {"epochs": choice.epochs, "table": choice.table, "config": dataclasses.asdict(config.lora)}
         for budgets, index in budget_picks(choice.table, config.damage_budgets):
@@ -148,18 +149,15 @@ def paper_mask_conditions(model: Any, persona: str, signatures: tuple[Signature,
                           families: FamilyCache | None = None) -> list[Condition]:
     """Every mask method at sparsity ``rho`` (default modules, the run's token scope, the paper's norm statistic,
     ReLU), each alone and with its pole's prompt; a random mask alone and with each prompt as their controls."""
-    kw = {"modules": config.modules, "persona": persona}
     control = f"random@{rho}"
     conditions: list[Condition] = [MaskCondition(control, regime="random", mask=random_mask(model, rho, seed=config.seed, modules=config.modules))]
     for side in SIDES:
         conditions.append(MaskCondition(f"{control}+prompt-{side}", side=side, regime="random", mask=conditions[0].mask,
                                         system=prompts[side], pair=f"{control}+prompt", damage_of=control))
-    for method in MASK_METHODS:
-        options = {**MASK_METHODS[method], **kw}
-        seek, reject = signatures
-        family = (families.get(seek, reject, **options) if families is not None
-                  else mask_family(model, seek=seek, reject=reject, **options))
-        pair = family.pair(rho, modules=config.modules)
+    for spec in methods(poles=True, available={"signatures"}):
+        method = spec.name
+        pair = spec.family(model, MethodInputs(*signatures, persona=persona), families=families,
+                           modules=config.modules).pair(rho, modules=config.modules)
         for side, mask in zip(SIDES, pair):
             alone = MaskCondition(f"{method}-{side}@{rho}", side=side, regime=method, mask=mask, pair=f"{method}@{rho}",
                                   control=control)
@@ -177,7 +175,7 @@ def budget_mask_conditions(model: Any, persona: str, by_scope: dict[str, tuple[S
     space = dataclasses.replace(config.mask_search, stop_above=max(config.damage_budgets))
     conditions: list[Condition] = []
     used["mask_search"] = {}
-    for method in MASK_METHODS:
+    for method in [spec.name for spec in methods(poles=True, available={"signatures"})]:
         choice = select_masks(model, method, by_scope, validation, space, reference=selection, persona=persona,
                               batch_size=config.batch_size, families=families, progress=progress)
         used["mask_search"][method] = {"chosen": choice.config, "table": choice.table}
