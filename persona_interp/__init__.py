@@ -27,10 +27,19 @@ from persona_interp.evaluation.evaluate import Evaluation, evaluate
 from persona_interp.evaluation.scoring import DamageReference, perplexity, score_ab
 from persona_interp.evaluation.stats import paired_difference
 from persona_interp.interventions.ablation import HeadMask, NeuronMask, ablate
-from persona_interp.interventions.conditions import Composed, Condition, LoRACondition, MaskCondition, Prompt, SteeringCondition
+from persona_interp.interventions.conditions import (
+    Composed,
+    Condition,
+    LoRACondition,
+    MaskCondition,
+    Prompt,
+    SteeringCondition,
+    WeightEditCondition,
+)
 from persona_interp.interventions.lora import LoRA, LoRAConfig, train_lora
 from persona_interp.interventions.ode_steering import ODESteering, ode_steerings
 from persona_interp.interventions.steering import SteeringVector, mean_difference_vectors, pca_vectors
+from persona_interp.interventions.weight_edit import DirectionalEdit
 from persona_interp.masks.builders import contrastive_sparse_masks, contrastive_wanda_masks, magnitude_mask, random_mask, wanda_mask
 from persona_interp.masks.composition import compose, fractional_mask, type_mask
 from persona_interp.masks.mask import Mask, fraction_differ, iou
@@ -49,8 +58,8 @@ __all__ = [
     "random_mask", "magnitude_mask", "fraction_differ", "iou", "compose", "fractional_mask", "type_mask",
     # interventions (each applied inside a ``with``)
     "ablate", "NeuronMask", "HeadMask", "SteeringVector", "mean_difference_vectors", "pca_vectors", "ODESteering",
-    "ode_steerings", "LoRA", "LoRAConfig", "train_lora",
+    "ode_steerings", "LoRA", "LoRAConfig", "train_lora", "DirectionalEdit",
     # conditions, evaluation, statistics
-    "Condition", "Prompt", "MaskCondition", "SteeringCondition", "LoRACondition", "Composed", "evaluate", "Evaluation",
+    "Condition", "Prompt", "MaskCondition", "SteeringCondition", "WeightEditCondition", "LoRACondition", "Composed", "evaluate", "Evaluation",
     "score_ab", "DamageReference", "perplexity", "paired_difference", "markdown_table", "compare_regimes",
 ]

@@ -21,6 +21,7 @@ from persona_interp.interventions.base import Intervention
 from persona_interp.interventions.lora import LoRA
 from persona_interp.interventions.ode_steering import ODESteering
 from persona_interp.interventions.steering import SteeringVector
+from persona_interp.interventions.weight_edit import DirectionalEdit
 from persona_interp.masks.mask import Mask
 from persona_interp.model.chat import system_for
 
@@ -107,11 +108,27 @@ class _Scaled:
     """A steering vector or ODE flow at a condition's multiplier; the object itself is shared, so ODESteering's
     per-device barrier copies are made once, not at every :meth:`Condition.applied`."""
 
-    vector: SteeringVector | ODESteering
+    vector: SteeringVector | ODESteering | DirectionalEdit
     multiplier: float
 
     def apply(self, model: Any) -> contextlib.AbstractContextManager[Any]:
         return self.vector.apply(model, self.multiplier)
+
+
+@dataclass
+class WeightEditCondition(Condition):
+    """Weight-edit steering (:class:`~persona_interp.interventions.weight_edit.DirectionalEdit`) at ``multiplier``
+    (its α: +α amplifies the direction, the seek pole; −α attenuates it, the reject pole; −1 projects it out),
+    the residual writers' weights restored bit-exact on exit."""
+
+    edit: DirectionalEdit | None = None
+    multiplier: float = -1.0
+    regime: str = "weight_edit"
+
+    def intervention(self) -> Intervention | None:
+        if self.edit is None:
+            raise TypeError(f"weight-edit condition {self.name!r} has no edit")
+        return _Scaled(self.edit, self.multiplier)
 
 
 @dataclass
