@@ -127,21 +127,31 @@ def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Cond
 
 
 def control_comparison(ev: Evaluation) -> list[dict[str, Any]]:
-    """Each mask condition against the random mask of the same sparsity: paired difference of the
-    margin toward the mask's side. ``beats_control`` is true only when the 95 % interval is above 0."""
+    """Each mask condition against the random mask of the same sparsity (``meta["control"]``, else the unmatched
+    random mask of its sparsity): paired difference of the margin toward the mask's side. ``beats_control`` is true
+    only when the 95 % interval is above 0. A condition with ``meta["matched_control"]`` (the random mask of equal
+    damage, :func:`~persona_interp.evaluation.controls.damage_matched_random`) also gets ``matched_advantage`` and
+    ``beats_matched`` against it, in the same row."""
     rows = []
     for name, cond in ev.conditions.items():
         if not isinstance(cond, MaskCondition) or cond.regime == "random" or not cond.side:
             continue
         rho = cond.mask.meta["sparsity"]
         control = cond.meta.get("control") if "control" in cond.meta else next(
-            (n for n, c in ev.conditions.items() if c.regime == "random" and not c.mask.meta.get("like") and c.mask.meta["sparsity"] == rho), None)
+            (n for n, c in ev.conditions.items() if c.regime == "random" and not c.mask.meta.get("like")
+             and not c.mask.meta.get("matched_to") and c.mask.meta["sparsity"] == rho), None)
         if control is None or control not in ev.scores:
             continue
         sign = 1.0 if cond.side == "seek" else -1.0
         diff = paired_difference(sign * ev.scores[name].margin_mean, sign * ev.scores[control].margin_mean)
-        rows.append({"persona": ev.persona, "condition": name, "control": control, "n": diff.n, "advantage": diff.value,
-                     "advantage_low": diff.low, "advantage_high": diff.high, "beats_control": diff.low > 0})
+        row = {"persona": ev.persona, "condition": name, "control": control, "n": diff.n, "advantage": diff.value,
+               "advantage_low": diff.low, "advantage_high": diff.high, "beats_control": diff.low > 0}
+        matched = cond.meta.get("matched_control")
+        if matched in ev.scores:
+            diff = paired_difference(sign * ev.scores[name].margin_mean, sign * ev.scores[matched].margin_mean)
+            row.update(matched_control=matched, matched_advantage=diff.value, matched_advantage_low=diff.low,
+                       matched_advantage_high=diff.high, beats_matched=diff.low > 0)
+        rows.append(row)
     return rows
 
 
