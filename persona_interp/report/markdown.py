@@ -174,7 +174,8 @@ SUMMARY_TEXTS = {
                "budget is enforced on the reported texts instead), and the best mask within the same budget:",
     "paper": "The paper's mask rows (ρ from the config, Contrastive-Wanda): seek − reject of the mask alone and with the "
              "same pole's prompt (the paper's protocol), what the mask adds to the prompt, whether each pole's mask beats a "
-             "random mask of the same sparsity (alone; with the prompt), and each pole's damage:",
+             "random mask of the same sparsity (alone; with the prompt) and, where measured, the random mask of equal "
+             "damage on the selection texts (alone), and each pole's damage:",
     "overlap": "Opposing masks, like with like: share of entries where seek and reject differ over all maps:",
     "statistic": "The per-sample statistic: share of channels with z > 0, mean covered tokens, and which pole's ReLU "
                  "Contrastive-Wanda mask breaks the model:",
@@ -289,11 +290,18 @@ def _persona_section(persona: str, entry: dict[str, Any], figure: Path, out_dir:
              "\nSeek-minus-reject (paired, per-token margin; cancels damage both poles share):\n",
              markdown_table(contrasts, ["pair", "n", "difference", "items_seek_only", "items_reject_only"]),
              "\nEach mask against its random-mask control (same sparsity or the same weights per row; with prompts, the "
-             "random mask with the same prompt; paired margin toward the mask's side):\n",
-             markdown_table(controls, ["condition", "control", "advantage", "beats_control"])]
+             "random mask with the same prompt; paired margin toward the mask's side)" + (
+                 ", and, beside it, against the random mask of equal damage (`matched`: the random sparsity whose KL on "
+                 "the selection texts equals the mask's)" if any("matched_control" in c for c in controls) else "") + ":\n",
+             markdown_table(controls, ["condition", "control", "advantage", "beats_control"]
+                            + (["matched_control", "matched_advantage", "beats_matched"]
+                               if any("matched_control" in c for c in controls) else []))]
     losers = [c["condition"] for c in controls if not c["beats_control"]]
     if losers:
         lines.append(f"\nDoes not beat its random-mask control (95 % interval not above 0): {', '.join(losers)}.\n")
+    matched_losers = [c["condition"] for c in controls if c.get("beats_matched") is False]
+    if matched_losers:
+        lines.append(f"\nDoes not beat the random mask of equal damage: {', '.join(matched_losers)}.\n")
     if entry.get("prompt_additions"):
         lines += ["\nWhat the mask adds to the prompt (mask + prompt − prompt, toward the pole; per pair seek − reject):\n",
                   markdown_table(entry["prompt_additions"], ["condition", "side", "n", "added"])]

@@ -21,13 +21,22 @@ import torch
 from persona_interp.analysis.diagnostics import overlap_table, stability, statistic_table
 from persona_interp.data.personas import REPO_ROOT, SIDES, PersonaDataset, load_neutral_texts, load_persona, persona_prompts
 from persona_interp.data.retrieval import Retriever
+from persona_interp.evaluation.controls import damage_matched_random
 from persona_interp.evaluation.evaluate import budget_winners, control_comparison, equal_damage_summary, evaluate, frontier_rows
 from persona_interp.evaluation.scoring import DamageReference
 from persona_interp.evaluation.tuning import budget_picks, build_candidate, pick_within, select_masks, select_prompts, select_steering
-from persona_interp.interventions.conditions import Condition, LoRACondition, MaskCondition, Prompt, SteeringCondition
+from persona_interp.interventions.conditions import (
+    Condition,
+    LoRACondition,
+    MaskCondition,
+    Prompt,
+    SteeringCondition,
+    WeightEditCondition,
+)
 from persona_interp.interventions.lora import select_lora
 from persona_interp.interventions.ode_steering import ode_steerings
 from persona_interp.interventions.steering import answer_residual_means, vectors_from_differences
+from persona_interp.interventions.weight_edit import DirectionalEdit
 from persona_interp.masks.builders import MASK_METHODS, FamilyCache, mask_family, random_mask
 from persona_interp.model.adapter import get_adapter
 from persona_interp.model.load import load_model
@@ -121,7 +130,8 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
                                                       "chosen": choice.table[index]}))
     families = FamilyCache(model)                   # every table below ranks each (method, options, signatures) once
     for rho in config.sparsities:
-        conditions += paper_mask_conditions(model, persona, by_scope[config.token_scope], rho, prompts, config, families)
+        conditions += paper_mask_conditions(model, persona, by_scope[config.token_scope], rho, prompts, config, families,
+                                            selection=selection, used=used)
     if config.mask_search is not None:
         conditions += budget_mask_conditions(model, persona, by_scope, validation, selection, prompts, config, used,
                                              progress, families)
@@ -141,14 +151,34 @@ def _with_prompt(cond: MaskCondition, prompts: dict[str, str], control: str | No
     return MaskCondition(f"{cond.name}+prompt", side=cond.side, regime=cond.regime, mask=cond.mask, system=prompts[cond.side],
                          meta={**cond.meta, "pair": f"{cond.meta['pair']}+prompt", "protocol": "mask+prompt",
                                "prompt_of": f"prompt-{cond.side}", "mask_of": cond.name, "damage_of": cond.name,
-                               "control": control})
+                               "control": control, "matched_control": None})
+
+
+def _matched_control(model: Any, cond: MaskCondition, selection: DamageReference | None, config: ReproduceConfig,
+                     used: dict[str, Any] | None) -> list[Condition]:
+    """The random mask whose damage on ``selection`` matches ``cond``'s mask
+    (:func:`~persona_interp.evaluation.controls.damage_matched_random`), named ``random-matched:CONDITION`` and set as
+    ``cond``'s ``meta["matched_control"]``; nothing when ``config.matched_controls`` leaves out its method. The
+    search (target, KL reached, every sparsity tried) goes to ``used["matched_controls"]``."""
+    spec = config.matched_controls
+    if spec is None or selection is None or cond.regime not in spec.methods:
+        return []
+    found = damage_matched_random(model, cond.mask, selection, seed=config.seed, tolerance=spec.tolerance, atol=spec.atol,
+                                  max_iter=spec.max_iter)
+    name = f"random-matched:{cond.name}"
+    cond.meta["matched_control"] = name
+    if used is not None:
+        used.setdefault("matched_controls", {})[name] = {"target_kl": found.target, "kl": found.kl, "sparsity": found.sparsity,
+                                                         "converged": found.converged, "tried": found.tried}
+    return [MaskCondition(name, regime="random", mask=found.mask, meta={"protocol": "mask", "matched_to": cond.name})]
 
 
 def paper_mask_conditions(model: Any, persona: str, signatures: tuple[Signature, Signature], rho: float,
-                          prompts: dict[str, str], config: ReproduceConfig,
-                          families: FamilyCache | None = None) -> list[Condition]:
+                          prompts: dict[str, str], config: ReproduceConfig, families: FamilyCache | None = None, *,
+                          selection: DamageReference | None = None, used: dict[str, Any] | None = None) -> list[Condition]:
     """Every mask method at sparsity ``rho`` (default modules, the run's token scope, the paper's norm statistic,
-    ReLU), each alone and with its pole's prompt; a random mask alone and with each prompt as their controls."""
+    ReLU), each alone and with its pole's prompt; a random mask alone and with each prompt as their controls, and
+    with ``selection`` the damage-matched random mask of each (``config.matched_controls``)."""
     kw = {"modules": config.modules, "persona": persona}
     control = f"random@{rho}"
     conditions: list[Condition] = [MaskCondition(control, regime="random", mask=random_mask(model, rho, seed=config.seed, modules=config.modules),
@@ -166,7 +196,8 @@ def paper_mask_conditions(model: Any, persona: str, signatures: tuple[Signature,
         for side, mask in zip(SIDES, pair):
             alone = MaskCondition(f"{method}-{side}@{rho}", side=side, regime=method, mask=mask,
                                   meta={"pair": f"{method}@{rho}", "protocol": "mask", "control": control})
-            conditions += [alone, _with_prompt(alone, prompts, f"{control}+prompt-{side}")]
+            conditions += [*_matched_control(model, alone, selection, config, used), alone,
+                           _with_prompt(alone, prompts, f"{control}+prompt-{side}")]
     return conditions
 
 
@@ -176,7 +207,9 @@ def budget_mask_conditions(model: Any, persona: str, by_scope: dict[str, tuple[S
                            families: FamilyCache | None = None) -> list[Condition]:
     """Each mask method's search (:func:`~persona_interp.evaluation.tuning.select_masks`, damage on ``selection``) and its
     pick per damage budget, named ``METHOD-SIDE@klB``, alone and with its prompt, each pick with a random mask
-    that removes the same number of weights per row (``random@klB-METHOD``). The tables go to ``used``."""
+    that removes the same number of weights per row (``random@klB-METHOD``) and, per pole, the random mask of
+    equal damage on ``selection`` (``random-matched:METHOD-SIDE@klB``, ``config.matched_controls``). The tables go
+    to ``used``."""
     space = dataclasses.replace(config.mask_search, stop_above=max(config.damage_budgets))
     conditions: list[Condition] = []
     used["mask_search"] = {}
@@ -195,7 +228,7 @@ def budget_mask_conditions(model: Any, persona: str, by_scope: dict[str, tuple[S
                 alone = MaskCondition(f"{method}-{side}@{tag}", side=side, regime=method, mask=mask,
                                       meta={"pair": f"{method}@{tag}", "protocol": "mask", "control": control,
                                             "budgets": budgets, "chosen": choice.table[index]})
-                conditions += [alone, _with_prompt(alone, prompts)]
+                conditions += [*_matched_control(model, alone, selection, config, used), alone, _with_prompt(alone, prompts)]
     return conditions
 
 
@@ -220,9 +253,10 @@ def mask_diagnostics(model: Any, persona: str, sig: dict[str, Signature], valida
 def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaDataset, config: ReproduceConfig,
                         selection: DamageReference | None = None, progress: bool = True) -> dict[str, Any]:
     """Mean-difference (CAA), PCA and ODE steering (barrier on ``config.ode_features`` random Fourier
-    features), each searched over layer × multiplier on the validation split with its damage on ``selection``;
-    per damage budget the pick with the largest separation: +α is the seek condition, −α the reject condition.
-    One pass over the fit items feeds all three."""
+    features) and weight-edit steering along the mean-difference direction (``config.weight_edit_strengths``;
+    :class:`~persona_interp.interventions.weight_edit.DirectionalEdit`), each searched over layer × multiplier on the
+    validation split with its damage on ``selection``; per damage budget the pick with the largest separation: +α
+    is the seek condition, −α the reject condition. One pass over the fit items feeds all four."""
     n_layers = get_adapter(model).n_layers
     layers = sorted({min(n_layers - 1, round(f * n_layers)) for f in config.steering_layers})
     conditions, search = [], {}
@@ -231,8 +265,13 @@ def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaData
     candidates = {method: vectors_from_differences(method, means["seek"] - means["reject"], layers)
                   for method in ("mean_difference", "pca")}
     candidates["ode"] = ode_steerings(model, fit, layers, features=config.ode_features, means=means, seed=config.seed)
+    doses = dict.fromkeys(candidates, config.steering_multipliers)
+    if config.weight_edit_strengths:
+        candidates["weight_edit"] = {layer: DirectionalEdit.from_vector(vector)
+                                     for layer, vector in candidates["mean_difference"].items()}
+        doses["weight_edit"] = config.weight_edit_strengths
     for method, vectors in candidates.items():
-        choice = select_steering(model, vectors, validation, config.steering_multipliers, reference=selection,
+        choice = select_steering(model, vectors, validation, doses[method], reference=selection,
                                  stop_above=max(config.damage_budgets) if selection else None,
                                  batch_size=config.batch_size, progress=progress)
         search[method] = {"layer": choice.layer, "multiplier": choice.multiplier, "table": choice.table}
@@ -241,9 +280,12 @@ def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaData
             row = choice.table[index]
             tag = f"@kl{budgets[0]:g}" if budgets[0] is not None else ""
             for side, sign in (("seek", 1.0), ("reject", -1.0)):
-                conditions.append(SteeringCondition(f"{method}-{side}{tag}", side=side, regime=method,
-                                                    vector=vectors[int(row["layer"])], multiplier=sign * row["multiplier"],
-                                                    meta={"pair": f"{method}{tag}", "budgets": budgets, "chosen": row}))
+                name, meta = f"{method}-{side}{tag}", {"pair": f"{method}{tag}", "budgets": budgets, "chosen": row}
+                vector, multiplier = vectors[int(row["layer"])], sign * row["multiplier"]
+                conditions.append(WeightEditCondition(name, side=side, edit=vector, multiplier=multiplier, meta=meta)
+                                  if method == "weight_edit" else
+                                  SteeringCondition(name, side=side, regime=method, vector=vector, multiplier=multiplier,
+                                                    meta=meta))
     return {"conditions": conditions, "search": search}
 
 
