@@ -9,7 +9,9 @@ adapter's ``[out, in]`` view: ``out`` is ``d_model``; never the embedding nor th
 with r̂ the unit steering direction. So the component along r̂ of everything these maps write is scaled by
 ``1 + α`` and nothing else changes:
 
-* α = −1 is Arditi et al.'s directional ablation (``W − r̂ r̂ᵀ W``): no map writes along r̂ any more;
+* α = −1 is Arditi et al.'s directional ablation (``W − r̂ r̂ᵀ W``): no map writes along r̂ any more (they also
+  orthogonalise the embedding; here it is tied to the unembedding and left alone, so the token embeddings'
+  own component along r̂ still enters the stream);
 * −1 < α < 0 ablates partly, α < −1 reverses the component (α = −2: a reflection);
 * α > 0 amplifies what the maps already write along r̂.
 
