@@ -73,7 +73,9 @@ def test_reproduce_writes_report_and_never_tunes_on_test_items(tiny_pipeline, tm
     assert controls["wanda-seek@0.3+prompt"] == "random@0.3+prompt-seek"
     # weight-edit steering searched per budget like steering; a damage-matched random control beside each mask's
     assert {"weight_edit-seek@kl1000", "weight_edit-reject@kl1000"} <= names
-    assert len(used["steering_search"]["weight_edit"]["table"]) == len(config.weight_edit_strengths)
+    edits = used["steering_search"]["weight_edit"]["table"]
+    assert len(edits) == len(config.weight_edit_strengths)
+    assert all(row["separation"] >= 0 and row["orientation"] in (1.0, -1.0) for row in edits)
     rows = {c["condition"]: c for c in results["personas"]["power"]["controls"]}
     for mask in ("wanda-seek@0.3", "contrastive_wanda-reject@kl1000"):
         matched = rows[mask]["matched_control"]
@@ -188,6 +190,15 @@ def test_resume_keeps_finished_personas_and_refuses_another_config(tiny_pipeline
     assert "## power (8 test items)" in text and "## wealth (8 test items)" in text and "Partial run" not in text
     with pytest.raises(ValueError, match="differs in \\['seed'\\]"):
         pipeline.reproduce(dataclasses.replace(two, seed=1), tmp_path / "out", model=model, progress=False, resume=True)
+
+
+def test_weight_edit_rows_swap_poles_when_amplifying_moves_toward_reject():
+    table = [{"layer": 1, "multiplier": 1.0, "separation": -0.3, "seek_margin": -0.5, "reject_margin": -0.2, "kl": 0.1},
+             {"layer": 1, "multiplier": 2.0, "separation": 0.1, "seek_margin": 0.2, "reject_margin": 0.1, "kl": 0.4}]
+    oriented = pipeline._oriented(table)
+    assert oriented[0] == {**table[0], "orientation": -1.0, "separation": 0.3, "seek_margin": -0.2, "reject_margin": -0.5}
+    assert oriented[1] == {**table[1], "orientation": 1.0}
+    assert tuning.pick_within(oriented, None) == 0 and tuning.pick_within(table, None) == 1
 
 
 def test_revision_is_dirty_for_changed_code_or_data_but_not_for_the_runs_own_outputs(tmp_path):

@@ -118,8 +118,8 @@ class _Scaled:
 @dataclass
 class WeightEditCondition(Condition):
     """Weight-edit steering (:class:`~persona_interp.interventions.weight_edit.DirectionalEdit`) at ``multiplier``
-    (its α: +α amplifies the direction, the seek pole; −α attenuates it, the reject pole; −1 projects it out),
-    the residual writers' weights restored bit-exact on exit."""
+    (its α: +α amplifies the direction, −α attenuates it, −1 projects it out; which pole each serves is chosen on
+    validation), the residual writers' weights restored bit-exact on exit."""
 
     edit: DirectionalEdit | None = None
     multiplier: float = -1.0

@@ -19,8 +19,10 @@ Why this form rather than actadd as weights: a map without bias (SmolLM2, Llama)
 its output is linear in its input, so adding ``α·v`` as a weight edit needs the map's mean input (a rank-one
 ``α·v x̄ᵀ/‖x̄‖²``, exact only on average) and statistics from some texts. Scaling the written component needs
 only r̂, contains the published ablation as one dose, and is one signed family, searched like steering's
-multiplier: +α (amplify the seek-minus-reject direction) is the seek pole, −α (attenuate, ablate at α = 1,
-reverse beyond) the reject pole. It is a regime of its own (a dense edit, neither a sparse mask nor a hook).
+multiplier: +α (amplify) for one pole, −α (attenuate, ablate at α = 1, reverse beyond) for the other. Because
+``r̂ r̂ᵀ`` ignores r̂'s sign, which pole amplifying serves depends on which way the model already leans along r̂;
+the main job lets the validation split say, per candidate (``studies.reproduce._oriented``). It is a regime of its
+own (a dense edit, neither a sparse mask nor a hook).
 
 Example:
     >>> edit = DirectionalEdit.from_vector(mean_difference_vector(model, fit, layer=12))

@@ -58,7 +58,8 @@ class ReproduceConfig:
     n_validation: int | None = 24
     ode_features: int | None = 256
     # weight-edit steering (interventions/weight_edit.py) along each layer's mean-difference direction: its α, searched
-    # like the multipliers (seek +α amplifies, reject −α attenuates; 1 projects it out of every o/down map); None: off
+    # like the multipliers (±α: amplify / attenuate, 1 projects it out of every o/down map; which pole each serves
+    # is chosen on validation); None: off
     weight_edit_strengths: list[float] | None = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0])
     # a random control matched on damage (selection texts) beside each same-sparsity one, for these methods' masks
     matched_controls: MatchedControlConfig | None = field(default_factory=MatchedControlConfig)

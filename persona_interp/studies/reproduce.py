@@ -274,19 +274,31 @@ def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaData
         choice = select_steering(model, vectors, validation, doses[method], reference=selection,
                                  stop_above=max(config.damage_budgets) if selection else None,
                                  batch_size=config.batch_size, progress=progress)
-        search[method] = {"layer": choice.layer, "multiplier": choice.multiplier, "table": choice.table}
-        for budgets, index in (budget_picks(choice.table, config.damage_budgets) if selection else
-                               [([None], pick_within(choice.table, None))]):
-            row = choice.table[index]
+        table = _oriented(choice.table) if method == "weight_edit" else choice.table
+        best = table[pick_within(table, None)]
+        search[method] = {"layer": int(best["layer"]), "multiplier": best["multiplier"], "table": table}
+        for budgets, index in (budget_picks(table, config.damage_budgets) if selection else
+                               [([None], pick_within(table, None))]):
+            row = table[index]
             tag = f"@kl{budgets[0]:g}" if budgets[0] is not None else ""
             for side, sign in (("seek", 1.0), ("reject", -1.0)):
                 name, meta = f"{method}-{side}{tag}", {"pair": f"{method}{tag}", "budgets": budgets, "chosen": row}
-                vector, multiplier = vectors[int(row["layer"])], sign * row["multiplier"]
+                vector, multiplier = vectors[int(row["layer"])], sign * row.get("orientation", 1.0) * row["multiplier"]
                 conditions.append(WeightEditCondition(name, side=side, edit=vector, multiplier=multiplier, meta=meta)
                                   if method == "weight_edit" else
                                   SteeringCondition(name, side=side, regime=method, vector=vector, multiplier=multiplier,
                                                     meta=meta))
     return {"conditions": conditions, "search": search}
+
+
+def _oriented(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A weight-edit search table with each row's poles oriented: the edit scales what the maps write along r̂
+    (``r̂ r̂ᵀ`` ignores r̂'s sign), so whether amplifying (+α) or attenuating (−α) moves toward the seek pole depends
+    on which way the model already leans; a row whose validation separation is negative swaps its poles
+    (``orientation`` −1: the seek condition attenuates), so the budgeted picks compare like with steering's."""
+    return [{**row, "orientation": 1.0} if row["separation"] >= 0 else
+            {**row, "orientation": -1.0, "separation": -row["separation"], "seek_margin": row["reject_margin"],
+             "reject_margin": row["seek_margin"]} for row in table]
 
 
 def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | Path | None = None, *,
