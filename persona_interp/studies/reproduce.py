@@ -75,10 +75,12 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
       the text's and by the code's rule, a random control; each mask also **with its pole's prompt on** (the
       paper's protocol, ``+prompt``), beside a random mask with each prompt;
     * per damage budget (``config.damage_budgets``, KL nats/token on neutral texts apart from the report's), the
-      candidate of each regime (steering: layer × multiplier; ODE: its strength; LoRA: epochs; each mask method:
-      sparsity × modules × layers × token scope × statistic × φ) with the largest validation separation within
-      the budget, named ``REGIME-SIDE@klB``; masks again with their prompt and with a random control removing
-      the same weights per row.
+      candidate of each regime (steering: layer × multiplier; ODE: its strength; weight-edit steering: layer × α;
+      LoRA: epochs; each mask method: sparsity × modules × layers × token scope × statistic × φ) with the largest
+      validation separation within the budget, named ``REGIME-SIDE@klB``; masks again with their prompt and with a
+      random control removing the same weights per row;
+    * beside each same-sparsity control, per pole, the random mask of equal damage on the selection texts
+      (``random-matched:CONDITION``, for the methods in ``config.matched_controls``).
 
     Returns the conditions, what was used to build them (every search table and the mask diagnostics), and the
     two poles' signatures."""
