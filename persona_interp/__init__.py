@@ -28,11 +28,12 @@ from persona_interp.evaluation.scoring import DamageReference, perplexity, score
 from persona_interp.evaluation.stats import paired_difference
 from persona_interp.interventions.ablation import HeadMask, NeuronMask, ablate
 from persona_interp.interventions.conditions import (
-    Composed, Condition, LoRACondition, MaskCondition, Prompt, SteeringCondition, paired,
+    Composed, Condition, LoRACondition, MaskCondition, Prompt, SteeringCondition, WeightEditCondition, paired,
 )
 from persona_interp.interventions.lora import LoRA, LoRAConfig, train_lora
 from persona_interp.interventions.ode_steering import ODESteering, ode_steerings
 from persona_interp.interventions.steering import SteeringVector, mean_difference_vectors, pca_vectors
+from persona_interp.interventions.weight_edit import DirectionalEdit
 from persona_interp.masks.builders import contrastive_sparse_masks, contrastive_wanda_masks, magnitude_mask, random_mask, wanda_mask
 from persona_interp.masks.composition import compose, fractional_mask, type_mask
 from persona_interp.masks.mask import Mask, fraction_differ, fraction_differ_by, iou, iou_by
@@ -54,10 +55,11 @@ __all__ = [
     "MethodSpec", "MethodInputs", "register", "method_spec", "method_names",
     # interventions (each applied inside a ``with``)
     "ablate", "NeuronMask", "HeadMask", "SteeringVector", "mean_difference_vectors", "pca_vectors", "ODESteering",
-    "ode_steerings", "LoRA", "LoRAConfig", "train_lora",
+    "ode_steerings", "LoRA", "LoRAConfig", "train_lora", "DirectionalEdit",
     # conditions, evaluation, statistics
-    "Condition", "Prompt", "MaskCondition", "SteeringCondition", "LoRACondition", "Composed", "paired", "evaluate",
-    "Evaluation", "control_comparison", "score_ab", "DamageReference", "perplexity", "paired_difference", "markdown_table", "compare_regimes",
+    "Condition", "Prompt", "MaskCondition", "SteeringCondition", "WeightEditCondition", "LoRACondition", "Composed", "paired",
+    "evaluate", "Evaluation", "control_comparison", "score_ab", "DamageReference", "perplexity", "paired_difference",
+    "markdown_table", "compare_regimes",
     # the main job's results
     "load_results", "RunResults", "Provenance",
 ]

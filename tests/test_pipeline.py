@@ -11,6 +11,7 @@ from persona_interp.evaluation import search
 from persona_interp.interventions import lora
 from persona_interp.studies import reproduce as pipeline
 from persona_interp.interventions.lora import LoRAConfig
+from persona_interp.evaluation.controls import MatchedControlConfig
 from persona_interp.evaluation.tuning import MaskSpace
 from persona_interp.studies.config import QUICK, ReproduceConfig
 from persona_interp.evaluation.evaluate import equal_damage_summary
@@ -43,7 +44,8 @@ def tiny_pipeline(monkeypatch, llama):
                                       n_validation=4, damage_budgets=[1e-9, 1000.0], stability_draws=2,
                                       mask_search=MaskSpace(sparsities=[0.2, 0.4], modules=[None, "mlp"], layer_ranges=["all"],
                                                             token_scopes=["all", "answer"]),
-                                      lora=LoRAConfig(rank=2, epochs=2, batch_size=4))
+                                      lora=LoRAConfig(rank=2, epochs=2, batch_size=4), weight_edit_strengths=[1.0],
+                                      matched_controls=MatchedControlConfig(methods=["wanda", "contrastive_wanda"], max_iter=4))
     return llama, config, seen
 
 
@@ -68,6 +70,19 @@ def test_reproduce_writes_report_and_never_tunes_on_test_items(tiny_pipeline, tm
     controls = {c["condition"]: c["control"] for c in results["personas"]["power"]["controls"]}
     assert controls["wanda-seek@0.3"] == "random@0.3" and controls["wanda-reject@kl1000"] == "random@kl1000-wanda"
     assert controls["wanda-seek@0.3+prompt"] == "random@0.3+prompt-seek"
+    # weight-edit steering searched per budget like steering; a damage-matched random control beside each mask's
+    assert {"weight_edit-seek@kl1000", "weight_edit-reject@kl1000"} <= names
+    edits = used["steering_search"]["weight_edit"]["table"]
+    assert len(edits) == len(config.weight_edit_strengths)
+    assert all(row["separation"] >= 0 and row["orientation"] in (1.0, -1.0) for row in edits)
+    rows = {c["condition"]: c for c in results["personas"]["power"]["controls"]}
+    for mask in ("wanda-seek@0.3", "contrastive_wanda-reject@kl1000"):
+        matched = rows[mask]["matched_control"]
+        assert matched == f"random-matched:{mask}" and matched in names and "beats_matched" in rows[mask]
+        found = used["matched_controls"][matched]
+        assert found["converged"] or len(found["tried"]) == config.matched_controls.max_iter
+    assert "matched_control" not in rows["wanda-seek@0.3+prompt"]
+    assert "beats_matched" in text and "against the random mask of equal damage" in text
     entry = results["personas"]["power"]
     added = {(r["condition"], r["side"]): r for r in entry["prompt_additions"]}
     margins = {name: torch.tensor(v["margin_mean"]) for name, v in entry["per_item"].items()}
@@ -174,6 +189,15 @@ def test_resume_keeps_finished_personas_and_refuses_another_config(tiny_pipeline
     assert "## power (8 test items)" in text and "## wealth (8 test items)" in text and "Partial run" not in text
     with pytest.raises(ValueError, match="differs in \\['seed'\\]"):
         pipeline.reproduce(dataclasses.replace(two, seed=1), tmp_path / "out", model=model, progress=False, resume=True)
+
+
+def test_weight_edit_rows_swap_poles_when_amplifying_moves_toward_reject():
+    table = [{"layer": 1, "multiplier": 1.0, "separation": -0.3, "seek_margin": -0.5, "reject_margin": -0.2, "kl": 0.1},
+             {"layer": 1, "multiplier": 2.0, "separation": 0.1, "seek_margin": 0.2, "reject_margin": 0.1, "kl": 0.4}]
+    oriented = pipeline._oriented(table)
+    assert oriented[0] == {**table[0], "orientation": -1.0, "separation": 0.3, "seek_margin": -0.2, "reject_margin": -0.5}
+    assert oriented[1] == {**table[1], "orientation": 1.0}
+    assert search.pick_within(oriented, None) == 0 and search.pick_within(table, None) == 1
 
 
 def test_revision_is_dirty_for_changed_code_or_data_but_not_for_the_runs_own_outputs(tmp_path):

@@ -202,7 +202,10 @@ def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Cond
 def control_comparison(ev: Evaluation) -> list[dict[str, Any]]:
     """Each condition with a ``control`` against it: paired difference of the margin toward the condition's
     side. ``beats_control`` is true only when the 95 % interval is above 0, ``None`` when the interval is
-    undefined (fewer than :data:`~persona_interp.evaluation.stats.MIN_N` items)."""
+    undefined (fewer than :data:`~persona_interp.evaluation.stats.MIN_N` items). A condition with a
+    ``matched_control`` (the random mask of equal damage,
+    :func:`~persona_interp.evaluation.controls.damage_matched_random`) also gets ``matched_advantage`` and
+    ``beats_matched`` against it, in the same row."""
     rows = []
     for name, cond in ev.conditions.items():
         control = cond.control
@@ -210,8 +213,13 @@ def control_comparison(ev: Evaluation) -> list[dict[str, Any]]:
             continue
         sign = 1.0 if cond.side == "seek" else -1.0
         diff = paired_difference(sign * ev.scores[name].margin_mean, sign * ev.scores[control].margin_mean)
-        rows.append({"persona": ev.persona, "condition": name, "control": control, "n": diff.n, "advantage": diff.value,
-                     "advantage_low": diff.low, "advantage_high": diff.high, "beats_control": diff.above_zero()})
+        row = {"persona": ev.persona, "condition": name, "control": control, "n": diff.n, "advantage": diff.value,
+               "advantage_low": diff.low, "advantage_high": diff.high, "beats_control": diff.above_zero()}
+        if cond.matched_control is not None:
+            diff = paired_difference(sign * ev.scores[name].margin_mean, sign * ev.scores[cond.matched_control].margin_mean)
+            row.update(matched_control=cond.matched_control, matched_advantage=diff.value, matched_advantage_low=diff.low,
+                       matched_advantage_high=diff.high, beats_matched=diff.above_zero())
+        rows.append(row)
     return rows
 
 

@@ -39,6 +39,7 @@ from persona_interp.interventions.base import Intervention
 from persona_interp.interventions.lora import LoRA
 from persona_interp.interventions.ode_steering import ODESteering
 from persona_interp.interventions.steering import SteeringVector
+from persona_interp.interventions.weight_edit import DirectionalEdit
 from persona_interp.masks.mask import Mask
 from persona_interp.data.personas import Side, check_side
 from persona_interp.model.chat import system_for
@@ -57,6 +58,7 @@ class Condition:
     system: Any = None               # a system prompt, or a function question -> prompt (RAG)
     pair: str | None = None          # the seek and reject conditions of one regime share it
     control: str | None = None       # the condition compared against toward this side (a random mask)
+    matched_control: str | None = None   # a second control: the random mask of equal neutral damage
     prompt_of: str | None = None     # the prompt-only condition this one adds to (mask + prompt)
     damage_of: str | None = None     # the condition whose neutral-text damage this one shares (same weights)
     budgets: list[float] | None = None   # the damage budgets this condition was picked for
@@ -70,10 +72,10 @@ class Condition:
         if self.pair is not None and self.side is None:
             raise ValueError(f"condition {self.name!r} is in pair {self.pair!r} but has no side: a pair has a "
                              "'seek' and a 'reject' condition")
-        for relation in ("control", "prompt_of", "damage_of"):
+        for relation in ("control", "matched_control", "prompt_of", "damage_of"):
             if getattr(self, relation) == self.name:
                 raise ValueError(f"condition {self.name!r} names itself as its {relation}")
-        for relation in ("control", "prompt_of"):
+        for relation in ("control", "matched_control", "prompt_of"):
             if getattr(self, relation) is not None and self.side is None:
                 raise ValueError(f"condition {self.name!r} has a {relation} but no side: the comparison is "
                                  "toward its side ('seek' or 'reject')")
@@ -88,7 +90,8 @@ class Condition:
 
     def relations(self) -> dict[str, str]:
         """The other conditions this one names: ``{"control": "random@0.3", ...}`` (unset ones left out)."""
-        return {r: getattr(self, r) for r in ("control", "prompt_of", "damage_of") if getattr(self, r) is not None}
+        return {r: getattr(self, r) for r in ("control", "matched_control", "prompt_of", "damage_of")
+                if getattr(self, r) is not None}
 
     def intervention(self) -> Intervention | None:
         """What this condition changes in the model (``None``: nothing, only the prompt if any)."""
@@ -186,11 +189,27 @@ class _Scaled:
     """A steering vector or ODE flow at a condition's multiplier; the object itself is shared, so ODESteering's
     per-device barrier copies are made once, not at every :meth:`Condition.applied`."""
 
-    vector: SteeringVector | ODESteering
+    vector: SteeringVector | ODESteering | DirectionalEdit
     multiplier: float
 
     def apply(self, model: Any) -> contextlib.AbstractContextManager[Any]:
         return self.vector.apply(model, self.multiplier)
+
+
+@dataclass
+class WeightEditCondition(Condition):
+    """Weight-edit steering (:class:`~persona_interp.interventions.weight_edit.DirectionalEdit`) at ``multiplier``
+    (its α: +α amplifies the direction, −α attenuates it, −1 projects it out; which pole each serves is chosen on
+    validation), the residual writers' weights restored bit-exact on exit."""
+
+    edit: DirectionalEdit | None = None
+    multiplier: float = -1.0
+    regime: str = "weight_edit"
+
+    def intervention(self) -> Intervention | None:
+        if self.edit is None:
+            raise TypeError(f"weight-edit condition {self.name!r} has no edit")
+        return _Scaled(self.edit, self.multiplier)
 
 
 @dataclass

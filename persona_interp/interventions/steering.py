@@ -29,7 +29,9 @@ from persona_interp.model.chat import ANSWER_CUT, QUESTION_CUT, SystemPrompt, en
 
 @dataclass
 class SteeringVector:
-    """A direction added at ``blocks.{layer}.hook_resid_pre`` with a multiplier."""
+    """A direction added at ``blocks.{layer}.hook_resid_pre`` with a multiplier, at every position (system prompt,
+    question, answer, every neutral-text token), the tokens a weight mask acts on too; only the fitting
+    (:func:`residual_means`) looks at the answer tokens alone."""
 
     layer: int
     direction: Float[Tensor, " d_model"]

@@ -412,10 +412,15 @@ def contrastive_sparse_masks(model: Any, seek: Signature, reject: Signature, spa
 
 
 def random_mask(model: Any, sparsity: float, *, seed: int = 0, modules: Iterable[str] | None = None,
-                layers: Iterable[int] | None = None, like: Mask | None = None) -> Mask:
-    """A seeded random control: each row keeps ``⌊n_in·(1−ρ)⌋`` uniformly chosen weights.
+                layers: Iterable[int] | None = None, like: Mask | None = None, per_row: bool = True) -> Mask:
+    """A seeded random control: each row keeps ``⌊n_in·(1−ρ)⌋`` uniformly chosen weights; with ``per_row=False``
+    each weight is removed independently with probability ρ instead (no floor of one weight per row below
+    ρ = 1/n_in, so damage is continuous in ρ; one seed gives nested masks as ρ grows).
 
     With ``like``, it covers the same maps and matches that mask's removed count row by row.
+
+    Example:
+        >>> random_mask(model, 0.001, modules=["mlp"], per_row=False).sparsity()     # about 0.001
     """
     check_sparsity(sparsity)
     generator = torch.Generator().manual_seed(seed)
@@ -430,8 +435,10 @@ def random_mask(model: Any, sparsity: float, *, seed: int = 0, modules: Iterable
         return Mask(keep, {**mask_meta(model, "random", like.sparsity(), [adapter.map_by_name[n] for n in keep],
                                    like.meta.get("modules"), like.meta.get("layers")), "seed": seed, "like": like.meta.get("method")})
     maps = selected_maps(model, modules, layers)
-    keep = {m.name: keep_top_per_row(torch.rand(m.n_out, m.n_in, generator=generator), sparsity) for m in maps}
-    return Mask(keep, {**mask_meta(model, "random", sparsity, maps, modules, layers), "seed": seed})
+    scores = {m.name: torch.rand(m.n_out, m.n_in, generator=generator) for m in maps}
+    keep = {name: keep_top_per_row(score, sparsity) if per_row else score >= sparsity for name, score in scores.items()}
+    return Mask(keep, {**mask_meta(model, "random", sparsity, maps, modules, layers), "seed": seed,
+                       **({} if per_row else {"per_row": False})})
 
 
 def magnitude_mask(model: Any, sparsity: float, *, modules: Iterable[str] | None = None,

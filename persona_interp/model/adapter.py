@@ -74,6 +74,7 @@ class _Access:
     parameter: Callable[[], Tensor]
     to_out_in: Callable[[Tensor], Tensor]
     to_native: Callable[[Tensor], Tensor]
+    bias: Callable[[], Tensor | None] = lambda: None
 
 
 def _identity(x: Tensor) -> Tensor:
@@ -193,6 +194,15 @@ class ModelAdapter:
             self._parameter_names = {id(p): n for n, p in self.model.named_parameters()}
         return self._parameter_names[id(self.parameter(name))]
 
+    def bias(self, name: str) -> Float[Tensor, " out"] | None:
+        """The bias parameter added to map ``name``'s output (``[out]``, edited in place by weight edits), or
+        ``None`` where the map has none (Llama-style models; GPT-2's Conv1D maps have one).
+
+        Example:
+            >>> get_adapter(gpt2).bias("blocks.0.mlp.down").shape     # [d_model]
+        """
+        return self._get(name).bias()
+
     def to_native(self, name: str, x: Float[Tensor, "out in"]) -> Tensor:
         """Convert an ``[out, in]`` tensor (a mask, a weight) to the parameter's own layout."""
         return self._get(name).to_native(x)
@@ -222,6 +232,7 @@ class ModelAdapter:
                 parameter=lambda m=module: m.weight,
                 to_out_in=_transpose if conv else _identity,
                 to_native=_transpose if conv else _identity,
+                bias=lambda m=module: getattr(m, "bias", None),
             )))
         return found
 
@@ -252,12 +263,13 @@ class ModelAdapter:
                 parameter=lambda: attn.W_O,
                 to_out_in=lambda w: w.reshape(-1, w.shape[-1]).T,
                 to_native=lambda x: x.T.reshape(attn.W_O.shape),
+                bias=lambda: getattr(attn, "b_O", None),
             )),
         ]
         if getattr(mlp, "W_gate", None) is not None:
             found.append(("gate", _Access(lambda: mlp.W_gate, _transpose, _transpose)))
         found += [("up", _Access(lambda: mlp.W_in, _transpose, _transpose)),
-                  ("down", _Access(lambda: mlp.W_out, _transpose, _transpose))]
+                  ("down", _Access(lambda: mlp.W_out, _transpose, _transpose, lambda: getattr(mlp, "b_out", None)))]
         return found
 
     # ------------------------------------------------------------ identity

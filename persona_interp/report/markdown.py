@@ -138,7 +138,8 @@ def verdict_word(verdict: bool | None) -> str:
 
 def control_rows(controls: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """:func:`~persona_interp.evaluation.evaluate.control_comparison` rows with ``beats_control`` as printed."""
-    return [{**c, "beats_control": verdict_word(c["beats_control"])} for c in controls]
+    return [{**c, "beats_control": verdict_word(c["beats_control"]),
+             **({"beats_matched": verdict_word(c["beats_matched"])} if "beats_matched" in c else {})} for c in controls]
 
 
 TABLE_COLUMNS = ["condition", "side", "n", "accuracy", "margin", "shift", "flips_gained", "flips_lost", "perplexity_change", "kl"]
@@ -208,7 +209,8 @@ SUMMARY_TEXTS = {
                "budget is enforced on the reported texts instead), and the best mask within the same budget:",
     "paper": "The paper's mask rows (ρ from the config, Contrastive-Wanda): seek − reject of the mask alone and with the "
              "same pole's prompt (the paper's protocol), what the mask adds to the prompt, whether each pole's mask beats a "
-             "random mask of the same sparsity (alone; with the prompt), and each pole's damage:",
+             "random mask of the same sparsity (alone; with the prompt) and, where measured, the random mask of equal "
+             "damage on the selection texts (alone), and each pole's damage:",
     "overlap": "Opposing masks, like with like: share of entries where seek and reject differ over all maps:",
     "statistic": "The per-sample statistic: share of channels with z > 0, mean covered tokens, and which pole's ReLU "
                  "Contrastive-Wanda mask breaks the model:",
@@ -334,11 +336,18 @@ def _persona_section(persona: str, entry: dict[str, Any], figure: Path, out_dir:
              "\nSeek-minus-reject (paired, per-token margin; cancels damage both poles share):\n",
              markdown_table(contrasts, ["pair", "n", "difference", "items_seek_only", "items_reject_only"]),
              "\nEach mask against its random-mask control (same sparsity or the same weights per row; with prompts, the "
-             "random mask with the same prompt; paired margin toward the mask's side):\n",
-             markdown_table(control_rows(controls), ["condition", "control", "advantage", "beats_control"])]
+             "random mask with the same prompt; paired margin toward the mask's side)" + (
+                 ", and, beside it, against the random mask of equal damage (`matched`: the random sparsity whose KL on "
+                 "the selection texts equals the mask's)" if any("matched_control" in c for c in controls) else "") + ":\n",
+             markdown_table(control_rows(controls), ["condition", "control", "advantage", "beats_control"]
+                            + (["matched_control", "matched_advantage", "beats_matched"]
+                               if any("matched_control" in c for c in controls) else []))]
     losers = [c["condition"] for c in controls if c["beats_control"] is False]
     if losers:
         lines.append(f"\nDoes not beat its random-mask control (95 % interval not above 0): {', '.join(losers)}.\n")
+    matched_losers = [c["condition"] for c in controls if c.get("beats_matched") is False]
+    if matched_losers:
+        lines.append(f"\nDoes not beat the random mask of equal damage: {', '.join(matched_losers)}.\n")
     undefined = [c["condition"] for c in controls if c["beats_control"] is None]
     if undefined:
         lines.append(f"\nNo verdict against the control (fewer than {MIN_N} test items: no interval): {', '.join(undefined)}.\n")

@@ -16,7 +16,7 @@ from typing import Any
 from persona_interp.analysis.diagnostics import grouped_overlap
 from persona_interp.evaluation.stats import MIN_N
 
-STEERING_AND_PROMPTS = ("prompt", "rag", "mean_difference", "pca", "ode", "lora")
+STEERING_AND_PROMPTS = ("prompt", "rag", "mean_difference", "pca", "ode", "weight_edit", "lora")
 
 
 def _ci(row: dict[str, Any], key: str = "difference") -> str:
@@ -27,10 +27,13 @@ def _by(rows: list[dict[str, Any]], key: str) -> dict[Any, dict[str, Any]]:
     return {row[key]: row for row in rows}
 
 
-def _beats(controls: dict[str, dict[str, Any]], condition: str) -> str:
-    """"yes / no": whether the seek and the reject mask (``condition`` with ``{}`` for the side) beat their control."""
-    words = {True: "yes", False: "no", None: "n/a"}              # None: no interval (too few items)
-    return " / ".join(words[controls[condition.format(side)]["beats_control"]] for side in ("seek", "reject"))
+def _beats(controls: dict[str, dict[str, Any]], condition: str, key: str = "beats_control") -> str:
+    """"yes / no": whether the seek and the reject mask (``condition`` with ``{}`` for the side) beat their control
+    (``key``: ``beats_matched`` for the damage-matched one; "n/a" where there is no interval, too few items; "—"
+    where a pole has no such control)."""
+    words = {True: "yes", False: "no", None: "n/a"}
+    return " / ".join(words[controls[condition.format(side)][key]] if key in controls[condition.format(side)] else "—"
+                      for side in ("seek", "reject"))
 
 
 def _decisive(verdict: bool | None) -> str:
@@ -98,6 +101,8 @@ def paper_rows(results: dict[str, Any], method: str = "contrastive_wanda") -> li
                          "mask": pair, "alone": _ci(contrasts[pair]), "+ prompt (paper)": _ci(contrasts[f"{pair}+prompt"]),
                          "adds to prompt": _ci(added[f"{pair}+prompt"], "added") if f"{pair}+prompt" in added else "",
                          "beats random, seek / reject": _beats(controls, f"{method}-{{}}@{rho:g}"),
+                         **({"beats damage-matched random": _beats(controls, f"{method}-{{}}@{rho:g}", "beats_matched")}
+                            if "beats_matched" in controls[f"{method}-seek@{rho:g}"] else {}),
                          "with prompt": _beats(controls, f"{method}-{{}}@{rho:g}+prompt"),
                          "KL (perplexity) seek / reject": damage})
     return rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from persona_interp.data.personas import AI_PERSONAS, MBTI_AXES
+from persona_interp.evaluation.controls import MatchedControlConfig
 from persona_interp.evaluation.tuning import MaskSpace
 from persona_interp.interventions.lora import LoRAConfig
 
@@ -56,6 +57,12 @@ class ReproduceConfig:
     steering_multipliers: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
     n_validation: int | None = 24
     ode_features: int | None = 256
+    # weight-edit steering (interventions/weight_edit.py) along each layer's mean-difference direction: its α, searched
+    # like the multipliers (±α: amplify / attenuate, 1 projects it out of every o/down map; which pole each serves
+    # is chosen on validation); None: off
+    weight_edit_strengths: list[float] | None = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0])
+    # a random control matched on damage (selection texts) beside each same-sparsity one, for these methods' masks
+    matched_controls: MatchedControlConfig | None = field(default_factory=MatchedControlConfig)
     # the same validation split tunes every regime: masks (per method), prompt phrasing, LoRA epochs
     mask_search: MaskSpace | None = field(default_factory=lambda: MaskSpace(
         sparsities=[0.01, 0.03, 0.1, 0.3, 0.5], modules=[None, "mlp"], layer_ranges=["all", "late"],
@@ -74,5 +81,6 @@ QUICK = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=24, 
                         mask_search=MaskSpace(sparsities=[0.03, 0.3], modules=[None], layer_ranges=["all"],
                                               token_scopes=["all"], statistics=["norm", "rms"], design="one_at_a_time",
                                               vary=["contrastive_wanda"]),
-                        lora=LoRAConfig(epochs=1))
+                        lora=LoRAConfig(epochs=1), weight_edit_strengths=[1.0],
+                        matched_controls=MatchedControlConfig(methods=["contrastive_wanda"], max_iter=6))
 FULL = ReproduceConfig(n_calibration=128, n_test=100)   # 2 cores: see README "Performance" for the measured times

@@ -19,13 +19,22 @@ import torch
 from persona_interp.analysis.diagnostics import overlap_table, stability, statistic_table
 from persona_interp.data.personas import REPO_ROOT, SIDES, PersonaDataset, load_neutral_texts, load_persona, persona_prompts
 from persona_interp.data.retrieval import Retriever
+from persona_interp.evaluation.controls import damage_matched_random
 from persona_interp.evaluation.evaluate import budget_winners, control_comparison, equal_damage_summary, evaluate, frontier_rows
 from persona_interp.evaluation.scoring import DamageReference
 from persona_interp.evaluation.search import budget_picks, pick_within
 from persona_interp.evaluation.tuning import build_candidate, select_lora, select_masks, select_prompts, select_steering
-from persona_interp.interventions.conditions import Condition, LoRACondition, MaskCondition, Prompt, SteeringCondition
+from persona_interp.interventions.conditions import (
+    Condition,
+    LoRACondition,
+    MaskCondition,
+    Prompt,
+    SteeringCondition,
+    WeightEditCondition,
+)
 from persona_interp.interventions.ode_steering import ode_steerings
 from persona_interp.interventions.steering import answer_residual_means, vectors_from_differences
+from persona_interp.interventions.weight_edit import DirectionalEdit
 from persona_interp.masks.builders import FamilyCache, random_mask
 from persona_interp.masks.registry import MethodInputs, methods
 from persona_interp.model.adapter import get_adapter
@@ -67,10 +76,12 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
       the text's and by the code's rule, a random control; each mask also **with its pole's prompt on** (the
       paper's protocol, ``+prompt``), beside a random mask with each prompt;
     * per damage budget (``config.damage_budgets``, KL nats/token on neutral texts apart from the report's), the
-      candidate of each regime (steering: layer × multiplier; ODE: its strength; LoRA: epochs; each mask method:
-      sparsity × modules × layers × token scope × statistic × φ) with the largest validation separation within
-      the budget, named ``REGIME-SIDE@klB``; masks again with their prompt and with a random control removing
-      the same weights per row.
+      candidate of each regime (steering: layer × multiplier; ODE: its strength; weight-edit steering: layer × α;
+      LoRA: epochs; each mask method: sparsity × modules × layers × token scope × statistic × φ) with the largest
+      validation separation within the budget, named ``REGIME-SIDE@klB``; masks again with their prompt and with a
+      random control removing the same weights per row;
+    * beside each same-sparsity control, per pole, the random mask of equal damage on the selection texts
+      (``random-matched:CONDITION``, for the methods in ``config.matched_controls``).
 
     Returns the conditions, what was used to build them (every search table and the mask diagnostics), and the
     two poles' signatures."""
@@ -123,7 +134,8 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
                                                 meta={"chosen": choice.table[index]}))
     families = FamilyCache(model)                   # every table below ranks each (method, options, signatures) once
     for rho in config.sparsities:
-        conditions += paper_mask_conditions(model, persona, by_scope[config.token_scope], rho, prompts, config, families)
+        conditions += paper_mask_conditions(model, persona, by_scope[config.token_scope], rho, prompts, config, families,
+                                            selection=selection, used=used)
     if config.mask_search is not None:
         conditions += budget_mask_conditions(model, persona, by_scope, validation, selection, prompts, config, used,
                                              progress, families)
@@ -141,14 +153,34 @@ def test_items(persona: str, config: ReproduceConfig) -> PersonaDataset:
 def _with_prompt(cond: MaskCondition, prompts: dict[str, str], control: str | None = None) -> MaskCondition:
     """The paper's protocol: ``cond``'s mask with its pole's persona prompt on (damage: the mask's own)."""
     return dataclasses.replace(cond, name=f"{cond.name}+prompt", system=prompts[cond.side], pair=f"{cond.pair}+prompt",
-                               prompt_of=f"prompt-{cond.side}", damage_of=cond.name, control=control)
+                               prompt_of=f"prompt-{cond.side}", damage_of=cond.name, control=control, matched_control=None)
+
+
+def _matched_control(model: Any, cond: MaskCondition, selection: DamageReference | None, config: ReproduceConfig,
+                     used: dict[str, Any] | None) -> list[Condition]:
+    """The random mask whose damage on ``selection`` matches ``cond``'s mask
+    (:func:`~persona_interp.evaluation.controls.damage_matched_random`), named ``random-matched:CONDITION`` and set as
+    ``cond``'s ``matched_control``; nothing when ``config.matched_controls`` leaves out its method. The
+    search (target, KL reached, every sparsity tried) goes to ``used["matched_controls"]``."""
+    spec = config.matched_controls
+    if spec is None or selection is None or cond.regime not in spec.methods:
+        return []
+    found = damage_matched_random(model, cond.mask, selection, seed=config.seed, tolerance=spec.tolerance, atol=spec.atol,
+                                  max_iter=spec.max_iter)
+    name = f"random-matched:{cond.name}"
+    cond.matched_control = name
+    if used is not None:
+        used.setdefault("matched_controls", {})[name] = {"target_kl": found.target, "kl": found.kl, "sparsity": found.sparsity,
+                                                         "converged": found.converged, "tried": found.tried}
+    return [MaskCondition(name, regime="random", mask=found.mask, meta={"matched_to": cond.name})]
 
 
 def paper_mask_conditions(model: Any, persona: str, signatures: tuple[Signature, Signature], rho: float,
-                          prompts: dict[str, str], config: ReproduceConfig,
-                          families: FamilyCache | None = None) -> list[Condition]:
+                          prompts: dict[str, str], config: ReproduceConfig, families: FamilyCache | None = None, *,
+                          selection: DamageReference | None = None, used: dict[str, Any] | None = None) -> list[Condition]:
     """Every mask method at sparsity ``rho`` (default modules, the run's token scope, the paper's norm statistic,
-    ReLU), each alone and with its pole's prompt; a random mask alone and with each prompt as their controls."""
+    ReLU), each alone and with its pole's prompt; a random mask alone and with each prompt as their controls, and
+    with ``selection`` the damage-matched random mask of each (``config.matched_controls``)."""
     control = f"random@{rho}"
     conditions: list[Condition] = [MaskCondition(control, regime="random", mask=random_mask(model, rho, seed=config.seed, modules=config.modules))]
     for side in SIDES:
@@ -161,7 +193,8 @@ def paper_mask_conditions(model: Any, persona: str, signatures: tuple[Signature,
         for side, mask in zip(SIDES, pair):
             alone = MaskCondition(f"{method}-{side}@{rho}", side=side, regime=method, mask=mask, pair=f"{method}@{rho}",
                                   control=control)
-            conditions += [alone, _with_prompt(alone, prompts, f"{control}+prompt-{side}")]
+            conditions += [*_matched_control(model, alone, selection, config, used), alone,
+                           _with_prompt(alone, prompts, f"{control}+prompt-{side}")]
     return conditions
 
 
@@ -171,7 +204,9 @@ def budget_mask_conditions(model: Any, persona: str, by_scope: dict[str, tuple[S
                            families: FamilyCache | None = None) -> list[Condition]:
     """Each mask method's search (:func:`~persona_interp.evaluation.tuning.select_masks`, damage on ``selection``) and its
     pick per damage budget, named ``METHOD-SIDE@klB``, alone and with its prompt, each pick with a random mask
-    that removes the same number of weights per row (``random@klB-METHOD``). The tables go to ``used``."""
+    that removes the same number of weights per row (``random@klB-METHOD``) and, per pole, the random mask of
+    equal damage on ``selection`` (``random-matched:METHOD-SIDE@klB``, ``config.matched_controls``). The tables go
+    to ``used``."""
     space = dataclasses.replace(config.mask_search, stop_above=max(config.damage_budgets))
     conditions: list[Condition] = []
     used["mask_search"] = {}
@@ -188,7 +223,7 @@ def budget_mask_conditions(model: Any, persona: str, by_scope: dict[str, tuple[S
             for side, mask in zip(SIDES, pair):
                 alone = MaskCondition(f"{method}-{side}@{tag}", side=side, regime=method, mask=mask, pair=f"{method}@{tag}",
                                       control=control, budgets=budgets, meta={"chosen": choice.table[index]})
-                conditions += [alone, _with_prompt(alone, prompts)]
+                conditions += [*_matched_control(model, alone, selection, config, used), alone, _with_prompt(alone, prompts)]
     return conditions
 
 
@@ -213,9 +248,10 @@ def mask_diagnostics(model: Any, persona: str, sig: dict[str, Signature], valida
 def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaDataset, config: ReproduceConfig,
                         selection: DamageReference | None = None, progress: bool = True) -> dict[str, Any]:
     """Mean-difference (CAA), PCA and ODE steering (barrier on ``config.ode_features`` random Fourier
-    features), each searched over layer × multiplier on the validation split with its damage on ``selection``;
-    per damage budget the pick with the largest separation: +α is the seek condition, −α the reject condition.
-    One pass over the fit items feeds all three."""
+    features) and weight-edit steering along the mean-difference direction (``config.weight_edit_strengths``;
+    :class:`~persona_interp.interventions.weight_edit.DirectionalEdit`), each searched over layer × multiplier on the
+    validation split with its damage on ``selection``; per damage budget the pick with the largest separation: +α
+    is the seek condition, −α the reject condition. One pass over the fit items feeds all four."""
     n_layers = get_adapter(model).n_layers
     layers = sorted({min(n_layers - 1, round(f * n_layers)) for f in config.steering_layers})
     conditions, search = [], {}
@@ -224,21 +260,41 @@ def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaData
     candidates = {method: vectors_from_differences(method, means["seek"] - means["reject"], layers)
                   for method in ("mean_difference", "pca")}
     candidates["ode"] = ode_steerings(model, fit, layers, features=config.ode_features, means=means, seed=config.seed)
+    doses = dict.fromkeys(candidates, config.steering_multipliers)
+    if config.weight_edit_strengths:
+        candidates["weight_edit"] = {layer: DirectionalEdit.from_vector(vector)
+                                     for layer, vector in candidates["mean_difference"].items()}
+        doses["weight_edit"] = config.weight_edit_strengths
     for method, vectors in candidates.items():
-        choice = select_steering(model, vectors, validation, config.steering_multipliers, reference=selection,
+        choice = select_steering(model, vectors, validation, doses[method], reference=selection,
                                  stop_above=max(config.damage_budgets) if selection else None,
                                  batch_size=config.batch_size, progress=progress)
-        search[method] = {"layer": choice.layer, "multiplier": choice.multiplier, "table": choice.table}
-        for budgets, index in (budget_picks(choice.table, config.damage_budgets) if selection else
-                               [([None], pick_within(choice.table, None))]):
-            row = choice.table[index]
+        table = _oriented(choice.table) if method == "weight_edit" else choice.table
+        best = table[pick_within(table, None)]
+        search[method] = {"layer": int(best["layer"]), "multiplier": best["multiplier"], "table": table}
+        for budgets, index in (budget_picks(table, config.damage_budgets) if selection else
+                               [([None], pick_within(table, None))]):
+            row = table[index]
             tag = f"@kl{budgets[0]:g}" if budgets[0] is not None else ""
             for side, sign in (("seek", 1.0), ("reject", -1.0)):
-                conditions.append(SteeringCondition(f"{method}-{side}{tag}", side=side, regime=method,
-                                                    vector=vectors[int(row["layer"])], multiplier=sign * row["multiplier"],
-                                                    pair=f"{method}{tag}", budgets=None if budgets == [None] else budgets,
-                                                    meta={"chosen": row}))
+                name, relations = f"{method}-{side}{tag}", dict(pair=f"{method}{tag}", budgets=None if budgets == [None] else budgets,
+                                                                meta={"chosen": row})
+                vector, multiplier = vectors[int(row["layer"])], sign * row.get("orientation", 1.0) * row["multiplier"]
+                conditions.append(WeightEditCondition(name, side=side, edit=vector, multiplier=multiplier, **relations)
+                                  if method == "weight_edit" else
+                                  SteeringCondition(name, side=side, regime=method, vector=vector, multiplier=multiplier,
+                                                    **relations))
     return {"conditions": conditions, "search": search}
+
+
+def _oriented(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A weight-edit search table with each row's poles oriented: the edit scales what the maps write along r̂
+    (``r̂ r̂ᵀ`` ignores r̂'s sign), so whether amplifying (+α) or attenuating (−α) moves toward the seek pole depends
+    on which way the model already leans; a row whose validation separation is negative swaps its poles
+    (``orientation`` −1: the seek condition attenuates), so the budgeted picks compare like with steering's."""
+    return [{**row, "orientation": 1.0} if row["separation"] >= 0 else
+            {**row, "orientation": -1.0, "separation": -row["separation"], "seek_margin": row["reject_margin"],
+             "reject_margin": row["seek_margin"]} for row in table]
 
 
 def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | Path | None = None, *,
