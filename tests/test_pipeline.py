@@ -36,7 +36,6 @@ def tiny_pipeline(monkeypatch, llama):
         return real(model, items, **kw)
 
     monkeypatch.setattr(tuning, "score_ab", spy)
-    monkeypatch.setattr(lora, "score_ab", spy)
     monkeypatch.setattr(diagnostics, "score_ab", spy)
     monkeypatch.setattr(pipeline, "persona_prompts", lambda persona, side: [f"You {side} power.", f"Always {side} power."])
     config = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=10, n_test=None,
