@@ -113,6 +113,12 @@ def test_a_condition_checks_its_side_and_relations():
     with pytest.raises(ValueError, match="has a control but no side"):
         pi.Prompt("x", control="random")
     assert pi.Condition("x", budgets=[1]).budgets == [1.0] and pi.Prompt("x").protocol is None
+    original = pi.Prompt("a", system="A.") + pi.Prompt("b", system="B.")
+    seek, reject = pi.paired("both", original, pi.Prompt("c", system="C."), budgets=[0.1])
+    assert isinstance(seek, pi.Composed) and (seek.side, seek.pair, seek.system) == ("seek", "both", "A.\nB.")
+    assert reject.budgets == [0.1] and original.pair is None                      # copies, the originals untouched
+    with pytest.raises(TypeError, match=r"paired takes the relations .* got \['contrl'\]"):
+        pi.paired("x", pi.Prompt("a"), pi.Prompt("b"), contrl="r")
 
 
 def test_one_test_item_gives_no_interval_and_no_verdict(llama):

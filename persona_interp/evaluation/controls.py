@@ -18,8 +18,9 @@ from typing import Any
 
 from persona_interp.evaluation.scoring import DamageReference
 from persona_interp.interventions.ablation import ablate
-from persona_interp.masks.builders import MASK_METHODS, random_mask
+from persona_interp.masks.builders import random_mask
 from persona_interp.masks.mask import Mask
+from persona_interp.masks.registry import method_names, methods
 
 MAX_SPARSITY = 0.999
 
@@ -29,15 +30,15 @@ class MatchedControlConfig:
     """Which mask methods' budget picks get a damage-matched random control, and the bisection's relative
     ``tolerance`` (|KL − target| ≤ tolerance·target + ``atol``) and its budget of KL measurements."""
 
-    methods: list[str] = field(default_factory=lambda: list(MASK_METHODS))
+    methods: list[str] = field(default_factory=lambda: [spec.name for spec in methods(poles=True)])
     tolerance: float = 0.1
     atol: float = 1e-4
     max_iter: int = 10
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in MASK_METHODS]
+        unknown = [m for m in self.methods if m not in method_names()]
         if unknown:
-            raise ValueError(f"unknown mask method(s) {unknown} for matched controls: use some of {sorted(MASK_METHODS)}")
+            raise ValueError(f"unknown mask method(s) {unknown} for matched controls: use some of {method_names()}")
         if self.tolerance < 0 or self.atol < 0 or self.max_iter < 1:
             raise ValueError(f"tolerance and atol must be >= 0 and max_iter >= 1, got {self.tolerance}, {self.atol}, {self.max_iter}")
 

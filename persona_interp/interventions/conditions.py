@@ -30,7 +30,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, TypeVar
 
@@ -44,13 +44,18 @@ from persona_interp.masks.mask import Mask
 from persona_interp.data.personas import Side, check_side
 from persona_interp.model.chat import system_for
 
-Protocol = Literal["mask", "mask+prompt"]       # a mask alone, or with its pole's prompt on (the paper's protocol)
+MaskProtocol = Literal["mask", "mask+prompt"]   # a mask alone, or with its pole's prompt on (the paper's protocol)
 C = TypeVar("C", bound="Condition")
 
 
 @dataclass
 class Condition:
-    """The base model: no prompt, no intervention. Subclasses add one."""
+    """The base model: no prompt, no intervention. Subclasses add one.
+
+    ``side`` is the pole the condition pushes toward; ``pair``, ``control``, ``prompt_of``, ``damage_of`` and
+    ``budgets`` are its relations to the other conditions of an evaluation (see the module's docstring; each
+    names a condition by its ``name``); ``meta`` holds free-form extras.
+    """
 
     name: str = "base"
     side: Side | None = None         # "seek", "reject", or None for base / controls
@@ -83,7 +88,7 @@ class Condition:
             self.budgets = [float(b) for b in self.budgets]
 
     @property
-    def protocol(self) -> Protocol | None:
+    def protocol(self) -> MaskProtocol | None:
         """``"mask"`` or ``"mask+prompt"`` for a mask condition (with its prompt on when it has a system prompt);
         ``None`` otherwise."""
         return None
@@ -119,11 +124,17 @@ def paired(name: str, seek: C, reject: C, **relations: Any) -> tuple[C, C]:
         >>> (seek.side, reject.pair)
         ('seek', 'prompt')
     """
-    def per_side(value: Any, side: str) -> Any:
-        return value[side] if isinstance(value, dict) else value
-
-    return tuple(dataclasses.replace(cond, side=side, pair=name, **{k: per_side(v, side) for k, v in relations.items()})
-                 for side, cond in (("seek", seek), ("reject", reject)))  # type: ignore[return-value]
+    unknown = sorted(set(relations) - {"control", "prompt_of", "damage_of", "budgets"})
+    if unknown:
+        raise TypeError(f"paired takes the relations control, prompt_of, damage_of and budgets, got {unknown}")
+    poles = []
+    for side, cond in (("seek", seek), ("reject", reject)):
+        pole = copy.copy(cond)                       # any Condition, a Composed included
+        for key, value in {"side": side, "pair": name, **relations}.items():
+            setattr(pole, key, value[side] if isinstance(value, dict) else value)
+        pole.__post_init__()
+        poles.append(pole)
+    return poles[0], poles[1]
 
 
 @dataclass
@@ -141,7 +152,7 @@ class MaskCondition(Condition):
     regime: str = "mask"
 
     @property
-    def protocol(self) -> Protocol | None:
+    def protocol(self) -> MaskProtocol | None:
         return "mask+prompt" if self.system else "mask"
 
     def intervention(self) -> Intervention | None:
