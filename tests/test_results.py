@@ -66,7 +66,7 @@ def test_a_file_that_is_not_a_runs_results_is_an_error_naming_it(tmp_path, text,
     (lambda r: r["personas"]["power"].pop("n_test"), "personas.power.n_test: Field required"),
     (lambda r: r["personas"]["power"].update(n_test="eight"), "personas.power.n_test: Input should be a valid integer"),
     (lambda r: r["personas"]["power"]["provenance"].pop("fingerprint"), "personas.power.provenance.fingerprint: Field required"),
-    (lambda r: r["config"].pop("seed"), "config: Value error, config.seed is missing, expected a int"),
+    (lambda r: r["config"].pop("seed"), "config: Value error, config.seed is missing, expected int"),
     (lambda r: r.update(schema_version=99), "schema_version 99 is not one this persona_interp reads"),
     (lambda r: r["personas"]["power"].update(tabel=[]), "personas.power.tabel: Extra inputs are not permitted"),
 ])
@@ -88,3 +88,20 @@ def test_a_version_1_file_missing_a_persona_field_names_it_too(tmp_path):
     results["personas"]["power"]["contrasts"] = []
     (tmp_path / "old.json").write_text(json.dumps(results))
     assert load_results(tmp_path / "old.json").personas["power"].provenance.model == NOT_RECORDED
+
+
+USED = {"fit_items": 4, "validation_items": 2}
+
+
+def test_the_header_names_each_personas_set_up_when_a_resumed_run_mixed_them(tmp_path):
+    results = run_results({"power": {"used": USED}, "wealth": {"used": USED}}, sparsities=[0.3], damage_budgets=[0.1])
+    other = results["personas"]["wealth"]["provenance"]
+    other.update(model="/models/other", dtype="bfloat16", cpu={"model": "Xeon", "flags": ["amx_bf16", "avx2"]})
+    text = render_report(results, tmp_path / "report.md", tmp_path / "figures").read_text()
+    assert "**Mixed set-ups** (resumed with `--allow-mixed`):" in text
+    assert ("- wealth: Model: `/models/other` (weights' fingerprint 0123456789abcdef), bfloat16, on cpu; "
+            "CPU Xeon (amx_bf16, avx2); torch 2, transformers 5.") in text
+    assert "- power: Model: `tiny-llama` (weights' fingerprint 0123456789abcdef), float32, on cpu; CPU test CPU (avx2)" in text
+    same = run_results({"power": {"used": USED}, "wealth": {"used": USED}}, sparsities=[0.3], damage_budgets=[0.1])
+    one = render_report(same, tmp_path / "one.md", tmp_path / "figures").read_text()
+    assert "Mixed" not in one and one.count("Model: `tiny-llama`") == 1

@@ -150,7 +150,7 @@ class RunResults(BaseModel):
         for key, kind in (("personas", list), ("seed", int), ("dtype", str)):
             if not isinstance(config.get(key), kind):
                 raise ValueError(f"config.{key} is {'missing' if key not in config else repr(config[key])}, "
-                                 f"expected a {kind.__name__}")
+                                 f"expected {kind.__name__}")
         return config
 
     def save(self, path: str | Path) -> Path:
