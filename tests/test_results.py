@@ -87,8 +87,10 @@ def test_a_version_1_file_missing_a_persona_field_names_it_too(tmp_path):
     with pytest.raises(ResultsError, match="old.json: personas.power.contrasts: Field required"):
         load_results(tmp_path / "old.json")
     results["personas"]["power"]["contrasts"] = []
+    del results["config"]["dtype"]                                    # from before the dtype was recorded at all
     (tmp_path / "old.json").write_text(json.dumps(results))
-    assert load_results(tmp_path / "old.json").personas["power"].provenance.model == NOT_RECORDED
+    old = load_results(tmp_path / "old.json").personas["power"].provenance
+    assert old.model == old.dtype == old.cpu == NOT_RECORDED and old.seed == 0 and old.revision == "abc1234"
 
 
 USED = {"fit_items": 4, "validation_items": 2}
