@@ -147,10 +147,10 @@ class RunResults(BaseModel):
     @field_validator("config")
     @classmethod
     def _config_names_its_personas(cls, config: dict[str, Any]) -> dict[str, Any]:
-        for key, kind in (("personas", list), ("seed", int), ("dtype", str)):
+        for key, kind in (("personas", list), ("seed", int)):          # dtype: absent in files from before it existed
             if not isinstance(config.get(key), kind):
                 raise ValueError(f"config.{key} is {'missing' if key not in config else repr(config[key])}, "
-                                 f"expected a {kind.__name__}")
+                                 f"expected {kind.__name__}")
         return config
 
     def save(self, path: str | Path) -> Path:

@@ -39,9 +39,9 @@ from persona_interp.masks.builders import FamilyCache, random_mask
 from persona_interp.masks.registry import MethodInputs, methods
 from persona_interp.model.adapter import get_adapter
 from persona_interp.model.load import load_model, resolve_dtype
+from persona_interp.model.machine import CPU
 from persona_interp.report.figures import plot_persona, plot_stability
 from persona_interp.report.markdown import write_report
-from persona_interp.model.machine import CPU
 from persona_interp.report.results import NOT_RECORDED, SCHEMA_VERSION, Provenance, load_results, model_name, now
 from persona_interp.signatures import Signature, collect_signatures
 from persona_interp.studies.config import ReproduceConfig
