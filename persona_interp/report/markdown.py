@@ -209,8 +209,7 @@ SUMMARY_TEXTS = {
                "budget is enforced on the reported texts instead), and the best mask within the same budget:",
     "paper": "The paper's mask rows (ρ from the config, Contrastive-Wanda): seek − reject of the mask alone and with the "
              "same pole's prompt (the paper's protocol), what the mask adds to the prompt, whether each pole's mask beats a "
-             "random mask of the same sparsity (alone; with the prompt) and, where measured, the random mask of equal "
-             "damage on the selection texts (alone), and each pole's damage:",
+             "random mask of the same sparsity (alone; with the prompt){matched}, and each pole's damage:",
     "overlap": "Opposing masks, like with like: share of entries where seek and reject differ over all maps:",
     "statistic": "The per-sample statistic: share of channels with z > 0, mean covered tokens, and which pole's ReLU "
                  "Contrastive-Wanda mask breaks the model:",
@@ -224,7 +223,10 @@ def summary_markdown(results: dict[str, Any]) -> str:
     parts = ["\n## Across personas\n"]
     for name, rows in summary_tables(results).items():
         if rows:
-            parts += [f"\n{SUMMARY_TEXTS[name]}\n", markdown_table(rows)]
+            matched = any("beats damage-matched random" in row for row in rows)
+            text = SUMMARY_TEXTS[name].format(matched=" and the random mask of equal damage on the selection texts (alone)"
+                                              if matched else "")
+            parts += [f"\n{text}\n", markdown_table(rows)]
     return "\n".join(parts)
 
 
