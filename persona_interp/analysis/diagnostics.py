@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm                   # plain bars: tqdm.auto warns in a notebook without ipywidgets
 
 from persona_interp.data.personas import SIDES, PersonaItem
 from persona_interp.evaluation.scoring import DamageReference, score_ab

@@ -14,7 +14,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from tqdm.auto import tqdm
+from tqdm import tqdm                   # plain bars: tqdm.auto warns in a notebook without ipywidgets
 
 from persona_interp.data.personas import PersonaItem
 from persona_interp.evaluation.scoring import DamageReference, score_ab
