@@ -188,7 +188,7 @@ def stability(model: Any, seek: Signature, reject: Signature, sparsity: float, v
             margins = []
             for mask in pair:
                 with ablate(model, mask):
-                    margins.append(score_ab(model, validation, batch_size=batch_size).margin_mean)
+                    margins.append(score_ab(model, validation, batch_size=batch_size, progress=False).margin_mean)
             separations.append(float((margins[0] - margins[1]).mean()))
         rows.append({"draw": draw, "half_a": halves[0], "half_b": halves[1],
                      "seek_between_halves": fraction_differ(pairs[0][0], pairs[1][0]),

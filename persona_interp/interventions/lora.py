@@ -230,7 +230,7 @@ def select_lora(model: Any, fit: Sequence[PersonaItem], validation: Sequence[Per
         margins, kls = {}, []
         for side in SIDES:
             with runs[side][epoch].apply(model):
-                margins[side] = score_ab(model, validation, batch_size=batch_size).margin_mean
+                margins[side] = score_ab(model, validation, batch_size=batch_size, progress=False).margin_mean
                 if reference is not None:
                     kls.append(reference.measure(model)["kl"])
         table.append({"epochs": epoch + 1, "separation": float((margins["seek"] - margins["reject"]).mean()),

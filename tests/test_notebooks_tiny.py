@@ -1,0 +1,86 @@
+"""The notebooks' CI run: each notebook re-executed top to bottom in SMALL mode on a tiny random Llama saved to a
+folder (``PERSONA_INTERP_MODEL``), so that CI needs neither the embedded SmolLM2 nor network. Its numbers mean
+nothing; it checks that every cell runs with another model than the embedded one (the model cell is honoured,
+saved results of the embedded model are refused) and that the conclusions are formatted from the objects.
+
+Conclusion cells: the markdown cells from the one holding "What the small model shows" to the end. They carry no
+figure typed by hand: no decimal number (``0.3``, ``+1.27``), no percentage (``60 %``), no factor (``×10``);
+the figures are printed from the results by a code cell.
+"""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import build_hf
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb"))
+AI_PERSONA_NOTEBOOKS = {"01_quickstart.ipynb", "02_ai_persona_table.ipynb", "04_where_subnetworks_sit.ipynb",
+                        "06_causal_vs_steering.ipynb"}      # the power persona: the paper's data in ../shared
+VIEWS = {"04_where_subnetworks_sit.ipynb"}                  # circuitsvis views
+FIGURE = re.compile(r"\d+\.\d+|\d\s*%|×\s*~?\d|\d\s*×")
+DURATIONS: dict[str, float] = {}
+
+
+def conclusion_cells(nb) -> list[str]:
+    start = next(i for i, cell in enumerate(nb.cells)
+                 if cell.cell_type == "markdown" and "What the small model shows" in cell.source)
+    return [cell.source for cell in nb.cells[start:] if cell.cell_type == "markdown"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_folder(tokenizer, tmp_path_factory):
+    """A tiny random Llama with the conftest tokenizer (chat template included), saved as a model folder."""
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    build_hf("llama", len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def paper_data_available() -> bool:
+    import persona_interp as pi
+
+    try:
+        pi.load_persona("power", "test")
+    except FileNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_small_on_a_tiny_model(name, tiny_model_folder, monkeypatch):
+    if name in AI_PERSONA_NOTEBOOKS and not paper_data_available():
+        pytest.skip("the power persona's data (../shared/benchmarks/ai_persona) is not there")
+    if name in VIEWS:
+        pytest.importorskip("circuitsvis")
+    monkeypatch.setenv("PERSONA_INTERP_NOTEBOOK_SMALL", "1")     # the kernel inherits the environment
+    monkeypatch.setenv("PERSONA_INTERP_MODEL", str(tiny_model_folder))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("PERSONA_INTERP_RERUN", raising=False)
+    nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)        # in memory: the committed file is never written
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
+    start = time.perf_counter()
+    client.execute()
+    DURATIONS[name] = time.perf_counter() - start
+    print(f"{name}: {DURATIONS[name]:.0f} s")
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    errors = [o for o in outputs if o.get("output_type") == "error"]
+    assert not errors, "\n".join(f"{e.get('ename')}: {e.get('evalue')}" for e in errors)
+    assert all(cell.get("execution_count") for cell in nb.cells if cell.cell_type == "code"), "every code cell ran"
+    stderr = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream" and o.get("name") == "stderr")
+    assert "it/s]" not in stderr and "s/it]" not in stderr, "progress bars in the outputs (progress=False)"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_conclusions_carry_no_hand_typed_figure(name):
+    nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+    typed = [m.group() for source in conclusion_cells(nb) for m in FIGURE.finditer(source)]
+    assert not typed, f"{name}: figures typed by hand in a conclusion cell (print them from the results): {typed[:8]}"
