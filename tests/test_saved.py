@@ -51,3 +51,12 @@ def test_config_differences_fill_in_what_old_files_ran_with():
     assert config_differences({"seed": 0, "dtype": "float32"}, {"seed": 0}) == []          # before dtype was recorded
     assert config_differences({"seed": 0, "dtype": "bfloat16"}, {"seed": 1}) == ["dtype", "seed"]
     assert config_differences({"seed": 0, "personas": ["a"]}, {"seed": 0, "personas": ["b"], "extra": 1}) == []
+
+
+def test_an_atlas_records_its_model_through_its_signatures(llama, tmp_path):
+    mine = pi.get_adapter(llama).fingerprint
+    atlas = {"persona": "power", "signature_data": [{"fingerprint": mine, "side": "seek"}, {"fingerprint": mine, "side": "reject"}]}
+    assert recorded_fingerprint(atlas) == mine
+    assert saved_results_for(llama, write(tmp_path / "a.json", atlas), model_source="/a/folder").usable
+    atlas["signature_data"][1]["fingerprint"] = "0123456789abcdef"       # two models: nothing recorded for sure
+    assert recorded_fingerprint(atlas) is None

@@ -2,7 +2,8 @@
 re-run only when they were recorded for the loaded model and the same protocol.
 
 A file's model is its ``provenance``: ``results["provenance"]["model"]["fingerprint"]`` (or
-``results["provenance"]["fingerprint"]``), compared with the loaded model's accepted fingerprints
+``results["provenance"]["fingerprint"]``; an atlas without provenance: the fingerprint of the signatures it
+records in ``signature_data``), compared with the loaded model's accepted fingerprints
 (:attr:`persona_interp.model.adapter.ModelAdapter.accepted_fingerprints`). A file written before runs recorded
 their provenance counts as recorded for the embedded model, so it is used only when the notebook's model is the
 embedded one (``model_source`` None). The protocol is the saved ``config``: every option the notebook's
@@ -48,12 +49,14 @@ def recorded_fingerprint(results: dict[str, Any]) -> str | None:
         '0123abcd'
     """
     provenance = results.get("provenance")
-    if not isinstance(provenance, dict):
-        return None
-    model = provenance.get("model")
-    if isinstance(model, dict) and model.get("fingerprint"):
-        return str(model["fingerprint"])
-    return str(provenance["fingerprint"]) if provenance.get("fingerprint") else None
+    if isinstance(provenance, dict):
+        model = provenance.get("model")
+        if isinstance(model, dict) and model.get("fingerprint"):
+            return str(model["fingerprint"])
+        if provenance.get("fingerprint"):
+            return str(provenance["fingerprint"])
+    signatures = {s.get("fingerprint") for s in results.get("signature_data", []) if isinstance(s, dict)} - {None}
+    return str(signatures.pop()) if len(signatures) == 1 else None     # an atlas: the model its signatures came from
 
 
 def config_differences(mine: Any, theirs: dict[str, Any], ignore: Sequence[str] = ("personas",)) -> list[str]:
