@@ -25,8 +25,7 @@ NOTEBOOKS = sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb"))
 AI_PERSONA_NOTEBOOKS = {"01_quickstart.ipynb", "02_ai_persona_table.ipynb", "04_where_subnetworks_sit.ipynb",
                         "06_causal_vs_steering.ipynb"}      # the power persona: the paper's data in ../shared
 VIEWS = {"04_where_subnetworks_sit.ipynb"}                  # circuitsvis views
-HAND_TYPED = {"04_where_subnetworks_sit.ipynb", "05_opposing_mask_overlap.ipynb"}   # conclusions not yet printed from
-                                                                                 # the objects (issue #36)
+HAND_TYPED: set[str] = set()     # notebooks whose conclusion still quotes figures typed by hand (none left)
 FIGURE = re.compile(r"\d+\.\d+|\d\s*%|×\s*~?\d|\d\s*×")
 DURATIONS: dict[str, float] = {}
 
