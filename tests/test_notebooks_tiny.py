@@ -25,7 +25,6 @@ NOTEBOOKS = sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb"))
 AI_PERSONA_NOTEBOOKS = {"01_quickstart.ipynb", "02_ai_persona_table.ipynb", "04_where_subnetworks_sit.ipynb",
                         "06_causal_vs_steering.ipynb"}      # the power persona: the paper's data in ../shared
 VIEWS = {"04_where_subnetworks_sit.ipynb"}                  # circuitsvis views
-HAND_TYPED: set[str] = set()     # notebooks whose conclusion still quotes figures typed by hand (none left)
 FIGURE = re.compile(r"\d+\.\d+|\d\s*%|×\s*~?\d|\d\s*×")
 DURATIONS: dict[str, float] = {}
 
@@ -80,9 +79,7 @@ def test_notebook_runs_small_on_a_tiny_model(name, tiny_model_folder, monkeypatc
     assert "it/s]" not in stderr and "s/it]" not in stderr, "progress bars in the outputs (progress=False)"
 
 
-@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.xfail(
-    strict=True, reason="the conclusion still quotes figures typed by hand")) if name in HAND_TYPED else name
-    for name in NOTEBOOKS])
+@pytest.mark.parametrize("name", NOTEBOOKS)
 def test_conclusions_carry_no_hand_typed_figure(name):
     nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
     typed = [m.group() for source in conclusion_cells(nb) for m in FIGURE.finditer(source)]
