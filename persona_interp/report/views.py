@@ -166,6 +166,6 @@ def attention_heads_view(model: Any, text: Text, heads: Sequence[tuple[int, int]
     names = [f"L{layer}H{head}" for layer, head in heads]
     tokens, patterns = token_strings(model, ids), attention_patterns(model, ids, heads)
     view = attention_heads(patterns, tokens, attention_head_names=names)
-    pairs = [f"{tokens[q]!r}→{tokens[k]!r}" for q in range(len(tokens)) for k in range(len(tokens))]
+    pairs = [f"{tokens[q]}→{tokens[k]}" for q in range(len(tokens)) for k in range(len(tokens))]
     fallback = [f"{name}: strongest query→key attention {top_entries(pattern.flatten(), pairs)}" for name, pattern in zip(names, patterns)]
     return OfflineHTML(*combine([(title, view)]), fallback="\n".join(fallback), title=title or "persona heads: " + ", ".join(names))
