@@ -84,3 +84,60 @@ def test_conclusions_carry_no_hand_typed_figure(name):
     nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
     typed = [m.group() for source in conclusion_cells(nb) for m in FIGURE.finditer(source)]
     assert not typed, f"{name}: figures typed by hand in a conclusion cell (print them from the results): {typed[:8]}"
+
+
+def saved(path: str):
+    import json
+
+    return json.loads((NOTEBOOK_DIR.parent / "reports" / path).read_text())
+
+
+def conclusion_code(nb) -> str:
+    """The code cell that prints the conclusion's figures (the one before the final markdown cell)."""
+    assert nb.cells[-2].cell_type == "code", "a code cell prints the conclusion's figures before the final markdown"
+    return nb.cells[-2].source
+
+
+@pytest.mark.parametrize("name", ["02_ai_persona_table.ipynb", "03_mbti_subnetworks.ipynb", "04_where_subnetworks_sit.ipynb",
+                                  "06_causal_vs_steering.ipynb", "07_composition_and_regimes.ipynb"])
+def test_conclusions_format_from_the_committed_reports(name, llama):
+    """Each conclusion's code runs on the committed full-size results in ``reports/`` (not only on the tiny run's),
+    and what it prints quotes them: the committed report and the conclusion cannot disagree once re-executed."""
+    from pathlib import Path
+
+    from IPython.display import Markdown
+
+    import persona_interp as pi
+    from persona_interp.analysis.nulls import random_cosine_band
+    from persona_interp.data.personas import AI_PERSONAS, MBTI_AXES
+    from persona_interp.report.saved import SavedResults
+    from persona_interp.report.summary import winner_rows
+
+    results = saved("results.json")
+    shown: list[str] = []
+    ns = {"display": lambda m: shown.append(m.data), "Markdown": Markdown, "pi": pi, "USE_SAVED": True,
+          "out_dir": Path("../reports"), "results": results, "winner_rows": winner_rows, "model": llama}
+    if name.startswith(("02", "03")):
+        ns["PERSONAS"] = list(AI_PERSONAS if name.startswith("02") else MBTI_AXES)
+        expected = [f"{persona}** (revision `{results['personas'][persona]['revision']}`" for persona in ns["PERSONAS"]]
+    elif name.startswith("04"):
+        ns["atlases"] = [saved(f"atlas/{p}.json") for p in sorted(pi.persona_names())]
+        ns["atlas"] = saved("atlas/power.json")
+        expected = [f"{min(a['signature_cosine']):.4f}" for a in ns["atlases"]]
+    elif name.startswith("06"):
+        ns.update(atlas=saved("atlas/power.json"), PERSONA="power",
+                  main_run=SavedResults(Path("reports/results.json"), results, "committed"))
+        ns["rows"] = ns["atlas"]["dose_response"]
+        e = ns["atlas"]["equal_damage"]
+        expected = [f"{e['ablation_shift'][0]:+.3f}", f"{e['steer_seek_shift'][0]:+.3f}"]
+    else:
+        ns.update(study=saved("composition.json"), regimes={p: saved(f"regimes/{p}.json") for p in pi.persona_names()},
+                  random_cosine_band=random_cosine_band)
+        nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+        band = next(cell.source for cell in nb.cells if cell.cell_type == "code" and "random_cosine_band(d_model" in cell.source)
+        exec(band, ns)
+        expected = [f"{r['effect']['steering']['value']:+.2f}" for r in ns["regimes"].values()]
+    exec(conclusion_code(nbformat.read(NOTEBOOK_DIR / name, as_version=4)), ns)
+    text = "\n".join(shown)
+    missing = [e for e in expected if e not in text]
+    assert text and not missing, f"{name}: the conclusion does not quote {missing}"
