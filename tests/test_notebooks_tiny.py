@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import build_hf
+from conftest import CHAT_TEMPLATE, build_hf
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -36,8 +36,19 @@ def conclusion_cells(nb) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_model_folder(tokenizer, tmp_path_factory):
-    """A tiny random Llama with the conftest tokenizer (chat template included), saved as a model folder."""
+def tiny_model_folder(tmp_path_factory):
+    """A tiny random Llama saved as a model folder with a byte-level BPE tokenizer (chat template included) trained
+    on the project's own texts (``data/``), so that prompts with retrieved examples fit the token budgets as they do
+    with a real tokenizer (conftest's 320-token vocabulary splits them into several times more tokens)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [line for path in sorted((NOTEBOOK_DIR.parent / "data").rglob("*.json*")) for line in path.read_text().splitlines()]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=2048, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                        bos_token="<|im_start|>")
+    tokenizer.chat_template = CHAT_TEMPLATE
     folder = tmp_path_factory.mktemp("tiny_llama")
     build_hf("llama", len(tokenizer)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
