@@ -55,6 +55,11 @@ def test_notebook_structure(name):
     assert last.cell_type == "markdown" and "What the small model shows" in last.source
     params = code_cells(nb)[0]
     assert 'SMALL = os.environ.get("PERSONA_INTERP_NOTEBOOK_SMALL") == "1"' in params, "the parameters cell comes first"
+    for line in ('MODEL = os.environ.get("PERSONA_INTERP_MODEL") or None', "DEVICE = ", "DTYPE = ", "# Re-run time at full size"):
+        assert line in params, f"the model cell comes first and sets {line.split('=')[0].strip()}"
+    for source in code_cells(nb):
+        assert "load_model()" not in source and not re.search(r"\breproduce\((?!\))(?![^)]*model=)", source), \
+            f"every model load and reproduce() uses the model cell's MODEL:\n{source}"
     for source in code_cells(nb):
         assert not DEFINITION.search(source), f"method code belongs in the library, not in a notebook cell:\n{source}"
     assert any(IMPORT.search(source) for source in code_cells(nb)), "the notebook must use persona_interp"
