@@ -65,7 +65,7 @@ def paper_data_available() -> bool:
     return True
 
 
-@pytest.mark.slow             # ~20 min for the seven on 2 shared, heavily loaded cores (2026-12-06); not yet timed idle
+@pytest.mark.slow    # 12 min for the seven on 2 cores shared at load average 12-18 (2026-12-06); not yet timed on an idle machine
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_small_on_a_tiny_model(name, tiny_model_folder, monkeypatch):
     if name in AI_PERSONA_NOTEBOOKS and not paper_data_available():
