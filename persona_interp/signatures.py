@@ -32,7 +32,7 @@ import torch
 from jaxtyping import Bool, Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm                   # plain bars: tqdm.auto warns in a notebook without ipywidgets
 
 from persona_interp.data.files import read_header, write_tagged
 from persona_interp.data.personas import PersonaDataset, PersonaItem, Side, check_side

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from persona_interp.evaluation.stats import flips, mean_ci, paired_difference, proportion_ci
+from persona_interp.evaluation.stats import Estimate, flips, mean_ci, paired_difference, proportion_ci
 
 
 def test_mean_ci_hand_computed():
@@ -69,3 +69,12 @@ def test_trend_rejects_bad_input():
         trend(torch.tensor([0.0, 0.0]), torch.zeros(2, 3))
     with pytest.raises(ValueError, match="k ≥ 2"):
         trend(torch.tensor([0.0, 1.0]), torch.zeros(3, 3))
+
+
+def test_estimate_signed_from_row_and_excludes_zero():
+    row = {"advantage": 0.8335, "advantage_low": 0.3801, "advantage_high": 1.2869, "n": 100}
+    estimate = Estimate.from_row(row, "advantage")
+    assert estimate == Estimate(0.8335, 0.3801, 1.2869, 100)
+    assert estimate.signed() == "+0.83 [+0.38, +1.29]" and estimate.signed(3) == "+0.834 [+0.380, +1.287]"
+    assert estimate.excludes_zero and Estimate(-0.5, -0.9, -0.1, 3).excludes_zero
+    assert not Estimate(0.24, -0.11, 0.59, 64).excludes_zero

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from typing import Any, Sequence
 
-from tqdm.auto import tqdm
+from tqdm import tqdm                   # plain bars: tqdm.auto warns in a notebook without ipywidgets
 
 from persona_interp.analysis.localise import UnitDivergence
 from persona_interp.data.personas import PersonaItem

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm                   # plain bars: tqdm.auto warns in a notebook without ipywidgets
 
 from persona_interp.data.personas import SIDES, PersonaItem
 from persona_interp.evaluation.scoring import DamageReference, score_ab
@@ -185,7 +185,7 @@ def stability(model: Any, seek: Signature, reject: Signature, sparsity: float, v
             margins = []
             for mask in pair:
                 with ablate(model, mask):
-                    margins.append(score_ab(model, validation, batch_size=batch_size).margin_mean)
+                    margins.append(score_ab(model, validation, batch_size=batch_size, progress=False).margin_mean)
             separations.append(float((margins[0] - margins[1]).mean()))
         rows.append({"draw": draw, "half_a": halves[0], "half_b": halves[1],
                      "seek_between_halves": fraction_differ(pairs[0][0], pairs[1][0]),

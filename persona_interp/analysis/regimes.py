@@ -105,7 +105,7 @@ def compare_regimes(model: Any, regimes: Mapping[str, tuple[Condition, Condition
         margins = []
         for cond in (seek, reject):
             with cond.applied(model):
-                margins.append(score_ab(model, items, system=cond.system, batch_size=batch_size).margin_mean)
+                margins.append(score_ab(model, items, system=cond.system, batch_size=batch_size, progress=False).margin_mean)
         effect[name] = difference(*margins)
     transfer: dict[str, dict[str, dict[str, float]]] = {}
     for src in regimes:
@@ -116,7 +116,7 @@ def compare_regimes(model: Any, regimes: Mapping[str, tuple[Condition, Condition
             margins = []
             for sign in (1.0, -1.0):
                 with vector.apply(model, sign):
-                    margins.append(score_ab(model, items, batch_size=batch_size).margin_mean)
+                    margins.append(score_ab(model, items, batch_size=batch_size, progress=False).margin_mean)
             steered = difference(*margins)
             ratio = steered["value"] / effect[dst]["value"] if effect[dst]["value"] else float("nan")
             transfer[src][dst] = {**steered, "ratio": ratio}

@@ -253,8 +253,10 @@ def _read_items(records: Iterable[tuple[str, object]], skip_invalid: bool) -> tu
             if not skip_invalid:
                 raise
             skipped.append(str(error))
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} invalid record(s): {skipped[0]}" + (" …" if len(skipped) > 1 else ""), stacklevel=2)
+    if skipped:          # the file's name, not the machine's path (meta["skipped"] keeps the full messages)
+        where, sep, why = skipped[0].partition(": ")
+        warnings.warn(f"skipped {len(skipped)} invalid record(s): {Path(where).name}{sep}{why}" + (" …" if len(skipped) > 1 else ""),
+                      stacklevel=2)
     return items, skipped
 
 

@@ -45,6 +45,24 @@ class Estimate:
             True
         """
         return self.low > 0 if self.defined else None
+    def signed(self, digits: int = 2) -> str:
+        """``+0.83 [+0.38, +1.29]``: value and interval with their signs, as conclusions quote them."""
+        return f"{self.value:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
+
+    @property
+    def excludes_zero(self) -> bool:
+        """Whether the interval lies wholly on one side of 0."""
+        return self.low > 0 or self.high < 0
+
+    @classmethod
+    def from_row(cls, row: dict, key: str) -> "Estimate":
+        """The estimate a results row stores as ``key``, ``key_low``, ``key_high`` (and ``n``).
+
+        Example:
+            >>> Estimate.from_row({"shift": 0.5, "shift_low": 0.1, "shift_high": 0.9, "n": 4}, "shift").signed()
+            '+0.50 [+0.10, +0.90]'
+        """
+        return cls(float(row[key]), float(row[f"{key}_low"]), float(row[f"{key}_high"]), int(row.get("n", 0)))
 
     def to_dict(self) -> dict:
         return asdict(self)

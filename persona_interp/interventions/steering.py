@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm                   # plain bars: tqdm.auto warns in a notebook without ipywidgets
 
 from persona_interp.data.personas import PersonaDataset, PersonaItem, Side, check_side
 from persona_interp.model.adapter import get_adapter

@@ -13,6 +13,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
+from persona_interp.analysis.nulls import percentile_band
 from persona_interp.data.files import atomic
 from persona_interp.data.personas import SIDES
 from persona_interp.report.summary import diagnostics_by_persona
@@ -109,11 +110,14 @@ def plot_unit_map(units: Sequence[Any], n_layers: int, n_units: int, stem: str |
     return save(fig, stem)
 
 
+MIN_BAND_DRAWS = 10          # seeds from which a random control is drawn as a percentile band
+
+
 def plot_dose_response(rows: Sequence[dict], stem: str | os.PathLike, *, title: str = "",
                        value: str = "shift", ylabel: str = "margin shift vs unablated (nats/token)") -> list[Path]:
     """Dose–response curves from :func:`~persona_interp.analysis.causal.dose_response`: one panel per system
-    prompt; the top-k units with their 95 % interval, random units as the mean over seeds with the
-    seeds' range; x = k (log scale)."""
+    prompt; the top-k units with their 95 % interval, random units as the mean over seeds with their 5th–95th
+    percentile band (from 10 seeds on; the range below); x = k (log scale)."""
     systems = list(dict.fromkeys(r["system"] for r in rows))
     fig, axes = plt.subplots(1, len(systems), figsize=(4.5 * len(systems), 3.8), squeeze=False, sharey=True)
     for ax, system in zip(axes[0], systems):
@@ -127,8 +131,10 @@ def plot_dose_response(rows: Sequence[dict], stem: str | os.PathLike, *, title: 
         if any(rand):
             mean = [sum(v) / len(v) for v in rand]
             ax.plot(ks, mean, marker="s", color="#555555", label="random units (mean over seeds)")
-            ax.fill_between(ks, [min(v) for v in rand], [max(v) for v in rand], color="#999999", alpha=0.3,
-                            label="random units (range over seeds)")
+            banded = min(len(v) for v in rand) >= MIN_BAND_DRAWS      # a percentile band from enough seeds, else the range
+            bands = [percentile_band(v, 0.9) if banded else (min(v), max(v)) for v in rand]
+            ax.fill_between(ks, [b[0] for b in bands], [b[1] for b in bands], color="#999999", alpha=0.3,
+                            label=f"random units ({'5th–95th percentile' if banded else 'range'} over {min(len(v) for v in rand)} seeds)")
         ax.axhline(0, color="black", lw=0.8, ls="--")
         ax.set_xscale("log", base=2)
         ax.set_xlabel(f"k ({mine[0]['kind']}s ablated, {mine[0]['mode']})")
@@ -155,9 +161,12 @@ def plot_layer_curve(values: Any, stem: str | os.PathLike, *, ylabel: str, title
 
 def plot_regime_comparison(result: dict, stem: str | os.PathLike, title: str = "") -> list[Path]:
     """Regime comparison of one persona pair (from :func:`~persona_interp.analysis.regimes.compare_regimes`):
-    cosine of the seek-minus-reject residual directions per layer for every two regimes, and the
-    transfer matrix (behaviour reproduced by one regime's direction, as a fraction of another's)."""
+    cosine of the seek-minus-reject residual directions per layer for every two regimes, with the band of cosines
+    between random directions where the result records one (``random_cosine_band``), and the transfer matrix
+    (behaviour reproduced by one regime's direction, as a fraction of another's)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [1.6, 1]})
+    if result.get("random_cosine_band"):
+        left.axhspan(*result["random_cosine_band"], color="#999999", alpha=0.3, label="random directions (95 %)")
     for pair, values in result["cosine"].items():
         left.plot(result["layers"], values, marker="o", ms=3, label=pair.replace("|", " vs "))
     left.axhline(0, color="black", lw=0.8, ls="--")

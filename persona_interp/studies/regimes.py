@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from persona_interp.analysis.nulls import random_cosine_band
 from persona_interp.analysis.regimes import compare_regimes
 from persona_interp.data.personas import SIDES, calibration_split, load_neutral_texts, load_persona, persona_prompts
 from persona_interp.evaluation.tuning import select_steering
@@ -39,7 +40,8 @@ def run_regimes(model: Any, persona: str, signatures: tuple[Any, Any], *, sparsi
     texts = load_neutral_texts()[-n_texts:]                   # the end of the set: the main job's perplexity uses the start
     result = compare_regimes(model, regimes, texts, items, layer=choice.layer, progress=progress)
     result.update({"persona": persona, "sparsity": sparsity, "seed": seed, "fit_items": len(fit),
-                   "validation_items": len(validation), "steering": {"layer": choice.layer, "multiplier": choice.multiplier}})
+                   "validation_items": len(validation), "steering": {"layer": choice.layer, "multiplier": choice.multiplier},
+                   "random_cosine_band": list(random_cosine_band(get_adapter(model).d_model))})   # 95 % of random directions
     if figures_dir:
         from persona_interp.report.figures import plot_regime_comparison
 

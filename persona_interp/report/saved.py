@@ -1,0 +1,110 @@
+"""Saved results (``reports/results.json``, an atlas, a regimes or composition study) used in place of a
+re-run only when they were recorded for the loaded model and the same protocol.
+
+A file's model is its ``provenance``: ``results["provenance"]["model"]["fingerprint"]`` (or
+``results["provenance"]["fingerprint"]``; an atlas without provenance: the fingerprint of the signatures it
+records in ``signature_data``), compared with the loaded model's accepted fingerprints
+(:attr:`persona_interp.model.adapter.ModelAdapter.accepted_fingerprints`). A file written before runs recorded
+their provenance counts as recorded for the embedded model, so it is used only when the notebook's model is the
+embedded one (``model_source`` None). The protocol is the saved ``config``: every option the notebook's
+configuration and the file both record must agree (``personas`` aside: the file must hold the ones asked for).
+
+Example:
+    >>> saved = saved_results_for(model, "../reports/results.json", model_source=MODEL, config=CONFIG)
+    >>> print(saved.reason)
+    >>> results = saved.results if saved.usable else reproduce(...)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from persona_interp.model.adapter import get_adapter
+
+DEFAULTS = {"dtype": "float32"}     # options a file from before the option existed ran with
+
+
+@dataclass(frozen=True)
+class SavedResults:
+    """The saved results (None when they must not be used) and why they are or are not used."""
+
+    path: Path
+    results: dict[str, Any] | None
+    reason: str
+
+    @property
+    def usable(self) -> bool:
+        return self.results is not None
+
+
+def recorded_fingerprint(results: dict[str, Any]) -> str | None:
+    """The model fingerprint a results file records, or None when it records no provenance.
+
+    Example:
+        >>> recorded_fingerprint({"provenance": {"model": {"fingerprint": "0123abcd"}}})
+        '0123abcd'
+    """
+    provenance = results.get("provenance")
+    if isinstance(provenance, dict):
+        model = provenance.get("model")
+        if isinstance(model, dict) and model.get("fingerprint"):
+            return str(model["fingerprint"])
+        if provenance.get("fingerprint"):
+            return str(provenance["fingerprint"])
+    signatures = {s.get("fingerprint") for s in results.get("signature_data", []) if isinstance(s, dict)} - {None}
+    return str(signatures.pop()) if len(signatures) == 1 else None     # an atlas: the model its signatures came from
+
+
+def config_differences(mine: Any, theirs: dict[str, Any], ignore: Sequence[str] = ("personas",)) -> list[str]:
+    """The options (dataclass fields or dict keys) in which a configuration differs from a saved one; an option
+    only one side records is not compared, except those of :data:`DEFAULTS`, which files before them ran with.
+
+    Example:
+        >>> config_differences({"seed": 0, "dtype": "bfloat16"}, {"seed": 0})
+        ['dtype']
+    """
+    mine = dataclasses.asdict(mine) if dataclasses.is_dataclass(mine) else dict(mine)
+    theirs = {**{k: v for k, v in DEFAULTS.items() if k in mine}, **theirs}
+    return sorted(k for k in set(mine) & set(theirs) if k not in ignore and mine[k] != theirs[k])
+
+
+def saved_results_for(model: Any, path: str | os.PathLike, *, model_source: str | os.PathLike | None = None,
+                      config: Any = None, personas: Sequence[str] = ()) -> SavedResults:
+    """The results saved in ``path`` if they were recorded for ``model`` (its fingerprint; a file without
+    provenance only for the embedded model, ``model_source`` None) under ``config`` (same options, when given)
+    and hold every persona of ``personas``; otherwise ``results`` is None and ``reason`` says why.
+
+    Example:
+        >>> saved = saved_results_for(model, "../reports/results.json", model_source=None, config=CONFIG,
+        ...                           personas=["power"])
+        >>> saved.usable, saved.reason
+    """
+    path = Path(path)
+    if not path.is_file():
+        return SavedResults(path, None, f"{path} does not exist")
+    results = json.loads(path.read_text())
+    recorded = recorded_fingerprint(results)
+    adapter = get_adapter(model)
+    if recorded is None:
+        if model_source is not None:
+            return SavedResults(path, None, f"{path} records no model (it predates provenance, so it was computed on the "
+                                            f"embedded model), and this notebook's model is {model_source}")
+        why = f"{path} records no model; it predates provenance, so it counts as the embedded model's"
+    elif recorded not in adapter.accepted_fingerprints:
+        return SavedResults(path, None, f"{path} was recorded for the model with fingerprint {recorded}, not this one "
+                                        f"({adapter.fingerprint})")
+    else:
+        why = f"{path} was recorded for this model (fingerprint {recorded})"
+    if config is not None:
+        differ = config_differences(config, results.get("config", {}))
+        if differ:
+            return SavedResults(path, None, f"{path} was run with another protocol: its configuration differs in {differ}")
+    held = results.get("personas", {}) if "personas" in results else {results.get("persona"): None}
+    missing = [p for p in personas if p not in held]
+    if missing:
+        return SavedResults(path, None, f"{path} does not hold {missing}")
+    return SavedResults(path, results, why + (", with the same configuration" if config is not None else ""))
