@@ -21,7 +21,7 @@ from torch import Tensor
 
 from persona_interp.analysis.localise import signature_cosine_by_layer
 from persona_interp.masks.builders import wanda_mask
-from persona_interp.masks.mask import fraction_differ
+from persona_interp.masks.mask import fraction_differ, fraction_differ_by
 from persona_interp.signatures import Signature
 
 
@@ -101,7 +101,7 @@ def split_half_differ(model: Any, signature: Signature, sparsity: float, draws: 
     rows = []
     for a, b in _halves(signature.n_samples, draws, seed):
         first, second = (wanda_mask(model, signature.subset(half), sparsity) for half in (a, b))
-        by_module = fraction_differ(first, second, by="module")
+        by_module = fraction_differ_by(first, second, "module")
         rows.append({"overall": fraction_differ(first, second), "attn": by_module["attn"], "mlp": by_module["mlp"],
                      "mlp_minus_attn": by_module["mlp"] - by_module["attn"]})
     return rows
