@@ -20,6 +20,7 @@ from persona_interp.data.personas import SIDES, PersonaItem
 from persona_interp.evaluation.scoring import ABScores, DamageReference, score_ab
 from persona_interp.evaluation.stats import flips, mean_ci, paired_difference, proportion_ci
 from persona_interp.interventions.conditions import Condition, MaskCondition
+from persona_interp.progress import stage
 
 
 @dataclass
@@ -114,15 +115,17 @@ def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Cond
         raise ValueError(f"condition names must be unique, got {names}")
     if "base" not in names:
         raise ValueError("evaluate needs a condition named 'base' to pair against")
-    reference = DamageReference.build(model, neutral_texts, batch_size) if neutral_texts else None
     scores, damage = {}, {}
-    for cond in conditions:
-        with cond.applied(model):
-            scores[cond.name] = score_ab(model, items, system=cond.system, batch_size=batch_size, progress=progress)
-            if reference is not None and cond.meta.get("damage_of") in damage:   # same weights, prompt-free text
-                damage[cond.name] = damage[cond.meta["damage_of"]]
-            elif reference is not None:
-                damage[cond.name] = reference.measure(model)
+    with stage("evaluation", total=len(conditions), progress=progress) as bar:
+        reference = DamageReference.build(model, neutral_texts, batch_size) if neutral_texts else None
+        for cond in conditions:
+            with cond.applied(model):
+                scores[cond.name] = score_ab(model, items, system=cond.system, batch_size=batch_size, progress=progress)
+                if reference is not None and cond.meta.get("damage_of") in damage:   # same weights, prompt-free text
+                    damage[cond.name] = damage[cond.meta["damage_of"]]
+                elif reference is not None:
+                    damage[cond.name] = reference.measure(model)
+            bar.update()
     return Evaluation(persona, {c.name: c for c in conditions}, scores, damage)
 
 

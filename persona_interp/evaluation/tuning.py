@@ -14,8 +14,6 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from tqdm.auto import tqdm
-
 from persona_interp.data.personas import PersonaItem
 from persona_interp.evaluation.scoring import DamageReference, score_ab
 from persona_interp.interventions.ablation import ablate
@@ -23,6 +21,7 @@ from persona_interp.interventions.steering import SteeringVector
 from persona_interp.masks.builders import MASK_METHODS, FamilyCache, MaskFamily, mask_family
 from persona_interp.masks.mask import Mask
 from persona_interp.model.adapter import get_adapter
+from persona_interp.progress import stage
 from persona_interp.signatures import Signature
 
 
@@ -67,19 +66,22 @@ def select_steering(model: Any, vectors: dict[int, SteeringVector], validation: 
         raise ValueError(f"multipliers must be positive (the reject side uses −α), got {list(multipliers)}")
     validation = list(validation)
     table = []
-    for layer, vector in vectors.items():
-        for alpha in sorted(multipliers):
-            margins, kls = {}, []
-            for sign in (1, -1):
-                with vector.apply(model, sign * alpha):
-                    margins[sign] = score_ab(model, validation, batch_size=batch_size, progress=progress).margin_mean
-                    if reference is not None:
-                        kls.append(reference.measure(model)["kl"])
-            table.append({"layer": layer, "multiplier": alpha, "separation": float((margins[1] - margins[-1]).mean()),
-                          "seek_margin": float(margins[1].mean()), "reject_margin": float(margins[-1].mean()),
-                          **({"kl": max(kls)} if kls else {})})
-            if stop_above is not None and table[-1]["kl"] > stop_above:
-                break
+    with stage("steering search", total=len(vectors) * len(multipliers), progress=progress) as bar:
+        for layer, vector in vectors.items():
+            for i, alpha in enumerate(sorted(multipliers)):
+                margins, kls = {}, []
+                for sign in (1, -1):
+                    with vector.apply(model, sign * alpha):
+                        margins[sign] = score_ab(model, validation, batch_size=batch_size, progress=progress).margin_mean
+                        if reference is not None:
+                            kls.append(reference.measure(model)["kl"])
+                table.append({"layer": layer, "multiplier": alpha, "separation": float((margins[1] - margins[-1]).mean()),
+                              "seek_margin": float(margins[1].mean()), "reject_margin": float(margins[-1].mean()),
+                              **({"kl": max(kls)} if kls else {})})
+                bar.update()
+                if stop_above is not None and table[-1]["kl"] > stop_above:
+                    bar.update(len(multipliers) - i - 1)
+                    break
     best = max(table, key=lambda row: row["separation"])
     return SteeringChoice(int(best["layer"]), float(best["multiplier"]), vectors[int(best["layer"])], table)
 
@@ -215,30 +217,29 @@ def select_masks(model: Any, method: str, signatures: dict[str, tuple[Signature,
     validation = list(validation)
     configs = space.configurations(method)
     table: list[dict[str, Any]] = []
-    bar = tqdm(total=len(configs) * len(space.sparsities), desc=f"mask search ({method})", disable=not progress)
-    for config in configs:
-        family = candidate_family(model, method, signatures, config, tau=space.tau, persona=persona, families=families)
-        for rho in sorted(space.sparsities):
-            bar.update()
-            modules = config["modules"]
-            pair = family.pair(rho, modules=[modules] if modules else None, layers=_layers(model, config["layers"]))
-            margins, kls = [], []
-            for mask in pair:
-                with ablate(model, mask):
-                    margins.append(score_ab(model, validation, batch_size=batch_size, progress=False).margin_mean)
-                    if reference is not None:
-                        kls.append(reference.measure(model)["kl"])
-            row = {**config, "sparsity": rho, "modules": modules or "attn+mlp",
-                   "separation": float((margins[0] - margins[1]).mean()), "seek_margin": float(margins[0].mean()),
-                   "reject_margin": float(margins[1].mean())}
-            if kls:
-                row["kl"] = max(kls)
-            table.append(row)
-            if space.stop_above is not None and row["kl"] > space.stop_above:
-                bar.update(len([r for r in space.sparsities if r > rho]))
-                break
-        del family
-    bar.close()
+    with stage(f"mask search ({method})", total=len(configs) * len(space.sparsities), progress=progress) as bar:
+        for config in configs:
+            family = candidate_family(model, method, signatures, config, tau=space.tau, persona=persona, families=families)
+            for rho in sorted(space.sparsities):
+                modules = config["modules"]
+                pair = family.pair(rho, modules=[modules] if modules else None, layers=_layers(model, config["layers"]))
+                margins, kls = [], []
+                for mask in pair:
+                    with ablate(model, mask):
+                        margins.append(score_ab(model, validation, batch_size=batch_size, progress=progress).margin_mean)
+                        if reference is not None:
+                            kls.append(reference.measure(model)["kl"])
+                row = {**config, "sparsity": rho, "modules": modules or "attn+mlp",
+                       "separation": float((margins[0] - margins[1]).mean()), "seek_margin": float(margins[0].mean()),
+                       "reject_margin": float(margins[1].mean())}
+                if kls:
+                    row["kl"] = max(kls)
+                table.append(row)
+                bar.update()
+                if space.stop_above is not None and row["kl"] > space.stop_above:
+                    bar.update(len([r for r in space.sparsities if r > rho]))
+                    break
+            del family
     best = pick_within(table, max_kl)
     if best is None:
         raise ValueError(f"no configuration has KL <= {max_kl}; the least damaging has {min(r['kl'] for r in table):.4f}")

@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from persona_interp.data.files import read_header, write_tagged
 from persona_interp.data.personas import SIDES, PersonaItem
@@ -38,6 +37,7 @@ from persona_interp.evaluation.scoring import DamageReference, score_ab
 from persona_interp.interventions.base import edit_weights
 from persona_interp.model.adapter import get_adapter
 from persona_interp.model.chat import encode_batch, token_budget
+from persona_interp.progress import stage
 
 FORMAT = "persona_interp.interventions.lora/1"
 
@@ -174,25 +174,27 @@ def train_lora(model: Any, items: Sequence[PersonaItem], side: str, config: LoRA
     model.eval()                                             # no dropout: deterministic given the seed
     for p in frozen:
         p.requires_grad_(False)                              # gradients reach A and B only
+    starts = range(0, len(items), config.batch_size)
     try:
-        for epoch in range(config.epochs):
-            shuffled = list(items)
-            order.shuffle(shuffled)
-            epoch_loss = []
-            for start in tqdm(range(0, len(shuffled), config.batch_size), desc=f"LoRA[{side}] epoch {epoch + 1}",
-                              disable=not progress, leave=False):
-                batch = encode_batch(model.tokenizer, [(it.question, it.answer(side)) for it in shuffled[start:start + config.batch_size]],
-                                     max_tokens=token_budget(model, config.max_tokens))
-                params = {names[n]: base[n] + adapter.to_native(n, scaling * (B[n] @ A[n])).to(base[n].dtype) for n in A}
-                loss = answer_loss(model, batch.tokens, _targets(batch), params)
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-                epoch_loss.append(float(loss.detach()))
-            losses.append(sum(epoch_loss) / len(epoch_loss))
-            if snapshots or epoch == config.epochs - 1:
-                out.append(LoRA({n: a.detach().cpu() for n, a in A.items()}, {n: b.detach().cpu() for n, b in B.items()},
-                                scaling, {**meta, "epochs": epoch + 1, "train_loss": list(losses)}))
+        with stage(f"LoRA[{side}] training", total=config.epochs * len(starts), progress=progress) as bar:
+            for epoch in range(config.epochs):
+                shuffled = list(items)
+                order.shuffle(shuffled)
+                epoch_loss = []
+                for start in starts:
+                    batch = encode_batch(model.tokenizer, [(it.question, it.answer(side)) for it in shuffled[start:start + config.batch_size]],
+                                         max_tokens=token_budget(model, config.max_tokens))
+                    params = {names[n]: base[n] + adapter.to_native(n, scaling * (B[n] @ A[n])).to(base[n].dtype) for n in A}
+                    loss = answer_loss(model, batch.tokens, _targets(batch), params)
+                    optimiser.zero_grad()
+                    loss.backward()
+                    optimiser.step()
+                    epoch_loss.append(float(loss.detach()))
+                    bar.update()
+                losses.append(sum(epoch_loss) / len(epoch_loss))
+                if snapshots or epoch == config.epochs - 1:
+                    out.append(LoRA({n: a.detach().cpu() for n, a in A.items()}, {n: b.detach().cpu() for n, b in B.items()},
+                                    scaling, {**meta, "epochs": epoch + 1, "train_loss": list(losses)}))
     finally:
         model.train(was_training)
         for p, flag in frozen.items():
@@ -224,18 +226,23 @@ def select_lora(model: Any, fit: Sequence[PersonaItem], validation: Sequence[Per
     validation = list(validation)
     if not validation:
         raise ValueError("select_lora needs validation items")
-    runs = {side: train_lora(model, fit, side, config, snapshots=True, progress=progress) for side in SIDES}
-    table = []
-    for epoch in range(config.epochs):
-        margins, kls = {}, []
+    with stage("LoRA search", total=len(SIDES) + config.epochs, progress=progress) as bar:
+        runs = {}
         for side in SIDES:
-            with runs[side][epoch].apply(model):
-                margins[side] = score_ab(model, validation, batch_size=batch_size).margin_mean
-                if reference is not None:
-                    kls.append(reference.measure(model)["kl"])
-        table.append({"epochs": epoch + 1, "separation": float((margins["seek"] - margins["reject"]).mean()),
-                      "seek_margin": float(margins["seek"].mean()), "reject_margin": float(margins["reject"].mean()),
-                      "seek_train_loss": runs["seek"][epoch].meta["train_loss"][-1],
-                      "reject_train_loss": runs["reject"][epoch].meta["train_loss"][-1], **({"kl": max(kls)} if kls else {})})
+            runs[side] = train_lora(model, fit, side, config, snapshots=True, progress=progress)
+            bar.update()
+        table = []
+        for epoch in range(config.epochs):
+            margins, kls = {}, []
+            for side in SIDES:
+                with runs[side][epoch].apply(model):
+                    margins[side] = score_ab(model, validation, batch_size=batch_size, progress=progress).margin_mean
+                    if reference is not None:
+                        kls.append(reference.measure(model)["kl"])
+            bar.update()
+            table.append({"epochs": epoch + 1, "separation": float((margins["seek"] - margins["reject"]).mean()),
+                          "seek_margin": float(margins["seek"].mean()), "reject_margin": float(margins["reject"].mean()),
+                          "seek_train_loss": runs["seek"][epoch].meta["train_loss"][-1],
+                          "reject_train_loss": runs["reject"][epoch].meta["train_loss"][-1], **({"kl": max(kls)} if kls else {})})
     best = max(range(config.epochs), key=lambda e: table[e]["separation"])
     return LoRAChoice(best + 1, runs["seek"][best], runs["reject"][best], table, runs)
