@@ -5,6 +5,8 @@ import subprocess
 import pytest
 import torch
 
+pytest.importorskip("matplotlib")          # absent from the TransformerLens 3.9 job's environment
+
 import persona_interp as pi
 from persona_interp.analysis import diagnostics
 from persona_interp.evaluation import tuning
