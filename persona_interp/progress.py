@@ -62,6 +62,7 @@ class Stage:
         return min(1.0, (self.count + child) / self.total)
 
     def text(self) -> str:
+        """``name count/total`` (``name count`` when the total is unknown)."""
         return f"{self.name} {self.count}/{self.total}" if self.total else f"{self.name} {self.count}"
 
 
@@ -115,24 +116,25 @@ def stage(name: str, total: int | None = None, *, progress: bool = True) -> Iter
         ...         s.update()
     """
     outer = not _STACK
-    s = Stage(name, total, show=progress and (outer or _STACK[0].show))
+    s = Stage(name, total, show=progress and (outer or _STACK[-1].show))   # silent under a silent parent
     _STACK.append(s)
-    scope = _SCOPES[-1] if _SCOPES else ""
+    label = _SCOPES[-1] if _SCOPES else ""
+    prefix = f"{label}: " if label else ""
     if outer and s.show and not _is_terminal():
         steps = f" ({total} steps)" if total else ""
-        print(f"{scope + ': ' if scope else ''}{name}{steps} …", file=sys.stderr, flush=True)
+        print(f"{prefix}{name}{steps} …", file=sys.stderr, flush=True)
     _render(force=outer)
     try:
         yield s
     finally:
         if outer:
             seconds = time.perf_counter() - s.started
-            _RECORDS.append(StageRecord(name, seconds, s.count, total, scope, s.forwards))
+            _RECORDS.append(StageRecord(name, seconds, s.count, total, label, s.forwards))
             if s.show and _is_terminal():
                 _render(force=True, end="\n")
             elif s.show:
-                print(f"{scope + ': ' if scope else ''}{s.text()} done in {seconds:.1f} s", file=sys.stderr, flush=True)
-        _STACK.pop()
+                print(f"{prefix}{s.text()} done in {seconds:.1f} s", file=sys.stderr, flush=True)
+        del _STACK[_STACK.index(s):]                 # with any stage a suspended generator left open inside it
 
 
 @contextmanager

@@ -95,3 +95,16 @@ def test_scoring_inside_a_stage_updates_its_line_instead_of_logging(llama, capsy
     assert len(err) == 2 and err[0] == "evaluation (2 steps) …"
     pi.score_ab(llama, items, batch_size=2)                          # alone: its own stage
     assert capsys.readouterr().err.splitlines()[0] == "A/B scoring (3 steps) …"
+
+
+def test_a_silent_stage_silences_its_children_on_the_outer_line(monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    monkeypatch.setattr(progress, "REFRESH_S", 0.0)
+    with stage("outer", total=1) as outer:
+        with stage("quiet", total=1, progress=False):
+            with stage("child", total=2) as child:
+                child.update()
+        outer.update()
+    text = terminal.getvalue()
+    assert "outer" in text and "quiet" not in text and "child" not in text
