@@ -30,19 +30,17 @@ def test_pipeline_benchmark_smoke(llama, tmp_path):
     and the time outside the stages add up to the wall time, and the hook counts the signature batches."""
     import dataclasses
 
-    from persona_interp.interventions.lora import LoRAConfig
     from persona_interp.studies.config import QUICK
 
     spec = importlib.util.spec_from_file_location("pipeline_bench", Path(__file__).parent.parent / "benchmarks" / "pipeline.py")
     pipeline = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pipeline)
     config = dataclasses.replace(QUICK, personas=["introversion_extraversion"], n_calibration=6, n_test=4, n_validation=4,
-                                 n_neutral=2, n_selection_neutral=2, lora=LoRAConfig(rank=2, epochs=1, batch_size=4),
-                                 prompt_search=False, diagnostics=False,
-                                 mask_search=dataclasses.replace(QUICK.mask_search, sparsities=[0.3], statistics=["norm"]))
+                                 n_neutral=2, n_selection_neutral=2, lora=None, prompt_search=False, diagnostics=False,
+                                 mask_search=None)                 # the searches' stages: tests/test_pipeline.py
     result = pipeline.run(llama, config, tmp_path / "out", progress=False)
     stages = {s["stage"]: s for s in result["stages"]}
-    assert {"signatures", "steering", "LoRA search", "mask search (contrastive_wanda)", "evaluation"} <= set(stages)
+    assert {"signatures", "steering", "paper masks", "evaluation", "report and figures"} <= set(stages)
     assert stages["signatures"]["forwards"] == 2                    # one batch of 6 items per pole, token scope "all"
     assert result["forwards"] == sum(s["forwards"] for s in stages.values()) > 0
     assert result["rows_forwarded"] >= result["forwards"] and result["peak_rss_mb"] > 0
