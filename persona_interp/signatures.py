@@ -32,13 +32,13 @@ import torch
 from jaxtyping import Bool, Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from tqdm import tqdm                   # plain bars: tqdm.auto warns in a notebook without ipywidgets
 
 from persona_interp.data.files import read_header, write_tagged
 from persona_interp.data.personas import PersonaDataset, PersonaItem, Side, check_side
 from persona_interp.model.adapter import ModelAdapter, get_adapter
 from persona_interp.model.capture import forward, stop_hook
 from persona_interp.model.chat import EncodedBatch, TokenScope, check_token_scope, encode_batch, token_budget, warn_cut
+from persona_interp.progress import stage
 
 Statistic = Literal["norm", "rms"]
 STATISTICS: tuple[Statistic, ...] = ("norm", "rms")   # per-sample statistic of a channel: L2 norm over tokens, or norm / sqrt(T)
@@ -322,8 +322,8 @@ def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, st
     n_tokens, tokens_per_sample, n_cut = 0, [], 0
     budget = token_budget(model, max_tokens)
     tokenizer = model.tokenizer
-    bar = tqdm(total=len(samples), desc=f"signatures[{side}]", disable=not progress, leave=False)
-    with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
+    with (stage(f"signatures[{side}]", total=len(samples), progress=progress) as bar, torch.inference_mode(),
+          model.hooks(fwd_hooks=hooks)):
         for start in range(0, len(samples), batch_size):
             batch: EncodedBatch = encode_batch(tokenizer, samples[start:start + batch_size], system, budget)
             n_cut += batch.n_cut
@@ -335,7 +335,6 @@ def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, st
             tokens_per_sample += mask.sum(1).tolist()
             forward(model, batch.tokens)
             bar.update(len(batch.tokens))
-    bar.close()
     warn_cut(n_cut, len(samples), budget, f"signatures[{side}]")
     name = data.name if isinstance(data, PersonaDataset) else "pairs"
     meta = {"fingerprint": adapter.fingerprint, "dataset": name, "side": side, "n_samples": len(samples),

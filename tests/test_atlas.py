@@ -3,11 +3,16 @@ import pytest
 import torch
 import json
 
+pytest.importorskip("matplotlib")          # absent from the TransformerLens 3.9 job's environment
+
 import persona_interp as pi
+from persona_interp.data.personas import benchmarks_dir
 from persona_interp.report.markdown import atlas_markdown, atlas_summary_markdown
 from persona_interp.studies.atlas import persona_atlas
 from persona_interp.studies.config import AtlasConfig
 
+needs_ai_personas = pytest.mark.skipif(not benchmarks_dir().is_dir(),
+                                       reason="../shared/benchmarks/ai_persona not present (nor $PERSONA_INTERP_BENCHMARKS)")
 TINY = AtlasConfig(n_calibration=8, n_causal=4, ks=[1, 2], seeds=[0], n_neutral=2, n_top=3, batch_size=4)
 
 
@@ -75,6 +80,7 @@ def test_summary_markdown_one_row_per_pair_with_known_values():
     assert lines[3].endswith("| 13–18 (median 16) | k = 64: +0.43 [+0.33, +0.53] (random +0.03) |")
 
 
+@needs_ai_personas
 def test_cli_analyse_localise_only_skips_the_causal_part(llama, tmp_path, monkeypatch):
     from persona_interp import cli
     from persona_interp.model import load as models
@@ -94,6 +100,7 @@ def test_cli_analyse_localise_only_skips_the_causal_part(llama, tmp_path, monkey
     assert (tmp_path / "fig" / "power_top_heads.html").is_file() and not list((tmp_path / "fig").glob("power_dose_*"))
 
 
+@needs_ai_personas
 def test_cli_analyse_chooses_the_dose_response_it_measures(llama, tmp_path, monkeypatch, capsys):
     from persona_interp import cli
     from persona_interp.model import load as models

@@ -1,7 +1,9 @@
-"""Smoke mode of benchmarks/bench.py on a tiny model: every measurement runs and the naive
-reference agrees with the streaming signatures (no time is asserted)."""
+"""Smoke mode of benchmarks/bench.py and benchmarks/pipeline.py on a tiny model: every measurement runs and the
+naive reference agrees with the streaming signatures (no time is asserted)."""
 import importlib.util
 from pathlib import Path
+
+import pytest
 
 import persona_interp as pi
 
@@ -21,3 +23,29 @@ def test_benchmark_smoke(llama):
     text = bench.table({"float32": results, "bfloat16_over_float32": bench.speedups(results, results)})
     assert "float32.signatures_over_forward" in text and ("met" in text or "MISSED" in text)
     assert "bfloat16_over_float32.end_to_end_speedup" in text
+
+
+def test_pipeline_benchmark_smoke(llama, tmp_path):
+    """benchmarks/pipeline.py on the quick job's shape at tiny sizes: every forward falls inside a stage, the shares
+    and the time outside the stages add up to the wall time, and the hook counts the signature batches."""
+    import dataclasses
+
+    from persona_interp.studies.config import QUICK
+
+    spec = importlib.util.spec_from_file_location("pipeline_bench", Path(__file__).parent.parent / "benchmarks" / "pipeline.py")
+    pipeline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pipeline)
+    config = dataclasses.replace(QUICK, personas=["introversion_extraversion"], n_calibration=6, n_test=4, n_validation=4,
+                                 n_neutral=2, n_selection_neutral=2, lora=None, prompt_search=False, diagnostics=False,
+                                 mask_search=None)                 # the searches' stages: tests/test_pipeline.py
+    result = pipeline.run(llama, config, tmp_path / "out", progress=False)
+    stages = {s["stage"]: s for s in result["stages"]}
+    assert {"signatures", "steering", "paper masks", "evaluation", "report and figures"} <= set(stages)
+    assert stages["signatures"]["forwards"] == 2                    # one batch of 6 items per pole, token scope "all"
+    assert result["forwards"] == sum(s["forwards"] for s in stages.values()) > 0
+    assert result["rows_forwarded"] >= result["forwards"] and result["peak_rss_mb"] > 0
+    assert sum(s["share"] for s in stages.values()) + result["outside_stages_share"] == pytest.approx(1.0)
+    assert 0 <= result["outside_stages_s"] < result["wall_s"]
+    assert (tmp_path / "out" / "results.json").is_file()
+    text = pipeline.table(result)
+    assert "evaluation" in text and "peak resident memory" in text and f"{result['forwards']:9d}" in text

@@ -1,5 +1,8 @@
 import numpy as np
+import pytest
 import torch
+
+pytest.importorskip("matplotlib")          # absent from the TransformerLens 3.9 job's environment
 
 from persona_interp.report.figures import plot_accuracy, plot_layer_curve
 from persona_interp.evaluation.stats import mean_ci, proportion_ci

@@ -5,6 +5,8 @@ import subprocess
 import pytest
 import torch
 
+pytest.importorskip("matplotlib")          # absent from the TransformerLens 3.9 job's environment
+
 import persona_interp as pi
 from persona_interp.analysis import diagnostics
 from persona_interp.evaluation import search
@@ -15,6 +17,8 @@ from persona_interp.evaluation.controls import MatchedControlConfig
 from persona_interp.evaluation.tuning import MaskSpace
 from persona_interp.studies.config import QUICK, ReproduceConfig
 from persona_interp.evaluation.evaluate import equal_damage_summary
+from persona_interp.progress import reset_stage_times, stage_times
+from persona_interp.masks.builders import MASK_METHODS
 
 
 def fake_persona(name, split="train"):
@@ -49,9 +53,18 @@ def tiny_pipeline(monkeypatch, llama):
     return llama, config, seen
 
 
-def test_reproduce_writes_report_and_never_tunes_on_test_items(tiny_pipeline, tmp_path):
+def test_reproduce_writes_report_and_never_tunes_on_test_items(tiny_pipeline, tmp_path, capsys):
     model, config, seen = tiny_pipeline
-    report = pipeline.reproduce(config, tmp_path / "out", model=model, progress=False)
+    reset_stage_times()
+    report = pipeline.reproduce(config, tmp_path / "out", model=model)
+    # one progress stage per step, each logged once at its start and once at its end (stderr is no terminal here)
+    stages = stage_times()
+    log = capsys.readouterr().err.splitlines()
+    assert len(log) == 2 * len(stages) and all(r.scope == "power" for r in stages)
+    assert [r.name for r in stages] == ["signatures", "selection damage reference", "prompt search", "steering", "LoRA search",
+                                        "paper masks", *(f"mask search ({m})" for m in MASK_METHODS), "diagnostics",
+                                        "evaluation", "report and figures"]
+    assert log[0] == "power: signatures (4 steps) …" and log[1].startswith("power: signatures 4/4 done in ")
     text = report.read_text()
     assert "## power (8 test items)" in text and "seed 0" in text and "Revision" in text
     results = json.loads((tmp_path / "out" / "results.json").read_text())

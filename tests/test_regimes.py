@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+pytest.importorskip("matplotlib")          # absent from the TransformerLens 3.9 job's environment
+
 import persona_interp as pi
 from persona_interp.interventions.conditions import MaskCondition, Prompt, SteeringCondition
 from persona_interp.report.figures import plot_regime_comparison

@@ -17,8 +17,6 @@ from __future__ import annotations
 import random
 from typing import Any, Sequence
 
-from tqdm import tqdm                   # plain bars: tqdm.auto warns in a notebook without ipywidgets
-
 from persona_interp.analysis.localise import UnitDivergence
 from persona_interp.data.personas import PersonaItem
 from persona_interp.evaluation.scoring import ABScores, DamageReference, score_ab
@@ -27,6 +25,7 @@ from persona_interp.interventions.ablation import HeadMask, NeuronMask, ablate
 from persona_interp.interventions.steering import SteeringVector
 from persona_interp.model.adapter import get_adapter
 from persona_interp.model.chat import SystemPrompt
+from persona_interp.progress import stage
 from persona_interp.signatures import Signature
 
 UNIT_KINDS = ("neuron", "head")
@@ -74,19 +73,21 @@ def dose_response(model: Any, items: Sequence[PersonaItem], ranked: Sequence[Uni
     plan = [(k, "top", None, [(u.layer, u.unit) for u in ranked[:k]]) for k in ks]
     plan += [(k, "random", seed, random_units(model, kind, k, seed)) for k in ks for seed in seeds]
     rows = []
-    for k, selection, seed, units in tqdm(plan, desc=f"{kind} dose-response ({mode})", disable=not progress):
-        mask = unit_mask(kind, units, mode, signature)
-        with ablate(model, mask):
-            damage = reference.measure(model) if reference is not None else None
-            for name, system in systems.items():
-                scores: ABScores = score_ab(model, items, system=system, batch_size=batch_size, progress=False)
-                shift = paired_difference(scores.margin_mean, unablated[name].margin_mean)
-                row = {"kind": kind, "mode": mode, "k": k, "selection": selection, "seed": seed, "system": name,
-                       "n": shift.n, "shift": shift.value, "shift_low": shift.low, "shift_high": shift.high}
-                if damage is not None:
-                    row["perplexity_change"] = damage["perplexity"] / base_damage["perplexity"] - 1.0
-                    row["kl"] = damage["kl"]
-                rows.append(row)
+    with stage(f"{kind} dose-response ({mode})", total=len(plan), progress=progress) as bar:
+        for k, selection, seed, units in plan:
+            mask = unit_mask(kind, units, mode, signature)
+            with ablate(model, mask):
+                damage = reference.measure(model) if reference is not None else None
+                for name, system in systems.items():
+                    scores: ABScores = score_ab(model, items, system=system, batch_size=batch_size, progress=False)
+                    shift = paired_difference(scores.margin_mean, unablated[name].margin_mean)
+                    row = {"kind": kind, "mode": mode, "k": k, "selection": selection, "seed": seed, "system": name,
+                           "n": shift.n, "shift": shift.value, "shift_low": shift.low, "shift_high": shift.high}
+                    if damage is not None:
+                        row["perplexity_change"] = damage["perplexity"] / base_damage["perplexity"] - 1.0
+                        row["kl"] = damage["kl"]
+                    rows.append(row)
+            bar.update()
     return rows
 
 

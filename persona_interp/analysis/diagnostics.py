@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from tqdm import tqdm                   # plain bars: tqdm.auto warns in a notebook without ipywidgets
 
 from persona_interp.data.personas import SIDES, PersonaItem
 from persona_interp.evaluation.scoring import DamageReference, score_ab
@@ -28,6 +27,7 @@ from persona_interp.interventions.ablation import ablate
 from persona_interp.masks.builders import FamilyCache, MaskFamily, contrast, kept_count, mask_family, relu_differ_range
 from persona_interp.masks.mask import fraction_differ, fraction_differ_by
 from persona_interp.masks.registry import MethodInputs, method_spec, methods
+from persona_interp.progress import stage
 from persona_interp.signatures import Signature
 
 OVERLAP_VARIANTS: dict[str, dict[str, Any]] = {      # label -> mask_family options, from the registry's variants
@@ -176,22 +176,24 @@ def stability(model: Any, seek: Signature, reject: Signature, sparsity: float, v
     spec = method_spec(method)
     full = spec.family(model, MethodInputs(seek, reject, persona=persona), families=families).pair(sparsity)
     rows, separations = [], []
-    for draw in tqdm(range(draws), desc="stability", disable=not progress):
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + draw)).tolist()
-        halves = (sorted(order[: n // 2]), sorted(order[n // 2: 2 * (n // 2)]))
-        pairs = [spec.family(model, MethodInputs(seek.subset(h), reject.subset(h), persona=persona)).pair(sparsity)
-                 for h in halves]
-        for pair in pairs:
-            margins = []
-            for mask in pair:
-                with ablate(model, mask):
-                    margins.append(score_ab(model, validation, batch_size=batch_size, progress=False).margin_mean)
-            separations.append(float((margins[0] - margins[1]).mean()))
-        rows.append({"draw": draw, "half_a": halves[0], "half_b": halves[1],
-                     "seek_between_halves": fraction_differ(pairs[0][0], pairs[1][0]),
-                     "reject_between_halves": fraction_differ(pairs[0][1], pairs[1][1]),
-                     "seek_vs_reject_in_half": (fraction_differ(*pairs[0]) + fraction_differ(*pairs[1])) / 2,
-                     "separation_a": separations[-2], "separation_b": separations[-1]})
+    with stage("stability", total=draws, progress=progress) as bar:
+        for draw in range(draws):
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + draw)).tolist()
+            halves = (sorted(order[: n // 2]), sorted(order[n // 2: 2 * (n // 2)]))
+            pairs = [spec.family(model, MethodInputs(seek.subset(h), reject.subset(h), persona=persona)).pair(sparsity)
+                     for h in halves]
+            for pair in pairs:
+                margins = []
+                for mask in pair:
+                    with ablate(model, mask):
+                        margins.append(score_ab(model, validation, batch_size=batch_size).margin_mean)
+                separations.append(float((margins[0] - margins[1]).mean()))
+            rows.append({"draw": draw, "half_a": halves[0], "half_b": halves[1],
+                         "seek_between_halves": fraction_differ(pairs[0][0], pairs[1][0]),
+                         "reject_between_halves": fraction_differ(pairs[0][1], pairs[1][1]),
+                         "seek_vs_reject_in_half": (fraction_differ(*pairs[0]) + fraction_differ(*pairs[1])) / 2,
+                         "separation_a": separations[-2], "separation_b": separations[-1]})
+            bar.update()
     within = sum(r["seek_between_halves"] + r["reject_between_halves"] for r in rows) / (2 * draws)
     between = sum(r["seek_vs_reject_in_half"] for r in rows) / draws
     effect = mean_ci(torch.tensor(separations, dtype=torch.float64))

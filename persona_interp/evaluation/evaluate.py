@@ -26,6 +26,7 @@ from persona_interp.data.personas import SIDES, PersonaItem
 from persona_interp.evaluation.scoring import ABScores, DamageReference, score_ab
 from persona_interp.evaluation.stats import flips, mean_ci, paired_difference, proportion_ci
 from persona_interp.interventions.conditions import Condition
+from persona_interp.progress import stage
 
 
 @dataclass
@@ -183,13 +184,15 @@ def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Cond
     """
     conditions, base = check_conditions(conditions)
     by_name = {c.name: c for c in conditions}
-    reference = DamageReference.build(model, neutral_texts, batch_size) if neutral_texts else None
     scores, damage = {}, {}
-    for cond in conditions:
-        with cond.applied(model):
-            scores[cond.name] = score_ab(model, items, system=cond.system, batch_size=batch_size, progress=progress)
-            if reference is not None and cond.damage_of is None:
-                damage[cond.name] = reference.measure(model)
+    with stage("evaluation", total=len(conditions), progress=progress) as bar:
+        reference = DamageReference.build(model, neutral_texts, batch_size) if neutral_texts else None
+        for cond in conditions:
+            with cond.applied(model):
+                scores[cond.name] = score_ab(model, items, system=cond.system, batch_size=batch_size, progress=progress)
+                if reference is not None and cond.damage_of is None:
+                    damage[cond.name] = reference.measure(model)
+            bar.update()
     if reference is not None:
         for cond in conditions:                      # same weights, prompt-free text: the damage of the root
             root = cond

@@ -17,7 +17,6 @@ from typing import Any, Sequence
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm import tqdm                   # plain bars: tqdm.auto warns in a notebook without ipywidgets
 
 from persona_interp.data.personas import PersonaDataset, PersonaItem, Side, check_side
 from persona_interp.model.adapter import get_adapter
@@ -36,6 +35,7 @@ from persona_interp.model.chat import (
     token_budget,
     warn_cut,
 )
+from persona_interp.progress import stage
 
 
 def final_residual(model: Any, tokens: Int[Tensor, "batch pos"], **forward_kwargs: Any) -> Float[Tensor, "batch pos d_model"]:
@@ -120,20 +120,22 @@ def score_ab(model: Any, items: PersonaDataset | Sequence[PersonaItem], *, syste
     rows_per_batch = batch_size if packed else max(1, batch_size // 2)
     max_tokens, n_cut = token_budget(model, max_tokens), 0
     with torch.inference_mode():
-        for start in tqdm(range(0, len(order), rows_per_batch), desc="A/B scoring", disable=not progress, leave=False):
-            chunk = order[start:start + rows_per_batch]
-            triples = [(items[i].question, items[i].matching, items[i].not_matching) for i in chunk]
-            if packed:
-                batch = encode_packed(model.tokenizer, triples, system, max_tokens)
-                n_cut += batch.n_cut
-                seek[chunk], reject[chunk] = packed_logprobs(model, batch)
-                n_seek[chunk], n_reject[chunk] = batch.a_len, batch.b_len
-            else:
-                pairs = [(q, answer) for q, a, b in triples for answer in (a, b)]
-                batch = encode_batch(model.tokenizer, pairs, system, max_tokens)
-                n_cut += batch.n_cut
-                logprob, n = answer_logprobs(model, batch), batch.lengths - batch.answer_start
-                seek[chunk], reject[chunk], n_seek[chunk], n_reject[chunk] = logprob[0::2], logprob[1::2], n[0::2], n[1::2]
+        with stage("A/B scoring", total=len(range(0, len(order), rows_per_batch)), progress=progress) as bar:
+            for start in range(0, len(order), rows_per_batch):
+                chunk = order[start:start + rows_per_batch]
+                triples = [(items[i].question, items[i].matching, items[i].not_matching) for i in chunk]
+                if packed:
+                    batch = encode_packed(model.tokenizer, triples, system, max_tokens)
+                    n_cut += batch.n_cut
+                    seek[chunk], reject[chunk] = packed_logprobs(model, batch)
+                    n_seek[chunk], n_reject[chunk] = batch.a_len, batch.b_len
+                else:
+                    pairs = [(q, answer) for q, a, b in triples for answer in (a, b)]
+                    batch = encode_batch(model.tokenizer, pairs, system, max_tokens)
+                    n_cut += batch.n_cut
+                    logprob, n = answer_logprobs(model, batch), batch.lengths - batch.answer_start
+                    seek[chunk], reject[chunk], n_seek[chunk], n_reject[chunk] = logprob[0::2], logprob[1::2], n[0::2], n[1::2]
+                bar.update()
     warn_cut(n_cut, len(items) * (1 if packed else 2), max_tokens, "score_ab")
     return ABScores(seek, reject, n_seek, n_reject)
 
@@ -260,15 +262,17 @@ def score_statements(model: Any, items: PersonaDataset | Sequence[PersonaItem], 
     first = lambda answer: answer_ids(tokenizer, answer)[0]  # noqa: E731
     out = torch.zeros(len(items), dtype=torch.float64)
     with torch.inference_mode():
-        for start in tqdm(range(0, len(items), batch_size), desc="statements", disable=not progress, leave=False):
-            chunk = items[start:start + batch_size]
-            prompts = [prompt_ids(tokenizer, it.question, system_for(system, it.question)) for it in chunk]
-            tokens, lengths = pad_right(prompts, pad_id_of(tokenizer))
-            residual = final_residual(model, tokens)
-            residual = residual[torch.arange(len(chunk), device=residual.device), (lengths - 1).to(residual.device)]
-            logprobs = torch.log_softmax(adapter.unembed(residual).float(), -1).double().cpu()
-            yes = torch.tensor([first(it.matching) for it in chunk])
-            no = torch.tensor([first(it.not_matching) for it in chunk])
-            rows = torch.arange(len(chunk))
-            out[start:start + len(chunk)] = logprobs[rows, yes] - logprobs[rows, no]
+        with stage("statements", total=len(range(0, len(items), batch_size)), progress=progress) as bar:
+            for start in range(0, len(items), batch_size):
+                chunk = items[start:start + batch_size]
+                prompts = [prompt_ids(tokenizer, it.question, system_for(system, it.question)) for it in chunk]
+                tokens, lengths = pad_right(prompts, pad_id_of(tokenizer))
+                residual = final_residual(model, tokens)
+                residual = residual[torch.arange(len(chunk), device=residual.device), (lengths - 1).to(residual.device)]
+                logprobs = torch.log_softmax(adapter.unembed(residual).float(), -1).double().cpu()
+                yes = torch.tensor([first(it.matching) for it in chunk])
+                no = torch.tensor([first(it.not_matching) for it in chunk])
+                rows = torch.arange(len(chunk))
+                out[start:start + len(chunk)] = logprobs[rows, yes] - logprobs[rows, no]
+                bar.update()
     return out

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Hashable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from persona_interp.data.personas import PersonaItem
+from persona_interp.progress import stage
 from persona_interp.evaluation.scoring import DamageReference, score_ab
 
 
@@ -126,26 +126,25 @@ def search(model: Any, candidates: Sequence[Candidate], validation: Sequence[Per
     table: list[dict[str, Any]] = []
     kept: list[tuple[int, Candidate]] = []              # (row index, candidate) of those to score
     stopped: set[Hashable] = set()
-    bar = tqdm(total=len(candidates), desc=desc, disable=not progress)
-    for candidate in candidates:
-        bar.update()
-        if candidate.group is not None and candidate.group in stopped:
-            continue
-        poles = candidate.poles()
-        row = dict(candidate.row)
-        if reference is not None:
-            row["kl"] = _damage(model, poles, reference)
-        if limit is not None and row["kl"] > limit:
-            table.append({**row, **_unscored(len(poles)), "scored": False})
-            if candidate.group is not None:
-                stopped.add(candidate.group)
-            continue
-        table.append(row)
-        if racing is None:                               # score now: the poles are built once
-            table[-1].update(_effect(_margins(model, poles, validation, batch_size)), scored=True)
-        else:
-            kept.append((len(table) - 1, candidate))            # its poles are built again when scored
-    bar.close()
+    with stage(desc, total=len(candidates), progress=progress) as bar:
+        for candidate in candidates:
+            bar.update()
+            if candidate.group is not None and candidate.group in stopped:
+                continue
+            poles = candidate.poles()
+            row = dict(candidate.row)
+            if reference is not None:
+                row["kl"] = _damage(model, poles, reference)
+            if limit is not None and row["kl"] > limit:
+                table.append({**row, **_unscored(len(poles)), "scored": False})
+                if candidate.group is not None:
+                    stopped.add(candidate.group)
+                continue
+            table.append(row)
+            if racing is None:                               # score now: the poles are built once
+                table[-1].update(_effect(_margins(model, poles, validation, batch_size)), scored=True)
+            else:
+                kept.append((len(table) - 1, candidate))            # its poles are built again when scored
     if racing is not None and kept:
         _race(model, table, kept, validation, racing, budgets, batch_size, progress, desc)
     return table
@@ -157,9 +156,11 @@ def _race(model: Any, table: list[dict[str, Any]], kept: list[tuple[int, Candida
     first, rest = validation[:racing.first], validation[racing.first:]
     diffs: dict[int, torch.Tensor] = {}
     margins: dict[int, list[torch.Tensor]] = {}
-    for index, candidate in tqdm(kept, desc=f"{desc} (first {len(first)} items)", disable=not progress):
-        margins[index] = _margins(model, candidate.poles(), first, batch_size)
-        diffs[index] = margins[index][0] - margins[index][1] if len(margins[index]) == 2 else margins[index][0]
+    with stage(f"{desc} (first {len(first)} items)", total=len(kept), progress=progress) as bar:
+        for index, candidate in kept:
+            margins[index] = _margins(model, candidate.poles(), first, batch_size)
+            diffs[index] = margins[index][0] - margins[index][1] if len(margins[index]) == 2 else margins[index][0]
+            bar.update()
     n, total = len(first), len(validation)
     correction = math.sqrt(max(0.0, (total - n) / max(1, total - 1)))
     bounds = {}
@@ -172,10 +173,12 @@ def _race(model: Any, table: list[dict[str, Any]], kept: list[tuple[int, Candida
         if eligible:
             best_low = max(bounds[i][0] for i in eligible)
             alive |= {i for i in eligible if bounds[i][1] >= best_low}
-    for index, candidate in tqdm(kept, desc=f"{desc} (rest)", disable=not progress):
-        if index in alive and rest:
-            margins[index] = [torch.cat([a, b]) for a, b in zip(margins[index], _margins(model, candidate.poles(), rest, batch_size))]
-        table[index].update(_effect(margins[index]), scored=True, raced_out=index not in alive and bool(rest))
+    with stage(f"{desc} (rest)", total=len(kept), progress=progress) as bar:
+        for index, candidate in kept:
+            if index in alive and rest:
+                margins[index] = [torch.cat([a, b]) for a, b in zip(margins[index], _margins(model, candidate.poles(), rest, batch_size))]
+            table[index].update(_effect(margins[index]), scored=True, raced_out=index not in alive and bool(rest))
+            bar.update()
 
 
 def pick_within(table: Sequence[dict[str, Any]], budget: float | None, key: str = "separation") -> int | None:

@@ -30,13 +30,13 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from tqdm import tqdm                   # plain bars: tqdm.auto warns in a notebook without ipywidgets
 
 from persona_interp.data.files import read_header, write_tagged
 from persona_interp.data.personas import PersonaItem, Side, check_side
 from persona_interp.interventions.base import edit_weights
 from persona_interp.model.adapter import get_adapter
 from persona_interp.model.chat import encode_batch, token_budget
+from persona_interp.progress import stage
 
 FORMAT = "persona_interp.interventions.lora/1"
 
@@ -172,25 +172,27 @@ def train_lora(model: Any, items: Sequence[PersonaItem], side: Side, config: LoR
     model.eval()                                             # no dropout: deterministic given the seed
     for p in frozen:
         p.requires_grad_(False)                              # gradients reach A and B only
+    starts = range(0, len(items), config.batch_size)
     try:
-        for epoch in range(config.epochs):
-            shuffled = list(items)
-            order.shuffle(shuffled)
-            epoch_loss = []
-            for start in tqdm(range(0, len(shuffled), config.batch_size), desc=f"LoRA[{side}] epoch {epoch + 1}",
-                              disable=not progress, leave=False):
-                batch = encode_batch(model.tokenizer, [(it.question, it.answer(side)) for it in shuffled[start:start + config.batch_size]],
-                                     max_tokens=token_budget(model, config.max_tokens))
-                params = {names[n]: base[n] + adapter.to_native(n, scaling * (B[n] @ A[n])).to(base[n].dtype) for n in A}
-                loss = answer_loss(model, batch.tokens, _targets(batch), params)
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-                epoch_loss.append(float(loss.detach()))
-            losses.append(sum(epoch_loss) / len(epoch_loss))
-            if snapshots or epoch == config.epochs - 1:
-                out.append(LoRA({n: a.detach().cpu() for n, a in A.items()}, {n: b.detach().cpu() for n, b in B.items()},
-                                scaling, {**meta, "epochs": epoch + 1, "train_loss": list(losses)}))
+        with stage(f"LoRA[{side}] training", total=config.epochs * len(starts), progress=progress) as bar:
+            for epoch in range(config.epochs):
+                shuffled = list(items)
+                order.shuffle(shuffled)
+                epoch_loss = []
+                for start in starts:
+                    batch = encode_batch(model.tokenizer, [(it.question, it.answer(side)) for it in shuffled[start:start + config.batch_size]],
+                                         max_tokens=token_budget(model, config.max_tokens))
+                    params = {names[n]: base[n] + adapter.to_native(n, scaling * (B[n] @ A[n])).to(base[n].dtype) for n in A}
+                    loss = answer_loss(model, batch.tokens, _targets(batch), params)
+                    optimiser.zero_grad()
+                    loss.backward()
+                    optimiser.step()
+                    epoch_loss.append(float(loss.detach()))
+                    bar.update()
+                losses.append(sum(epoch_loss) / len(epoch_loss))
+                if snapshots or epoch == config.epochs - 1:
+                    out.append(LoRA({n: a.detach().cpu() for n, a in A.items()}, {n: b.detach().cpu() for n, b in B.items()},
+                                    scaling, {**meta, "epochs": epoch + 1, "train_loss": list(losses)}))
     finally:
         model.train(was_training)
         for p, flag in frozen.items():

@@ -19,12 +19,12 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm import tqdm                   # plain bars: tqdm.auto warns in a notebook without ipywidgets
 
 from persona_interp.data.personas import PersonaDataset, PersonaItem, Side, check_side
 from persona_interp.model.adapter import get_adapter
 from persona_interp.model.capture import capture
 from persona_interp.model.chat import ANSWER_CUT, QUESTION_CUT, SystemPrompt, encode_batch, token_budget, warn_cut
+from persona_interp.progress import stage
 
 
 @dataclass
@@ -88,16 +88,18 @@ def residual_means(model: Any, pairs: Sequence[tuple[str, str]], layers: Sequenc
     names = [adapter.residual_hook(layer) for layer in layers]
     budget, n_cut = token_budget(model, max_tokens), 0
     with torch.inference_mode():
-        for start in tqdm(range(0, len(pairs), batch_size), desc=desc, disable=not progress, leave=False):
-            chunk = pairs[start:start + batch_size]
-            batch = encode_batch(model.tokenizer, chunk, system=system, max_tokens=budget, cut_answers=cut_answers)
-            n_cut += batch.n_cut
-            weights = batch.token_mask("answer").double()
-            weights = weights / weights.sum(1, keepdim=True)
-            captured = capture(model, batch.tokens, names)            # later blocks are not computed
-            for i, name in enumerate(names):
-                x = captured[name]
-                out[start:start + len(chunk), i] = torch.einsum("bp,bpd->bd", weights.to(x.device), x.double()).cpu()
+        with stage(desc, total=len(range(0, len(pairs), batch_size)), progress=progress) as bar:
+            for start in range(0, len(pairs), batch_size):
+                chunk = pairs[start:start + batch_size]
+                batch = encode_batch(model.tokenizer, chunk, system=system, max_tokens=budget, cut_answers=cut_answers)
+                n_cut += batch.n_cut
+                weights = batch.token_mask("answer").double()
+                weights = weights / weights.sum(1, keepdim=True)
+                captured = capture(model, batch.tokens, names)            # later blocks are not computed
+                for i, name in enumerate(names):
+                    x = captured[name]
+                    out[start:start + len(chunk), i] = torch.einsum("bp,bpd->bd", weights.to(x.device), x.double()).cpu()
+                bar.update()
     warn_cut(n_cut, len(pairs), budget, desc, ANSWER_CUT if cut_answers else QUESTION_CUT)
     return out
 

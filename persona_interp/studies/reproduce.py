@@ -40,6 +40,7 @@ from persona_interp.masks.registry import MethodInputs, methods
 from persona_interp.model.adapter import get_adapter
 from persona_interp.model.load import load_model, resolve_dtype
 from persona_interp.model.machine import CPU
+from persona_interp.progress import scope, stage
 from persona_interp.report.figures import plot_persona, plot_stability
 from persona_interp.report.markdown import write_report
 from persona_interp.report.results import NOT_RECORDED, SCHEMA_VERSION, Provenance, load_results, model_name, now
@@ -94,9 +95,16 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
     if config.n_calibration:
         fit = fit.sample(config.n_calibration, seed=config.seed)
     scopes = list(dict.fromkeys([config.token_scope, *(config.mask_search.token_scopes if config.mask_search else [])]))
-    by_scope = {scope: tuple(collect_signatures(model, fit, side, token_scope=scope, batch_size=config.batch_size,
-                                                max_tokens=config.max_tokens, per_sample=scope == config.token_scope,
-                                                progress=progress) for side in SIDES) for scope in scopes}
+    by_scope: dict[str, tuple[Signature, Signature]] = {}
+    with stage("signatures", total=len(scopes) * len(SIDES), progress=progress) as bar:
+        for token_scope in scopes:
+            pair = []
+            for side in SIDES:
+                pair.append(collect_signatures(model, fit, side, token_scope=token_scope, batch_size=config.batch_size,
+                                               max_tokens=config.max_tokens, per_sample=token_scope == config.token_scope,
+                                               progress=progress))
+                bar.update()
+            by_scope[token_scope] = tuple(pair)
     sig = dict(zip(SIDES, by_scope[config.token_scope]))
     if config.n_validation:
         validation = validation.sample(config.n_validation, seed=config.seed)
@@ -104,14 +112,16 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
                             "test_leaks_dropped": train.meta["dropped"], "duplicate_questions": len(duplicates),
                             "signature_tokens": {side: s.n_tokens for side, s in sig.items()}}
     neutral = load_neutral_texts()
-    selection = DamageReference.build(model, neutral[config.n_neutral: config.n_neutral + config.n_selection_neutral],
-                                      config.batch_size)
+    with stage("selection damage reference", progress=progress):
+        selection = DamageReference.build(model, neutral[config.n_neutral: config.n_neutral + config.n_selection_neutral],
+                                          config.batch_size)
     used["selection_neutral_texts"] = config.n_selection_neutral
     conditions: list[Condition] = [Condition()]
     prompts = {side: persona_prompts(persona, side)[0] for side in SIDES}
     if config.prompt_search:
-        choice = select_prompts(model, persona_prompts(persona, "seek"), persona_prompts(persona, "reject"), validation,
-                                batch_size=config.batch_size)
+        with stage("prompt search", progress=progress):
+            choice = select_prompts(model, persona_prompts(persona, "seek"), persona_prompts(persona, "reject"), validation,
+                                    batch_size=config.batch_size)
         prompts, used["prompt_search"] = {"seek": choice.seek, "reject": choice.reject}, choice.table
     for side in SIDES:
         conditions.append(Prompt(f"prompt-{side}", side=side, system=prompts[side], pair="prompt"))
@@ -133,9 +143,11 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
                                                 pair=f"lora@kl{budgets[0]:g}", budgets=budgets,
                                                 meta={"chosen": choice.table[index]}))
     families = FamilyCache(model)                   # every table below ranks each (method, options, signatures) once
-    for rho in config.sparsities:
-        conditions += paper_mask_conditions(model, persona, by_scope[config.token_scope], rho, prompts, config, families,
-                                            selection=selection, used=used)
+    with stage("paper masks", total=len(config.sparsities), progress=progress) as bar:
+        for rho in config.sparsities:
+            conditions += paper_mask_conditions(model, persona, by_scope[config.token_scope], rho, prompts, config, families,
+                                                selection=selection, used=used)
+            bar.update()
     if config.mask_search is not None:
         conditions += budget_mask_conditions(model, persona, by_scope, validation, selection, prompts, config, used,
                                              progress, families)
@@ -235,14 +247,18 @@ def mask_diagnostics(model: Any, persona: str, sig: dict[str, Signature], valida
     of the calibration data (:func:`~persona_interp.analysis.diagnostics.stability`)."""
     rho = config.sparsities[0]
     neutral = load_neutral_texts()[: config.n_neutral]
-    reference = DamageReference.build(model, neutral, config.batch_size)
-    return {"sparsity": rho,
-            "overlap": overlap_table(model, sig["seek"], sig["reject"], rho, persona=persona, families=families),
-            "statistics": statistic_table(model, sig["seek"], sig["reject"], rho, reference, persona=persona,
-                                          families=families),
-            "stability": stability(model, sig["seek"], sig["reject"], rho, validation, draws=config.stability_draws,
-                                   seed=config.seed, batch_size=config.batch_size, persona=persona, families=families,
-                                   progress=progress)}
+    with stage("diagnostics", total=3, progress=progress) as bar:
+        reference = DamageReference.build(model, neutral, config.batch_size)
+        out: dict[str, Any] = {"sparsity": rho,
+                               "overlap": overlap_table(model, sig["seek"], sig["reject"], rho, persona=persona, families=families)}
+        bar.update()
+        out["statistics"] = statistic_table(model, sig["seek"], sig["reject"], rho, reference, persona=persona, families=families)
+        bar.update()
+        out["stability"] = stability(model, sig["seek"], sig["reject"], rho, validation, draws=config.stability_draws,
+                                     seed=config.seed, batch_size=config.batch_size, persona=persona, families=families,
+                                     progress=progress)
+        bar.update()
+    return out
 
 
 def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaDataset, config: ReproduceConfig,
@@ -255,20 +271,28 @@ def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaData
     n_layers = get_adapter(model).n_layers
     layers = sorted({min(n_layers - 1, round(f * n_layers)) for f in config.steering_layers})
     conditions, search = [], {}
-    means = {side: answer_residual_means(model, fit, layers, side=side, batch_size=config.batch_size,
-                                         max_tokens=config.max_tokens, progress=progress) for side in SIDES}
-    candidates = {method: vectors_from_differences(method, means["seek"] - means["reject"], layers)
-                  for method in ("mean_difference", "pca")}
-    candidates["ode"] = ode_steerings(model, fit, layers, features=config.ode_features, means=means, seed=config.seed)
-    doses = dict.fromkeys(candidates, config.steering_multipliers)
-    if config.weight_edit_strengths:
-        candidates["weight_edit"] = {layer: DirectionalEdit.from_vector(vector)
-                                     for layer, vector in candidates["mean_difference"].items()}
-        doses["weight_edit"] = config.weight_edit_strengths
-    for method, vectors in candidates.items():
-        choice = select_steering(model, vectors, validation, doses[method], reference=selection,
-                                 stop_above=max(config.damage_budgets) if selection else None,
-                                 batch_size=config.batch_size, progress=progress)
+    with stage("steering", total=len(SIDES) + 3 + bool(config.weight_edit_strengths), progress=progress) as bar:
+        means = {}
+        for side in SIDES:
+            means[side] = answer_residual_means(model, fit, layers, side=side, batch_size=config.batch_size,
+                                                max_tokens=config.max_tokens, progress=progress)
+            bar.update()
+        candidates = {method: vectors_from_differences(method, means["seek"] - means["reject"], layers)
+                      for method in ("mean_difference", "pca")}
+        candidates["ode"] = ode_steerings(model, fit, layers, features=config.ode_features, means=means, seed=config.seed)
+        doses = dict.fromkeys(candidates, config.steering_multipliers)
+        if config.weight_edit_strengths:
+            candidates["weight_edit"] = {layer: DirectionalEdit.from_vector(vector)
+                                         for layer, vector in candidates["mean_difference"].items()}
+            doses["weight_edit"] = config.weight_edit_strengths
+        choices = {}
+        for method, vectors in candidates.items():
+            choices[method] = select_steering(model, vectors, validation, doses[method], reference=selection,
+                                              stop_above=max(config.damage_budgets) if selection else None,
+                                              batch_size=config.batch_size, progress=progress)
+            bar.update()
+    for method, choice in choices.items():
+        vectors = candidates[method]
         table = _oriented(choice.table) if method == "weight_edit" else choice.table
         best = table[pick_within(table, None)]
         search[method] = {"layer": int(best["layer"]), "multiplier": best["multiplier"], "table": table}
@@ -324,7 +348,8 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
     torch.manual_seed(config.seed)
     name = model_name(model)
     if model is None or isinstance(model, (str, os.PathLike)):
-        model = load_model(model, dtype=config.dtype)
+        with stage("load model", progress=progress):
+            model = load_model(model, dtype=config.dtype)
     elif config.dtype != "auto" and get_adapter(model).dtype != resolve_dtype(config.dtype):   # never cast a model the caller built
         raise ValueError(f"the model passed in is {get_adapter(model).dtype}, the configuration says {config.dtype}: "
                          "set config.dtype to match, or to 'auto' (the model's dtype is recorded in the results)")
@@ -338,28 +363,30 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
     for persona in config.personas:
         if persona in results["personas"]:
             continue
-        conditions, used, signatures = persona_conditions(model, persona, config, progress)
-        for side, signature in signatures.items():                  # reusable by `analyse` and the notebooks
-            signature.save(out_dir / "signatures" / f"{persona}_{side}.safetensors", overwrite=force or resume)
-        test = test_items(persona, config)
-        ev = evaluate(model, list(test), conditions, persona=persona, neutral_texts=neutral,
-                      batch_size=config.batch_size, progress=progress)
-        table, contrasts, controls = ev.table(), ev.contrasts(), control_comparison(ev)
-        finished = now()
-        results["personas"][persona] = {"revision": results["revision"], "finished": finished,
-                                        "provenance": provenance.model_copy(update={"finished": finished}).model_dump(),
-                                        "used": used, "n_test": len(test), "table": table, "contrasts": contrasts,
-                                        "controls": controls, "equal_damage": equal_damage_summary(table, contrasts, config.damage_budgets),
-                                        "prompt_additions": ev.prompt_additions(), "frontier": frontier_rows(ev, contrasts),
-                                        "budget_winners": budget_winners(ev, contrasts, config.damage_budgets),
-                                        "per_item": ev.per_item(), "damage": ev.damage}
-        report = write_report(out_dir, figures_dir, config, results)   # first, so a later failure keeps the persona
-        for side in SIDES:                             # the fine-tuned adapters, reusable
-            lora = next((c.lora for c in conditions if isinstance(c, LoRACondition) and c.side == side), None)
-            if lora is not None:
-                lora.save(out_dir / "lora" / f"{persona}_{side}.safetensors", overwrite=force or resume)
-        plot_persona(persona, results["personas"][persona], figures_dir)
-        plot_stability(results, figures_dir / "stability")       # across the personas so far
+        with scope(persona):
+            conditions, used, signatures = persona_conditions(model, persona, config, progress)
+            for side, signature in signatures.items():                  # reusable by `analyse` and the notebooks
+                signature.save(out_dir / "signatures" / f"{persona}_{side}.safetensors", overwrite=force or resume)
+            test = test_items(persona, config)
+            ev = evaluate(model, list(test), conditions, persona=persona, neutral_texts=neutral,
+                          batch_size=config.batch_size, progress=progress)
+            with stage("report and figures", progress=progress):
+                table, contrasts, controls = ev.table(), ev.contrasts(), control_comparison(ev)
+                finished = now()
+                results["personas"][persona] = {"revision": results["revision"], "finished": finished,
+                                                "provenance": provenance.model_copy(update={"finished": finished}).model_dump(),
+                                                "used": used, "n_test": len(test), "table": table, "contrasts": contrasts,
+                                                "controls": controls, "equal_damage": equal_damage_summary(table, contrasts, config.damage_budgets),
+                                                "prompt_additions": ev.prompt_additions(), "frontier": frontier_rows(ev, contrasts),
+                                                "budget_winners": budget_winners(ev, contrasts, config.damage_budgets),
+                                                "per_item": ev.per_item(), "damage": ev.damage}
+                report = write_report(out_dir, figures_dir, config, results)   # first, so a later failure keeps the persona
+                for side in SIDES:                             # the fine-tuned adapters, reusable
+                    lora = next((c.lora for c in conditions if isinstance(c, LoRACondition) and c.side == side), None)
+                    if lora is not None:
+                        lora.save(out_dir / "lora" / f"{persona}_{side}.safetensors", overwrite=force or resume)
+                plot_persona(persona, results["personas"][persona], figures_dir)
+                plot_stability(results, figures_dir / "stability")       # across the personas so far
     return report
 
 
