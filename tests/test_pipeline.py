@@ -62,7 +62,9 @@ def test_reproduce_writes_report_and_never_tunes_on_test_items(tiny_pipeline, tm
     log = capsys.readouterr().err.splitlines()
     assert len(log) == 2 * len(stages) and all(r.scope == "power" for r in stages)
     assert [r.name for r in stages] == ["signatures", "selection damage reference", "prompt search", "steering", "LoRA search",
-                                        "paper masks", *(f"mask search ({m.name})" for m in methods(poles=True, available={"signatures"})), "diagnostics",
+                                        "paper masks",
+                                        *(f"mask search ({m.name})" for m in methods(poles=True, available={"signatures"})),
+                                        "diagnostics",
                                         "evaluation", "report and figures"]
     assert log[0] == "power: signatures (4 steps) …" and log[1].startswith("power: signatures 4/4 done in ")
     text = report.read_text()
