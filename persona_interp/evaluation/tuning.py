@@ -26,6 +26,7 @@ from persona_interp.masks.builders import FamilyCache
 from persona_interp.masks.mask import Mask
 from persona_interp.masks.registry import Family, MethodInputs, method_spec
 from persona_interp.model.adapter import get_adapter
+from persona_interp.progress import stage
 from persona_interp.signatures import Signature
 
 
@@ -272,13 +273,18 @@ def select_lora(model: Any, fit: Sequence[PersonaItem], validation: Sequence[Per
     validation = list(validation)
     if not validation:
         raise ValueError("select_lora needs validation items")
-    runs = {side: train_lora(model, fit, side, config, snapshots=True, progress=progress) for side in SIDES}
-    candidates = [Candidate({"epochs": epoch + 1, "seek_train_loss": runs["seek"][epoch].meta["train_loss"][-1],
-                             "reject_train_loss": runs["reject"][epoch].meta["train_loss"][-1]},
-                            lambda epoch=epoch: tuple(Pole(lambda lora=runs[side][epoch]: lora.apply(model)) for side in SIDES),
-                            group="epochs")
-                  for epoch in range(config.epochs)]
-    table = search(model, candidates, validation, reference=reference, limit=stop_above, budgets=budgets, racing=racing,
-                   batch_size=batch_size, progress=progress, desc="LoRA search")
+    with stage("LoRA search", total=len(SIDES) + 1, progress=progress) as bar:   # both trainings, then the epochs
+        runs = {}
+        for side in SIDES:
+            runs[side] = train_lora(model, fit, side, config, snapshots=True, progress=progress)
+            bar.update()
+        candidates = [Candidate({"epochs": epoch + 1, "seek_train_loss": runs["seek"][epoch].meta["train_loss"][-1],
+                                 "reject_train_loss": runs["reject"][epoch].meta["train_loss"][-1]},
+                                lambda epoch=epoch: tuple(Pole(lambda lora=runs[side][epoch]: lora.apply(model)) for side in SIDES),
+                                group="epochs")
+                      for epoch in range(config.epochs)]
+        table = search(model, candidates, validation, reference=reference, limit=stop_above, budgets=budgets, racing=racing,
+                       batch_size=batch_size, progress=progress, desc="LoRA epochs")
+        bar.update()
     epoch = table[fallback(table)]["epochs"] - 1
     return LoRAChoice(epoch + 1, runs["seek"][epoch], runs["reject"][epoch], table, runs)

@@ -22,7 +22,7 @@ from persona_interp.data.retrieval import Retriever
 from persona_interp.evaluation.controls import damage_matched_random
 from persona_interp.evaluation.evaluate import budget_winners, control_comparison, equal_damage_summary, evaluate, frontier_rows
 from persona_interp.evaluation.scoring import DamageReference
-from persona_interp.evaluation.search import budget_picks, pick_within
+from persona_interp.evaluation.search import budget_picks, fallback, pick_within
 from persona_interp.evaluation.tuning import build_candidate, select_lora, select_masks, select_prompts, select_steering
 from persona_interp.interventions.conditions import (
     Condition,
@@ -294,7 +294,7 @@ def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaData
     for method, choice in choices.items():
         vectors = candidates[method]
         table = _oriented(choice.table) if method == "weight_edit" else choice.table
-        best = table[pick_within(table, None)]
+        best = table[fallback(table)]            # the best scored row; the least damaging when none was scored
         search[method] = {"layer": int(best["layer"]), "multiplier": best["multiplier"], "table": table}
         for budgets, index in (budget_picks(table, config.damage_budgets) if selection else
                                [([None], pick_within(table, None))]):
@@ -315,8 +315,9 @@ def _oriented(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A weight-edit search table with each row's poles oriented: the edit scales what the maps write along r̂
     (``r̂ r̂ᵀ`` ignores r̂'s sign), so whether amplifying (+α) or attenuating (−α) moves toward the seek pole depends
     on which way the model already leans; a row whose validation separation is negative swaps its poles
-    (``orientation`` −1: the seek condition attenuates), so the budgeted picks compare like with steering's."""
-    return [{**row, "orientation": 1.0} if row["separation"] >= 0 else
+    (``orientation`` −1: the seek condition attenuates), so the budgeted picks compare like with steering's. A row the
+    search did not score (over its damage limit) is left as it is."""
+    return [row if row.get("separation") is None else {**row, "orientation": 1.0} if row["separation"] >= 0 else
             {**row, "orientation": -1.0, "separation": -row["separation"], "seek_margin": row["reject_margin"],
              "reject_margin": row["seek_margin"]} for row in table]
 
