@@ -185,3 +185,18 @@ def build_planted(tokenizer, seed: int = 0) -> Planted:
     model = TransformerBridge.boot_transformers("planted-llama", hf_model=hf, tokenizer=tokenizer).eval()
     return Planted(model, units, distractors, persona_items(24, seed + 1, "planted"), persona_items(16, seed + 2, "planted-eval"),
                    neutral_texts(12, seed + 3), neutral_texts(12, seed + 4))
+
+
+def unit_precision(model, mask, down: str, units: list[int]) -> float:
+    """Precision at k (k = ``len(units)``) of a mask's removals in the ``down`` map, weights grouped by unit: each
+    unit (an input column) scores the share of its column's ``|W|`` the mask removes; the ``k`` units with the
+    highest shares (ties: the lower index) are the mask's top-k removed units, and the precision is the share of
+    them in ``units``. Per-row masks remove the same count from every row, so a unit-level view needs the grouping;
+    weighting by ``|W|`` ignores rows where a unit writes almost nothing.
+    """
+    from persona_interp.model.adapter import get_adapter
+
+    weight = get_adapter(model).weight(down).abs().double()
+    share = ((~mask.keep[down]).to(weight.device) * weight).sum(0) / weight.sum(0).clamp_min(1e-30)
+    top = torch.argsort(share.cpu(), descending=True, stable=True)[:len(units)].tolist()
+    return len(set(top) & set(units)) / len(units)

@@ -181,6 +181,10 @@ class ModelAdapter:
             self._parameter_names = {id(p): n for n, p in self.model.named_parameters()}
         return self._parameter_names[id(self.parameter(name))]
 
+    def to_out_in(self, name: str, x: Tensor) -> Float[Tensor, "out in"]:
+        """Convert a tensor in the parameter's own layout (its gradient, say) to the map's ``[out, in]`` view."""
+        return self._get(name).to_out_in(x)
+
     def to_native(self, name: str, x: Float[Tensor, "out in"]) -> Tensor:
         """Convert an ``[out, in]`` tensor (a mask, a weight) to the parameter's own layout."""
         return self._get(name).to_native(x)
