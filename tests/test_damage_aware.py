@@ -217,3 +217,35 @@ def test_each_builder_on_two_architectures(tokenizer, arch):
     assert {pi.get_adapter(model).map_by_name[n].kind for n in units} == {"down", "o"}
     for keep in units.values():                                       # whole columns: every row removes the same
         assert (keep == keep[:1]).all()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_mean_ablation_adds_the_removed_weights_mean_output(tokenizer, arch):
+    from conftest import build_bridge
+
+    from persona_interp.interventions.ablation import MeanWeightAblation, WeightAblation
+    from persona_interp.model.capture import capture
+
+    model = build_bridge(arch, tokenizer)
+    adapter = pi.get_adapter(model)
+    neutral = collect_signatures(model, TEXTS, progress=False)
+    tokens = torch.tensor([tokenizer.encode(TEXTS[0])])
+    base_logits = model(tokens)
+    weights = {m.name: adapter.weight(m.name).clone() for m in adapter.maps}
+    for name in ("blocks.0.mlp.down", "blocks.1.attn.o", "blocks.0.attn.q", "blocks.1.mlp.up"):
+        mask = pi.random_mask(model, 0.5, modules=[name], seed=1)
+        mean_ablation = MeanWeightAblation(mask, neutral)
+        bias = mean_ablation.biases(model)[name]
+        hook = adapter.output_hook(name)
+        with ablate(model, mask):
+            zeroed, zero_logits = capture(model, tokens, [hook])[hook], model(tokens)
+        with ablate(model, mean_ablation):
+            meaned, mean_logits = capture(model, tokens, [hook])[hook], model(tokens)
+        difference = (meaned - zeroed).reshape(1, tokens.shape[1], -1)             # per-head outputs: heads first
+        torch.testing.assert_close(difference, bias.float().expand_as(difference), rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(mean_logits, zero_logits), name             # the added output reaches the logits
+    torch.testing.assert_close(model(tokens), base_logits, rtol=0, atol=0)    # hooks gone, weights restored
+    for name, before in weights.items():
+        assert torch.equal(adapter.weight(name).view(torch.int32), before.view(torch.int32)), name
+    with pytest.raises(TypeError, match="takes a Mask and a Signature"):
+        MeanWeightAblation(mask, None)
