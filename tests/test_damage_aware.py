@@ -6,7 +6,10 @@ Thresholds, and why:
 * plain Contrastive-Wanda's precision ≤ 0.25 and its effect at k points the wrong way: the distractors fool it by
   construction (as large a contrast, a zero Wanda tie-break), so the test can tell a damage-aware method from it;
 * at equal effect (the first k of a grid where a mask moves the margin by half the planted units' own effect
-  toward its pole) a damage-aware mask's neutral KL is at most half of Contrastive-Wanda's (the issue's bar).
+  toward its pole) a damage-aware mask's neutral KL is at most half of Contrastive-Wanda's (the issue's bar; where
+  Contrastive-Wanda never gets there on the grid, half of its lowest KL on the grid). Half the effect, not all of
+  it: the set-difference masks keep the planted units in the rows where they write most (their neutral Wanda
+  score puts them in the protected top share there) and reach 55-75 % of it.
 """
 from __future__ import annotations
 
@@ -14,16 +17,18 @@ import warnings
 
 import pytest
 import torch
+from conftest import build_bridge
 from planted import build_planted, unit_precision, word_tokenizer
 
 import persona_interp as pi
 from persona_interp.data.personas import PersonaDataset, PersonaItem
 from persona_interp.evaluation.scoring import DamageReference, score_ab
-from persona_interp.interventions.ablation import NeuronMask, ablate
+from persona_interp.interventions.ablation import MeanWeightAblation, NeuronMask, ablate
 from persona_interp.masks import damage_aware as da
 from persona_interp.masks.builders import mask_family
 from persona_interp.masks.learned import GateConfig, learned_masks, train_gates
 from persona_interp.masks.mask import Mask
+from persona_interp.model.capture import capture
 from persona_interp.signatures import collect_signatures
 
 DAMAGE_AWARE = ["retain_ratio", "set_difference", "snip_set_difference", "gradient", "learned_gates"]
@@ -123,15 +128,16 @@ def test_contrastive_wanda_is_fooled_by_the_distractors(setup):
     assert measure(setup, "contrastive_wanda", "seek", 4)[0] < 0 < measure(setup, "contrastive_wanda", "reject", 4)[0]
 
 
-def _kl_at_effect(setup: dict, method: str, side: str) -> tuple[int, float]:
-    """The first k of :data:`GRID` whose mask reaches half the planted effect toward ``side``, and its KL."""
+def _kl_at_effect(setup: dict, method: str, side: str) -> tuple[int | None, float]:
+    """The first k of :data:`GRID` whose mask reaches half the planted effect toward ``side``, and its KL; where no
+    k does, ``None`` and the lowest KL on the grid (what the method pays at least, without reaching the effect)."""
     target = abs(oracle(setup, side)[0]) / 2
     sign = 1 if side == "seek" else -1
     for k in GRID:
         effect, kl = measure(setup, method, side, k)
         if sign * effect >= target:
             return k, kl
-    raise AssertionError(f"{method} {side} never reaches half the planted effect ({target:.3f}) on k = {GRID}")
+    return None, min(measure(setup, method, side, k)[1] for k in GRID)
 
 
 @pytest.mark.parametrize("method", DAMAGE_AWARE)
@@ -139,6 +145,7 @@ def _kl_at_effect(setup: dict, method: str, side: str) -> tuple[int, float]:
 def test_damage_aware_methods_reach_the_effect_at_half_the_damage(setup, method, side):
     _, kl_cw = _kl_at_effect(setup, "contrastive_wanda", side)
     k, kl = _kl_at_effect(setup, method, side)
+    assert k is not None, f"{method} {side} never reaches half the planted effect on k = {GRID}"
     assert kl <= 0.5 * kl_cw, (method, side, k, kl, kl_cw)
 
 
@@ -179,8 +186,6 @@ TEXTS = ["The capital of France is Paris.", "Water boils at one hundred degrees.
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_each_builder_on_two_architectures(tokenizer, arch):
-    from conftest import build_bridge
-
     model = build_bridge(arch, tokenizer)
     adapter = pi.get_adapter(model)
     data = PersonaDataset("toy", ITEMS)
@@ -221,11 +226,6 @@ def test_each_builder_on_two_architectures(tokenizer, arch):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_mean_ablation_adds_the_removed_weights_mean_output(tokenizer, arch):
-    from conftest import build_bridge
-
-    from persona_interp.interventions.ablation import MeanWeightAblation, WeightAblation
-    from persona_interp.model.capture import capture
-
     model = build_bridge(arch, tokenizer)
     adapter = pi.get_adapter(model)
     neutral = collect_signatures(model, TEXTS, progress=False)

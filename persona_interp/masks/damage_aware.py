@@ -16,8 +16,10 @@ other pole per unit of neutral importance); ties go to the lower neutral importa
   ``½·W²·F`` (``F`` the empirical diagonal Fisher of the neutral next-token loss), from one backward pass per batch.
 
 ``generic`` (arXiv 2605.12290) is an option of each score: the input channels (units) in the map's top ``generic``
-share by neutral importance are removed last. :data:`DAMAGE_AWARE_METHODS` (at the end) lists the builders, what
-each needs and gives, and their default options, for the method registry.
+share by neutral importance are removed last. Idea 2, learned unit gates, is :mod:`persona_interp.masks.learned`;
+mean ablation of any mask is :class:`~persona_interp.interventions.ablation.MeanWeightAblation`.
+:data:`DAMAGE_AWARE_METHODS` (at the end: it names the builders) lists every builder of both modules, what each
+needs and gives, and its default options, for the method registry.
 
 Example:
     >>> neutral = collect_signatures(model, load_neutral_texts()[:32])
@@ -51,6 +53,7 @@ from persona_interp.masks.mask import Mask
 from persona_interp.masks.objectives import ab_margins, frozen_weights, neutral_logprobs, restore_grad
 from persona_interp.model.adapter import LinearMap, get_adapter
 from persona_interp.signatures import NEUTRAL, Signature
+
 
 # ---------------------------------------------------------------------- shared pieces
 def check_neutral(neutral: Signature, seek: Signature) -> Signature:
@@ -220,7 +223,8 @@ def gradient_scores(model: Any, items: Sequence[PersonaItem], neutral_texts: Seq
                     max_tokens: int = 256) -> GradientScores:
     """:class:`GradientScores` from one backward pass per batch: ``batch_size`` calibration items (their per-token
     margin, as :func:`~persona_interp.evaluation.scoring.score_ab`'s ``margin_mean``) or neutral texts (their
-    summed next-token loss). The weights are never changed; every parameter's ``requires_grad`` is restored.
+    summed next-token loss). The weights are never changed; every parameter's ``requires_grad`` is restored. Holds
+    four float64 tensors per covered weight (32 bytes each: restrict ``modules`` / ``layers`` on a large model).
 
     Example:
         >>> scores = gradient_scores(model, fit, load_neutral_texts()[:32], layers=[10, 11])

@@ -54,11 +54,11 @@ class GateConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.max_tokens < 1:
             raise ValueError(f"steps, batch_size and max_tokens must be positive, got {self.steps}, {self.batch_size}, {self.max_tokens}")
-        for name in ("learning_rate", "lam", "beta", "init_logit", "init_scale"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value)) or (name in ("learning_rate",) and value <= 0) \
-                    or (name in ("lam", "beta", "init_scale") and value < 0):
-                raise ValueError(f"GateConfig.{name} must be a finite number (learning_rate > 0; lam, beta, init_scale >= 0), got {value!r}")
+        values = {name: getattr(self, name) for name in ("learning_rate", "lam", "beta", "init_logit", "init_scale")}
+        bad = {name: v for name, v in values.items() if not (isinstance(v, (int, float)) and math.isfinite(v))
+               or (name == "learning_rate" and v <= 0) or (name in ("lam", "beta", "init_scale") and v < 0)}
+        if bad:
+            raise ValueError(f"GateConfig: {bad} out of range (finite; learning_rate > 0; lam, beta, init_scale >= 0)")
 
 
 @dataclass
@@ -125,7 +125,8 @@ def train_gates(model: Any, items: Sequence[PersonaItem], neutral_texts: Sequenc
     for sig in (seek, reject):
         sig.check_model(adapter)
     z = {m.name: contrast(seek, reject, m.name).float() for m in maps}
-    z = {m.name: (z[m.name].reshape(adapter.n_heads, -1).mean(1) if m.kind == "o" else z[m.name]) for m in maps}
+    z = {m.name: (z[m.name].reshape(adapter.n_heads, -1).mean(1) if m.kind == "o" else z[m.name])
+         .to(adapter.parameter(m.name).device) for m in maps}                # the gates live beside their weights
     with torch.inference_mode():
         base = [logprobs.float().clone() for logprobs, _ in neutral_logprobs(model, neutral_texts, config.batch_size, config.max_tokens)]
     logits, losses = {}, {}
