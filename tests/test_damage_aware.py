@@ -249,3 +249,33 @@ def test_mean_ablation_adds_the_removed_weights_mean_output(tokenizer, arch):
         assert torch.equal(adapter.weight(name).view(torch.int32), before.view(torch.int32)), name
     with pytest.raises(TypeError, match="takes a Mask and a Signature"):
         MeanWeightAblation(mask, None)
+
+
+def test_generic_filter_removes_the_top_neutral_channels_last(setup):
+    planted = setup["planted"]
+    generic = da.generic_channels(setup["neutral"].sample_mean(planted.down), 0.25)
+    assert int(generic.sum()) == 16
+    family = da.retain_ratio_family(planted.model, setup["seek"], setup["reject"], setup["neutral"], generic=0.25,
+                                    modules=["down"])
+    for mask in family.pair(sparsity_of(8)):
+        assert mask.keep[planted.down][:, generic].all() and mask.meta["generic"] == 0.25
+    for mask in family.pair(sparsity_of(56)):                         # past the others, they go too
+        assert not mask.keep[planted.down][:, generic].all()
+
+
+def test_learned_gates_are_deterministic_given_the_seed(llama):
+    data = PersonaDataset("toy", ITEMS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seek = collect_signatures(llama, data, "seek", progress=False)
+        reject = collect_signatures(llama, data, "reject", progress=False)
+        config = GateConfig(steps=3, batch_size=2, seed=0)
+        runs = [train_gates(llama, ITEMS, TEXTS, seek, reject, config=config, layers=[1]) for _ in range(2)]
+        other = train_gates(llama, ITEMS, TEXTS, seek, reject, config=GateConfig(steps=3, batch_size=2, seed=1), layers=[1])
+    for side in ("seek", "reject"):
+        for name, logits in runs[0].logits[side].items():
+            assert torch.equal(logits, runs[1].logits[side][name])
+    assert runs[0].losses != other.losses                             # another seed, another batch order
+    assert runs[0].meta["gate_seed"] == 0 and runs[0].meta["gate_steps"] == 3
+    with pytest.raises(ValueError, match="GateConfig"):
+        GateConfig(lam=-1.0)
