@@ -128,7 +128,8 @@ def train_gates(model: Any, items: Sequence[PersonaItem], neutral_texts: Sequenc
     z = {m.name: (z[m.name].reshape(adapter.n_heads, -1).mean(1) if m.kind == "o" else z[m.name])
          .to(adapter.parameter(m.name).device) for m in maps}                # the gates live beside their weights
     with torch.inference_mode():
-        base = [logprobs.float().clone() for logprobs, _ in neutral_logprobs(model, neutral_texts, config.batch_size, config.max_tokens)]
+        base = [logprobs.half().cpu() for logprobs, _ in                   # as DamageReference keeps them
+                neutral_logprobs(model, neutral_texts, config.batch_size, config.max_tokens)]
     logits, losses = {}, {}
     states = frozen_weights(model)
     try:
@@ -149,7 +150,7 @@ def train_gates(model: Any, items: Sequence[PersonaItem], neutral_texts: Sequenc
                     gated, _ = next(neutral_logprobs(model, texts, config.batch_size, config.max_tokens))
                     removed = torch.cat([1 - torch.sigmoid(g) for g in gates.values()]).mean()
                     loss = (-sign * ab_margins(model, batch, config.max_tokens).mean().float()
-                            + config.lam * kl_from(base[step % len(base)], gated) + config.beta * removed)
+                            + config.lam * kl_from(base[step % len(base)].to(gated.device).float(), gated) + config.beta * removed)
                     optimiser.zero_grad()
                     loss.backward()
                     optimiser.step()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Iterator, Sequence
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor
 
 from persona_interp.data.personas import PersonaItem
@@ -42,8 +42,7 @@ def neutral_logprobs(model: Any, texts: Sequence[str], batch_size: int = 8,
     for tokens, real in _neutral_batches(model, texts, batch_size, max_tokens):
         logprobs, tokens, real = _next_token_logprobs(model, tokens, real)
         observed = logprobs.gather(2, tokens[:, 1:, None])[..., 0]
-        mask: Bool[Tensor, "batch pos"] = real
-        yield logprobs[mask], observed[mask]
+        yield logprobs[real], observed[real]
 
 
 def kl_from(base: Float[Tensor, "n vocab"], logprobs: Float[Tensor, "n vocab"]) -> Float[Tensor, ""]:
