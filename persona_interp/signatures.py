@@ -312,8 +312,9 @@ def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, st
     matching, "reject" = not_matching; the default is "seek"); plain ``(question, answer)`` pairs are used as
     given, so pass each pole's own pairs. Plain texts (strings) are read without the chat template, as
     :class:`~persona_interp.evaluation.scoring.DamageReference` reads them, into a ``side="neutral"`` signature:
-    the third statistic of damage-aware masks. ``token_scope`` is ``all`` (the whole chat), ``answer`` or ``prompt``. Both per-sample statistics
-    are collected; ``statistic`` ("norm", the paper's, or "rms") picks the one masks use (change it later with
+    the third statistic of damage-aware masks. ``token_scope`` is ``all`` (the whole chat), ``answer`` or
+    ``prompt`` (plain texts: ``all`` or ``answer``, the whole text). Both per-sample statistics are collected;
+    ``statistic`` ("norm", the paper's, or "rms") picks the one masks use (change it later with
     :meth:`Signature.with_statistic`). ``per_sample`` keeps per-sample rows for :meth:`Signature.subset`
     (two float64 rows per channel and sample, in memory only).
 
