@@ -25,7 +25,7 @@ from persona_interp.data.personas import PersonaDataset, PersonaItem
 from persona_interp.evaluation.scoring import DamageReference, score_ab
 from persona_interp.interventions.ablation import MeanWeightAblation, NeuronMask, ablate
 from persona_interp.masks import damage_aware as da
-from persona_interp.masks.builders import mask_family
+from persona_interp.masks.builders import FamilyCache, mask_family
 from persona_interp.masks.learned import GateConfig, learned_masks, train_gates
 from persona_interp.masks.mask import Mask
 from persona_interp.model.capture import capture
@@ -279,3 +279,34 @@ def test_learned_gates_are_deterministic_given_the_seed(llama):
     assert runs[0].meta["gate_seed"] == 0 and runs[0].meta["gate_steps"] == 3
     with pytest.raises(ValueError, match="GateConfig"):
         GateConfig(lam=-1.0)
+
+
+# ---------------------------------------------------------------------- the method registry
+def test_registry_builds_each_damage_aware_method(llama):
+    data = PersonaDataset("toy", ITEMS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                              # 4 samples per pole: z is noisy
+        seek = collect_signatures(llama, data, "seek", progress=False)
+        reject = collect_signatures(llama, data, "reject", progress=False)
+    neutral = collect_signatures(llama, TEXTS, progress=False)
+    inputs = pi.MethodInputs(seek, reject, neutral=neutral, items=ITEMS, neutral_texts=TEXTS, persona="toy")
+    families = FamilyCache(llama)
+    assert set(da.DAMAGE_AWARE_METHODS) <= set(pi.method_names())
+    for method in da.DAMAGE_AWARE_METHODS:
+        spec = pi.method_spec(method)
+        assert spec.poles and spec.gives == "mask" and spec.needs - {"signatures"}
+        options = {"steps": 2, "batch_size": 2} if method == "learned_gates" else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            built = spec.build(llama, inputs, 0.1, **options)
+            again = spec.family(llama, inputs, families=families, **options)
+        assert set(built) == {"seek", "reject"}
+        for side, pair_mask in zip(("seek", "reject"), again.pair(0.1)):
+            mask = built[side]
+            assert mask.meta["method"] == method and mask.meta["side"] == side and mask.meta["persona"] == "toy"
+            assert mask.meta["sparsity"] == 0.1 and 0.05 < mask.sparsity() < 0.2       # ⌊n_in·0.9⌋ kept per row
+            assert {n: torch.equal(k, pair_mask.keep[n]) for n, k in mask.keep.items()} == {n: True for n in mask.keep}
+        assert spec.family(llama, inputs, families=families, **options) is again      # made once per study
+        missing = pi.MethodInputs(seek, reject)
+        with pytest.raises(ValueError, match=f"method {method!r} needs .*(neutral|calibration)"):
+            spec.build(llama, missing, 0.1)

@@ -18,8 +18,9 @@ other pole per unit of neutral importance); ties go to the lower neutral importa
 ``generic`` (arXiv 2605.12290) is an option of each score: the input channels (units) in the map's top ``generic``
 share by neutral importance are removed last. Idea 2, learned unit gates, is :mod:`persona_interp.masks.learned`;
 mean ablation of any mask is :class:`~persona_interp.interventions.ablation.MeanWeightAblation`.
-:data:`DAMAGE_AWARE_METHODS` (at the end: it names the builders) lists every builder of both modules, what each
-needs and gives, and its default options, for the method registry.
+:data:`DAMAGE_AWARE_METHODS` (at the end) names the methods of both modules this module registers in the method
+registry (:mod:`persona_interp.masks.registry`: what each needs, its options and defaults), so
+``method_spec("gradient").build(model, MethodInputs(items=fit, neutral_texts=texts), 0.01)`` builds any of them.
 
 Example:
     >>> neutral = collect_signatures(model, load_neutral_texts()[:32])
@@ -29,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -38,7 +40,9 @@ from torch import Tensor
 
 from persona_interp.data.personas import PersonaItem
 from persona_interp.masks.builders import (
+    FamilyCache,
     MaskFamily,
+    _options_key,
     _by_channel,
     abs_weight,
     check_contrast,
@@ -367,18 +371,71 @@ def snip_set_difference_masks(model: Any, items: Sequence[PersonaItem], neutral_
         sparsity, modules=options.get("modules"), layers=options.get("layers"))
 
 
-# ---------------------------------------------------------------------- for the method registry
-from persona_interp.masks.learned import learned_masks  # noqa: E402  (learned.py does not import this module)
+# ---------------------------------------------------------------------- the method registry's entries
+from persona_interp.masks.learned import GateConfig, train_gates  # noqa: E402  (learned.py does not import this module)
+from persona_interp.masks.registry import Family, MethodInputs, MethodSpec, register  # noqa: E402
 
-SIGNATURES = ("seek_signature", "reject_signature")
-DAMAGE_AWARE_METHODS: dict[str, tuple[Callable[..., tuple[Mask, Mask]], tuple[str, ...], str, dict[str, Any]]] = {
-    # name: (builder(model, *needs, sparsity, **options), needs in call order, gives, default options)
-    "retain_ratio": (retain_ratio_masks, (*SIGNATURES, "neutral_signature"), "mask",
-                     {"phi": "relu", "tau": 1.0, "eps": 1e-8, "retain_eps": 1e-3, "generic": 0.0}),
-    "set_difference": (set_difference_masks, (*SIGNATURES, "neutral_signature"), "mask",
-                       {"utility": 0.3, "phi": "relu", "tau": 1.0, "eps": 1e-8, "generic": 0.0}),
-    "snip_set_difference": (snip_set_difference_masks, ("items", "neutral_texts"), "mask",
-                            {"utility": 0.3, "generic": 0.0, "batch_size": 8}),
-    "gradient": (gradient_masks, ("items", "neutral_texts"), "mask", {"damage_eps": 0.1, "generic": 0.0, "batch_size": 8}),
-    "learned_gates": (learned_masks, ("items", "neutral_texts", *SIGNATURES), "mask", {"config": None}),
-}
+
+def _signature_key(sig: Signature | None) -> tuple:
+    return (None, None) if sig is None else (id(sig.sums), sig.statistic)
+
+
+def _kept(families: FamilyCache | None, key: tuple, make: Callable[[], Any], *inputs: Any) -> Any:
+    """``make()``, or the one ``families`` keeps under ``key`` (made once per study)."""
+    return make() if families is None else families.keep(key, make, *inputs)
+
+
+def _with_neutral(family: Callable[..., MaskFamily]) -> Callable[..., Family]:
+    """The registry builder of a ranking from the two poles' signatures and a neutral signature."""
+    def build(model: Any, inputs: MethodInputs, *, families: FamilyCache | None = None, modules: Any = None,
+              layers: Any = None, **options: Any) -> Family:
+        key = (family.__name__, *_signature_key(inputs.seek), *_signature_key(inputs.reject), *_signature_key(inputs.neutral),
+               inputs.persona, _options_key({**options, "modules": modules, "layers": layers}))
+        return _kept(families, key, lambda: family(model, inputs.seek, inputs.reject, inputs.neutral, modules=modules,
+                                                   layers=layers, persona=inputs.persona, cache=True, **options),
+                     inputs.seek, inputs.reject, inputs.neutral)
+    return build
+
+
+def _from_gradients(family: Callable[..., MaskFamily]) -> Callable[..., Family]:
+    """The registry builder of a ranking from :class:`GradientScores` (computed once per items, texts, maps and
+    batch size, shared by both gradient methods when ``families`` is given)."""
+    def build(model: Any, inputs: MethodInputs, *, families: FamilyCache | None = None, modules: Any = None,
+              layers: Any = None, batch_size: int = 8, **options: Any) -> Family:
+        where = (id(inputs.items), id(inputs.neutral_texts), _options_key({"modules": modules, "layers": layers,
+                                                                            "batch_size": batch_size}))
+        alive = (inputs.items, inputs.neutral_texts)
+        scores = _kept(families, ("gradient_scores", *where), lambda: gradient_scores(
+            model, inputs.items, inputs.neutral_texts, modules=modules, layers=layers, batch_size=batch_size), *alive)
+        return _kept(families, (family.__name__, *where, inputs.persona, _options_key(options)),
+                     lambda: family(model, scores=scores, modules=modules, layers=layers, persona=inputs.persona,
+                                    cache=True, **options), *alive)
+    return build
+
+
+def _learned_gates(model: Any, inputs: MethodInputs, *, families: FamilyCache | None = None, modules: Any = None,
+                   layers: Any = None, **options: Any) -> Family:
+    """The registry builder of learned gates: one training per inputs, maps and :class:`GateConfig` options."""
+    key = ("learned_gates", id(inputs.items), id(inputs.neutral_texts), *_signature_key(inputs.seek),
+           *_signature_key(inputs.reject), inputs.persona, _options_key({**options, "modules": modules, "layers": layers}))
+    return _kept(families, key, lambda: train_gates(model, inputs.items, inputs.neutral_texts, inputs.seek, inputs.reject,
+                                                    config=GateConfig(**options), modules=modules, layers=layers,
+                                                    persona=inputs.persona).family(model, cache=True),
+                 inputs.items, inputs.neutral_texts, inputs.seek, inputs.reject)
+
+
+_CONTRAST = {"phi": "relu", "tau": 1.0, "eps": 1e-8}
+_NEUTRAL = frozenset({"signatures", "neutral_signatures"})
+_GRADIENT = frozenset({"calibration_items", "neutral_texts"})
+DAMAGE_AWARE_METHODS = ("retain_ratio", "set_difference", "snip_set_difference", "gradient", "learned_gates")
+"""The registered methods of this module and :mod:`~persona_interp.masks.learned`, cheapest first."""
+register(MethodSpec("retain_ratio", _with_neutral(retain_ratio_family), needs=_NEUTRAL, search=("statistic", "phi"),
+                    options={**_CONTRAST, "retain_eps": 1e-3, "generic": 0.0}))
+register(MethodSpec("set_difference", _with_neutral(set_difference_family), needs=_NEUTRAL, search=("statistic", "phi"),
+                    options={"utility": 0.3, **_CONTRAST, "generic": 0.0}))
+register(MethodSpec("snip_set_difference", _from_gradients(snip_set_difference_family), needs=_GRADIENT, search=(),
+                    options={"utility": 0.3, "generic": 0.0, "batch_size": 8}))
+register(MethodSpec("gradient", _from_gradients(gradient_family), needs=_GRADIENT, search=(),
+                    options={"damage_eps": 0.1, "generic": 0.0, "batch_size": 8}))
+register(MethodSpec("learned_gates", _learned_gates, needs=frozenset({"signatures", *_GRADIENT}), search=("statistic",),
+                    options=dataclasses.asdict(GateConfig())))

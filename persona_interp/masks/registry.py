@@ -33,7 +33,8 @@ from persona_interp.data.personas import SIDES, PersonaItem
 from persona_interp.masks.builders import FamilyCache, magnitude_mask, mask_family, random_mask
 from persona_interp.signatures import Signature
 
-MethodName = Literal["wanda", "contrastive_wanda", "contrastive_sparse", "contrastive_sparse_code", "random", "magnitude"]
+MethodName = Literal["wanda", "contrastive_wanda", "contrastive_sparse", "contrastive_sparse_code", "random", "magnitude",
+                     "retain_ratio", "set_difference", "snip_set_difference", "gradient", "learned_gates"]
 Need = Literal["signatures", "neutral_signatures", "calibration_items", "neutral_texts"]
 Gives = Literal["mask", "gains", "dense_edit"]
 SearchFactor = Literal["statistic", "phi"]
