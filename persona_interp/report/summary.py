@@ -15,8 +15,8 @@ from typing import Any
 
 from persona_interp.analysis.diagnostics import grouped_overlap
 from persona_interp.evaluation.stats import MIN_N
+from persona_interp.masks.registry import methods
 
-STEERING_AND_PROMPTS = ("prompt", "rag", "mean_difference", "pca", "ode", "lora")
 
 
 def _ci(row: dict[str, Any], key: str = "difference") -> str:
@@ -39,7 +39,8 @@ def _decisive(verdict: bool | None) -> str:
 
 def _best_mask(entry: dict[str, Any], budget: float, with_prompt: bool) -> str:
     """The mask line's pick for ``budget`` with the largest test seek − reject (masks alone or with their prompt)."""
-    picks = [r for r in entry["frontier"] if r["line"] not in STEERING_AND_PROMPTS and r["budgets"]
+    masks = {spec.name for spec in methods(poles=True)}                  # the registry's mask methods with poles
+    picks = [r for r in entry["frontier"] if r["line"].removesuffix("+prompt") in masks and r["budgets"]
              and budget in r["budgets"] and r["line"].endswith("+prompt") == with_prompt]
     if not picks:
         return "none within the budget"
