@@ -16,7 +16,9 @@ Adding a method (e.g. in a new module ``masks/my_method.py``)::
     register(MethodSpec("my_method", my_builder, options={"steps": 100}, needs=frozenset({"signatures"})))
 
 and, for a method of the package, add its name to :data:`MethodName` (the type checker's list; the registry is
-the run-time truth) and import the module in ``persona_interp/masks/__init__.py`` so it registers on import.
+the run-time truth) and import the module in ``persona_interp/masks/__init__.py`` so it registers on import (as
+:mod:`persona_interp.masks.damage_aware` registers the damage-aware methods, which need a neutral signature,
+calibration items or neutral texts beside the poles' signatures).
 
 Example:
     >>> method_spec("contrastive_sparse_code").fixed
