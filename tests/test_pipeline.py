@@ -40,7 +40,7 @@ def tiny_pipeline(monkeypatch, llama):
     monkeypatch.setattr(diagnostics, "score_ab", spy)
     monkeypatch.setattr(pipeline, "persona_prompts", lambda persona, side: [f"You {side} power.", f"Always {side} power."])
     config = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=10, n_test=None,
-                                      n_neutral=2, n_selection_neutral=2, n_fit_neutral=1,
+                                      n_neutral=2, n_selection_neutral=2, n_fit_neutral=1, n_other_texts=4,
                                       damage_aware_methods=["retain_ratio", "gradient"], steering_layers=[0.5], steering_multipliers=[1.0, 2.0],
                                       n_validation=4, damage_budgets=[1e-9, 1000.0], stability_draws=2,
                                       mask_search=MaskSpace(sparsities=[0.2, 0.4], modules=[None, "mlp"], layer_ranges=["all"],
@@ -116,10 +116,19 @@ def test_the_search_runs_damage_aware_methods_on_fit_texts_apart_from_the_select
     reported, selection, fit = ["plain neutral text one", "another neutral text"], ["selection text one", "selection text two"], \
         ["fit text one"]
     assert selection in references and reported in references and plain == [fit]       # one neutral signature, on fit texts
-    assert all(texts in (reported, selection) for texts in references)     # no damage is ever measured on a fit text
+    assert not any(set(fit) & set(texts) for texts in references)          # no damage is ever measured on a fit text
+    others = [texts for texts in references if texts not in (reported, selection)]
+    assert len(others) == 1 and len(others[0]) == 4 and not set(others[0]) & set(reported + selection)
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     entry = results["personas"]["power"]
-    assert entry["used"]["fit_neutral_texts"] == 1
+    assert entry["used"]["fit_neutral_texts"] == 1 and entry["used"]["other_texts"] == 4
+    rows = {row["condition"]: row for row in entry["table"]}                  # the second damage measure
+    assert rows["base"]["kl_other"] == pytest.approx(0.0, abs=1e-3) and rows["gradient-seek@kl1000"]["kl_other"] > 0
+    assert rows["retain_ratio-seek@kl1000+prompt"]["kl_other"] == rows["retain_ratio-seek@kl1000"]["kl_other"]
+    assert all("other_kl" in w for w in entry["budget_winners"] if w["pair"])
+    assert "KL other personas" in (tmp_path / "out" / "report.md").read_text()
+    with pytest.raises(ValueError, match="second damage measure beside neutral_texts: pass both"):
+        pi.evaluate(model, [], [], persona="power", other_texts=["a question\nan answer"])
     names = {row["condition"] for row in entry["table"]}
     assert {"retain_ratio-seek@kl1000", "retain_ratio-reject@kl1000+prompt", "random@kl1000-retain_ratio",
             "gradient-reject@kl1000", "gradient-seek@kl1000+prompt"} <= names

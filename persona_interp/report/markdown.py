@@ -204,7 +204,8 @@ def _provenance_lines(results: RunResults, done: list[str]) -> str:
 SUMMARY_TEXTS = {
     "winners": "Which regime wins at each damage budget (each regime's validation pick within the budget on the selection "
                "texts, test seek − reject in nats/token; `KL`: its damage on the reported neutral texts, `over` where that "
-               "exceeds the budget; `lead`: paired difference to the runner-up; `by reported-text KL`: the winner when the "
+               "exceeds the budget; `KL other personas`: its damage on other personas' questions and answers, a second "
+               "measure no search or method sees; `lead`: paired difference to the runner-up; `by reported-text KL`: the winner when the "
                "budget is enforced on the reported texts instead), and the best mask within the same budget:",
     "paper": "The paper's mask rows (ρ from the config, Contrastive-Wanda): seek − reject of the mask alone and with the "
              "same pole's prompt (the paper's protocol), what the mask adds to the prompt, whether each pole's mask beats a "

@@ -60,7 +60,8 @@ def _reported_text_winner(entry: dict[str, Any], w: dict[str, Any]) -> str:
 def winner_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Per persona and damage budget: the winning regime's pick, named as evaluated (``…+prompt`` for a mask
     with its prompt), its test seek − reject, its KL on the reported neutral texts (``over`` where it lands above
-    the budget it was picked within on the selection texts), its lead over the runner-up, the winner when the
+    the budget it was picked within on the selection texts), its KL on the other personas' questions and answers (a
+    damage measure no search or method sees), its lead over the runner-up, the winner when the
     budget is enforced on the reported texts instead, and the best mask within the same budget, alone and with
     its prompt."""
     rows = []
@@ -68,10 +69,12 @@ def winner_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         for w in entry.get("budget_winners", []):
             row = {"persona": persona, "budget": f"KL ≤ {w['budget']:g}"}
             if w["pair"] is None:
-                row.update({"winner": "none", "effect": "", "KL": "", "lead": "", "by reported-text KL": ""})
+                row.update({"winner": "none", "effect": "", "KL": "", "KL other personas": "", "lead": "",
+                            "by reported-text KL": ""})
             else:
                 row.update({"winner": w["pair"], "effect": _ci(w),
                             "KL": f"{w['test_kl']:.4f}" + (" (over)" if w["test_kl"] > w["budget"] else ""),
+                            "KL other personas": f"{w['other_kl']:.4f}" if "other_kl" in w else "not measured",
                             "lead": (f"{_ci(w, 'lead')} over {w['runner_up']}" + _decisive(w["decisive"]))
                             if "lead" in w else "",
                             "by reported-text KL": _reported_text_winner(entry, w)})

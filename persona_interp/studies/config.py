@@ -64,6 +64,7 @@ class ReproduceConfig:
         sparsities=[0.01, 0.03, 0.1, 0.3, 0.5], modules=[None, "mlp"], layer_ranges=["all", "late"],
         token_scopes=["all", "answer"], statistics=["norm", "rms"], phis=["relu", "softplus"], design="one_at_a_time",
         vary=["contrastive_wanda"]))
+    n_other_texts: int = 32          # other personas' questions and answers: a second damage measure nothing optimises
     # the registered methods beyond the signature-only ones that the mask search runs (the paper's rows never do)
     damage_aware_methods: list[str] = field(default_factory=lambda: list(DAMAGE_AWARE_METHODS))
     prompt_search: bool = True
@@ -74,7 +75,7 @@ class ReproduceConfig:
 
 
 QUICK = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=24, n_test=16, n_neutral=4,
-                        n_selection_neutral=4, n_fit_neutral=4, damage_aware_methods=["retain_ratio"], stability_draws=2, rag_k=2,
+                        n_selection_neutral=4, n_fit_neutral=4, n_other_texts=8, damage_aware_methods=["retain_ratio"], stability_draws=2, rag_k=2,
                         steering_layers=[0.5], steering_multipliers=[4.0], n_validation=6, damage_budgets=[0.1, 0.5],
                         mask_search=MaskSpace(sparsities=[0.03, 0.3], modules=[None], layer_ranges=["all"],
                                               token_scopes=["all"], statistics=["norm", "rms"], design="one_at_a_time",

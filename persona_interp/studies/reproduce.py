@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import random
 import subprocess
 import warnings
 from pathlib import Path
@@ -18,7 +19,15 @@ import torch
 
 from persona_interp.analysis.diagnostics import overlap_table, stability, statistic_table
 from persona_interp.data.personas import (
-    REPO_ROOT, SIDES, NeutralSplit, PersonaDataset, load_neutral_texts, load_persona, neutral_split, persona_prompts,
+    REPO_ROOT,
+    SIDES,
+    NeutralSplit,
+    PersonaDataset,
+    load_neutral_texts,
+    load_persona,
+    neutral_split,
+    persona_names,
+    persona_prompts,
 )
 from persona_interp.data.retrieval import Retriever
 from persona_interp.evaluation.evaluate import budget_winners, control_comparison, equal_damage_summary, evaluate, frontier_rows
@@ -172,6 +181,20 @@ def neutral_signature(model: Any, config: ReproduceConfig, progress: bool = True
     """The neutral-text signature of the run: collected on its fit texts (never a selection or reported text)."""
     texts = run_neutral_texts(config).fit
     return collect_signatures(model, texts, batch_size=config.batch_size, max_tokens=config.max_tokens, progress=progress)
+
+
+def other_persona_texts(persona: str, config: ReproduceConfig) -> list[str]:
+    """The second damage measure's texts: ``config.n_other_texts`` questions with one of their answers (alternating
+    poles) from the other personas' training splits, a seeded sample; no search and no method ever sees them.
+
+    Example:
+        >>> other_persona_texts("power", QUICK)[0]
+    """
+    if not config.n_other_texts:
+        return []
+    items = [item for name in persona_names() if name != persona for item in load_persona(name, "train")]
+    chosen = random.Random(config.seed).sample(items, min(config.n_other_texts, len(items)))
+    return [f"{item.question}\n{item.matching if i % 2 == 0 else item.not_matching}" for i, item in enumerate(chosen)]
 
 
 def test_items(persona: str, config: ReproduceConfig) -> PersonaDataset:
@@ -333,7 +356,9 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
         for side, signature in signatures.items():                  # reusable by `analyse` and the notebooks
             signature.save(out_dir / "signatures" / f"{persona}_{side}.safetensors", overwrite=force or resume)
         test = test_items(persona, config)
-        ev = evaluate(model, list(test), conditions, persona=persona, neutral_texts=neutral,
+        others = other_persona_texts(persona, config)
+        used["other_texts"] = len(others)
+        ev = evaluate(model, list(test), conditions, persona=persona, neutral_texts=neutral, other_texts=others,
                       batch_size=config.batch_size, progress=progress)
         table, contrasts, controls = ev.table(), ev.contrasts(), control_comparison(ev)
         finished = now()
