@@ -204,8 +204,7 @@ def _provenance_lines(results: RunResults, done: list[str]) -> str:
 SUMMARY_TEXTS = {
     "winners": "Which regime wins at each damage budget (each regime's validation pick within the budget on the selection "
                "texts, test seek − reject in nats/token; `KL`: its damage on the reported neutral texts, `over` where that "
-               "exceeds the budget; `KL other personas`: its damage on other personas' questions and answers, a second "
-               "measure no search or method sees; `lead`: paired difference to the runner-up; `by reported-text KL`: the winner when the "
+               "exceeds the budget; `lead`: paired difference to the runner-up; `by reported-text KL`: the winner when the "
                "budget is enforced on the reported texts instead), and the best mask within the same budget:",
     "paper": "The paper's mask rows (ρ from the config, Contrastive-Wanda): seek − reject of the mask alone and with the "
              "same pole's prompt (the paper's protocol), what the mask adds to the prompt, whether each pole's mask beats a "
@@ -252,6 +251,8 @@ def _tuning_lines(used: dict[str, Any]) -> list[str]:
              f"{used['fit_items']} calibration items"
              + (f" and {used['fit_neutral_texts']} further neutral texts (the damage-aware masks' retain terms, never a "
                 "selection or reported text)" if used.get("fit_neutral_texts") else "")
+             + (f"; a second damage measure on {used['other_texts']} of the other personas' questions and answers "
+                "(`KL other personas` in the winners table), which no search or method sees" if used.get("other_texts") else "")
              + ". Each regime's pick per damage budget is the candidate with the largest validation separation whose "
              "validation KL is within the budget (`@klB` rows). "
              f"Calibration items whose question is in the test set: {used.get('test_leaks_dropped', 0)} dropped; "

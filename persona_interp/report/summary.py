@@ -65,19 +65,20 @@ def winner_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     budget is enforced on the reported texts instead, and the best mask within the same budget, alone and with
     its prompt."""
     rows = []
+    measured = any("other_kl" in w for entry in results["personas"].values() for w in entry.get("budget_winners", []))
     for persona, entry in results["personas"].items():
         for w in entry.get("budget_winners", []):
             row = {"persona": persona, "budget": f"KL ≤ {w['budget']:g}"}
             if w["pair"] is None:
-                row.update({"winner": "none", "effect": "", "KL": "", "KL other personas": "", "lead": "",
-                            "by reported-text KL": ""})
+                row.update({"winner": "none", "effect": "", "KL": "", "lead": "", "by reported-text KL": ""})
             else:
                 row.update({"winner": w["pair"], "effect": _ci(w),
                             "KL": f"{w['test_kl']:.4f}" + (" (over)" if w["test_kl"] > w["budget"] else ""),
-                            "KL other personas": f"{w['other_kl']:.4f}" if "other_kl" in w else "not measured",
                             "lead": (f"{_ci(w, 'lead')} over {w['runner_up']}" + _decisive(w["decisive"]))
                             if "lead" in w else "",
                             "by reported-text KL": _reported_text_winner(entry, w)})
+            if measured:                                  # runs before the second damage measure have no column
+                row["KL other personas"] = f"{w['other_kl']:.4f}" if "other_kl" in w else ""
             row.update({"best mask": _best_mask(entry, w["budget"], False),
                         "best mask + prompt": _best_mask(entry, w["budget"], True)})
             rows.append(row)
