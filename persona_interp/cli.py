@@ -4,6 +4,10 @@ Example:
     $ persona-interp reproduce --quick
     $ persona-interp collect --persona power --side seek --out sig_seek.safetensors
     $ persona-interp build-mask --method contrastive_wanda --seek s.safetensors --reject r.safetensors --sparsity 0.3 --out cw
+    $ persona-interp collect --neutral --n 16 --out neutral.safetensors
+    $ persona-interp build-mask --method retain_ratio --seek s.safetensors --reject r.safetensors \
+          --neutral-signature neutral.safetensors --sparsity 0.01 --out rr
+    $ persona-interp build-mask --method gradient --persona power --n-items 64 --n-neutral 16 --sparsity 0.01 --out g
     $ persona-interp inspect cw_seek.safetensors
     $ persona-interp analyse --persona power --quick --signatures results/signatures --out results/atlas_power
     $ persona-interp overlap --signatures results/signatures --out results/overlap
@@ -68,44 +72,77 @@ def _writable(path: Path, force: bool) -> Path:
     return path
 
 
+def _fit_texts(n: int) -> list[str]:
+    """The ``n`` neutral texts damage-aware methods fit on: those after the main job's (full configuration's)
+    reported and selection texts, so never the texts a report states or a search enforces its budgets on."""
+    from persona_interp.data.personas import neutral_split
+    from persona_interp.studies.config import ReproduceConfig
+
+    config = ReproduceConfig()
+    return neutral_split(config.n_neutral, config.n_selection_neutral, n).fit
+
+
 def cmd_collect(args: argparse.Namespace) -> None:
     from persona_interp import collect_signatures
     from persona_interp.data.personas import calibration_split
 
+    if args.neutral and (args.persona or args.side or args.token_scope != "all"):
+        raise SystemExit("error: --neutral collects on neutral texts: leave out --persona, --side and --token-scope")
+    if not args.neutral and not (args.persona and args.side):
+        raise SystemExit("error: collect needs --persona and --side (or --neutral for a neutral-text signature)")
     out = _writable(Path(args.out), args.force)
-    data, _ = calibration_split(args.persona, seed=args.seed, n_fit=args.n)      # never a test or validation item
-    sig = collect_signatures(_model(args), data, args.side, token_scope=args.token_scope,
+    if args.neutral:
+        data = _fit_texts(args.n or 16)
+    else:
+        data, _ = calibration_split(args.persona, seed=args.seed, n_fit=args.n)      # never a test or validation item
+    sig = collect_signatures(_model(args), data, "neutral" if args.neutral else args.side, token_scope=args.token_scope,
                              batch_size=args.batch_size, max_tokens=args.max_tokens)
     sig.save(out, overwrite=True)
     print(f"wrote {out}: {sig.n_samples} samples, {sig.n_tokens} tokens")
 
 
+BUILD_INPUTS = {   # need: (the options that give it, how to ask for it)
+    "neutral_signatures": (("neutral_signature",), "--neutral-signature PATH (persona-interp collect --neutral --out PATH)"),
+    "calibration_items": (("persona", "n_items"), "--persona NAME (and --n-items N)"),
+    "neutral_texts": (("n_neutral",), "--n-neutral N"),
+}
+
+
 def cmd_build_mask(args: argparse.Namespace) -> None:
     from persona_interp import Signature
+    from persona_interp.data.personas import calibration_split
     from persona_interp.masks.builders import check_pole
     from persona_interp.masks.registry import MethodInputs, method_spec
 
     spec = method_spec(args.method)
-    if spec.needs - {"signatures"}:
-        raise SystemExit(f"error: --method {args.method} needs {sorted(spec.needs - {'signatures'})}, which build-mask "
-                         "cannot provide; build it from Python (persona_interp.masks.registry)")
     if "signatures" in spec.needs and spec.contrast and not (args.seek and args.reject):
         raise SystemExit(f"error: --method {args.method} needs --seek and --reject signatures")
     if "signatures" in spec.needs and not (args.seek or args.reject):
         raise SystemExit(f"error: --method {args.method} needs --seek (or --reject) signature")
     if "signatures" not in spec.needs and (args.seek or args.reject):
         raise SystemExit(f"error: --method {args.method} uses no signatures; leave out --seek and --reject")
+    for need, (names, ask) in BUILD_INPUTS.items():
+        given = [f"--{name.replace('_', '-')}" for name in names if getattr(args, name) is not None]
+        if need in spec.needs and getattr(args, names[0]) is None:
+            raise SystemExit(f"error: --method {args.method} needs {need.replace('_', ' ')}: pass {ask}")
+        if need not in spec.needs and given:
+            raise SystemExit(f"error: --method {args.method} uses no {need.replace('_', ' ')}; leave out {' and '.join(given)}")
     sides = ([side for side, given in zip(SIDES, (args.seek, args.reject)) if given] if spec.poles else [args.method])
     for side in sides:                                # before minutes of computing, not after
         _writable(Path(f"{args.out}_{side}.safetensors"), args.force)
     seek = Signature.load(args.seek).with_statistic(args.statistic) if args.seek else None
     reject = Signature.load(args.reject).with_statistic(args.statistic) if args.reject else None
+    neutral = Signature.load(args.neutral_signature) if args.neutral_signature else None
+    items = (list(calibration_split(args.persona, seed=args.seed, n_fit=args.n_items)[0])     # never a test or
+             if args.persona else None)                                                          # validation item
+    texts = _fit_texts(args.n_neutral) if args.n_neutral else None
     model = _model(args)
     for side, sig in zip(SIDES, (seek, reject)):    # swapped signatures are refused, whatever the method
         if sig is not None:
             check_pole(sig, side)
     options = {name: getattr(args, name) for name in spec.options if getattr(args, name, None) is not None}
-    built = spec.build(model, MethodInputs(seek, reject), args.sparsity, modules=args.modules, layers=args.layers, **options)
+    inputs = MethodInputs(seek, reject, neutral=neutral, items=items, neutral_texts=texts, persona=args.persona)
+    built = spec.build(model, inputs, args.sparsity, modules=args.modules, layers=args.layers, **options)
     paths = {side: Path(f"{args.out}_{side}.safetensors") for side in built}
     for path in paths.values():
         _writable(path, args.force)
@@ -407,9 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(parser, None)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = _command(sub, "collect", "collect activation signatures of one pole of a persona")
-    p.add_argument("--persona", required=True, choices=persona_names())
-    p.add_argument("--side", required=True, choices=list(SIDES))
+    p = _command(sub, "collect", "collect activation signatures of one pole of a persona, or of neutral texts")
+    p.add_argument("--persona", choices=persona_names())
+    p.add_argument("--side", choices=list(SIDES))
+    p.add_argument("--neutral", action="store_true", help="collect a neutral-text signature (for --neutral-signature of "
+                   "build-mask) on the first --n (default 16) neutral texts damage-aware methods may fit on (those after "
+                   "the main job's reported and selection texts)")
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=_positive_int, help="use a seeded sample of this many calibration items (from the fit part "
                    "of the training split, test questions dropped: the items the main job and analyse calibrate on)")
@@ -420,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.set_defaults(func=cmd_collect)
 
-    p = _command(sub, "build-mask", "build a mask (or an opposing pair) from signatures")
+    p = _command(sub, "build-mask", "build a mask (or an opposing pair) from what the method needs: signatures, a neutral "
+                 "signature, calibration items, neutral texts")
     p.add_argument("--method", required=True, choices=method_names(),
                    help="a registered method (persona_interp.masks.registry); its options below apply where it takes them")
     p.add_argument("--seek")
@@ -434,7 +475,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="contrastive_sparse: the paper text's disjoint rule or its code's sequential top-k")
     p.add_argument("--statistic", default="norm", choices=STATISTICS,
                    help="per-sample statistic: the paper's L2 norm, or the length-fair norm / sqrt(tokens)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the random mask's, the calibration sample's and the gates' seed")
+    p.add_argument("--neutral-signature", help="a neutral-text signature (collect --neutral), for the methods that need one")
+    p.add_argument("--persona", choices=persona_names(), help="calibration items of this persona (the fit part of its "
+                   "training split, as collect takes them), for the methods that need them")
+    p.add_argument("--n-items", type=_positive_int, help="a seeded sample of this many calibration items (default: all)")
+    p.add_argument("--n-neutral", type=_positive_int, help="this many neutral texts (those after the main job's reported "
+                   "and selection texts), for the methods that fit on them")
+    for name, kind, text in (("generic", float, "share of input channels by neutral importance removed last"),
+                             ("utility", float, "set difference: each row's protected share by neutral utility"),
+                             ("retain_eps", float, "retain_ratio: floor of the neutral score, relative to its mean"),
+                             ("damage_eps", float, "gradient: floor of the damage, relative to its mean"),
+                             ("steps", _positive_int, "learned_gates: training steps"),
+                             ("lam", float, "learned_gates: weight of the neutral KL"),
+                             ("beta", float, "learned_gates: weight of the removed gate mass"),
+                             ("batch_size", _positive_int, "gradient methods and learned_gates: batch size")):
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{text} (default: the method's)")
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX_<side>.safetensors")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_build_mask)

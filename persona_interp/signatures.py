@@ -34,10 +34,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from persona_interp.data.files import read_header, write_tagged
-from persona_interp.data.personas import PersonaDataset, PersonaItem, Side, check_side
+from persona_interp.data.personas import SIDES, PersonaDataset, PersonaItem, Side
 from persona_interp.model.adapter import ModelAdapter, get_adapter
 from persona_interp.model.capture import forward, stop_hook
-from persona_interp.model.chat import EncodedBatch, TokenScope, check_token_scope, encode_batch, token_budget, warn_cut
+from persona_interp.model.chat import (QUESTION_CUT, EncodedBatch, TokenScope, check_token_scope, encode_batch, encode_texts,
+                                       token_budget, warn_cut)
 from persona_interp.progress import stage
 
 Statistic = Literal["norm", "rms"]
@@ -193,10 +194,25 @@ def check_statistic(statistic: object) -> None:
         raise ValueError(f"statistic must be one of {list(STATISTICS)} (per-sample L2 norm, or norm / sqrt(tokens)), got {statistic!r}")
 
 
-def _samples(data: PersonaDataset | Sequence[Any], side: Side) -> list[tuple[str, str]]:
-    """(question, answer) pairs: ``side``'s answer of each item or ``(question, seek, reject)`` triple; a plain
-    ``(question, answer)`` pair is taken as it is (``side`` then only labels the signature)."""
-    check_side(side)
+NEUTRAL = "neutral"       # the side of a signature collected on plain texts (no chat template)
+
+
+def _samples(data: PersonaDataset | Sequence[Any], side: Side | Literal["neutral"] | None) -> tuple[list[tuple[str, str]] | list[str], str]:
+    """The samples and their side: (question, answer) pairs (``side``'s answer of each item or ``(question, seek,
+    reject)`` triple; a plain ``(question, answer)`` pair is taken as it is, ``side`` then only labels the
+    signature), or plain texts (side :data:`NEUTRAL`). ``side`` None: "seek" for pairs, "neutral" for texts."""
+    data = list(data)
+    texts = bool(data) and all(isinstance(sample, str) for sample in data)
+    side = side if side is not None else (NEUTRAL if texts else "seek")
+    if texts:
+        if side != NEUTRAL:
+            raise ValueError(f"plain texts make a {NEUTRAL!r} signature (no chat template, no poles), got side={side!r}")
+        empty = [index for index, text in enumerate(data) if not text.strip()]
+        if empty:
+            raise ValueError(f"text {empty[0]}: empty text")
+        return data, side
+    if side not in SIDES:
+        raise ValueError(f"side must be 'seek' or 'reject' for persona samples ({NEUTRAL!r} for plain texts), got {side!r}")
     samples = []
     for index, sample in enumerate(data):
         if isinstance(sample, PersonaItem):
@@ -206,13 +222,13 @@ def _samples(data: PersonaDataset | Sequence[Any], side: Side) -> list[tuple[str
         elif isinstance(sample, (tuple, list)) and len(sample) == 2:
             samples.append(tuple(sample))
         else:
-            raise ValueError(f"sample {index}: expected a PersonaItem, a (question, answer) pair or a "
-                             f"(question, seek_answer, reject_answer) triple, got {type(sample).__name__}")
+            raise ValueError(f"sample {index}: expected a PersonaItem, a (question, answer) pair, a "
+                             f"(question, seek_answer, reject_answer) triple or (all samples) plain texts, got {type(sample).__name__}")
         if not all(isinstance(t, str) and t.strip() for t in samples[-1]):
             raise ValueError(f"sample {index}: question and answer must be non-empty text, got {samples[-1]!r}")
     if not samples:
         raise ValueError("collect_signatures got an empty dataset")
-    return samples
+    return samples, side
 
 
 CHUNK_ELEMENTS = 2**17   # activation elements reduced at once: float64 copies of ~1 MB keep the extra memory at a forward's
@@ -289,29 +305,35 @@ class _Accumulator:
             stats[key] += value
 
 
-def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, str]], side: Side = "seek", *,
+def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, str]] | Sequence[str],
+                       side: Side | Literal["neutral"] | None = None, *,
                        token_scope: TokenScope = "all", batch_size: int = 8, max_tokens: int = 256,
                        max_samples: int | None = None, system: str | None = None, statistic: Statistic = "norm",
                        per_sample: bool = False, progress: bool = True) -> Signature:
     """Run (question, answer) samples through ``model`` and keep streaming input statistics.
 
     ``side`` picks the answer of each :class:`PersonaItem` or ``(question, seek, reject)`` triple ("seek" =
-    matching, "reject" = not_matching); plain ``(question, answer)`` pairs are used as given, so pass each pole's
-    own pairs. ``token_scope`` is ``all`` (the whole chat), ``answer`` or ``prompt``. Both per-sample statistics
-    are collected; ``statistic`` ("norm", the paper's, or "rms") picks the one masks use (change it later with
+    matching, "reject" = not_matching; the default is "seek"); plain ``(question, answer)`` pairs are used as
+    given, so pass each pole's own pairs. Plain texts (strings) are read without the chat template, as
+    :class:`~persona_interp.evaluation.scoring.DamageReference` reads them, into a ``side="neutral"`` signature:
+    the third statistic of damage-aware masks. ``token_scope`` is ``all`` (the whole chat), ``answer`` or
+    ``prompt`` (plain texts: ``all`` or ``answer``, the whole text). Both per-sample statistics are collected;
+    ``statistic`` ("norm", the paper's, or "rms") picks the one masks use (change it later with
     :meth:`Signature.with_statistic`). ``per_sample`` keeps per-sample rows for :meth:`Signature.subset`
     (two float64 rows per channel and sample, in memory only).
 
     Example:
         >>> seek = collect_signatures(model, ds, side="seek", token_scope="answer")
+        >>> neutral = collect_signatures(model, load_neutral_texts()[:32])
     """
     adapter = get_adapter(model)
-    check_side(side)
     check_statistic(statistic)
     check_token_scope(token_scope)
     if batch_size < 1 or max_tokens < 1:
         raise ValueError(f"batch_size and max_tokens must be positive, got {batch_size}, {max_tokens}")
-    samples = _samples(data, side)
+    samples, side = _samples(data, side)
+    if side == NEUTRAL and system is not None:
+        raise ValueError("plain texts are read without the chat template: a system prompt has no place there")
     if max_samples is not None:
         samples = samples[:max_samples]
     accumulator = _Accumulator(adapter, per_sample)
@@ -325,7 +347,9 @@ def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, st
     with (stage(f"signatures[{side}]", total=len(samples), progress=progress) as bar, torch.inference_mode(),
           model.hooks(fwd_hooks=hooks)):
         for start in range(0, len(samples), batch_size):
-            batch: EncodedBatch = encode_batch(tokenizer, samples[start:start + batch_size], system, budget)
+            chunk = samples[start:start + batch_size]
+            batch: EncodedBatch = (encode_texts(tokenizer, chunk, budget) if side == NEUTRAL
+                                   else encode_batch(tokenizer, chunk, system, budget))
             n_cut += batch.n_cut
             mask: Bool[Tensor, "batch pos"] = batch.token_mask(token_scope)
             if not mask.any(1).all():
@@ -335,7 +359,7 @@ def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, st
             tokens_per_sample += mask.sum(1).tolist()
             forward(model, batch.tokens)
             bar.update(len(batch.tokens))
-    warn_cut(n_cut, len(samples), budget, f"signatures[{side}]")
+    warn_cut(n_cut, len(samples), budget, f"signatures[{side}]", "the text was cut to its first tokens" if side == NEUTRAL else QUESTION_CUT)
     name = data.name if isinstance(data, PersonaDataset) else "pairs"
     meta = {"fingerprint": adapter.fingerprint, "dataset": name, "side": side, "n_samples": len(samples),
             "n_tokens": n_tokens, "token_scope": token_scope, "max_tokens": max_tokens, "system": system,

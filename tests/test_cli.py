@@ -167,3 +167,40 @@ def test_reproduce_refuses_a_figures_folder_with_files_before_loading_a_model(tm
     with pytest.raises(SystemExit, match="error: .*figs is not empty; pass force=True \\(--force\\)"):
         cli.main(["reproduce", "--quick", "--out", str(tmp_path / "out"), "--figures", str(tmp_path / "figs")])
     assert (tmp_path / "figs" / "stability.png").read_bytes() == b"kept"
+
+
+def test_build_mask_damage_aware_methods_take_the_inputs_they_declare(tiny_cli, tmp_path):
+    sig = {side: str(tmp_path / f"{side}.safetensors") for side in ("seek", "reject", "neutral")}
+    for side in ("seek", "reject"):
+        cli.main(["collect", "--persona", AXIS, "--side", side, "--n", "4", "--out", sig[side]])
+    cli.main(["collect", "--neutral", "--n", "3", "--out", sig["neutral"]])
+    neutral = pi.Signature.load(sig["neutral"])
+    assert neutral.meta["side"] == "neutral" and neutral.n_samples == 3
+    poles = ["--seek", sig["seek"], "--reject", sig["reject"]]
+    items = ["--persona", AXIS, "--n-items", "4", "--n-neutral", "3", "--batch-size", "2"]
+    inputs = {"retain_ratio": [*poles, "--neutral-signature", sig["neutral"]],
+              "set_difference": [*poles, "--neutral-signature", sig["neutral"], "--utility", "0.5"],
+              "snip_set_difference": items, "gradient": items, "learned_gates": [*poles, *items, "--steps", "2"]}
+    for method, given in inputs.items():
+        cli.main(["build-mask", "--method", method, *given, "--sparsity", "0.1", "--out", str(tmp_path / method)])
+        for side in ("seek", "reject"):
+            mask = pi.Mask.load(tmp_path / f"{method}_{side}.safetensors")
+            assert (mask.meta["method"], mask.meta["side"], mask.meta["sparsity"]) == (method, side, 0.1)
+    assert pi.Mask.load(tmp_path / "set_difference_seek.safetensors").meta["utility"] == 0.5
+    assert pi.Mask.load(tmp_path / "gradient_seek.safetensors").meta["n_items"] == 4
+    assert pi.Mask.load(tmp_path / "learned_gates_seek.safetensors").meta["gate_steps"] == 2
+    refused = {"needs neutral signatures: pass --neutral-signature": ["retain_ratio", *poles],
+               "needs calibration items: pass --persona": ["gradient", "--n-neutral", "3"],
+               "needs neutral texts: pass --n-neutral": ["learned_gates", *poles, "--persona", AXIS],
+               "uses no neutral texts; leave out --n-neutral": ["contrastive_wanda", *poles, "--n-neutral", "3"],
+               "uses no calibration items; leave out --persona and --n-items": ["retain_ratio", *poles, "--neutral-signature",
+                                                                                sig["neutral"], *items[:4]],
+               "uses no signatures; leave out --seek and --reject": ["gradient", *poles, *items],
+               "signature of plain texts": ["retain_ratio", *poles, "--neutral-signature", sig["seek"]]}
+    for message, argv in refused.items():
+        with pytest.raises(SystemExit, match=f"error: .*{message}"):
+            cli.main(["build-mask", "--method", *argv, "--sparsity", "0.1", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="error: --neutral collects on neutral texts: leave out --persona"):
+        cli.main(["collect", "--neutral", "--persona", AXIS, "--out", str(tmp_path / "n2.safetensors")])
+    with pytest.raises(SystemExit, match="error: collect needs --persona and --side"):
+        cli.main(["collect", "--persona", AXIS, "--out", str(tmp_path / "n3.safetensors")])

@@ -32,7 +32,8 @@ def fake_persona(name, split="train"):
 def tiny_pipeline(monkeypatch, llama):
     monkeypatch.setattr(pipeline, "load_persona", fake_persona)
     monkeypatch.setattr(pipeline, "load_neutral_texts", lambda: ["plain neutral text one", "another neutral text",
-                                                                 "selection text one", "selection text two", "unused"])
+                                                                 "selection text one", "selection text two", "fit text one",
+                                                                 "unused"])
     seen = []
     real = search.score_ab
 
@@ -44,7 +45,8 @@ def tiny_pipeline(monkeypatch, llama):
     monkeypatch.setattr(diagnostics, "score_ab", spy)
     monkeypatch.setattr(pipeline, "persona_prompts", lambda persona, side: [f"You {side} power.", f"Always {side} power."])
     config = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=10, n_test=None,
-                                      n_neutral=2, n_selection_neutral=2, steering_layers=[0.5], steering_multipliers=[1.0, 2.0],
+                                      n_neutral=2, n_selection_neutral=2, n_fit_neutral=1, n_other_texts=4,
+                                      damage_aware_methods=["retain_ratio", "gradient"], steering_layers=[0.5], steering_multipliers=[1.0, 2.0],
                                       n_validation=4, damage_budgets=[1e-9, 1000.0], stability_draws=2,
                                       mask_search=MaskSpace(sparsities=[0.2, 0.4], modules=[None, "mlp"], layer_ranges=["all"],
                                                             token_scopes=["all", "answer"]),
@@ -123,6 +125,71 @@ def test_reproduce_writes_report_and_never_tunes_on_test_items(tiny_pipeline, tm
     assert {int(q.split()[2].rstrip(":")) for q in seen} <= val
     with pytest.raises(FileExistsError, match="force"):
         pipeline.reproduce(config, tmp_path / "out", model=model, progress=False)
+
+
+def test_the_search_runs_damage_aware_methods_on_fit_texts_apart_from_the_selection_and_reported_ones(
+        tiny_pipeline, tmp_path, monkeypatch):
+    import dataclasses
+
+    from persona_interp.evaluation.scoring import DamageReference
+    from persona_interp.report.summary import winner_rows
+
+    model, config, _ = tiny_pipeline
+    config = dataclasses.replace(config, lora=None, prompt_search=False, diagnostics=False, steering_multipliers=[1.0])
+    references, plain = [], []
+    real_build, real_collect = DamageReference.build.__func__, pipeline.collect_signatures
+    monkeypatch.setattr(DamageReference, "build", classmethod(
+        lambda cls, model, texts, *a, **k: references.append(list(texts)) or real_build(cls, model, texts, *a, **k)))
+    monkeypatch.setattr(pipeline, "collect_signatures", lambda model, data, *a, **k: (
+        plain.append(list(data)) if all(isinstance(t, str) for t in data) else None) or real_collect(model, data, *a, **k))
+    pipeline.reproduce(config, tmp_path / "out", model=model, progress=False)
+    reported, selection, fit = ["plain neutral text one", "another neutral text"], ["selection text one", "selection text two"], \
+        ["fit text one"]
+    assert selection in references and reported in references and plain == [fit]       # one neutral signature, on fit texts
+    assert not any(set(fit) & set(texts) for texts in references)          # no damage is ever measured on a fit text
+    others = [texts for texts in references if texts not in (reported, selection)]
+    assert len(others) == 1 and len(others[0]) == 4 and not set(others[0]) & set(reported + selection)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    entry = results["personas"]["power"]
+    assert entry["used"]["fit_neutral_texts"] == 1 and entry["used"]["other_texts"] == 4
+    rows = {row["condition"]: row for row in entry["table"]}                  # the second damage measure
+    assert rows["base"]["kl_other"] == pytest.approx(0.0, abs=1e-3) and rows["gradient-seek@kl1000"]["kl_other"] > 0
+    assert rows["retain_ratio-seek@kl1000+prompt"]["kl_other"] == rows["retain_ratio-seek@kl1000"]["kl_other"]
+    assert all("other_kl" in w for w in entry["budget_winners"] if w["pair"])
+    assert "KL other personas" in (tmp_path / "out" / "report.md").read_text()
+    with pytest.raises(ValueError, match="second damage measure beside neutral_texts: pass both"):
+        pi.evaluate(model, [], [], persona="power", other_texts=["a question\nan answer"])
+    names = {row["condition"] for row in entry["table"]}
+    assert {"retain_ratio-seek@kl1000", "retain_ratio-reject@kl1000+prompt", "random@kl1000-retain_ratio",
+            "gradient-reject@kl1000", "gradient-seek@kl1000+prompt"} <= names
+    assert not any(name.startswith(("set_difference", "learned_gates", "snip_set_difference")) for name in names)
+    assert not any(name.startswith("retain_ratio") and "@0.3" in name for name in names)      # the paper's rows as they were
+    search = entry["used"]["mask_search"]
+    assert len(search["retain_ratio"]["table"]) == 2 * 2 * 2                     # sparsity × modules × token scope
+    assert len(search["gradient"]["table"]) == 2 * 2          # sparsity × modules: no token scope, it reads no signatures
+    lines = {row["line"] for row in entry["frontier"]}
+    assert {"retain_ratio", "gradient+prompt"} <= lines
+    masks = [r for r in entry["frontier"] if r["line"] in ("retain_ratio", "gradient", "wanda", "contrastive_wanda",
+                                                            "contrastive_sparse", "contrastive_sparse_code")
+             and 1000.0 in (r["budgets"] or [])]
+    best = max(masks, key=lambda r: r["difference"])
+    assert winner_rows(results)[-1]["best mask"].startswith(best["pair"] + " ")
+    with pytest.raises(ValueError, match="unknown method\\(s\\) \\['gradients'\\]"):
+        pipeline.searched_methods(dataclasses.replace(config, damage_aware_methods=["gradients"]))
+    with pytest.raises(ValueError, match="fit on neutral texts: set n_fit_neutral > 0"):
+        pipeline.searched_methods(dataclasses.replace(config, n_fit_neutral=0))
+
+
+def test_neutral_split_is_three_disjoint_parts_in_file_order():
+    from persona_interp.data.personas import neutral_split
+
+    texts = [f"text {i}" for i in range(10)]
+    split = neutral_split(3, 2, 4, texts)
+    assert (split.reported, split.selection, split.fit) == (texts[:3], texts[3:5], texts[5:9])
+    with pytest.raises(ValueError, match="need 11 neutral texts; there are 10"):
+        neutral_split(3, 4, 4, texts)
+    with pytest.raises(ValueError, match="whole numbers >= 0"):
+        neutral_split(3, -1, 4, texts)
 
 
 def test_the_report_summarises_across_personas_and_renders_again_from_results_json(tiny_pipeline, tmp_path):

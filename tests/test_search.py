@@ -275,7 +275,9 @@ def test_a_method_that_needs_neutral_texts_gets_them_through_the_search(llama, s
         select_masks(llama, "needs_texts", signatures, VALIDATION, space, inputs=MethodInputs(neutral_texts=NEUTRAL))
         assert seen and all(texts == NEUTRAL for texts in seen)
         assert spec not in methods(available={"signatures"})                # the main job runs it once it provides texts
-        with pytest.raises(SystemExit, match="needs \\['neutral_texts'\\], which build-mask cannot provide"):
-            cli.main(["build-mask", "--method", "needs_texts", "--sparsity", "0.3", "--out", str(tmp_path / "m")])
+        signatures["all"][0].save(tmp_path / "s.safetensors")
+        with pytest.raises(SystemExit, match="needs neutral texts: pass --n-neutral N"):   # build-mask asks for them
+            cli.main(["build-mask", "--method", "needs_texts", "--seek", str(tmp_path / "s.safetensors"), "--sparsity", "0.3",
+                      "--out", str(tmp_path / "m")])
     finally:
         unregister("needs_texts")

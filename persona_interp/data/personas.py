@@ -360,6 +360,35 @@ def load_neutral_texts(path: str | os.PathLike | None = None) -> list[str]:
     return texts
 
 
+@dataclass(frozen=True)
+class NeutralSplit:
+    """The neutral texts in three disjoint parts, in file order: ``reported`` (the damage a report states),
+    ``selection`` (the damage every search enforces its budgets on) and ``fit`` (what damage-aware methods may fit
+    on: their retain terms and KL penalties, and the neutral signature)."""
+
+    reported: list[str]
+    selection: list[str]
+    fit: list[str]
+
+
+def neutral_split(n_reported: int, n_selection: int, n_fit: int = 0, texts: list[str] | None = None) -> NeutralSplit:
+    """The first ``n_reported`` neutral texts, the next ``n_selection`` and the ``n_fit`` after those
+    (:class:`NeutralSplit`; ``texts`` default :func:`load_neutral_texts`); too few texts is an error.
+
+    Example:
+        >>> neutral_split(24, 8, 16).fit == load_neutral_texts()[32:48]
+        True
+    """
+    texts = load_neutral_texts() if texts is None else list(texts)
+    counts = {"n_reported": n_reported, "n_selection": n_selection, "n_fit": n_fit}
+    if any(not isinstance(n, int) or n < 0 for n in counts.values()):
+        raise ValueError(f"neutral text counts must be whole numbers >= 0, got {counts}")
+    if n_reported + n_selection + n_fit > len(texts):
+        raise ValueError(f"{counts} need {n_reported + n_selection + n_fit} neutral texts; there are {len(texts)}")
+    cut = n_reported + n_selection
+    return NeutralSplit(texts[:n_reported], texts[n_reported:cut], texts[cut:cut + n_fit])
+
+
 def persona_prompts(name: str, side: Side) -> list[str]:
     """System-prompt phrasings for one pole of a named persona (``persona_interp/data/sets/prompts.json``); the first
     is the default.

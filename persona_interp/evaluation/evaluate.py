@@ -61,6 +61,8 @@ class Evaluation:
                     row["perplexity"] = self.damage[name]["perplexity"]
                     row["perplexity_change"] = self.damage[name]["perplexity"] / self.damage[self.base]["perplexity"] - 1.0
                     row["kl"] = self.damage[name]["kl"]
+                    if "kl_other" in self.damage[name]:
+                        row["kl_other"] = self.damage[name]["kl_other"]
                 rows.append(row)
         return rows
 
@@ -170,11 +172,13 @@ def check_conditions(conditions: Sequence[Condition]) -> tuple[list[Condition], 
 
 
 def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Condition], *, persona: str,
-             neutral_texts: Sequence[str] | None = None, batch_size: int = 8, progress: bool = True) -> Evaluation:
+             neutral_texts: Sequence[str] | None = None, other_texts: Sequence[str] | None = None,
+             batch_size: int = 8, progress: bool = True) -> Evaluation:
     """Score every condition on the same items (and perplexity on ``neutral_texts`` if given), after
     :func:`check_conditions` (the base model is added when absent). A condition whose ``damage_of`` names another
     (a mask plus a prompt: the neutral text carries no prompt) takes that condition's damage instead of
-    measuring the same weights again.
+    measuring the same weights again. ``other_texts`` (with ``neutral_texts``): a second damage measure that no
+    search sees, e.g. other personas' questions and answers, its KL recorded as ``kl_other``.
 
     Example:
         >>> ev = evaluate(model, test, [*paired("prompt", Prompt("p+", system="..."), Prompt("p-", system="..."))],
@@ -184,14 +188,19 @@ def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Cond
     """
     conditions, base = check_conditions(conditions)
     by_name = {c.name: c for c in conditions}
+    reference = DamageReference.build(model, neutral_texts, batch_size) if neutral_texts else None
+    if other_texts and reference is None:
+        raise ValueError("other_texts is a second damage measure beside neutral_texts: pass both")
+    other = DamageReference.build(model, other_texts, batch_size) if other_texts else None
     scores, damage = {}, {}
     with stage("evaluation", total=len(conditions), progress=progress) as bar:
-        reference = DamageReference.build(model, neutral_texts, batch_size) if neutral_texts else None
         for cond in conditions:
             with cond.applied(model):
                 scores[cond.name] = score_ab(model, items, system=cond.system, batch_size=batch_size, progress=progress)
                 if reference is not None and cond.damage_of is None:
                     damage[cond.name] = reference.measure(model)
+                    if other is not None:
+                        damage[cond.name]["kl_other"] = other.measure(model)["kl"]
             bar.update()
     if reference is not None:
         for cond in conditions:                      # same weights, prompt-free text: the damage of the root
@@ -251,10 +260,11 @@ def equal_damage_summary(table: list[dict[str, Any]], contrasts: list[dict[str, 
     return rows
 
 
-def pair_damage(table: list[dict[str, Any]]) -> dict[str, float]:
+def pair_damage(table: list[dict[str, Any]], key: str = "kl") -> dict[str, float]:
+    """Per condition, its damage ``key`` (``kl``; ``kl_other``: the second measure), 0 where not measured."""
     kl: dict[str, float] = {}
     for row in table:
-        kl[row["condition"]] = max(kl.get(row["condition"], 0.0), max(row.get("kl", 0.0), 0.0))
+        kl[row["condition"]] = max(kl.get(row["condition"], 0.0), max(row.get(key, 0.0), 0.0))
     return kl
 
 
@@ -279,12 +289,13 @@ def budget_winners(ev: Evaluation, contrasts: list[dict[str, Any]], budgets: lis
     """Per damage budget, the regime whose pick for that budget (chosen on the validation split) has the largest
     test seek − reject difference, among the picks for the budget and the prompt and RAG pairs (damage 0 by
     construction); masks count alone and with their prompt. ``lead`` is the paired difference to the runner-up
-    (``decisive`` when its 95 % interval is above 0, ``None`` when it is undefined); ``test_kl`` the winner's damage on the report's texts.
+    (``decisive`` when its 95 % interval is above 0, ``None`` when it is undefined); ``test_kl`` the winner's damage on
+    the report's texts, ``other_kl`` on the second measure's (where measured).
 
     Example:
         >>> budget_winners(ev, ev.contrasts(), [0.02, 0.1, 0.5])[0]["pair"]
     """
-    kl = pair_damage(ev.table())
+    kl, other = pair_damage(ev.table()), pair_damage(ev.table(), "kl_other")
     per_item = {c["pair"]: ev.scores[c["seek_condition"]].margin_mean - ev.scores[c["reject_condition"]].margin_mean
                 for c in contrasts}
     rows = []
@@ -299,7 +310,10 @@ def budget_winners(ev: Evaluation, contrasts: list[dict[str, Any]], budgets: lis
         row = {"budget": budget, "pair": best["pair"], "regime": best["regime"], "n": best["n"],
                "difference": best["difference"], "difference_low": best["difference_low"],
                "difference_high": best["difference_high"], "n_eligible": len(eligible),
-               "test_kl": max(kl.get(best["seek_condition"], 0.0), kl.get(best["reject_condition"], 0.0))}
+               "test_kl": max(kl.get(best["seek_condition"], 0.0), kl.get(best["reject_condition"], 0.0)),
+}
+        if other:
+            row["other_kl"] = max(other.get(best["seek_condition"], 0.0), other.get(best["reject_condition"], 0.0))
         if len(ranked) > 1:
             lead = paired_difference(per_item[best["pair"]], per_item[ranked[1]["pair"]])
             row.update(runner_up=ranked[1]["pair"], lead=lead.value, lead_low=lead.low, lead_high=lead.high,

@@ -94,13 +94,16 @@ class MaskSpace:
     def configurations(self, method: str) -> list[dict[str, Any]]:
         """The (modules, layers, token scope, statistic, φ) configurations of ``method`` (a registered name,
         :func:`~persona_interp.masks.registry.method_spec`), without the factors that do not change its masks
-        (φ for Wanda and the code's rule, the statistic for the code's rule)."""
+        (φ for Wanda and the code's rule, the statistic for the code's rule, the token scope for a method that
+        reads no signatures)."""
         spec = method_spec(method)
         factors = {"modules": self.modules, "layers": self.layer_ranges, "token_scope": self.token_scopes,
                    "statistic": self.statistics, "phi": self.phis}
         for factor, default in (("statistic", "norm"), ("phi", "relu")):
             if factor not in spec.search:
                 factors[factor] = [default]
+        if "signatures" not in spec.needs:
+            factors["token_scope"] = self.token_scopes[:1]
         if self.vary is not None and method not in self.vary:
             factors = {key: values[:1] for key, values in factors.items()}
         if self.design == "grid":

@@ -181,15 +181,66 @@ class WeightAblation:
                             workers=torch.get_num_threads() if on_cpu else 1)
 
 
+@dataclass
+class MeanWeightAblation:
+    """A :class:`~persona_interp.masks.mask.Mask` applied with mean ablation: the removed entries are set to 0 as in
+    :class:`WeightAblation` and each map's output gets the constant they contributed on average,
+    ``W_removed · mean(x)`` (``mean`` a signature's per-token input mean, e.g. a neutral signature's), through a
+    hook on the map's output; on exit the hooks are removed and the weights written back bit-exact.
+
+    Example:
+        >>> with MeanWeightAblation(mask, neutral).apply(model):
+        ...     logits = model(tokens)
+    """
+
+    mask: Mask
+    mean: Signature
+    store: str | torch.device | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mask, Mask) or not isinstance(self.mean, Signature):
+            raise TypeError(f"MeanWeightAblation takes a Mask and a Signature, got {type(self.mask).__name__} and "
+                            f"{type(self.mean).__name__}")
+
+    def biases(self, model: Any) -> dict[str, Float[Tensor, " n_out"]]:
+        """The constant added to each masked map's output: ``(W ⊙ ¬keep) · mean(x)`` (float64, weight's device)."""
+        adapter = get_adapter(model)
+        self.mean.check_model(adapter)
+        out = {}
+        for name, keep in self.mask.keep.items():
+            weight = adapter.weight(name).double()
+            removed = weight * (~keep).to(device=weight.device, dtype=weight.dtype)
+            out[name] = removed @ self.mean.token_mean(name).to(device=weight.device, dtype=weight.dtype)
+        return out
+
+    @contextlib.contextmanager
+    def apply(self, model: Any) -> Iterator[Any]:
+        """Context manager: the mask and the mean outputs are on inside; hooks removed and weights restored on exit."""
+        adapter = get_adapter(model)
+        self.mask.check_model(adapter)
+        hooks = [(adapter.output_hook(name), _add_hook(bias)) for name, bias in self.biases(model).items()]
+        with WeightAblation(self.mask, store=self.store).apply(model), model.hooks(fwd_hooks=hooks):
+            yield model
+
+
+def _add_hook(bias: Float[Tensor, " n_out"]) -> Callable[[Tensor, Any], Tensor]:
+    """Add ``bias`` to a map's output ``[batch, pos, n_out]`` (or ``[batch, pos, heads, d_head]``, heads first)."""
+    def hook(activation: Tensor, hook: Any) -> Tensor:
+        flat = activation.reshape(*activation.shape[:2], -1)
+        return (flat + bias.to(device=activation.device, dtype=activation.dtype)).reshape(activation.shape)
+    return hook
+
+
 @contextlib.contextmanager
-def ablate(model: Any, mask: Mask | HookMask, gamma: float = 0.0, *, store: str | torch.device | None = None) -> Iterator[Any]:
+def ablate(model: Any, mask: Mask | HookMask | MeanWeightAblation, gamma: float = 0.0, *, store: str | torch.device | None = None) -> Iterator[Any]:
     """Context manager: inside, ``model`` computes with the mask applied.
 
     * a :class:`~persona_interp.masks.mask.Mask` is applied as a :class:`WeightAblation` (removed entries set to
       0 or ``γ·W`` in place, only they kept aside, written back bit-exact on exit, also on exception);
     * a :class:`NeuronMask` / :class:`HeadMask` adds forward hooks and removes them on exit; they replace whole
       units (to 0 or to their mean) and keep no weights aside, so ``gamma`` and ``store`` are refused for them
-      (a ValueError) rather than ignored.
+      (a ValueError) rather than ignored;
+    * a :class:`MeanWeightAblation` zeroes as a weight mask and adds the removed entries' mean output.
 
     Nested ablations are allowed on disjoint maps; a weight mask (or LoRA) touching a map that is already
     edited raises ``RuntimeError``.
@@ -204,7 +255,7 @@ def ablate(model: Any, mask: Mask | HookMask, gamma: float = 0.0, *, store: str 
         raise ValueError(f"gamma and store apply to weight masks only: a {type(mask).__name__} sets whole units to "
                          f"{'their mean' if mask.mode == 'mean' else '0'} through a hook and keeps no weights aside "
                          f"(got gamma={gamma!r}, store={store!r})")
-    intervention = mask if isinstance(mask, (NeuronMask, HeadMask)) else WeightAblation(mask, gamma, store)
+    intervention = mask if isinstance(mask, (NeuronMask, HeadMask, MeanWeightAblation)) else WeightAblation(mask, gamma, store)
     with intervention.apply(model):
         yield model
 

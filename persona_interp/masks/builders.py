@@ -314,7 +314,7 @@ class FamilyCache:
 
     model: Any
     max_families: int = 12
-    _families: dict[tuple, tuple[MaskFamily, Signature, Signature]] = field(default_factory=dict, repr=False)
+    _families: dict[tuple, tuple[Any, tuple]] = field(default_factory=dict, repr=False)
 
     def get(self, seek: Signature, reject: Signature, **options: Any) -> MaskFamily:
         """:func:`mask_family` with these signatures and options (``method=…``; for a registered method name pass
@@ -322,15 +322,29 @@ class FamilyCache:
         bound = inspect.signature(mask_family).bind(self.model, seek=seek, reject=reject, **options)
         bound.apply_defaults()
         chosen = {k: v for k, v in bound.arguments.items() if k not in ("model", "seek", "reject", "cache")}
-        key = (id(seek.sums), seek.statistic, id(reject.sums), reject.statistic,
-               tuple(sorted((k, repr(list(v) if isinstance(v, (tuple, range)) else v)) for k, v in chosen.items())))
+        key = (id(seek.sums), seek.statistic, id(reject.sums), reject.statistic, _options_key(chosen))
+        return self.keep(key, lambda: mask_family(self.model, seek=seek, reject=reject, cache=True, **options), seek, reject)
+
+    def keep(self, key: tuple, make: Callable[[], Any], *inputs: Any) -> Any:
+        """What ``make()`` gives (a family of another kind, or what one is ranked from, e.g. gradient scores), made
+        once per ``key`` and kept like :meth:`get`'s; ``inputs``: the objects whose ``id`` is in ``key``, kept
+        alive with it (so an id is never reused while its entry is kept).
+
+        Example:
+            >>> families.keep(("gradient", id(items), id(texts)), lambda: gradient_family(model, items, texts), items, texts)
+        """
         if key in self._families:
             self._families[key] = self._families.pop(key)                       # most recently used last
         else:
-            self._families[key] = (mask_family(self.model, seek=seek, reject=reject, cache=True, **options), seek, reject)
+            self._families[key] = (make(), inputs)
             while len(self._families) > self.max_families:
                 del self._families[next(iter(self._families))]
         return self._families[key][0]
+
+
+def _options_key(options: dict[str, Any]) -> tuple:
+    """A hashable key of keyword options (tuples and ranges as lists)."""
+    return tuple(sorted((k, repr(list(v) if isinstance(v, (tuple, range)) else v)) for k, v in options.items()))
 
 
 def wanda_mask(model: Any, signature: Signature, sparsity: float, *, modules: Iterable[str] | None = None,

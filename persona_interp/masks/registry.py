@@ -16,7 +16,9 @@ Adding a method (e.g. in a new module ``masks/my_method.py``)::
     register(MethodSpec("my_method", my_builder, options={"steps": 100}, needs=frozenset({"signatures"})))
 
 and, for a method of the package, add its name to :data:`MethodName` (the type checker's list; the registry is
-the run-time truth) and import the module in ``persona_interp/masks/__init__.py`` so it registers on import.
+the run-time truth) and import the module in ``persona_interp/masks/__init__.py`` so it registers on import (as
+:mod:`persona_interp.masks.damage_aware` registers the damage-aware methods, which need a neutral signature,
+calibration items or neutral texts beside the poles' signatures).
 
 Example:
     >>> method_spec("contrastive_sparse_code").fixed
@@ -33,7 +35,8 @@ from persona_interp.data.personas import SIDES, PersonaItem
 from persona_interp.masks.builders import FamilyCache, magnitude_mask, mask_family, random_mask
 from persona_interp.signatures import Signature
 
-MethodName = Literal["wanda", "contrastive_wanda", "contrastive_sparse", "contrastive_sparse_code", "random", "magnitude"]
+MethodName = Literal["wanda", "contrastive_wanda", "contrastive_sparse", "contrastive_sparse_code", "random", "magnitude",
+                     "retain_ratio", "set_difference", "snip_set_difference", "gradient", "learned_gates"]
 Need = Literal["signatures", "neutral_signatures", "calibration_items", "neutral_texts"]
 Gives = Literal["mask", "gains", "dense_edit"]
 SearchFactor = Literal["statistic", "phi"]

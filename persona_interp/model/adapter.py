@@ -156,6 +156,15 @@ class ModelAdapter:
 
         return self.kind == "bridge" and isinstance(getattr(self.model, "original_model", None), PreTrainedModel)
 
+    def output_hook(self, name: str) -> str:
+        """Hook of map ``name``'s output ``[batch, pos, n_out]`` (a bridge's linear submodule's ``hook_out``), where
+        a constant can be added to the map's output (mean ablation). HookedTransformer's per-head maps have none."""
+        self._get(name)                                               # a clear error for an unknown map
+        spec = self.map_by_name[name]
+        if self.kind != "bridge":
+            raise ValueError(f"{name}: map output hooks are known for TransformerBridge models only, not {type(self.model).__name__}")
+        return f"blocks.{spec.layer}.{spec.module}.{ {'up': 'in', 'down': 'out'}.get(spec.kind, spec.kind)}.hook_out"
+
     def residual_hook(self, layer: int) -> str:
         """Hook of the residual stream entering block ``layer`` (``[batch, pos, d_model]``)."""
         if not 0 <= layer < self.n_layers:
@@ -202,6 +211,9 @@ class ModelAdapter:
             >>> get_adapter(gpt2).bias("blocks.0.mlp.down").shape     # [d_model]
         """
         return self._get(name).bias()
+    def to_out_in(self, name: str, x: Tensor) -> Float[Tensor, "out in"]:
+        """Convert a tensor in the parameter's own layout (its gradient, say) to the map's ``[out, in]`` view."""
+        return self._get(name).to_out_in(x)
 
     def to_native(self, name: str, x: Float[Tensor, "out in"]) -> Tensor:
         """Convert an ``[out, in]`` tensor (a mask, a weight) to the parameter's own layout."""

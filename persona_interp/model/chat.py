@@ -174,6 +174,22 @@ def encode_batch(tokenizer: Any, pairs: Sequence[tuple[str, str]], system: Syste
     return EncodedBatch(tokens, lengths, torch.tensor(starts), n_cut)
 
 
+def encode_texts(tokenizer: Any, texts: Sequence[str], max_tokens: int | None = None) -> EncodedBatch:
+    """Encode plain texts (no chat template) as :func:`~persona_interp.evaluation.scoring.DamageReference` reads
+    them: the whole text is the "answer" (``answer_start`` 0), an over-long text keeps its first ``max_tokens``.
+
+    Example:
+        >>> encode_texts(tokenizer, ["The river flows past the mill."]).token_mask("answer").all()
+    """
+    sequences, n_cut = [], 0
+    for text in texts:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        n_cut += max_tokens is not None and len(ids) > max_tokens
+        sequences.append(ids[:max_tokens] if max_tokens is not None else ids)
+    tokens, lengths = pad_right(sequences, pad_id_of(tokenizer))
+    return EncodedBatch(tokens, lengths, torch.zeros(len(sequences), dtype=torch.long), n_cut)
+
+
 @dataclass
 class PackedOptions:
     """Both options of each question in one row, ``[prompt | option a | option b | padding]``, so the

@@ -252,8 +252,13 @@ def _tuning_lines(used: dict[str, Any]) -> list[str]:
     """What each regime's search on the validation split tried and picked."""
     lines = [f"\nTuned on {used['validation_items']} validation items (never a test item), damage during the searches on "
              f"{used.get('selection_neutral_texts', 0)} neutral texts apart from the reported ones; signatures and fitting on "
-             f"{used['fit_items']} calibration items. Each regime's pick per damage budget is the candidate with the largest "
-             "validation separation whose validation KL is within the budget (`@klB` rows). "
+             f"{used['fit_items']} calibration items"
+             + (f" and {used['fit_neutral_texts']} further neutral texts (the damage-aware masks' retain terms, never a "
+                "selection or reported text)" if used.get("fit_neutral_texts") else "")
+             + (f"; a second damage measure on {used['other_texts']} of the other personas' questions and answers "
+                "(`KL other personas` in the winners table), which no search or method sees" if used.get("other_texts") else "")
+             + ". Each regime's pick per damage budget is the candidate with the largest validation separation whose "
+             "validation KL is within the budget (`@klB` rows). "
              f"Calibration items whose question is in the test set: {used.get('test_leaks_dropped', 0)} dropped; "
              f"questions that occur more than once: {used.get('duplicate_questions', 0)} (kept on one side of the split).\n"]
     for method, s in used.get("steering_search", {}).items():

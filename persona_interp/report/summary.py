@@ -15,8 +15,8 @@ from typing import Any
 
 from persona_interp.analysis.diagnostics import grouped_overlap
 from persona_interp.evaluation.stats import MIN_N
+from persona_interp.masks.registry import methods
 
-STEERING_AND_PROMPTS = ("prompt", "rag", "mean_difference", "pca", "ode", "weight_edit", "lora")
 
 
 def _ci(row: dict[str, Any], key: str = "difference") -> str:
@@ -42,7 +42,8 @@ def _decisive(verdict: bool | None) -> str:
 
 def _best_mask(entry: dict[str, Any], budget: float, with_prompt: bool) -> str:
     """The mask line's pick for ``budget`` with the largest test seek − reject (masks alone or with their prompt)."""
-    picks = [r for r in entry["frontier"] if r["line"] not in STEERING_AND_PROMPTS and r["budgets"]
+    masks = {spec.name for spec in methods(poles=True)}                  # the registry's mask methods with poles
+    picks = [r for r in entry["frontier"] if r["line"].removesuffix("+prompt") in masks and r["budgets"]
              and budget in r["budgets"] and r["line"].endswith("+prompt") == with_prompt]
     if not picks:
         return "none within the budget"
@@ -62,10 +63,12 @@ def _reported_text_winner(entry: dict[str, Any], w: dict[str, Any]) -> str:
 def winner_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Per persona and damage budget: the winning regime's pick, named as evaluated (``…+prompt`` for a mask
     with its prompt), its test seek − reject, its KL on the reported neutral texts (``over`` where it lands above
-    the budget it was picked within on the selection texts), its lead over the runner-up, the winner when the
+    the budget it was picked within on the selection texts), its KL on the other personas' questions and answers (a
+    damage measure no search or method sees), its lead over the runner-up, the winner when the
     budget is enforced on the reported texts instead, and the best mask within the same budget, alone and with
     its prompt."""
     rows = []
+    measured = any("other_kl" in w for entry in results["personas"].values() for w in entry.get("budget_winners", []))
     for persona, entry in results["personas"].items():
         for w in entry.get("budget_winners", []):
             row = {"persona": persona, "budget": f"KL ≤ {w['budget']:g}"}
@@ -77,6 +80,8 @@ def winner_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                             "lead": (f"{_ci(w, 'lead')} over {w['runner_up']}" + _decisive(w["decisive"]))
                             if "lead" in w else "",
                             "by reported-text KL": _reported_text_winner(entry, w)})
+            if measured:                                  # runs before the second damage measure have no column
+                row["KL other personas"] = f"{w['other_kl']:.4f}" if "other_kl" in w else ""
             row.update({"best mask": _best_mask(entry, w["budget"], False),
                         "best mask + prompt": _best_mask(entry, w["budget"], True)})
             rows.append(row)

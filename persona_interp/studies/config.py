@@ -7,6 +7,7 @@ from persona_interp.data.personas import AI_PERSONAS, MBTI_AXES
 from persona_interp.evaluation.controls import MatchedControlConfig
 from persona_interp.evaluation.tuning import MaskSpace
 from persona_interp.interventions.lora import LoRAConfig
+from persona_interp.masks.damage_aware import DAMAGE_AWARE_METHODS
 
 
 @dataclass
@@ -49,6 +50,8 @@ class ReproduceConfig:
     max_tokens: int = 256
     n_neutral: int = 24              # neutral texts of the reported damage
     n_selection_neutral: int = 8     # the next neutral texts: the damage every search sees (never the reported ones)
+    n_fit_neutral: int = 16          # the next: what damage-aware methods fit on (retain terms, KL penalties, the
+                                     # neutral signature), never a selection or reported text
     stability_draws: int = 3
     diagnostics: bool = True         # overlap table, both statistics, stability (about 15 rankings of every weight)
     modules: list[str] | None = None
@@ -68,6 +71,9 @@ class ReproduceConfig:
         sparsities=[0.01, 0.03, 0.1, 0.3, 0.5], modules=[None, "mlp"], layer_ranges=["all", "late"],
         token_scopes=["all", "answer"], statistics=["norm", "rms"], phis=["relu", "softplus"], design="one_at_a_time",
         vary=["contrastive_wanda"]))
+    n_other_texts: int = 32          # other personas' questions and answers: a second damage measure nothing optimises
+    # the registered methods beyond the signature-only ones that the mask search runs (the paper's rows never do)
+    damage_aware_methods: list[str] = field(default_factory=lambda: list(DAMAGE_AWARE_METHODS))
     prompt_search: bool = True
     lora: LoRAConfig | None = field(default_factory=lambda: LoRAConfig(epochs=3))
     damage_budgets: list[float] = field(default_factory=lambda: [0.02, 0.1, 0.5])   # KL (nats/token): each regime's picks
@@ -76,8 +82,8 @@ class ReproduceConfig:
 
 
 QUICK = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=24, n_test=16, n_neutral=4,
-                        n_selection_neutral=4, stability_draws=2, rag_k=2, steering_layers=[0.5],
-                        steering_multipliers=[4.0], n_validation=6, damage_budgets=[0.1, 0.5],
+                        n_selection_neutral=4, n_fit_neutral=4, n_other_texts=8, damage_aware_methods=["retain_ratio"], stability_draws=2, rag_k=2,
+                        steering_layers=[0.5], steering_multipliers=[4.0], n_validation=6, damage_budgets=[0.1, 0.5],
                         mask_search=MaskSpace(sparsities=[0.03, 0.3], modules=[None], layer_ranges=["all"],
                                               token_scopes=["all"], statistics=["norm", "rms"], design="one_at_a_time",
                                               vary=["contrastive_wanda"]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import random
 import subprocess
 import warnings
 from pathlib import Path
@@ -17,7 +18,17 @@ from typing import Any
 import torch
 
 from persona_interp.analysis.diagnostics import overlap_table, stability, statistic_table
-from persona_interp.data.personas import REPO_ROOT, SIDES, PersonaDataset, load_neutral_texts, load_persona, persona_prompts
+from persona_interp.data.personas import (
+    REPO_ROOT,
+    SIDES,
+    NeutralSplit,
+    PersonaDataset,
+    load_neutral_texts,
+    load_persona,
+    neutral_split,
+    persona_names,
+    persona_prompts,
+)
 from persona_interp.data.retrieval import Retriever
 from persona_interp.evaluation.controls import damage_matched_random
 from persona_interp.evaluation.evaluate import budget_winners, control_comparison, equal_damage_summary, evaluate, frontier_rows
@@ -36,7 +47,7 @@ from persona_interp.interventions.ode_steering import ode_steerings
 from persona_interp.interventions.steering import answer_residual_means, vectors_from_differences
 from persona_interp.interventions.weight_edit import DirectionalEdit
 from persona_interp.masks.builders import FamilyCache, random_mask
-from persona_interp.masks.registry import MethodInputs, methods
+from persona_interp.masks.registry import MethodInputs, MethodSpec, method_names, methods
 from persona_interp.model.adapter import get_adapter
 from persona_interp.model.load import load_model, resolve_dtype
 from persona_interp.model.machine import CPU
@@ -68,8 +79,8 @@ def git_revision(root: str | Path = REPO_ROOT) -> str:
         return "unknown"
 
 
-def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
-                       progress: bool = True) -> tuple[list[Condition], dict, dict[str, Signature]]:
+def persona_conditions(model: Any, persona: str, config: ReproduceConfig, progress: bool = True, *,
+                       neutral: Signature | None = None) -> tuple[list[Condition], dict, dict[str, Signature]]:
     """Every condition of one persona, each regime's dose chosen on the validation split:
 
     * base; the persona prompts (phrasing searched) and RAG;
@@ -78,11 +89,16 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
       paper's protocol, ``+prompt``), beside a random mask with each prompt;
     * per damage budget (``config.damage_budgets``, KL nats/token on neutral texts apart from the report's), the
       candidate of each regime (steering: layer × multiplier; ODE: its strength; weight-edit steering: layer × α;
-      LoRA: epochs; each mask method: sparsity × modules × layers × token scope × statistic × φ) with the largest
-      validation separation within the budget, named ``REGIME-SIDE@klB``; masks again with their prompt and with a
-      random control removing the same weights per row;
+      LoRA: epochs; each mask method: sparsity × modules × layers × token scope × statistic × φ; the signature-only
+      methods and ``config.damage_aware_methods``) with the largest validation separation within the budget, named
+      ``REGIME-SIDE@klB``; masks again with their prompt and with a random control removing the same weights per row;
     * beside each same-sparsity control, per pole, the random mask of equal damage on the selection texts
       (``random-matched:CONDITION``, for the methods in ``config.matched_controls``).
+
+    The neutral texts are split three ways (:func:`~persona_interp.data.personas.neutral_split`): the reported
+    damage (``config.n_neutral``, measured by :func:`reproduce`), the selection texts every search enforces its
+    budgets on, and the fit texts the damage-aware methods fit on (with ``neutral``, their neutral signature:
+    collected on the fit texts here when not given).
 
     Returns the conditions, what was used to build them (every search table and the mask diagnostics), and the
     two poles' signatures."""
@@ -111,11 +127,10 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
     used: dict[str, Any] = {"fit_items": len(fit), "validation_items": len(validation), "split": validation.meta.get("split"),
                             "test_leaks_dropped": train.meta["dropped"], "duplicate_questions": len(duplicates),
                             "signature_tokens": {side: s.n_tokens for side, s in sig.items()}}
-    neutral = load_neutral_texts()
+    texts = run_neutral_texts(config)
     with stage("selection damage reference", progress=progress):
-        selection = DamageReference.build(model, neutral[config.n_neutral: config.n_neutral + config.n_selection_neutral],
-                                          config.batch_size)
-    used["selection_neutral_texts"] = config.n_selection_neutral
+        selection = DamageReference.build(model, texts.selection, config.batch_size)
+    used["selection_neutral_texts"], used["fit_neutral_texts"] = config.n_selection_neutral, config.n_fit_neutral
     conditions: list[Condition] = [Condition()]
     prompts = {side: persona_prompts(persona, side)[0] for side in SIDES}
     if config.prompt_search:
@@ -149,11 +164,61 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig,
                                                 selection=selection, used=used)
             bar.update()
     if config.mask_search is not None:
+        searched = searched_methods(config)
+        if neutral is None and any("neutral_signatures" in spec.needs for spec in searched):
+            neutral = neutral_signature(model, config, progress)
+        inputs = MethodInputs(neutral=neutral, items=list(fit), neutral_texts=texts.fit, persona=persona)
         conditions += budget_mask_conditions(model, persona, by_scope, validation, selection, prompts, config, used,
-                                             progress, families)
+                                             progress, families, inputs=inputs)
     if config.diagnostics:
         used["diagnostics"] = mask_diagnostics(model, persona, sig, validation, config, progress, families)
     return conditions, used, sig
+
+
+def searched_methods(config: ReproduceConfig) -> list[MethodSpec]:
+    """The registered methods with poles the main job's mask search runs: every method that needs only the poles'
+    signatures, and those of ``config.damage_aware_methods`` (a listed method that is not registered, or that
+    needs neutral texts when ``config.n_fit_neutral`` is 0, is an error).
+
+    Example:
+        >>> [spec.name for spec in searched_methods(QUICK)][-1]
+        'retain_ratio'
+    """
+    unknown = [name for name in config.damage_aware_methods if name not in method_names()]
+    if unknown:
+        raise ValueError(f"damage_aware_methods: unknown method(s) {unknown}; registered: {method_names()}")
+    available = {"signatures", "calibration_items", *(("neutral_signatures", "neutral_texts") if config.n_fit_neutral else ())}
+    chosen = [spec for spec in methods(poles=True) if spec.needs <= {"signatures"} or spec.name in config.damage_aware_methods]
+    lacking = [spec.name for spec in chosen if not spec.needs <= available]
+    if lacking:
+        raise ValueError(f"damage_aware_methods {lacking} fit on neutral texts: set n_fit_neutral > 0")
+    return chosen
+
+
+def run_neutral_texts(config: ReproduceConfig) -> NeutralSplit:
+    """The run's neutral texts, three disjoint parts: ``config.n_neutral`` reported, ``n_selection_neutral``
+    selection, ``n_fit_neutral`` fit texts (:func:`~persona_interp.data.personas.neutral_split`)."""
+    return neutral_split(config.n_neutral, config.n_selection_neutral, config.n_fit_neutral, load_neutral_texts())
+
+
+def neutral_signature(model: Any, config: ReproduceConfig, progress: bool = True) -> Signature:
+    """The neutral-text signature of the run: collected on its fit texts (never a selection or reported text)."""
+    texts = run_neutral_texts(config).fit
+    return collect_signatures(model, texts, batch_size=config.batch_size, max_tokens=config.max_tokens, progress=progress)
+
+
+def other_persona_texts(persona: str, config: ReproduceConfig) -> list[str]:
+    """The second damage measure's texts: ``config.n_other_texts`` questions with one of their answers (alternating
+    poles) from the other personas' training splits, a seeded sample; no search and no method ever sees them.
+
+    Example:
+        >>> other_persona_texts("power", QUICK)[0]
+    """
+    if not config.n_other_texts:
+        return []
+    items = [item for name in persona_names() if name != persona for item in load_persona(name, "train")]
+    chosen = random.Random(config.seed).sample(items, min(config.n_other_texts, len(items)))
+    return [f"{item.question}\n{item.matching if i % 2 == 0 else item.not_matching}" for i, item in enumerate(chosen)]
 
 
 def test_items(persona: str, config: ReproduceConfig) -> PersonaDataset:
@@ -213,23 +278,24 @@ def paper_mask_conditions(model: Any, persona: str, signatures: tuple[Signature,
 def budget_mask_conditions(model: Any, persona: str, by_scope: dict[str, tuple[Signature, Signature]],
                            validation: PersonaDataset, selection: DamageReference, prompts: dict[str, str],
                            config: ReproduceConfig, used: dict[str, Any], progress: bool = True,
-                           families: FamilyCache | None = None) -> list[Condition]:
-    """Each mask method's search (:func:`~persona_interp.evaluation.tuning.select_masks`, damage on ``selection``) and its
-    pick per damage budget, named ``METHOD-SIDE@klB``, alone and with its prompt, each pick with a random mask
-    that removes the same number of weights per row (``random@klB-METHOD``) and, per pole, the random mask of
-    equal damage on ``selection`` (``random-matched:METHOD-SIDE@klB``, ``config.matched_controls``). The tables go
-    to ``used``."""
+                           families: FamilyCache | None = None, *, inputs: MethodInputs | None = None) -> list[Condition]:
+    """Each searched mask method's search (:func:`searched_methods`;
+    :func:`~persona_interp.evaluation.tuning.select_masks`, damage on ``selection``) and its pick per damage budget,
+    named ``METHOD-SIDE@klB``, alone and with its prompt, each pick with a random mask that removes the same number
+    of weights per row (``random@klB-METHOD``) and, per pole, the random mask of equal damage on ``selection``
+    (``random-matched:METHOD-SIDE@klB``, ``config.matched_controls``). ``inputs``: what the damage-aware methods
+    read beside the poles' signatures (a neutral signature, the fit items, the fit texts). The tables go to ``used``."""
     space = dataclasses.replace(config.mask_search, stop_above=max(config.damage_budgets))
     conditions: list[Condition] = []
     used["mask_search"] = {}
-    for method in [spec.name for spec in methods(poles=True, available={"signatures"})]:
+    for method in [spec.name for spec in searched_methods(config)]:
         choice = select_masks(model, method, by_scope, validation, space, reference=selection, persona=persona,
-                              batch_size=config.batch_size, families=families, progress=progress)
+                              batch_size=config.batch_size, families=families, inputs=inputs, progress=progress)
         used["mask_search"][method] = {"chosen": choice.config, "table": choice.table}
         for budgets, index in budget_picks(choice.table, config.damage_budgets):
             tag = f"kl{budgets[0]:g}"
             pair = build_candidate(model, method, by_scope, choice.table[index], tau=space.tau, persona=persona,
-                                   families=families)
+                                   families=families, inputs=inputs)
             control = f"random@{tag}-{method}"
             conditions.append(MaskCondition(control, regime="random", mask=random_mask(model, pair[0].sparsity(), seed=config.seed, like=pair[0])))
             for side, mask in zip(SIDES, pair):
@@ -246,9 +312,8 @@ def mask_diagnostics(model: Any, persona: str, sig: dict[str, Signature], valida
     statistics (share of channels with z > 0, which pole's mask breaks the model), and stability over halves
     of the calibration data (:func:`~persona_interp.analysis.diagnostics.stability`)."""
     rho = config.sparsities[0]
-    neutral = load_neutral_texts()[: config.n_neutral]
     with stage("diagnostics", total=3, progress=progress) as bar:
-        reference = DamageReference.build(model, neutral, config.batch_size)
+        reference = DamageReference.build(model, run_neutral_texts(config).reported, config.batch_size)
         out: dict[str, Any] = {"sparsity": rho,
                                "overlap": overlap_table(model, sig["seek"], sig["reject"], rho, persona=persona, families=families)}
         bar.update()
@@ -359,17 +424,24 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
     if resume:
         results["personas"] = _finished_personas(out_dir / "results.json", config, provenance, allow_mixed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    neutral = load_neutral_texts()[: config.n_neutral]
+    neutral = run_neutral_texts(config).reported
     report = write_report(out_dir, figures_dir, config, results)
+    fitted: Signature | None = None                     # the neutral signature, collected once per run when needed
     for persona in config.personas:
         if persona in results["personas"]:
             continue
         with scope(persona):
-            conditions, used, signatures = persona_conditions(model, persona, config, progress)
+            if fitted is None and config.mask_search is not None and any(
+                    "neutral_signatures" in spec.needs for spec in searched_methods(config)):
+                with stage("neutral signature", progress=progress):
+                    fitted = neutral_signature(model, config, progress)
+            conditions, used, signatures = persona_conditions(model, persona, config, progress, neutral=fitted)
             for side, signature in signatures.items():                  # reusable by `analyse` and the notebooks
                 signature.save(out_dir / "signatures" / f"{persona}_{side}.safetensors", overwrite=force or resume)
             test = test_items(persona, config)
-            ev = evaluate(model, list(test), conditions, persona=persona, neutral_texts=neutral,
+            others = other_persona_texts(persona, config)
+            used["other_texts"] = len(others)
+            ev = evaluate(model, list(test), conditions, persona=persona, neutral_texts=neutral, other_texts=others,
                           batch_size=config.batch_size, progress=progress)
             with stage("report and figures", progress=progress):
                 table, contrasts, controls = ev.table(), ev.contrasts(), control_comparison(ev)
