@@ -18,7 +18,6 @@ from persona_interp.evaluation.tuning import MaskSpace
 from persona_interp.studies.config import QUICK, ReproduceConfig
 from persona_interp.evaluation.evaluate import equal_damage_summary
 from persona_interp.progress import reset_stage_times, stage_times
-from persona_interp.masks.registry import methods
 
 
 def fake_persona(name, split="train"):
@@ -63,12 +62,11 @@ def test_reproduce_writes_report_and_never_tunes_on_test_items(tiny_pipeline, tm
     stages = stage_times()
     log = capsys.readouterr().err.splitlines()
     assert len(log) == 2 * len(stages) and all(r.scope == "power" for r in stages)
-    assert [r.name for r in stages] == ["signatures", "selection damage reference", "prompt search", "steering", "LoRA search",
-                                        "paper masks",
-                                        *(f"mask search ({m.name})" for m in methods(poles=True, available={"signatures"})),
-                                        "diagnostics",
-                                        "evaluation", "report and figures"]
-    assert log[0] == "power: signatures (4 steps) …" and log[1].startswith("power: signatures 4/4 done in ")
+    assert [r.name for r in stages] == ["neutral signature", "signatures", "selection damage reference", "prompt search",
+                                        "steering", "LoRA search", "paper masks",
+                                        *(f"mask search ({m.name})" for m in pipeline.searched_methods(config)),
+                                        "diagnostics", "evaluation", "report and figures"]
+    assert log[2] == "power: signatures (4 steps) …" and log[3].startswith("power: signatures 4/4 done in ")
     text = report.read_text()
     assert "## power (8 test items)" in text and "seed 0" in text and "Revision" in text
     results = json.loads((tmp_path / "out" / "results.json").read_text())
