@@ -188,12 +188,12 @@ def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Cond
     """
     conditions, base = check_conditions(conditions)
     by_name = {c.name: c for c in conditions}
-    reference = DamageReference.build(model, neutral_texts, batch_size) if neutral_texts else None
-    if other_texts and reference is None:
+    if other_texts and not neutral_texts:
         raise ValueError("other_texts is a second damage measure beside neutral_texts: pass both")
-    other = DamageReference.build(model, other_texts, batch_size) if other_texts else None
     scores, damage = {}, {}
     with stage("evaluation", total=len(conditions), progress=progress) as bar:
+        reference = DamageReference.build(model, neutral_texts, batch_size) if neutral_texts else None
+        other = DamageReference.build(model, other_texts, batch_size) if other_texts else None
         for cond in conditions:
             with cond.applied(model):
                 scores[cond.name] = score_ab(model, items, system=cond.system, batch_size=batch_size, progress=progress)

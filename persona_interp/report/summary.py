@@ -11,6 +11,7 @@ Example:
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from persona_interp.analysis.diagnostics import grouped_overlap
@@ -38,6 +39,18 @@ def _beats(controls: dict[str, dict[str, Any]], condition: str, key: str = "beat
 
 def _decisive(verdict: bool | None) -> str:
     return " (decisive)" if verdict else f" (no verdict: n < {MIN_N})" if verdict is None else ""
+
+
+def is_mask(name: str) -> bool:
+    """Whether a condition or pair name (``contrastive_wanda@kl0.1+prompt``, ``mean_difference@kl0.1``, ``rag``)
+    is a mask's: its regime, the part before the first ``@`` or ``-``, is a registered method with poles.
+
+    Example:
+        >>> is_mask("contrastive_wanda@kl0.02+prompt"), is_mask("pca@kl0.02"), is_mask("rag")
+        (True, False, False)
+    """
+    regime = re.split(r"[@-]", name, maxsplit=1)[0]
+    return regime in {spec.name for spec in methods(poles=True)}
 
 
 def _best_mask(entry: dict[str, Any], budget: float, with_prompt: bool) -> str:
