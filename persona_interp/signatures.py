@@ -212,7 +212,7 @@ def _samples(data: PersonaDataset | Sequence[Any], side: Side | Literal["neutral
             raise ValueError(f"text {empty[0]}: empty text")
         return data, side
     if side not in SIDES:
-        raise ValueError(f"side must be 'seek' or 'reject' for persona samples ({NEUTRAL!r} for plain texts), got {side!r}")
+        raise ValueError(f"side must be one of {list(SIDES)}, got {side!r} ({NEUTRAL!r} is for plain texts)")
     samples = []
     for index, sample in enumerate(data):
         if isinstance(sample, PersonaItem):
