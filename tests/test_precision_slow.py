@@ -1,7 +1,7 @@
 """The agreement check on the embedded model: bfloat16 against float32 on the same items, masks and prompts.
 
 The tolerances are stated on per-item, per-token margins (nats/token), not on timings; they were set from the
-measured differences (README, "bfloat16") with headroom, and the verdicts (interval above, below or across 0)
+measured differences (docs/performance.md, "bfloat16 on a CPU") with headroom, and the verdicts (interval above, below or across 0)
 must not change."""
 from __future__ import annotations
 

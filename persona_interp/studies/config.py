@@ -89,4 +89,4 @@ QUICK = ReproduceConfig(personas=["power"], sparsities=[0.3], n_calibration=24, 
                                               vary=["contrastive_wanda"]),
                         lora=LoRAConfig(epochs=1), weight_edit_strengths=[1.0],
                         matched_controls=MatchedControlConfig(methods=["contrastive_wanda"], max_iter=6))
-FULL = ReproduceConfig(n_calibration=128, n_test=100)   # 2 cores: see README "Performance" for the measured times
+FULL = ReproduceConfig(n_calibration=128, n_test=100)   # 2 cores: see docs/performance.md for the measured times
