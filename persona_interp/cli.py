@@ -84,13 +84,14 @@ def _fit_texts(n: int) -> list[str]:
 
 def cmd_collect(args: argparse.Namespace) -> None:
     from persona_interp import collect_signatures
-    from persona_interp.data.personas import calibration_split
+    from persona_interp.data.personas import PersonaDataset, calibration_split
 
     if args.neutral and (args.persona or args.side or args.token_scope != "all"):
         raise SystemExit("error: --neutral collects on neutral texts: leave out --persona, --side and --token-scope")
     if not args.neutral and not (args.persona and args.side):
         raise SystemExit("error: collect needs --persona and --side (or --neutral for a neutral-text signature)")
     out = _writable(Path(args.out), args.force)
+    data: list[str] | PersonaDataset
     if args.neutral:
         data = _fit_texts(args.n or 16)
     else:
@@ -355,7 +356,7 @@ def _study_paths(args: argparse.Namespace, figures: str | None = None) -> dict[s
     return {**paths, "figures": folder}
 
 
-def _write_study(args: argparse.Namespace, paths: dict[str, Path], study: dict, markdown: str) -> None:
+def _write_study(args: argparse.Namespace, paths: dict[str, Path], study: dict | list[dict], markdown: str) -> None:
     import json
 
     write_text(paths[".md"], markdown)

@@ -26,7 +26,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Final, Literal, Sequence, cast
 
 import torch
 from jaxtyping import Bool, Float
@@ -67,7 +67,7 @@ class Signature:
         return int(self.meta["n_tokens"])
 
     @property
-    def statistic(self) -> str:
+    def statistic(self) -> Statistic:
         """The per-sample statistic masks use: ``norm`` (the paper's) or ``rms`` (length-fair)."""
         return self.meta.get("statistic", "norm")
 
@@ -194,10 +194,11 @@ def check_statistic(statistic: object) -> None:
         raise ValueError(f"statistic must be one of {list(STATISTICS)} (per-sample L2 norm, or norm / sqrt(tokens)), got {statistic!r}")
 
 
-NEUTRAL = "neutral"       # the side of a signature collected on plain texts (no chat template)
+NEUTRAL: Final = "neutral"       # the side of a signature collected on plain texts (no chat template)
 
 
-def _samples(data: PersonaDataset | Sequence[Any], side: Side | Literal["neutral"] | None) -> tuple[list[tuple[str, str]] | list[str], str]:
+def _samples(data: PersonaDataset | Sequence[Any],
+             side: Side | Literal["neutral"] | None) -> tuple[list[tuple[str, str]] | list[str], Side | Literal["neutral"]]:
     """The samples and their side: (question, answer) pairs (``side``'s answer of each item or ``(question, seek,
     reject)`` triple; a plain ``(question, answer)`` pair is taken as it is, ``side`` then only labels the
     signature), or plain texts (side :data:`NEUTRAL`). ``side`` None: "seek" for pairs, "neutral" for texts."""
@@ -240,7 +241,7 @@ class _Accumulator:
     def __init__(self, adapter: ModelAdapter, per_sample: bool = False):
         self.head_sites = {adapter.head_hook(layer): layer for layer in range(adapter.n_layers)}
         self.sums: dict[str, dict[str, Tensor]] = {}
-        self.rows: dict[str, dict[str, list[Tensor]]] = {} if per_sample else None
+        self.rows: dict[str, dict[str, list[Tensor]]] | None = {} if per_sample else None
         self._weights: dict[torch.device, Tensor] = {}
 
     def hook_for(self, name: str) -> Any:
@@ -348,8 +349,8 @@ def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, st
           model.hooks(fwd_hooks=hooks)):
         for start in range(0, len(samples), batch_size):
             chunk = samples[start:start + batch_size]
-            batch: EncodedBatch = (encode_texts(tokenizer, chunk, budget) if side == NEUTRAL
-                                   else encode_batch(tokenizer, chunk, system, budget))
+            batch: EncodedBatch = (encode_texts(tokenizer, cast(list[str], chunk), budget) if side == NEUTRAL   # _samples: texts
+                                   else encode_batch(tokenizer, cast(list[tuple[str, str]], chunk), system, budget))
             n_cut += batch.n_cut
             mask: Bool[Tensor, "batch pos"] = batch.token_mask(token_scope)
             if not mask.any(1).all():

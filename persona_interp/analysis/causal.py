@@ -70,7 +70,7 @@ def dose_response(model: Any, items: Sequence[PersonaItem], ranked: Sequence[Uni
     unablated = {name: score_ab(model, items, system=system, batch_size=batch_size, progress=False)
                  for name, system in systems.items()}
     base_damage = reference.measure(model) if reference is not None else None
-    plan = [(k, "top", None, [(u.layer, u.unit) for u in ranked[:k]]) for k in ks]
+    plan: list[tuple[int, str, int | None, list[tuple[int, int]]]] = [(k, "top", None, [(u.layer, u.unit) for u in ranked[:k]]) for k in ks]
     plan += [(k, "random", seed, random_units(model, kind, k, seed)) for k in ks for seed in seeds]
     rows = []
     with stage(f"{kind} dose-response ({mode})", total=len(plan), progress=progress) as bar:
@@ -83,7 +83,7 @@ def dose_response(model: Any, items: Sequence[PersonaItem], ranked: Sequence[Uni
                     shift = paired_difference(scores.margin_mean, unablated[name].margin_mean)
                     row = {"kind": kind, "mode": mode, "k": k, "selection": selection, "seed": seed, "system": name,
                            "n": shift.n, "shift": shift.value, "shift_low": shift.low, "shift_high": shift.high}
-                    if damage is not None:
+                    if damage is not None and base_damage is not None:
                         row["perplexity_change"] = damage["perplexity"] / base_damage["perplexity"] - 1.0
                         row["kl"] = damage["kl"]
                     rows.append(row)

@@ -175,7 +175,8 @@ def stability(model: Any, seek: Signature, reject: Signature, sparsity: float, v
     validation = list(validation)
     spec = method_spec(method)
     full = spec.family(model, MethodInputs(seek, reject, persona=persona), families=families).pair(sparsity)
-    rows, separations = [], []
+    rows: list[dict[str, Any]] = []
+    separations: list[float] = []
     with stage("stability", total=draws, progress=progress) as bar:
         for draw in range(draws):
             order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + draw)).tolist()

@@ -96,8 +96,8 @@ def _differ_counts(a: Mask | None, b: Mask | None, name: str, axis: int, groups:
 
 
 def _units(layer: int, z: Tensor, parts: list[tuple[Tensor, Tensor]]) -> list[UnitDivergence]:
-    differ = sum(p[0] for p in parts)
-    total = sum(p[1] for p in parts)
+    differ = torch.stack([p[0] for p in parts]).sum(0)
+    total = torch.stack([p[1] for p in parts]).sum(0)
     share = torch.where(total > 0, differ / total.clamp_min(1), torch.full_like(total, float("nan")))
     return [UnitDivergence(layer, unit, float(z[unit]), float(share[unit])) for unit in range(len(z))]
 

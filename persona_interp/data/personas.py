@@ -23,7 +23,7 @@ import random
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Iterable, Iterator, Literal, Sequence, overload
 
 REPO_ROOT = Path(__file__).resolve().parents[2]       # a checkout's root (``../shared`` sits beside it)
 DATA_DIR = Path(__file__).resolve().parent / "sets"   # package data: MBTI axes, neutral text, prompts
@@ -53,7 +53,7 @@ def check_side(side: object, what: str = "side") -> Side:
     """
     if side not in SIDES:
         raise ValueError(f"{what} must be one of {list(SIDES)}, got {side!r}")
-    return side  # type: ignore[return-value]
+    return side
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class PersonaItem:
 
 
 @dataclass
-class PersonaDataset:
+class PersonaDataset(Sequence[PersonaItem]):
     """A named list of :class:`PersonaItem` with the names of its two poles.
 
     Example:
@@ -103,6 +103,10 @@ class PersonaDataset:
     def __iter__(self) -> Iterator[PersonaItem]:
         return iter(self.items)
 
+    @overload
+    def __getitem__(self, index: int) -> PersonaItem: ...
+    @overload
+    def __getitem__(self, index: slice) -> "PersonaDataset": ...
     def __getitem__(self, index: int | slice) -> PersonaItem | "PersonaDataset":
         if isinstance(index, slice):
             return self._subset(self.items[index], f"[{index.start}:{index.stop}]")
@@ -187,7 +191,7 @@ def _need(record: dict, keys: Iterable[str], where: str) -> list[str]:
     return values
 
 
-def item_from_record(record: dict, where: str) -> PersonaItem:
+def item_from_record(record: object, where: str) -> PersonaItem:
     """One item from a dict in any supported shape (``where`` names file and line for errors)."""
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected an object, got {type(record).__name__}")

@@ -70,7 +70,8 @@ def answer_logprobs(model: Any, batch: EncodedBatch) -> Float[Tensor, " batch"]:
 def packed_logprobs(model: Any, packed: PackedOptions) -> tuple[Float[Tensor, " batch"], Float[Tensor, " batch"]]:
     """Summed answer log-probs of both options of each row in one forward (prompt computed once)."""
     residual = final_residual(model, packed.tokens, attention_mask=packed.attention, position_ids=packed.position_ids)
-    return tuple(_summed_logprobs(model, residual, *packed.targets(option)) for option in ("a", "b"))
+    a, b = (_summed_logprobs(model, residual, *packed.targets(option)) for option in ("a", "b"))
+    return a, b
 
 
 @dataclass
@@ -125,10 +126,10 @@ def score_ab(model: Any, items: PersonaDataset | Sequence[PersonaItem], *, syste
                 chunk = order[start:start + rows_per_batch]
                 triples = [(items[i].question, items[i].matching, items[i].not_matching) for i in chunk]
                 if packed:
-                    batch = encode_packed(model.tokenizer, triples, system, max_tokens)
-                    n_cut += batch.n_cut
-                    seek[chunk], reject[chunk] = packed_logprobs(model, batch)
-                    n_seek[chunk], n_reject[chunk] = batch.a_len, batch.b_len
+                    options = encode_packed(model.tokenizer, triples, system, max_tokens)
+                    n_cut += options.n_cut
+                    seek[chunk], reject[chunk] = packed_logprobs(model, options)
+                    n_seek[chunk], n_reject[chunk] = options.a_len, options.b_len
                 else:
                     pairs = [(q, answer) for q, a, b in triples for answer in (a, b)]
                     batch = encode_batch(model.tokenizer, pairs, system, max_tokens)
@@ -190,7 +191,8 @@ def perplexity(model: Any, texts: Sequence[str], *, batch_size: int = 8, max_tok
     """
     texts = check_texts(texts, "perplexity")
     check_batch_size(batch_size)
-    total_nll, total, cut = 0.0, 0, []
+    total_nll, total = 0.0, 0
+    cut: list[int] = []
     with torch.inference_mode():
         for tokens, real in _neutral_batches(model, texts, batch_size, max_tokens, cut):
             logprobs, tokens, real = _next_token_logprobs(model, tokens, real)
@@ -221,7 +223,8 @@ class DamageReference:
     def build(cls, model: Any, texts: Sequence[str], batch_size: int = 8, max_tokens: int = 256) -> "DamageReference":
         texts = check_texts(texts, "DamageReference")
         check_batch_size(batch_size)
-        stored, cut = [], []
+        stored: list[Tensor] = []
+        cut: list[int] = []
         with torch.inference_mode():
             for tokens, real in _neutral_batches(model, texts, batch_size, max_tokens, cut):
                 logprobs, _, real = _next_token_logprobs(model, tokens, real)

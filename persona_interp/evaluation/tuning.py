@@ -14,36 +14,41 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from functools import partial
+from typing import Any, Generic, Mapping, Sequence, TypeVar
 
 from persona_interp.data.personas import SIDES, PersonaItem
 from persona_interp.evaluation.scoring import DamageReference
 from persona_interp.evaluation.search import Candidate, Pole, Racing, fallback, pick_within, search
 from persona_interp.interventions.ablation import ablate
+from persona_interp.interventions.base import DosedIntervention
 from persona_interp.interventions.lora import LoRA, LoRAConfig, train_lora
-from persona_interp.interventions.steering import SteeringVector
 from persona_interp.masks.builders import FamilyCache
 from persona_interp.masks.mask import Mask
 from persona_interp.masks.registry import Family, MethodInputs, method_spec
 from persona_interp.model.adapter import get_adapter
+from persona_interp.model.chat import TokenScope
 from persona_interp.progress import stage
 from persona_interp.signatures import Signature
 
 
+V = TypeVar("V", bound=DosedIntervention)   # a steering vector, an ODE flow, a weight edit
+
+
 @dataclass
-class SteeringChoice:
+class SteeringChoice(Generic[V]):
     """The chosen layer and multiplier, and the whole search table."""
 
     layer: int
     multiplier: float
-    vector: SteeringVector
+    vector: V
     table: list[dict[str, float]]
 
 
-def select_steering(model: Any, vectors: dict[int, SteeringVector], validation: Sequence[PersonaItem],
+def select_steering(model: Any, vectors: Mapping[int, V], validation: Sequence[PersonaItem],
                     multipliers: Sequence[float], *, reference: DamageReference | None = None,
                     stop_above: float | None = None, budgets: Sequence[float] = (), racing: Racing | None = None,
-                    batch_size: int = 8, progress: bool = False) -> SteeringChoice:
+                    batch_size: int = 8, progress: bool = False) -> SteeringChoice[V]:
     """For each layer and multiplier α, score the validation items with +α and −α; choose the pair
     with the largest mean seek-minus-reject difference of the per-token margin. With ``reference`` each
     row records the damage on neutral text (``kl``: the larger of ±α, measured first) for budgeted picks
@@ -54,9 +59,11 @@ def select_steering(model: Any, vectors: dict[int, SteeringVector], validation: 
         raise ValueError("select_steering needs at least one vector and one multiplier")
     if any(m <= 0 for m in multipliers):
         raise ValueError(f"multipliers must be positive (the reject side uses −α), got {list(multipliers)}")
-    candidates = [Candidate({"layer": layer, "multiplier": alpha},
-                            lambda v=vector, a=alpha: (Pole(lambda: v.apply(model, a)), Pole(lambda: v.apply(model, -a))),
-                            group=layer)
+
+    def steered(vector: V, alpha: float) -> tuple[Pole, Pole]:
+        return Pole(lambda: vector.apply(model, alpha)), Pole(lambda: vector.apply(model, -alpha))
+
+    candidates = [Candidate({"layer": layer, "multiplier": alpha}, partial(steered, vector, alpha), group=layer)
                   for layer, vector in vectors.items() for alpha in sorted(multipliers)]
     table = search(model, candidates, validation, reference=reference, limit=stop_above, budgets=budgets, racing=racing,
                    batch_size=batch_size, progress=progress, desc="steering search")
@@ -83,7 +90,7 @@ class MaskSpace:
     sparsities: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5])
     modules: list[str | None] = field(default_factory=lambda: [None, "attn", "mlp"])
     layer_ranges: list[str] = field(default_factory=lambda: ["all", "late"])
-    token_scopes: list[str] = field(default_factory=lambda: ["all", "answer"])
+    token_scopes: list[TokenScope] = field(default_factory=lambda: ["all", "answer"])
     statistics: list[str] = field(default_factory=lambda: ["norm"])
     phis: list[str] = field(default_factory=lambda: ["relu"])
     tau: float = 2.0
@@ -97,8 +104,8 @@ class MaskSpace:
         (φ for Wanda and the code's rule, the statistic for the code's rule, the token scope for a method that
         reads no signatures)."""
         spec = method_spec(method)
-        factors = {"modules": self.modules, "layers": self.layer_ranges, "token_scope": self.token_scopes,
-                   "statistic": self.statistics, "phi": self.phis}
+        factors: dict[str, Sequence[str | None]] = {"modules": self.modules, "layers": self.layer_ranges,
+                                                    "token_scope": self.token_scopes, "statistic": self.statistics, "phi": self.phis}
         for factor, default in (("statistic", "norm"), ("phi", "relu")):
             if factor not in spec.search:
                 factors[factor] = [default]
@@ -205,10 +212,10 @@ def select_masks(model: Any, method: str, signatures: dict[str, tuple[Signature,
     def poles(i: int, rho: float) -> tuple[Pole, ...]:
         modules = configs[i]["modules"]
         pair = family(i).pair(rho, modules=[modules] if modules else None, layers=_layers(model, configs[i]["layers"]))
-        return tuple(Pole(lambda mask=mask: ablate(model, mask)) for mask in pair)
+        return tuple(Pole(partial(ablate, model, mask)) for mask in pair)
 
     candidates = [Candidate({**config, "sparsity": rho, "modules": config["modules"] or "attn+mlp"},
-                            lambda i=i, rho=rho: poles(i, rho), group=i)
+                            partial(poles, i, rho), group=i)
                   for i, config in enumerate(configs) for rho in sorted(space.sparsities)]
     table = search(model, candidates, validation, reference=reference, limit=space.stop_above, budgets=budgets,
                    racing=racing, batch_size=batch_size, progress=progress, desc=f"mask search ({method})")
@@ -241,7 +248,11 @@ def select_prompts(model: Any, seek_prompts: Sequence[str], reject_prompts: Sequ
     """
     if not seek_prompts or not reject_prompts:
         raise ValueError("select_prompts needs at least one phrasing per pole")
-    candidates = [Candidate({"side": side, "prompt": prompt}, lambda prompt=prompt: (Pole(system=prompt),))
+
+    def prompted(prompt: str) -> tuple[Pole]:
+        return (Pole(system=prompt),)
+
+    candidates = [Candidate({"side": side, "prompt": prompt}, partial(prompted, prompt))
                   for side, prompts in (("seek", seek_prompts), ("reject", reject_prompts)) for prompt in prompts]
     table = search(model, candidates, validation, batch_size=batch_size, progress=progress, desc="prompt search")
     seek = max((r for r in table if r["side"] == "seek"), key=lambda r: r["margin"])
@@ -277,14 +288,17 @@ def select_lora(model: Any, fit: Sequence[PersonaItem], validation: Sequence[Per
     if not validation:
         raise ValueError("select_lora needs validation items")
     with stage("LoRA search", total=len(SIDES) + 1, progress=progress) as bar:   # both trainings, then the epochs
-        runs = {}
+        runs: dict[str, list[LoRA]] = {}
         for side in SIDES:
             runs[side] = train_lora(model, fit, side, config, snapshots=True, progress=progress)
             bar.update()
+
+        def trained(epoch: int) -> tuple[Pole, ...]:
+            return tuple(Pole(partial(runs[side][epoch].apply, model)) for side in SIDES)
+
         candidates = [Candidate({"epochs": epoch + 1, "seek_train_loss": runs["seek"][epoch].meta["train_loss"][-1],
                                  "reject_train_loss": runs["reject"][epoch].meta["train_loss"][-1]},
-                                lambda epoch=epoch: tuple(Pole(lambda lora=runs[side][epoch]: lora.apply(model)) for side in SIDES),
-                                group="epochs")
+                                partial(trained, epoch), group="epochs")
                       for epoch in range(config.epochs)]
         table = search(model, candidates, validation, reference=reference, limit=stop_above, budgets=budgets, racing=racing,
                        batch_size=batch_size, progress=progress, desc="LoRA epochs")

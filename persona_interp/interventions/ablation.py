@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Iterator, Union
 
@@ -27,7 +28,7 @@ from persona_interp.signatures import Signature
 
 
 @dataclass
-class _UnitMask:
+class _UnitMask(ABC):
     """Shared logic of :class:`NeuronMask` and :class:`HeadMask`: units per layer, zero or mean."""
 
     units: dict[int, list[int]]
@@ -53,6 +54,15 @@ class _UnitMask:
     _per_head = False
     _what = "neuron"
 
+    @abstractmethod
+    def _unit_count(self, adapter: Any) -> int: ...
+
+    @abstractmethod
+    def _hook_name(self, adapter: Any, layer: int) -> str: ...
+
+    @abstractmethod
+    def _mean(self, signature: Signature, layer: int) -> Tensor: ...
+
     def fwd_hooks(self, model: Any) -> list[tuple[str, Callable]]:
         """``(hook name, hook)`` pairs for ``model.run_with_hooks`` / ``model.hooks``."""
         adapter = get_adapter(model)
@@ -60,7 +70,8 @@ class _UnitMask:
         hooks = []
         for layer, units in sorted(self.units.items()):
             index = torch.tensor(units, dtype=torch.long)
-            mean = self._mean(layer)[index].float() if self.mode == "mean" else None   # moved to the activation's device
+            mean = (self._mean(self.signature, layer)[index].float()    # moved to the activation's device
+                    if self.mode == "mean" and self.signature is not None else None)
             hooks.append((self._hook_name(adapter, layer), _replace_hook(index, mean, self._per_head)))
         return hooks
 
@@ -84,8 +95,8 @@ class NeuronMask(_UnitMask):
     def _hook_name(self, adapter: Any, layer: int) -> str:
         return adapter.neuron_hook(layer)
 
-    def _mean(self, layer: int) -> Tensor:
-        return self.signature.neuron_mean(layer)
+    def _mean(self, signature: Signature, layer: int) -> Tensor:
+        return signature.neuron_mean(layer)
 
 
 class HeadMask(_UnitMask):
@@ -105,8 +116,8 @@ class HeadMask(_UnitMask):
     def _hook_name(self, adapter: Any, layer: int) -> str:
         return adapter.head_hook(layer)
 
-    def _mean(self, layer: int) -> Tensor:
-        return self.signature.head_z_mean(layer)
+    def _mean(self, signature: Signature, layer: int) -> Tensor:
+        return signature.head_z_mean(layer)
 
 
 def _replace_hook(index: Tensor, value: Tensor | None, per_head: bool) -> Callable[[Tensor, Any], Tensor]:

@@ -29,6 +29,13 @@ class Intervention(Protocol):
     def apply(self, model: Any) -> ContextManager[Any]: ...
 
 
+class DosedIntervention(Protocol):
+    """An intervention with a dose: ``apply(model, multiplier)`` (a steering vector, an ODE flow, a weight edit),
+    what a steering search tries at several multipliers."""
+
+    def apply(self, model: Any, multiplier: float | None = None) -> ContextManager[Any]: ...
+
+
 _EDITING: dict[int, dict[str, str]] = {}   # id(model) -> {map name: what is editing it}
 
 
@@ -94,9 +101,10 @@ def _each(names: list[str], fn: Callable[[str], Any], workers: int, into: dict[s
                     futures[name] = pool.submit(call, name)
         finally:
             for name, future in futures.items():
-                if future.exception() is None:
+                raised = future.exception()
+                if raised is None:
                     into[name] = future.result()
                 else:
-                    errors.append(future.exception())
+                    errors.append(raised)
     if errors:
         raise errors[0]

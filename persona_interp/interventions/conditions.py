@@ -156,7 +156,9 @@ class MaskCondition(Condition):
         return "mask+prompt" if self.system else "mask"
 
     def intervention(self) -> Intervention | None:
-        return WeightAblation(self.mask)                     # no mask: a TypeError naming what it got
+        if self.mask is None:
+            raise TypeError(f"mask condition {self.name!r} has no mask: give it a Mask")
+        return WeightAblation(self.mask)
 
 
 class Composed(Condition):

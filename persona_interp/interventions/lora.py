@@ -23,7 +23,7 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ContextManager, Sequence
+from typing import Any, ContextManager, Literal, Sequence, overload
 
 import torch
 import torch.nn.functional as F
@@ -142,6 +142,12 @@ def _targets(batch: Any) -> Tensor:
     return torch.where(batch.token_mask("answer"), batch.tokens, torch.full_like(batch.tokens, -100))
 
 
+@overload
+def train_lora(model: Any, items: Sequence[PersonaItem], side: Side, config: LoRAConfig | None = None, *,
+               snapshots: Literal[False] = False, progress: bool = True) -> LoRA: ...
+@overload
+def train_lora(model: Any, items: Sequence[PersonaItem], side: Side, config: LoRAConfig | None = None, *,
+               snapshots: Literal[True], progress: bool = True) -> list[LoRA]: ...
 def train_lora(model: Any, items: Sequence[PersonaItem], side: Side, config: LoRAConfig | None = None, *,
                snapshots: bool = False, progress: bool = True) -> LoRA | list[LoRA]:
     """Fine-tune LoRA factors on ``side``'s answers to ``items`` (chat-formatted; loss on answer tokens

@@ -44,7 +44,7 @@ class Barrier:
     def to(self, device: torch.device | str) -> "Barrier":
         """The same barrier with its tensors on ``device`` (a no-op where they already are)."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Barrier(move(self.weight), self.bias, move(self.mean), move(self.scale), move(self.omega), move(self.phase))
+        return Barrier(self.weight.to(device), self.bias, self.mean.to(device), self.scale.to(device), move(self.omega), move(self.phase))
 
     def _z(self, x: Tensor) -> Tensor:
         return (x.double() - self.mean) / self.scale
@@ -53,6 +53,7 @@ class Barrier:
         z = self._z(x)
         if self.omega is None:
             return z
+        assert self.phase is not None   # random Fourier features have both
         return math.sqrt(2.0 / len(self.phase)) * torch.cos(z @ self.omega.T + self.phase)
 
     def __call__(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "..."]:
@@ -63,6 +64,7 @@ class Barrier:
         """``∇ₓ h(x)`` (closed form)."""
         if self.omega is None:
             return (self.weight / self.scale).expand(*x.shape[:-1], -1)
+        assert self.phase is not None   # random Fourier features have both
         z = self._z(x)
         inner = -math.sqrt(2.0 / len(self.phase)) * torch.sin(z @ self.omega.T + self.phase) * self.weight
         return (inner @ self.omega) / self.scale

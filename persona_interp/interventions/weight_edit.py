@@ -105,7 +105,9 @@ class DirectionalEdit:
         def restore(name: str, parameter: Tensor, saved: tuple[Tensor, Tensor | None]) -> None:
             parameter.copy_(saved[0])
             if saved[1] is not None:
-                adapter.bias(name).copy_(saved[1])
+                bias = adapter.bias(name)
+                assert bias is not None   # saved only where the map has one
+                bias.copy_(saved[1])
 
         return edit_weights(model, self.maps(model), edit, restore, f"weight edit (α = {alpha:g})")
 

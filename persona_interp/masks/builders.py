@@ -225,8 +225,9 @@ class MaskFamily:
             k = kept_count(m.n_in, sparsity)
             keep[0][m.name] = seek_rank < k
             keep[1][m.name] = _next_k(seek_rank, k) if self.sequential else reject_rank < k
-        return tuple(Mask(kept, mask_meta(self.model, self.method, sparsity, maps, modules, layers, side=side, **self.meta))
-                     for side, kept in zip(SIDES, keep))
+        seek, reject = (Mask(kept, mask_meta(self.model, self.method, sparsity, maps, modules, layers, side=side, **self.meta))
+                        for side, kept in zip(SIDES, keep))
+        return seek, reject
 
 
 def _next_k(rank: Int[Tensor, "out in"], k: int) -> Bool[Tensor, "out in"]:
@@ -266,16 +267,17 @@ def mask_family(model: Any, method: str, seek: Signature, reject: Signature | No
     maps = selected_maps(model, modules, layers, sigs)
     extra: dict[str, Any] = {"persona": persona or seek.meta.get("dataset"), "statistic": seek.statistic}
     if method == "wanda":
-        def ranker(model: Any, name: str) -> tuple[Tensor, Tensor]:
+        def wanda_ranker(model: Any, name: str) -> tuple[Tensor, Tensor]:
             ranks = [row_ranks(_by_channel(abs_weight(model, name), sig.sample_mean(name))) for sig in sigs]
             return ranks[0], ranks[-1]
-        return MaskFamily(model, method, maps, ranker, extra, cache=cache)
+        return MaskFamily(model, method, maps, wanda_ranker, extra, cache=cache)
+    assert reject is not None   # only wanda takes one signature (checked above)
     check_contrast(seek, reject, eps)
     if method == "contrastive_sparse" and rule == "paper_code":
-        def ranker(model: Any, name: str) -> tuple[Tensor, Tensor]:
+        def paper_code_ranker(model: Any, name: str) -> tuple[Tensor, Tensor]:
             ranks = row_ranks(_by_channel(abs_weight(model, name), token_contrast(seek, reject, name, eps)))
             return ranks, ranks
-        return MaskFamily(model, method, maps, ranker, {**extra, "statistic": "token", "rule": rule, "eps": eps},
+        return MaskFamily(model, method, maps, paper_code_ranker, {**extra, "statistic": "token", "rule": rule, "eps": eps},
                           sequential=True, cache=cache)
     if method == "contrastive_sparse" and rule != "disjoint":
         raise ValueError(f"contrastive_sparse rule must be one of {RULES} (the paper's text, its code), got {rule!r}")

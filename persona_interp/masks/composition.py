@@ -49,7 +49,7 @@ TYPE_LETTERS = {"introversion_extraversion": ("I", "E"), "intuition_sensing": ("
                 "thinking_feeling": ("T", "F"), "judging_perceiving": ("J", "P")}
 
 
-def type_poles(type_code: str) -> dict[str, str]:
+def type_poles(type_code: str) -> dict[str, Side]:
     """Which side of each MBTI axis a four-letter type takes.
 
     Example:
@@ -59,7 +59,7 @@ def type_poles(type_code: str) -> dict[str, str]:
     code = type_code.strip().upper()
     if len(code) != len(TYPE_LETTERS):
         raise ValueError(f"type code {type_code!r} must have four letters, one per axis (e.g. INTJ)")
-    poles = {}
+    poles: dict[str, Side] = {}
     for axis, (seek_letter, reject_letter) in TYPE_LETTERS.items():
         found = [c for c in code if c in (seek_letter, reject_letter)]
         if len(found) != 1:
@@ -101,6 +101,8 @@ class PoleScores:
             s, t = fn(name)
             score = weight * s if score is None else score + weight * s
             tiebreak = weight * t if tiebreak is None else tiebreak + weight * t
+        if score is None or tiebreak is None:
+            raise ValueError("these pole scores have no terms: build them with pole_scores() or PoleScores.fixed()")
         return score, tiebreak
 
     def __add__(self, other: "PoleScores") -> "PoleScores":
@@ -205,8 +207,8 @@ def type_mask(model: Any, axes: Mapping[str, tuple[Signature, Signature]], type_
     if missing:
         raise ValueError(f"type {type_code!r} needs signatures for the axes {missing}")
     parts = [pole_scores(model, *axes[axis], pole, **kwargs) for axis, pole in poles.items()]
-    weights = None if weights is None else [weights.get(axis, 1.0) for axis in poles]
-    return blend(parts, weights).mask(sparsity, method="type", type=type_code.upper(), poles=poles)
+    axis_weights = None if weights is None else [weights.get(axis, 1.0) for axis in poles]
+    return blend(parts, axis_weights).mask(sparsity, method="type", type=type_code.upper(), poles=poles)
 
 
 def intersection_type_mask(model: Any, axes: Mapping[str, tuple[Signature, Signature]], type_code: str,
@@ -219,6 +221,7 @@ def intersection_type_mask(model: Any, axes: Mapping[str, tuple[Signature, Signa
         seek_mask, reject_mask = contrastive_wanda_masks(model, *axes[axis], sparsity, **kwargs)
         part = seek_mask if pole == "seek" else reject_mask
         result = part if result is None else result & part
+    assert result is not None   # type_poles gives all four axes
     result.meta.update({"method": "type_intersection", "type": type_code.upper(), "sparsity": result.sparsity(),
                         "per_axis_sparsity": sparsity, "poles": poles})
     return result

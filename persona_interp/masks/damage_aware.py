@@ -42,6 +42,7 @@ from persona_interp.data.personas import PersonaItem
 from persona_interp.masks.builders import (
     FamilyCache,
     MaskFamily,
+    Phi,
     _options_key,
     _by_channel,
     abs_weight,
@@ -100,7 +101,7 @@ def _family(model: Any, method: str, maps: list[LinearMap], ranker: Callable[[An
 
 
 # ---------------------------------------------------------------------- 1a: retain-aware ratio
-def retain_ratio_family(model: Any, seek: Signature, reject: Signature, neutral: Signature, *, phi: str = "relu",
+def retain_ratio_family(model: Any, seek: Signature, reject: Signature, neutral: Signature, *, phi: Phi = "relu",
                         tau: float = 1.0, eps: float = 1e-8, retain_eps: float = 1e-3, generic: float = 0.0,
                         modules: Iterable[str] | None = None, layers: Iterable[int] | None = None,
                         persona: str | None = None, cache: bool = False) -> MaskFamily:
@@ -123,8 +124,9 @@ def retain_ratio_family(model: Any, seek: Signature, reject: Signature, neutral:
         retain = _by_channel(w, a)
         floor = retain_eps * retain.mean().clamp_min(torch.finfo(retain.dtype).tiny)
         common = generic_channels(a, generic)
-        return tuple(removal_ranks(_by_channel(w, act(sign * z)) / (retain + floor), retain, common)
-                     for sign in (-1, 1))                            # seek removes the reject pole's weights
+        seek_ranks, reject_ranks = (removal_ranks(_by_channel(w, act(sign * z)) / (retain + floor), retain, common)
+                                    for sign in (-1, 1))             # seek removes the reject pole's weights
+        return seek_ranks, reject_ranks
 
     meta = {"persona": persona or seek.meta.get("dataset"), "statistic": seek.statistic, "phi": phi, "tau": tau,
             "eps": eps, "retain_eps": retain_eps, "generic": generic, "n_neutral": neutral.n_samples}
@@ -157,7 +159,7 @@ def _set_difference_ranks(persona: Float[Tensor, "out in"], utility: Float[Tenso
 
 
 def set_difference_family(model: Any, seek: Signature, reject: Signature, neutral: Signature, *, utility: float = 0.3,
-                          phi: str = "relu", tau: float = 1.0, eps: float = 1e-8, generic: float = 0.0,
+                          phi: Phi = "relu", tau: float = 1.0, eps: float = 1e-8, generic: float = 0.0,
                           modules: Iterable[str] | None = None, layers: Iterable[int] | None = None,
                           persona: str | None = None, cache: bool = False) -> MaskFamily:
     """The ranking of :func:`set_difference_masks`.
@@ -175,7 +177,8 @@ def set_difference_family(model: Any, seek: Signature, reject: Signature, neutra
     def ranker(model: Any, name: str) -> tuple[Tensor, Tensor]:
         w, z, a = abs_weight(model, name), contrast(seek, reject, name, eps), neutral.sample_mean(name)
         util, common = _by_channel(w, a), generic_channels(a, generic)
-        return tuple(_set_difference_ranks(_by_channel(w, act(sign * z)), util, utility, common) for sign in (-1, 1))
+        seek_ranks, reject_ranks = (_set_difference_ranks(_by_channel(w, act(sign * z)), util, utility, common) for sign in (-1, 1))
+        return seek_ranks, reject_ranks
 
     meta = {"persona": persona or seek.meta.get("dataset"), "statistic": seek.statistic, "score": "wanda",
             "utility": utility, "phi": phi, "tau": tau, "eps": eps, "generic": generic, "n_neutral": neutral.n_samples}
@@ -222,6 +225,12 @@ class GradientScores:
         return 0.5 * self.weight_sq[name] * self.fisher[name]
 
 
+def _grad_of(name: str, parameter: Tensor) -> Tensor:
+    if parameter.grad is None:
+        raise RuntimeError(f"{name}: the objective did not reach this weight (no gradient)")
+    return parameter.grad
+
+
 def gradient_scores(model: Any, items: Sequence[PersonaItem], neutral_texts: Sequence[str], *,
                     modules: Iterable[str] | None = None, layers: Iterable[int] | None = None, batch_size: int = 8,
                     max_tokens: int = 256) -> GradientScores:
@@ -250,7 +259,7 @@ def gradient_scores(model: Any, items: Sequence[PersonaItem], neutral_texts: Seq
         for p in params.values():
             p.grad = None
         objective.backward()
-        out = {name: adapter.to_out_in(name, p.grad).double() for name, p in params.items()}
+        out = {name: adapter.to_out_in(name, _grad_of(name, p)).double() for name, p in params.items()}
         for p in params.values():
             p.grad = None
         return out
@@ -373,7 +382,7 @@ def snip_set_difference_masks(model: Any, items: Sequence[PersonaItem], neutral_
 
 # ---------------------------------------------------------------------- the method registry's entries
 from persona_interp.masks.learned import GateConfig, train_gates  # noqa: E402  (learned.py does not import this module)
-from persona_interp.masks.registry import Family, MethodInputs, MethodSpec, register  # noqa: E402
+from persona_interp.masks.registry import Family, MethodInputs, MethodSpec, Need, register  # noqa: E402
 
 
 def _signature_key(sig: Signature | None) -> tuple:
@@ -404,9 +413,11 @@ def _from_gradients(family: Callable[..., MaskFamily]) -> Callable[..., Family]:
               layers: Any = None, batch_size: int = 8, **options: Any) -> Family:
         where = (id(inputs.items), id(inputs.neutral_texts), _options_key({"modules": modules, "layers": layers,
                                                                             "batch_size": batch_size}))
-        alive = (inputs.items, inputs.neutral_texts)
+        items, texts = inputs.items, inputs.neutral_texts
+        assert items is not None and texts is not None   # MethodSpec.check_inputs refused inputs without them
+        alive = (items, texts)
         scores = _kept(families, ("gradient_scores", *where), lambda: gradient_scores(
-            model, inputs.items, inputs.neutral_texts, modules=modules, layers=layers, batch_size=batch_size), *alive)
+            model, items, texts, modules=modules, layers=layers, batch_size=batch_size), *alive)
         return _kept(families, (family.__name__, *where, inputs.persona, _options_key(options)),
                      lambda: family(model, scores=scores, modules=modules, layers=layers, persona=inputs.persona,
                                     cache=True, **options), *alive)
@@ -416,17 +427,19 @@ def _from_gradients(family: Callable[..., MaskFamily]) -> Callable[..., Family]:
 def _learned_gates(model: Any, inputs: MethodInputs, *, families: FamilyCache | None = None, modules: Any = None,
                    layers: Any = None, **options: Any) -> Family:
     """The registry builder of learned gates: one training per inputs, maps and :class:`GateConfig` options."""
+    items, texts, seek, reject = inputs.items, inputs.neutral_texts, inputs.seek, inputs.reject
+    assert items is not None and texts is not None and seek is not None and reject is not None   # MethodSpec.check_inputs
     key = ("learned_gates", id(inputs.items), id(inputs.neutral_texts), *_signature_key(inputs.seek),
            *_signature_key(inputs.reject), inputs.persona, _options_key({**options, "modules": modules, "layers": layers}))
-    return _kept(families, key, lambda: train_gates(model, inputs.items, inputs.neutral_texts, inputs.seek, inputs.reject,
+    return _kept(families, key, lambda: train_gates(model, items, texts, seek, reject,
                                                     config=GateConfig(**options), modules=modules, layers=layers,
                                                     persona=inputs.persona).family(model, cache=True),
-                 inputs.items, inputs.neutral_texts, inputs.seek, inputs.reject)
+                 items, texts, seek, reject)
 
 
 _CONTRAST = {"phi": "relu", "tau": 1.0, "eps": 1e-8}
-_NEUTRAL = frozenset({"signatures", "neutral_signatures"})
-_GRADIENT = frozenset({"calibration_items", "neutral_texts"})
+_NEUTRAL: frozenset[Need] = frozenset({"signatures", "neutral_signatures"})
+_GRADIENT: frozenset[Need] = frozenset({"calibration_items", "neutral_texts"})
 DAMAGE_AWARE_METHODS = ("retain_ratio", "set_difference", "snip_set_difference", "gradient", "learned_gates")
 """The registered methods of this module and :mod:`~persona_interp.masks.learned`, cheapest first."""
 register(MethodSpec("retain_ratio", _with_neutral(retain_ratio_family), needs=_NEUTRAL, search=("statistic", "phi"),

@@ -83,7 +83,8 @@ class LearnedGates:
 
         def ranker(model: Any, name: str) -> tuple[Tensor, Tensor]:
             n_out = adapter.map_by_name[name].n_out
-            return tuple(row_ranks(self.logits[side][name].double()[None, :].expand(n_out, -1).contiguous()) for side in SIDES)
+            seek, reject = (row_ranks(self.logits[side][name].double()[None, :].expand(n_out, -1).contiguous()) for side in SIDES)
+            return seek, reject
 
         meta = {k: v for k, v in self.meta.items() if k != "fingerprint"}
         return MaskFamily(model, "learned_gates", maps, ranker, meta, cache=cache)
@@ -130,7 +131,8 @@ def train_gates(model: Any, items: Sequence[PersonaItem], neutral_texts: Sequenc
     with torch.inference_mode():
         base = [logprobs.half().cpu() for logprobs, _ in                   # as DamageReference keeps them
                 neutral_logprobs(model, neutral_texts, config.batch_size, config.max_tokens)]
-    logits, losses = {}, {}
+    logits: dict[str, dict[str, Tensor]] = {}
+    losses: dict[str, list[float]] = {}
     states = frozen_weights(model)
     try:
         for sign, side in zip((1.0, -1.0), SIDES):

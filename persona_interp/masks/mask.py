@@ -52,7 +52,7 @@ class Mask:
         _check_same_model(self, other, "combine")
         keep = {}
         for name in dict.fromkeys([*self.keep, *other.keep]):
-            ref = self.keep.get(name, other.keep.get(name))
+            ref = self.keep[name] if name in self.keep else other.keep[name]
             a = self.keep.get(name, torch.ones_like(ref))
             b = other.keep.get(name, torch.ones_like(ref)).to(a.device)
             if a.shape != b.shape:
@@ -125,7 +125,7 @@ def _grouped(a: Mask, b: Mask, by: str, count: Callable[[Tensor, Tensor], tuple[
     _check_same_model(a, b, "compare")
     totals: dict[str, list[int]] = {}
     for name in dict.fromkeys([*a.keep, *b.keep]):
-        ref = a.keep.get(name, b.keep.get(name))
+        ref = a.keep[name] if name in a.keep else b.keep[name]
         x = a.keep.get(name, torch.ones_like(ref))
         num, den = count(x, b.keep.get(name, torch.ones_like(ref)).to(x.device))
         entry = totals.setdefault(_group_key(name, by), [0, 0])

@@ -202,6 +202,7 @@ def _ranked(fixed: dict[str, Any]) -> Builder:
         seek, reject = inputs.seek, inputs.reject
         if seek is None:                                             # one pole's own signature (per-pole Wanda)
             seek, reject = reject, None
+        assert seek is not None   # MethodSpec.check_inputs refused inputs without a signature
         kw = {**fixed, **options, "persona": inputs.persona, "modules": modules, "layers": layers}
         if families is not None and reject is not None:
             return families.get(seek, reject, **kw)

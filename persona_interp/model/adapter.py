@@ -18,6 +18,7 @@ import json
 import warnings
 import weakref
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -241,10 +242,10 @@ class ModelAdapter:
             module = sub.original_component
             conv = isinstance(module, Conv1D)
             found.append((kind, _Access(
-                parameter=lambda m=module: m.weight,
+                parameter=partial(getattr, module, "weight"),
                 to_out_in=_transpose if conv else _identity,
                 to_native=_transpose if conv else _identity,
-                bias=lambda m=module: getattr(m, "bias", None),
+                bias=partial(getattr, module, "bias", None),
             )))
         return found
 
@@ -261,7 +262,7 @@ class ModelAdapter:
             return _Access(
                 parameter=get,
                 to_out_in=lambda w: w.permute(0, 2, 1).reshape(-1, w.shape[1]),
-                to_native=lambda x, g=get: x.reshape(g().shape[0], g().shape[2], g().shape[1]).permute(0, 2, 1),
+                to_native=lambda x: x.reshape(get().shape[0], get().shape[2], get().shape[1]).permute(0, 2, 1),
             )
 
         def kv(which: str) -> Callable[[], Tensor]:
@@ -334,21 +335,21 @@ class ModelAdapter:
         """This model's fingerprint and the :attr:`legacy_fingerprints` of files saved before."""
         return {self.fingerprint} | self.legacy_fingerprints
 
-    def check_fits(self, fingerprint: str | None, what: str, shapes: dict[str, tuple[int | None, int]]) -> None:
+    def check_fits(self, fingerprint: str | None, what: str, shapes: dict[str, tuple[int | None, ...]]) -> None:
         """The one model check of every saved or built object (masks, signatures, LoRAs): its ``fingerprint``
         must be this model's (:meth:`check_fingerprint`) and every map in ``shapes`` must exist here with that
-        ``(n_out, n_in)`` (``n_out`` None: not recorded). ``what`` names the object, e.g. ``"mask 'wanda'"``.
+        ``(n_out, n_in)`` (``n_out`` None: not recorded; any other rank is a mismatch). ``what`` names the object, e.g. ``"mask 'wanda'"``.
 
         Example:
             >>> adapter.check_fits(mask.meta.get("fingerprint"), "mask", {n: tuple(k.shape) for n, k in mask.keep.items()})
         """
         self.check_fingerprint(fingerprint, f"{what} was built for")
-        for name, (n_out, n_in) in shapes.items():
+        for name, shape in shapes.items():
             if name not in self.map_by_name:
                 raise ModelMismatchError(f"{what} has map {name!r}, which the model lacks")
             spec = self.map_by_name[name]
-            if n_in != spec.n_in or n_out not in (None, spec.n_out):
-                shown = (n_out, n_in) if n_out is not None else f"n_in {n_in}"
+            if len(shape) != 2 or shape[1] != spec.n_in or shape[0] not in (None, spec.n_out):
+                shown = f"n_in {shape[1]}" if len(shape) == 2 and shape[0] is None else shape
                 raise ModelMismatchError(f"{what}: {name} has shape {shown}, the model's weight is {(spec.n_out, spec.n_in)}")
 
     def check_fingerprint(self, fingerprint: str | None, what: str) -> None:
@@ -401,7 +402,8 @@ class ModelAdapter:
                 try:                                                   # TransformerLens 3.x, then 2.x
                     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache as KVCache
                 except ImportError:
-                    from transformer_lens.past_key_value_caching import HookedTransformerKeyValueCache as KVCache
+                    from transformer_lens.past_key_value_caching import (  # type: ignore[import-not-found, no-redef]  # 2.x only
+                        HookedTransformerKeyValueCache as KVCache)
                 past = KVCache.init_cache(self.model.cfg, self.model.cfg.device, sequence.shape[0])
             return self.model(new, past_kv_cache=past)[:, -1], (past, sequence.shape[1])
         hooks = [block.attn.register_forward_pre_hook(_cache_alias, with_kwargs=True) for block in self.model.blocks]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Optional, Sequence, Union
+from typing import Any, Callable, Literal, Optional, Sequence, Union, overload
 
 import torch
 from jaxtyping import Bool, Int
@@ -76,6 +76,10 @@ def fit_prompt(tokenizer: Any, question: str, system: str | None, answer_len: in
     raise ValueError(f"could not cut the question to fit max_tokens={max_tokens}: {question[:60]!r}")
 
 
+@overload
+def token_budget(model: Any, max_tokens: int) -> int: ...
+@overload
+def token_budget(model: Any, max_tokens: int | None) -> int | None: ...
 def token_budget(model: Any, max_tokens: int | None) -> int | None:
     """``max_tokens`` bounded by the model's context length (``cfg.n_ctx``), so no architecture runs past it."""
     n_ctx = getattr(model.cfg, "n_ctx", None)
@@ -236,11 +240,13 @@ def encode_packed(tokenizer: Any, questions: Sequence[tuple[str, str, str]], sys
     """
     rows, prompts, a_lens, b_lens, n_cut = [], [], [], [], 0
     for question, answer_a, answer_b in questions:
-        a, b = answer_ids(tokenizer, answer_a), answer_ids(tokenizer, answer_b)
-        prompt, cut = fit_prompt(tokenizer, question, system_for(system, question), max(len(a), len(b)), max_tokens)
+        ids_a, ids_b = answer_ids(tokenizer, answer_a), answer_ids(tokenizer, answer_b)
+        prompt, cut = fit_prompt(tokenizer, question, system_for(system, question), max(len(ids_a), len(ids_b)), max_tokens)
         n_cut += cut
-        rows.append(prompt + a + b)
-        prompts.append(len(prompt)), a_lens.append(len(a)), b_lens.append(len(b))
+        rows.append(prompt + ids_a + ids_b)
+        prompts.append(len(prompt))
+        a_lens.append(len(ids_a))
+        b_lens.append(len(ids_b))
     tokens, lengths = pad_right(rows, pad_id_of(tokenizer))
     n, width = tokens.shape
     position_ids = torch.arange(width).repeat(n, 1)

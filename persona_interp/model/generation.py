@@ -36,7 +36,8 @@ def generate(model: Any, question: str, *, system: str | None = None, max_new_to
         raise ValueError(f"the prompt has {len(prompt)} tokens: no room to generate within the model's context of {n_ctx}")
     steps = min(max_new_tokens, n_ctx - len(prompt)) if n_ctx else max_new_tokens
     device = adapter.input_device
-    cache, reply = None, []
+    cache = None
+    reply: list[int] = []
     generator = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
         for _ in range(steps):

@@ -151,7 +151,7 @@ def _dispatch(hf_model: Any, device_map: str | dict) -> Any:
         no_split = getattr(hf_model, "_no_split_modules", None)
         balanced = get_balanced_memory(hf_model, no_split_module_classes=no_split)       # spread, not GPU 0 first
         device_map = infer_auto_device_map(hf_model, max_memory=balanced, no_split_module_classes=no_split)
-    elif not isinstance(device_map, dict):
+    if not isinstance(device_map, dict):
         raise ValueError(f"device_map must be 'auto' or a dict of module name -> device, got {device_map!r}")
     if {"disk", "meta"} & {str(d) for d in device_map.values()}:
         raise ValueError("device_map offloads to disk: masks and LoRA edit weights in place, so every weight must "

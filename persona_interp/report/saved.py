@@ -67,7 +67,7 @@ def config_differences(mine: Any, theirs: dict[str, Any], ignore: Sequence[str] 
         >>> config_differences({"seed": 0, "dtype": "bfloat16"}, {"seed": 0})
         ['dtype']
     """
-    mine = dataclasses.asdict(mine) if dataclasses.is_dataclass(mine) else dict(mine)
+    mine = dataclasses.asdict(mine) if dataclasses.is_dataclass(mine) and not isinstance(mine, type) else dict(mine)
     theirs = {**{k: v for k, v in DEFAULTS.items() if k in mine}, **theirs}
     return sorted(k for k in set(mine) & set(theirs) if k not in ignore and mine[k] != theirs[k])
 

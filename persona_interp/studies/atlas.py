@@ -36,7 +36,7 @@ from persona_interp.interventions.steering import mean_difference_vector
 from persona_interp.masks.builders import FamilyCache, contrastive_sparse_masks, contrastive_wanda_masks, magnitude_mask, wanda_mask
 from persona_interp.masks.mask import fraction_differ_by, iou_by
 from persona_interp.model.adapter import get_adapter
-from persona_interp.model.chat import answer_ids, prompt_ids
+from persona_interp.model.chat import SystemPrompt, answer_ids, prompt_ids
 from persona_interp.report.figures import plot_dose_response, plot_layer_curve, plot_layer_kind_heatmap, plot_overlap_bars, plot_unit_map
 from persona_interp.report.views import attention_heads_view, neuron_tokens_view
 from persona_interp.signatures import Signature, collect_signatures
@@ -53,16 +53,17 @@ def persona_atlas(model: Any, persona: str, config: AtlasConfig, figures_dir: st
     adapter = get_adapter(model)
     fit, _ = calibration_split(persona, fraction=config.validation_fraction, seed=config.seed, n_fit=config.n_calibration)
     if signatures is None:
-        signatures = tuple(collect_signatures(model, fit, side, batch_size=config.batch_size, progress=progress)
-                           for side in SIDES)
-    seek_sig, reject_sig = signatures
+        seek_sig, reject_sig = (collect_signatures(model, fit, side, batch_size=config.batch_size, progress=progress)
+                                for side in SIDES)
+    else:
+        seek_sig, reject_sig = signatures
     rho = config.sparsity
     cw = contrastive_wanda_masks(model, seek_sig, reject_sig, rho, persona=persona)
     cs = contrastive_sparse_masks(model, seek_sig, reject_sig, rho, persona=persona)
     wanda_seek = wanda_mask(model, seek_sig, rho, persona=persona)
     magnitude = magnitude_mask(model, rho)
     out: dict[str, Any] = {"persona": persona, "config": dataclasses.asdict(config), "fit_items": len(fit),
-                           "signature_data": [dict(sig.meta, n_samples=sig.n_samples) for sig in signatures],
+                           "signature_data": [dict(sig.meta, n_samples=sig.n_samples) for sig in (seek_sig, reject_sig)],
                            "overlap": [overlap_row(f"{persona} contrastive_wanda@{rho}", *cw),
                                        overlap_row(f"{persona} contrastive_sparse@{rho}", *cs),
                                        overlap_row(f"{persona} wanda seek vs magnitude@{rho}", wanda_seek, magnitude)]}
@@ -106,7 +107,7 @@ def persona_atlas(model: Any, persona: str, config: AtlasConfig, figures_dir: st
         return out
 
     reference = DamageReference.build(model, load_neutral_texts()[: config.n_neutral], config.batch_size)
-    systems = {"no prompt": None}
+    systems: dict[str, SystemPrompt] = {"no prompt": None}
     if config.prompts:
         systems.update({f"{side} prompt": persona_prompts(persona, side)[0] for side in SIDES})
     out["dose_response"] = []
@@ -179,7 +180,7 @@ def equal_damage_comparison(model: Any, test: list, fit: Any, neurons: list, k: 
         target_kl = reference.measure(model)["kl"]
     vector = mean_difference_vector(model, fit, layer, batch_size=config.batch_size)
     alpha, kl = equal_damage_multiplier(model, vector, reference, target_kl)
-    result = {"k": k, "ablation_kl": target_kl, "steering_layer": layer, "steering_multiplier": alpha, "steering_kl": kl}
+    result: dict[str, Any] = {"k": k, "ablation_kl": target_kl, "steering_layer": layer, "steering_multiplier": alpha, "steering_kl": kl}
     for name, sign in (("seek", 1.0), ("reject", -1.0)):
         with vector.apply(model, multiplier=sign * alpha):
             steered = score_ab(model, test, batch_size=config.batch_size, progress=False).margin_mean

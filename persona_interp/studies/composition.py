@@ -1,6 +1,7 @@
 """The composition study: fractional blends and MBTI type masks against type prompts."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -39,18 +40,18 @@ def fractional_curve(model: Any, seek: Signature, reject: Signature, items: Sequ
         >>> curve["trend"]["increasing"]
     """
     fractions = sorted(float(f) for f in fractions)
+    masks = [fractional_mask(model, seek, reject, f, sparsity, **kwargs) for f in fractions]
+    masks.append(random_mask(model, sparsity, seed=seed, like=masks[0]))
     conditions: list[Condition] = [Condition()]
-    conditions += [MaskCondition(f"fraction={f:g}", mask=fractional_mask(model, seek, reject, f, sparsity, **kwargs),
-                                 regime="fractional") for f in fractions]
-    conditions.append(MaskCondition(f"random@{sparsity}", regime="random",
-                                    mask=random_mask(model, sparsity, seed=seed, like=conditions[1].mask)))
+    conditions += [MaskCondition(f"fraction={f:g}", mask=mask, regime="fractional") for f, mask in zip(fractions, masks)]
+    conditions.append(MaskCondition(f"random@{sparsity}", regime="random", mask=masks[-1]))
     ev = evaluate(model, items, conditions, persona=str(seek.meta.get("dataset")), batch_size=batch_size, progress=progress)
     base = ev.scores["base"].margin_mean
     rows = []
-    for cond in conditions[1:]:
+    for cond, mask in zip(conditions[1:], masks):
         s = ev.scores[cond.name]
         margin, shift, acc = mean_ci(s.margin_mean), paired_difference(s.margin_mean, base), proportion_ci(s.seek_wins)
-        rows.append({"condition": cond.name, "fraction": cond.mask.meta.get("fraction"), "n": margin.n,
+        rows.append({"condition": cond.name, "fraction": mask.meta.get("fraction"), "n": margin.n,
                      "margin": margin.value, "margin_low": margin.low, "margin_high": margin.high,
                      "shift": shift.value, "shift_low": shift.low, "shift_high": shift.high,
                      "accuracy_seek": acc.value, "accuracy_low": acc.low, "accuracy_high": acc.high})
@@ -93,7 +94,7 @@ def type_comparison(model: Any, axes: Mapping[str, tuple[Signature, Signature]],
             s = ev.scores[cond.name]
             wins = s.seek_wins if pole == "seek" else ~s.seek_wins
             acc, shift = proportion_ci(wins), paired_difference(sign * s.margin_mean, sign * base.margin_mean)
-            sparsity_of = cond.mask.sparsity() if isinstance(cond, MaskCondition) else 0.0
+            sparsity_of = cond.mask.sparsity() if isinstance(cond, MaskCondition) and cond.mask is not None else 0.0
             rows.append({"type": type_code.upper(), "axis": axis, "pole": MBTI_AXES[axis][0 if pole == "seek" else 1],
                          "condition": cond.name, "sparsity": sparsity_of, "n": acc.n, "accuracy": acc.value,
                          "accuracy_low": acc.low, "accuracy_high": acc.high, "shift": shift.value,
@@ -104,7 +105,7 @@ def type_comparison(model: Any, axes: Mapping[str, tuple[Signature, Signature]],
 def run_composition(model: Any, axes: Mapping[str, tuple[Signature, Signature]], *, type_code: str = "INTJ",
                     sparsity: float = 0.3, axis: str = "introversion_extraversion",
                     fractions: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), n_test: int | None = None, seed: int = 0,
-                    figures_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
+                    figures_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """The composition study on the MBTI axes' held-out test items: :func:`type_comparison` for
     ``type_code`` and the :func:`fractional_curve` of ``axis``; figures go to ``figures_dir``.
 

@@ -8,6 +8,7 @@ from persona_interp.evaluation.controls import MatchedControlConfig
 from persona_interp.evaluation.tuning import MaskSpace
 from persona_interp.interventions.lora import LoRAConfig
 from persona_interp.masks.damage_aware import DAMAGE_AWARE_METHODS
+from persona_interp.model.chat import TokenScope
 
 
 @dataclass
@@ -45,7 +46,7 @@ class ReproduceConfig:
     n_test: int | None = None
     validation_fraction: float = 0.2
     seed: int = 0
-    token_scope: str = "all"
+    token_scope: TokenScope = "all"
     batch_size: int = 8
     max_tokens: int = 256
     n_neutral: int = 24              # neutral texts of the reported damage

@@ -1,13 +1,14 @@
 """The regimes study: prompt, mask and steering shifts of one persona on neutral text."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 from persona_interp.analysis.nulls import random_cosine_band
 from persona_interp.analysis.regimes import compare_regimes
 from persona_interp.data.personas import SIDES, calibration_split, load_neutral_texts, load_persona, persona_prompts
 from persona_interp.evaluation.tuning import select_steering
-from persona_interp.interventions.conditions import MaskCondition, Prompt, SteeringCondition
+from persona_interp.interventions.conditions import Condition, MaskCondition, Prompt, SteeringCondition
 from persona_interp.interventions.steering import mean_difference_vectors
 from persona_interp.masks.builders import contrastive_wanda_masks
 from persona_interp.model.adapter import get_adapter
@@ -16,7 +17,7 @@ from persona_interp.model.adapter import get_adapter
 def run_regimes(model: Any, persona: str, signatures: tuple[Any, Any], *, sparsity: float = 0.3,
                 n_calibration: int = 64, n_validation: int = 16, n_items: int = 48, n_texts: int = 16,
                 steering_layers: Sequence[float] = (0.35, 0.5, 0.65), multipliers: Sequence[float] = (2.0, 4.0, 8.0),
-                seed: int = 0, figures_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
+                seed: int = 0, figures_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """The regime comparison of one persona pair on the embedded data: the default persona prompt,
     the Contrastive-Wanda masks at ``sparsity`` (from the saved ``signatures``) and mean-difference
     steering (layer and multiplier chosen on the validation split, as in the main job), compared on
@@ -31,11 +32,13 @@ def run_regimes(model: Any, persona: str, signatures: tuple[Any, Any], *, sparsi
     vectors = mean_difference_vectors(model, fit, layers, progress=progress)
     choice = select_steering(model, vectors, validation, multipliers, progress=progress)
     cw_seek, cw_reject = contrastive_wanda_masks(model, *signatures, sparsity, persona=persona)
-    regimes = {
-        "prompt": tuple(Prompt(f"prompt-{side}", side=side, system=persona_prompts(persona, side)[0]) for side in SIDES),
+    prompt_seek, prompt_reject = (Prompt(f"prompt-{side}", side=side, system=persona_prompts(persona, side)[0]) for side in SIDES)
+    caa_seek, caa_reject = (SteeringCondition(f"caa-{side}", side=side, vector=choice.vector, multiplier=sign * choice.multiplier)
+                            for side, sign in zip(SIDES, (1.0, -1.0)))
+    regimes: dict[str, tuple[Condition, Condition]] = {
+        "prompt": (prompt_seek, prompt_reject),
         "mask": (MaskCondition("cw-seek", side="seek", mask=cw_seek), MaskCondition("cw-reject", side="reject", mask=cw_reject)),
-        "steering": tuple(SteeringCondition(f"caa-{side}", side=side, vector=choice.vector, multiplier=sign * choice.multiplier)
-                          for side, sign in (("seek", 1.0), ("reject", -1.0)))}
+        "steering": (caa_seek, caa_reject)}
     items = list(load_persona(persona, "test").sample(n_items, seed=seed))
     texts = load_neutral_texts()[-n_texts:]                   # the end of the set: the main job's perplexity uses the start
     result = compare_regimes(model, regimes, texts, items, layer=choice.layer, progress=progress)

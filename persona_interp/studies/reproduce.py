@@ -13,7 +13,7 @@ import random
 import subprocess
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -33,7 +33,7 @@ from persona_interp.data.retrieval import Retriever
 from persona_interp.evaluation.controls import damage_matched_random
 from persona_interp.evaluation.evaluate import budget_winners, control_comparison, equal_damage_summary, evaluate, frontier_rows
 from persona_interp.evaluation.scoring import DamageReference
-from persona_interp.evaluation.search import budget_picks, fallback, pick_within
+from persona_interp.evaluation.search import budget_picks, fallback
 from persona_interp.evaluation.tuning import build_candidate, select_lora, select_masks, select_prompts, select_steering
 from persona_interp.interventions.conditions import (
     Condition,
@@ -43,8 +43,8 @@ from persona_interp.interventions.conditions import (
     SteeringCondition,
     WeightEditCondition,
 )
-from persona_interp.interventions.ode_steering import ode_steerings
-from persona_interp.interventions.steering import answer_residual_means, vectors_from_differences
+from persona_interp.interventions.ode_steering import ODESteering, ode_steerings
+from persona_interp.interventions.steering import SteeringVector, answer_residual_means, vectors_from_differences
 from persona_interp.interventions.weight_edit import DirectionalEdit
 from persona_interp.masks.builders import FamilyCache, random_mask
 from persona_interp.masks.registry import MethodInputs, MethodSpec, method_names, methods
@@ -120,8 +120,8 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig, progre
                                                max_tokens=config.max_tokens, per_sample=token_scope == config.token_scope,
                                                progress=progress))
                 bar.update()
-            by_scope[token_scope] = tuple(pair)
-    sig = dict(zip(SIDES, by_scope[config.token_scope]))
+            by_scope[token_scope] = (pair[0], pair[1])
+    sig: dict[str, Signature] = dict(zip(SIDES, by_scope[config.token_scope]))
     if config.n_validation:
         validation = validation.sample(config.n_validation, seed=config.seed)
     used: dict[str, Any] = {"fit_items": len(fit), "validation_items": len(validation), "split": validation.meta.get("split"),
@@ -132,12 +132,12 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig, progre
         selection = DamageReference.build(model, texts.selection, config.batch_size)
     used["selection_neutral_texts"], used["fit_neutral_texts"] = config.n_selection_neutral, config.n_fit_neutral
     conditions: list[Condition] = [Condition()]
-    prompts = {side: persona_prompts(persona, side)[0] for side in SIDES}
+    prompts: dict[str, str] = {side: persona_prompts(persona, side)[0] for side in SIDES}
     if config.prompt_search:
         with stage("prompt search", progress=progress):
-            choice = select_prompts(model, persona_prompts(persona, "seek"), persona_prompts(persona, "reject"), validation,
-                                    batch_size=config.batch_size)
-        prompts, used["prompt_search"] = {"seek": choice.seek, "reject": choice.reject}, choice.table
+            phrasing = select_prompts(model, persona_prompts(persona, "seek"), persona_prompts(persona, "reject"), validation,
+                                      batch_size=config.batch_size)
+        prompts, used["prompt_search"] = {"seek": phrasing.seek, "reject": phrasing.reject}, phrasing.table
     for side in SIDES:
         conditions.append(Prompt(f"prompt-{side}", side=side, system=prompts[side], pair="prompt"))
     retriever = Retriever(list(fit))
@@ -229,6 +229,7 @@ def test_items(persona: str, config: ReproduceConfig) -> PersonaDataset:
 
 def _with_prompt(cond: MaskCondition, prompts: dict[str, str], control: str | None = None) -> MaskCondition:
     """The paper's protocol: ``cond``'s mask with its pole's persona prompt on (damage: the mask's own)."""
+    assert cond.side is not None   # a pole's mask
     return dataclasses.replace(cond, name=f"{cond.name}+prompt", system=prompts[cond.side], pair=f"{cond.pair}+prompt",
                                prompt_of=f"prompt-{cond.side}", damage_of=cond.name, control=control, matched_control=None)
 
@@ -242,6 +243,7 @@ def _matched_control(model: Any, cond: MaskCondition, selection: DamageReference
     spec = config.matched_controls
     if spec is None or selection is None or cond.regime not in spec.methods:
         return []
+    assert cond.mask is not None   # a method's mask condition
     found = damage_matched_random(model, cond.mask, selection, seed=config.seed, tolerance=spec.tolerance, atol=spec.atol,
                                   max_iter=spec.max_iter)
     name = f"random-matched:{cond.name}"
@@ -259,9 +261,10 @@ def paper_mask_conditions(model: Any, persona: str, signatures: tuple[Signature,
     ReLU), each alone and with its pole's prompt; a random mask alone and with each prompt as their controls, and
     with ``selection`` the damage-matched random mask of each (``config.matched_controls``)."""
     control = f"random@{rho}"
-    conditions: list[Condition] = [MaskCondition(control, regime="random", mask=random_mask(model, rho, seed=config.seed, modules=config.modules))]
+    control_mask = random_mask(model, rho, seed=config.seed, modules=config.modules)
+    conditions: list[Condition] = [MaskCondition(control, regime="random", mask=control_mask)]
     for side in SIDES:
-        conditions.append(MaskCondition(f"{control}+prompt-{side}", side=side, regime="random", mask=conditions[0].mask,
+        conditions.append(MaskCondition(f"{control}+prompt-{side}", side=side, regime="random", mask=control_mask,
                                         system=prompts[side], pair=f"{control}+prompt", damage_of=control))
     for spec in methods(poles=True, available={"signatures"}):
         method = spec.name
@@ -285,6 +288,8 @@ def budget_mask_conditions(model: Any, persona: str, by_scope: dict[str, tuple[S
     of weights per row (``random@klB-METHOD``) and, per pole, the random mask of equal damage on ``selection``
     (``random-matched:METHOD-SIDE@klB``, ``config.matched_controls``). ``inputs``: what the damage-aware methods
     read beside the poles' signatures (a neutral signature, the fit items, the fit texts). The tables go to ``used``."""
+    if config.mask_search is None:
+        raise ValueError("budget_mask_conditions needs config.mask_search (the mask search space)")
     space = dataclasses.replace(config.mask_search, stop_above=max(config.damage_budgets))
     conditions: list[Condition] = []
     used["mask_search"] = {}
@@ -335,20 +340,22 @@ def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaData
     is the seek condition, −α the reject condition. One pass over the fit items feeds all four."""
     n_layers = get_adapter(model).n_layers
     layers = sorted({min(n_layers - 1, round(f * n_layers)) for f in config.steering_layers})
-    conditions, search = [], {}
+    conditions: list[Condition] = []
+    search: dict[str, Any] = {}
     with stage("steering", total=len(SIDES) + 3 + bool(config.weight_edit_strengths), progress=progress) as bar:
-        means = {}
+        means: dict[str, torch.Tensor] = {}
         for side in SIDES:
             means[side] = answer_residual_means(model, fit, layers, side=side, batch_size=config.batch_size,
                                                 max_tokens=config.max_tokens, progress=progress)
             bar.update()
-        candidates = {method: vectors_from_differences(method, means["seek"] - means["reject"], layers)
-                      for method in ("mean_difference", "pca")}
+        mean_difference = vectors_from_differences("mean_difference", means["seek"] - means["reject"], layers)
+        candidates: dict[str, Mapping[int, SteeringVector | ODESteering | DirectionalEdit]] = {
+            "mean_difference": mean_difference, "pca": vectors_from_differences("pca", means["seek"] - means["reject"], layers)}
         candidates["ode"] = ode_steerings(model, fit, layers, features=config.ode_features, means=means, seed=config.seed)
         doses = dict.fromkeys(candidates, config.steering_multipliers)
         if config.weight_edit_strengths:
             candidates["weight_edit"] = {layer: DirectionalEdit.from_vector(vector)
-                                         for layer, vector in candidates["mean_difference"].items()}
+                                         for layer, vector in mean_difference.items()}
             doses["weight_edit"] = config.weight_edit_strengths
         choices = {}
         for method, vectors in candidates.items():
@@ -362,15 +369,15 @@ def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaData
         best = table[fallback(table)]            # the best scored row; the least damaging when none was scored
         search[method] = {"layer": int(best["layer"]), "multiplier": best["multiplier"], "table": table}
         for budgets, index in (budget_picks(table, config.damage_budgets) if selection else
-                               [([None], pick_within(table, None))]):
+                               [([None], fallback(table))]):
             row = table[index]
             tag = f"@kl{budgets[0]:g}" if budgets[0] is not None else ""
-            for side, sign in (("seek", 1.0), ("reject", -1.0)):
-                name, relations = f"{method}-{side}{tag}", dict(pair=f"{method}{tag}", budgets=None if budgets == [None] else budgets,
-                                                                meta={"chosen": row})
+            for side, sign in zip(SIDES, (1.0, -1.0)):
+                name = f"{method}-{side}{tag}"
+                relations: dict[str, Any] = dict(pair=f"{method}{tag}", budgets=None if budgets == [None] else budgets, meta={"chosen": row})
                 vector, multiplier = vectors[int(row["layer"])], sign * row.get("orientation", 1.0) * row["multiplier"]
                 conditions.append(WeightEditCondition(name, side=side, edit=vector, multiplier=multiplier, **relations)
-                                  if method == "weight_edit" else
+                                  if isinstance(vector, DirectionalEdit) else
                                   SteeringCondition(name, side=side, regime=method, vector=vector, multiplier=multiplier,
                                                     **relations))
     return {"conditions": conditions, "search": search}
