@@ -136,7 +136,7 @@ def neuron_activations(model: Any, text: Text, neurons: Sequence[tuple[int, int]
 def neuron_tokens_view(model: Any, texts: dict[str, Text], neurons: Sequence[tuple[int, int]]) -> OfflineHTML:
     """circuitsvis ``colored_tokens_multi`` of the given neurons over each labelled text (e.g. one
     text per pole), one panel per text; pick a neuron in the panel to colour the tokens by it."""
-    from circuitsvis.tokens import colored_tokens_multi
+    from circuitsvis.tokens import colored_tokens_multi  # type: ignore[import-untyped]
 
     labels = [f"L{layer}N{unit}" for layer, unit in neurons]
     panels, fallback = [], []
@@ -160,7 +160,7 @@ def attention_patterns(model: Any, text: Text, heads: Sequence[tuple[int, int]])
 
 def attention_heads_view(model: Any, text: Text, heads: Sequence[tuple[int, int]], title: str = "") -> OfflineHTML:
     """circuitsvis ``attention_heads`` of the given heads on one text."""
-    from circuitsvis.attention import attention_heads
+    from circuitsvis.attention import attention_heads  # type: ignore[import-untyped]
 
     ids = _ids(model, text)
     names = [f"L{layer}H{head}" for layer, head in heads]
