@@ -168,7 +168,8 @@ class RunConfig(Protocol):
     """What the report needs of a run's configuration (a :class:`~persona_interp.studies.config.ReproduceConfig`:
     the report sits below the studies and does not import them)."""
 
-    personas: Sequence[str]
+    @property
+    def personas(self) -> Sequence[str]: ...
 
 
 def write_report(out_dir: Path, figures_dir: Path, config: RunConfig, results: RunResults) -> Path:

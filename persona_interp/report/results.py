@@ -46,7 +46,7 @@ from persona_interp.evaluation.rows import (
 from persona_interp.interventions.lora import LoRAConfig
 from persona_interp.model.machine import CPU, cpu_info
 
-SCHEMA_VERSION = 2                     # 1: the files before provenance (no ``schema_version``); 2: provenance
+SCHEMA_VERSION: Literal[2] = 2         # 1: the files before provenance (no ``schema_version``); 2: provenance
 NOT_RECORDED = "not recorded"          # what a file from before a field existed shows for it: never a guess
 NotRecorded = Literal["not recorded"]
 
