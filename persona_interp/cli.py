@@ -298,15 +298,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         test = test.sample(args.n_test, seed=args.seed)
     ev = evaluate(model, list(test), conditions, persona=args.persona, neutral_texts=load_neutral_texts()[: args.n_neutral],
                   batch_size=args.batch_size)
-    study = {"persona": args.persona, "n_test": len(test), "seed": args.seed, "masks": args.masks or [], "table": ev.table(),
-             "contrasts": ev.contrasts(), "controls": control_comparison(ev), "per_item": ev.per_item()}
-    markdown = "\n".join([f"## {args.persona}: {len(test)} test items (seed {args.seed})\n", markdown_table(study["table"], TABLE_COLUMNS),
-                          "\nSeek-minus-reject:\n", markdown_table(study["contrasts"], ["pair", "n", "difference"]),
+    table, contrasts, controls = ev.table(), ev.contrasts(), control_comparison(ev)
+    study = {"persona": args.persona, "n_test": len(test), "seed": args.seed, "masks": args.masks or [],
+             "table": [row.model_dump() for row in table], "contrasts": [row.model_dump() for row in contrasts],
+             "controls": [row.model_dump() for row in controls],
+             "per_item": {name: item.model_dump() for name, item in ev.per_item().items()}}
+    markdown = "\n".join([f"## {args.persona}: {len(test)} test items (seed {args.seed})\n", markdown_table(table, TABLE_COLUMNS),
+                          "\nSeek-minus-reject:\n", markdown_table(contrasts, ["pair", "n", "difference"]),
                           "\nAgainst the random control:\n",
-                          markdown_table(control_rows(study["controls"]), ["condition", "control", "advantage", "beats_control"])])
+                          markdown_table(control_rows(controls), ["condition", "control", "advantage", "beats_control"])])
     from persona_interp.report.figures import plot_accuracy
 
-    plot_accuracy(study["table"], paths["figures"] / f"{args.persona}_evaluate", title=f"{args.persona}: {len(test)} test items")
+    plot_accuracy(table, paths["figures"] / f"{args.persona}_evaluate", title=f"{args.persona}: {len(test)} test items")
     _write_study(args, paths, study, markdown)
 
 
@@ -319,19 +322,18 @@ def cmd_figures(args: argparse.Namespace) -> None:
     if not results.is_file():
         raise SystemExit(f"error: {results} does not exist (the main job writes REPORT_DIR/results.json)")
     typed = load_results(results)                      # a damaged or partial file: an error naming it and the field
-    data = typed.model_dump()
     written = []
     report = _writable(Path(args.report), args.force) if args.report else None
-    for persona, entry in data["personas"].items():
-        stems = [f"{persona}_accuracy", *([f"{persona}_frontier"] if entry.get("frontier") else [])]
+    for persona, entry in typed.personas.items():
+        stems = [f"{persona}_accuracy", *([f"{persona}_frontier"] if entry.frontier else [])]
         for stem in stems:
             for suffix in (".png", ".svg"):
                 _writable(Path(args.out) / f"{stem}{suffix}", args.force)
         written += plot_persona(persona, entry, args.out)
-    if diagnostics_by_persona(data):
+    if diagnostics_by_persona(typed):
         for suffix in (".png", ".svg"):
             _writable(Path(args.out) / f"stability{suffix}", args.force)
-        written += plot_stability(data, Path(args.out) / "stability")
+        written += plot_stability(typed, Path(args.out) / "stability")
     print(f"wrote {len(written)} files to {args.out}")
     if report is not None:
         from persona_interp.report.markdown import render_report

@@ -178,9 +178,24 @@ def run_results(personas: dict, **config) -> dict:
                   "device_map": None, "seed": 0, "revision": "abc1234", "torch": "2", "transformers": "5",
                   "cpu": {"model": "test CPU", "flags": ["avx2"]}, "started": "2026-12-06T00:00:00+00:00",
                   "finished": "2026-12-06T00:01:00+00:00"}
-    empty = {"revision": "abc1234", "finished": "2026-12-06T00:01:00+00:00", "provenance": provenance, "used": {},
+    empty = {"revision": "abc1234", "finished": "2026-12-06T00:01:00+00:00", "provenance": provenance,
+             "used": {"fit_items": 0, "validation_items": 0},
              "n_test": 0, "table": [], "contrasts": [], "controls": [], "equal_damage": [], "prompt_additions": [],
              "frontier": [], "budget_winners": [], "per_item": {}, "damage": {}}
     return {"schema_version": 2, "config": {"personas": list(personas), "seed": 0, "dtype": "auto", **config},
             "revision": "abc1234", "started": provenance["started"], "finished": provenance["finished"], "complete": True,
             "provenance": provenance, "personas": {name: {**empty, "provenance": dict(provenance), **entry} for name, entry in personas.items()}}
+
+
+def condition_row(**fields) -> dict:
+    """A results table row (:class:`~persona_interp.evaluation.rows.ConditionRow`) of a base model on 4 items,
+    ``fields`` replaced."""
+    return {"persona": "power", "condition": "base", "regime": "base", "side": "seek", "n": 4, "accuracy": 0.5,
+            "accuracy_low": 0.2, "accuracy_high": 0.8, "margin": 0.1, "margin_low": -0.1, "margin_high": 0.3,
+            "shift": 0.0, "shift_low": 0.0, "shift_high": 0.0, "flips_gained": 0, "flips_lost": 0, **fields}
+
+
+def frontier_row(**fields) -> dict:
+    """A point of the effect–damage frontier (:class:`~persona_interp.evaluation.rows.FrontierRow`), ``fields`` replaced."""
+    return {"line": "prompt", "pair": "prompt", "budgets": None, "kl": 0.0, "n": 4, "difference": 0.1,
+            "difference_low": 0.0, "difference_high": 0.2, **fields}

@@ -41,17 +41,17 @@ def test_evaluate_scores_saved_masks_with_prompts_and_a_control(tiny_cli, tmp_pa
 
 
 def test_figures_rerenders_from_results(tmp_path):
-    row = {"condition": "base", "regime": "base", "side": "seek", "n": 4, "accuracy": 0.5, "accuracy_low": 0.2,
-           "accuracy_high": 0.8, "shift": 0.0, "shift_low": 0.0, "shift_high": 0.0}
-    from conftest import run_results
+    from conftest import condition_row, frontier_row, run_results
+
+    row = condition_row()
 
     results = tmp_path / "results.json"
     results.write_text(json.dumps(run_results({"power": {"n_test": 4, "table": [row, {**row, "side": "reject"}]}})))
     cli.main(["figures", "--results", str(results), "--out", str(tmp_path / "figs")])
     assert (tmp_path / "figs" / "power_accuracy.png").is_file() and not (tmp_path / "figs" / "power_frontier.png").exists()
     assert not (tmp_path / "figs" / "stability.png").exists()            # no diagnostics in these results
-    point = {"line": "prompt", "kl": 0.0, "difference": 0.1, "difference_low": 0.0, "difference_high": 0.2}
-    frontier = [point, {**point, "line": "wanda", "kl": 0.05}, {**point, "line": "wanda+prompt", "kl": 0.05}]
+    frontier = [frontier_row(), frontier_row(line="wanda", pair="wanda@kl0.1", kl=0.05, budgets=[0.1]),
+                frontier_row(line="wanda+prompt", pair="wanda@kl0.1+prompt", kl=0.05, budgets=[0.1])]
     results.write_text(json.dumps(run_results({"power": {"n_test": 4, "table": [row, {**row, "side": "reject"}],
                                                          "frontier": frontier}})))
     cli.main(["figures", "--results", str(results), "--out", str(tmp_path / "figs"), "--force"])

@@ -68,20 +68,20 @@ def test_evaluate_on_conditions_built_by_hand(llama):
                      progress=False)
     assert ev.base == "base" and list(ev.conditions)[0] == "base"
     assert (masks[0].side, masks[1].side, masks[0].protocol, with_prompt[0].protocol) == ("seek", "reject", "mask", "mask+prompt")
-    contrasts = {c["pair"]: c for c in ev.contrasts()}
+    contrasts = {c.pair: c for c in ev.contrasts()}
     assert set(contrasts) == {"prompt", "m", "m+prompt"}
     by_hand = ev.scores["m-seek"].margin_mean - ev.scores["m-reject"].margin_mean
-    assert contrasts["m"]["difference"] == pytest.approx(float(by_hand.double().mean()))
+    assert contrasts["m"].difference == pytest.approx(float(by_hand.double().mean()))
     controls = pi.control_comparison(ev)
-    assert [(c["condition"], c["control"]) for c in controls] == [("m-seek", "random@0.3"), ("m-reject", "random@0.3")]
+    assert [(c.condition, c.control) for c in controls] == [("m-seek", "random@0.3"), ("m-reject", "random@0.3")]
     toward_reject = -(ev.scores["m-reject"].margin_mean - ev.scores["random@0.3"].margin_mean)
-    assert controls[1]["advantage"] == pytest.approx(float(toward_reject.double().mean()))
-    assert set(ev.damage) == set(ev.conditions) and ev.damage["base"]["kl"] == pytest.approx(0, abs=1e-4)
-    assert ev.damage["m-seek"]["kl"] > 1e-4 and ev.damage["m-seek+p"] == ev.damage["m-seek"]   # same weights
-    assert ev.damage["p-seek"]["kl"] == pytest.approx(0, abs=1e-4)                            # no prompt on neutral text
-    added = {(r["condition"], r["side"]) for r in ev.prompt_additions()}
+    assert controls[1].advantage == pytest.approx(float(toward_reject.double().mean()))
+    assert set(ev.damage) == set(ev.conditions) and ev.damage["base"].kl == pytest.approx(0, abs=1e-4)
+    assert ev.damage["m-seek"].kl > 1e-4 and ev.damage["m-seek+p"] == ev.damage["m-seek"]   # same weights
+    assert ev.damage["p-seek"].kl == pytest.approx(0, abs=1e-4)                            # no prompt on neutral text
+    added = {(r.condition, r.side) for r in ev.prompt_additions()}
     assert added == {("m-seek+p", "seek"), ("m-reject+p", "reject"), ("m+prompt", "seek − reject")}
-    rows = {(r["condition"], r["side"]) for r in ev.table()}
+    rows = {(r.condition, r.side) for r in ev.table()}
     assert ("lonely", "seek") in rows and ("lonely", "reject") in rows and ("base", "seek") in rows
 
 
@@ -132,7 +132,7 @@ def test_one_test_item_gives_no_interval_and_no_verdict(llama):
                   pi.MaskCondition("random", regime="random", mask=pi.random_mask(llama, 0.3, seed=3))]
     ev = pi.evaluate(llama, ITEMS[:1], conditions, persona="toy", progress=False)
     controls = pi.control_comparison(ev)
-    assert [c["beats_control"] for c in controls] == [None, None]           # not a zero-width interval that passes
+    assert [c.beats_control for c in controls] == [None, None]           # not a zero-width interval that passes
     assert "| m-seek | random | " in markdown_table(control_rows(controls)) and "undefined (n < 2)" in markdown_table(control_rows(controls))
     winners = budget_winners(ev, ev.contrasts(), [0.1])
-    assert winners[0]["decisive"] is None and "no verdict: n < 2" in "\n".join(_winner_lines(winners))
+    assert winners[0].decisive is None and "no verdict: n < 2" in "\n".join(_winner_lines(winners))

@@ -29,13 +29,13 @@ def test_small_slice_on_smollm(smollm):
     ev = evaluate(smollm, test, conditions, persona="power", neutral_texts=["The river runs to the sea."] * 2, progress=False)
     rows = ev.table()
     assert len(rows) == 2 + 2 + 2 + 1 + 2      # base and random appear on both sides, the rest on their own side
-    base = next(r for r in rows if r["condition"] == "base" and r["side"] == "seek")
-    assert base["shift"] == 0.0 and base["perplexity_change"] == 0.0 and base["kl"] == pytest.approx(0, abs=1e-3)
-    random_row = next(r for r in rows if r["condition"] == "random" and r["side"] == "seek")
-    assert random_row["kl"] > 0.01
+    base = next(r for r in rows if r.condition == "base" and r.side == "seek")
+    assert base.shift == 0.0 and base.perplexity_change == 0.0 and base.kl == pytest.approx(0, abs=1e-3)
+    random_row = next(r for r in rows if r.condition == "random" and r.side == "seek")
+    assert random_row.kl > 0.01
     for row in rows:
-        assert 0 <= row["accuracy_low"] <= row["accuracy"] <= row["accuracy_high"] <= 1
-        assert row["margin_low"] <= row["margin"] <= row["margin_high"]
-    contrasts = {c["pair"]: c for c in ev.contrasts()}
-    assert set(contrasts) == {"prompt", "cw"} and contrasts["cw"]["n"] == 6
+        assert 0 <= row.accuracy_low <= row.accuracy <= row.accuracy_high <= 1
+        assert row.margin_low <= row.margin <= row.margin_high
+    contrasts = {c.pair: c for c in ev.contrasts()}
+    assert set(contrasts) == {"prompt", "cw"} and contrasts["cw"].n == 6
     assert "| base | seek | 6 |" in markdown_table(rows, ["condition", "side", "n"])

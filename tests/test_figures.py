@@ -4,7 +4,11 @@ import torch
 
 pytest.importorskip("matplotlib")          # absent from the TransformerLens 3.9 job's environment
 
+from conftest import condition_row, run_results
+
+from persona_interp.evaluation.rows import ConditionRow
 from persona_interp.report.figures import plot_accuracy, plot_layer_curve
+from persona_interp.report.results import RunResults
 from persona_interp.evaluation.stats import mean_ci, proportion_ci
 
 
@@ -24,9 +28,9 @@ def test_accuracy_figure_draws_a_condition_that_gets_every_item_wrong(tmp_path):
         for side in ("seek", "reject"):
             won = torch.tensor(wins) if side == "seek" else ~torch.tensor(wins)
             acc, shift = proportion_ci(won), mean_ci(torch.linspace(-0.2, 0.3, 100))
-            rows.append({"condition": condition, "regime": regime, "side": side, "n": 100,
-                         "accuracy": acc.value, "accuracy_low": acc.low, "accuracy_high": acc.high,
-                         "shift": shift.value, "shift_low": shift.low, "shift_high": shift.high})
+            rows.append(ConditionRow.model_validate(condition_row(
+                condition=condition, regime=regime, side=side, n=100, accuracy=acc.value, accuracy_low=acc.low,
+                accuracy_high=acc.high, shift=shift.value, shift_low=shift.low, shift_high=shift.high)))
     paths = plot_accuracy(rows, tmp_path / "acc", title="t")
     assert [p.suffix for p in paths] == [".png", ".svg"] and all(p.stat().st_size > 0 for p in paths)
 
@@ -34,20 +38,23 @@ def test_accuracy_figure_draws_a_condition_that_gets_every_item_wrong(tmp_path):
 def test_stability_figure_draws_each_persona_with_diagnostics_and_every_half(tmp_path, monkeypatch):
     from persona_interp.report import figures
 
-    draw = {"seek_between_halves": 0.2, "reject_between_halves": 0.25, "seek_vs_reject_in_half": 0.59,
-            "separation_a": 0.8, "separation_b": -0.1}
-    summary = {"method": "contrastive_wanda", "sparsity": 0.3, "draws": 2, "separation": 0.35,
-               "separation_low": -0.2, "separation_high": 0.9}
-    stability = {"draws": [draw, {**draw, "separation_a": 0.5}], "summary": summary}
-    results = {"personas": {"power": {"used": {"diagnostics": {"stability": stability}}},
-                            "wealth": {"used": {}}, "old": {}}}
+    draw = {"draw": 0, "half_a": [0, 2], "half_b": [1, 3], "seek_between_halves": 0.2, "reject_between_halves": 0.25,
+            "seek_vs_reject_in_half": 0.59, "separation_a": 0.8, "separation_b": -0.1}
+    summary = {"method": "contrastive_wanda", "sparsity": 0.3, "draws": 2, "half_size": 2, "within_pole": 0.225,
+               "between_poles": 0.59, "between_poles_full": 0.6, "noise": False, "separation": 0.35,
+               "separation_low": -0.2, "separation_high": 0.9, "n_halves": 4}
+    stability = {"draws": [draw, {**draw, "draw": 1, "separation_a": 0.5}], "summary": summary}
+    used = {"fit_items": 4, "validation_items": 2}
+    results = RunResults.model_validate(run_results({
+        "power": {"used": {**used, "diagnostics": {"sparsity": 0.3, "overlap": [], "statistics": [], "stability": stability}}},
+        "wealth": {"used": used}}))
     drawn = []
     monkeypatch.setattr(figures, "save", lambda fig, stem: drawn.append(fig) or [stem])
     assert figures.plot_stability(results, tmp_path / "s") == [tmp_path / "s"]
     left, right = drawn[0].axes
-    assert [t.get_text() for t in left.get_yticklabels()] == ["power"]            # wealth and old have no diagnostics
+    assert [t.get_text() for t in left.get_yticklabels()] == ["power"]            # wealth has no diagnostics
     within, between = left.collections[:2]
     assert sorted(100 * w for w in [0.2, 0.25, 0.2, 0.25]) == sorted(within.get_offsets()[:, 0].tolist())
     assert between.get_offsets()[:, 0].tolist() == [59.0, 59.0]
     assert sorted(right.collections[0].get_offsets()[:, 0].tolist()) == [-0.1, -0.1, 0.5, 0.8]   # all four halves
-    assert figures.plot_stability({"personas": {"wealth": {"used": {}}}}, tmp_path / "none") == []
+    assert figures.plot_stability(results.only(["wealth"]), tmp_path / "none") == []

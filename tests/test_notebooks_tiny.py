@@ -122,16 +122,17 @@ def test_conclusions_format_from_the_committed_reports(name, llama):
     import persona_interp as pi
     from persona_interp.analysis.nulls import random_cosine_band
     from persona_interp.data.personas import AI_PERSONAS, MBTI_AXES
+    from persona_interp.report.results import load_results
     from persona_interp.report.saved import SavedResults
     from persona_interp.report.summary import winner_rows
 
-    results = saved("results.json")
+    results = load_results(NOTEBOOK_DIR.parent / "reports" / "results.json")
     shown: list[str] = []
     ns = {"display": lambda m: shown.append(m.data), "Markdown": Markdown, "pi": pi, "USE_SAVED": True,
           "out_dir": Path("../reports"), "results": results, "winner_rows": winner_rows, "model": llama}
     if name.startswith(("02", "03")):
         ns["PERSONAS"] = list(AI_PERSONAS if name.startswith("02") else MBTI_AXES)
-        expected = [f"{persona}** (revision `{results['personas'][persona]['revision']}`" for persona in ns["PERSONAS"]]
+        expected = [f"{persona}** (revision `{results.personas[persona].revision}`" for persona in ns["PERSONAS"]]
     elif name.startswith("04"):
         ns["atlases"] = [saved(f"atlas/{p}.json") for p in sorted(pi.persona_names())]
         ns["atlas"] = saved("atlas/power.json")

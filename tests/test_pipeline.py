@@ -17,7 +17,9 @@ from persona_interp.evaluation.controls import MatchedControlConfig
 from persona_interp.evaluation.tuning import MaskSpace
 from persona_interp.studies.config import QUICK, ReproduceConfig
 from persona_interp.evaluation.evaluate import equal_damage_summary
+from persona_interp.evaluation.rows import BudgetWinnerRow, ConditionRow, ContrastRow, EqualDamageRow, NoPick
 from persona_interp.progress import reset_stage_times, stage_times
+from persona_interp.report.results import RunResults, load_results
 
 
 def fake_persona(name, split="train"):
@@ -69,57 +71,61 @@ def test_reproduce_writes_report_and_never_tunes_on_test_items(tiny_pipeline, tm
     assert log[2] == "power: signatures (4 steps) …" and log[3].startswith("power: signatures 4/4 done in ")
     text = report.read_text()
     assert "## power (8 test items)" in text and "seed 0" in text and "Revision" in text
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
-    table = results["personas"]["power"]["table"]
-    names = {row["condition"] for row in table}
+    results = load_results(tmp_path / "out" / "results.json")
+    entry = results.personas["power"]
+    table, used = entry.table, entry.used
+    names = {row.condition for row in table}
     assert {"base", "prompt-seek", "rag-reject", "mean_difference-seek@kl1000", "pca-reject@kl1000", "ode-seek@kl1000",
             "wanda-seek@0.3", "wanda-seek@0.3+prompt", "contrastive_wanda-reject@0.3", "contrastive_sparse-seek@0.3",
             "contrastive_sparse_code-reject@0.3+prompt", "random@0.3", "random@0.3+prompt-seek"} <= names
     assert {"lora-seek@kl1000", "lora-reject@kl1000", "wanda-seek@kl1000", "contrastive_wanda-reject@kl1000+prompt",
             "contrastive_sparse-seek@kl1000", "random@kl1000-contrastive_sparse"} <= names
     assert not any("@kl1e-09" in name for name in names)            # nothing is within a budget of 1e-9 nats/token
-    assert all(row["n"] == 8 for row in table)
-    used = results["personas"]["power"]["used"]
-    assert used["lora_search"]["epochs"] in (1, 2) and len(used["prompt_search"]) == 4
-    assert len(used["mask_search"]["contrastive_wanda"]["table"]) == 2 * 2 * 2
-    controls = {c["condition"]: c["control"] for c in results["personas"]["power"]["controls"]}
-    assert controls["wanda-seek@0.3"] == "random@0.3" and controls["wanda-reject@kl1000"] == "random@kl1000-wanda"
-    assert controls["wanda-seek@0.3+prompt"] == "random@0.3+prompt-seek"
+    assert all(row.n == 8 for row in table)
+    assert used.lora_search is not None and used.lora_search.epochs in (1, 2)
+    assert used.prompt_search is not None and len(used.prompt_search) == 4
+    assert used.mask_search is not None and len(used.mask_search["contrastive_wanda"].table) == 2 * 2 * 2
+    controls = {c.condition: c for c in entry.controls}
+    assert controls["wanda-seek@0.3"].control == "random@0.3" and controls["wanda-reject@kl1000"].control == "random@kl1000-wanda"
+    assert controls["wanda-seek@0.3+prompt"].control == "random@0.3+prompt-seek"
     # weight-edit steering searched per budget like steering; a damage-matched random control beside each mask's
     assert {"weight_edit-seek@kl1000", "weight_edit-reject@kl1000"} <= names
-    edits = used["steering_search"]["weight_edit"]["table"]
+    assert used.steering_search is not None
+    edits = used.steering_search["weight_edit"].table
     assert len(edits) == len(config.weight_edit_strengths)
-    assert all(row["separation"] >= 0 and row["orientation"] in (1.0, -1.0) for row in edits)
-    rows = {c["condition"]: c for c in results["personas"]["power"]["controls"]}
+    assert all(row.separation is not None and row.separation >= 0 and row.orientation in (1.0, -1.0) for row in edits)
+    assert used.matched_controls is not None
     for mask in ("wanda-seek@0.3", "contrastive_wanda-reject@kl1000"):
-        matched = rows[mask]["matched_control"]
-        assert matched == f"random-matched:{mask}" and matched in names and "beats_matched" in rows[mask]
-        found = used["matched_controls"][matched]
-        assert found["converged"] or len(found["tried"]) == config.matched_controls.max_iter
-    assert "matched_control" not in rows["wanda-seek@0.3+prompt"]
+        matched = controls[mask].matched_control
+        assert matched == f"random-matched:{mask}" and matched in names and "beats_matched" in controls[mask].model_fields_set
+        found = used.matched_controls[matched]
+        assert found.converged or len(found.tried) == config.matched_controls.max_iter
+    raw = json.loads((tmp_path / "out" / "results.json").read_text())["personas"]["power"]
+    assert "matched_control" not in next(c for c in raw["controls"] if c["condition"] == "wanda-seek@0.3+prompt")
     assert "beats_matched" in text and "against the random mask of equal damage" in text
-    entry = results["personas"]["power"]
-    added = {(r["condition"], r["side"]): r for r in entry["prompt_additions"]}
-    margins = {name: torch.tensor(v["margin_mean"]) for name, v in entry["per_item"].items()}
-    assert added["wanda-reject@0.3+prompt", "reject"]["added"] == pytest.approx(
+    added = {(r.condition, r.side): r for r in entry.prompt_additions}
+    margins = {name: torch.tensor(v.margin_mean) for name, v in entry.per_item.items()}
+    assert added["wanda-reject@0.3+prompt", "reject"].added == pytest.approx(
         float((margins["prompt-reject"] - margins["wanda-reject@0.3+prompt"]).mean()))
-    damage = entry["damage"]
+    damage = entry.damage
     assert damage["wanda-seek@0.3+prompt"] == damage["wanda-seek@0.3"]      # the prompt never meets the neutral text
-    assert [w["budget"] for w in entry["budget_winners"]] == config.damage_budgets
-    assert {r["variant"] for r in used["diagnostics"]["overlap"]} >= {"wanda (per pole)", "contrastive_wanda relu"}
+    assert [w.budget for w in entry.budget_winners] == config.damage_budgets
+    assert used.diagnostics is not None
+    assert {r.variant for r in used.diagnostics.overlap} >= {"wanda (per pole)", "contrastive_wanda relu"}
     assert "mask+prompt" not in text or "paper's protocol" in text
     assert (tmp_path / "out" / "figures" / "power_frontier.png").is_file()
     assert (tmp_path / "out" / "figures" / "stability.png").is_file()          # the halves, across personas
-    assert [r["budget"] for r in results["personas"]["power"]["equal_damage"]] == config.damage_budgets
+    assert [r.budget for r in entry.equal_damage] == config.damage_budgets
     assert "at equal damage" in text and "- LoRA:" in text
     assert lora.LoRA.load(tmp_path / "out" / "lora" / "power_seek.safetensors").meta["side"] == "seek"
-    assert len(results["personas"]["power"]["per_item"]["base"]["margin_mean"]) == 8
+    assert len(entry.per_item["base"].margin_mean) == 8
     assert (tmp_path / "out" / "figures" / "power_accuracy.png").is_file()
     seek = pi.Signature.load(tmp_path / "out" / "signatures" / "power_seek.safetensors")
     assert seek.meta["n_samples"] == 10 and seek.meta["side"] == "seek"
     # the steering search saw validation items only, never a test item
     assert seen and not any(q.startswith("test question") for q in seen)
-    val = set(results["personas"]["power"]["used"]["split"]["validation_indices"])
+    assert used.split is not None
+    val = set(used.split.validation_indices)
     assert {int(q.split()[2].rstrip(":")) for q in seen} <= val
     with pytest.raises(FileExistsError, match="force"):
         pipeline.reproduce(config, tmp_path / "out", model=model, progress=False)
@@ -147,31 +153,32 @@ def test_the_search_runs_damage_aware_methods_on_fit_texts_apart_from_the_select
     assert not any(set(fit) & set(texts) for texts in references)          # no damage is ever measured on a fit text
     others = [texts for texts in references if texts not in (reported, selection)]
     assert len(others) == 1 and len(others[0]) == 4 and not set(others[0]) & set(reported + selection)
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
-    entry = results["personas"]["power"]
-    assert entry["used"]["fit_neutral_texts"] == 1 and entry["used"]["other_texts"] == 4
-    rows = {row["condition"]: row for row in entry["table"]}                  # the second damage measure
-    assert rows["base"]["kl_other"] == pytest.approx(0.0, abs=1e-3) and rows["gradient-seek@kl1000"]["kl_other"] > 0
-    assert rows["retain_ratio-seek@kl1000+prompt"]["kl_other"] == rows["retain_ratio-seek@kl1000"]["kl_other"]
-    assert all("other_kl" in w for w in entry["budget_winners"] if w["pair"])
+    results = load_results(tmp_path / "out" / "results.json")
+    entry = results.personas["power"]
+    assert entry.used.fit_neutral_texts == 1 and entry.used.other_texts == 4
+    rows = {row.condition: row for row in entry.table}                  # the second damage measure
+    assert rows["base"].kl_other == pytest.approx(0.0, abs=1e-3) and rows["gradient-seek@kl1000"].kl_other > 0
+    assert rows["retain_ratio-seek@kl1000+prompt"].kl_other == rows["retain_ratio-seek@kl1000"].kl_other
+    assert all(w.other_kl is not None for w in entry.budget_winners if isinstance(w, BudgetWinnerRow))
     assert "KL other personas" in (tmp_path / "out" / "report.md").read_text()
     with pytest.raises(ValueError, match="second damage measure beside neutral_texts: pass both"):
         pi.evaluate(model, [], [], persona="power", other_texts=["a question\nan answer"])
-    names = {row["condition"] for row in entry["table"]}
+    names = {row.condition for row in entry.table}
     assert {"retain_ratio-seek@kl1000", "retain_ratio-reject@kl1000+prompt", "random@kl1000-retain_ratio",
             "gradient-reject@kl1000", "gradient-seek@kl1000+prompt"} <= names
     assert not any(name.startswith(("set_difference", "learned_gates", "snip_set_difference")) for name in names)
     assert not any(name.startswith("retain_ratio") and "@0.3" in name for name in names)      # the paper's rows as they were
-    search = entry["used"]["mask_search"]
-    assert len(search["retain_ratio"]["table"]) == 2 * 2 * 2                     # sparsity × modules × token scope
-    assert len(search["gradient"]["table"]) == 2 * 2          # sparsity × modules: no token scope, it reads no signatures
-    lines = {row["line"] for row in entry["frontier"]}
+    search = entry.used.mask_search
+    assert search is not None
+    assert len(search["retain_ratio"].table) == 2 * 2 * 2                     # sparsity × modules × token scope
+    assert len(search["gradient"].table) == 2 * 2          # sparsity × modules: no token scope, it reads no signatures
+    lines = {row.line for row in entry.frontier}
     assert {"retain_ratio", "gradient+prompt"} <= lines
-    masks = [r for r in entry["frontier"] if r["line"] in ("retain_ratio", "gradient", "wanda", "contrastive_wanda",
-                                                            "contrastive_sparse", "contrastive_sparse_code")
-             and 1000.0 in (r["budgets"] or [])]
-    best = max(masks, key=lambda r: r["difference"])
-    assert winner_rows(results)[-1]["best mask"].startswith(best["pair"] + " ")
+    masks = [r for r in entry.frontier if r.line in ("retain_ratio", "gradient", "wanda", "contrastive_wanda",
+                                                      "contrastive_sparse", "contrastive_sparse_code")
+             and 1000.0 in (r.budgets or [])]
+    best = max(masks, key=lambda r: r.difference)
+    assert winner_rows(results)[-1]["best mask"].startswith(best.pair + " ")
     with pytest.raises(ValueError, match="unknown method\\(s\\) \\['gradients'\\]"):
         pipeline.searched_methods(dataclasses.replace(config, damage_aware_methods=["gradients"]))
     with pytest.raises(ValueError, match="fit on neutral texts: set n_fit_neutral > 0"):
@@ -196,20 +203,23 @@ def test_the_report_summarises_across_personas_and_renders_again_from_results_js
 
     model, config, _ = tiny_pipeline
     text = pipeline.reproduce(config, tmp_path / "out", model=model, progress=False).read_text()
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
-    entry = results["personas"]["power"]
+    results = load_results(tmp_path / "out" / "results.json")
+    entry = results.personas["power"]
     assert text.index("## Across personas") < text.index("## power")
-    strict, generous = entry["budget_winners"]                        # budgets 1e-9 and 1000 nats/token
-    assert strict["regime"] in ("prompt", "rag") and f"| power | KL ≤ 1e-09 | {strict['pair']} |" in text
-    assert (f"| power | KL ≤ 1000 | {generous['pair']} | {generous['difference']:+.2f} "
-            f"[{generous['difference_low']:+.2f}, {generous['difference_high']:+.2f}] |") in text
-    cw = next(c for c in entry["contrasts"] if c["pair"] == "contrastive_wanda@0.3+prompt")
-    assert f"{cw['difference']:+.2f} [{cw['difference_low']:+.2f}, {cw['difference_high']:+.2f}]" in text
-    stability = entry["used"]["diagnostics"]["stability"]["summary"]
-    assert f"| {100 * stability['within_pole']:.0f} % | {100 * stability['between_poles']:.0f} % |" in text
+    strict, generous = entry.budget_winners                        # budgets 1e-9 and 1000 nats/token
+    assert isinstance(strict, BudgetWinnerRow) and isinstance(generous, BudgetWinnerRow)
+    assert strict.regime in ("prompt", "rag") and f"| power | KL ≤ 1e-09 | {strict.pair} |" in text
+    assert f"| power | KL ≤ 1000 | {generous.pair} | {generous.estimate('difference').signed(2)} |" in text
+    cw = next(c for c in entry.contrasts if c.pair == "contrastive_wanda@0.3+prompt")
+    assert cw.estimate("difference").signed(2) in text
+    assert entry.used.diagnostics is not None
+    stability = entry.used.diagnostics.stability.summary
+    assert f"| {100 * stability.within_pole:.0f} % | {100 * stability.between_poles:.0f} % |" in text
     assert "(construction " in text                                  # the ReLU overlap beside its 2ρ range
     (tmp_path / "out" / "report.md").unlink()                        # rendered again from results.json alone: the same
     assert render_report(results, tmp_path / "out" / "report.md", tmp_path / "out" / "figures").read_text() == text
+    raw = json.loads((tmp_path / "out" / "results.json").read_text())           # or from its JSON, validated
+    assert render_report(raw, tmp_path / "out" / "report.md", tmp_path / "out" / "figures").read_text() == text
     argv = ["figures", "--results", str(tmp_path / "out" / "results.json"), "--out", str(tmp_path / "figs"),
             "--report", str(tmp_path / "report.md")]
     assert "![stability across personas](figures/stability.png)" in text
@@ -222,31 +232,38 @@ def test_the_report_summarises_across_personas_and_renders_again_from_results_js
 
 
 def test_equal_damage_summary_picks_the_best_pair_within_each_budget():
-    table = [{"condition": "p-seek", "kl": 0.0}, {"condition": "p-reject", "kl": 0.0},
-             {"condition": "m-seek", "kl": 0.05}, {"condition": "m-reject", "kl": 0.3},
-             {"condition": "s-seek", "kl": 0.08}, {"condition": "s-reject", "kl": 0.01}]
-    contrasts = [{"pair": "prompt", "regime": "prompt", "seek_condition": "p-seek", "reject_condition": "p-reject",
-                  "n": 5, "difference": 0.1, "difference_low": 0.0, "difference_high": 0.2},
-                 {"pair": "mask", "regime": "cw", "seek_condition": "m-seek", "reject_condition": "m-reject",
-                  "n": 5, "difference": 0.9, "difference_low": 0.5, "difference_high": 1.3},
-                 {"pair": "steer", "regime": "caa", "seek_condition": "s-seek", "reject_condition": "s-reject",
-                  "n": 5, "difference": 0.4, "difference_low": 0.2, "difference_high": 0.6}]
+    from conftest import condition_row
+
+    kls = {"p-seek": 0.0, "p-reject": 0.0, "m-seek": 0.05, "m-reject": 0.3, "s-seek": 0.08, "s-reject": 0.01}
+    table = [ConditionRow.model_validate(condition_row(condition=name, kl=kl)) for name, kl in kls.items()]
+    common = {"persona": "power", "n": 5, "items_seek_only": 0, "items_reject_only": 0}
+    contrasts = [ContrastRow(pair="prompt", regime="prompt", seek_condition="p-seek", reject_condition="p-reject",
+                             difference=0.1, difference_low=0.0, difference_high=0.2, **common),
+                 ContrastRow(pair="mask", regime="cw", seek_condition="m-seek", reject_condition="m-reject",
+                             difference=0.9, difference_low=0.5, difference_high=1.3, **common),
+                 ContrastRow(pair="steer", regime="caa", seek_condition="s-seek", reject_condition="s-reject",
+                             difference=0.4, difference_low=0.2, difference_high=0.6, **common)]
     rows = equal_damage_summary(table, contrasts, [0.02, 0.1, 0.5])
-    assert [r["pair"] for r in rows] == ["prompt", "steer", "mask"]
-    assert [r["n_eligible"] for r in rows] == [1, 2, 3] and rows[1]["damage"] == 0.08 and rows[2]["damage"] == 0.3
-    assert equal_damage_summary(table, contrasts[1:], [0.02])[0]["pair"] is None
+    assert all(isinstance(r, EqualDamageRow) for r in rows)
+    assert [r.pair for r in rows] == ["prompt", "steer", "mask"]
+    assert [(r.n_eligible, r.damage) for r in rows if isinstance(r, EqualDamageRow)] == [(1, 0.0), (2, 0.08), (3, 0.3)]
+    assert equal_damage_summary(table, contrasts[1:], [0.02]) == [NoPick(budget=0.02, pair=None)]
 
 
 def test_winner_rows_flag_a_pick_over_its_budget_on_the_reported_texts():
+    from conftest import run_results
+
     from persona_interp.report.summary import winner_rows
 
-    win = {"budget": 0.02, "pair": "pca@kl0.02", "n": 9, "difference": 0.9, "difference_low": 0.8, "difference_high": 1.0,
-           "test_kl": 0.0216, "runner_up": "rag", "lead": 0.2, "lead_low": 0.1, "lead_high": 0.3, "decisive": True}
+    win = {"budget": 0.02, "pair": "pca@kl0.02", "regime": "pca", "n": 9, "difference": 0.9, "difference_low": 0.8,
+           "difference_high": 1.0, "n_eligible": 3, "test_kl": 0.0216, "runner_up": "rag", "lead": 0.2, "lead_low": 0.1,
+           "lead_high": 0.3, "decisive": True}
     within = {**win, "budget": 0.1, "pair": "steer@kl0.1", "test_kl": 0.05}
-    fallback = {"budget": 0.02, "pair": "rag", "n": 9, "difference": 0.3, "difference_low": 0.2, "difference_high": 0.4}
-    entry = {"budget_winners": [win, within], "frontier": [],
-             "equal_damage": [fallback, {**within, "budget": 0.1}]}
-    tight, loose = winner_rows({"personas": {"tf": entry}})
+    fallback = {"budget": 0.02, "pair": "rag", "regime": "rag", "n": 9, "difference": 0.3, "difference_low": 0.2,
+                "difference_high": 0.4, "n_eligible": 1, "damage": 0.0}
+    same = {k: v for k, v in within.items() if k not in ("test_kl", "runner_up", "lead", "lead_low", "lead_high", "decisive")}
+    entry = {"budget_winners": [win, within], "equal_damage": [fallback, {**same, "damage": 0.05}]}
+    tight, loose = winner_rows(RunResults.model_validate(run_results({"tf": entry})))
     assert tight["KL"] == "0.0216 (over)" and tight["by reported-text KL"] == "rag +0.30 [+0.20, +0.40]"
     assert loose["KL"] == "0.0500" and loose["by reported-text KL"] == "same"
 
@@ -322,7 +339,7 @@ def test_reproduce_never_casts_a_model_it_was_given(tokenizer, tmp_path, monkeyp
     with pytest.raises(Started) as started:
         pipeline.reproduce(QUICK, tmp_path / "out2", model=model, progress=False)
     results = started.value.args[0]
-    assert results["config"]["dtype"] == "auto" and results["provenance"]["dtype"] == "bfloat16"
+    assert results.config["dtype"] == "auto" and results.provenance.dtype == "bfloat16"
     assert pi.get_adapter(model).dtype == torch.bfloat16
 
 

@@ -3,7 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_results
+from conftest import condition_row, run_results
 
 from persona_interp.report.markdown import render_report
 from persona_interp.report.results import NOT_RECORDED, SCHEMA_VERSION, Provenance, ResultsError, RunResults, load_results
@@ -25,7 +25,7 @@ def test_the_committed_run_loads_with_what_it_never_recorded_marked_not_recorded
         assert entry.provenance.revision == entry.revision == raw["personas"][persona]["revision"]
         assert entry.provenance.model == NOT_RECORDED and entry.provenance.dtype == "bfloat16"
         assert entry.provenance.finished == entry.finished and entry.provenance.started == NOT_RECORDED
-        assert entry.table == raw["personas"][persona]["table"]
+        assert entry.model_dump(exclude={"provenance"}) == raw["personas"][persona]     # typed rows, the same JSON
 
 
 def test_the_committed_report_renders_again_from_the_loaded_results_but_for_the_provenance_line(tmp_path):
@@ -44,12 +44,14 @@ def test_the_committed_report_renders_again_from_the_loaded_results_but_for_the_
 
 
 def test_results_round_trip_through_save_and_load(tmp_path):
-    row = {"condition": "base", "n": 3, "accuracy": 0.5, "margin": float("nan")}
+    row = condition_row(n=3, margin=float("nan"), kl=0.0)
     results = RunResults.model_validate(run_results({"power": {"n_test": 3, "table": [row]}}))
     assert isinstance(results.provenance, Provenance) and results.provenance.cpu.kind == "no bf16 instructions"
     loaded = load_results(results.save(tmp_path / "results.json"))
-    assert loaded.personas["power"].table[0]["condition"] == "base" and loaded.provenance == results.provenance
+    assert loaded.personas["power"].table[0].condition == "base" and loaded.provenance == results.provenance
     assert loaded.model_dump_json() == results.model_dump_json()
+    saved = json.loads((tmp_path / "results.json").read_text())["personas"]["power"]["table"][0]
+    assert set(saved) == set(row) and "perplexity" not in saved          # a field the row never had stays out
 
 
 @pytest.mark.parametrize("text, error", [
@@ -77,6 +79,24 @@ def test_a_partial_or_damaged_file_is_an_error_naming_the_file_and_the_field(tmp
     (tmp_path / "results.json").write_text(json.dumps(results))
     with pytest.raises(ResultsError, match=f"^{tmp_path / 'results.json'}: {error}"):
         load_results(tmp_path / "results.json")
+
+
+@pytest.mark.parametrize("entry, named", [
+    ({"table": [condition_row(margn=0.1)]}, ["table.0.margn: Extra inputs are not permitted"]),
+    ({"table": [{k: v for k, v in condition_row().items() if k != "margin"} | {"margn": 0.1}]},
+     ["table.0.margin: Field required", "table.0.margn: Extra inputs are not permitted"]),
+    ({"table": [condition_row(side="Seek")]}, ["table.0.side: Input should be 'seek' or 'reject'"]),
+    ({"equal_damage": [{"budget": 0.1, "pair": None, "damage": 0.0}]}, ["equal_damage.0.none.damage: Extra inputs"]),
+    ({"damage": {"base": {"perplexity": 12.0, "kl": 0.0, "kl_othr": 0.1}}}, ["damage.base.kl_othr: Extra inputs"]),
+    ({"used": {"fit_items": 4, "validation_items": 2, "prompt_search": [{"side": "seek", "prompt": "p", "margn": 0.1}]}},
+     ["used.prompt_search.0.margn: Extra inputs are not permitted"]),
+    ({"used": {"fit_items": 4, "validation_items": 2, "fit_item": 4}}, ["used.fit_item: Extra inputs are not permitted"]),
+])
+def test_a_misspelt_row_key_is_refused_naming_the_file_and_the_field(tmp_path, entry, named):
+    (tmp_path / "results.json").write_text(json.dumps(run_results({"power": entry})))
+    with pytest.raises(ResultsError, match=f"^{tmp_path / 'results.json'}: ") as error:
+        load_results(tmp_path / "results.json")
+    assert all(f"personas.power.{field}" in str(error.value) for field in named), str(error.value)
 
 
 def test_a_version_1_file_missing_a_persona_field_names_it_too(tmp_path):

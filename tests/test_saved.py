@@ -1,10 +1,12 @@
 import dataclasses
 import json
 
-from conftest import build_bridge
+import pytest
+from conftest import build_bridge, condition_row, run_results
 
 import persona_interp as pi
-from persona_interp.report.saved import config_differences, recorded_fingerprint, saved_results_for
+from persona_interp.report.results import ResultsError
+from persona_interp.report.saved import config_differences, recorded_fingerprint, saved_results_for, saved_run_for
 from persona_interp.studies.config import ReproduceConfig
 
 
@@ -24,6 +26,17 @@ def test_saved_results_are_used_only_for_the_model_they_record(llama, tokenizer,
     saved = saved_results_for(llama, path, model_source="some/folder")
     assert not saved.usable and other in saved.reason and mine in saved.reason
     assert not saved_results_for(llama, tmp_path / "absent.json").usable
+
+
+def test_a_saved_run_reads_typed_and_a_damaged_one_names_the_field(llama, tmp_path):
+    results = run_results({"power": {"n_test": 4, "table": [condition_row()]}})
+    results["provenance"]["fingerprint"] = pi.get_adapter(llama).fingerprint
+    saved = saved_run_for(llama, write(tmp_path / "r.json", results), model_source="some/folder", personas=["power"])
+    assert saved.results is not None and saved.results.personas["power"].table[0].accuracy == 0.5
+    assert saved_run_for(llama, tmp_path / "absent.json").results is None
+    results["personas"]["power"]["table"][0]["acuracy"] = 0.5
+    with pytest.raises(ResultsError, match="r.json: personas.power.table.0.acuracy: Extra inputs are not permitted"):
+        saved_run_for(llama, write(tmp_path / "r.json", results), model_source="some/folder")
 
 
 def test_a_file_without_provenance_counts_as_the_embedded_models(llama, tmp_path):

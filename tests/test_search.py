@@ -247,13 +247,14 @@ def test_build_mask_reads_its_inputs_from_the_registry(llama, signatures, monkey
 
 def test_the_report_says_what_a_search_with_unscored_candidates_picked():
     from persona_interp.report.markdown import _tuning_lines
+    from persona_interp.report.results import Used
 
     scored = {"layer": 1, "multiplier": 2.0, "separation": 0.3, "kl": 0.1, "scored": True}
     over = {"layer": 1, "multiplier": 8.0, "separation": None, "kl": 3.0, "scored": False}
-    used = {"validation_items": 4, "fit_items": 6,
+    used = Used.model_validate({"validation_items": 4, "fit_items": 6,
             "steering_search": {"pca": {"layer": 1, "multiplier": 2.0, "table": [scored, over]},
                                 "ode": {"layer": 1, "multiplier": 8.0, "table": [over]},
-                                "mean_difference": {"layer": 1, "multiplier": 2.0, "table": [{**scored, "scored": True}]}}}
+                                "mean_difference": {"layer": 1, "multiplier": 2.0, "table": [{**scored, "scored": True}]}}})
     text = "\n".join(_tuning_lines(used))
     assert "steering pca: 2 (layer, multiplier) candidates; best within the largest budget (1 over it, not scored)" in text
     assert "steering ode: 1 (layer, multiplier) candidates; none within the largest budget (none scored); least damaging" in text

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from persona_interp.evaluation.rows import Row
 from persona_interp.evaluation.scoring import DamageReference
 from persona_interp.interventions.ablation import ablate
 from persona_interp.masks.builders import random_mask
@@ -55,6 +56,22 @@ class MatchedControl:
     converged: bool
     tried: list[tuple[float, float]]
 
+    def record(self) -> MatchedControlRecord:
+        """What the search found, as a run's results keep it (the mask aside)."""
+        return MatchedControlRecord(target_kl=self.target, kl=self.kl, sparsity=self.sparsity, converged=self.converged,
+                                    tried=self.tried)
+
+
+class MatchedControlRecord(Row):
+    """A damage-matched control's search as the results keep it: the target KL, the KL reached, the random
+    sparsity, whether it is within tolerance and every (sparsity, KL) measured."""
+
+    target_kl: float
+    kl: float
+    sparsity: float
+    converged: bool
+    tried: list[tuple[float, float]]
+
 
 def damage_matched_random(model: Any, mask: Mask, reference: DamageReference, *, target: float | None = None,
                           seed: int = 0, tolerance: float = 0.1, atol: float = 1e-4, max_iter: int = 10) -> MatchedControl:
@@ -84,15 +101,15 @@ def damage_matched_random(model: Any, mask: Mask, reference: DamageReference, *,
     maps = list(mask.keep)
     close = tolerance * target + atol
     tried: list[tuple[float, float]] = []
-    best: dict[str, Any] = {}
+    closest: list[tuple[Mask, float, float]] = []          # the (mask, KL, sparsity) closest to the target so far
 
     def measure(rho: float) -> float:
         candidate = random_mask(model, rho, seed=seed, modules=maps, per_row=False)
         with ablate(model, candidate):
             kl = reference.measure(model)["kl"]
         tried.append((rho, kl))
-        if not best or abs(kl - target) < abs(best["kl"] - target):
-            best.update(mask=candidate, kl=kl, sparsity=rho)
+        if not closest or abs(kl - target) < abs(closest[0][1] - target):
+            closest[:] = [(candidate, kl, rho)]
         return kl
 
     low, high = 0.0, min(max(mask.sparsity(), 1e-3), MAX_SPARSITY)     # no weight removed: KL 0 by definition
@@ -107,6 +124,6 @@ def damage_matched_random(model: Any, mask: Mask, reference: DamageReference, *,
             low = rho
         else:
             high = rho
-    control = best["mask"]
+    (control, kl, rho), = closest
     control.meta.update(matched_to=mask.meta.get("method"), target_kl=float(target))
-    return MatchedControl(control, best["kl"], float(target), best["sparsity"], abs(best["kl"] - target) <= close, tried)
+    return MatchedControl(control, kl, float(target), rho, abs(kl - target) <= close, tried)

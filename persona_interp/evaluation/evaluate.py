@@ -20,9 +20,25 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence
+
+from torch import Tensor
 
 from persona_interp.data.personas import SIDES, PersonaItem
+from persona_interp.evaluation.rows import (
+    BudgetWinner,
+    BudgetWinnerRow,
+    ConditionRow,
+    ContrastRow,
+    ControlRow,
+    Damage,
+    EqualDamage,
+    EqualDamageRow,
+    FrontierRow,
+    NoPick,
+    PerItem,
+    PromptAdditionRow,
+)
 from persona_interp.evaluation.scoring import ABScores, DamageReference, score_ab
 from persona_interp.evaluation.stats import flips, mean_ci, paired_difference, proportion_ci
 from persona_interp.interventions.conditions import Condition
@@ -31,15 +47,17 @@ from persona_interp.progress import stage
 
 @dataclass
 class Evaluation:
-    """Scores of every condition on one persona's test items."""
+    """Scores of every condition on one persona's test items, and each condition's damage on neutral text
+    (:class:`~persona_interp.evaluation.rows.Damage`) where it was measured. The tables are typed rows
+    (:mod:`~persona_interp.evaluation.rows`)."""
 
     persona: str
     conditions: dict[str, Condition]
     scores: dict[str, ABScores]
-    damage: dict[str, dict[str, float]] = field(default_factory=dict)
+    damage: dict[str, Damage] = field(default_factory=dict)
     base: str = "base"
 
-    def table(self) -> list[dict[str, Any]]:
+    def table(self) -> list[ConditionRow]:
         """One row per (condition, side); a condition without a side appears for both sides."""
         base = self.scores[self.base]
         rows = []
@@ -52,39 +70,40 @@ class Evaluation:
                 acc, margin = proportion_ci(wins), mean_ci(sign * s.margin_mean)
                 shift = paired_difference(sign * s.margin_mean, sign * base.margin_mean)
                 gained, lost = flips(wins, base_wins)
-                row = {"persona": self.persona, "condition": name, "regime": cond.regime, "side": side, "n": acc.n,
-                       "accuracy": acc.value, "accuracy_low": acc.low, "accuracy_high": acc.high,
-                       "margin": margin.value, "margin_low": margin.low, "margin_high": margin.high,
-                       "shift": shift.value, "shift_low": shift.low, "shift_high": shift.high,
-                       "flips_gained": gained, "flips_lost": lost}
+                damage: dict[str, Any] = {}
                 if name in self.damage:
-                    row["perplexity"] = self.damage[name]["perplexity"]
-                    row["perplexity_change"] = self.damage[name]["perplexity"] / self.damage[self.base]["perplexity"] - 1.0
-                    row["kl"] = self.damage[name]["kl"]
-                    if "kl_other" in self.damage[name]:
-                        row["kl_other"] = self.damage[name]["kl_other"]
-                rows.append(row)
+                    measured = self.damage[name]
+                    damage = {"perplexity": measured.perplexity,
+                              "perplexity_change": measured.perplexity / self.damage[self.base].perplexity - 1.0,
+                              "kl": measured.kl}
+                    if measured.kl_other is not None:
+                        damage["kl_other"] = measured.kl_other
+                rows.append(ConditionRow(
+                    persona=self.persona, condition=name, regime=cond.regime, side=side, n=acc.n, accuracy=acc.value,
+                    accuracy_low=acc.low, accuracy_high=acc.high, margin=margin.value, margin_low=margin.low,
+                    margin_high=margin.high, shift=shift.value, shift_low=shift.low, shift_high=shift.high,
+                    flips_gained=gained, flips_lost=lost, **damage))
         return rows
 
-    def contrasts(self) -> list[dict[str, Any]]:
+    def contrasts(self) -> list[ContrastRow]:
         """Paired seek-minus-reject margin difference for each ``pair`` of conditions."""
         rows = []
         for pair, sides in pairs_of(self.conditions.values()).items():
             seek, reject = self.scores[sides["seek"]], self.scores[sides["reject"]]
             diff = paired_difference(seek.margin_mean, reject.margin_mean)
             to_seek, to_reject = flips(seek.seek_wins, reject.seek_wins)
-            rows.append({"persona": self.persona, "pair": pair, "regime": self.conditions[sides["seek"]].regime,
-                         "seek_condition": sides["seek"], "reject_condition": sides["reject"], "n": diff.n,
-                         "difference": diff.value, "difference_low": diff.low, "difference_high": diff.high,
-                         "items_seek_only": to_seek, "items_reject_only": to_reject})
+            rows.append(ContrastRow(persona=self.persona, pair=pair, regime=self.conditions[sides["seek"]].regime,
+                                    seek_condition=sides["seek"], reject_condition=sides["reject"], n=diff.n,
+                                    difference=diff.value, difference_low=diff.low, difference_high=diff.high,
+                                    items_seek_only=to_seek, items_reject_only=to_reject))
         return rows
 
-    def prompt_additions(self) -> list[dict[str, Any]]:
+    def prompt_additions(self) -> list[PromptAdditionRow]:
         """What a mask adds to its pole's prompt (the paper's protocol keeps the prompt on under the mask): per
         pole the paired shift of (mask + prompt) over the prompt alone, toward that pole; per pair the
         seek-minus-reject difference of those additions. From conditions with ``prompt_of``."""
-        rows: list[dict[str, Any]] = []
-        by_pair: dict[str, dict[str, Any]] = {}
+        rows: list[PromptAdditionRow] = []
+        by_pair: dict[str, dict[str, Tensor]] = {}
         for name, cond in self.conditions.items():
             prompt = cond.prompt_of
             if prompt is None or cond.side is None:
@@ -92,20 +111,21 @@ class Evaluation:
             sign = 1.0 if cond.side == "seek" else -1.0
             added = self.scores[name].margin_mean - self.scores[prompt].margin_mean
             diff = mean_ci(sign * added)
-            rows.append({"persona": self.persona, "condition": name, "prompt": prompt, "side": cond.side, "n": diff.n,
-                         "added": diff.value, "added_low": diff.low, "added_high": diff.high})
+            rows.append(PromptAdditionRow(persona=self.persona, condition=name, prompt=prompt, side=cond.side, n=diff.n,
+                                          added=diff.value, added_low=diff.low, added_high=diff.high))
             if cond.pair is not None:
                 by_pair.setdefault(cond.pair, {})[cond.side] = added
         for pair, sides in by_pair.items():
             if set(sides) == set(SIDES):
                 diff = paired_difference(sides["seek"], sides["reject"])
-                rows.append({"persona": self.persona, "condition": pair, "prompt": "prompt pair", "side": "seek − reject",
-                             "n": diff.n, "added": diff.value, "added_low": diff.low, "added_high": diff.high})
+                rows.append(PromptAdditionRow(persona=self.persona, condition=pair, prompt="prompt pair",
+                                              side="seek − reject", n=diff.n, added=diff.value, added_low=diff.low,
+                                              added_high=diff.high))
         return rows
 
-    def per_item(self) -> dict[str, dict[str, list[float]]]:
+    def per_item(self) -> dict[str, PerItem]:
         """Per-item summed and per-token margins of every condition (for saving)."""
-        return {name: {"margin_sum": s.margin_sum.tolist(), "margin_mean": s.margin_mean.tolist()}
+        return {name: PerItem(margin_sum=s.margin_sum.tolist(), margin_mean=s.margin_mean.tolist())
                 for name, s in self.scores.items()}
 
 
@@ -183,14 +203,15 @@ def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Cond
     Example:
         >>> ev = evaluate(model, test, [*paired("prompt", Prompt("p+", system="..."), Prompt("p-", system="..."))],
         ...               persona="power", neutral_texts=load_neutral_texts()[:8])
-        >>> ev.base, [c["pair"] for c in ev.contrasts()]
+        >>> ev.base, [c.pair for c in ev.contrasts()]
         ('base', ['prompt'])
     """
     conditions, base = check_conditions(conditions)
     by_name = {c.name: c for c in conditions}
     if other_texts and not neutral_texts:
         raise ValueError("other_texts is a second damage measure beside neutral_texts: pass both")
-    scores, damage = {}, {}
+    scores: dict[str, ABScores] = {}
+    damage: dict[str, Damage] = {}
     with stage("evaluation", total=len(conditions), progress=progress) as bar:
         reference = DamageReference.build(model, neutral_texts, batch_size) if neutral_texts else None
         other = DamageReference.build(model, other_texts, batch_size) if other_texts else None
@@ -198,9 +219,9 @@ def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Cond
             with cond.applied(model):
                 scores[cond.name] = score_ab(model, items, system=cond.system, batch_size=batch_size, progress=progress)
                 if reference is not None and cond.damage_of is None:
-                    damage[cond.name] = reference.measure(model)
-                    if other is not None:
-                        damage[cond.name]["kl_other"] = other.measure(model)["kl"]
+                    measured = reference.measure(model)
+                    second = {"kl_other": other.measure(model)["kl"]} if other is not None else {}
+                    damage[cond.name] = Damage(perplexity=measured["perplexity"], kl=measured["kl"], **second)
             bar.update()
     if reference is not None:
         for cond in conditions:                      # same weights, prompt-free text: the damage of the root
@@ -211,7 +232,7 @@ def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Cond
     return Evaluation(persona, by_name, scores, damage, base=base)
 
 
-def control_comparison(ev: Evaluation) -> list[dict[str, Any]]:
+def control_comparison(ev: Evaluation) -> list[ControlRow]:
     """Each condition with a ``control`` against it: paired difference of the margin toward the condition's
     side. ``beats_control`` is true only when the 95 % interval is above 0, ``None`` when the interval is
     undefined (fewer than :data:`~persona_interp.evaluation.stats.MIN_N` items). A condition with a
@@ -225,67 +246,73 @@ def control_comparison(ev: Evaluation) -> list[dict[str, Any]]:
             continue
         sign = 1.0 if cond.side == "seek" else -1.0
         diff = paired_difference(sign * ev.scores[name].margin_mean, sign * ev.scores[control].margin_mean)
-        row = {"persona": ev.persona, "condition": name, "control": control, "n": diff.n, "advantage": diff.value,
-               "advantage_low": diff.low, "advantage_high": diff.high, "beats_control": diff.above_zero()}
+        matched: dict[str, Any] = {}
         if cond.matched_control is not None:
-            diff = paired_difference(sign * ev.scores[name].margin_mean, sign * ev.scores[cond.matched_control].margin_mean)
-            row.update(matched_control=cond.matched_control, matched_advantage=diff.value, matched_advantage_low=diff.low,
-                       matched_advantage_high=diff.high, beats_matched=diff.above_zero())
-        rows.append(row)
+            m = paired_difference(sign * ev.scores[name].margin_mean, sign * ev.scores[cond.matched_control].margin_mean)
+            matched = dict(matched_control=cond.matched_control, matched_advantage=m.value, matched_advantage_low=m.low,
+                           matched_advantage_high=m.high, beats_matched=m.above_zero())
+        rows.append(ControlRow(persona=ev.persona, condition=name, control=control, n=diff.n, advantage=diff.value,
+                               advantage_low=diff.low, advantage_high=diff.high, beats_control=diff.above_zero(),
+                               **matched))
     return rows
 
 
-def equal_damage_summary(table: list[dict[str, Any]], contrasts: list[dict[str, Any]],
-                         budgets: list[float]) -> list[dict[str, Any]]:
+def _pair_kl(kl: dict[str, float], contrast: ContrastRow) -> float:
+    """A pair's damage: the larger of its poles' (0 where not measured)."""
+    return max(kl.get(contrast.seek_condition, 0.0), kl.get(contrast.reject_condition, 0.0))
+
+
+def equal_damage_summary(table: list[ConditionRow], contrasts: list[ContrastRow],
+                         budgets: list[float]) -> list[EqualDamage]:
     """For each damage budget (KL from the base model on neutral text, nats/token), the regime pair
     whose seek-minus-reject difference is largest among the pairs whose more damaging pole stays
-    within the budget. Prompt and RAG pairs have damage 0 by construction (the neutral text carries
-    no prompt), so they are always eligible.
+    within the budget (:class:`~persona_interp.evaluation.rows.NoPick` where none does). Prompt and RAG pairs
+    have damage 0 by construction (the neutral text carries no prompt), so they are always eligible.
 
     Example:
-        >>> equal_damage_summary(ev.table(), ev.contrasts(), [0.02, 0.1])[0]["pair"]
+        >>> equal_damage_summary(ev.table(), ev.contrasts(), [0.02, 0.1])[0].pair
     """
     kl = pair_damage(table)
-    rows = []
+    rows: list[EqualDamage] = []
     for budget in budgets:
-        eligible = [c for c in contrasts if max(kl.get(c["seek_condition"], 0.0), kl.get(c["reject_condition"], 0.0)) <= budget]
+        eligible = [c for c in contrasts if _pair_kl(kl, c) <= budget]
         if not eligible:
-            rows.append({"budget": budget, "pair": None})
+            rows.append(NoPick(budget=budget, pair=None))
             continue
-        best = max(eligible, key=lambda c: c["difference"])
-        rows.append({"budget": budget, "pair": best["pair"], "regime": best["regime"], "n": best["n"],
-                     "difference": best["difference"], "difference_low": best["difference_low"],
-                     "difference_high": best["difference_high"], "n_eligible": len(eligible),
-                     "damage": max(kl.get(best["seek_condition"], 0.0), kl.get(best["reject_condition"], 0.0))})
+        best = max(eligible, key=lambda c: c.difference)
+        rows.append(EqualDamageRow(budget=budget, pair=best.pair, regime=best.regime, n=best.n, difference=best.difference,
+                                   difference_low=best.difference_low, difference_high=best.difference_high,
+                                   n_eligible=len(eligible), damage=_pair_kl(kl, best)))
     return rows
 
 
-def pair_damage(table: list[dict[str, Any]], key: str = "kl") -> dict[str, float]:
+def pair_damage(table: list[ConditionRow], key: Literal["kl", "kl_other"] = "kl") -> dict[str, float]:
     """Per condition, its damage ``key`` (``kl``; ``kl_other``: the second measure), 0 where not measured."""
     kl: dict[str, float] = {}
     for row in table:
-        kl[row["condition"]] = max(kl.get(row["condition"], 0.0), max(row.get(key, 0.0), 0.0))
+        value = row.kl if key == "kl" else row.kl_other
+        kl[row.condition] = max(kl.get(row.condition, 0.0), max(value or 0.0, 0.0))
     return kl
 
 
-def frontier_rows(ev: Evaluation, contrasts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def frontier_rows(ev: Evaluation, contrasts: list[ContrastRow]) -> list[FrontierRow]:
     """The points of the effect–damage frontier: every per-budget pick (``budgets``), every paper
     row and the prompt and RAG pairs, with its test seek − reject difference and its damage on the report's
     neutral texts (the larger pole's KL). ``line`` is the regime, ``+prompt`` for the paper's protocol."""
     kl = pair_damage(ev.table())
     rows = []
     for c in contrasts:
-        cond = ev.conditions[c["seek_condition"]]
+        cond = ev.conditions[c.seek_condition]
         if cond.regime == "random":
             continue
         line = cond.regime + ("+prompt" if cond.protocol == "mask+prompt" else "")
-        rows.append({"line": line, "pair": c["pair"], "budgets": cond.budgets,
-                     "kl": max(kl.get(c["seek_condition"], 0.0), kl.get(c["reject_condition"], 0.0)),
-                     **{k: c[k] for k in ("n", "difference", "difference_low", "difference_high")}})
+        rows.append(FrontierRow(line=line, pair=c.pair, budgets=cond.budgets, kl=_pair_kl(kl, c), n=c.n,
+                                difference=c.difference, difference_low=c.difference_low,
+                                difference_high=c.difference_high))
     return rows
 
 
-def budget_winners(ev: Evaluation, contrasts: list[dict[str, Any]], budgets: list[float]) -> list[dict[str, Any]]:
+def budget_winners(ev: Evaluation, contrasts: list[ContrastRow], budgets: list[float]) -> list[BudgetWinner]:
     """Per damage budget, the regime whose pick for that budget (chosen on the validation split) has the largest
     test seek − reject difference, among the picks for the budget and the prompt and RAG pairs (damage 0 by
     construction); masks count alone and with their prompt. ``lead`` is the paired difference to the runner-up
@@ -293,30 +320,27 @@ def budget_winners(ev: Evaluation, contrasts: list[dict[str, Any]], budgets: lis
     the report's texts, ``other_kl`` on the second measure's (where measured).
 
     Example:
-        >>> budget_winners(ev, ev.contrasts(), [0.02, 0.1, 0.5])[0]["pair"]
+        >>> budget_winners(ev, ev.contrasts(), [0.02, 0.1, 0.5])[0].pair
     """
     kl, other = pair_damage(ev.table()), pair_damage(ev.table(), "kl_other")
-    per_item = {c["pair"]: ev.scores[c["seek_condition"]].margin_mean - ev.scores[c["reject_condition"]].margin_mean
+    per_item = {c.pair: ev.scores[c.seek_condition].margin_mean - ev.scores[c.reject_condition].margin_mean
                 for c in contrasts}
-    rows = []
+    rows: list[BudgetWinner] = []
     for budget in budgets:
-        eligible = [c for c in contrasts if ev.conditions[c["seek_condition"]].regime in ("prompt", "rag")
-                    or budget in (ev.conditions[c["seek_condition"]].budgets or [])]
+        eligible = [c for c in contrasts if ev.conditions[c.seek_condition].regime in ("prompt", "rag")
+                    or budget in (ev.conditions[c.seek_condition].budgets or [])]
         if not eligible:
-            rows.append({"budget": budget, "pair": None})
+            rows.append(NoPick(budget=budget, pair=None))
             continue
-        ranked = sorted(eligible, key=lambda c: c["difference"], reverse=True)
+        ranked = sorted(eligible, key=lambda c: c.difference, reverse=True)
         best = ranked[0]
-        row = {"budget": budget, "pair": best["pair"], "regime": best["regime"], "n": best["n"],
-               "difference": best["difference"], "difference_low": best["difference_low"],
-               "difference_high": best["difference_high"], "n_eligible": len(eligible),
-               "test_kl": max(kl.get(best["seek_condition"], 0.0), kl.get(best["reject_condition"], 0.0)),
-}
-        if other:
-            row["other_kl"] = max(other.get(best["seek_condition"], 0.0), other.get(best["reject_condition"], 0.0))
+        extra: dict[str, Any] = {"other_kl": _pair_kl(other, best)} if other else {}
         if len(ranked) > 1:
-            lead = paired_difference(per_item[best["pair"]], per_item[ranked[1]["pair"]])
-            row.update(runner_up=ranked[1]["pair"], lead=lead.value, lead_low=lead.low, lead_high=lead.high,
-                       decisive=lead.above_zero())
-        rows.append(row)
+            lead = paired_difference(per_item[best.pair], per_item[ranked[1].pair])
+            extra.update(runner_up=ranked[1].pair, lead=lead.value, lead_low=lead.low, lead_high=lead.high,
+                         decisive=lead.above_zero())
+        rows.append(BudgetWinnerRow(budget=budget, pair=best.pair, regime=best.regime, n=best.n,
+                                    difference=best.difference, difference_low=best.difference_low,
+                                    difference_high=best.difference_high, n_eligible=len(eligible),
+                                    test_kl=_pair_kl(kl, best), **extra))
     return rows

@@ -16,6 +16,8 @@ import numpy as np
 from persona_interp.analysis.nulls import percentile_band
 from persona_interp.data.files import atomic
 from persona_interp.data.personas import SIDES
+from persona_interp.evaluation.rows import ConditionRow, FrontierRow
+from persona_interp.report.results import NOT_RECORDED, PersonaResult, RunResults
 from persona_interp.report.summary import diagnostics_by_persona
 
 matplotlib.use("Agg")
@@ -37,26 +39,27 @@ def save(fig: Any, stem: str | os.PathLike) -> list[Path]:
     return paths
 
 
-def plot_accuracy(rows: Sequence[dict], stem: str | os.PathLike, title: str = "") -> list[Path]:
-    """Two panels per persona table: A/B accuracy (Wilson 95 % CI) and paired margin shift vs base (t 95 % CI),
-    one bar per condition, seek rows and reject rows side by side."""
+def plot_accuracy(rows: Sequence[ConditionRow], stem: str | os.PathLike, title: str = "") -> list[Path]:
+    """Two panels per persona table (:meth:`~persona_interp.evaluation.evaluate.Evaluation.table`): A/B accuracy
+    (Wilson 95 % CI) and paired margin shift vs base (t 95 % CI), one bar per condition, seek rows and reject rows
+    side by side."""
     fig, axes = plt.subplots(2, 2, figsize=(12, 7), sharey="row", squeeze=False)
     for col, side in enumerate(SIDES):
-        side_rows = [r for r in rows if r["side"] == side]
-        labels = [r["condition"] for r in side_rows]
+        side_rows = [r for r in rows if r.side == side]
+        labels = [r.condition for r in side_rows]
         x = range(len(side_rows))
-        colors = ["#777777" if r["regime"] in ("base", "random") else "#1f77b4" if r["regime"] == "prompt" else "#d62728"
+        colors = ["#777777" if r.regime in ("base", "random") else "#1f77b4" if r.regime == "prompt" else "#d62728"
                   for r in side_rows]
         for row_index, (key, label) in enumerate((("accuracy", f"A/B accuracy toward '{side}'"),
                                                   ("shift", f"margin shift toward '{side}'\n(nats/token, vs base)"))):
             ax = axes[row_index][col]
-            values = [r[key] for r in side_rows]
-            err = [[v - r[f"{key}_low"] for v, r in zip(values, side_rows)], [r[f"{key}_high"] - v for v, r in zip(values, side_rows)]]
-            ax.bar(x, values, yerr=err, color=colors, capsize=3)
+            estimates = [r.estimate(key) for r in side_rows]
+            err = [[e.value - e.low for e in estimates], [e.high - e.value for e in estimates]]
+            ax.bar(x, [e.value for e in estimates], yerr=err, color=colors, capsize=3)
             ax.axhline(0.5 if key == "accuracy" else 0.0, color="black", lw=0.8, ls="--")
             ax.set_ylabel(label)
             ax.set_xticks(list(x), labels, rotation=60, ha="right", fontsize=8)
-        axes[0][col].set_title(f"{side} side (n = {side_rows[0]['n'] if side_rows else 0} items)")
+        axes[0][col].set_title(f"{side} side (n = {side_rows[0].n if side_rows else 0} items)")
     fig.suptitle(title)
     fig.tight_layout()
     return save(fig, stem)
@@ -236,30 +239,31 @@ def plot_type_comparison(rows: Sequence[dict], stem: str | os.PathLike, title: s
     return save(fig, stem)
 
 
-def plot_frontier(rows: Sequence[dict], stem: str | os.PathLike, title: str = "") -> list[Path]:
+def plot_frontier(rows: Sequence[FrontierRow], stem: str | os.PathLike, title: str = "") -> list[Path]:
     """The effect–damage frontier: x = damage (KL from the base model on the report's neutral texts,
     symlog), y = test seek − reject difference with its 95 % interval; one line per regime through its
     per-budget picks, masks with their prompt dashed in the mask's colour (the paper's protocol), the budgets
     dotted, prompt-only regimes as points at 0. ``rows``: :func:`~persona_interp.evaluation.evaluate.frontier_rows`."""
     fig, ax = plt.subplots(figsize=(9, 5))
-    lines = list(dict.fromkeys(r["line"] for r in rows))
+    lines = list(dict.fromkeys(r.line for r in rows))
     bases = list(dict.fromkeys(line.removesuffix("+prompt") for line in lines))
-    colors = plt.get_cmap("tab20").colors if len(bases) > 10 else plt.get_cmap("tab10").colors
+    palette = plt.get_cmap("tab20" if len(bases) > 10 else "tab10")
+    colors = [palette(i) for i in range(palette.N)]
     for line in lines:                        # a mask and its +prompt share a colour: solid alone, dashed with the prompt
-        mine = sorted((r for r in rows if r["line"] == line), key=lambda r: r["kl"])
+        mine = sorted((r for r in rows if r.line == line), key=lambda r: r.kl)
         with_prompt = line.endswith("+prompt")
-        ax.errorbar([r["kl"] for r in mine], [r["difference"] for r in mine],
-                    yerr=[[r["difference"] - r["difference_low"] for r in mine], [r["difference_high"] - r["difference"] for r in mine]],
+        ax.errorbar([r.kl for r in mine], [r.difference for r in mine],
+                    yerr=[[r.difference - r.difference_low for r in mine], [r.difference_high - r.difference for r in mine]],
                     marker="s" if with_prompt else "o", mfc="white" if with_prompt else None, capsize=3,
                     ls="--" if with_prompt else "-", color=colors[bases.index(line.removesuffix("+prompt")) % len(colors)],
                     label=line)
     ax.axhline(0, color="black", lw=0.8)
-    for budget in sorted({b for r in rows for b in r.get("budgets") or []}):
+    for budget in sorted({b for r in rows for b in r.budgets or []}):
         ax.axvline(budget, color="grey", lw=0.8, ls=":")
         ax.annotate(f"KL ≤ {budget:g}", (budget, 1), xycoords=("data", "axes fraction"), xytext=(2, -10),
                     textcoords="offset points", fontsize=7, color="grey")
     ax.set_xscale("symlog", linthresh=1e-3)
-    ax.set_xlim(0, 2 * max([r["kl"] for r in rows] + [1e-3]))      # KL is never negative
+    ax.set_xlim(0, 2 * max([r.kl for r in rows] + [1e-3]))      # KL is never negative
     ax.set_xlabel("damage: KL(base ‖ condition) on neutral text (nats/token)")
     ax.set_ylabel("test seek − reject margin (nats/token, 95 % CI)")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -268,24 +272,24 @@ def plot_frontier(rows: Sequence[dict], stem: str | os.PathLike, title: str = ""
     return save(fig, stem)
 
 
-def plot_persona(persona: str, entry: dict, folder: str | os.PathLike) -> list[Path]:
-    """A persona's report figures from its ``results.json`` entry: ``PERSONA_accuracy`` and, where the entry has
-    one, ``PERSONA_frontier`` (PNG + SVG in ``folder``); the main job and ``persona-interp figures`` both draw them.
+def plot_persona(persona: str, entry: PersonaResult, folder: str | os.PathLike) -> list[Path]:
+    """A persona's report figures from its results (:class:`~persona_interp.report.results.PersonaResult`):
+    ``PERSONA_accuracy`` and, where the entry has one, ``PERSONA_frontier`` (PNG + SVG in ``folder``); the main job
+    and ``persona-interp figures`` both draw them.
 
     Example:
-        >>> plot_persona("power", load_results("reports/results.json").model_dump()["personas"]["power"], "figures")
+        >>> plot_persona("power", load_results("reports/results.json").personas["power"], "figures")
     """
-    folder, n = Path(folder), entry["n_test"]
-    ran = entry.get("provenance") or {}
-    model = f"{ran['model']}, {ran['dtype']}" if ran.get("model", "not recorded") != "not recorded" else "model not recorded"
-    written = plot_accuracy(entry["table"], folder / f"{persona}_accuracy", title=f"{persona}: {n} test items ({model})")
-    if entry.get("frontier"):
-        written += plot_frontier(entry["frontier"], folder / f"{persona}_frontier",
+    folder, n, ran = Path(folder), entry.n_test, entry.provenance
+    model = f"{ran.model}, {ran.dtype}" if ran.model != NOT_RECORDED else "model not recorded"
+    written = plot_accuracy(entry.table, folder / f"{persona}_accuracy", title=f"{persona}: {n} test items ({model})")
+    if entry.frontier:
+        written += plot_frontier(entry.frontier, folder / f"{persona}_frontier",
                                  title=f"{persona}: effect against damage, picks per budget ({n} test items; {model})")
     return written
 
 
-def plot_stability(results: dict, stem: str | os.PathLike) -> list[Path]:
+def plot_stability(results: RunResults, stem: str | os.PathLike) -> list[Path]:
     """Stability of every persona's masks (the main job's diagnostics) in one figure: left, the share of entries
     in which a pole's mask differs between two disjoint calibration halves (each draw and pole) beside the share in
     which the poles differ within a half, with ReLU Contrastive-Wanda's construction value 2ρ dotted; right, the
@@ -293,25 +297,25 @@ def plot_stability(results: dict, stem: str | os.PathLike) -> list[Path]:
     are left out; nothing is drawn (``[]``) when none has them.
 
     Example:
-        >>> plot_stability(load_results("reports/results.json").model_dump(), "figures/stability")
+        >>> plot_stability(load_results("reports/results.json"), "figures/stability")
     """
-    rows = [(persona, diag["stability"]) for persona, diag in diagnostics_by_persona(results).items()]
+    rows = [(persona, diag.stability) for persona, diag in diagnostics_by_persona(results).items()]
     if not rows:
         return []
-    first = rows[0][1]["summary"]
+    first = rows[0][1].summary
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 1.8 + 0.55 * len(rows)), sharey=True)
     for y, (_, stability) in enumerate(rows):
-        draws, s = stability["draws"], stability["summary"]
-        within = [100 * d[f"{side}_between_halves"] for d in draws for side in SIDES]
-        between = [100 * d["seek_vs_reject_in_half"] for d in draws]
+        draws, s = stability.draws, stability.summary
+        within = [100 * share for d in draws for share in (d.seek_between_halves, d.reject_between_halves)]
+        between = [100 * d.seek_vs_reject_in_half for d in draws]
         left.scatter(within, [y - 0.12] * len(within), color="tab:blue", s=18, label="a pole, half A vs half B" if y == 0 else None)
         left.scatter(between, [y + 0.12] * len(between), color="tab:red", marker="s", s=18,
                      label="seek vs reject, within a half" if y == 0 else None)
-        halves = [d[key] for d in draws for key in ("separation_a", "separation_b")]
+        halves = [separation for d in draws for separation in (d.separation_a, d.separation_b)]
         right.scatter(halves, [y] * len(halves), color="grey", s=14, label="one half's masks" if y == 0 else None)
-        right.errorbar([s["separation"]], [y], xerr=[[s["separation"] - s["separation_low"]], [s["separation_high"] - s["separation"]]],
+        right.errorbar([s.separation], [y], xerr=[[s.separation - s.separation_low], [s.separation_high - s.separation]],
                        fmt="o", color="black", capsize=3, label="mean, 95 % interval" if y == 0 else None)
-    left.axvline(200 * first["sparsity"], ls=":", color="grey", label=f"2ρ = {200 * first['sparsity']:.0f} % (ReLU construction)")
+    left.axvline(200 * first.sparsity, ls=":", color="grey", label=f"2ρ = {200 * first.sparsity:.0f} % (ReLU construction)")
     right.axvline(0, color="grey", lw=0.8)
     left.set_yticks(range(len(rows)), [persona for persona, _ in rows])
     left.invert_yaxis()
@@ -319,7 +323,7 @@ def plot_stability(results: dict, stem: str | os.PathLike) -> list[Path]:
     right.set_xlabel("validation seek − reject (nats/token)")
     for ax in (left, right):
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
-    fig.suptitle(f"{first['method']}, ρ = {first['sparsity']}: masks from disjoint halves of the calibration data "
-                 f"({first['draws']} draws of 2 halves)")
+    fig.suptitle(f"{first.method}, ρ = {first.sparsity}: masks from disjoint halves of the calibration data "
+                 f"({first.draws} draws of 2 halves)")
     fig.tight_layout()
     return save(fig, stem)

@@ -1,16 +1,28 @@
 """Markdown: the generic table and each study's report text."""
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence, Union
+
+from pydantic import BaseModel
 
 from persona_interp.data.files import write_text
+from persona_interp.evaluation.rows import (
+    BudgetWinner,
+    BudgetWinnerRow,
+    ControlRow,
+    EqualDamage,
+    EqualDamageRow,
+    NoPick,
+    SearchRow,
+)
 from persona_interp.evaluation.stats import MIN_N
-from persona_interp.report.results import RunResults, parse_results
+from persona_interp.report.results import Diagnostics, PersonaResult, RunResults, Used, now, parse_results
 from persona_interp.report.summary import diagnostics_by_persona, summary_tables
+
+Tabular = Union[Mapping[str, Any], BaseModel]     # a row of a table: a typed row or a plain mapping
 
 
 def overlap_markdown(rows: list[dict[str, Any]]) -> str:
@@ -114,13 +126,19 @@ def _fmt(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", "<br>")     # a cell stays one cell (generated text)
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """Rows as a GitHub markdown table; ``x`` with ``x_low``/``x_high`` columns prints as ``x [low, high]``."""
+def markdown_table(rows: Sequence[Tabular], columns: Sequence[str] | None = None) -> str:
+    """Rows (typed rows, :mod:`~persona_interp.evaluation.rows`, or mappings) as a GitHub markdown table; ``x``
+    with ``x_low``/``x_high`` columns prints as ``x [low, high]``; a field a row lacks is an empty cell.
+
+    Example:
+        >>> print(markdown_table(ev.contrasts(), ["pair", "n", "difference"]))
+    """
     if not rows:
         return "(no rows)\n"
-    columns = list(columns or [c for c in rows[0] if not c.endswith(("_low", "_high"))])
+    plain = [row.model_dump() if isinstance(row, BaseModel) else row for row in rows]
+    columns = list(columns or [c for c in plain[0] if not c.endswith(("_low", "_high"))])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
+    for row in plain:
         cells = []
         for c in columns:
             cell = _fmt(row.get(c, ""))
@@ -136,10 +154,11 @@ def verdict_word(verdict: bool | None) -> str:
     return f"undefined (n < {MIN_N})" if verdict is None else str(verdict)
 
 
-def control_rows(controls: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """:func:`~persona_interp.evaluation.evaluate.control_comparison` rows with ``beats_control`` as printed."""
-    return [{**c, "beats_control": verdict_word(c["beats_control"]),
-             **({"beats_matched": verdict_word(c["beats_matched"])} if "beats_matched" in c else {})} for c in controls]
+def control_rows(controls: Sequence[ControlRow]) -> list[dict[str, Any]]:
+    """:func:`~persona_interp.evaluation.evaluate.control_comparison` rows as printed: the verdicts in words."""
+    return [{**c.model_dump(), "beats_control": verdict_word(c.beats_control),
+             **({"beats_matched": verdict_word(c.beats_matched)} if c.matched_control is not None else {})}
+            for c in controls]
 
 
 TABLE_COLUMNS = ["condition", "side", "n", "accuracy", "margin", "shift", "flips_gained", "flips_lost", "perplexity_change", "kl"]
@@ -149,19 +168,19 @@ class RunConfig(Protocol):
     """What the report needs of a run's configuration (a :class:`~persona_interp.studies.config.ReproduceConfig`:
     the report sits below the studies and does not import them)."""
 
-    personas: Sequence[str]
+    @property
+    def personas(self) -> Sequence[str]: ...
 
 
-def write_report(out_dir: Path, figures_dir: Path, config: RunConfig, results: dict[str, Any]) -> Path:
-    """Stamp ``results`` finished now, validate them (:class:`~persona_interp.report.results.RunResults`), write
-    ``results.json`` and render ``report.md`` (:func:`render_report`)."""
-    results["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    results["provenance"]["finished"] = results["finished"]
-    done = [p for p in config.personas if p in results["personas"]]
-    results["complete"] = done == list(config.personas)
-    typed = RunResults.model_validate(results)
-    typed.save(out_dir / "results.json")
-    return render_report(typed, out_dir / "report.md", figures_dir)
+def write_report(out_dir: Path, figures_dir: Path, config: RunConfig, results: RunResults) -> Path:
+    """Stamp ``results`` finished now (and complete when every persona of ``config`` is), write ``results.json``
+    and render ``report.md`` (:func:`render_report`)."""
+    results.finished = now()
+    results.provenance = results.provenance.model_copy(update={"finished": results.finished})
+    done = [p for p in config.personas if p in results.personas]
+    results.complete = done == list(config.personas)
+    results.save(out_dir / "results.json")
+    return render_report(results, out_dir / "report.md", figures_dir)
 
 
 def render_report(results: RunResults | dict[str, Any], report: Path, figures_dir: Path) -> Path:
@@ -172,21 +191,20 @@ def render_report(results: RunResults | dict[str, Any], report: Path, figures_di
         >>> render_report(load_results("reports/results.json"), Path("reports/report.md"), Path("figures"))
     """
     typed = results if isinstance(results, RunResults) else parse_results(results)
-    results = typed.model_dump()
-    config = results["config"]
-    done = [p for p in config["personas"] if p in results["personas"]]
-    status = "" if results.get("complete") else (f"**Partial run**: {len(done)} of {len(config['personas'])} personas "
-                                                 f"finished ({', '.join(done) or 'none yet'}).\n\n")
-    revisions = sorted({results["personas"][p].get("revision", results["revision"]) for p in done} or {results["revision"]})
+    config = typed.config
+    done = [p for p in config["personas"] if p in typed.personas]
+    status = "" if typed.complete else (f"**Partial run**: {len(done)} of {len(config['personas'])} personas "
+                                        f"finished ({', '.join(done) or 'none yet'}).\n\n")
+    revisions = sorted({typed.personas[p].revision for p in done} or {typed.revision})
     header = (f"# persona_interp results\n\n{status}{_provenance_lines(typed, done)}Revision "
-              f"{', '.join(f'`{r}`' for r in revisions)}, seed {config['seed']}, this run {results['started']} → {results['finished']}.\n\n"
+              f"{', '.join(f'`{r}`' for r in revisions)}, seed {config['seed']}, this run {typed.started} → {typed.finished}.\n\n"
               f"Config: `{json.dumps(config)}`\n\n" + REPORT_LEGEND)
-    sections = [summary_markdown(results)] if done else []
-    if diagnostics_by_persona(results):
+    sections = [summary_markdown(typed)] if done else []
+    if diagnostics_by_persona(typed):
         sections.append(f"\n![stability across personas]({os.path.relpath(figures_dir / 'stability.png', report.parent)})\n")
     for persona in done:
-        entry = results["personas"][persona]
-        sections.append(_persona_section(persona, entry, figures_dir / f"{persona}_accuracy.png", report.parent))
+        sections.append(_persona_section(persona, typed.personas[persona], figures_dir / f"{persona}_accuracy.png",
+                                         report.parent))
     write_text(report, header + "\n".join(sections))
     return report
 
@@ -218,7 +236,7 @@ SUMMARY_TEXTS = {
 }
 
 
-def summary_markdown(results: dict[str, Any]) -> str:
+def summary_markdown(results: RunResults) -> str:
     """The across-persona tables of :func:`~persona_interp.report.summary.summary_tables` as markdown."""
     parts = ["\n## Across personas\n"]
     for name, rows in summary_tables(results).items():
@@ -239,80 +257,80 @@ REPORT_LEGEND = (
     "prompt and RAG conditions leave the weights unchanged, so their damage on the (prompt-free) neutral set is 0 by construction.\n")
 
 
-def _best(table: list[dict[str, Any]]) -> str:
+def _best(table: Sequence[SearchRow]) -> str:
     """What a search's reported best is: unbudgeted when every candidate was scored, else the best of those
     within the largest budget (the search does not score a candidate over every budget)."""
-    unscored = sum(1 for row in table if row.get("scored") is False)
+    unscored = sum(1 for row in table if row.scored is False)
     if unscored == len(table):
         return "none within the largest budget (none scored); least damaging"
     return "unbudgeted best" if not unscored else f"best within the largest budget ({unscored} over it, not scored)"
 
 
-def _tuning_lines(used: dict[str, Any]) -> list[str]:
+def _tuning_lines(used: Used) -> list[str]:
     """What each regime's search on the validation split tried and picked."""
-    lines = [f"\nTuned on {used['validation_items']} validation items (never a test item), damage during the searches on "
-             f"{used.get('selection_neutral_texts', 0)} neutral texts apart from the reported ones; signatures and fitting on "
-             f"{used['fit_items']} calibration items"
-             + (f" and {used['fit_neutral_texts']} further neutral texts (the damage-aware masks' retain terms, never a "
-                "selection or reported text)" if used.get("fit_neutral_texts") else "")
-             + (f"; a second damage measure on {used['other_texts']} of the other personas' questions and answers "
-                "(`KL other personas` in the winners table), which no search or method sees" if used.get("other_texts") else "")
+    lines = [f"\nTuned on {used.validation_items} validation items (never a test item), damage during the searches on "
+             f"{used.selection_neutral_texts or 0} neutral texts apart from the reported ones; signatures and fitting on "
+             f"{used.fit_items} calibration items"
+             + (f" and {used.fit_neutral_texts} further neutral texts (the damage-aware masks' retain terms, never a "
+                "selection or reported text)" if used.fit_neutral_texts else "")
+             + (f"; a second damage measure on {used.other_texts} of the other personas' questions and answers "
+                "(`KL other personas` in the winners table), which no search or method sees" if used.other_texts else "")
              + ". Each regime's pick per damage budget is the candidate with the largest validation separation whose "
              "validation KL is within the budget (`@klB` rows). "
-             f"Calibration items whose question is in the test set: {used.get('test_leaks_dropped', 0)} dropped; "
-             f"questions that occur more than once: {used.get('duplicate_questions', 0)} (kept on one side of the split).\n"]
-    for method, s in used.get("steering_search", {}).items():
-        lines.append(f"- steering {method}: {len(s['table'])} (layer, multiplier) candidates; {_best(s['table'])}: layer {s['layer']}, "
-                     f"multiplier {s['multiplier']:g}")
-    if "lora_search" in used:
-        lora = used["lora_search"]
-        lines.append(f"- LoRA: epochs 1–{lora['config']['epochs']} (rank {lora['config']['rank']}, "
-                     f"lr {lora['config']['learning_rate']:g}); {_best(lora['table'])}: {lora['epochs']}")
-    if "prompt_search" in used:
-        lines.append(f"- prompts: the phrasings in results.json (`prompt_search`), {len(used['prompt_search'])} candidates")
-    for method, s in used.get("mask_search", {}).items():
-        c = s["chosen"]
-        lines.append(f"- {method}: {len(s['table'])} candidates; {_best(s['table'])}: sparsity {c['sparsity']}, modules {c['modules']}, "
-                     f"layers {c['layers']}, {c['token_scope']} tokens, statistic {c['statistic']}, φ {c['phi']}")
+             f"Calibration items whose question is in the test set: {used.test_leaks_dropped or 0} dropped; "
+             f"questions that occur more than once: {used.duplicate_questions or 0} (kept on one side of the split).\n"]
+    for method, s in (used.steering_search or {}).items():
+        lines.append(f"- steering {method}: {len(s.table)} (layer, multiplier) candidates; {_best(s.table)}: layer {s.layer}, "
+                     f"multiplier {s.multiplier:g}")
+    if used.lora_search is not None:
+        lora = used.lora_search
+        lines.append(f"- LoRA: epochs 1–{lora.config.epochs} (rank {lora.config.rank}, "
+                     f"lr {lora.config.learning_rate:g}); {_best(lora.table)}: {lora.epochs}")
+    if used.prompt_search is not None:
+        lines.append(f"- prompts: the phrasings in results.json (`prompt_search`), {len(used.prompt_search)} candidates")
+    for method, m in (used.mask_search or {}).items():
+        c = m.chosen
+        lines.append(f"- {method}: {len(m.table)} candidates; {_best(m.table)}: sparsity {c.sparsity}, modules {c.modules}, "
+                     f"layers {c.layers}, {c.token_scope} tokens, statistic {c.statistic}, φ {c.phi}")
     return lines
 
 
-def _budget_line(row: dict[str, Any], damage: str, counted: str) -> str:
+def _budget_line(row: EqualDamageRow | BudgetWinnerRow, damage: str, counted: str) -> str:
     """One budget's chosen pair: its seek − reject difference with interval, n, its damage and how many competed."""
-    return (f"- KL ≤ {row['budget']:g}: **{row['pair']}** ({row['difference']:+.4f} [{row['difference_low']:+.4f}, "
-            f"{row['difference_high']:+.4f}] nats/token, n = {row['n']}, {damage}; {row['n_eligible']} {counted})")
+    return (f"- KL ≤ {row.budget:g}: **{row.pair}** ({row.difference:+.4f} [{row.difference_low:+.4f}, "
+            f"{row.difference_high:+.4f}] nats/token, n = {row.n}, {damage}; {row.n_eligible} {counted})")
 
 
-def _equal_damage_lines(equal_damage: list[dict[str, Any]]) -> list[str]:
+def _equal_damage_lines(equal_damage: Sequence[EqualDamage]) -> list[str]:
     lines = ["\nWhich regime separates the poles most at equal damage (largest seek − reject difference among the "
              "pairs whose more damaging pole stays within the KL budget):\n"]
     for row in equal_damage:
-        if row["pair"] is None:
-            lines.append(f"- KL ≤ {row['budget']:g}: no pair is within the budget")
+        if isinstance(row, NoPick):
+            lines.append(f"- KL ≤ {row.budget:g}: no pair is within the budget")
         else:
-            lines.append(_budget_line(row, f"its KL {row['damage']:.4f}", "pairs eligible"))
+            lines.append(_budget_line(row, f"its KL {row.damage:.4f}", "pairs eligible"))
     return lines
 
 
-def _winner_lines(winners: list[dict[str, Any]]) -> list[str]:
+def _winner_lines(winners: Sequence[BudgetWinner]) -> list[str]:
     lines = ["\nWhich regime wins at each damage budget (each regime's pick for the budget, test seek − reject; "
              "`lead`: paired difference to the runner-up, decisive when its interval is above 0):\n"]
     for row in winners:
-        if row["pair"] is None:
-            lines.append(f"- KL ≤ {row['budget']:g}: no regime has a pick within the budget")
+        if isinstance(row, NoPick):
+            lines.append(f"- KL ≤ {row.budget:g}: no regime has a pick within the budget")
             continue
-        lead = (f"; lead over {row['runner_up']} {row['lead']:+.4f} [{row['lead_low']:+.4f}, {row['lead_high']:+.4f}]"
-                f" ({'decisive' if row['decisive'] else 'not decisive' if row['decisive'] is False else f'no verdict: n < {MIN_N}'})"
-                if "lead" in row else "")
-        lines.append(_budget_line(row, f"test KL {row['test_kl']:.4f}", "picks") + lead)
+        lead = (f"; lead over {row.runner_up} {row.lead:+.4f} [{row.lead_low:+.4f}, {row.lead_high:+.4f}]"
+                f" ({'decisive' if row.decisive else 'not decisive' if row.decisive is False else f'no verdict: n < {MIN_N}'})"
+                if row.lead is not None else "")
+        lines.append(_budget_line(row, f"test KL {row.test_kl:.4f}", "picks") + lead)
     return lines
 
 
-def _diagnostic_lines(diag: dict[str, Any]) -> list[str]:
-    rho = diag["sparsity"]
-    overlap = [{**r, "by construction": f"{r['bound_low']:.3f}–{r['bound_high']:.3f}" if "bound_low" in r else "",
-                "p (z>0)": r.get("p", "")} for r in diag["overlap"]]
-    stab = diag["stability"]["summary"]
+def _diagnostic_lines(diag: Diagnostics) -> list[str]:
+    rho = diag.sparsity
+    overlap = [{**r.model_dump(), "by construction": f"{r.bound_low:.3f}–{r.bound_high:.3f}" if r.bound_low is not None else "",
+                "p (z>0)": r.p if r.p is not None else ""} for r in diag.overlap]
+    stab = diag.stability.summary
     lines = [f"\nOpposing masks compared like with like (ρ = {rho}; fraction of entries where seek and reject differ; "
              "under ReLU each pole removes ρ of a row, so they differ in at most 2ρ, exactly 2ρ in a map whose share p of "
              "channels with z > 0 lies in [ρ, 1−ρ], at least 2·min(p, 1−p) otherwise; `by construction` is that range "
@@ -320,14 +338,14 @@ def _diagnostic_lines(diag: dict[str, Any]) -> list[str]:
              markdown_table(overlap, ["variant", "kind", "differ", "by construction", "p (z>0)"]),
              "\nThe per-sample statistic (norm: the paper's, grows with √T; rms: norm/√T) — share of channels with z > 0, "
              f"mean covered tokens per pole, and which pole's ReLU Contrastive-Wanda mask (ρ = {rho}) breaks the model:\n",
-             markdown_table(diag["statistics"], ["statistic", "positive_share", "seek_tokens", "reject_tokens",
-                                                 "seek_perplexity_ratio", "reject_perplexity_ratio", "breaks"]),
-             f"\nStability ({stab['method']}, ρ = {rho}, {stab['draws']} draws of two disjoint halves of {stab['half_size']} "
-             f"calibration items): a pole's mask differs between halves in {stab['within_pole']:.3f} of entries, seek from "
-             f"reject in {stab['between_poles']:.3f} (full data {stab['between_poles_full']:.3f}); validation seek − reject over "
-             f"the {stab['n_halves']} halves {stab['separation']:+.4f} [{stab['separation_low']:+.4f}, {stab['separation_high']:+.4f}]. "
+             markdown_table(diag.statistics, ["statistic", "positive_share", "seek_tokens", "reject_tokens",
+                                              "seek_perplexity_ratio", "reject_perplexity_ratio", "breaks"]),
+             f"\nStability ({stab.method}, ρ = {rho}, {stab.draws} draws of two disjoint halves of {stab.half_size} "
+             f"calibration items): a pole's mask differs between halves in {stab.within_pole:.3f} of entries, seek from "
+             f"reject in {stab.between_poles:.3f} (full data {stab.between_poles_full:.3f}); validation seek − reject over "
+             f"the {stab.n_halves} halves {stab.separation:+.4f} [{stab.separation_low:+.4f}, {stab.separation_high:+.4f}]. "
              + ("**Noise**: a pole's mask differs between halves of its own data at least as much as from the other pole."
-                if stab["noise"] else "Each pole's mask is more alike across halves than the two poles are.")]
+                if stab.noise else "Each pole's mask is more alike across halves than the two poles are.")]
     return lines
 
 
@@ -336,39 +354,39 @@ PROTOCOL_NOTE = ("\nTwo mask protocols: `METHOD-SIDE@…` is the mask alone (no 
                  "scores with the persona system prompt), so the paper's mask rows compare with our `+prompt` rows.\n")
 
 
-def _persona_section(persona: str, entry: dict[str, Any], figure: Path, out_dir: Path) -> str:
-    contrasts, controls = entry["contrasts"], entry["controls"]
-    lines = [f"\n## {persona} ({entry['n_test']} test items)\n", f"Computed by revision `{entry['revision']}`, finished {entry['finished']}.",
-             *_tuning_lines(entry["used"]), PROTOCOL_NOTE, markdown_table(entry["table"], TABLE_COLUMNS),
+def _persona_section(persona: str, entry: PersonaResult, figure: Path, out_dir: Path) -> str:
+    contrasts, controls = entry.contrasts, entry.controls
+    matched = any(c.matched_control is not None for c in controls)
+    lines = [f"\n## {persona} ({entry.n_test} test items)\n", f"Computed by revision `{entry.revision}`, finished {entry.finished}.",
+             *_tuning_lines(entry.used), PROTOCOL_NOTE, markdown_table(entry.table, TABLE_COLUMNS),
              "\nSeek-minus-reject (paired, per-token margin; cancels damage both poles share):\n",
              markdown_table(contrasts, ["pair", "n", "difference", "items_seek_only", "items_reject_only"]),
              "\nEach mask against its random-mask control (same sparsity or the same weights per row; with prompts, the "
              "random mask with the same prompt; paired margin toward the mask's side)" + (
                  ", and, beside it, against the random mask of equal damage (`matched`: the random sparsity whose KL on "
-                 "the selection texts equals the mask's)" if any("matched_control" in c for c in controls) else "") + ":\n",
+                 "the selection texts equals the mask's)" if matched else "") + ":\n",
              markdown_table(control_rows(controls), ["condition", "control", "advantage", "beats_control"]
-                            + (["matched_control", "matched_advantage", "beats_matched"]
-                               if any("matched_control" in c for c in controls) else []))]
-    losers = [c["condition"] for c in controls if c["beats_control"] is False]
+                            + (["matched_control", "matched_advantage", "beats_matched"] if matched else []))]
+    losers = [c.condition for c in controls if c.beats_control is False]
     if losers:
         lines.append(f"\nDoes not beat its random-mask control (95 % interval not above 0): {', '.join(losers)}.\n")
-    matched_losers = [c["condition"] for c in controls if c.get("beats_matched") is False]
+    matched_losers = [c.condition for c in controls if c.matched_control is not None and c.beats_matched is False]
     if matched_losers:
         lines.append(f"\nDoes not beat the random mask of equal damage: {', '.join(matched_losers)}.\n")
-    undefined = [c["condition"] for c in controls if c["beats_control"] is None]
+    undefined = [c.condition for c in controls if c.beats_control is None]
     if undefined:
         lines.append(f"\nNo verdict against the control (fewer than {MIN_N} test items: no interval): {', '.join(undefined)}.\n")
-    if entry.get("prompt_additions"):
+    if entry.prompt_additions:
         lines += ["\nWhat the mask adds to the prompt (mask + prompt − prompt, toward the pole; per pair seek − reject):\n",
-                  markdown_table(entry["prompt_additions"], ["condition", "side", "n", "added"])]
-    lines += _equal_damage_lines(entry["equal_damage"])
-    if entry.get("budget_winners"):
-        lines += _winner_lines(entry["budget_winners"])
-    if "diagnostics" in entry["used"]:
-        lines += _diagnostic_lines(entry["used"]["diagnostics"])
+                  markdown_table(entry.prompt_additions, ["condition", "side", "n", "added"])]
+    lines += _equal_damage_lines(entry.equal_damage)
+    if entry.budget_winners:
+        lines += _winner_lines(entry.budget_winners)
+    if entry.used.diagnostics is not None:
+        lines += _diagnostic_lines(entry.used.diagnostics)
     lines.append(f"\n![{persona} accuracy]({os.path.relpath(figure, out_dir)})\n")
     frontier = figure.with_name(f"{persona}_frontier.png")
-    if entry.get("frontier"):
+    if entry.frontier:
         lines.append(f"![{persona} effect–damage frontier]({os.path.relpath(frontier, out_dir)})\n")
     return "\n".join(lines)
 

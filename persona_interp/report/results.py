@@ -2,13 +2,16 @@
 (:class:`PersonaResult`) and which model, weights, dtype, device and machine computed them (:class:`Provenance`),
 and :func:`load_results`, which reads any ``results.json`` the main job wrote, older versions included.
 
-Rows (the tables, contrasts, controls …) stay ``dict[str, Any]``; everything around them is validated on load, so a
-damaged or partial file is an error naming the file and the field.
+Everything is typed down to the rows (:mod:`persona_interp.evaluation.rows`: the tables, contrasts, controls, budget
+picks, damage, search tables) and what the searches used (:class:`Used`), and validated on load, so a damaged,
+partial or misspelt file is an error naming the file and the field.
 
 Example:
     >>> results = load_results("reports/results.json")
     >>> results.schema_version, results.provenance.model, results.personas["power"].n_test
     (2, 'not recorded', 100)
+    >>> results.personas["power"].contrasts[0].pair, results.personas["power"].used.fit_items
+    ('prompt', 128)
 """
 from __future__ import annotations
 
@@ -16,16 +19,36 @@ import datetime as _dt
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from persona_interp.data.personas import Side
+from persona_interp.evaluation.controls import MatchedControlRecord
+from persona_interp.evaluation.rows import (
+    BudgetWinner,
+    ConditionRow,
+    ContrastRow,
+    ControlRow,
+    Damage,
+    EqualDamage,
+    FrontierRow,
+    LoRASearchRow,
+    MaskConfig,
+    MaskSearchRow,
+    PerItem,
+    PromptAdditionRow,
+    PromptSearchRow,
+    Record,
+    Row,
+    SteeringSearchRow,
+)
+from persona_interp.interventions.lora import LoRAConfig
 from persona_interp.model.machine import CPU, cpu_info
 
-SCHEMA_VERSION = 2                     # 1: the files before provenance (no ``schema_version``); 2: provenance
+SCHEMA_VERSION: Literal[2] = 2         # 1: the files before provenance (no ``schema_version``); 2: provenance
 NOT_RECORDED = "not recorded"          # what a file from before a field existed shows for it: never a guess
 NotRecorded = Literal["not recorded"]
-Row = dict[str, Any]                   # one row of a table (condition, pair, budget …): the report's columns
 
 
 def now() -> str:
@@ -109,6 +132,143 @@ def _recorded(record: dict[str, Any], config: dict[str, Any], revision: str) -> 
             "cpu": NOT_RECORDED, "started": record.get("started", NOT_RECORDED), "finished": record.get("finished")}
 
 
+class Split(Row):
+    """Which calibration items formed the validation split (:meth:`~persona_interp.data.personas.PersonaDataset.split`)."""
+
+    seed: int
+    fraction: float
+    validation_indices: list[int]
+
+
+class SteeringSearch(Record):
+    """A steering method's search: its unbudgeted pick (layer, multiplier) and the whole table."""
+
+    layer: int
+    multiplier: float
+    table: list[SteeringSearchRow]
+
+
+class LoRASearch(Record):
+    """The LoRA search: the epochs picked without a budget, the table and the training configuration."""
+
+    epochs: int
+    table: list[LoRASearchRow]
+    config: LoRAConfig
+
+
+class MaskSearch(Record):
+    """A mask method's search: its unbudgeted pick and the whole table."""
+
+    chosen: MaskConfig
+    table: list[MaskSearchRow]
+
+
+class OverlapRow(Row):
+    """How much opposing masks of one variant differ in one kind of map (or ``all``); ReLU rows carry the range
+    they differ in by construction and the share ``p`` of channels with z > 0
+    (:func:`~persona_interp.analysis.diagnostics.overlap_table`)."""
+
+    variant: str
+    kind: str
+    sparsity: float
+    differ: float
+    bound_low: float | None = None
+    bound_high: float | None = None
+    p: float | None = None
+
+
+class StatisticRow(Row):
+    """One per-sample statistic (:func:`~persona_interp.analysis.diagnostics.statistic_table`)."""
+
+    statistic: str
+    sparsity: float
+    positive_share: float
+    seek_tokens: float
+    reject_tokens: float
+    seek_perplexity_ratio: float
+    seek_kl: float
+    reject_perplexity_ratio: float
+    reject_kl: float
+    breaks: Side
+
+
+class StabilityDraw(Row):
+    """One draw of two disjoint calibration halves (:func:`~persona_interp.analysis.diagnostics.stability`)."""
+
+    draw: int
+    half_a: list[int]
+    half_b: list[int]
+    seek_between_halves: float
+    reject_between_halves: float
+    seek_vs_reject_in_half: float
+    separation_a: float
+    separation_b: float
+
+
+class StabilitySummary(Row):
+    """Stability over the draws: within a pole against between the poles, and the halves' validation separation."""
+
+    method: str
+    sparsity: float
+    draws: int
+    half_size: int
+    within_pole: float
+    between_poles: float
+    between_poles_full: float
+    noise: bool
+    separation: float
+    separation_low: float
+    separation_high: float
+    n_halves: int
+
+
+class Stability(Record):
+    draws: list[StabilityDraw]
+    summary: StabilitySummary
+
+
+class Diagnostics(Record):
+    """What the masks are made of at the first paper sparsity
+    (:func:`~persona_interp.studies.reproduce.mask_diagnostics`)."""
+
+    sparsity: float
+    overlap: list[OverlapRow]
+    statistics: list[StatisticRow]
+    stability: Stability
+
+
+class Used(Record):
+    """What a persona's conditions were built with: the fit and validation sizes, the neutral texts of each use,
+    every search table, the damage-matched controls' searches and the mask diagnostics. Assignments are validated
+    (a search table of dicts becomes typed rows). Fields a run did not produce (or a file from before they existed
+    never recorded) are None.
+
+    Example:
+        >>> used = Used(fit_items=8, validation_items=4)
+        >>> used.prompt_search = [{"side": "seek", "prompt": "You seek power.", "margin": 0.4, "scored": True}]
+        >>> used.prompt_search[0].margin
+        0.4
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    fit_items: int
+    validation_items: int
+    split: Split | None = None
+    test_leaks_dropped: int | None = None
+    duplicate_questions: int | None = None
+    signature_tokens: dict[Side, int] | None = None
+    selection_neutral_texts: int | None = None
+    fit_neutral_texts: int | None = None
+    other_texts: int | None = None
+    prompt_search: list[PromptSearchRow] | None = None
+    steering_search: dict[str, SteeringSearch] | None = None
+    lora_search: LoRASearch | None = None
+    mask_search: dict[str, MaskSearch] | None = None
+    matched_controls: dict[str, MatchedControlRecord] | None = None
+    diagnostics: Diagnostics | None = None
+
+
 class PersonaResult(BaseModel):
     """One persona's results: what computed them, what the searches used and the test-set tables."""
 
@@ -117,17 +277,17 @@ class PersonaResult(BaseModel):
     revision: str
     finished: str
     provenance: Provenance
-    used: dict[str, Any]                   # the fit / validation sizes, every search table, the mask diagnostics
+    used: Used
     n_test: int
-    table: list[Row]                       # one row per condition
-    contrasts: list[Row]                   # seek − reject per pair
-    controls: list[Row]                    # each mask against its random mask
-    equal_damage: list[Row]                # per damage budget
-    prompt_additions: list[Row]
-    frontier: list[Row]
-    budget_winners: list[Row]
-    per_item: dict[str, dict[str, Any]]    # per condition, per test item
-    damage: dict[str, Any]                 # per condition
+    table: list[ConditionRow]              # one row per condition and side
+    contrasts: list[ContrastRow]           # seek − reject per pair
+    controls: list[ControlRow]             # each mask against its random mask
+    equal_damage: list[EqualDamage]        # per damage budget
+    prompt_additions: list[PromptAdditionRow]
+    frontier: list[FrontierRow]
+    budget_winners: list[BudgetWinner]     # per damage budget
+    per_item: dict[str, PerItem]           # per condition
+    damage: dict[str, Damage]              # per condition
 
 
 class RunResults(BaseModel):
@@ -152,6 +312,18 @@ class RunResults(BaseModel):
                 raise ValueError(f"config.{key} is {'missing' if key not in config else repr(config[key])}, "
                                  f"expected {kind.__name__}")
         return config
+
+    def only(self, personas: Sequence[str]) -> RunResults:
+        """These results with only ``personas`` (in that order; each must be there), e.g. one notebook's share.
+
+        Example:
+            >>> list(load_results("reports/results.json").only(["wealth", "power"]).personas)
+            ['wealth', 'power']
+        """
+        missing = [p for p in personas if p not in self.personas]
+        if missing:
+            raise KeyError(f"no results for {missing}; these results hold {list(self.personas)}")
+        return self.model_copy(update={"personas": {p: self.personas[p] for p in personas}})
 
     def save(self, path: str | Path) -> Path:
         """Write the results as JSON (atomically; read back with :func:`load_results`)."""
@@ -207,8 +379,8 @@ def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
     """A schema-1 file (before provenance) as schema 2: the run's and each persona's provenance from what the file
     recorded (:func:`recorded_provenance`), everything else ``"not recorded"``. Fields of the wrong type are left for
     validation to name."""
-    config = data.get("config") if isinstance(data.get("config"), dict) else {}
-    revision = data.get("revision") if isinstance(data.get("revision"), str) else NOT_RECORDED
+    config: dict[str, Any] = data["config"] if isinstance(data.get("config"), dict) else {}
+    revision: str = data["revision"] if isinstance(data.get("revision"), str) else NOT_RECORDED
     out = {**data, "schema_version": SCHEMA_VERSION}
     out.setdefault("provenance", _recorded(data, config, revision))
     if isinstance(data["personas"], dict):

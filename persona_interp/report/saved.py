@@ -9,10 +9,13 @@ their provenance counts as recorded for the embedded model, so it is used only w
 embedded one (``model_source`` None). The protocol is the saved ``config``: every option the notebook's
 configuration and the file both record must agree (``personas`` aside: the file must hold the ones asked for).
 
+:func:`saved_run_for` reads a main job's ``results.json`` this way into its typed results
+(:class:`~persona_interp.report.results.RunResults`); :func:`saved_results_for` reads any of these files as JSON.
+
 Example:
-    >>> saved = saved_results_for(model, "../reports/results.json", model_source=MODEL, config=CONFIG)
+    >>> saved = saved_run_for(model, "../reports/results.json", model_source=MODEL, config=CONFIG)
     >>> print(saved.reason)
-    >>> results = saved.results if saved.usable else reproduce(...)
+    >>> results = saved.results if saved.results is not None else load_results(reproduce(...).parent / "results.json")
 """
 from __future__ import annotations
 
@@ -21,19 +24,22 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Generic, Sequence, TypeVar
 
 from persona_interp.model.adapter import get_adapter
+from persona_interp.report.results import RunResults, parse_results
 
 DEFAULTS = {"dtype": "float32"}     # options a file from before the option existed ran with
+Results = TypeVar("Results")
 
 
 @dataclass(frozen=True)
-class SavedResults:
-    """The saved results (None when they must not be used) and why they are or are not used."""
+class SavedResults(Generic[Results]):
+    """The saved results (None when they must not be used) and why they are or are not used: a main job's typed
+    results (:func:`saved_run_for`) or a study's JSON (:func:`saved_results_for`)."""
 
     path: Path
-    results: dict[str, Any] | None
+    results: Results | None
     reason: str
 
     @property
@@ -73,7 +79,7 @@ def config_differences(mine: Any, theirs: dict[str, Any], ignore: Sequence[str] 
 
 
 def saved_results_for(model: Any, path: str | os.PathLike, *, model_source: str | os.PathLike | None = None,
-                      config: Any = None, personas: Sequence[str] = ()) -> SavedResults:
+                      config: Any = None, personas: Sequence[str] = ()) -> SavedResults[dict[str, Any]]:
     """The results saved in ``path`` if they were recorded for ``model`` (its fingerprint; a file without
     provenance only for the embedded model, ``model_source`` None) under ``config`` (same options, when given)
     and hold every persona of ``personas``; otherwise ``results`` is None and ``reason`` says why.
@@ -108,3 +114,18 @@ def saved_results_for(model: Any, path: str | os.PathLike, *, model_source: str 
     if missing:
         return SavedResults(path, None, f"{path} does not hold {missing}")
     return SavedResults(path, results, why + (", with the same configuration" if config is not None else ""))
+
+
+def saved_run_for(model: Any, path: str | os.PathLike, *, model_source: str | os.PathLike | None = None,
+                  config: Any = None, personas: Sequence[str] = ()) -> SavedResults[RunResults]:
+    """:func:`saved_results_for` of a main job's ``results.json``, its results typed and validated
+    (:func:`~persona_interp.report.results.parse_results`: a damaged file is a
+    :class:`~persona_interp.report.results.ResultsError` naming it and the field).
+
+    Example:
+        >>> saved = saved_run_for(model, "../reports/results.json", model_source=None, personas=["power"])
+        >>> saved.results.personas["power"].n_test if saved.results else saved.reason
+    """
+    saved = saved_results_for(model, path, model_source=model_source, config=config, personas=personas)
+    typed = parse_results(saved.results, str(saved.path)) if saved.results is not None else None
+    return SavedResults(saved.path, typed, saved.reason)

@@ -5,7 +5,7 @@ pole's mask is stable across halves of its calibration data. Cells are formatted
 (``+0.89 [+0.77, +1.01]``); the numbers behind them stay in ``results.json``.
 
 Example:
-    >>> tables = summary_tables(load_results("reports/results.json").model_dump())
+    >>> tables = summary_tables(load_results("reports/results.json"))
     >>> tables["winners"][0]["winner"]
     'pca@kl0.02'
 """
@@ -15,26 +15,28 @@ import re
 from typing import Any
 
 from persona_interp.analysis.diagnostics import grouped_overlap
+from persona_interp.evaluation.rows import BudgetWinnerRow, ControlRow, NoPick, Row
 from persona_interp.evaluation.stats import MIN_N
 from persona_interp.masks.registry import methods
+from persona_interp.report.results import Diagnostics, PersonaResult, RunResults
 
 
-
-def _ci(row: dict[str, Any], key: str = "difference") -> str:
-    return f"{row[key]:+.2f} [{row[key + '_low']:+.2f}, {row[key + '_high']:+.2f}]"
-
-
-def _by(rows: list[dict[str, Any]], key: str) -> dict[Any, dict[str, Any]]:
-    return {row[key]: row for row in rows}
+def _ci(row: Row, key: str = "difference") -> str:
+    return row.estimate(key).signed(2)
 
 
-def _beats(controls: dict[str, dict[str, Any]], condition: str, key: str = "beats_control") -> str:
+def _beats(controls: dict[str, ControlRow], condition: str, matched: bool = False) -> str:
     """"yes / no": whether the seek and the reject mask (``condition`` with ``{}`` for the side) beat their control
-    (``key``: ``beats_matched`` for the damage-matched one; "n/a" where there is no interval, too few items; "—"
-    where a pole has no such control)."""
+    (``matched``: the damage-matched one; "n/a" where there is no interval, too few items; "—" where a pole has no
+    such control)."""
     words = {True: "yes", False: "no", None: "n/a"}
-    return " / ".join(words[controls[condition.format(side)][key]] if key in controls[condition.format(side)] else "—"
-                      for side in ("seek", "reject"))
+
+    def word(row: ControlRow) -> str:
+        if not matched:
+            return words[row.beats_control]
+        return words[row.beats_matched] if row.matched_control is not None else "—"
+
+    return " / ".join(word(controls[condition.format(side)]) for side in ("seek", "reject"))
 
 
 def _decisive(verdict: bool | None) -> str:
@@ -53,144 +55,149 @@ def is_mask(name: str) -> bool:
     return regime in {spec.name for spec in methods(poles=True)}
 
 
-def _best_mask(entry: dict[str, Any], budget: float, with_prompt: bool) -> str:
+def _best_mask(entry: PersonaResult, budget: float, with_prompt: bool) -> str:
     """The mask line's pick for ``budget`` with the largest test seek − reject (masks alone or with their prompt)."""
     masks = {spec.name for spec in methods(poles=True)}                  # the registry's mask methods with poles
-    picks = [r for r in entry["frontier"] if r["line"].removesuffix("+prompt") in masks and r["budgets"]
-             and budget in r["budgets"] and r["line"].endswith("+prompt") == with_prompt]
+    picks = [r for r in entry.frontier if r.line.removesuffix("+prompt") in masks and r.budgets
+             and budget in r.budgets and r.line.endswith("+prompt") == with_prompt]
     if not picks:
         return "none within the budget"
-    best = max(picks, key=lambda r: r["difference"])
-    return f"{best['pair']} {_ci(best)}"
+    best = max(picks, key=lambda r: r.difference)
+    return f"{best.pair} {_ci(best)}"
 
 
-def _reported_text_winner(entry: dict[str, Any], w: dict[str, Any]) -> str:
+def _reported_text_winner(entry: PersonaResult, w: BudgetWinnerRow) -> str:
     """The pair that separates most among those within ``w``'s budget on the reported neutral texts (the
     ``equal_damage`` rule), or ``same`` when it is ``w``'s winner."""
-    e = next((e for e in entry.get("equal_damage", []) if e["budget"] == w["budget"]), None)
-    if e is None or e["pair"] is None:
+    e = next((e for e in entry.equal_damage if e.budget == w.budget), None)
+    if e is None or isinstance(e, NoPick):
         return "none"
-    return "same" if e["pair"] == w["pair"] else f"{e['pair']} {_ci(e)}"
+    return "same" if e.pair == w.pair else f"{e.pair} {_ci(e)}"
 
 
-def winner_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+def winner_rows(results: RunResults) -> list[dict[str, Any]]:
     """Per persona and damage budget: the winning regime's pick, named as evaluated (``…+prompt`` for a mask
     with its prompt), its test seek − reject, its KL on the reported neutral texts (``over`` where it lands above
     the budget it was picked within on the selection texts), its KL on the other personas' questions and answers (a
     damage measure no search or method sees), its lead over the runner-up, the winner when the
     budget is enforced on the reported texts instead, and the best mask within the same budget, alone and with
-    its prompt."""
+    its prompt. Each row is a table's cells, by column heading."""
     rows = []
-    measured = any("other_kl" in w for entry in results["personas"].values() for w in entry.get("budget_winners", []))
-    for persona, entry in results["personas"].items():
-        for w in entry.get("budget_winners", []):
-            row = {"persona": persona, "budget": f"KL ≤ {w['budget']:g}"}
-            if w["pair"] is None:
+    measured = any(isinstance(w, BudgetWinnerRow) and w.other_kl is not None
+                   for entry in results.personas.values() for w in entry.budget_winners)
+    for persona, entry in results.personas.items():
+        for w in entry.budget_winners:
+            row = {"persona": persona, "budget": f"KL ≤ {w.budget:g}"}
+            if isinstance(w, NoPick):
                 row.update({"winner": "none", "effect": "", "KL": "", "lead": "", "by reported-text KL": ""})
             else:
-                row.update({"winner": w["pair"], "effect": _ci(w),
-                            "KL": f"{w['test_kl']:.4f}" + (" (over)" if w["test_kl"] > w["budget"] else ""),
-                            "lead": (f"{_ci(w, 'lead')} over {w['runner_up']}" + _decisive(w["decisive"]))
-                            if "lead" in w else "",
+                row.update({"winner": w.pair, "effect": _ci(w),
+                            "KL": f"{w.test_kl:.4f}" + (" (over)" if w.test_kl > w.budget else ""),
+                            "lead": (f"{_ci(w, 'lead')} over {w.runner_up}" + _decisive(w.decisive))
+                            if w.lead is not None else "",
                             "by reported-text KL": _reported_text_winner(entry, w)})
             if measured:                                  # runs before the second damage measure have no column
-                row["KL other personas"] = f"{w['other_kl']:.4f}" if "other_kl" in w else ""
-            row.update({"best mask": _best_mask(entry, w["budget"], False),
-                        "best mask + prompt": _best_mask(entry, w["budget"], True)})
+                other = w.other_kl if isinstance(w, BudgetWinnerRow) else None
+                row["KL other personas"] = f"{other:.4f}" if other is not None else ""
+            row.update({"best mask": _best_mask(entry, w.budget, False),
+                        "best mask + prompt": _best_mask(entry, w.budget, True)})
             rows.append(row)
     return rows
 
 
-def paper_rows(results: dict[str, Any], method: str = "contrastive_wanda") -> list[dict[str, Any]]:
+def paper_rows(results: RunResults, method: str = "contrastive_wanda") -> list[dict[str, Any]]:
     """Per persona and paper sparsity: prompt and RAG, ``method``'s pair alone and with its prompt (the paper's
     protocol), what the mask adds to the prompt, which pole beats its random control, and each pole's damage."""
     rows = []
-    for persona, entry in results["personas"].items():
-        contrasts, controls = _by(entry["contrasts"], "pair"), _by(entry["controls"], "condition")
-        table = _by(entry["table"], "condition")
-        added = {r["condition"]: r for r in entry.get("prompt_additions", []) if r["side"] == "seek − reject"}
-        for rho in results["config"]["sparsities"]:
+    for persona, entry in results.personas.items():
+        contrasts = {row.pair: row for row in entry.contrasts}
+        controls = {row.condition: row for row in entry.controls}
+        table = {row.condition: row for row in entry.table}
+        added = {r.condition: r for r in entry.prompt_additions if r.side == "seek − reject"}
+        for rho in results.config["sparsities"]:
             pair = f"{method}@{rho:g}"
             if pair not in contrasts:
                 continue
-            damage = " / ".join(f"{table[f'{method}-{side}@{rho:g}']['kl']:.2f} (×{1 + table[f'{method}-{side}@{rho:g}']['perplexity_change']:.3g})"
-                                for side in ("seek", "reject"))
+            poles = [table[f"{method}-{side}@{rho:g}"] for side in ("seek", "reject")]
+            damage = " / ".join(f"{row.kl:.2f} (×{1 + row.perplexity_change:.3g})"
+                                if row.kl is not None and row.perplexity_change is not None else "not measured"
+                                for row in poles)
             rows.append({"persona": persona, "prompt": _ci(contrasts["prompt"]), "rag": _ci(contrasts["rag"]),
                          "mask": pair, "alone": _ci(contrasts[pair]), "+ prompt (paper)": _ci(contrasts[f"{pair}+prompt"]),
                          "adds to prompt": _ci(added[f"{pair}+prompt"], "added") if f"{pair}+prompt" in added else "",
                          "beats random, seek / reject": _beats(controls, f"{method}-{{}}@{rho:g}"),
-                         **({"beats damage-matched random": _beats(controls, f"{method}-{{}}@{rho:g}", "beats_matched")}
-                            if "beats_matched" in controls[f"{method}-seek@{rho:g}"] else {}),
+                         **({"beats damage-matched random": _beats(controls, f"{method}-{{}}@{rho:g}", matched=True)}
+                            if controls[f"{method}-seek@{rho:g}"].matched_control is not None else {}),
                          "with prompt": _beats(controls, f"{method}-{{}}@{rho:g}+prompt"),
                          "KL (perplexity) seek / reject": damage})
     return rows
 
 
-def diagnostics_by_persona(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The mask diagnostics (overlap, statistics, stability) of each persona of a main-job ``results`` dict that
-    has them, by persona.
+def diagnostics_by_persona(results: RunResults) -> dict[str, Diagnostics]:
+    """The mask diagnostics (overlap, statistics, stability) of each persona of a main-job run that has them, by
+    persona.
 
     Example:
-        >>> diagnostics_by_persona(results)["power"]["stability"]["summary"]["within_pole"]
+        >>> diagnostics_by_persona(load_results("reports/results.json"))["power"].stability.summary.within_pole
     """
-    return {persona: entry["used"]["diagnostics"] for persona, entry in results["personas"].items()
-            if entry.get("used", {}).get("diagnostics")}
+    return {persona: entry.used.diagnostics for persona, entry in results.personas.items()
+            if entry.used.diagnostics is not None}
 
 
-def overlap_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+def overlap_rows(results: RunResults) -> list[dict[str, Any]]:
     """Per persona: the share of entries where the opposing masks differ over all maps, per variant; the ReLU
     column shows its construction range beside it."""
     rows = []
     for persona, diag in diagnostics_by_persona(results).items():
-        row: dict[str, Any] = {"persona": persona, "ρ": diag["sparsity"]}
-        for r in diag["overlap"]:
-            if r["kind"] == "all":
-                cell = f"{100 * r['differ']:.1f} %"
-                if "bound_low" in r:
-                    cell += f" (construction {100 * r['bound_low']:.1f}–{100 * r['bound_high']:.1f} %)"
-                row[r["variant"]] = cell
+        row: dict[str, Any] = {"persona": persona, "ρ": diag.sparsity}
+        for r in diag.overlap:
+            if r.kind == "all":
+                cell = f"{100 * r.differ:.1f} %"
+                if r.bound_low is not None and r.bound_high is not None:
+                    cell += f" (construction {100 * r.bound_low:.1f}–{100 * r.bound_high:.1f} %)"
+                row[r.variant] = cell
         rows.append(row)
     return rows
 
 
-def statistic_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+def statistic_rows(results: RunResults) -> list[dict[str, Any]]:
     """Per persona and statistic: share of channels with z > 0, mean covered tokens per pole, and which pole's
     ReLU Contrastive-Wanda mask breaks the model (perplexity ratios seek / reject)."""
     rows = []
     for persona, diag in diagnostics_by_persona(results).items():
-        for r in diag["statistics"]:
-            rows.append({"persona": persona, "statistic": r["statistic"], "z > 0": f"{100 * r['positive_share']:.0f} %",
-                         "tokens seek / reject": f"{r['seek_tokens']:.0f} / {r['reject_tokens']:.0f}",
-                         "perplexity ×, seek / reject": f"{r['seek_perplexity_ratio']:.3g} / {r['reject_perplexity_ratio']:.3g}",
-                         "breaks": r["breaks"]})
+        for r in diag.statistics:
+            rows.append({"persona": persona, "statistic": r.statistic, "z > 0": f"{100 * r.positive_share:.0f} %",
+                         "tokens seek / reject": f"{r.seek_tokens:.0f} / {r.reject_tokens:.0f}",
+                         "perplexity ×, seek / reject": f"{r.seek_perplexity_ratio:.3g} / {r.reject_perplexity_ratio:.3g}",
+                         "breaks": r.breaks})
     return rows
 
 
-def stability_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+def stability_rows(results: RunResults) -> list[dict[str, Any]]:
     """Per persona: how much a pole's mask differs between disjoint halves of its calibration data against how
     much the poles differ, and the validation seek − reject over the halves."""
     rows = []
     for persona, diag in diagnostics_by_persona(results).items():
-        s = diag["stability"]["summary"]
-        rows.append({"persona": persona, "halves": f"{s['draws']} × 2 × {s['half_size']}",
-                     "within a pole": f"{100 * s['within_pole']:.0f} %", "between poles": f"{100 * s['between_poles']:.0f} %",
-                     "validation seek − reject": _ci(s, "separation"), "noise": "yes" if s["noise"] else "no"})
+        s = diag.stability.summary
+        rows.append({"persona": persona, "halves": f"{s.draws} × 2 × {s.half_size}",
+                     "within a pole": f"{100 * s.within_pole:.0f} %", "between poles": f"{100 * s.between_poles:.0f} %",
+                     "validation seek − reject": _ci(s, "separation"), "noise": "yes" if s.noise else "no"})
     return rows
 
 
-def summary_tables(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Every table above, by name."""
+def summary_tables(results: RunResults) -> dict[str, list[dict[str, Any]]]:
+    """Every table above, by name: each row a table's cells, by column heading (formatted for reading)."""
     return {"winners": winner_rows(results), "paper": paper_rows(results), "overlap": overlap_rows(results),
             "statistic": statistic_rows(results), "stability": stability_rows(results)}
 
 
-def overlap_from_results(results: dict[str, Any], sizes: dict[str, int]) -> list[dict[str, Any]]:
-    """The like-for-like overlap rows of every persona in a main-job ``results`` dict, folded into overall /
-    attention / MLP (:func:`~persona_interp.analysis.diagnostics.grouped_overlap`; ``sizes`` from ``kind_sizes``),
-    in the rows' shape of ``persona-interp overlap``.
+def overlap_from_results(results: RunResults, sizes: dict[str, int]) -> list[dict[str, Any]]:
+    """The like-for-like overlap rows of every persona of a main-job run, folded into overall / attention / MLP
+    (:func:`~persona_interp.analysis.diagnostics.grouped_overlap`; ``sizes`` from ``kind_sizes``), in the rows'
+    shape of ``persona-interp overlap``.
 
     Example:
-        >>> overlap_from_results(results, kind_sizes(get_adapter(model).maps))[0]["mlp"]
+        >>> overlap_from_results(load_results("reports/results.json"), kind_sizes(get_adapter(model).maps))[0]["mlp"]
     """
     return [{"pair": persona, **row} for persona, diag in diagnostics_by_persona(results).items()
-            for row in grouped_overlap(diag["overlap"], sizes)]
+            for row in grouped_overlap([r.model_dump() for r in diag.overlap], sizes)]

@@ -32,6 +32,7 @@ from persona_interp.data.personas import (
 from persona_interp.data.retrieval import Retriever
 from persona_interp.evaluation.controls import damage_matched_random
 from persona_interp.evaluation.evaluate import budget_winners, control_comparison, equal_damage_summary, evaluate, frontier_rows
+from persona_interp.evaluation.rows import LoRASearchRow, MaskConfig, MaskSearchRow, PromptSearchRow, SteeringSearchRow
 from persona_interp.evaluation.scoring import DamageReference
 from persona_interp.evaluation.search import budget_picks, fallback
 from persona_interp.evaluation.tuning import build_candidate, select_lora, select_masks, select_prompts, select_steering
@@ -54,7 +55,21 @@ from persona_interp.model.machine import CPU
 from persona_interp.progress import scope, stage
 from persona_interp.report.figures import plot_persona, plot_stability
 from persona_interp.report.markdown import write_report
-from persona_interp.report.results import NOT_RECORDED, SCHEMA_VERSION, Provenance, load_results, model_name, now
+from persona_interp.report.results import (
+    NOT_RECORDED,
+    SCHEMA_VERSION,
+    Diagnostics,
+    LoRASearch,
+    MaskSearch,
+    PersonaResult,
+    Provenance,
+    RunResults,
+    SteeringSearch,
+    Used,
+    load_results,
+    model_name,
+    now,
+)
 from persona_interp.signatures import Signature, collect_signatures
 from persona_interp.studies.config import ReproduceConfig
 
@@ -80,7 +95,7 @@ def git_revision(root: str | Path = REPO_ROOT) -> str:
 
 
 def persona_conditions(model: Any, persona: str, config: ReproduceConfig, progress: bool = True, *,
-                       neutral: Signature | None = None) -> tuple[list[Condition], dict, dict[str, Signature]]:
+                       neutral: Signature | None = None) -> tuple[list[Condition], Used, dict[str, Signature]]:
     """Every condition of one persona, each regime's dose chosen on the validation split:
 
     * base; the persona prompts (phrasing searched) and RAG;
@@ -124,34 +139,33 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig, progre
     sig: dict[str, Signature] = dict(zip(SIDES, by_scope[config.token_scope]))
     if config.n_validation:
         validation = validation.sample(config.n_validation, seed=config.seed)
-    used: dict[str, Any] = {"fit_items": len(fit), "validation_items": len(validation), "split": validation.meta.get("split"),
-                            "test_leaks_dropped": train.meta["dropped"], "duplicate_questions": len(duplicates),
-                            "signature_tokens": {side: s.n_tokens for side, s in sig.items()}}
+    used = Used(fit_items=len(fit), validation_items=len(validation), split=validation.meta.get("split"),
+                test_leaks_dropped=train.meta["dropped"], duplicate_questions=len(duplicates),
+                signature_tokens={side: sig[side].n_tokens for side in SIDES})
     texts = run_neutral_texts(config)
     with stage("selection damage reference", progress=progress):
         selection = DamageReference.build(model, texts.selection, config.batch_size)
-    used["selection_neutral_texts"], used["fit_neutral_texts"] = config.n_selection_neutral, config.n_fit_neutral
+    used.selection_neutral_texts, used.fit_neutral_texts = config.n_selection_neutral, config.n_fit_neutral
     conditions: list[Condition] = [Condition()]
     prompts: dict[str, str] = {side: persona_prompts(persona, side)[0] for side in SIDES}
     if config.prompt_search:
         with stage("prompt search", progress=progress):
             phrasing = select_prompts(model, persona_prompts(persona, "seek"), persona_prompts(persona, "reject"), validation,
-                                      batch_size=config.batch_size)
-        prompts, used["prompt_search"] = {"seek": phrasing.seek, "reject": phrasing.reject}, phrasing.table
+                                    batch_size=config.batch_size)
+        prompts, used.prompt_search = {"seek": phrasing.seek, "reject": phrasing.reject}, PromptSearchRow.from_table(phrasing.table)
     for side in SIDES:
         conditions.append(Prompt(f"prompt-{side}", side=side, system=prompts[side], pair="prompt"))
     retriever = Retriever(list(fit))
     for side in SIDES:
         conditions.append(Prompt(f"rag-{side}", side=side, regime="rag", pair="rag",
                                  system=functools.partial(retriever.system_prompt, side=side, k=config.rag_k)))
-    steering = steering_conditions(model, fit, validation, config, selection, progress)
-    conditions += steering["conditions"]
-    used["steering_search"] = steering["search"]
+    steering, used.steering_search = steering_conditions(model, fit, validation, config, selection, progress)
+    conditions += steering
     if config.lora is not None:
         choice = select_lora(model, list(fit), list(validation), config.lora, reference=selection,
                              stop_above=max(config.damage_budgets),
                              batch_size=config.batch_size, progress=progress)
-        used["lora_search"] = {"epochs": choice.epochs, "table": choice.table, "config": dataclasses.asdict(config.lora)}
+        used.lora_search = LoRASearch(epochs=choice.epochs, table=LoRASearchRow.from_table(choice.table), config=config.lora)
         for budgets, index in budget_picks(choice.table, config.damage_budgets):
             for side in SIDES:
                 conditions.append(LoRACondition(f"lora-{side}@kl{budgets[0]:g}", side=side, lora=choice.runs[side][index],
@@ -171,7 +185,7 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig, progre
         conditions += budget_mask_conditions(model, persona, by_scope, validation, selection, prompts, config, used,
                                              progress, families, inputs=inputs)
     if config.diagnostics:
-        used["diagnostics"] = mask_diagnostics(model, persona, sig, validation, config, progress, families)
+        used.diagnostics = mask_diagnostics(model, persona, sig, validation, config, progress, families)
     return conditions, used, sig
 
 
@@ -235,11 +249,11 @@ def _with_prompt(cond: MaskCondition, prompts: dict[str, str], control: str | No
 
 
 def _matched_control(model: Any, cond: MaskCondition, selection: DamageReference | None, config: ReproduceConfig,
-                     used: dict[str, Any] | None) -> list[Condition]:
+                     used: Used | None) -> list[Condition]:
     """The random mask whose damage on ``selection`` matches ``cond``'s mask
     (:func:`~persona_interp.evaluation.controls.damage_matched_random`), named ``random-matched:CONDITION`` and set as
     ``cond``'s ``matched_control``; nothing when ``config.matched_controls`` leaves out its method. The
-    search (target, KL reached, every sparsity tried) goes to ``used["matched_controls"]``."""
+    search (target, KL reached, every sparsity tried) goes to ``used.matched_controls``."""
     spec = config.matched_controls
     if spec is None or selection is None or cond.regime not in spec.methods:
         return []
@@ -249,14 +263,13 @@ def _matched_control(model: Any, cond: MaskCondition, selection: DamageReference
     name = f"random-matched:{cond.name}"
     cond.matched_control = name
     if used is not None:
-        used.setdefault("matched_controls", {})[name] = {"target_kl": found.target, "kl": found.kl, "sparsity": found.sparsity,
-                                                         "converged": found.converged, "tried": found.tried}
+        used.matched_controls = {**(used.matched_controls or {}), name: found.record()}
     return [MaskCondition(name, regime="random", mask=found.mask, meta={"matched_to": cond.name})]
 
 
 def paper_mask_conditions(model: Any, persona: str, signatures: tuple[Signature, Signature], rho: float,
                           prompts: dict[str, str], config: ReproduceConfig, families: FamilyCache | None = None, *,
-                          selection: DamageReference | None = None, used: dict[str, Any] | None = None) -> list[Condition]:
+                          selection: DamageReference | None = None, used: Used | None = None) -> list[Condition]:
     """Every mask method at sparsity ``rho`` (default modules, the run's token scope, the paper's norm statistic,
     ReLU), each alone and with its pole's prompt; a random mask alone and with each prompt as their controls, and
     with ``selection`` the damage-matched random mask of each (``config.matched_controls``)."""
@@ -280,7 +293,7 @@ def paper_mask_conditions(model: Any, persona: str, signatures: tuple[Signature,
 
 def budget_mask_conditions(model: Any, persona: str, by_scope: dict[str, tuple[Signature, Signature]],
                            validation: PersonaDataset, selection: DamageReference, prompts: dict[str, str],
-                           config: ReproduceConfig, used: dict[str, Any], progress: bool = True,
+                           config: ReproduceConfig, used: Used, progress: bool = True,
                            families: FamilyCache | None = None, *, inputs: MethodInputs | None = None) -> list[Condition]:
     """Each searched mask method's search (:func:`searched_methods`;
     :func:`~persona_interp.evaluation.tuning.select_masks`, damage on ``selection``) and its pick per damage budget,
@@ -292,11 +305,12 @@ def budget_mask_conditions(model: Any, persona: str, by_scope: dict[str, tuple[S
         raise ValueError("budget_mask_conditions needs config.mask_search (the mask search space)")
     space = dataclasses.replace(config.mask_search, stop_above=max(config.damage_budgets))
     conditions: list[Condition] = []
-    used["mask_search"] = {}
+    searches: dict[str, MaskSearch] = {}
     for method in [spec.name for spec in searched_methods(config)]:
         choice = select_masks(model, method, by_scope, validation, space, reference=selection, persona=persona,
                               batch_size=config.batch_size, families=families, inputs=inputs, progress=progress)
-        used["mask_search"][method] = {"chosen": choice.config, "table": choice.table}
+        searches[method] = MaskSearch(chosen=MaskConfig.model_validate(choice.config),
+                                      table=MaskSearchRow.from_table(choice.table))
         for budgets, index in budget_picks(choice.table, config.damage_budgets):
             tag = f"kl{budgets[0]:g}"
             pair = build_candidate(model, method, by_scope, choice.table[index], tau=space.tau, persona=persona,
@@ -307,12 +321,13 @@ def budget_mask_conditions(model: Any, persona: str, by_scope: dict[str, tuple[S
                 alone = MaskCondition(f"{method}-{side}@{tag}", side=side, regime=method, mask=mask, pair=f"{method}@{tag}",
                                       control=control, budgets=budgets, meta={"chosen": choice.table[index]})
                 conditions += [*_matched_control(model, alone, selection, config, used), alone, _with_prompt(alone, prompts)]
+    used.mask_search = searches
     return conditions
 
 
 def mask_diagnostics(model: Any, persona: str, sig: dict[str, Signature], validation: PersonaDataset,
                      config: ReproduceConfig, progress: bool = True,
-                     families: FamilyCache | None = None) -> dict[str, Any]:
+                     families: FamilyCache | None = None) -> Diagnostics:
     """What the masks are made of, at the first paper sparsity: the like-for-like overlap table, the two
     statistics (share of channels with z > 0, which pole's mask breaks the model), and stability over halves
     of the calibration data (:func:`~persona_interp.analysis.diagnostics.stability`)."""
@@ -328,20 +343,22 @@ def mask_diagnostics(model: Any, persona: str, sig: dict[str, Signature], valida
                                      seed=config.seed, batch_size=config.batch_size, persona=persona, families=families,
                                      progress=progress)
         bar.update()
-    return out
+    return Diagnostics.model_validate(out)
 
 
 def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaDataset, config: ReproduceConfig,
-                        selection: DamageReference | None = None, progress: bool = True) -> dict[str, Any]:
+                        selection: DamageReference | None = None,
+                        progress: bool = True) -> tuple[list[Condition], dict[str, SteeringSearch]]:
     """Mean-difference (CAA), PCA and ODE steering (barrier on ``config.ode_features`` random Fourier
     features) and weight-edit steering along the mean-difference direction (``config.weight_edit_strengths``;
     :class:`~persona_interp.interventions.weight_edit.DirectionalEdit`), each searched over layer × multiplier on the
     validation split with its damage on ``selection``; per damage budget the pick with the largest separation: +α
-    is the seek condition, −α the reject condition. One pass over the fit items feeds all four."""
+    is the seek condition, −α the reject condition. One pass over the fit items feeds all four. Returns the
+    conditions and each method's search."""
     n_layers = get_adapter(model).n_layers
     layers = sorted({min(n_layers - 1, round(f * n_layers)) for f in config.steering_layers})
     conditions: list[Condition] = []
-    search: dict[str, Any] = {}
+    search: dict[str, SteeringSearch] = {}
     with stage("steering", total=len(SIDES) + 3 + bool(config.weight_edit_strengths), progress=progress) as bar:
         means: dict[str, torch.Tensor] = {}
         for side in SIDES:
@@ -367,7 +384,8 @@ def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaData
         vectors = candidates[method]
         table = _oriented(choice.table) if method == "weight_edit" else choice.table
         best = table[fallback(table)]            # the best scored row; the least damaging when none was scored
-        search[method] = {"layer": int(best["layer"]), "multiplier": best["multiplier"], "table": table}
+        search[method] = SteeringSearch(layer=int(best["layer"]), multiplier=best["multiplier"],
+                                        table=SteeringSearchRow.from_table(table))
         for budgets, index in (budget_picks(table, config.damage_budgets) if selection else
                                [([None], fallback(table))]):
             row = table[index]
@@ -380,7 +398,7 @@ def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaData
                                   if isinstance(vector, DirectionalEdit) else
                                   SteeringCondition(name, side=side, regime=method, vector=vector, multiplier=multiplier,
                                                     **relations))
-    return {"conditions": conditions, "search": search}
+    return conditions, search
 
 
 def _oriented(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -411,8 +429,7 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
     """
     out_dir = Path(out_dir)
     figures_dir = Path(figures_dir) if figures_dir else out_dir / "figures"
-    results: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "config": dataclasses.asdict(config), "revision": git_revision(),
-                               "started": now(), "personas": {}}
+    revision, started = git_revision(), now()
     if not (resume or force):
         for folder in dict.fromkeys([out_dir, figures_dir]):
             if folder.exists() and any(folder.iterdir()):
@@ -426,16 +443,17 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
     elif config.dtype != "auto" and get_adapter(model).dtype != resolve_dtype(config.dtype):   # never cast a model the caller built
         raise ValueError(f"the model passed in is {get_adapter(model).dtype}, the configuration says {config.dtype}: "
                          "set config.dtype to match, or to 'auto' (the model's dtype is recorded in the results)")
-    provenance = Provenance.collect(model, name, seed=config.seed, revision=results["revision"], started=results["started"])
-    results["provenance"] = provenance.model_dump()
+    provenance = Provenance.collect(model, name, seed=config.seed, revision=revision, started=started)
+    results = RunResults(schema_version=SCHEMA_VERSION, config=dataclasses.asdict(config), revision=revision, started=started,
+                         provenance=provenance, personas={})
     if resume:
-        results["personas"] = _finished_personas(out_dir / "results.json", config, provenance, allow_mixed)
+        results.personas = _finished_personas(out_dir / "results.json", config, provenance, allow_mixed)
     out_dir.mkdir(parents=True, exist_ok=True)
     neutral = run_neutral_texts(config).reported
     report = write_report(out_dir, figures_dir, config, results)
     fitted: Signature | None = None                     # the neutral signature, collected once per run when needed
     for persona in config.personas:
-        if persona in results["personas"]:
+        if persona in results.personas:
             continue
         with scope(persona):
             if fitted is None and config.mask_search is not None and any(
@@ -447,25 +465,26 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
                 signature.save(out_dir / "signatures" / f"{persona}_{side}.safetensors", overwrite=force or resume)
             test = test_items(persona, config)
             others = other_persona_texts(persona, config)
-            used["other_texts"] = len(others)
+            used.other_texts = len(others)
             ev = evaluate(model, list(test), conditions, persona=persona, neutral_texts=neutral, other_texts=others,
                           batch_size=config.batch_size, progress=progress)
             with stage("report and figures", progress=progress):
                 table, contrasts, controls = ev.table(), ev.contrasts(), control_comparison(ev)
                 finished = now()
-                results["personas"][persona] = {"revision": results["revision"], "finished": finished,
-                                                "provenance": provenance.model_copy(update={"finished": finished}).model_dump(),
-                                                "used": used, "n_test": len(test), "table": table, "contrasts": contrasts,
-                                                "controls": controls, "equal_damage": equal_damage_summary(table, contrasts, config.damage_budgets),
-                                                "prompt_additions": ev.prompt_additions(), "frontier": frontier_rows(ev, contrasts),
-                                                "budget_winners": budget_winners(ev, contrasts, config.damage_budgets),
-                                                "per_item": ev.per_item(), "damage": ev.damage}
+                entry = PersonaResult(revision=revision, finished=finished,
+                                      provenance=provenance.model_copy(update={"finished": finished}), used=used,
+                                      n_test=len(test), table=table, contrasts=contrasts, controls=controls,
+                                      equal_damage=equal_damage_summary(table, contrasts, config.damage_budgets),
+                                      prompt_additions=ev.prompt_additions(), frontier=frontier_rows(ev, contrasts),
+                                      budget_winners=budget_winners(ev, contrasts, config.damage_budgets),
+                                      per_item=ev.per_item(), damage=ev.damage)
+                results.personas[persona] = entry
                 report = write_report(out_dir, figures_dir, config, results)   # first, so a later failure keeps the persona
                 for side in SIDES:                             # the fine-tuned adapters, reusable
                     lora = next((c.lora for c in conditions if isinstance(c, LoRACondition) and c.side == side), None)
                     if lora is not None:
                         lora.save(out_dir / "lora" / f"{persona}_{side}.safetensors", overwrite=force or resume)
-                plot_persona(persona, results["personas"][persona], figures_dir)
+                plot_persona(persona, entry, figures_dir)
                 plot_stability(results, figures_dir / "stability")       # across the personas so far
     return report
 
@@ -475,7 +494,7 @@ RESUME_CHECKS = {"model": lambda p: p.model, "weights' fingerprint": lambda p: p
 
 
 def _finished_personas(path: Path, config: ReproduceConfig, provenance: Provenance,
-                       allow_mixed: bool = False) -> dict[str, Any]:
+                       allow_mixed: bool = False) -> dict[str, PersonaResult]:
     """The personas a previous run with the same configuration (``dtype`` apart: the resolved dtype is compared)
     finished (empty if there is none), refused when one of them ran on another model, dtype, device or CPU kind
     (:data:`RESUME_CHECKS`) unless ``allow_mixed``."""
@@ -495,4 +514,4 @@ def _finished_personas(path: Path, config: ReproduceConfig, provenance: Provenan
             raise ValueError(f"cannot resume {path}: {persona} was computed on another set-up ({'; '.join(differ)}); "
                              "pass allow_mixed=True (--allow-mixed) to keep it anyway (the report names each persona's "
                              "set-up), or --force to start again")
-    return {p: entry.model_dump() for p, entry in kept.items()}
+    return kept
