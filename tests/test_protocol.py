@@ -8,6 +8,7 @@ import torch
 
 import persona_interp as pi
 from persona_interp.analysis import diagnostics
+from persona_interp.evaluation.rows import PairSearchRow
 from persona_interp.evaluation.search import budget_picks
 from persona_interp.interventions.conditions import MaskCondition
 from persona_interp.masks.builders import contrast, mask_family, relu_differ_range
@@ -150,17 +151,17 @@ def test_mask_plus_prompt_composes_and_cleans_up(llama):
 def test_budgeted_picks_never_exceed_their_budget():
     rng = np.random.default_rng(4)
     for _ in range(50):
-        table = [{"separation": float(s), "kl": float(k)} for s, k in zip(rng.normal(size=12), rng.exponential(0.2, 12))]
+        table = [PairSearchRow(separation=float(s), kl=float(k)) for s, k in zip(rng.normal(size=12), rng.exponential(0.2, 12))]
         budgets = [0.02, 0.1, 0.5]
         picks = budget_picks(table, budgets)
         for chosen, index in picks:
             for budget in chosen:
-                assert table[index]["kl"] <= budget
-                within = [r["separation"] for r in table if r["kl"] <= budget]
-                assert table[index]["separation"] == max(within)
+                assert table[index].kl <= budget
+                within = [r.separation for r in table if r.kl <= budget]
+                assert table[index].separation == max(within)
         covered = sorted(b for chosen, _ in picks for b in chosen)
-        assert covered == [b for b in budgets if any(r["kl"] <= b for r in table)]
-    assert pick_within([{"separation": 1.0, "kl": 0.3}], 0.1) is None
+        assert covered == [b for b in budgets if any(r.kl <= b for r in table)]
+    assert pick_within([PairSearchRow(separation=1.0, kl=0.3)], 0.1) is None
 
 
 def test_stability_halves_are_disjoint_and_subsets_match_a_direct_collection(llama):
