@@ -73,11 +73,12 @@ def test_relu_masks_differ_in_two_rho_by_construction(llama):
                 assert differ == pytest.approx(2 * k / m.n_in)       # 2 rho, up to the floor of k
             assert differ <= 2 * k / m.n_in + 1e-12                  # never more: two removals of k per row
         rows = diagnostics.overlap_table(llama, seek, reject, rho)
-        relu = next(r for r in rows if r["variant"] == "contrastive_wanda relu" and r["kind"] == "all")
-        assert relu["bound_low"] - 1e-9 <= relu["differ"] <= relu["bound_high"] + 1e-9
-        assert relu["p"] == pytest.approx(p_share, abs=0.05)
+        relu = next(r for r in rows if r.variant == "contrastive_wanda relu" and r.kind == "all")
+        assert relu.bound_low - 1e-9 <= relu.differ <= relu.bound_high + 1e-9
+        assert relu.p == pytest.approx(p_share, abs=0.05)
+        assert all(r.bound_low is None and "p" not in r.model_dump() for r in rows if "relu" not in r.variant)
         if inside:                                                    # near 2 rho (rho after the floor of k)
-            assert relu["differ"] == pytest.approx(relu["bound_high"], abs=0.02)
+            assert relu.differ == pytest.approx(relu.bound_high, abs=0.02)
     assert relu_differ_range(0.3, 0.5) == pytest.approx((0.6, 0.6)) and relu_differ_range(0.3, 0.1) == pytest.approx((0.2, 0.6))
 
 
@@ -169,12 +170,12 @@ def test_stability_halves_are_disjoint_and_subsets_match_a_direct_collection(lla
     seek = pi.collect_signatures(llama, fit, "seek", per_sample=True, progress=False)
     reject = pi.collect_signatures(llama, fit, "reject", per_sample=True, progress=False)
     result = diagnostics.stability(llama, seek, reject, 0.3, ITEMS[:3], draws=3, seed=5)
-    for draw in result["draws"]:
-        assert not set(draw["half_a"]) & set(draw["half_b"]) and len(draw["half_a"]) == len(draw["half_b"]) == 4
-    assert len({tuple(d["half_a"]) for d in result["draws"]}) > 1     # the draws differ
-    summary = result["summary"]
-    assert summary["n_halves"] == 6 and summary["noise"] == (summary["within_pole"] >= summary["between_poles"])
-    half = result["draws"][0]["half_a"]
+    for draw in result.draws:
+        assert not set(draw.half_a) & set(draw.half_b) and len(draw.half_a) == len(draw.half_b) == 4
+    assert len({tuple(d.half_a) for d in result.draws}) > 1     # the draws differ
+    summary = result.summary
+    assert summary.n_halves == 6 and summary.noise == (summary.within_pole >= summary.between_poles)
+    half = result.draws[0].half_a
     direct = pi.collect_signatures(llama, pi.PersonaDataset("fit", [ITEMS[i] for i in half]), "seek", progress=False)
     sub = seek.subset(half)
     for name in ["blocks.0.attn.q", "blocks.1.mlp.down"]:

@@ -333,16 +333,14 @@ def mask_diagnostics(model: Any, persona: str, sig: dict[str, Signature], valida
     rho = config.sparsities[0]
     with stage("diagnostics", total=3, progress=progress) as bar:
         reference = DamageReference.build(model, run_neutral_texts(config).reported, config.batch_size)
-        out: dict[str, Any] = {"sparsity": rho,
-                               "overlap": overlap_table(model, sig["seek"], sig["reject"], rho, persona=persona, families=families)}
+        overlap = overlap_table(model, sig["seek"], sig["reject"], rho, persona=persona, families=families)
         bar.update()
-        out["statistics"] = statistic_table(model, sig["seek"], sig["reject"], rho, reference, persona=persona, families=families)
+        statistics = statistic_table(model, sig["seek"], sig["reject"], rho, reference, persona=persona, families=families)
         bar.update()
-        out["stability"] = stability(model, sig["seek"], sig["reject"], rho, validation, draws=config.stability_draws,
-                                     seed=config.seed, batch_size=config.batch_size, persona=persona, families=families,
-                                     progress=progress)
+        halves = stability(model, sig["seek"], sig["reject"], rho, validation, draws=config.stability_draws, seed=config.seed,
+                           batch_size=config.batch_size, persona=persona, families=families, progress=progress)
         bar.update()
-    return Diagnostics.model_validate(out)
+    return Diagnostics(sparsity=rho, overlap=overlap, statistics=statistics, stability=halves)
 
 
 def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaDataset, config: ReproduceConfig,
