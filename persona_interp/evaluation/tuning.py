@@ -111,7 +111,7 @@ class MaskSpace:
         """
         spec = method_spec(method)
         factors: dict[str, Sequence[Any]] = {"modules": self.modules, "layers": self.layer_ranges,
-                                                    "token_scope": self.token_scopes, "statistic": self.statistics, "phi": self.phis}
+                                             "token_scope": self.token_scopes, "statistic": self.statistics, "phi": self.phis}
         for factor, default in (("statistic", "norm"), ("phi", "relu")):
             if factor not in spec.search:
                 factors[factor] = [default]
