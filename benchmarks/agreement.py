@@ -16,7 +16,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from persona_interp.report.results import load_results
+import persona_interp as pi
+from persona_interp.data.personas import SIDES
+from persona_interp.evaluation.rows import PromptSearchRow
+from persona_interp.report.results import Used
 
 
 def verdict(low: float, high: float) -> str:
@@ -29,45 +32,58 @@ def verdict(low: float, high: float) -> str:
     return "+" if low > 0 else "-" if high < 0 else "0"
 
 
-_MEASURED = {"table", "separation", "margin", "seek_margin", "reject_margin", "seek_train_loss", "reject_train_loss"}
+def _phrasing(table: list[PromptSearchRow]) -> dict[str, str]:
+    """The phrasing each pole chose (:func:`~persona_interp.evaluation.tuning.select_prompts`): the seek pole's
+    highest margin, the reject pole's lowest."""
+    scored = [row for row in table if row.margin is not None]
+    return {side: (max if side == "seek" else min)((r for r in scored if r.side == side), key=lambda r: r.margin).prompt
+            for side in SIDES if any(r.side == side for r in scored)}
 
 
-def _picked(value: Any) -> Any:
-    """A search record without its measured numbers: what was chosen, not how it scored."""
-    if isinstance(value, dict):
-        return {k: _picked(v) for k, v in value.items() if k not in _MEASURED}
-    if isinstance(value, list) and value and all(isinstance(v, dict) and "side" in v and "margin" in v for v in value):
-        return {side: max((v for v in value if v["side"] == side), key=lambda v: v["margin"])["prompt"]
-                for side in dict.fromkeys(v["side"] for v in value)}           # the phrasing each pole chose
-    return value
+def choices(used: Used) -> dict[str, Any]:
+    """What a persona's validation split chose, per search the run made: each pole's phrasing, each steering
+    method's (layer, multiplier), the LoRA epochs, each mask method's configuration and each damage-matched
+    control's sparsity; not how the candidates scored, nor the diagnostics (measured, not chosen).
 
-
-def _choices(used: dict[str, Any]) -> dict[str, Any]:
-    """The validation-split choices of a persona (what tuning picked), without the split and the scores."""
-    return {k: _picked(v) for k, v in used.items() if k not in ("split", "signature_tokens", "fit_items", "validation_items")}
-
-
-def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Per persona: margin differences per condition, verdicts of both runs and whether they agree."""
+    Example:
+        >>> choices(pi.load_results("reports/results.json").personas["power"].used)["steering_search"]["pca"]
+        (15, 4.0)
+    """
     out: dict[str, Any] = {}
-    for persona in sorted(set(a["personas"]) & set(b["personas"])):
-        pa, pb = a["personas"][persona], b["personas"][persona]
+    if used.prompt_search is not None:
+        out["prompt_search"] = _phrasing(used.prompt_search)
+    if used.steering_search is not None:
+        out["steering_search"] = {method: (s.layer, s.multiplier) for method, s in used.steering_search.items()}
+    if used.lora_search is not None:
+        out["lora_search"] = used.lora_search.epochs
+    if used.mask_search is not None:
+        out["mask_search"] = {method: m.chosen for method, m in used.mask_search.items()}
+    if used.matched_controls is not None:
+        out["matched_controls"] = {name: c.sparsity for name, c in used.matched_controls.items()}
+    return out
+
+
+def compare(a: pi.RunResults, b: pi.RunResults) -> dict[str, Any]:
+    """Per persona both runs hold: margin differences per condition, verdicts of both runs and whether they agree,
+    and which validation-split choices (:func:`choices`) differ."""
+    out: dict[str, Any] = {}
+    for persona in sorted(set(a.personas) & set(b.personas)):
+        pa, pb = a.personas[persona], b.personas[persona]
         margins = {}
-        for name in sorted(set(pa["per_item"]) & set(pb["per_item"])):
-            x, y = pa["per_item"][name]["margin_mean"], pb["per_item"][name]["margin_mean"]
-            diffs = [abs(u - v) for u, v in zip(x, y)]
+        for name in sorted(set(pa.per_item) & set(pb.per_item)):
+            diffs = [abs(u - v) for u, v in zip(pa.per_item[name].margin_mean, pb.per_item[name].margin_mean)]
             margins[name] = {"max_abs": max(diffs), "mean_abs": sum(diffs) / len(diffs), "n": len(diffs)}
         contrasts = []
-        for ca, cb in zip(pa["contrasts"], pb["contrasts"]):
-            va, vb = verdict(ca["difference_low"], ca["difference_high"]), verdict(cb["difference_low"], cb["difference_high"])
-            contrasts.append({"pair": ca["pair"], "a": ca["difference"], "b": cb["difference"], "verdict_a": va,
-                              "verdict_b": vb, "same": va == vb and ca["pair"] == cb["pair"]})
-        controls = [{"condition": ca["condition"], "a": ca["beats_control"], "b": cb["beats_control"],
-                     "same": ca["beats_control"] == cb["beats_control"] and ca["condition"] == cb["condition"]}
-                    for ca, cb in zip(pa["controls"], pb["controls"])]
-        budgets = [{"budget": ea["budget"], "a": ea.get("pair"), "b": eb.get("pair"), "same": ea.get("pair") == eb.get("pair")}
-                   for ea, eb in zip(pa["equal_damage"], pb["equal_damage"])]
-        ua, ub = _choices(pa["used"]), _choices(pb["used"])
+        for ca, cb in zip(pa.contrasts, pb.contrasts):
+            va, vb = verdict(ca.difference_low, ca.difference_high), verdict(cb.difference_low, cb.difference_high)
+            contrasts.append({"pair": ca.pair, "a": ca.difference, "b": cb.difference, "verdict_a": va,
+                              "verdict_b": vb, "same": va == vb and ca.pair == cb.pair})
+        controls = [{"condition": ca.condition, "a": ca.beats_control, "b": cb.beats_control,
+                     "same": ca.beats_control == cb.beats_control and ca.condition == cb.condition}
+                    for ca, cb in zip(pa.controls, pb.controls)]
+        budgets = [{"budget": ea.budget, "a": ea.pair, "b": eb.pair, "same": ea.pair == eb.pair}
+                   for ea, eb in zip(pa.equal_damage, pb.equal_damage)]
+        ua, ub = choices(pa.used), choices(pb.used)
         out[persona] = {"margins": margins, "contrasts": contrasts, "controls": controls, "equal_damage": budgets,
                         "choices_differ": sorted(k for k in set(ua) | set(ub) if ua.get(k) != ub.get(k)),
                         "verdicts_changed": sum(not r["same"] for r in contrasts + controls + budgets)}
@@ -100,16 +116,16 @@ def main() -> None:
     parser.add_argument("--out", help="write the comparison as JSON here (refuses to overwrite without --force)")
     parser.add_argument("--force", action="store_true", help="overwrite --out")
     args = parser.parse_args()
-    ra, rb = (load_results(p).model_dump() for p in (args.a, args.b))      # validated; older files read too
+    ra, rb = (pi.load_results(p) for p in (args.a, args.b))                 # validated; older files read too
     result = compare(ra, rb)
-    names = (ra["provenance"]["dtype"], rb["provenance"]["dtype"])          # the dtype that ran ("auto" resolved)
+    names = (ra.provenance.dtype, rb.provenance.dtype)                      # the dtype that ran ("auto" resolved)
     print(markdown(result, names))
     if args.out:
         out = Path(args.out)
         if out.exists() and not args.force:
             raise SystemExit(f"error: {out} exists; pass --force to overwrite it")
-        out.write_text(json.dumps({"a": args.a, "b": args.b, "dtypes": names, "revision_a": ra.get("revision"),
-                                   "revision_b": rb.get("revision"), "personas": result}, indent=1))
+        out.write_text(json.dumps({"a": args.a, "b": args.b, "dtypes": names, "revision_a": ra.revision,
+                                   "revision_b": rb.revision, "personas": result}, indent=1))
 
 
 if __name__ == "__main__":

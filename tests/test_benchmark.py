@@ -49,3 +49,35 @@ def test_pipeline_benchmark_smoke(llama, tmp_path):
     assert (tmp_path / "out" / "results.json").is_file()
     text = pipeline.table(result)
     assert "evaluation" in text and "peak resident memory" in text and f"{result['forwards']:9d}" in text
+
+
+def test_agreement_reads_typed_results_and_counts_changed_verdicts_and_choices():
+    """benchmarks/agreement.py on the committed results against themselves and against a copy with one contrast's
+    interval moved above 0, one steering pick moved and the reject phrasing swapped."""
+    spec = importlib.util.spec_from_file_location("agreement", Path(__file__).parent.parent / "benchmarks" / "agreement.py")
+    agreement = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agreement)
+    results = pi.load_results(Path(__file__).parent.parent / "reports" / "results.json").only(["power"])
+    same = agreement.compare(results, results)["power"]
+    assert same["verdicts_changed"] == 0 and same["choices_differ"] == []
+    assert same["margins"]["base"]["max_abs"] == 0 and same["margins"]["base"]["n"] == results.personas["power"].n_test
+
+    power = results.personas["power"]
+    contrast = power.contrasts[0]
+    assert agreement.verdict(contrast.difference_low, contrast.difference_high) != "+"
+    moved = contrast.replace(difference_low=1.0, difference_high=2.0)                   # interval above 0 now
+    steering = power.used.steering_search["pca"].model_copy(update={"layer": power.used.steering_search["pca"].layer + 1})
+    reject = [r for r in power.used.prompt_search if r.side == "reject"]
+    worst = max(reject, key=lambda r: r.margin)                     # the reject phrasing furthest from the pole
+    assert len(reject) > 1 and worst.margin > min(r.margin for r in reject)
+    phrasing = [r.replace(margin=-99.0) if r is worst else r for r in power.used.prompt_search]
+    used = power.used.model_copy(update={"steering_search": {**power.used.steering_search, "pca": steering},
+                                         "prompt_search": phrasing})
+    other = results.model_copy(update={"personas": {"power": power.model_copy(
+        update={"contrasts": [moved, *power.contrasts[1:]], "used": used})}})
+    changed = agreement.compare(results, other)["power"]
+    assert changed["verdicts_changed"] == 1 and not changed["contrasts"][0]["same"] and changed["contrasts"][0]["verdict_b"] == "+"
+    assert changed["choices_differ"] == ["prompt_search", "steering_search"]
+    assert agreement.choices(power.used)["prompt_search"]["reject"] != agreement.choices(used)["prompt_search"]["reject"]
+    text = agreement.markdown({"power": changed}, ("float32", "bfloat16"))
+    assert "**changed**" in text and "Validation choices that differ: prompt_search, steering_search" in text

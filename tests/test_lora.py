@@ -123,8 +123,8 @@ def test_select_lora_chooses_epochs_on_validation_only(llama, monkeypatch):
     real = search_module.score_ab
     monkeypatch.setattr(search_module, "score_ab", lambda model, items, **kw: seen.append(list(items)) or real(model, items, **kw))
     choice = select_lora(llama, ITEMS[:3], ITEMS[3:], LoRAConfig(rank=2, epochs=2, batch_size=2), progress=False)
-    assert [row["epochs"] for row in choice.table] == [1, 2] and choice.epochs in (1, 2)
-    assert choice.table[choice.epochs - 1]["separation"] == max(r["separation"] for r in choice.table)
+    assert [row.epochs for row in choice.table] == [1, 2] and choice.epochs in (1, 2)
+    assert choice.table[choice.epochs - 1].separation == max(r.separation for r in choice.table)
     assert all(items == ITEMS[3:] for items in seen) and len(seen) == 4
     assert choice.seek.meta["epochs"] == choice.epochs and choice.reject.meta["side"] == "reject"
 

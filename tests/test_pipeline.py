@@ -17,7 +17,7 @@ from persona_interp.evaluation.controls import MatchedControlConfig
 from persona_interp.evaluation.tuning import MaskSpace
 from persona_interp.studies.config import QUICK, ReproduceConfig
 from persona_interp.evaluation.evaluate import equal_damage_summary
-from persona_interp.evaluation.rows import BudgetWinnerRow, ConditionRow, ContrastRow, EqualDamageRow, NoPick
+from persona_interp.evaluation.rows import BudgetWinnerRow, ConditionRow, ContrastRow, EqualDamageRow, NoPick, SteeringSearchRow
 from persona_interp.progress import reset_stage_times, stage_times
 from persona_interp.report.results import RunResults, load_results
 
@@ -289,11 +289,15 @@ def test_resume_keeps_finished_personas_and_refuses_another_config(tiny_pipeline
 
 
 def test_weight_edit_rows_swap_poles_when_amplifying_moves_toward_reject():
-    table = [{"layer": 1, "multiplier": 1.0, "separation": -0.3, "seek_margin": -0.5, "reject_margin": -0.2, "kl": 0.1},
-             {"layer": 1, "multiplier": 2.0, "separation": 0.1, "seek_margin": 0.2, "reject_margin": 0.1, "kl": 0.4}]
+    table = [SteeringSearchRow(layer=1, multiplier=1.0, separation=-0.3, seek_margin=-0.5, reject_margin=-0.2, kl=0.1),
+             SteeringSearchRow(layer=1, multiplier=2.0, separation=0.1, seek_margin=0.2, reject_margin=0.1, kl=0.4),
+             SteeringSearchRow(layer=1, multiplier=4.0, separation=None, seek_margin=None, reject_margin=None, kl=0.9,
+                               scored=False)]
     oriented = pipeline._oriented(table)
-    assert oriented[0] == {**table[0], "orientation": -1.0, "separation": 0.3, "seek_margin": -0.2, "reject_margin": -0.5}
-    assert oriented[1] == {**table[1], "orientation": 1.0}
+    assert oriented[0].model_dump() == {**table[0].model_dump(), "orientation": -1.0, "separation": 0.3, "seek_margin": -0.2,
+                                        "reject_margin": -0.5}
+    assert oriented[1].model_dump() == {**table[1].model_dump(), "orientation": 1.0}
+    assert oriented[2] is table[2] and "orientation" not in oriented[2].model_dump()            # not scored: left as it is
     assert search.pick_within(oriented, None) == 0 and search.pick_within(table, None) == 1
 
 

@@ -8,6 +8,7 @@ import torch
 
 import persona_interp as pi
 from persona_interp.analysis import diagnostics
+from persona_interp.evaluation.rows import PairSearchRow
 from persona_interp.evaluation.search import budget_picks
 from persona_interp.interventions.conditions import MaskCondition
 from persona_interp.masks.builders import contrast, mask_family, relu_differ_range
@@ -72,11 +73,12 @@ def test_relu_masks_differ_in_two_rho_by_construction(llama):
                 assert differ == pytest.approx(2 * k / m.n_in)       # 2 rho, up to the floor of k
             assert differ <= 2 * k / m.n_in + 1e-12                  # never more: two removals of k per row
         rows = diagnostics.overlap_table(llama, seek, reject, rho)
-        relu = next(r for r in rows if r["variant"] == "contrastive_wanda relu" and r["kind"] == "all")
-        assert relu["bound_low"] - 1e-9 <= relu["differ"] <= relu["bound_high"] + 1e-9
-        assert relu["p"] == pytest.approx(p_share, abs=0.05)
+        relu = next(r for r in rows if r.variant == "contrastive_wanda relu" and r.kind == "all")
+        assert relu.bound_low - 1e-9 <= relu.differ <= relu.bound_high + 1e-9
+        assert relu.p == pytest.approx(p_share, abs=0.05)
+        assert all(r.bound_low is None and "p" not in r.model_dump() for r in rows if "relu" not in r.variant)
         if inside:                                                    # near 2 rho (rho after the floor of k)
-            assert relu["differ"] == pytest.approx(relu["bound_high"], abs=0.02)
+            assert relu.differ == pytest.approx(relu.bound_high, abs=0.02)
     assert relu_differ_range(0.3, 0.5) == pytest.approx((0.6, 0.6)) and relu_differ_range(0.3, 0.1) == pytest.approx((0.2, 0.6))
 
 
@@ -150,17 +152,17 @@ def test_mask_plus_prompt_composes_and_cleans_up(llama):
 def test_budgeted_picks_never_exceed_their_budget():
     rng = np.random.default_rng(4)
     for _ in range(50):
-        table = [{"separation": float(s), "kl": float(k)} for s, k in zip(rng.normal(size=12), rng.exponential(0.2, 12))]
+        table = [PairSearchRow(separation=float(s), kl=float(k)) for s, k in zip(rng.normal(size=12), rng.exponential(0.2, 12))]
         budgets = [0.02, 0.1, 0.5]
         picks = budget_picks(table, budgets)
         for chosen, index in picks:
             for budget in chosen:
-                assert table[index]["kl"] <= budget
-                within = [r["separation"] for r in table if r["kl"] <= budget]
-                assert table[index]["separation"] == max(within)
+                assert table[index].kl <= budget
+                within = [r.separation for r in table if r.kl <= budget]
+                assert table[index].separation == max(within)
         covered = sorted(b for chosen, _ in picks for b in chosen)
-        assert covered == [b for b in budgets if any(r["kl"] <= b for r in table)]
-    assert pick_within([{"separation": 1.0, "kl": 0.3}], 0.1) is None
+        assert covered == [b for b in budgets if any(r.kl <= b for r in table)]
+    assert pick_within([PairSearchRow(separation=1.0, kl=0.3)], 0.1) is None
 
 
 def test_stability_halves_are_disjoint_and_subsets_match_a_direct_collection(llama):
@@ -168,12 +170,12 @@ def test_stability_halves_are_disjoint_and_subsets_match_a_direct_collection(lla
     seek = pi.collect_signatures(llama, fit, "seek", per_sample=True, progress=False)
     reject = pi.collect_signatures(llama, fit, "reject", per_sample=True, progress=False)
     result = diagnostics.stability(llama, seek, reject, 0.3, ITEMS[:3], draws=3, seed=5)
-    for draw in result["draws"]:
-        assert not set(draw["half_a"]) & set(draw["half_b"]) and len(draw["half_a"]) == len(draw["half_b"]) == 4
-    assert len({tuple(d["half_a"]) for d in result["draws"]}) > 1     # the draws differ
-    summary = result["summary"]
-    assert summary["n_halves"] == 6 and summary["noise"] == (summary["within_pole"] >= summary["between_poles"])
-    half = result["draws"][0]["half_a"]
+    for draw in result.draws:
+        assert not set(draw.half_a) & set(draw.half_b) and len(draw.half_a) == len(draw.half_b) == 4
+    assert len({tuple(d.half_a) for d in result.draws}) > 1     # the draws differ
+    summary = result.summary
+    assert summary.n_halves == 6 and summary.noise == (summary.within_pole >= summary.between_poles)
+    half = result.draws[0].half_a
     direct = pi.collect_signatures(llama, pi.PersonaDataset("fit", [ITEMS[i] for i in half]), "seek", progress=False)
     sub = seek.subset(half)
     for name in ["blocks.0.attn.q", "blocks.1.mlp.down"]:

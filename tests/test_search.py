@@ -8,9 +8,10 @@ import torch
 import persona_interp as pi
 from persona_interp import cli
 from persona_interp.evaluation import search as search_module
+from persona_interp.evaluation.rows import PairSearchRow, PromptSearchRow
 from persona_interp.evaluation.scoring import DamageReference, score_ab
 from persona_interp.evaluation.search import Candidate, Pole, Racing, budget_picks, pick_within, search
-from persona_interp.evaluation.tuning import MaskSpace, _layers, select_masks, select_steering
+from persona_interp.evaluation.tuning import MaskSetting, MaskSpace, _layers, select_masks, select_steering
 from persona_interp.interventions.steering import mean_difference_vectors
 from persona_interp.masks.builders import mask_family, magnitude_mask, random_mask
 from persona_interp.masks.registry import MethodInputs, MethodSpec, method_names, method_spec, methods, register, unregister
@@ -89,18 +90,18 @@ def test_steering_picks_match_the_old_loop_and_over_limit_doses_are_not_scored(l
     counted.clear()
     choice = select_steering(llama, vectors, VALIDATION, multipliers, reference=reference, stop_above=max(budgets))
     new = choice.table
-    assert [(r["layer"], r["multiplier"]) for r in new] == [(r["layer"], r["multiplier"]) for r in old]  # same sweep stops
-    skipped = [r for r in new if not r["scored"]]
-    assert skipped and all(r["separation"] is None and r["kl"] > max(budgets) for r in skipped)
-    assert len(counted) == 2 * sum(r["scored"] for r in new)                      # the skipped ones never scored
+    assert [(r.layer, r.multiplier) for r in new] == [(r["layer"], r["multiplier"]) for r in old]  # same sweep stops
+    skipped = [r for r in new if not r.scored]
+    assert skipped and all(r.separation is None and r.kl > max(budgets) for r in skipped)
+    assert len(counted) == 2 * sum(bool(r.scored) for r in new)                   # the skipped ones never scored
     for a, b in zip(new, old):
-        assert a["kl"] == pytest.approx(b["kl"], abs=1e-9)
-        if a["scored"]:
-            assert a["separation"] == pytest.approx(b["separation"], abs=1e-9)
+        assert a.kl == pytest.approx(b["kl"], abs=1e-9)
+        if a.scored:
+            assert a.separation == pytest.approx(b["separation"], abs=1e-9)
     picks = {budget: new[index] for chosen, index in budget_picks(new, budgets) for budget in chosen}
     expected = _old_picks(old, budgets)
     assert picks.keys() == expected.keys() and expected
-    assert all((picks[b]["layer"], picks[b]["multiplier"]) == (expected[b]["layer"], expected[b]["multiplier"]) for b in picks)
+    assert all((picks[b].layer, picks[b].multiplier) == (expected[b]["layer"], expected[b]["multiplier"]) for b in picks)
 
 
 def test_mask_picks_match_the_old_loop(llama, signatures, counted):
@@ -127,17 +128,23 @@ def test_mask_picks_match_the_old_loop(llama, signatures, counted):
     counted.clear()
     new = select_masks(llama, "contrastive_wanda", signatures, VALIDATION, dataclasses.replace(space, stop_above=max(budgets)),
                        reference=reference).table
-    assert [(r["modules"], r["sparsity"]) for r in new] == [(r["modules"], r["sparsity"]) for r in old]
-    assert any(not r["scored"] for r in new) and len(counted) == 2 * sum(r["scored"] for r in new)
+    assert [(r.modules, r.sparsity) for r in new] == [(r["modules"], r["sparsity"]) for r in old]
+    assert any(not r.scored for r in new) and len(counted) == 2 * sum(bool(r.scored) for r in new)
     picks = {budget: new[index] for chosen, index in budget_picks(new, budgets) for budget in chosen}
     expected = _old_picks(old, budgets)
     assert picks.keys() == expected.keys() and expected
-    assert all((picks[b]["modules"], picks[b]["sparsity"]) == (expected[b]["modules"], expected[b]["sparsity"]) for b in picks)
-    assert all(picks[b]["separation"] == pytest.approx(expected[b]["separation"], abs=1e-9) for b in picks)
+    assert all((picks[b].modules, picks[b].sparsity) == (expected[b]["modules"], expected[b]["sparsity"]) for b in picks)
+    assert all(picks[b].separation == pytest.approx(expected[b]["separation"], abs=1e-9) for b in picks)
+
+
+class PromptPair(PairSearchRow):
+    """A test search's row: a prompt against no prompt."""
+
+    prompt: str
 
 
 def _prompt_candidates(prompts):
-    return [Candidate({"prompt": p}, lambda p=p: (Pole(system=p), Pole(system=None))) for p in prompts]
+    return [Candidate(PromptPair(prompt=p), lambda p=p: (Pole(system=p), Pole(system=None))) for p in prompts]
 
 
 def test_racing_drops_only_candidates_that_cannot_win_and_wide_bounds_change_nothing(llama, counted):
@@ -147,14 +154,14 @@ def test_racing_drops_only_candidates_that_cannot_win_and_wide_bounds_change_not
     n_full = sum(counted)
     counted.clear()
     wide = search(llama, _prompt_candidates(prompts), items, racing=Racing(first=2, width=1e6))
-    assert [pick_within(wide, None)] == [pick_within(full, None)] and not any(r["raced_out"] for r in wide)
-    assert all(a["separation"] == pytest.approx(b["separation"], abs=1e-6) for a, b in zip(wide, full))
+    assert [pick_within(wide, None)] == [pick_within(full, None)] and not any(r.raced_out for r in wide)
+    assert all(a.separation == pytest.approx(b.separation, abs=1e-6) for a, b in zip(wide, full))
     counted.clear()
     narrow = search(llama, _prompt_candidates(prompts), items, racing=Racing(first=4, width=1e-9))
-    out = [r for r in narrow if r["raced_out"]]
+    out = [r for r in narrow if r.raced_out]
     assert out and sum(counted) < n_full                                     # fewer items scored
     best = pick_within(narrow, None)
-    assert best == pick_within(full, None) and not narrow[best]["raced_out"]
+    assert best == pick_within(full, None) and not narrow[best].raced_out
     with pytest.raises(ValueError, match="racing needs"):
         Racing(first=1)
 
@@ -164,7 +171,20 @@ def test_search_checks_its_inputs(llama):
         search(llama, _prompt_candidates(["x"]), [])
     with pytest.raises(ValueError, match="needs a damage reference"):
         search(llama, _prompt_candidates(["x"]), VALIDATION, budgets=[0.1])
-    assert pick_within([{"separation": None, "kl": 0.0, "scored": False}, {"separation": -1.0, "kl": 0.2}], None) == 1
+    assert pick_within([PairSearchRow(separation=None, kl=0.0, scored=False), PairSearchRow(separation=-1.0, kl=0.2)], None) == 1
+    one_pole = [Candidate(PromptSearchRow(side="seek", prompt="x"), lambda: (Pole(system="x"), Pole(system=None)))]
+    with pytest.raises(ValueError, match="PromptSearchRow\nseparation\n  Extra inputs are not permitted"):
+        search(llama, one_pole, VALIDATION)                 # two poles need a row with a pair's effect fields
+
+
+def test_search_rows_are_typed_and_write_the_keys_they_set(llama):
+    reference = DamageReference.build(llama, NEUTRAL)
+    table = search(llama, _prompt_candidates(["You love power.", "Be brief."]), VALIDATION, reference=reference, limit=-1.0)
+    assert all(isinstance(r, PromptPair) and r.scored is False for r in table)        # nothing is within a negative limit
+    assert table[0].model_dump() == {"kl": table[0].kl, "scored": False, "separation": None, "seek_margin": None,
+                                     "reject_margin": None, "prompt": "You love power."}   # unscored: None written, no raced_out
+    scored = search(llama, _prompt_candidates(["You love power."]), VALIDATION)[0]
+    assert set(scored.model_dump()) == {"scored", "separation", "seek_margin", "reject_margin", "prompt"}
 
 
 def test_unknown_methods_are_errors_that_list_the_known_ones():
@@ -209,12 +229,12 @@ def registered():
 def test_a_registered_method_reaches_the_search_and_the_cli(llama, signatures, registered, monkeypatch, tmp_path):
     assert "magnitude_vs_random" in method_names() and registered in methods(poles=True, available={"signatures"})
     space = MaskSpace(sparsities=[0.2, 0.5], modules=[None], layer_ranges=["all"], token_scopes=["all"])
-    assert space.configurations("magnitude_vs_random") == [{"modules": None, "layers": "all", "token_scope": "all",
-                                                            "statistic": "norm", "phi": "relu"}]
+    assert space.configurations("magnitude_vs_random") == [MaskSetting(modules=None, layers="all", token_scope="all",
+                                                                       statistic="norm", phi="relu")]
     choice = select_masks(llama, "magnitude_vs_random", signatures, VALIDATION, space)
     assert len(choice.table) == 2 and choice.masks[0].meta["method"] == "magnitude"
     assert torch.equal(choice.masks[1].keep[next(iter(choice.masks[1].keep))],
-                       random_mask(llama, choice.config["sparsity"], seed=3).keep[next(iter(choice.masks[1].keep))])
+                       random_mask(llama, choice.config.sparsity, seed=3).keep[next(iter(choice.masks[1].keep))])
     monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: llama)
     seek_path = tmp_path / "s.safetensors"
     signatures["all"][0].save(seek_path)

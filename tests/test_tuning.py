@@ -1,7 +1,8 @@
 import pytest
 
 import persona_interp as pi
-from persona_interp.evaluation import search, tuning
+from persona_interp.evaluation import search
+from persona_interp.evaluation.rows import MaskConfig
 from persona_interp.evaluation.scoring import DamageReference, score_ab
 from persona_interp.evaluation.tuning import MaskSpace, select_masks, select_prompts
 
@@ -23,16 +24,16 @@ def test_select_masks_picks_the_best_separation_and_records_the_grid(llama, sign
     space = MaskSpace(sparsities=[0.2, 0.5], modules=[None, "mlp"], layer_ranges=["late"], token_scopes=["all", "answer"])
     choice = select_masks(llama, "contrastive_wanda", signatures, VALIDATION, space, persona="power")
     assert len(choice.table) == 8 and set(seen) == {item.question for item in VALIDATION}   # validation items only
-    best = max(choice.table, key=lambda r: r["separation"])
-    assert choice.config == {k: best[k] for k in tuning.CANDIDATE_KEYS}
+    best = max(choice.table, key=lambda r: r.separation)
+    assert type(choice.config) is MaskConfig and choice.config.model_dump() == best.model_dump(include=set(MaskConfig.model_fields))
     seek, reject = choice.masks                                      # the returned masks reproduce the table's number
     margins = []
     for mask in (seek, reject):
         with pi.ablate(llama, mask):
             margins.append(score_ab(llama, VALIDATION, progress=False).margin_mean)
-    assert float((margins[0] - margins[1]).mean()) == pytest.approx(best["separation"], abs=1e-9)
-    assert seek.meta["sparsity"] == best["sparsity"]
-    if best["modules"] == "mlp":
+    assert float((margins[0] - margins[1]).mean()) == pytest.approx(best.separation, abs=1e-9)
+    assert seek.meta["sparsity"] == best.sparsity
+    if best.modules == "mlp":
         assert all(".mlp." in name for name in seek.keep)
 
 
@@ -40,9 +41,9 @@ def test_select_masks_damage_constraint_and_errors(llama, signatures):
     reference = DamageReference.build(llama, ["plain neutral text one", "another neutral text"])
     space = MaskSpace(sparsities=[0.1, 0.6], modules=[None], layer_ranges=["all"], token_scopes=["all"])
     free = select_masks(llama, "wanda", signatures, VALIDATION, space, reference=reference)
-    kls = sorted(r["kl"] for r in free.table)
+    kls = sorted(r.kl for r in free.table)
     capped = select_masks(llama, "wanda", signatures, VALIDATION, space, reference=reference, max_kl=kls[0])
-    assert capped.config["sparsity"] == min(free.table, key=lambda r: r["kl"])["sparsity"]
+    assert capped.config.sparsity == min(free.table, key=lambda r: r.kl).sparsity
     with pytest.raises(ValueError, match="no configuration has KL"):
         select_masks(llama, "wanda", signatures, VALIDATION, space, reference=reference, max_kl=-1.0)
     with pytest.raises(ValueError, match="unknown method 'lottery': use one of .*contrastive_sparse_code"):
@@ -54,7 +55,7 @@ def test_select_masks_damage_constraint_and_errors(llama, signatures):
 def test_select_prompts(llama):
     seek, reject = ["You love power.", "Take every chance to lead."], ["You avoid power.", "Stay modest."]
     choice = select_prompts(llama, seek, reject, VALIDATION)
-    margin = {(r["side"], r["prompt"]): r["margin"] for r in choice.table}
+    margin = {(r.side, r.prompt): r.margin for r in choice.table}
     assert choice.seek == max(seek, key=lambda p: margin["seek", p]) and choice.reject == min(reject, key=lambda p: margin["reject", p])
     assert margin["seek", seek[0]] == pytest.approx(float(score_ab(llama, VALIDATION, system=seek[0], progress=False).margin_mean.mean()))
     with pytest.raises(ValueError, match="at least one phrasing"):

@@ -10,9 +10,11 @@ per-sample statistic (the paper's norm against the length-fair RMS), and stabili
   pole's mask differs between halves beside how much the poles differ, and the validation seek − reject
   effect over the halves.
 
+Each returns typed rows (:class:`OverlapRow`, :class:`StatisticRow`, :class:`Stability`), as a run's results keep them.
+
 Example:
     >>> rows = overlap_table(model, sig_seek, sig_reject, 0.3)
-    >>> stability(model, sig_seek, sig_reject, 0.3, validation, draws=3)["summary"]
+    >>> stability(model, sig_seek, sig_reject, 0.3, validation, draws=3).summary
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from typing import Any, Sequence
 
 import torch
 
-from persona_interp.data.personas import SIDES, PersonaItem
+from persona_interp.data.personas import SIDES, PersonaItem, Side
+from persona_interp.evaluation.rows import Record, Row
 from persona_interp.evaluation.scoring import DamageReference, score_ab
 from persona_interp.evaluation.stats import mean_ci
 from persona_interp.interventions.ablation import ablate
@@ -38,6 +41,72 @@ OVERLAP_VARIANTS: dict[str, dict[str, Any]] = {      # label -> mask_family opti
 ATTENTION_KINDS, MLP_KINDS = ("q", "k", "v", "o"), ("gate", "up", "down")
 
 
+class OverlapRow(Row):
+    """How much opposing masks of one variant differ in one kind of map (or ``all``); ReLU rows carry the range
+    they differ in by construction and the share ``p`` of channels with z > 0
+    (:func:`overlap_table`)."""
+
+    variant: str
+    kind: str
+    sparsity: float
+    differ: float
+    bound_low: float | None = None
+    bound_high: float | None = None
+    p: float | None = None
+
+
+class StatisticRow(Row):
+    """One per-sample statistic (:func:`statistic_table`)."""
+
+    statistic: str
+    sparsity: float
+    positive_share: float
+    seek_tokens: float
+    reject_tokens: float
+    seek_perplexity_ratio: float
+    seek_kl: float
+    reject_perplexity_ratio: float
+    reject_kl: float
+    breaks: Side
+
+
+class StabilityDraw(Row):
+    """One draw of two disjoint calibration halves (:func:`stability`)."""
+
+    draw: int
+    half_a: list[int]
+    half_b: list[int]
+    seek_between_halves: float
+    reject_between_halves: float
+    seek_vs_reject_in_half: float
+    separation_a: float
+    separation_b: float
+
+
+class StabilitySummary(Row):
+    """Stability over the draws: within a pole against between the poles, and the halves' validation separation."""
+
+    method: str
+    sparsity: float
+    draws: int
+    half_size: int
+    within_pole: float
+    between_poles: float
+    between_poles_full: float
+    noise: bool
+    separation: float
+    separation_low: float
+    separation_high: float
+    n_halves: int
+
+
+class Stability(Record):
+    """:func:`stability`'s draws and their summary."""
+
+    draws: list[StabilityDraw]
+    summary: StabilitySummary
+
+
 def kind_sizes(maps: Sequence[Any]) -> dict[str, int]:
     """Weight entries per module kind over ``maps`` (e.g. ``get_adapter(model).maps``)."""
     sizes: dict[str, int] = {}
@@ -46,7 +115,7 @@ def kind_sizes(maps: Sequence[Any]) -> dict[str, int]:
     return sizes
 
 
-def grouped_overlap(rows: Sequence[dict[str, Any]], sizes: dict[str, int]) -> list[dict[str, Any]]:
+def grouped_overlap(rows: Sequence[OverlapRow], sizes: dict[str, int]) -> list[dict[str, Any]]:
     """The per-kind rows of :func:`overlap_table` folded into one row per variant and sparsity: ``overall``,
     ``attn`` and ``mlp`` shares of entries that differ (each kind weighted by its entries, ``sizes`` from
     :func:`kind_sizes`), and for ReLU rows the overall construction range ``bound_low`` / ``bound_high``.
@@ -57,16 +126,17 @@ def grouped_overlap(rows: Sequence[dict[str, Any]], sizes: dict[str, int]) -> li
     groups: dict[tuple[str, float], dict[str, Any]] = {}
     weighted: dict[tuple[str, float, str], list[float]] = {}
     for r in rows:
-        key = (r["variant"], r["sparsity"])
-        row = groups.setdefault(key, {"variant": r["variant"], "sparsity": r["sparsity"]})
-        if r["kind"] == "all":
-            row["overall"] = r["differ"]
-            row.update({k: r[k] for k in ("bound_low", "bound_high") if k in r})
+        key = (r.variant, r.sparsity)
+        row = groups.setdefault(key, {"variant": r.variant, "sparsity": r.sparsity})
+        if r.kind == "all":
+            row["overall"] = r.differ
+            if r.bound_low is not None:
+                row.update(bound_low=r.bound_low, bound_high=r.bound_high)
         for group, kinds in (("attn", ATTENTION_KINDS), ("mlp", MLP_KINDS)):
-            if r["kind"] in kinds:
+            if r.kind in kinds:
                 total = weighted.setdefault((*key, group), [0.0, 0.0])
-                total[0] += r["differ"] * sizes[r["kind"]]
-                total[1] += sizes[r["kind"]]
+                total[0] += r.differ * sizes[r.kind]
+                total[1] += sizes[r.kind]
     for (variant, sparsity, group), (num, den) in weighted.items():
         groups[variant, sparsity][group] = num / den
     return list(groups.values())
@@ -90,14 +160,14 @@ def _family(model: Any, families: FamilyCache | None, seek: Signature, reject: S
 
 
 def overlap_table(model: Any, seek: Signature, reject: Signature, sparsity: float, *,
-                  persona: str | None = None, families: FamilyCache | None = None) -> list[dict[str, Any]]:
+                  persona: str | None = None, families: FamilyCache | None = None) -> list[OverlapRow]:
     """One row per method variant of :data:`OVERLAP_VARIANTS` and module kind (and ``all``): the fraction of
     entries in which the seek and reject masks differ; ReLU rows also carry ``bound_low`` / ``bound_high`` (the
     range they must differ in by construction, :func:`~persona_interp.masks.builders.relu_differ_range`, weighted by map
     size: equal, 2ρ, where every map has ρ ≤ p ≤ 1−ρ) and ``p``.
 
     Example:
-        >>> [r for r in overlap_table(model, s, r, 0.3) if r["kind"] == "all"]
+        >>> [r for r in overlap_table(model, s, r, 0.3) if r.kind == "all"]
     """
     rows = []
     for label, options in OVERLAP_VARIANTS.items():
@@ -118,15 +188,16 @@ def overlap_table(model: Any, seek: Signature, reject: Signature, sparsity: floa
                     entry[2] += m.n_in * m.n_out
         share = positive_share(seek, reject, family.maps) if bound else {}
         for kind, value in differ.items():
-            row = {"variant": label, "kind": kind, "sparsity": sparsity, "differ": value}
+            row = OverlapRow(variant=label, kind=kind, sparsity=sparsity, differ=value)
             if bound:
-                row.update(bound_low=bound[kind][0] / bound[kind][2], bound_high=bound[kind][1] / bound[kind][2], p=share[kind])
+                row = row.replace(bound_low=bound[kind][0] / bound[kind][2], bound_high=bound[kind][1] / bound[kind][2],
+                                  p=share[kind])
             rows.append(row)
     return rows
 
 
 def statistic_table(model: Any, seek: Signature, reject: Signature, sparsity: float, reference: DamageReference, *,
-                    persona: str | None = None, families: FamilyCache | None = None) -> list[dict[str, Any]]:
+                    persona: str | None = None, families: FamilyCache | None = None) -> list[StatisticRow]:
     """Per per-sample statistic (``norm``, the paper's; ``rms``, length-fair): the share of channels with
     z > 0, each pole's mean covered tokens per sample, and the damage (perplexity ratio to the base model, KL)
     of the ReLU Contrastive-Wanda seek and reject masks at ``sparsity``; ``breaks`` names the pole whose mask
@@ -140,22 +211,22 @@ def statistic_table(model: Any, seek: Signature, reject: Signature, sparsity: fl
     for statistic in ("norm", "rms"):
         s, r = seek.with_statistic(statistic), reject.with_statistic(statistic)
         family = _family(model, families, s, r, persona=persona, **method_spec("contrastive_wanda").fixed)
-        row: dict[str, Any] = {"statistic": statistic, "sparsity": sparsity,
-                               "positive_share": positive_share(s, r, family.maps)["all"],
-                               "seek_tokens": seek.n_tokens / seek.n_samples, "reject_tokens": reject.n_tokens / reject.n_samples}
+        damage = {}
         for side, mask in zip(SIDES, family.pair(sparsity)):
             with ablate(model, mask):
-                damage = reference.measure(model)
-            row[f"{side}_perplexity_ratio"] = damage["perplexity"] / base
-            row[f"{side}_kl"] = damage["kl"]
-        row["breaks"] = "seek" if row["seek_perplexity_ratio"] > row["reject_perplexity_ratio"] else "reject"
-        rows.append(row)
+                damage[side] = reference.measure(model)
+        ratio = {side: damage[side]["perplexity"] / base for side in SIDES}
+        rows.append(StatisticRow(statistic=statistic, sparsity=sparsity, positive_share=positive_share(s, r, family.maps)["all"],
+                                 seek_tokens=seek.n_tokens / seek.n_samples, reject_tokens=reject.n_tokens / reject.n_samples,
+                                 seek_perplexity_ratio=ratio["seek"], seek_kl=damage["seek"]["kl"],
+                                 reject_perplexity_ratio=ratio["reject"], reject_kl=damage["reject"]["kl"],
+                                 breaks="seek" if ratio["seek"] > ratio["reject"] else "reject"))
     return rows
 
 
 def stability(model: Any, seek: Signature, reject: Signature, sparsity: float, validation: Sequence[PersonaItem], *,
               draws: int = 3, seed: int = 0, method: str = "contrastive_wanda", batch_size: int = 8,
-              persona: str | None = None, families: FamilyCache | None = None, progress: bool = False) -> dict[str, Any]:
+              persona: str | None = None, families: FamilyCache | None = None, progress: bool = False) -> Stability:
     """Split the calibration items into two disjoint halves ``draws`` times (seeded; both poles' signatures
     come from the same items, so they share the split) and build ``method``'s masks from each half
     (:meth:`Signature.subset`, so signatures need ``per_sample=True``). Per draw: how much the seek masks of
@@ -165,7 +236,7 @@ def stability(model: Any, seek: Signature, reject: Signature, sparsity: float, v
     the other pole) and the separation's mean and t interval over all halves.
 
     Example:
-        >>> stability(model, s, r, 0.3, val, draws=3)["summary"]["noise"]
+        >>> stability(model, s, r, 0.3, val, draws=3).summary.noise
     """
     n = seek.n_samples
     if reject.n_samples != n or n < 4:
@@ -175,7 +246,7 @@ def stability(model: Any, seek: Signature, reject: Signature, sparsity: float, v
     validation = list(validation)
     spec = method_spec(method)
     full = spec.family(model, MethodInputs(seek, reject, persona=persona), families=families).pair(sparsity)
-    rows: list[dict[str, Any]] = []
+    rows: list[StabilityDraw] = []
     separations: list[float] = []
     with stage("stability", total=draws, progress=progress) as bar:
         for draw in range(draws):
@@ -189,17 +260,17 @@ def stability(model: Any, seek: Signature, reject: Signature, sparsity: float, v
                     with ablate(model, mask):
                         margins.append(score_ab(model, validation, batch_size=batch_size).margin_mean)
                 separations.append(float((margins[0] - margins[1]).mean()))
-            rows.append({"draw": draw, "half_a": halves[0], "half_b": halves[1],
-                         "seek_between_halves": fraction_differ(pairs[0][0], pairs[1][0]),
-                         "reject_between_halves": fraction_differ(pairs[0][1], pairs[1][1]),
-                         "seek_vs_reject_in_half": (fraction_differ(*pairs[0]) + fraction_differ(*pairs[1])) / 2,
-                         "separation_a": separations[-2], "separation_b": separations[-1]})
+            rows.append(StabilityDraw(draw=draw, half_a=halves[0], half_b=halves[1],
+                                      seek_between_halves=fraction_differ(pairs[0][0], pairs[1][0]),
+                                      reject_between_halves=fraction_differ(pairs[0][1], pairs[1][1]),
+                                      seek_vs_reject_in_half=(fraction_differ(*pairs[0]) + fraction_differ(*pairs[1])) / 2,
+                                      separation_a=separations[-2], separation_b=separations[-1]))
             bar.update()
-    within = sum(r["seek_between_halves"] + r["reject_between_halves"] for r in rows) / (2 * draws)
-    between = sum(r["seek_vs_reject_in_half"] for r in rows) / draws
+    within = sum(r.seek_between_halves + r.reject_between_halves for r in rows) / (2 * draws)
+    between = sum(r.seek_vs_reject_in_half for r in rows) / draws
     effect = mean_ci(torch.tensor(separations, dtype=torch.float64))
-    summary = {"method": method, "sparsity": sparsity, "draws": draws, "half_size": n // 2,
-               "within_pole": within, "between_poles": between, "between_poles_full": fraction_differ(*full),
-               "noise": within >= between, "separation": effect.value, "separation_low": effect.low,
-               "separation_high": effect.high, "n_halves": len(separations)}
-    return {"draws": rows, "summary": summary}
+    summary = StabilitySummary(method=method, sparsity=sparsity, draws=draws, half_size=n // 2, within_pole=within,
+                               between_poles=between, between_poles_full=fraction_differ(*full), noise=within >= between,
+                               separation=effect.value, separation_low=effect.low, separation_high=effect.high,
+                               n_halves=len(separations))
+    return Stability(draws=rows, summary=summary)

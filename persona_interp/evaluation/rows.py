@@ -15,12 +15,15 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Iterable, Literal, Mapping, TypeVar, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, SerializerFunctionWrapHandler, Tag, model_serializer
 
 from persona_interp.data.personas import Side
 from persona_interp.evaluation.stats import Estimate
+from persona_interp.masks.builders import Phi
+from persona_interp.model.chat import TokenScope
+from persona_interp.signatures import Statistic
 
 
 class Record(BaseModel):
@@ -63,15 +66,15 @@ class Row(Record):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    @classmethod
-    def from_table(cls: type[RowT], table: Iterable[Mapping[str, Any]]) -> list[RowT]:
-        """A table of plain rows (e.g. a search's, :func:`~persona_interp.evaluation.search.search`) as typed rows.
+    def replace(self: RowT, **fields: Any) -> RowT:
+        """This row with ``fields`` set, validated (a field its type lacks is an error naming it); a field set,
+        even to ``None``, is written.
 
         Example:
-            >>> PromptSearchRow.from_table([{"side": "seek", "prompt": "You seek power.", "margin": 0.4}])[0].margin
-            0.4
+            >>> PromptSearchRow(side="seek", prompt="You seek power.").replace(margin=0.4, scored=True).model_dump()
+            {'scored': True, 'side': 'seek', 'prompt': 'You seek power.', 'margin': 0.4}
         """
-        return [cls.model_validate(row) for row in table]
+        return type(self).model_validate({**self.model_dump(), **fields})
 
 
 class ConditionRow(Row):
@@ -286,10 +289,20 @@ class MaskConfig(Row):
     sparsity: float
     modules: str
     layers: str
-    token_scope: str
-    statistic: str
-    phi: str
+    token_scope: TokenScope
+    statistic: Statistic
+    phi: Phi
 
 
 class MaskSearchRow(MaskConfig, PairSearchRow):
     """A configuration of a mask search with its damage and effect."""
+
+    def config(self) -> MaskConfig:
+        """The configuration alone, without the damage and effect.
+
+        Example:
+            >>> MaskSearchRow(sparsity=0.1, modules="mlp", layers="late", token_scope="all", statistic="norm",
+            ...               phi="relu", kl=0.05, separation=0.3).config().model_dump()
+            {'sparsity': 0.1, 'modules': 'mlp', 'layers': 'late', 'token_scope': 'all', 'statistic': 'norm', 'phi': 'relu'}
+        """
+        return MaskConfig.model_validate(self.model_dump(include=set(MaskConfig.model_fields)))

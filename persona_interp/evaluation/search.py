@@ -1,17 +1,18 @@
 """The one search loop behind every regime's tuning: candidates → neutral damage first → validation effect for
 the candidates within a budget → per-budget picks.
 
-A :class:`Candidate` is a row of parameters and the interventions of its poles (each a context manager on the
-model, and/or a system prompt), built only when the candidate is measured. :func:`search` measures each
-candidate's damage on neutral text first (the larger of its poles' KL); one over every budget (``limit``) is not
-scored (``"scored": False``, ``separation`` None) and, in a dose sweep (``group``: ascending dose), ends its
-sweep. The others are scored on the validation items (A/B margins); with :class:`Racing`, first on a few items,
-and only those that can still win a budget on the rest. :func:`pick_within` and :func:`budget_picks` choose from
-the table.
+A :class:`Candidate` is a typed row of parameters (a :class:`~persona_interp.evaluation.rows.SearchRow`) and the
+interventions of its poles (each a context manager on the model, and/or a system prompt), built only when the
+candidate is measured. :func:`search` measures each candidate's damage on neutral text first (the larger of its
+poles' KL); one over every budget (``limit``) is not scored (``scored`` False, ``separation`` None) and, in a dose
+sweep (``group``: ascending dose), ends its sweep. The others are scored on the validation items (A/B margins);
+with :class:`Racing`, first on a few items, and only those that can still win a budget on the rest.
+:func:`pick_within` and :func:`budget_picks` choose from the table.
 
 Example:
-    >>> candidates = [Candidate({"multiplier": a}, lambda a=a: (Pole(lambda: v.apply(model, a)), Pole(lambda: v.apply(model, -a))),
-    ...                         group="layer 10") for a in (1, 2, 4, 8)]
+    >>> candidates = [Candidate(SteeringSearchRow(layer=10, multiplier=a),
+    ...                         lambda a=a: (Pole(lambda: v.apply(model, a)), Pole(lambda: v.apply(model, -a))),
+    ...                         group=10) for a in (1, 2, 4, 8)]
     >>> table = search(model, candidates, validation, reference=ref, limit=0.5)
     >>> budget_picks(table, [0.02, 0.1, 0.5])
 """
@@ -20,13 +21,16 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Hashable, Sequence
+from typing import Any, Callable, ContextManager, Generic, Hashable, Sequence, TypeVar
 
 import torch
 
 from persona_interp.data.personas import PersonaItem
-from persona_interp.progress import stage
+from persona_interp.evaluation.rows import PairSearchRow, SearchRow
 from persona_interp.evaluation.scoring import DamageReference, score_ab
+from persona_interp.progress import stage
+
+R = TypeVar("R", bound=SearchRow)     # a search table's row type: its parameters, damage and effect
 
 
 @dataclass(frozen=True)
@@ -43,12 +47,14 @@ class Pole:
 
 
 @dataclass(frozen=True)
-class Candidate:
-    """A table row's parameters and ``poles()``, the (seek, reject) poles (or one pole), built when the
-    candidate is measured and dropped after (a mask pair is built once per candidate, never all at once).
-    Candidates of one ``group`` are a dose sweep in ascending dose: the first over the damage limit ends it."""
+class Candidate(Generic[R]):
+    """A table row with the candidate's parameters (its damage and effect unset) and ``poles()``, the (seek,
+    reject) poles (or one pole), built when the candidate is measured and dropped after (a mask pair is built once
+    per candidate, never all at once). A row with two poles needs the effect fields of a
+    :class:`~persona_interp.evaluation.rows.PairSearchRow`, one with one pole a ``margin``. Candidates of one
+    ``group`` are a dose sweep in ascending dose: the first over the damage limit ends it."""
 
-    row: dict[str, Any]
+    row: R
     poles: Callable[[], Sequence[Pole]]
     group: Hashable = None
 
@@ -59,7 +65,7 @@ class Racing:
     ``first`` items; a candidate whose upper bound (mean + ``width`` standard errors, with the finite-population
     correction for the items left) is below the best lower bound among the candidates eligible for every budget
     it fits cannot win a budget and is dropped; the rest are scored on the remaining items. The table's
-    ``separation`` of a dropped candidate is its mean on the first items, with ``"raced_out": True``.
+    ``separation`` of a dropped candidate is its mean on the first items, with ``raced_out`` True.
 
     Example:
         >>> search(model, candidates, validation, reference=ref, budgets=[0.02, 0.1, 0.5], racing=Racing(first=8))
@@ -89,7 +95,7 @@ def _damage(model: Any, poles: Sequence[Pole], reference: DamageReference) -> fl
     return max(kls)
 
 
-def _effect(margins: list[torch.Tensor]) -> dict[str, Any]:
+def _effect(margins: list[torch.Tensor]) -> dict[str, float]:
     """The row's effect: one pole's mean ``margin``, or two poles' ``separation`` (seek − reject) and margins."""
     if len(margins) == 1:
         return {"margin": float(margins[0].mean())}
@@ -97,15 +103,15 @@ def _effect(margins: list[torch.Tensor]) -> dict[str, Any]:
             "reject_margin": float(margins[1].mean())}
 
 
-def _unscored(n_poles: int) -> dict[str, Any]:
+def _unscored(n_poles: int) -> dict[str, None]:
     return {"margin": None} if n_poles == 1 else {"separation": None, "seek_margin": None, "reject_margin": None}
 
 
-def search(model: Any, candidates: Sequence[Candidate], validation: Sequence[PersonaItem], *,
+def search(model: Any, candidates: Sequence[Candidate[R]], validation: Sequence[PersonaItem], *,
            reference: DamageReference | None = None, limit: float | None = None, budgets: Sequence[float] = (),
            racing: Racing | None = None, batch_size: int = 8, progress: bool = False,
-           desc: str = "search") -> list[dict[str, Any]]:
-    """One table row per candidate measured, in the candidates' order: its parameters, ``kl`` (with
+           desc: str = "search") -> list[R]:
+    """One table row per candidate measured, in the candidates' order: its candidate's row with ``kl`` (with
     ``reference``: the larger pole's KL on neutral text, measured before any scoring), its effect on the
     validation items (two poles: ``separation``, ``seek_margin``, ``reject_margin``; one pole: ``margin``) and
     ``scored``. A candidate whose ``kl`` exceeds ``limit`` (default: the largest of ``budgets``) is not scored
@@ -123,8 +129,8 @@ def search(model: Any, candidates: Sequence[Candidate], validation: Sequence[Per
         limit = max(budgets)
     if limit is not None and reference is None:
         raise ValueError("a damage limit (stop_above, budgets) needs a damage reference")
-    table: list[dict[str, Any]] = []
-    kept: list[tuple[int, Candidate]] = []              # (row index, candidate) of those to score
+    table: list[R] = []
+    kept: list[tuple[int, Candidate[R]]] = []           # (row index, candidate) of those to score
     stopped: set[Hashable] = set()
     with stage(desc, total=len(candidates), progress=progress) as bar:
         for candidate in candidates:
@@ -132,25 +138,25 @@ def search(model: Any, candidates: Sequence[Candidate], validation: Sequence[Per
             if candidate.group is not None and candidate.group in stopped:
                 continue
             poles = candidate.poles()
-            row = dict(candidate.row)
+            row = candidate.row
             if reference is not None:
-                row["kl"] = _damage(model, poles, reference)
-            if limit is not None and row["kl"] > limit:
-                table.append({**row, **_unscored(len(poles)), "scored": False})
+                row = row.replace(kl=_damage(model, poles, reference))
+            if limit is not None and row.kl is not None and row.kl > limit:
+                table.append(row.replace(**_unscored(len(poles)), scored=False))
                 if candidate.group is not None:
                     stopped.add(candidate.group)
                 continue
-            table.append(row)
             if racing is None:                               # score now: the poles are built once
-                table[-1].update(_effect(_margins(model, poles, validation, batch_size)), scored=True)
+                table.append(row.replace(**_effect(_margins(model, poles, validation, batch_size)), scored=True))
             else:
+                table.append(row)
                 kept.append((len(table) - 1, candidate))            # its poles are built again when scored
     if racing is not None and kept:
         _race(model, table, kept, validation, racing, budgets, batch_size, progress, desc)
     return table
 
 
-def _race(model: Any, table: list[dict[str, Any]], kept: list[tuple[int, Candidate]], validation: list[PersonaItem],
+def _race(model: Any, table: list[R], kept: list[tuple[int, Candidate[R]]], validation: list[PersonaItem],
           racing: Racing, budgets: Sequence[float], batch_size: int, progress: bool, desc: str) -> None:
     """Score ``kept`` on the first items, drop those that cannot win a budget, finish the rest (in place)."""
     first, rest = validation[:racing.first], validation[racing.first:]
@@ -169,7 +175,7 @@ def _race(model: Any, table: list[dict[str, Any]], kept: list[tuple[int, Candida
         bounds[index] = (float(d.mean()) - half, float(d.mean()) + half)
     alive = set()
     for budget in [*budgets, None]:
-        eligible = [i for i in diffs if budget is None or table[i].get("kl", 0.0) <= budget]
+        eligible = [i for i in diffs if budget is None or _kl(table[i]) <= budget]
         if eligible:
             best_low = max(bounds[i][0] for i in eligible)
             alive |= {i for i in eligible if bounds[i][1] >= best_low}
@@ -177,30 +183,36 @@ def _race(model: Any, table: list[dict[str, Any]], kept: list[tuple[int, Candida
         for index, candidate in kept:
             if index in alive and rest:
                 margins[index] = [torch.cat([a, b]) for a, b in zip(margins[index], _margins(model, candidate.poles(), rest, batch_size))]
-            table[index].update(_effect(margins[index]), scored=True, raced_out=index not in alive and bool(rest))
+            table[index] = table[index].replace(**_effect(margins[index]), scored=True,
+                                                raced_out=index not in alive and bool(rest))
             bar.update()
 
 
-def pick_within(table: Sequence[dict[str, Any]], budget: float | None, key: str = "separation") -> int | None:
-    """Index of the scored row with the largest ``key`` among those whose ``kl`` (validation damage) is at most
-    ``budget`` (``None``: no limit; rows without ``kl`` count as 0, e.g. prompts); ``None`` when none is. Rows
-    not scored (``separation`` None: over the search's damage limit) or raced out are never picked.
+def _kl(row: SearchRow) -> float:
+    """A row's damage; 0 for a row without one (e.g. a prompt's: prompts leave the weights unchanged)."""
+    return row.kl if row.kl is not None else 0.0
+
+
+def pick_within(table: Sequence[PairSearchRow], budget: float | None) -> int | None:
+    """Index of the scored row with the largest ``separation`` among those whose ``kl`` (validation damage) is at
+    most ``budget`` (``None``: no limit; rows without ``kl`` count as 0); ``None`` when none is. Rows not scored
+    (``separation`` None: over the search's damage limit) or raced out are never picked.
 
     Example:
-        >>> pick_within([{"separation": 0.2, "kl": 0.3}, {"separation": 0.1, "kl": 0.01}], 0.1)
+        >>> pick_within([PairSearchRow(separation=0.2, kl=0.3), PairSearchRow(separation=0.1, kl=0.01)], 0.1)
         1
     """
-    allowed = [i for i, row in enumerate(table) if row.get(key) is not None and not row.get("raced_out")
-               and (budget is None or row.get("kl", 0.0) <= budget)]
-    return max(allowed, key=lambda i: table[i][key]) if allowed else None
+    allowed = {i: row.separation for i, row in enumerate(table) if row.separation is not None and not row.raced_out
+               and (budget is None or _kl(row) <= budget)}
+    return max(allowed, key=lambda i: allowed[i]) if allowed else None
 
 
-def budget_picks(table: list[dict[str, Any]], budgets: list[float]) -> list[tuple[list[float], int]]:
+def budget_picks(table: Sequence[PairSearchRow], budgets: Sequence[float]) -> list[tuple[list[float], int]]:
     """The row each damage budget picks (:func:`pick_within`), one entry per distinct row with the budgets that
     picked it (ascending); budgets that no row fits are left out.
 
     Example:
-        >>> budget_picks([{"separation": 0.2, "kl": 0.3}, {"separation": 0.1, "kl": 0.01}], [0.02, 0.1, 0.5])
+        >>> budget_picks([PairSearchRow(separation=0.2, kl=0.3), PairSearchRow(separation=0.1, kl=0.01)], [0.02, 0.1, 0.5])
         [([0.02, 0.1], 1), ([0.5], 0)]
     """
     picks: dict[int, list[float]] = {}
@@ -211,8 +223,13 @@ def budget_picks(table: list[dict[str, Any]], budgets: list[float]) -> list[tupl
     return [(chosen, index) for index, chosen in picks.items()]
 
 
-def fallback(table: Sequence[dict[str, Any]]) -> int:
+def fallback(table: Sequence[PairSearchRow]) -> int:
     """The unbudgeted pick (:func:`pick_within` with no budget) or, when no row was scored (every candidate
-    over the damage limit), the least damaging row."""
+    over the damage limit), the least damaging row.
+
+    Example:
+        >>> fallback([PairSearchRow(kl=0.9, separation=None, scored=False), PairSearchRow(kl=0.7, separation=None, scored=False)])
+        1
+    """
     best = pick_within(table, None)
-    return best if best is not None else min(range(len(table)), key=lambda i: table[i]["kl"])
+    return best if best is not None else min(range(len(table)), key=lambda i: _kl(table[i]))

@@ -18,18 +18,19 @@ from functools import partial
 from typing import Any, Generic, Mapping, Sequence, TypeVar
 
 from persona_interp.data.personas import SIDES, PersonaItem
+from persona_interp.evaluation.rows import LoRASearchRow, MaskConfig, MaskSearchRow, PromptSearchRow, SteeringSearchRow
 from persona_interp.evaluation.scoring import DamageReference
 from persona_interp.evaluation.search import Candidate, Pole, Racing, fallback, pick_within, search
 from persona_interp.interventions.ablation import ablate
 from persona_interp.interventions.base import DosedIntervention
 from persona_interp.interventions.lora import LoRA, LoRAConfig, train_lora
-from persona_interp.masks.builders import FamilyCache
+from persona_interp.masks.builders import FamilyCache, Phi
 from persona_interp.masks.mask import Mask
 from persona_interp.masks.registry import Family, MethodInputs, method_spec
 from persona_interp.model.adapter import get_adapter
 from persona_interp.model.chat import TokenScope
 from persona_interp.progress import stage
-from persona_interp.signatures import Signature
+from persona_interp.signatures import Signature, Statistic
 
 
 V = TypeVar("V", bound=DosedIntervention)   # a steering vector, an ODE flow, a weight edit
@@ -42,7 +43,7 @@ class SteeringChoice(Generic[V]):
     layer: int
     multiplier: float
     vector: V
-    table: list[dict[str, float]]
+    table: list[SteeringSearchRow]
 
 
 def select_steering(model: Any, vectors: Mapping[int, V], validation: Sequence[PersonaItem],
@@ -63,12 +64,12 @@ def select_steering(model: Any, vectors: Mapping[int, V], validation: Sequence[P
     def steered(vector: V, alpha: float) -> tuple[Pole, Pole]:
         return Pole(lambda: vector.apply(model, alpha)), Pole(lambda: vector.apply(model, -alpha))
 
-    candidates = [Candidate({"layer": layer, "multiplier": alpha}, partial(steered, vector, alpha), group=layer)
+    candidates = [Candidate(SteeringSearchRow(layer=layer, multiplier=alpha), partial(steered, vector, alpha), group=layer)
                   for layer, vector in vectors.items() for alpha in sorted(multipliers)]
     table = search(model, candidates, validation, reference=reference, limit=stop_above, budgets=budgets, racing=racing,
                    batch_size=batch_size, progress=progress, desc="steering search")
     best = table[fallback(table)]
-    return SteeringChoice(int(best["layer"]), float(best["multiplier"]), vectors[int(best["layer"])], table)
+    return SteeringChoice(best.layer, best.multiplier, vectors[best.layer], table)
 
 
 @dataclass
@@ -91,21 +92,26 @@ class MaskSpace:
     modules: list[str | None] = field(default_factory=lambda: [None, "attn", "mlp"])
     layer_ranges: list[str] = field(default_factory=lambda: ["all", "late"])
     token_scopes: list[TokenScope] = field(default_factory=lambda: ["all", "answer"])
-    statistics: list[str] = field(default_factory=lambda: ["norm"])
-    phis: list[str] = field(default_factory=lambda: ["relu"])
+    statistics: list[Statistic] = field(default_factory=lambda: ["norm"])
+    phis: list[Phi] = field(default_factory=lambda: ["relu"])
     tau: float = 2.0
     design: str = "grid"
     vary: list[str] | None = None
     stop_above: float | None = None
 
-    def configurations(self, method: str) -> list[dict[str, Any]]:
+    def configurations(self, method: str) -> list[MaskSetting]:
         """The (modules, layers, token scope, statistic, φ) configurations of ``method`` (a registered name,
         :func:`~persona_interp.masks.registry.method_spec`), without the factors that do not change its masks
         (φ for Wanda and the code's rule, the statistic for the code's rule, the token scope for a method that
-        reads no signatures)."""
+        reads no signatures).
+
+        Example:
+            >>> MaskSpace(modules=[None], layer_ranges=["all", "late"], token_scopes=["all"]).configurations("wanda")[1]
+            MaskSetting(modules=None, layers='late', token_scope='all', statistic='norm', phi='relu')
+        """
         spec = method_spec(method)
-        factors: dict[str, Sequence[str | None]] = {"modules": self.modules, "layers": self.layer_ranges,
-                                                    "token_scope": self.token_scopes, "statistic": self.statistics, "phi": self.phis}
+        factors: dict[str, Sequence[Any]] = {"modules": self.modules, "layers": self.layer_ranges,
+                                             "token_scope": self.token_scopes, "statistic": self.statistics, "phi": self.phis}
         for factor, default in (("statistic", "norm"), ("phi", "relu")):
             if factor not in spec.search:
                 factors[factor] = [default]
@@ -120,16 +126,46 @@ class MaskSpace:
             combos = [first] + [{**first, key: value} for key, values in factors.items() for value in values[1:]]
         else:
             raise ValueError(f"design must be 'grid' or 'one_at_a_time', got {self.design!r}")
-        return combos
+        return [MaskSetting(**combo) for combo in combos]
+
+
+@dataclass(frozen=True)
+class MaskSetting:
+    """One configuration of a :class:`MaskSpace` without its sparsity: the modules (``None``: attention and MLP),
+    the layer band, the token scope of the signatures, the per-sample statistic and φ.
+
+    Example:
+        >>> setting = MaskSetting(None, "late", "all")
+        >>> setting.row(0.1).modules, MaskSetting.of(setting.row(0.1)) == setting
+        ('attn+mlp', True)
+    """
+
+    modules: str | None
+    layers: str
+    token_scope: TokenScope
+    statistic: Statistic = "norm"
+    phi: Phi = "relu"
+
+    def row(self, sparsity: float) -> MaskSearchRow:
+        """This setting at ``sparsity`` as a mask search's row, not yet measured (``modules`` ``"attn+mlp"``
+        for None)."""
+        return MaskSearchRow(sparsity=sparsity, modules=self.modules or "attn+mlp", layers=self.layers,
+                             token_scope=self.token_scope, statistic=self.statistic, phi=self.phi)
+
+    @classmethod
+    def of(cls, config: MaskConfig) -> MaskSetting:
+        """The setting of a mask search's configuration (or row): ``config`` without its sparsity."""
+        return cls(None if config.modules == "attn+mlp" else config.modules, config.layers, config.token_scope,
+                   config.statistic, config.phi)
 
 
 @dataclass
 class MaskChoice:
     """The chosen configuration, its two masks (seek, reject) and the whole search table."""
 
-    config: dict[str, Any]
+    config: MaskConfig
     masks: tuple[Mask, Mask]
-    table: list[dict[str, Any]]
+    table: list[MaskSearchRow]
 
 
 def _layers(model: Any, layer_range: str) -> range | None:
@@ -140,36 +176,33 @@ def _layers(model: Any, layer_range: str) -> range | None:
     return ranges[layer_range]
 
 
-CANDIDATE_KEYS = ("sparsity", "modules", "layers", "token_scope", "statistic", "phi")
-
-
 def candidate_family(model: Any, method: str, signatures: dict[str, tuple[Signature, Signature]],
-                     config: dict[str, Any], *, tau: float = 2.0, persona: str | None = None,
+                     config: MaskSetting, *, tau: float = 2.0, persona: str | None = None,
                      families: FamilyCache | None = None, inputs: MethodInputs | None = None) -> Family:
     """The family of a registered method (:func:`~persona_interp.masks.registry.method_spec`) for one search
     configuration (token scope, statistic, φ; see :class:`MaskSpace`), from ``families`` when given (ranked once
     however often it is asked for), else ranked anew. ``inputs``: what else the method needs (a neutral
     signature, calibration items, neutral texts); its seek, reject and persona are this configuration's."""
     spec = method_spec(method)
-    seek, reject = (sig.with_statistic(config.get("statistic", "norm")) for sig in signatures[config["token_scope"]])
+    seek, reject = (sig.with_statistic(config.statistic) for sig in signatures[config.token_scope])
     options: dict[str, Any] = {}
     if "phi" in spec.search:
-        options.update(phi=config.get("phi", "relu"), tau=tau if config.get("phi") == "softplus" else 1.0)
+        options.update(phi=config.phi, tau=tau if config.phi == "softplus" else 1.0)
     inputs = dataclasses.replace(inputs or MethodInputs(), seek=seek, reject=reject, persona=persona)
     return spec.family(model, inputs, families=families, **options)
 
 
 def build_candidate(model: Any, method: str, signatures: dict[str, tuple[Signature, Signature]],
-                    row: dict[str, Any], *, tau: float = 2.0, persona: str | None = None,
+                    row: MaskConfig, *, tau: float = 2.0, persona: str | None = None,
                     families: FamilyCache | None = None, inputs: MethodInputs | None = None) -> tuple[Mask, Mask]:
-    """The (seek, reject) masks of one row of a mask search table.
+    """The (seek, reject) masks of one row of a mask search table (or of its configuration).
 
     Example:
         >>> seek, reject = build_candidate(model, "wanda", {"all": (s, r)}, choice.table[pick_within(choice.table, 0.1)])
     """
-    modules = row["modules"]
-    return candidate_family(model, method, signatures, row, tau=tau, persona=persona, families=families, inputs=inputs).pair(
-        row["sparsity"], modules=None if modules == "attn+mlp" else [modules], layers=_layers(model, row["layers"]))
+    setting = MaskSetting.of(row)
+    return candidate_family(model, method, signatures, setting, tau=tau, persona=persona, families=families, inputs=inputs).pair(
+        row.sparsity, modules=None if setting.modules is None else [setting.modules], layers=_layers(model, row.layers))
 
 
 def select_masks(model: Any, method: str, signatures: dict[str, tuple[Signature, Signature]],
@@ -190,7 +223,7 @@ def select_masks(model: Any, method: str, signatures: dict[str, tuple[Signature,
 
     Example:
         >>> choice = select_masks(model, "contrastive_wanda", {"all": (s, r)}, val, MaskSpace(token_scopes=["all"]))
-        >>> choice.config        # {"sparsity": 0.1, "modules": "mlp", "layers": "late", "token_scope": "all", ...}
+        >>> choice.config        # MaskConfig(sparsity=0.1, modules='mlp', layers='late', token_scope='all', ...)
     """
     if not method_spec(method).poles:
         raise ValueError(f"method {method!r} has no poles: a mask search needs a seek and a reject mask")
@@ -210,22 +243,20 @@ def select_masks(model: Any, method: str, signatures: dict[str, tuple[Signature,
         return current[i]
 
     def poles(i: int, rho: float) -> tuple[Pole, ...]:
-        modules = configs[i]["modules"]
-        pair = family(i).pair(rho, modules=[modules] if modules else None, layers=_layers(model, configs[i]["layers"]))
+        modules = configs[i].modules
+        pair = family(i).pair(rho, modules=[modules] if modules else None, layers=_layers(model, configs[i].layers))
         return tuple(Pole(partial(ablate, model, mask)) for mask in pair)
 
-    candidates = [Candidate({**config, "sparsity": rho, "modules": config["modules"] or "attn+mlp"},
-                            partial(poles, i, rho), group=i)
+    candidates = [Candidate(config.row(rho), partial(poles, i, rho), group=i)
                   for i, config in enumerate(configs) for rho in sorted(space.sparsities)]
     table = search(model, candidates, validation, reference=reference, limit=space.stop_above, budgets=budgets,
                    racing=racing, batch_size=batch_size, progress=progress, desc=f"mask search ({method})")
     current.clear()
     best = pick_within(table, max_kl) if max_kl is not None else fallback(table)
     if best is None:
-        raise ValueError(f"no configuration has KL <= {max_kl}; the least damaging has {min(r['kl'] for r in table):.4f}")
-    config = {key: table[best][key] for key in CANDIDATE_KEYS}
-    return MaskChoice(config, build_candidate(model, method, signatures, table[best], tau=space.tau, persona=persona,
-                                              families=families, inputs=inputs), table)
+        raise ValueError(f"no configuration has KL <= {max_kl}; the least damaging has {min(r.kl or 0.0 for r in table):.4f}")
+    return MaskChoice(table[best].config(), build_candidate(model, method, signatures, table[best], tau=space.tau,
+                                                            persona=persona, families=families, inputs=inputs), table)
 
 
 @dataclass
@@ -234,7 +265,7 @@ class PromptChoice:
 
     seek: str
     reject: str
-    table: list[dict[str, Any]]
+    table: list[PromptSearchRow]
 
 
 def select_prompts(model: Any, seek_prompts: Sequence[str], reject_prompts: Sequence[str],
@@ -252,12 +283,16 @@ def select_prompts(model: Any, seek_prompts: Sequence[str], reject_prompts: Sequ
     def prompted(prompt: str) -> tuple[Pole]:
         return (Pole(system=prompt),)
 
-    candidates = [Candidate({"side": side, "prompt": prompt}, partial(prompted, prompt))
-                  for side, prompts in (("seek", seek_prompts), ("reject", reject_prompts)) for prompt in prompts]
+    def margin(row: PromptSearchRow) -> float:
+        assert row.margin is not None                   # no damage limit: every phrasing is scored
+        return row.margin
+
+    candidates = [Candidate(PromptSearchRow(side=side, prompt=prompt), partial(prompted, prompt))
+                  for side, prompts in zip(SIDES, (seek_prompts, reject_prompts)) for prompt in prompts]
     table = search(model, candidates, validation, batch_size=batch_size, progress=progress, desc="prompt search")
-    seek = max((r for r in table if r["side"] == "seek"), key=lambda r: r["margin"])
-    reject = min((r for r in table if r["side"] == "reject"), key=lambda r: r["margin"])
-    return PromptChoice(seek["prompt"], reject["prompt"], table)
+    seek = max((r for r in table if r.side == "seek"), key=margin)
+    reject = min((r for r in table if r.side == "reject"), key=margin)
+    return PromptChoice(seek.prompt, reject.prompt, table)
 
 
 @dataclass
@@ -267,7 +302,7 @@ class LoRAChoice:
     epochs: int
     seek: LoRA
     reject: LoRA
-    table: list[dict[str, Any]]
+    table: list[LoRASearchRow]
     runs: dict[str, list[LoRA]] = field(default_factory=dict)    # each pole's LoRA after every epoch (budgeted picks)
 
 
@@ -296,12 +331,12 @@ def select_lora(model: Any, fit: Sequence[PersonaItem], validation: Sequence[Per
         def trained(epoch: int) -> tuple[Pole, ...]:
             return tuple(Pole(partial(runs[side][epoch].apply, model)) for side in SIDES)
 
-        candidates = [Candidate({"epochs": epoch + 1, "seek_train_loss": runs["seek"][epoch].meta["train_loss"][-1],
-                                 "reject_train_loss": runs["reject"][epoch].meta["train_loss"][-1]},
+        candidates = [Candidate(LoRASearchRow(epochs=epoch + 1, seek_train_loss=runs["seek"][epoch].meta["train_loss"][-1],
+                                              reject_train_loss=runs["reject"][epoch].meta["train_loss"][-1]),
                                 partial(trained, epoch), group="epochs")
                       for epoch in range(config.epochs)]
         table = search(model, candidates, validation, reference=reference, limit=stop_above, budgets=budgets, racing=racing,
                        batch_size=batch_size, progress=progress, desc="LoRA epochs")
         bar.update()
-    epoch = table[fallback(table)]["epochs"] - 1
+    epoch = table[fallback(table)].epochs - 1
     return LoRAChoice(epoch + 1, runs["seek"][epoch], runs["reject"][epoch], table, runs)

@@ -23,6 +23,7 @@ from typing import Any, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from persona_interp.analysis.diagnostics import OverlapRow, Stability, StatisticRow
 from persona_interp.data.personas import Side
 from persona_interp.evaluation.controls import MatchedControlRecord
 from persona_interp.evaluation.rows import (
@@ -161,70 +162,6 @@ class MaskSearch(Record):
 
     chosen: MaskConfig
     table: list[MaskSearchRow]
-
-
-class OverlapRow(Row):
-    """How much opposing masks of one variant differ in one kind of map (or ``all``); ReLU rows carry the range
-    they differ in by construction and the share ``p`` of channels with z > 0
-    (:func:`~persona_interp.analysis.diagnostics.overlap_table`)."""
-
-    variant: str
-    kind: str
-    sparsity: float
-    differ: float
-    bound_low: float | None = None
-    bound_high: float | None = None
-    p: float | None = None
-
-
-class StatisticRow(Row):
-    """One per-sample statistic (:func:`~persona_interp.analysis.diagnostics.statistic_table`)."""
-
-    statistic: str
-    sparsity: float
-    positive_share: float
-    seek_tokens: float
-    reject_tokens: float
-    seek_perplexity_ratio: float
-    seek_kl: float
-    reject_perplexity_ratio: float
-    reject_kl: float
-    breaks: Side
-
-
-class StabilityDraw(Row):
-    """One draw of two disjoint calibration halves (:func:`~persona_interp.analysis.diagnostics.stability`)."""
-
-    draw: int
-    half_a: list[int]
-    half_b: list[int]
-    seek_between_halves: float
-    reject_between_halves: float
-    seek_vs_reject_in_half: float
-    separation_a: float
-    separation_b: float
-
-
-class StabilitySummary(Row):
-    """Stability over the draws: within a pole against between the poles, and the halves' validation separation."""
-
-    method: str
-    sparsity: float
-    draws: int
-    half_size: int
-    within_pole: float
-    between_poles: float
-    between_poles_full: float
-    noise: bool
-    separation: float
-    separation_low: float
-    separation_high: float
-    n_halves: int
-
-
-class Stability(Record):
-    draws: list[StabilityDraw]
-    summary: StabilitySummary
 
 
 class Diagnostics(Record):

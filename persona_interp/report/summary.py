@@ -200,4 +200,4 @@ def overlap_from_results(results: RunResults, sizes: dict[str, int]) -> list[dic
         >>> overlap_from_results(load_results("reports/results.json"), kind_sizes(get_adapter(model).maps))[0]["mlp"]
     """
     return [{"pair": persona, **row} for persona, diag in diagnostics_by_persona(results).items()
-            for row in grouped_overlap([r.model_dump() for r in diag.overlap], sizes)]
+            for row in grouped_overlap(diag.overlap, sizes)]

@@ -32,7 +32,7 @@ from persona_interp.data.personas import (
 from persona_interp.data.retrieval import Retriever
 from persona_interp.evaluation.controls import damage_matched_random
 from persona_interp.evaluation.evaluate import budget_winners, control_comparison, equal_damage_summary, evaluate, frontier_rows
-from persona_interp.evaluation.rows import LoRASearchRow, MaskConfig, MaskSearchRow, PromptSearchRow, SteeringSearchRow
+from persona_interp.evaluation.rows import SteeringSearchRow
 from persona_interp.evaluation.scoring import DamageReference
 from persona_interp.evaluation.search import budget_picks, fallback
 from persona_interp.evaluation.tuning import build_candidate, select_lora, select_masks, select_prompts, select_steering
@@ -152,7 +152,7 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig, progre
         with stage("prompt search", progress=progress):
             phrasing = select_prompts(model, persona_prompts(persona, "seek"), persona_prompts(persona, "reject"), validation,
                                     batch_size=config.batch_size)
-        prompts, used.prompt_search = {"seek": phrasing.seek, "reject": phrasing.reject}, PromptSearchRow.from_table(phrasing.table)
+        prompts, used.prompt_search = {"seek": phrasing.seek, "reject": phrasing.reject}, phrasing.table
     for side in SIDES:
         conditions.append(Prompt(f"prompt-{side}", side=side, system=prompts[side], pair="prompt"))
     retriever = Retriever(list(fit))
@@ -165,7 +165,7 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig, progre
         choice = select_lora(model, list(fit), list(validation), config.lora, reference=selection,
                              stop_above=max(config.damage_budgets),
                              batch_size=config.batch_size, progress=progress)
-        used.lora_search = LoRASearch(epochs=choice.epochs, table=LoRASearchRow.from_table(choice.table), config=config.lora)
+        used.lora_search = LoRASearch(epochs=choice.epochs, table=choice.table, config=config.lora)
         for budgets, index in budget_picks(choice.table, config.damage_budgets):
             for side in SIDES:
                 conditions.append(LoRACondition(f"lora-{side}@kl{budgets[0]:g}", side=side, lora=choice.runs[side][index],
@@ -309,8 +309,7 @@ def budget_mask_conditions(model: Any, persona: str, by_scope: dict[str, tuple[S
     for method in [spec.name for spec in searched_methods(config)]:
         choice = select_masks(model, method, by_scope, validation, space, reference=selection, persona=persona,
                               batch_size=config.batch_size, families=families, inputs=inputs, progress=progress)
-        searches[method] = MaskSearch(chosen=MaskConfig.model_validate(choice.config),
-                                      table=MaskSearchRow.from_table(choice.table))
+        searches[method] = MaskSearch(chosen=choice.config, table=choice.table)
         for budgets, index in budget_picks(choice.table, config.damage_budgets):
             tag = f"kl{budgets[0]:g}"
             pair = build_candidate(model, method, by_scope, choice.table[index], tau=space.tau, persona=persona,
@@ -334,16 +333,14 @@ def mask_diagnostics(model: Any, persona: str, sig: dict[str, Signature], valida
     rho = config.sparsities[0]
     with stage("diagnostics", total=3, progress=progress) as bar:
         reference = DamageReference.build(model, run_neutral_texts(config).reported, config.batch_size)
-        out: dict[str, Any] = {"sparsity": rho,
-                               "overlap": overlap_table(model, sig["seek"], sig["reject"], rho, persona=persona, families=families)}
+        overlap = overlap_table(model, sig["seek"], sig["reject"], rho, persona=persona, families=families)
         bar.update()
-        out["statistics"] = statistic_table(model, sig["seek"], sig["reject"], rho, reference, persona=persona, families=families)
+        statistics = statistic_table(model, sig["seek"], sig["reject"], rho, reference, persona=persona, families=families)
         bar.update()
-        out["stability"] = stability(model, sig["seek"], sig["reject"], rho, validation, draws=config.stability_draws,
-                                     seed=config.seed, batch_size=config.batch_size, persona=persona, families=families,
-                                     progress=progress)
+        halves = stability(model, sig["seek"], sig["reject"], rho, validation, draws=config.stability_draws, seed=config.seed,
+                           batch_size=config.batch_size, persona=persona, families=families, progress=progress)
         bar.update()
-    return Diagnostics.model_validate(out)
+    return Diagnostics(sparsity=rho, overlap=overlap, statistics=statistics, stability=halves)
 
 
 def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaDataset, config: ReproduceConfig,
@@ -384,8 +381,7 @@ def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaData
         vectors = candidates[method]
         table = _oriented(choice.table) if method == "weight_edit" else choice.table
         best = table[fallback(table)]            # the best scored row; the least damaging when none was scored
-        search[method] = SteeringSearch(layer=int(best["layer"]), multiplier=best["multiplier"],
-                                        table=SteeringSearchRow.from_table(table))
+        search[method] = SteeringSearch(layer=best.layer, multiplier=best.multiplier, table=table)
         for budgets, index in (budget_picks(table, config.damage_budgets) if selection else
                                [([None], fallback(table))]):
             row = table[index]
@@ -393,7 +389,8 @@ def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaData
             for side, sign in zip(SIDES, (1.0, -1.0)):
                 name = f"{method}-{side}{tag}"
                 relations: dict[str, Any] = dict(pair=f"{method}{tag}", budgets=None if budgets == [None] else budgets, meta={"chosen": row})
-                vector, multiplier = vectors[int(row["layer"])], sign * row.get("orientation", 1.0) * row["multiplier"]
+                orientation = row.orientation if row.orientation is not None else 1.0
+                vector, multiplier = vectors[row.layer], sign * orientation * row.multiplier
                 conditions.append(WeightEditCondition(name, side=side, edit=vector, multiplier=multiplier, **relations)
                                   if isinstance(vector, DirectionalEdit) else
                                   SteeringCondition(name, side=side, regime=method, vector=vector, multiplier=multiplier,
@@ -401,15 +398,15 @@ def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaData
     return conditions, search
 
 
-def _oriented(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _oriented(table: list[SteeringSearchRow]) -> list[SteeringSearchRow]:
     """A weight-edit search table with each row's poles oriented: the edit scales what the maps write along r̂
     (``r̂ r̂ᵀ`` ignores r̂'s sign), so whether amplifying (+α) or attenuating (−α) moves toward the seek pole depends
     on which way the model already leans; a row whose validation separation is negative swaps its poles
     (``orientation`` −1: the seek condition attenuates), so the budgeted picks compare like with steering's. A row the
     search did not score (over its damage limit) is left as it is."""
-    return [row if row.get("separation") is None else {**row, "orientation": 1.0} if row["separation"] >= 0 else
-            {**row, "orientation": -1.0, "separation": -row["separation"], "seek_margin": row["reject_margin"],
-             "reject_margin": row["seek_margin"]} for row in table]
+    return [row if row.separation is None else row.replace(orientation=1.0) if row.separation >= 0 else
+            row.replace(orientation=-1.0, separation=-row.separation, seek_margin=row.reject_margin,
+                        reject_margin=row.seek_margin) for row in table]
 
 
 def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | Path | None = None, *,
