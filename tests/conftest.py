@@ -40,6 +40,11 @@ def hooked_available() -> bool:
 @pytest.fixture(scope="session")
 def tokenizer(tmp_path_factory):
     """A byte-level BPE tokenizer (vocab ~300) with a chat template, saved and reloaded from disk."""
+    return build_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+def build_tokenizer(folder):
+    """The tiny models' tokenizer, saved to ``folder`` and reloaded from it."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -48,7 +53,6 @@ def tokenizer(tmp_path_factory):
     fast = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    bos_token="<|im_start|>")
     fast.chat_template = CHAT_TEMPLATE
-    folder = tmp_path_factory.mktemp("tokenizer")
     fast.save_pretrained(folder)
     return AutoTokenizer.from_pretrained(folder)
 
