@@ -1,9 +1,9 @@
 """What the docstring examples run against (``pytest --doctest-modules persona_interp``).
 
-Each example sees the names below: a tiny random Llama bridge (``model``, built as tests/conftest.py
-builds its tiny models, with its ``tokenizer``, ``adapter`` and ``tokens``; ``hf_model`` is a new
+Each example sees persona_interp's public names (``pi.__all__``) and these: a tiny random Llama bridge (``model``, built as tests/conftest.py
+builds its tiny models, with its ``tokenizer`` (trained on the power persona and the neutral texts), ``adapter`` and ``tokens``; ``hf_model`` is a new
 transformers model of the same shape), a few power-persona items
-(``fit``, ``validation``, ``test``), neutral ``texts``, the signatures and masks built from them
+(``fit``, ``validation``, ``test``), four short neutral ``texts``, the signatures and masks built from them
 (``sig_seek``, ``sig_reject``, ``neutral``, ``seek_mask``, ``reject_mask``, ``mask``) and a damage
 reference ``ref``; everything is built once. Each example runs in its own empty working folder, where
 ``reports`` links to the repository's committed reports.
@@ -39,17 +39,18 @@ def doctest_objects(folder: Path) -> dict:
     from persona_interp.data.personas import calibration_split
 
     tiny = _tiny_builders()
-    tokenizer = tiny.build_tokenizer(folder / "tokenizer")
+    corpus = [f"{it.question} {it.matching} {it.not_matching}" for it in pi.load_persona("power")] + pi.load_neutral_texts()
+    tokenizer = tiny.build_tokenizer(folder / "tokenizer", corpus, vocab_size=2000)     # words, not bytes: short rows
     model = pi.load_model(tiny.build_hf("llama", len(tokenizer)), tokenizer=tokenizer)
     fit, validation = calibration_split("power", n_fit=8, n_validation=4)
     test = pi.load_persona("power", "test").sample(4, seed=0)
-    texts = pi.load_neutral_texts()[:8]
+    texts = [text[:300] for text in pi.load_neutral_texts()[:4]]     # short: the tiny tokenizer's tokens are short
     sig_seek = pi.collect_signatures(model, fit, side="seek", per_sample=True)
     sig_reject = pi.collect_signatures(model, fit, side="reject", per_sample=True)
     seek_mask, reject_mask = pi.contrastive_wanda_masks(model, sig_seek, sig_reject, sparsity=0.3)
     tokens = tokenizer(["The capital of France is Paris.", "Water boils at one hundred degrees."],
                        return_tensors="pt", padding=True).input_ids
-    return dict(torch=torch, Path=Path, pi=pi, tokenizer=tokenizer, model=model,
+    return dict({name: getattr(pi, name) for name in pi.__all__}, torch=torch, Path=Path, pi=pi, tokenizer=tokenizer, model=model,
                 adapter=pi.get_adapter(model), tokens=tokens, fit=fit, validation=validation, test=test,
                 texts=texts, sig_seek=sig_seek, sig_reject=sig_reject, neutral=pi.collect_signatures(model, texts),
                 seek_mask=seek_mask, reject_mask=reject_mask, mask=seek_mask,

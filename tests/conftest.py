@@ -43,13 +43,13 @@ def tokenizer(tmp_path_factory):
     return build_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
-def build_tokenizer(folder):
-    """The tiny models' tokenizer, saved to ``folder`` and reloaded from it."""
+def build_tokenizer(folder, corpus=CORPUS * 5, vocab_size=320):
+    """The tiny models' tokenizer (trained on ``corpus``), saved to ``folder`` and reloaded from it."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(CORPUS * 5, vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    bpe.train_from_iterator(corpus, vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     fast = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    bos_token="<|im_start|>")
     fast.chat_template = CHAT_TEMPLATE

@@ -10,10 +10,13 @@ and only those that can still win a budget on the rest. :func:`pick_within` and 
 the table.
 
 Example:
+    >>> v = mean_difference_vectors(model, fit, [1])[1]
     >>> candidates = [Candidate({"multiplier": a}, lambda a=a: (Pole(lambda: v.apply(model, a)), Pole(lambda: v.apply(model, -a))),
-    ...                         group="layer 10") for a in (1, 2, 4, 8)]
+    ...                         group="layer 1") for a in (2, 8)]
     >>> table = search(model, candidates, validation, reference=ref, limit=0.5)
-    >>> budget_picks(table, [0.02, 0.1, 0.5])
+    >>> [sorted(row) for row in table][0]
+    ['kl', 'multiplier', 'reject_margin', 'scored', 'seek_margin', 'separation']
+    >>> picks = budget_picks(table, [0.02, 0.1, 0.5])    # [(budgets, row index)], e.g. [([0.02, 0.1], 0), ([0.5], 1)]
 """
 from __future__ import annotations
 
@@ -62,7 +65,9 @@ class Racing:
     ``separation`` of a dropped candidate is its mean on the first items, with ``"raced_out": True``.
 
     Example:
-        >>> search(model, candidates, validation, reference=ref, budgets=[0.02, 0.1, 0.5], racing=Racing(first=8))
+        >>> candidates = [Candidate({"system": p}, lambda p=p: (Pole(system=p),)) for p in ("Seek power.", "Avoid power.")]
+        >>> [row["scored"] for row in search(model, candidates, validation, racing=Racing(first=2))]
+        [True, True]
     """
 
     first: int = 8
@@ -113,8 +118,12 @@ def search(model: Any, candidates: Sequence[Candidate], validation: Sequence[Per
     a first few items, candidates that cannot win any of ``budgets`` (or the unbudgeted pick).
 
     Example:
-        >>> table = search(model, candidates, validation, reference=ref, budgets=[0.02, 0.1, 0.5])
-        >>> table[pick_within(table, 0.1)]
+        >>> candidates = [Candidate({"system": p}, lambda p=p: (Pole(system=p),)) for p in ("Seek power.", "Avoid power.")]
+        >>> table = search(model, candidates, validation, reference=ref, budgets=[0.1])
+        >>> [(row["system"], round(row["kl"], 4)) for row in table]         # a prompt leaves the weights: no damage
+        [('Seek power.', 0.0), ('Avoid power.', 0.0)]
+        >>> table[pick_within(table, 0.1, key="margin")]["system"] in ("Seek power.", "Avoid power.")
+        True
     """
     validation = list(validation)
     if not validation:

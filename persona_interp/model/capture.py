@@ -8,7 +8,7 @@ exception.
 Example:
     >>> acts = capture(model, tokens, [adapter.residual_hook(0), adapter.residual_hook(1)])
     >>> acts[adapter.residual_hook(1)].shape                # [batch, pos, d_model]
-    torch.Size([2, 20, 32])
+    torch.Size([2, 16, 32])
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def capture(model: Any, tokens: Int[Tensor, "batch pos"], names: Sequence[str], 
 
     Example:
         >>> list(capture(model, tokens, [get_adapter(model).final_residual_hook]).values())[0].shape
-        torch.Size([2, 20, 32])
+        torch.Size([2, 16, 32])
     """
     names = list(dict.fromkeys(names))
     if not names:

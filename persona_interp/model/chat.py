@@ -9,7 +9,7 @@ positions are real.
 Example:
     >>> batch = encode_batch(tokenizer, [("Party tonight?", "I'd rather read."), ("Lead it?", "Yes.")])
     >>> batch.tokens.shape, batch.lengths, batch.answer_start       # a tiny test tokenizer's counts
-    (torch.Size([2, 37]), tensor([37, 24]), tensor([26, 22]))
+    (torch.Size([2, 24]), tensor([24, 18]), tensor([18, 15]))
 """
 from __future__ import annotations
 
