@@ -5,8 +5,8 @@ builds its tiny models, with its ``tokenizer`` (trained on the power persona and
 transformers model of the same shape), a few power-persona items
 (``fit``, ``validation``, ``test``), four short neutral ``texts``, the signatures and masks built from them
 (``sig_seek``, ``sig_reject``, ``neutral``, ``seek_mask``, ``reject_mask``, ``mask``) and a damage
-reference ``ref``; everything is built once. Each example runs in its own empty working folder, where
-``reports`` links to the repository's committed reports.
+reference ``ref``; everything is built once. Each example runs in its own working folder, where the files of
+``reports/`` link to the repository's committed ones (read them; write elsewhere).
 """
 from __future__ import annotations
 
@@ -70,5 +70,9 @@ def _doctest_objects(request, tmp_path_factory):
     if any("hf_model" in example.source for example in request.node.dtest.examples):   # wrapping changes it: a new one
         namespace["hf_model"] = _tiny_builders().build_hf("llama", len(built["tokenizer"]))
     folder = tmp_path_factory.mktemp("example")
-    (folder / "reports").symlink_to(ROOT / "reports")
+    for path in (ROOT / "reports").rglob("*"):               # file by file: writing reports/x replaces the link only
+        if path.is_file():
+            link = folder / path.relative_to(ROOT)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(path)
     request.getfixturevalue("monkeypatch").chdir(folder)

@@ -55,7 +55,7 @@ def _embedded_cache_folder() -> Path:
 def load_embedded_hf(dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """The embedded model as a plain transformers model and its tokenizer, dequantised once and cached.
 
-    Example:
+    Example (the embedded model: skipped in the doctests, which run on a tiny model):
         >>> hf_model, tokenizer = load_embedded_hf()       # doctest: +SKIP
     """
     from safetensors.torch import save_file

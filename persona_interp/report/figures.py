@@ -1,7 +1,9 @@
 """matplotlib figures (PNG and SVG, no display needed).
 
 Example:
+    >>> rows = load_results("reports/results.json").model_dump()["personas"]["power"]["table"]
     >>> plot_accuracy(rows, "figures/power_accuracy")
+    [PosixPath('figures/power_accuracy.png'), PosixPath('figures/power_accuracy.svg')]
 """
 from __future__ import annotations
 
@@ -273,7 +275,8 @@ def plot_persona(persona: str, entry: dict, folder: str | os.PathLike) -> list[P
     one, ``PERSONA_frontier`` (PNG + SVG in ``folder``); the main job and ``persona-interp figures`` both draw them.
 
     Example:
-        >>> plot_persona("power", load_results("reports/results.json").model_dump()["personas"]["power"], "figures")
+        >>> [path.name for path in plot_persona("power", load_results("reports/results.json").model_dump()["personas"]["power"], "figures")]
+        ['power_accuracy.png', 'power_accuracy.svg', 'power_frontier.png', 'power_frontier.svg']
     """
     folder, n = Path(folder), entry["n_test"]
     ran = entry.get("provenance") or {}
@@ -294,6 +297,7 @@ def plot_stability(results: dict, stem: str | os.PathLike) -> list[Path]:
 
     Example:
         >>> plot_stability(load_results("reports/results.json").model_dump(), "figures/stability")
+        [PosixPath('figures/stability.png'), PosixPath('figures/stability.svg')]
     """
     rows = [(persona, diag["stability"]) for persona, diag in diagnostics_by_persona(results).items()]
     if not rows:

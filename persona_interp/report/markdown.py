@@ -63,7 +63,11 @@ def atlas_summary_markdown(atlases: list[dict[str, Any]], n_units: int = 3) -> s
     and, where the atlas measured it, the margin shift of zero-ablating the top-k neurons beside k random ones.
 
     Example:
-        >>> print(atlas_summary_markdown([json.loads(p.read_text()) for p in Path("reports/atlas").glob("*.json")]))
+        >>> print(atlas_summary_markdown([json.loads(p.read_text()) for p in sorted(Path("reports/atlas").glob("*.json"))]))
+        | persona pair | min signature cosine (layer) | CW masks differ (attn / MLP) | top heads | top neurons | ...
+        |---|---|---|---|---|---|---|
+        | hallucination | ...
+        | introversion_extraversion | ...
     """
     lines = ["| persona pair | min signature cosine (layer) | CW masks differ (attn / MLP) | top heads | top neurons | layers of the top neurons "
              "| zero-ablating the top-k neurons: shift (random) |", "|---|---|---|---|---|---|---|"]
@@ -115,7 +119,15 @@ def _fmt(value: Any) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """Rows as a GitHub markdown table; ``x`` with ``x_low``/``x_high`` columns prints as ``x [low, high]``."""
+    """Rows as a GitHub markdown table; ``x`` with ``x_low``/``x_high`` columns prints as ``x [low, high]``.
+
+    Example:
+        >>> print(markdown_table([{"pair": "prompt", "difference": 0.5, "difference_low": 0.25, "difference_high": 0.75}]))
+        | pair | difference |
+        |---|---|
+        | prompt | 0.500 [0.250, 0.750] |
+        <BLANKLINE>
+    """
     if not rows:
         return "(no rows)\n"
     columns = list(columns or [c for c in rows[0] if not c.endswith(("_low", "_high"))])
@@ -169,7 +181,8 @@ def render_report(results: RunResults | dict[str, Any], report: Path, figures_di
     summary across personas, then one section per persona (figures linked from ``figures_dir``).
 
     Example:
-        >>> render_report(load_results("reports/results.json"), Path("reports/report.md"), Path("figures"))
+        >>> render_report(load_results("reports/results.json"), Path("report.md"), Path("figures"))
+        PosixPath('report.md')
     """
     typed = results if isinstance(results, RunResults) else parse_results(results)
     results = typed.model_dump()
@@ -416,7 +429,14 @@ def regimes_summary_markdown(results: dict[str, dict[str, Any]]) -> str:
     ratios (n/a where the target regime has no effect to reproduce).
 
     Example:
-        >>> print(regimes_summary_markdown({"power": run_regimes(model, "power", sigs)}))
+        >>> print(regimes_summary_markdown({"power": json.loads(Path("reports/regimes/power.json").read_text())}))   # run_regimes'
+        | persona | layer | prompt vs mask | prompt vs steering | mask vs steering |
+        |---|---|---|---|---|
+        | power | ...
+        <BLANKLINE>
+        | persona | direction | effect of prompt | effect of mask | effect of steering |
+        |---|---|---|---|---|
+        | power | prompt | ...
     """
     first = next(iter(results.values()))
     pairs, names = list(first["cosine"]), list(first["transfer"])

@@ -10,9 +10,9 @@ embedded one (``model_source`` None). The protocol is the saved ``config``: ever
 configuration and the file both record must agree (``personas`` aside: the file must hold the ones asked for).
 
 Example:
-    >>> saved = saved_results_for(model, "../reports/results.json", model_source=MODEL, config=CONFIG)
-    >>> print(saved.reason)
-    >>> results = saved.results if saved.usable else reproduce(...)
+    >>> saved = saved_results_for(model, "reports/results.json", model_source="tiny-llama")
+    >>> print(saved.reason)              # the notebook reruns (reproduce) instead
+    reports/results.json records no model (it predates provenance, so it was computed on the embedded model), and this notebook's model is tiny-llama
 """
 from __future__ import annotations
 
@@ -79,9 +79,10 @@ def saved_results_for(model: Any, path: str | os.PathLike, *, model_source: str 
     and hold every persona of ``personas``; otherwise ``results`` is None and ``reason`` says why.
 
     Example:
-        >>> saved = saved_results_for(model, "../reports/results.json", model_source=None, config=CONFIG,
-        ...                           personas=["power"])
-        >>> saved.usable, saved.reason
+        >>> from persona_interp.studies.config import FULL
+        >>> saved = saved_results_for(model, "reports/results.json", model_source=None, config=FULL, personas=["power"])
+        >>> saved.usable, saved.reason           # model_source None: the embedded model (here a tiny one stands in)
+        (False, "reports/results.json was run with another protocol: its configuration differs in ['dtype']")
     """
     path = Path(path)
     if not path.is_file():
