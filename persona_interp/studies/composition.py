@@ -114,8 +114,7 @@ def run_composition(model: Any, axes: Mapping[str, tuple[Signature, Signature]],
 
     Example:
         >>> axes = dict.fromkeys(TYPE_LETTERS, (sig_seek, sig_reject))      # each axis' signatures; one pair here
-        >>> study = run_composition(model, axes, type_code="INTJ", n_test=2, fractions=(0.0, 1.0), figures_dir="figures/composition",
-        ...                         progress=False)
+        >>> study = run_composition(model, axes, type_code="INTJ", n_test=2, fractions=(0.0, 1.0), progress=False)
         >>> study["type"], len(study["type_rows"])
         ('INTJ', 24)
     """

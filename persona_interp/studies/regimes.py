@@ -24,7 +24,7 @@ def run_regimes(model: Any, persona: str, signatures: tuple[Any, Any], *, sparsi
 
     Example:
         >>> study = run_regimes(model, "power", (sig_seek, sig_reject), n_calibration=8, n_validation=4, n_items=4, n_texts=2,
-        ...                     steering_layers=(0.5,), multipliers=(4.0,), figures_dir="figures/regimes", progress=False)
+        ...                     steering_layers=(0.5,), multipliers=(4.0,), progress=False)
         >>> study["layer"], sorted(study["effect"])
         (1, ['mask', 'prompt', 'steering'])
     """
