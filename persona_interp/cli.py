@@ -355,7 +355,7 @@ def _study_paths(args: argparse.Namespace, figures: str | None = None) -> dict[s
     return {**paths, "figures": folder}
 
 
-def _write_study(args: argparse.Namespace, paths: dict[str, Path], study: dict, markdown: str) -> None:
+def _write_study(args: argparse.Namespace, paths: dict[str, Path], study: dict | list, markdown: str) -> None:
     import json
 
     write_text(paths[".md"], markdown)

@@ -310,7 +310,7 @@ class _Accumulator:
             stats[key] += value
 
 
-def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, str]] | Sequence[str],
+def collect_signatures(model: Any, data: PersonaDataset | Sequence[PersonaItem | tuple[str, str] | tuple[str, str, str]] | Sequence[str],
                        side: Side | Literal["neutral"] | None = None, *,
                        token_scope: TokenScope = "all", batch_size: int = 8, max_tokens: int = 256,
                        max_samples: int | None = None, system: str | None = None, statistic: Statistic = "norm",

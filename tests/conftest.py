@@ -7,6 +7,7 @@ installed (the CI's second job) and are skipped elsewhere.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -27,6 +28,19 @@ CHAT_TEMPLATE = (
 )
 BRIDGE_ARCHS = ["llama", "gpt2", "qwen2", "gemma", "native"]
 HOOKED_KINDS = ["hooked_gated", "hooked_gpt2"]
+
+
+@contextlib.contextmanager
+def unchecked():
+    """Run-time type checks (pyproject's --jaxtyping-packages) off inside: for a call that passes a wrongly typed
+    value on purpose, to test the error a caller without the checks gets."""
+    import jaxtyping
+
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", False)
 
 
 def hooked_available() -> bool:

@@ -21,6 +21,7 @@ import json
 import os
 import random
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Literal
@@ -78,8 +79,8 @@ class PersonaItem:
 
 
 @dataclass
-class PersonaDataset:
-    """A named list of :class:`PersonaItem` with the names of its two poles.
+class PersonaDataset(Sequence[PersonaItem]):
+    """A named list of :class:`PersonaItem` with the names of its two poles (a ``Sequence`` of them).
 
     Example:
         >>> ds = PersonaDataset("toy", [PersonaItem("Party tonight?", "I'd rather read.", "Count me in!")])
@@ -188,7 +189,7 @@ def _need(record: dict, keys: Iterable[str], where: str) -> list[str]:
     return values
 
 
-def item_from_record(record: dict, where: str) -> PersonaItem:
+def item_from_record(record: object, where: str) -> PersonaItem:
     """One item from a dict in any supported shape (``where`` names file and line for errors)."""
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected an object, got {type(record).__name__}")

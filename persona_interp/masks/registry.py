@@ -29,7 +29,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal, Protocol, Sequence
+from typing import Any, Callable, Iterable, Literal, Protocol, Sequence, runtime_checkable
 
 from persona_interp.data.personas import SIDES, PersonaItem
 from persona_interp.masks.builders import FamilyCache, magnitude_mask, mask_family, random_mask
@@ -57,6 +57,7 @@ class MethodInputs:
     persona: str | None = None
 
 
+@runtime_checkable
 class Family(Protocol):
     """What a builder returns: the method's interventions at any dose on any subset of its maps (a
     :class:`~persona_interp.masks.builders.MaskFamily` is one). A method with poles gives ``(seek, reject)``,

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float, Int, Shaped
 from torch import Tensor
 
 ATTN_KINDS = ("q", "k", "v", "o")
@@ -216,7 +216,7 @@ class ModelAdapter:
         """Convert a tensor in the parameter's own layout (its gradient, say) to the map's ``[out, in]`` view."""
         return self._get(name).to_out_in(x)
 
-    def to_native(self, name: str, x: Float[Tensor, "out in"]) -> Tensor:
+    def to_native(self, name: str, x: Shaped[Tensor, "out in"]) -> Tensor:
         """Convert an ``[out, in]`` tensor (a mask, a weight) to the parameter's own layout."""
         return self._get(name).to_native(x)
 

@@ -5,7 +5,7 @@ import datetime as _dt
 import json
 import os
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 from persona_interp.data.files import write_text
 from persona_interp.evaluation.stats import MIN_N
@@ -157,6 +157,7 @@ def control_rows(controls: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 TABLE_COLUMNS = ["condition", "side", "n", "accuracy", "margin", "shift", "flips_gained", "flips_lost", "perplexity_change", "kl"]
 
 
+@runtime_checkable
 class RunConfig(Protocol):
     """What the report needs of a run's configuration (a :class:`~persona_interp.studies.config.ReproduceConfig`:
     the report sits below the studies and does not import them)."""
