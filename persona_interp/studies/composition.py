@@ -1,6 +1,7 @@
 """The composition study: fractional blends and MBTI type masks against type prompts."""
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -108,7 +109,7 @@ def type_comparison(model: Any, axes: Mapping[str, tuple[Signature, Signature]],
 def run_composition(model: Any, axes: Mapping[str, tuple[Signature, Signature]], *, type_code: str = "INTJ",
                     sparsity: float = 0.3, axis: str = "introversion_extraversion",
                     fractions: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), n_test: int | None = None, seed: int = 0,
-                    figures_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
+                    figures_dir: str | os.PathLike | None = None, progress: bool = True) -> dict[str, Any]:
     """The composition study on the MBTI axes' held-out test items: :func:`type_comparison` for
     ``type_code`` and the :func:`fractional_curve` of ``axis``; figures go to ``figures_dir``.
 

@@ -1,6 +1,7 @@
 """The regimes study: prompt, mask and steering shifts of one persona on neutral text."""
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 from persona_interp.analysis.nulls import random_cosine_band
@@ -16,7 +17,7 @@ from persona_interp.model.adapter import get_adapter
 def run_regimes(model: Any, persona: str, signatures: tuple[Any, Any], *, sparsity: float = 0.3,
                 n_calibration: int = 64, n_validation: int = 16, n_items: int = 48, n_texts: int = 16,
                 steering_layers: Sequence[float] = (0.35, 0.5, 0.65), multipliers: Sequence[float] = (2.0, 4.0, 8.0),
-                seed: int = 0, figures_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
+                seed: int = 0, figures_dir: str | os.PathLike | None = None, progress: bool = True) -> dict[str, Any]:
     """The regime comparison of one persona pair on the embedded data: the default persona prompt,
     the Contrastive-Wanda masks at ``sparsity`` (from the saved ``signatures``) and mean-difference
     steering (layer and multiplier chosen on the validation split, as in the main job), compared on
