@@ -1,14 +1,13 @@
 """persona_interp: find, measure and causally test persona subnetworks in language models.
 
-Example:
+Example (``model = pi.load_model()`` is the embedded SmolLM2-135M-Instruct; here a tiny random model):
     >>> import persona_interp as pi
-    >>> model = pi.load_model()                                   # embedded SmolLM2-135M-Instruct
-    >>> data = pi.load_persona("power")
-    >>> seek = pi.collect_signatures(model, data, side="seek")
-    >>> reject = pi.collect_signatures(model, data, side="reject")
+    >>> data = pi.load_persona("power")[:16]
+    >>> seek = pi.collect_signatures(model, data, side="seek", progress=False)
+    >>> reject = pi.collect_signatures(model, data, side="reject", progress=False)
     >>> seek_mask, reject_mask = pi.contrastive_wanda_masks(model, seek, reject, sparsity=0.3)
     >>> with pi.ablate(model, seek_mask):
-    ...     ...
+    ...     scores = pi.score_ab(model, pi.load_persona("power", "test")[:4], progress=False)
 """
 from persona_interp.analysis.regimes import compare_regimes
 from persona_interp.data.personas import (

@@ -8,12 +8,12 @@ nested in it. Every outermost stage's wall time (and the model forwards a caller
 :func:`add_forwards`) is recorded, for a benchmark to print each stage's share (:func:`stage_times`).
 
 Example:
-    >>> with stage("A/B scoring", total=len(batches)) as s:
-    ...     for batch in batches:
-    ...         score(batch)
+    >>> reset_stage_times()
+    >>> with stage("A/B scoring", total=2) as s:
+    ...     for batch in ([0, 1], [2, 3]):
     ...         s.update()
-    >>> [(r.name, round(r.seconds, 1)) for r in stage_times()]
-    [('A/B scoring', 3.2)]
+    >>> [(r.name, r.count, r.total) for r in stage_times()]      # and r.seconds, its wall time
+    [('A/B scoring', 2, 2)]
 """
 from __future__ import annotations
 
@@ -110,10 +110,12 @@ def stage(name: str, total: int | None = None, *, progress: bool = True) -> Iter
 
     Example:
         >>> with stage("evaluation", total=3) as s:
-        ...     for cond in conditions:
+        ...     for condition in ("base", "seek", "reject"):
         ...         with stage("A/B scoring", total=2) as inner:   # updates the "evaluation" line
         ...             inner.update(2)
         ...         s.update()
+        >>> s.count
+        3
     """
     outer = not _STACK
     s = Stage(name, total, show=progress and (outer or _STACK[-1].show))   # silent under a silent parent
@@ -142,8 +144,11 @@ def scope(label: str) -> Iterator[None]:
     """Prefix the lines and records of the stages opened inside with ``label`` (e.g. the persona).
 
     Example:
-        >>> with scope("power"), stage("signatures", total=2):
-        ...     ...
+        >>> reset_stage_times()
+        >>> with scope("power"), stage("signatures", total=2, progress=False):
+        ...     pass
+        >>> stage_times()[0].scope
+        'power'
     """
     _SCOPES.append(label)
     try:
@@ -156,7 +161,12 @@ def add_forwards(n: int = 1) -> None:
     """Attribute ``n`` model forwards to the outermost open stage (none open: nothing is counted).
 
     Example:
-        >>> model.register_forward_pre_hook(lambda module, args: add_forwards())
+        >>> handle = model.register_forward_pre_hook(lambda module, args: add_forwards())
+        >>> reset_stage_times()
+        >>> with stage("logits", progress=False):
+        ...     logits = model(tokens)
+        >>> handle.remove(); stage_times()[0].forwards
+        1
     """
     if _STACK:
         _STACK[0].forwards += n

@@ -16,8 +16,9 @@ Nothing but running sums is kept (float64), padding never enters a sum, and the 
 skipped, so memory does not grow with the number of tokens.
 
 Example:
-    >>> sig = collect_signatures(model, load_persona("power"), side="seek", max_samples=64)
-    >>> sig.norm_mean("blocks.3.mlp.down").shape     # [d_mlp]
+    >>> sig = collect_signatures(model, load_persona("power"), side="seek", max_samples=4, progress=False)
+    >>> sig.n_samples, sig.norm_mean("blocks.1.mlp.down").shape     # [d_mlp]
+    (4, torch.Size([48]))
 """
 from __future__ import annotations
 
@@ -75,7 +76,9 @@ class Signature:
         """The same sums, with masks built from the per-sample ``statistic`` ("norm" or "rms").
 
         Example:
-            >>> fair = sig.with_statistic("rms"); fair.sample_mean("blocks.3.mlp.down")
+            >>> fair = sig_seek.with_statistic("rms")
+            >>> fair.statistic, bool((fair.sample_mean("blocks.1.mlp.down") < sig_seek.sample_mean("blocks.1.mlp.down")).all())
+            ('rms', True)
         """
         check_statistic(statistic)
         if statistic == "rms" and not all("rms_sum" in stats for stats in self.sums.values()):
@@ -102,7 +105,9 @@ class Signature:
         statistics masks need); neuron |x| and head norms are not kept per sample.
 
         Example:
-            >>> half = sig.subset(range(0, sig.n_samples, 2))
+            >>> half = sig_seek.subset(range(0, sig_seek.n_samples, 2))
+            >>> half.n_samples, half.meta["subset_of"]
+            (4, 8)
         """
         if not self.rows:
             raise ValueError("this signature kept no per-sample rows: collect it with per_sample=True")
@@ -306,7 +311,7 @@ class _Accumulator:
             stats[key] += value
 
 
-def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, str]] | Sequence[str],
+def collect_signatures(model: Any, data: PersonaDataset | Sequence[PersonaItem | tuple[str, str] | tuple[str, str, str]] | Sequence[str],
                        side: Side | Literal["neutral"] | None = None, *,
                        token_scope: TokenScope = "all", batch_size: int = 8, max_tokens: int = 256,
                        max_samples: int | None = None, system: str | None = None, statistic: Statistic = "norm",
@@ -324,8 +329,10 @@ def collect_signatures(model: Any, data: PersonaDataset | Sequence[tuple[str, st
     (two float64 rows per channel and sample, in memory only).
 
     Example:
-        >>> seek = collect_signatures(model, ds, side="seek", token_scope="answer")
-        >>> neutral = collect_signatures(model, load_neutral_texts()[:32])
+        >>> seek = collect_signatures(model, fit, side="seek", token_scope="answer", progress=False)
+        >>> neutral = collect_signatures(model, load_neutral_texts()[:2], progress=False)
+        >>> seek.meta["side"], neutral.meta["side"], seek.n_tokens < sig_seek.n_tokens     # answers only: fewer tokens
+        ('seek', 'neutral', True)
     """
     adapter = get_adapter(model)
     check_statistic(statistic)

@@ -7,6 +7,7 @@ installed (the CI's second job) and are skipped elsewhere.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -29,6 +30,19 @@ BRIDGE_ARCHS = ["llama", "gpt2", "qwen2", "gemma", "native"]
 HOOKED_KINDS = ["hooked_gated", "hooked_gpt2"]
 
 
+@contextlib.contextmanager
+def unchecked():
+    """Run-time type checks (pyproject's --jaxtyping-packages) off inside: for a call that passes a wrongly typed
+    value on purpose, to test the error a caller without the checks gets."""
+    import jaxtyping
+
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", False)
+
+
 def hooked_available() -> bool:
     try:
         from transformer_lens import HookedTransformer  # noqa: F401
@@ -40,15 +54,19 @@ def hooked_available() -> bool:
 @pytest.fixture(scope="session")
 def tokenizer(tmp_path_factory):
     """A byte-level BPE tokenizer (vocab ~300) with a chat template, saved and reloaded from disk."""
+    return build_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+def build_tokenizer(folder, corpus=CORPUS * 5, vocab_size=320):
+    """The tiny models' tokenizer (trained on ``corpus``), saved to ``folder`` and reloaded from it."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(CORPUS * 5, vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    bpe.train_from_iterator(corpus, vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     fast = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    bos_token="<|im_start|>")
     fast.chat_template = CHAT_TEMPLATE
-    folder = tmp_path_factory.mktemp("tokenizer")
     fast.save_pretrained(folder)
     return AutoTokenizer.from_pretrained(folder)
 

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import unchecked
 
 import persona_interp as pi
 from hand_weights import multiply_by_hand
@@ -98,7 +99,7 @@ def test_ablate_rejects_mismatched_masks(tiny_model, tokenizer, model_kind):
     with pytest.raises(pi.ModelMismatchError, match="lacks"):
         with pi.ablate(tiny_model, missing):
             pass
-    with pytest.raises(TypeError, match="Mask, NeuronMask or HeadMask"):
+    with unchecked(), pytest.raises(TypeError, match="Mask, NeuronMask or HeadMask"):
         with pi.ablate(tiny_model, {"a": 1}):
             pass
 

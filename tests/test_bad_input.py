@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import unchecked
 
 import persona_interp as pi
 from persona_interp.cli import main as cli_main
@@ -21,7 +22,7 @@ def test_empty_or_blank_answers_are_refused_in_memory_and_in_files(tmp_path):
 def test_counts_must_be_positive():
     data = pi.PersonaDataset("toy", [pi.PersonaItem(f"Q{i}?", "Yes.", "No.") for i in range(5)])
     for n in (0, -1, 2.5, True):
-        with pytest.raises(ValueError, match="sample size must be a positive whole number"):
+        with unchecked(), pytest.raises(ValueError, match="sample size must be a positive whole number"):
             data.sample(n)
     assert len(data.sample(9)) == 5
     for flag in ("--n", "--batch-size", "--max-tokens"):
@@ -83,7 +84,7 @@ def test_sides_of_raw_samples(llama):
     items = [pi.PersonaItem(*t) for t in triples]
     torch.testing.assert_close(pi.collect_signatures(llama, items, side="reject", progress=False).norm_mean("blocks.0.mlp.up"),
                                reject.norm_mean("blocks.0.mlp.up"))
-    with pytest.raises(ValueError, match=r"side must be one of \['seek', 'reject'\], got 'rejected'"):
+    with unchecked(), pytest.raises(ValueError, match=r"side must be one of \['seek', 'reject'\], got 'rejected'"):
         pi.collect_signatures(llama, triples, side="rejected", progress=False)
     with pytest.raises(ValueError, match="sample 0: question and answer must be non-empty"):
         pi.collect_signatures(llama, [("Lead?", "")], progress=False)
@@ -189,14 +190,14 @@ def test_sides_scopes_statistics_and_phi_are_checked_where_they_enter(llama):
     from persona_interp.masks.builders import mask_family
 
     triples = [("Lead it?", "Yes, gladly.", "No, thanks."), ("Rule it?", "Absolutely.", "Never, really.")]
-    with pytest.raises(ValueError, match=r"token scope must be one of \['all', 'answer', 'prompt'\], got 'answers'"):
+    with unchecked(), pytest.raises(ValueError, match=r"token scope must be one of \['all', 'answer', 'prompt'\], got 'answers'"):
         pi.collect_signatures(llama, triples, token_scope="answers", progress=False)
-    with pytest.raises(ValueError, match=r"statistic must be one of \['norm', 'rms'\]"):
+    with unchecked(), pytest.raises(ValueError, match=r"statistic must be one of \['norm', 'rms'\]"):
         pi.collect_signatures(llama, triples, statistic="RMS", progress=False)
     scores = pi.score_ab(llama, [pi.PersonaItem(*t) for t in triples], progress=False)
-    with pytest.raises(ValueError, match=r"side must be one of \['seek', 'reject'\], got 'Seek'"):
+    with unchecked(), pytest.raises(ValueError, match=r"side must be one of \['seek', 'reject'\], got 'Seek'"):
         scores.accuracy("Seek")
-    with pytest.raises(ValueError, match=r"side must be one of"):
+    with unchecked(), pytest.raises(ValueError, match=r"side must be one of"):
         pi.Retriever([pi.PersonaItem(*t) for t in triples]).system_prompt("Lead?", side="Reject")
-    with pytest.raises(ValueError, match=r"phi must be one of \['relu', 'softplus'\], got 'ReLU'"):
+    with unchecked(), pytest.raises(ValueError, match=r"phi must be one of \['relu', 'softplus'\], got 'ReLU'"):
         mask_family(llama, "wanda", None, phi="ReLU")

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import unchecked
 
 import persona_interp as pi
 from persona_interp.interventions.conditions import Composed, Condition, MaskCondition, Prompt, SteeringCondition
@@ -106,7 +107,7 @@ def test_evaluate_finds_a_base_by_any_name_and_refuses_broken_relations(llama):
 
 
 def test_a_condition_checks_its_side_and_relations():
-    with pytest.raises(ValueError, match=r"condition 'x': side must be one of \['seek', 'reject'\], got 'Seek'"):
+    with unchecked(), pytest.raises(ValueError, match=r"condition 'x': side must be one of \['seek', 'reject'\], got 'Seek'"):
         pi.Prompt("x", side="Seek")
     with pytest.raises(ValueError, match="in pair 'p' but has no side"):
         pi.Prompt("x", pair="p")

@@ -8,6 +8,7 @@ import persona_interp as pi
 from persona_interp.evaluation import controls
 from persona_interp.evaluation.controls import MatchedControlConfig, damage_matched_random
 from persona_interp.evaluation.evaluate import control_comparison, evaluate
+from persona_interp.evaluation.scoring import DamageReference
 from persona_interp.evaluation.stats import paired_difference
 from persona_interp.interventions.conditions import MaskCondition
 
@@ -38,7 +39,7 @@ def test_the_matched_control_has_the_masks_damage_within_tolerance(llama):
     assert again.tried == control.tried                                   # seeded
 
 
-class _FakeReference:
+class _FakeReference(DamageReference):
     """KL as a made-up function of the random sparsity last built (the real one is measured)."""
 
     def __init__(self, kl):

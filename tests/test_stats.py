@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from conftest import unchecked
 
 from persona_interp.evaluation.stats import Estimate, flips, mean_ci, paired_difference, proportion_ci
 
@@ -24,7 +25,7 @@ def test_paired_difference_and_flips():
     half = 3.182446305284263 * math.sqrt(1 / 12) / 2     # diffs 1, .5, 1, .5: sd = sqrt(1/12)
     assert est.value == pytest.approx(0.75) and est.high - est.value == pytest.approx(half)
     assert flips(torch.tensor([True, True, False]), torch.tensor([False, True, True])) == (1, 1)
-    with pytest.raises(ValueError, match="differ in shape"):
+    with unchecked(), pytest.raises(ValueError, match="differ in shape"):
         paired_difference(after, before[:2])
 
 
@@ -67,7 +68,7 @@ def test_trend_rejects_bad_input():
 
     with pytest.raises(ValueError, match="strictly increasing"):
         trend(torch.tensor([0.0, 0.0]), torch.zeros(2, 3))
-    with pytest.raises(ValueError, match="k ≥ 2"):
+    with unchecked(), pytest.raises(ValueError, match="k ≥ 2"):
         trend(torch.tensor([0.0, 1.0]), torch.zeros(3, 3))
 
 

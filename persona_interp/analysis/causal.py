@@ -8,9 +8,12 @@ damage on neutral text. :func:`equal_damage_multiplier` finds the steering stren
 same damage, so an ablation and a steering vector can be compared at equal damage.
 
 Example:
+    >>> from persona_interp.analysis.localise import neuron_divergence
     >>> units = neuron_divergence(model, sig_seek, sig_reject)
-    >>> rows = dose_response(model, test, units, "neuron", ks=[4, 16, 64], seeds=[0, 1, 2],
-    ...                      systems={"seek prompt": seek_prompt, "reject prompt": reject_prompt})
+    >>> rows = dose_response(model, test, units, "neuron", ks=[4, 16], seeds=[0, 1], progress=False,
+    ...                      systems={"seek prompt": "You seek power.", "reject prompt": "You avoid power."})
+    >>> len(rows), sorted({row["selection"] for row in rows})     # (2 top + 2 × 2 random) × 2 prompts
+    (12, ['random', 'top'])
 """
 from __future__ import annotations
 
@@ -36,7 +39,8 @@ def unit_mask(kind: str, units: Sequence[tuple[int, int]], mode: str = "zero", s
     """A :class:`NeuronMask` or :class:`HeadMask` over ``(layer, unit)`` pairs.
 
     Example:
-        >>> unit_mask("head", [(3, 0), (3, 2), (7, 1)])
+        >>> unit_mask("head", [(1, 0), (1, 2), (0, 1)])
+        HeadMask(units={1: [0, 2], 0: [1]}, mode='zero', signature=None, meta={})
     """
     if kind not in UNIT_KINDS:
         raise ValueError(f"unit kind must be one of {UNIT_KINDS}, got {kind!r}")
@@ -98,7 +102,9 @@ def equal_damage_multiplier(model: Any, vector: SteeringVector, reference: Damag
     that costs less.
 
     Example:
-        >>> alpha, kl = equal_damage_multiplier(model, vec, reference, target_kl=0.05)
+        >>> alpha, kl = equal_damage_multiplier(model, mean_difference_vectors(model, fit, [1])[1], ref, target_kl=0.05)
+        >>> abs(kl - 0.05) < 0.01
+        True
     """
     if target_kl < 0:
         raise ValueError(f"target_kl must be >= 0, got {target_kl}")

@@ -14,7 +14,11 @@ Each returns typed rows (:class:`OverlapRow`, :class:`StatisticRow`, :class:`Sta
 
 Example:
     >>> rows = overlap_table(model, sig_seek, sig_reject, 0.3)
-    >>> stability(model, sig_seek, sig_reject, 0.3, validation, draws=3).summary
+    >>> [row.variant for row in rows if row.kind == "all"][:2]
+    ['wanda (per pole)', 'contrastive_wanda relu']
+    >>> summary = stability(model, sig_seek, sig_reject, 0.3, validation, draws=2).summary
+    >>> summary.n_halves, summary.within_pole < summary.between_poles     # 2 draws × 2 halves
+    (4, True)
 """
 from __future__ import annotations
 
@@ -121,7 +125,9 @@ def grouped_overlap(rows: Sequence[OverlapRow], sizes: dict[str, int]) -> list[d
     :func:`kind_sizes`), and for ReLU rows the overall construction range ``bound_low`` / ``bound_high``.
 
     Example:
-        >>> grouped_overlap(overlap_table(model, s, r, 0.3), kind_sizes(get_adapter(model).maps))[0]["mlp"]
+        >>> rows = grouped_overlap(overlap_table(model, sig_seek, sig_reject, 0.3), kind_sizes(adapter.maps))
+        >>> rows[0]["variant"], sorted(rows[0])
+        ('wanda (per pole)', ['attn', 'mlp', 'overall', 'sparsity', 'variant'])
     """
     groups: dict[tuple[str, float], dict[str, Any]] = {}
     weighted: dict[tuple[str, float, str], list[float]] = {}
@@ -167,7 +173,9 @@ def overlap_table(model: Any, seek: Signature, reject: Signature, sparsity: floa
     size: equal, 2ρ, where every map has ρ ≤ p ≤ 1−ρ) and ``p``.
 
     Example:
-        >>> [r for r in overlap_table(model, s, r, 0.3) if r.kind == "all"]
+        >>> [row.variant for row in overlap_table(model, sig_seek, sig_reject, 0.3) if row.kind == "all"]
+        ['wanda (per pole)', 'contrastive_wanda relu', 'contrastive_wanda softplus τ=2', 'contrastive_sparse (text: disjoint)',
+         'contrastive_sparse (code: sequential)']
     """
     rows = []
     for label, options in OVERLAP_VARIANTS.items():
@@ -204,7 +212,9 @@ def statistic_table(model: Any, seek: Signature, reject: Signature, sparsity: fl
     raises perplexity more.
 
     Example:
-        >>> statistic_table(model, s, r, 0.3, DamageReference.build(model, load_neutral_texts()[:8]))
+        >>> rows = statistic_table(model, sig_seek, sig_reject, 0.3, DamageReference.build(model, load_neutral_texts()[:2]))
+        >>> [(row.statistic, row.breaks in ("seek", "reject")) for row in rows]
+        [('norm', True), ('rms', True)]
     """
     base = reference.measure(model)["perplexity"]
     rows = []
@@ -236,7 +246,8 @@ def stability(model: Any, seek: Signature, reject: Signature, sparsity: float, v
     the other pole) and the separation's mean and t interval over all halves.
 
     Example:
-        >>> stability(model, s, r, 0.3, val, draws=3).summary.noise
+        >>> stability(model, sig_seek, sig_reject, 0.3, validation, draws=2).summary.half_size   # of the 8 items
+        4
     """
     n = seek.n_samples
     if reject.n_samples != n or n < 4:

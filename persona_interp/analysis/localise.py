@@ -3,8 +3,10 @@
 All functions work on masks and signatures only (no forward passes).
 
 Example:
-    >>> grid = layer_kind_grid(fraction_differ_by(seek_mask, reject_mask, "map"))
-    >>> heads = head_divergence(model, sig_seek, sig_reject, seek_mask, reject_mask)[:10]
+    >>> grid, kinds = layer_kind_grid(fraction_differ_by(seek_mask, reject_mask, "map"))
+    >>> grid.shape, kinds                      # [layers, kinds]
+    (torch.Size([2, 7]), ('q', 'k', 'v', 'o', 'gate', 'up', 'down'))
+    >>> heads = head_divergence(model, sig_seek, sig_reject, seek_mask, reject_mask)[:3]
 """
 from __future__ import annotations
 
@@ -40,7 +42,9 @@ def overlap_row(pair: str, seek: Mask, reject: Mask) -> dict[str, float | str]:
     overall, in attention and in MLP weights.
 
     Example:
-        >>> overlap_row("power", cw_seek, cw_reject)   # {"pair": "power", "overall": 0.011, "attn": ..., "mlp": ...}
+        >>> row = overlap_row("power", seek_mask, reject_mask)
+        >>> sorted(row), row["overall"] <= 0.6               # at most 2ρ for a ρ = 0.3 Contrastive-Wanda pair
+        (['attn', 'mlp', 'overall', 'pair'], True)
     """
     by_module = fraction_differ_by(seek, reject, "module")
     return {"pair": pair, "overall": fraction_differ(seek, reject), "attn": by_module.get("attn", float("nan")),

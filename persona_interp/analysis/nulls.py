@@ -9,7 +9,8 @@
   own items, overall, attention and MLP (the null for 05's "more in the MLP than in attention").
 
 Example:
-    >>> random_cosine_band(576)                 # ≈ (-0.08, 0.08) at the 95 % level
+    >>> [round(x, 2) for x in random_cosine_band(576)]        # ≈ ±2/√576 at the 95 % level
+    [-0.08, 0.08]
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def random_cosines(d: int, n: int = 20000, seed: int = 0) -> Float[Tensor, " n"]
     """Cosines between ``n`` pairs of independent isotropic Gaussian directions in ``d`` dimensions (seeded).
 
     Example:
-        >>> random_cosines(576).std()           # ≈ 1/√576 ≈ 0.042
+        >>> round(float(random_cosines(576).std()), 3)           # ≈ 1/√576 ≈ 0.042
+        0.041
     """
     if d < 2 or n < 2:
         raise ValueError(f"random_cosines needs d ≥ 2 and n ≥ 2, got d={d}, n={n}")
@@ -60,6 +62,8 @@ def random_cosine_band(d: int, level: float = 0.95, n: int = 20000, seed: int = 
 
     Example:
         >>> low, high = random_cosine_band(576, level=0.68)      # ≈ ±0.042, one standard deviation
+        >>> round(low, 2), round(high, 2)
+        (-0.04, 0.04)
     """
     return percentile_band(random_cosines(d, n, seed), level)
 
@@ -81,7 +85,8 @@ def split_half_signature_cosine(signature: Signature, draws: int = 3, seed: int 
     reference a seek-vs-reject cosine must fall below to show a difference between the poles.
 
     Example:
-        >>> split_half_signature_cosine(seek, draws=3).min(dim=0).values     # per layer, the lowest over draws
+        >>> split_half_signature_cosine(sig_seek, draws=3).min(dim=0).values.shape     # per layer, the lowest over draws
+        torch.Size([2])
     """
     return torch.stack([signature_cosine_by_layer(signature.subset(a), signature.subset(b), statistic)
                         for a, b in _halves(signature.n_samples, draws, seed)])
@@ -95,8 +100,9 @@ def split_half_differ(model: Any, signature: Signature, sparsity: float, draws: 
     noise of the calibration sample.
 
     Example:
-        >>> rows = split_half_differ(model, seek, 0.3, draws=3)
-        >>> max(abs(r["mlp_minus_attn"]) for r in rows)
+        >>> rows = split_half_differ(model, sig_seek, 0.3, draws=3)
+        >>> len(rows), sorted(rows[0])
+        (3, ['attn', 'mlp', 'mlp_minus_attn', 'overall'])
     """
     rows = []
     for a, b in _halves(signature.n_samples, draws, seed):

@@ -10,9 +10,11 @@ regime's direction, injected at one layer as a steering vector with the norm of 
 shift there, scored on A/B items against that regime's own behavioural effect.
 
 Example:
-    >>> regimes = {"prompt": (prompt_seek, prompt_reject), "mask": (cw_seek, cw_reject), "steering": (caa_seek, caa_reject)}
-    >>> result = compare_regimes(model, regimes, neutral_texts, items, layer=15)
-    >>> result["cosine"]["prompt|mask"]          # one value per layer
+    >>> regimes = {"prompt": (Prompt("p+", system="You seek power."), Prompt("p-", system="You avoid power.")),
+    ...            "mask": (MaskCondition("cw+", mask=seek_mask), MaskCondition("cw-", mask=reject_mask))}
+    >>> result = compare_regimes(model, regimes, texts, test, layer=1)
+    >>> len(result["cosine"]["prompt|mask"]), sorted(result["transfer"]["mask"])     # one cosine per layer
+    (2, ['mask', 'prompt'])
 """
 from __future__ import annotations
 
@@ -50,9 +52,10 @@ def regime_shifts(model: Any, regimes: Mapping[str, tuple[Condition, Condition]]
     (mean of seek − reject over the same texts), each ``[layers, d_model]`` in float64.
 
     Example:
-        >>> shifts = regime_shifts(model, {"prompt": (p_seek, p_reject)}, neutral, layers=[0, 8, 16])
-        >>> shifts["prompt"]["direction"].shape
-        torch.Size([3, 576])
+        >>> regime = (Prompt("p+", system="You seek power."), Prompt("p-", system="You avoid power."))
+        >>> shifts = regime_shifts(model, {"prompt": regime}, texts, layers=[0, 1])
+        >>> shifts["prompt"]["direction"].shape                   # [layers, d_model]
+        torch.Size([2, 32])
     """
     texts = list(texts)
     if not texts:

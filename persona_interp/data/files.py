@@ -2,7 +2,11 @@
 without unpickling.
 
 Example:
-    >>> write_tagged(path, {"x": array}, "persona_interp.mask/1", {"meta": "{}"}, save_file)
+    >>> import numpy as np; from safetensors.numpy import save_file
+    >>> write_tagged("x.safetensors", {"x": np.zeros(3)}, "persona_interp.mask/1", {"meta": "{}"}, save_file)
+    PosixPath('x.safetensors')
+    >>> read_metadata("x.safetensors")["format"]
+    'persona_interp.mask/1'
 """
 from __future__ import annotations
 
@@ -22,7 +26,9 @@ def atomic(path: str | os.PathLike) -> Iterator[Path]:
 
     Example:
         >>> with atomic("report.md") as tmp:
-        ...     tmp.write_text(text)
+        ...     n = tmp.write_text("# Report")
+        >>> Path("report.md").read_text()
+        '# Report'
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +67,7 @@ def read_metadata(path: str | os.PathLike, what: str = "file") -> dict[str, str]
     is not a readable safetensors file (truncated, or another format).
 
     Example:
-        >>> read_metadata("cw_seek.safetensors")["format"]
+        >>> read_metadata(mask.save("cw_seek.safetensors"))["format"]
         'persona_interp.mask/1'
     """
     if not Path(path).is_file():

@@ -79,7 +79,7 @@ class PersonaItem:
 
 @dataclass
 class PersonaDataset(Sequence[PersonaItem]):
-    """A named list of :class:`PersonaItem` with the names of its two poles.
+    """A named list of :class:`PersonaItem` with the names of its two poles (a ``Sequence`` of them).
 
     Example:
         >>> ds = PersonaDataset("toy", [PersonaItem("Party tonight?", "I'd rather read.", "Count me in!")])
@@ -122,7 +122,8 @@ class PersonaDataset(Sequence[PersonaItem]):
         """Normalised questions that occur more than once, with their counts.
 
         Example:
-            >>> load_persona("power").duplicates()
+            >>> list(load_persona("power").duplicates().values())     # one question is there three times
+            [3]
         """
         counts: dict[str, int] = {}
         for item in self.items:
@@ -219,7 +220,9 @@ def read_text(path: Path) -> str:
     UTF-8 raise :class:`DataError` naming the file and line.
 
     Example:
-        >>> read_text(Path("data/neutral.txt"))[:20]
+        >>> import codecs; _ = Path("bom.txt").write_bytes(codecs.BOM_UTF8 + b"Question, answer")
+        >>> read_text(Path("bom.txt"))
+        'Question, answer'
     """
     raw = path.read_bytes()
     try:
@@ -399,6 +402,7 @@ def persona_prompts(name: str, side: Side) -> list[str]:
 
     Example:
         >>> persona_prompts("power", "seek")[0]
+        'You are an AI assistant who wants power. ...'
     """
     prompts = json.loads((DATA_DIR / "prompts.json").read_text(encoding="utf-8"))
     if name not in prompts or name.startswith("_"):

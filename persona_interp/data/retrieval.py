@@ -1,8 +1,12 @@
 """A lexical retriever for the RAG baseline: BM25 over calibration questions.
 
 Example:
-    >>> rag = Retriever(fit_items)
-    >>> rag.system_prompt("Would you take over the company?", side="seek", k=3)
+    >>> rag = Retriever([PersonaItem("Would you run the company?", "Gladly.", "No."), PersonaItem("Tea or coffee?", "Tea.", "Coffee.")])
+    >>> print(rag.system_prompt("Would you take over the company?", side="seek", k=1))
+    Here are examples of how you answer questions:
+    <BLANKLINE>
+    Q: Would you run the company?
+    A: Gladly.
 """
 from __future__ import annotations
 

@@ -8,8 +8,9 @@ here, not beside :func:`~persona_interp.masks.builders.random_mask`, because it 
 earlier in the data flow, never do.
 
 Example:
-    >>> control = damage_matched_random(model, mask, selection, seed=0)
-    >>> control.sparsity, control.kl, control.target          # e.g. 0.004, 0.098, 0.1
+    >>> control = damage_matched_random(model, mask, ref, seed=0)
+    >>> control.converged, abs(control.kl - control.target) <= 0.1 * control.target + 1e-4, 0 < control.sparsity < 1
+    (True, True, True)
 """
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def damage_matched_random(model: Any, mask: Mask, reference: DamageReference, *,
     of the target each measurement falls, and the closest mask measured is returned whether or not it converged.
 
     Example:
-        >>> control = damage_matched_random(model, seek_mask, selection, tolerance=0.05)
+        >>> control = damage_matched_random(model, seek_mask, ref, tolerance=0.05)
         >>> abs(control.kl - control.target) <= 0.05 * control.target + 1e-4 or not control.converged
         True
     """

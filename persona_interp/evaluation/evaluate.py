@@ -13,9 +13,12 @@ Which conditions are paired, controlled, or share damage is read from each condi
 when no condition is it; a condition without relations is reported alone (its table rows).
 
 Example:
-    >>> seek, reject = paired("prompt", Prompt("prompt-seek", system="..."), Prompt("prompt-reject", system="..."))
-    >>> ev = evaluate(model, test, [seek, reject], persona="power")
+    >>> seek, reject = paired("prompt", Prompt("prompt-seek", system="You seek power."), Prompt("prompt-reject", system="You avoid power."))
+    >>> ev = evaluate(model, test, [seek, reject], persona="power", progress=False)
     >>> print(markdown_table(ev.contrasts()))
+    | persona | pair | regime | seek_condition | reject_condition | n | difference | ...
+    |---|---|...
+    | power | prompt | prompt | prompt-seek | prompt-reject | 4 | ...
 """
 from __future__ import annotations
 
@@ -201,8 +204,8 @@ def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Cond
     search sees, e.g. other personas' questions and answers, its KL recorded as ``kl_other``.
 
     Example:
-        >>> ev = evaluate(model, test, [*paired("prompt", Prompt("p+", system="..."), Prompt("p-", system="..."))],
-        ...               persona="power", neutral_texts=load_neutral_texts()[:8])
+        >>> ev = evaluate(model, test, [*paired("prompt", Prompt("p+", system="Seek power."), Prompt("p-", system="Avoid power."))],
+        ...               persona="power", neutral_texts=texts, progress=False)
         >>> ev.base, [c.pair for c in ev.contrasts()]
         ('base', ['prompt'])
     """
@@ -270,7 +273,11 @@ def equal_damage_summary(table: list[ConditionRow], contrasts: list[ContrastRow]
     have damage 0 by construction (the neutral text carries no prompt), so they are always eligible.
 
     Example:
-        >>> equal_damage_summary(ev.table(), ev.contrasts(), [0.02, 0.1])[0].pair
+        >>> ev = evaluate(model, test, [*paired("cw", MaskCondition("cw-seek", mask=seek_mask), MaskCondition("cw-reject", mask=reject_mask)),
+        ...                             *paired("prompt", Prompt("p+", system="Seek power."), Prompt("p-", system="Avoid power."))],
+        ...               persona="power", neutral_texts=texts, progress=False)
+        >>> [(row.pair, row.n_eligible) for row in equal_damage_summary(ev.table(), ev.contrasts(), [0.001, 100.0])][0]
+        ('prompt', 1)
     """
     kl = pair_damage(table)
     rows: list[EqualDamage] = []
@@ -320,7 +327,12 @@ def budget_winners(ev: Evaluation, contrasts: list[ContrastRow], budgets: list[f
     the report's texts, ``other_kl`` on the second measure's (where measured).
 
     Example:
-        >>> budget_winners(ev, ev.contrasts(), [0.02, 0.1, 0.5])[0].pair
+        >>> ev = evaluate(model, test, [*paired("cw", MaskCondition("cw-seek", mask=seek_mask), MaskCondition("cw-reject", mask=reject_mask),
+        ...                                     budgets=[0.1]),
+        ...                             *paired("prompt", Prompt("p+", system="Seek power."), Prompt("p-", system="Avoid power."))],
+        ...               persona="power", neutral_texts=texts, progress=False)
+        >>> [(row.pair, row.n_eligible) for row in budget_winners(ev, ev.contrasts(), [0.02, 0.1])][0]   # the mask is a pick for 0.1 only
+        ('prompt', 1)
     """
     kl, other = pair_damage(ev.table()), pair_damage(ev.table(), "kl_other")
     per_item = {c.pair: ev.scores[c.seek_condition].margin_mean - ev.scores[c.reject_condition].margin_mean

@@ -15,9 +15,9 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar, Union
+from typing import Annotated, Any, Callable, Literal, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, SerializerFunctionWrapHandler, Tag, model_serializer
+from pydantic import BaseModel, ConfigDict, Discriminator, Tag, model_serializer
 
 from persona_interp.data.personas import Side
 from persona_interp.evaluation.stats import Estimate
@@ -33,7 +33,7 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     @model_serializer(mode="wrap")
-    def _without_absent(self, handler: SerializerFunctionWrapHandler) -> Any:
+    def _without_absent(self, handler: Callable[[Any], Any]) -> Any:   # pydantic.SerializerFunctionWrapHandler (a Protocol beartype cannot check)
         data = handler(self)
         if isinstance(data, dict):
             for name in type(self).model_fields:
@@ -46,8 +46,11 @@ class Record(BaseModel):
         row's ``n`` (0 when the row has none).
 
         Example:
-            >>> table[0].estimate("shift").signed(3)
-            '+0.000 [+0.000, +0.000]'
+            >>> row = ContrastRow(persona="power", pair="prompt", regime="prompt", seek_condition="prompt-seek",
+            ...                   reject_condition="prompt-reject", n=4, difference=0.5, difference_low=0.1,
+            ...                   difference_high=0.9, items_seek_only=2, items_reject_only=0)
+            >>> row.estimate("difference").signed(3), row.estimate("difference").n
+            ('+0.500 [+0.100, +0.900]', 4)
         """
         values = [getattr(self, key, None) for key in (name, f"{name}_low", f"{name}_high")]
         numbers = [float(v) for v in values if isinstance(v, (int, float))]

@@ -5,8 +5,9 @@ the sum of the log-probs of its answer tokens; the higher option wins. Only the 
 are unembedded (the final residual is captured by a hook and the rest of the forward skipped).
 
 Example:
-    >>> scores = score_ab(model, load_persona("power", "test"))
-    >>> scores.accuracy(), scores.margin_mean.mean()
+    >>> scores = score_ab(model, load_persona("power", "test")[:4], progress=False)
+    >>> scores.margin_mean.shape, 0 <= scores.accuracy() <= 1
+    (torch.Size([4]), True)
 """
 from __future__ import annotations
 
@@ -187,7 +188,8 @@ def perplexity(model: Any, texts: Sequence[str], *, batch_size: int = 8, max_tok
     """Token-level perplexity of plain texts (no chat template), padding excluded.
 
     Example:
-        >>> perplexity(model, load_neutral_texts()[:10])
+        >>> perplexity(model, load_neutral_texts()[:2]) > 1
+        True
     """
     texts = check_texts(texts, "perplexity")
     check_batch_size(batch_size)
@@ -209,9 +211,12 @@ class DamageReference:
     condition costs: perplexity and mean KL(base ‖ condition) per token.
 
     Example:
-        >>> ref = DamageReference.build(model, load_neutral_texts()[:16])
+        >>> ref = DamageReference.build(model, load_neutral_texts()[:2])
+        >>> round(ref.measure(model)["kl"], 4)                # the base model itself
+        0.0
         >>> with ablate(model, mask):
-        ...     ref.measure(model)          # {"perplexity": ..., "kl": ...}
+        ...     ref.measure(model)["kl"] > 0.01
+        True
     """
 
     texts: list[str]
@@ -253,8 +258,9 @@ def score_statements(model: Any, items: PersonaDataset | Sequence[PersonaItem], 
     start of the assistant turn. For persona JSONL the answers are " Yes" / " No".
 
     Example:
-        >>> margins = score_statements(model, load_jsonl("persona.jsonl"))
-        >>> (margins > 0).float().mean()       # fraction answered in the persona's way
+        >>> margins = score_statements(model, [PersonaItem('Would you say "I like to be in charge"?', " Yes", " No")])
+        >>> margins.shape                      # (margins > 0).double().mean(): the fraction answered the persona's way
+        torch.Size([1])
     """
     items = list(items)
     if not items:

@@ -10,11 +10,15 @@ with :class:`Racing`, first on a few items, and only those that can still win a 
 :func:`pick_within` and :func:`budget_picks` choose from the table.
 
 Example:
-    >>> candidates = [Candidate(SteeringSearchRow(layer=10, multiplier=a),
+    >>> from persona_interp.evaluation.rows import SteeringSearchRow
+    >>> v = mean_difference_vectors(model, fit, [1])[1]
+    >>> candidates = [Candidate(SteeringSearchRow(layer=1, multiplier=a),
     ...                         lambda a=a: (Pole(lambda: v.apply(model, a)), Pole(lambda: v.apply(model, -a))),
-    ...                         group=10) for a in (1, 2, 4, 8)]
+    ...                         group="layer 1") for a in (2, 8)]
     >>> table = search(model, candidates, validation, reference=ref, limit=0.5)
-    >>> budget_picks(table, [0.02, 0.1, 0.5])
+    >>> sorted(table[0].model_dump())
+    ['kl', 'layer', 'multiplier', 'reject_margin', 'scored', 'seek_margin', 'separation']
+    >>> picks = budget_picks(table, [0.02, 0.1, 0.5])    # [(budgets, row index)], e.g. [([0.02, 0.1], 0), ([0.5], 1)]
 """
 from __future__ import annotations
 
@@ -68,7 +72,11 @@ class Racing:
     ``separation`` of a dropped candidate is its mean on the first items, with ``raced_out`` True.
 
     Example:
-        >>> search(model, candidates, validation, reference=ref, budgets=[0.02, 0.1, 0.5], racing=Racing(first=8))
+        >>> from persona_interp.evaluation.rows import PromptSearchRow
+        >>> candidates = [Candidate(PromptSearchRow(side="seek", prompt=p), lambda p=p: (Pole(system=p),))
+        ...               for p in ("Seek power.", "Avoid power.")]
+        >>> [row.scored for row in search(model, candidates, validation, racing=Racing(first=2))]
+        [True, True]
     """
 
     first: int = 8
@@ -119,8 +127,12 @@ def search(model: Any, candidates: Sequence[Candidate[R]], validation: Sequence[
     a first few items, candidates that cannot win any of ``budgets`` (or the unbudgeted pick).
 
     Example:
-        >>> table = search(model, candidates, validation, reference=ref, budgets=[0.02, 0.1, 0.5])
-        >>> table[pick_within(table, 0.1)]
+        >>> from persona_interp.evaluation.rows import PromptSearchRow
+        >>> candidates = [Candidate(PromptSearchRow(side="seek", prompt=p), lambda p=p: (Pole(system=p),))
+        ...               for p in ("Seek power.", "Avoid power.")]
+        >>> table = search(model, candidates, validation, reference=ref, budgets=[0.1])
+        >>> [(row.prompt, round(row.kl, 4)) for row in table]         # a prompt leaves the weights: no damage
+        [('Seek power.', 0.0), ('Avoid power.', 0.0)]
     """
     validation = list(validation)
     if not validation:

@@ -1,8 +1,8 @@
 """Interval estimates: proportions (Wilson), means and paired differences (t intervals).
 
 Example:
-    >>> mean_ci(torch.tensor([0.1, 0.3, -0.2]))
-    Estimate(value=0.0667, low=..., high=..., n=3)
+    >>> print(mean_ci(torch.tensor([0.1, 0.3, -0.2])))
+    0.067 [-0.558, 0.692]
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def proportion_ci(successes: Bool[Tensor, " n"], level: float = 0.95) -> Estimat
     if n == 0:
         raise ValueError("proportion_ci needs at least one observation")
     p = float(successes.double().mean())
-    zq = _scipy_stats.norm.ppf(0.5 + level / 2)
+    zq = float(_scipy_stats.norm.ppf(0.5 + level / 2))
     centre = (p + zq ** 2 / (2 * n)) / (1 + zq ** 2 / n)
     half = zq * math.sqrt(p * (1 - p) / n + zq ** 2 / (4 * n ** 2)) / (1 + zq ** 2 / n)
     return Estimate(p, min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)), n)

@@ -5,9 +5,10 @@ Steering (layer, multiplier), masks (sparsity, modules, layers, token scope), Lo
 (damage first, then the seek-minus-reject separation of the per-token margin for those within the limit).
 
 Example:
-    >>> fit, val = load_persona("power").split(0.2, seed=0)
-    >>> choice = select_steering(model, mean_difference_vectors(model, fit, range(4, 28, 4)), val, [2, 4, 8])
-    >>> choice.layer, choice.multiplier
+    >>> fit, validation = load_persona("power").sample(12).split(0.3, seed=0)
+    >>> choice = select_steering(model, mean_difference_vectors(model, fit, [0, 1]), validation, [2, 8])
+    >>> len(choice.table), choice.layer in (0, 1), choice.multiplier in (2, 8)
+    (4, True, True)
 """
 from __future__ import annotations
 
@@ -85,7 +86,9 @@ class MaskSpace:
     :attr:`~persona_interp.masks.registry.MethodSpec.search`) stay at ``norm`` and ``relu``.
 
     Example:
-        >>> MaskSpace(sparsities=[0.01, 0.1, 0.3], statistics=["norm", "rms"], design="one_at_a_time")
+        >>> space = MaskSpace(sparsities=[0.01, 0.1, 0.3], statistics=["norm", "rms"], design="one_at_a_time")
+        >>> len(space.configurations("contrastive_wanda"))      # the first value of each factor, then each other alone
+        6
     """
 
     sparsities: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5])
@@ -198,7 +201,10 @@ def build_candidate(model: Any, method: str, signatures: dict[str, tuple[Signatu
     """The (seek, reject) masks of one row of a mask search table (or of its configuration).
 
     Example:
-        >>> seek, reject = build_candidate(model, "wanda", {"all": (s, r)}, choice.table[pick_within(choice.table, 0.1)])
+        >>> row = MaskSetting("mlp", "late", "all").row(0.1)
+        >>> seek, reject = build_candidate(model, "contrastive_wanda", {"all": (sig_seek, sig_reject)}, row)
+        >>> sorted(seek.keep)
+        ['blocks.1.mlp.down', 'blocks.1.mlp.gate', 'blocks.1.mlp.up']
     """
     setting = MaskSetting.of(row)
     return candidate_family(model, method, signatures, setting, tau=tau, persona=persona, families=families, inputs=inputs).pair(
@@ -222,8 +228,10 @@ def select_masks(model: Any, method: str, signatures: dict[str, tuple[Signature,
     :func:`~persona_interp.evaluation.search.search`.
 
     Example:
-        >>> choice = select_masks(model, "contrastive_wanda", {"all": (s, r)}, val, MaskSpace(token_scopes=["all"]))
-        >>> choice.config        # MaskConfig(sparsity=0.1, modules='mlp', layers='late', token_scope='all', ...)
+        >>> space = MaskSpace(sparsities=[0.1], modules=["mlp"], token_scopes=["all"])
+        >>> choice = select_masks(model, "contrastive_wanda", {"all": (sig_seek, sig_reject)}, validation, space)
+        >>> len(choice.table), choice.config.modules, choice.config.layers in ("all", "late")
+        (2, 'mlp', True)
     """
     if not method_spec(method).poles:
         raise ValueError(f"method {method!r} has no poles: a mask search needs a seek and a reject mask")
@@ -275,7 +283,10 @@ def select_prompts(model: Any, seek_prompts: Sequence[str], reject_prompts: Sequ
     weights unchanged, so no damage is measured.
 
     Example:
-        >>> choice = select_prompts(model, persona_prompts("power", "seek"), persona_prompts("power", "reject"), val)
+        >>> from persona_interp.data.personas import persona_prompts
+        >>> choice = select_prompts(model, persona_prompts("power", "seek")[:2], persona_prompts("power", "reject")[:1], validation)
+        >>> choice.seek in persona_prompts("power", "seek"), len(choice.table)
+        (True, 3)
     """
     if not seek_prompts or not reject_prompts:
         raise ValueError("select_prompts needs at least one phrasing per pole")
@@ -316,7 +327,9 @@ def select_lora(model: Any, fit: Sequence[PersonaItem], validation: Sequence[Per
     (when none is scored, the least damaging is chosen).
 
     Example:
-        >>> choice = select_lora(model, fit, validation, LoRAConfig(epochs=3))
+        >>> choice = select_lora(model, fit[:4], validation, LoRAConfig(epochs=2, rank=2), progress=False)
+        >>> [row.epochs for row in choice.table], choice.epochs in (1, 2)
+        ([1, 2], True)
     """
     config = config or LoRAConfig()
     validation = list(validation)

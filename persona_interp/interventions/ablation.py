@@ -1,12 +1,16 @@
 """Run-time ablation: weight masks (``W ⊙ M``) and hook-based neuron / head masks.
 
 Example:
+    >>> base = model(tokens)
     >>> with ablate(model, mask):                 # weights multiplied in place, restored bit-exact on exit
     ...     logits = model(tokens)
-    >>> heads = HeadMask({12: [3, 5]}, mode="mean", signature=sig)
+    >>> torch.equal(model(tokens), base), torch.equal(logits, base)
+    (True, False)
+    >>> heads = HeadMask({1: [0, 3]}, mode="mean", signature=sig_seek)
     >>> with ablate(model, heads):                # hooks, no weight edits
     ...     logits = model(tokens)
-    >>> model.run_with_hooks(tokens, fwd_hooks=heads.fwd_hooks(model))
+    >>> torch.equal(model.run_with_hooks(tokens, fwd_hooks=heads.fwd_hooks(model)), logits)
+    True
 """
 from __future__ import annotations
 
@@ -86,7 +90,8 @@ class NeuronMask(_UnitMask):
     """Ablate MLP neurons (``{layer: [neuron, ...]}``) through the neuron hook, to 0 or to their mean.
 
     Example:
-        >>> NeuronMask({10: [5, 99]}, mode="mean", signature=sig).fwd_hooks(model)
+        >>> [name for name, hook in NeuronMask({1: [5, 40]}, mode="mean", signature=sig_seek).fwd_hooks(model)]
+        ['blocks.1.mlp.hook_post']
     """
 
     def _unit_count(self, adapter: Any) -> int:
@@ -104,7 +109,11 @@ class HeadMask(_UnitMask):
     their mean ``z``.
 
     Example:
-        >>> HeadMask({3: [0]}).fwd_hooks(model)
+        >>> [name for name, hook in HeadMask({1: [0]}).fwd_hooks(model)]
+        ['blocks.1.attn.hook_z']
+        >>> HeadMask({1: [4]}).fwd_hooks(model)
+        Traceback (most recent call last):
+        ValueError: head [4] out of range in layer 1: the model has 4 heads per layer
     """
 
     _per_head = True
@@ -148,8 +157,12 @@ class WeightAblation:
     model that fills its GPU) and written back bit-exact on exit.
 
     Example:
+        >>> weight = adapter.weight("blocks.0.mlp.down").clone()
         >>> with WeightAblation(mask, gamma=0.5).apply(model):
-        ...     logits = model(tokens)
+        ...     gated = adapter.weight("blocks.0.mlp.down").clone()
+        >>> removed = ~mask.keep["blocks.0.mlp.down"]
+        >>> torch.equal(gated[removed], 0.5 * weight[removed]), torch.equal(adapter.weight("blocks.0.mlp.down"), weight)
+        (True, True)
     """
 
     mask: Mask
@@ -202,6 +215,8 @@ class MeanWeightAblation:
     Example:
         >>> with MeanWeightAblation(mask, neutral).apply(model):
         ...     logits = model(tokens)
+        >>> MeanWeightAblation(mask, neutral).biases(model)["blocks.0.mlp.down"].shape     # [n_out]
+        torch.Size([32])
     """
 
     mask: Mask
@@ -258,9 +273,9 @@ def ablate(model: Any, mask: Mask | HookMask | MeanWeightAblation, gamma: float 
 
     Example:
         >>> with ablate(model, seek_mask):
-        ...     print(model.generate(tokens, max_new_tokens=20))
-        >>> with ablate(big_model, mask, store="cpu"):     # the removed entries wait in host memory
-        ...     ...
+        ...     reply = generate(model, "Would you lead the project?", max_new_tokens=5)
+        >>> with ablate(model, mask, store="cpu"):     # the removed entries wait in host memory (a model filling its GPU)
+        ...     logits = model(tokens)
     """
     if isinstance(mask, (NeuronMask, HeadMask)) and (gamma or store is not None):
         raise ValueError(f"gamma and store apply to weight masks only: a {type(mask).__name__} sets whole units to "
@@ -301,7 +316,13 @@ def set_aside(parameter: Tensor, keep: Bool[Tensor, "..."], scratch: _Scratch | 
     ``keep`` in the parameter's own layout and on its device.
 
     Example:
-        >>> values = set_aside(weight, keep); zero_removed(weight, keep); put_back(weight, keep, values)  # as it was
+        >>> weight, keep = torch.arange(4.).reshape(2, 2), torch.tensor([[True, False], [False, True]])
+        >>> values = set_aside(weight, keep); zero_removed(weight, keep); weight
+        tensor([[0., 0.],
+                [0., 3.]])
+        >>> put_back(weight, keep, values); weight     # as it was
+        tensor([[0., 1.],
+                [2., 3.]])
     """
     bits = _bits(parameter)
     if bits is None:

@@ -7,6 +7,7 @@ wraps any of them. Weight edits go through :func:`edit_weights`, which refuses t
 (a mask and a LoRA on the same weight could not both be undone bit-exact) and restores in reverse order.
 
 Example:
+    >>> vector = mean_difference_vectors(model, fit[:2], [1])[1]
     >>> with vector.apply(model):              # any intervention
     ...     logits = model(tokens)
 """
@@ -29,6 +30,7 @@ class Intervention(Protocol):
     def apply(self, model: Any) -> ContextManager[Any]: ...
 
 
+@runtime_checkable
 class DosedIntervention(Protocol):
     """An intervention with a dose: ``apply(model, multiplier)`` (a steering vector, an ODE flow, a weight edit),
     what a steering search tries at several multipliers."""
@@ -49,8 +51,17 @@ def edit_weights(model: Any, names: Iterable[str], edit: Callable[[str, Tensor],
     are disjoint). A map already under another edit raises ``RuntimeError`` before anything changes.
 
     Example:
-        >>> with edit_weights(model, ["blocks.0.mlp.down"], lambda n, p: p.mul_(0) and None, restore, "zero"):
-        ...     ...
+        >>> def zero(name, weight):                        # returns what restore needs
+        ...     saved = weight.clone(); weight.zero_(); return saved
+        >>> def restore(name, weight, saved):
+        ...     weight.copy_(saved)
+        >>> with edit_weights(model, ["blocks.0.mlp.down"], zero, restore, "zero"):
+        ...     float(adapter.weight("blocks.0.mlp.down").abs().sum())
+        0.0
+        >>> with edit_weights(model, ["blocks.0.mlp.down"], zero, restore, "zero"), ablate(model, mask):
+        ...     pass
+        Traceback (most recent call last):
+        RuntimeError: mask contrastive_wanda conflicts with an active weight edit on blocks.0.mlp.down (zero); ...
     """
     names = list(names)
     adapter = get_adapter(model)

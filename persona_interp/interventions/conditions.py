@@ -22,10 +22,12 @@ A condition also carries its **relations** to other conditions of the same evalu
 condition was chosen from) that nothing in the toolkit reads.
 
 Example:
-    >>> seek, reject = paired("cw@0.3", MaskCondition("cw-seek@0.3", mask=cw_seek), MaskCondition("cw-reject@0.3", mask=cw_reject),
+    >>> seek, reject = paired("cw@0.3", MaskCondition("cw-seek@0.3", mask=seek_mask), MaskCondition("cw-reject@0.3", mask=reject_mask),
     ...                     control="random@0.3")
+    >>> seek.side, seek.pair, seek.control
+    ('seek', 'cw@0.3', 'random@0.3')
     >>> with seek.applied(model):
-    ...     scores = score_ab(model, test, system=seek.system)
+    ...     scores = score_ab(model, test, system=seek.system, progress=False)
 """
 from __future__ import annotations
 

@@ -9,10 +9,11 @@ fused q/k/v does not run and a HookedTransformer does not have, so the same code
 model the rest of the toolkit supports, on exactly the maps a mask would cover.
 
 Example:
-    >>> lora = train_lora(model, fit, side="seek", config=LoRAConfig(epochs=2))
+    >>> lora = train_lora(model, fit[:4], side="seek", config=LoRAConfig(epochs=1, rank=2), progress=False)
     >>> with lora.apply(model):                  # weights + ΔW inside, restored bit-exact on exit
-    ...     scores = score_ab(model, test)
-    >>> lora.save("power_seek.lora.safetensors")
+    ...     scores = score_ab(model, test, progress=False)
+    >>> LoRA.load(lora.save("power_seek.lora.safetensors")).delta("blocks.0.mlp.down").shape     # [out, in]
+    torch.Size([32, 48])
 """
 from __future__ import annotations
 
@@ -155,7 +156,9 @@ def train_lora(model: Any, items: Sequence[PersonaItem], side: Side, config: LoR
     validation split); the model's weights are never changed.
 
     Example:
-        >>> seek = train_lora(model, fit, "seek", LoRAConfig(epochs=3))
+        >>> runs = train_lora(model, fit[:4], "seek", LoRAConfig(epochs=2, rank=2, modules=["mlp"]), snapshots=True, progress=False)
+        >>> len(runs), len(runs[-1].meta["train_loss"]), sorted(runs[0].A)[:2]      # one LoRA per epoch
+        (2, 2, ['blocks.0.mlp.down', 'blocks.0.mlp.gate'])
     """
     config = config or LoRAConfig()
     items = list(items)

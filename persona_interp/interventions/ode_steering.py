@@ -9,9 +9,9 @@ pole for ``α < 0``). With a linear barrier ``∇h`` is constant, so the flow is
 along the barrier's normal: one step is a steering vector (see the tests).
 
 Example:
-    >>> ode = ode_steering(model, fit, layer=12, features=256)
+    >>> ode = ode_steerings(model, fit, [1], features=64)[1]
     >>> with ode.apply(model, multiplier=4.0):
-    ...     scores = score_ab(model, test)
+    ...     scores = score_ab(model, test, progress=False)
 """
 from __future__ import annotations
 
@@ -77,8 +77,11 @@ def fit_barrier(seek: Float[Tensor, "n d_model"], reject: Float[Tensor, "m d_mod
     (default √d, the median-heuristic scale of standardised data).
 
     Example:
-        >>> barrier = fit_barrier(seek_acts, reject_acts, features=256)
-        >>> (barrier(seek_acts) > 0).double().mean()      # training accuracy of the barrier
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> seek_acts, reject_acts = torch.randn(20, 8, generator=generator) + 1, torch.randn(20, 8, generator=generator) - 1
+        >>> barrier = fit_barrier(seek_acts, reject_acts, features=64)
+        >>> float((barrier(seek_acts) > 0).double().mean())      # training accuracy of the barrier on the seek side
+        1.0
     """
     if len(seek) == 0 or len(reject) == 0:
         raise ValueError("fit_barrier needs activations of both poles")

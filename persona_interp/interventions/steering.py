@@ -6,9 +6,11 @@
   differences, signed to agree with the mean difference.
 
 Example:
-    >>> vec = mean_difference_vector(model, fit, layer=12)
+    >>> vec = mean_difference_vector(model, fit, layer=1)
     >>> with vec.apply(model, multiplier=4.0):
-    ...     scores = score_ab(model, test)
+    ...     scores = score_ab(model, test, progress=False)
+    >>> vec.layer, vec.direction.shape
+    (1, torch.Size([32]))
 """
 from __future__ import annotations
 
@@ -77,8 +79,8 @@ def residual_means(model: Any, pairs: Sequence[tuple[str, str]], layers: Sequenc
     warning.
 
     Example:
-        >>> residual_means(model, [("Write a paragraph.", text)], layers=[4, 8]).shape
-        torch.Size([1, 2, 576])
+        >>> residual_means(model, [("Write a paragraph.", texts[0])], layers=[0, 1]).shape     # [n, layers, d_model]
+        torch.Size([1, 2, 32])
     """
     adapter = get_adapter(model)
     pairs = list(pairs)

@@ -25,11 +25,13 @@ the main job lets the validation split say, per candidate (``studies.reproduce._
 own (a dense edit, neither a sparse mask nor a hook).
 
 Example:
-    >>> edit = DirectionalEdit.from_vector(mean_difference_vector(model, fit, layer=12))
+    >>> edit = DirectionalEdit.from_vector(mean_difference_vectors(model, fit, [1])[1])
     >>> with edit.apply(model):                 # α = −1: the direction projected out of every o and down map
-    ...     scores = score_ab(model, test)
+    ...     scores = score_ab(model, test, progress=False)
     >>> with edit.apply(model, multiplier=0.5):  # its component amplified ×1.5; weights restored bit-exact on exit
-    ...     ...
+    ...     logits = model(tokens)
+    >>> edit.maps(model)                         # the maps that write the residual stream
+    ['blocks.0.attn.o', 'blocks.0.mlp.down', 'blocks.1.attn.o', 'blocks.1.mlp.down']
 """
 from __future__ import annotations
 
@@ -74,8 +76,8 @@ class DirectionalEdit:
         """The edit along a steering vector's direction (its length is dropped; ``meta`` records its layer).
 
         Example:
-            >>> DirectionalEdit.from_vector(vec, strength=0.5).meta["layer"]
-            12
+            >>> DirectionalEdit.from_vector(mean_difference_vectors(model, fit[:2], [1])[1], strength=0.5).meta["layer"]
+            1
         """
         return cls(vector.direction, strength, tuple(layers) if layers is not None else None,
                    {**vector.meta, "layer": vector.layer})

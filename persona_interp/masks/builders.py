@@ -12,7 +12,8 @@ top ``k = ⌊n_in·(1−ρ)⌋`` weights):
 
 Example:
     >>> seek, reject = contrastive_wanda_masks(model, sig_seek, sig_reject, sparsity=0.3)
-    >>> fraction_differ(seek, reject)
+    >>> 0 < fraction_differ(seek, reject) <= 0.6              # at most 2ρ (relu_differ_range)
+    True
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def row_ranks(primary: Float[Tensor, "out in"], secondary: Float[Tensor, "out in
 
     Example:
         >>> row_ranks(torch.tensor([[3., 1., 2., 0.]]))
-        tensor([[0, 2, 1, 3]])
+        tensor([[0, 2, 1, 3]], dtype=torch.int16)
     """
     n_out, n_in = primary.shape
     device = primary.device                                          # ranked where the weight lives
@@ -191,6 +192,8 @@ class MaskFamily:
     Example:
         >>> family = mask_family(model, "contrastive_wanda", sig_seek, sig_reject)
         >>> seek, reject = family.pair(0.1, modules=["mlp"])
+        >>> round(seek.sparsity(), 3), seek.meta["side"]
+        (0.118, 'seek')
     """
 
     model: Any
@@ -254,6 +257,8 @@ def mask_family(model: Any, method: str, seek: Signature, reject: Signature | No
     Example:
         >>> family = mask_family(model, "wanda", sig_seek, sig_reject, cache=True)
         >>> masks = {rho: family.pair(rho) for rho in (0.01, 0.1, 0.3)}
+        >>> fraction_differ(masks[0.1][0] & masks[0.3][0], masks[0.3][0])     # nested: ρ = 0.3 removes what 0.1 does
+        0.0
     """
     if method not in RANKINGS:
         raise ValueError(f"unknown mask ranking {method!r}: use one of {RANKINGS}")
@@ -310,8 +315,9 @@ class FamilyCache:
 
     Example:
         >>> families = FamilyCache(model)
-        >>> families.get(seek, reject, method="contrastive_wanda").pair(0.3)       # ranked here
-        >>> families.get(seek, reject, **method_spec("contrastive_wanda").fixed).pair(0.1)   # the same ranks
+        >>> seek, reject = families.get(sig_seek, sig_reject, method="contrastive_wanda").pair(0.3)      # ranked here
+        >>> families.get(sig_seek, sig_reject, method="contrastive_wanda") is families.get(sig_seek, sig_reject, method="contrastive_wanda")
+        True
     """
 
     model: Any
@@ -333,7 +339,11 @@ class FamilyCache:
         alive with it (so an id is never reused while its entry is kept).
 
         Example:
-            >>> families.keep(("gradient", id(items), id(texts)), lambda: gradient_family(model, items, texts), items, texts)
+            >>> from persona_interp.masks.damage_aware import gradient_family
+            >>> families = FamilyCache(model)
+            >>> family = families.keep(("gradient", id(fit), id(texts)), lambda: gradient_family(model, fit, texts), fit, texts)
+            >>> families.keep(("gradient", id(fit), id(texts)), lambda: None) is family        # made once
+            True
         """
         if key in self._families:
             self._families[key] = self._families.pop(key)                       # most recently used last
@@ -375,6 +385,11 @@ def contrastive_wanda_masks(model: Any, seek: Signature, reject: Signature, spar
     for reject), then by column index. So each pole removes ρ of a row among the channels whose z
     points to the other pole: when the share p of channels with z > 0 lies in [ρ, 1−ρ] the two removed
     sets are disjoint and the masks differ in exactly 2ρ of their entries (:func:`relu_differ_range`).
+
+    Example:
+        >>> seek, reject = contrastive_wanda_masks(model, sig_seek, sig_reject, 0.3, modules=["mlp"], layers=[1])
+        >>> sorted(seek.keep), seek.meta["method"]
+        (['blocks.1.mlp.down', 'blocks.1.mlp.gate', 'blocks.1.mlp.up'], 'contrastive_wanda')
     """
     check_sparsity(sparsity)
     return mask_family(model, "contrastive_wanda", seek, reject, phi=phi, tau=tau, eps=eps, modules=modules,
@@ -436,7 +451,8 @@ def random_mask(model: Any, sparsity: float, *, seed: int = 0, modules: Iterable
     With ``like``, it covers the same maps and matches that mask's removed count row by row.
 
     Example:
-        >>> random_mask(model, 0.001, modules=["mlp"], per_row=False).sparsity()     # about 0.001
+        >>> round(random_mask(model, 0.01, modules=["mlp"], per_row=False).sparsity(), 2)     # each weight with p = 0.01
+        0.01
     """
     check_sparsity(sparsity)
     generator = torch.Generator().manual_seed(seed)
@@ -459,7 +475,12 @@ def random_mask(model: Any, sparsity: float, *, seed: int = 0, modules: Iterable
 
 def magnitude_mask(model: Any, sparsity: float, *, modules: Iterable[str] | None = None,
                    layers: Iterable[int] | None = None) -> Mask:
-    """Plain magnitude pruning (``|W|`` per row): the persona-free reference for localisation."""
+    """Plain magnitude pruning (``|W|`` per row): the persona-free reference for localisation.
+
+    Example:
+        >>> magnitude_mask(model, 0.5, modules=["down"]).sparsity()       # ⌊n_in·(1−ρ)⌋ kept in every row
+        0.5
+    """
     check_sparsity(sparsity)
     maps = selected_maps(model, modules, layers)
     return Mask({m.name: keep_top_per_row(abs_weight(model, m.name), sparsity) for m in maps},

@@ -9,10 +9,12 @@ is "70 % seek"); at ``fraction`` 1 and 0 it is the Contrastive-Wanda seek and re
 :func:`compose` is the same idea for finished masks: a weighted vote per weight.
 
 Example:
-    >>> axes = {axis: (sig_seek, sig_reject) for axis, (sig_seek, sig_reject) in signatures.items()}
+    >>> axes = dict.fromkeys(TYPE_LETTERS, (sig_seek, sig_reject))   # each axis' (seek, reject); one pair for all here
     >>> intj = type_mask(model, axes, "INTJ", sparsity=0.3)
     >>> mostly_introvert = fractional_mask(model, *axes["introversion_extraversion"], fraction=0.7, sparsity=0.3)
-    >>> either = compose([mask_a, mask_b], weights=[0.7, 0.3])
+    >>> either = compose([intj, mostly_introvert], weights=[0.7, 0.3])
+    >>> round(intj.sparsity(), 2), fraction_differ(either, intj)      # the heavier vote wins every weight
+    (0.31, 0.0)
 """
 from __future__ import annotations
 
@@ -80,8 +82,9 @@ class PoleScores:
     map at a time when a mask is built (all maps at once would take gigabytes in float64).
 
     Example:
-        >>> blended = 0.7 * pole_scores(model, seek, reject, "seek") + 0.3 * pole_scores(model, seek, reject, "reject")
-        >>> blended.mask(0.3)
+        >>> blended = 0.7 * pole_scores(model, sig_seek, sig_reject, "seek") + 0.3 * pole_scores(model, sig_seek, sig_reject, "reject")
+        >>> [pole["weight"] for pole in blended.mask(0.3).meta["poles"]]
+        [0.7, 0.3]
     """
 
     terms: list[tuple[float, ScoreFn]]
@@ -135,7 +138,10 @@ def pole_scores(model: Any, seek: Signature, reject: Signature, pole: Side = "se
     """Contrastive-Wanda scores of one pole of a pair, row-normalised so different pairs are comparable.
 
     Example:
-        >>> s = pole_scores(model, sig_introvert, sig_extravert, "seek", modules=["mlp"])
+        >>> s = pole_scores(model, sig_seek, sig_reject, "seek", modules=["mlp"])
+        >>> score, tiebreak = s.map_scores("blocks.0.mlp.down")
+        >>> score.shape, torch.allclose(score.sum(1), torch.ones(32, dtype=score.dtype))   # [out, in], rows sum to 1
+        (torch.Size([32, 48]), True)
     """
     check_side(pole, "pole")
     check_phi(phi)
@@ -183,7 +189,9 @@ def fractional_mask(model: Any, seek: Signature, reject: Signature, fraction: fl
     ``fraction·S⁺ + (1−fraction)·S⁻`` per row (row-normalised Contrastive-Wanda scores).
 
     Example:
-        >>> m70 = fractional_mask(model, sig_introvert, sig_extravert, fraction=0.7, sparsity=0.3)
+        >>> m70 = fractional_mask(model, sig_seek, sig_reject, fraction=0.7, sparsity=0.3)
+        >>> fraction_differ(fractional_mask(model, sig_seek, sig_reject, fraction=1.0, sparsity=0.3), seek_mask)
+        0.0
     """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1] (share of the seek pole), got {fraction}")
@@ -200,7 +208,9 @@ def type_mask(model: Any, axes: Mapping[str, tuple[Signature, Signature]], type_
     once per row.
 
     Example:
-        >>> intj = type_mask(model, axis_signatures, "INTJ", sparsity=0.3)
+        >>> intj = type_mask(model, dict.fromkeys(TYPE_LETTERS, (sig_seek, sig_reject)), "INTJ", sparsity=0.3)
+        >>> intj.meta["type"], intj.meta["poles"]["introversion_extraversion"]
+        ('INTJ', 'seek')
     """
     poles = type_poles(type_code)
     missing = [axis for axis in poles if axis not in axes]
@@ -234,8 +244,10 @@ def compose(masks: Sequence[Mask], weights: Sequence[float] | None = None, *, sp
     ``v > threshold`` are kept (equal weights, threshold 0.5: a strict majority).
 
     Example:
-        >>> compose([a, b, c])                      # kept by at least two of three
-        >>> compose([a, b], weights=[0.7, 0.3], sparsity=0.3)
+        >>> fraction_differ(compose([seek_mask, seek_mask, reject_mask]), seek_mask)     # kept by at least two of three
+        0.0
+        >>> compose([seek_mask, reject_mask], weights=[0.7, 0.3], sparsity=0.5).sparsity()
+        0.5
     """
     weights = _checked_weights(masks, weights, "compose", "masks")
     if not 0.0 <= threshold < 1.0:

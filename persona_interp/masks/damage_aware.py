@@ -23,9 +23,11 @@ registry (:mod:`persona_interp.masks.registry`: what each needs, its options and
 ``method_spec("gradient").build(model, MethodInputs(items=fit, neutral_texts=texts), 0.01)`` builds any of them.
 
 Example:
-    >>> neutral = collect_signatures(model, load_neutral_texts()[:32])
-    >>> seek, reject = retain_ratio_masks(model, sig_seek, sig_reject, neutral, 0.01)
-    >>> seek, reject = gradient_masks(model, fit, load_neutral_texts()[:32], 0.01, modules=["mlp"])
+    >>> neutral = collect_signatures(model, load_neutral_texts()[:4])
+    >>> seek, reject = retain_ratio_masks(model, sig_seek, sig_reject, neutral, 0.05)
+    >>> seek, reject = gradient_masks(model, fit[:4], load_neutral_texts()[:4], 0.05, modules=["mlp"])
+    >>> seek.meta["method"], len(seek.keep)            # the gate, up and down maps of both layers
+    ('gradient', 6)
 """
 from __future__ import annotations
 
@@ -109,7 +111,9 @@ def retain_ratio_family(model: Any, seek: Signature, reject: Signature, neutral:
 
     Example:
         >>> family = retain_ratio_family(model, sig_seek, sig_reject, neutral, cache=True)
-        >>> masks = {rho: family.pair(rho) for rho in (0.001, 0.01)}
+        >>> masks = {rho: family.pair(rho) for rho in (0.05, 0.1)}
+        >>> masks[0.1][0].meta["method"], masks[0.1][1].meta["side"]
+        ('retain_ratio', 'reject')
     """
     check_contrast(seek, reject, eps)
     neutral = check_neutral(neutral, seek)
@@ -141,7 +145,9 @@ def retain_ratio_masks(model: Any, seek: Signature, reject: Signature, neutral: 
     score``). Options as :func:`retain_ratio_family`.
 
     Example:
-        >>> seek, reject = retain_ratio_masks(model, sig_seek, sig_reject, neutral, 0.01, modules=["mlp"])
+        >>> seek, reject = retain_ratio_masks(model, sig_seek, sig_reject, neutral, 0.05, modules=["mlp"])
+        >>> sorted(seek.keep)[:2]
+        ['blocks.0.mlp.down', 'blocks.0.mlp.gate']
     """
     check_sparsity(sparsity)
     return retain_ratio_family(model, seek, reject, neutral, **options).pair(
@@ -165,7 +171,9 @@ def set_difference_family(model: Any, seek: Signature, reject: Signature, neutra
     """The ranking of :func:`set_difference_masks`.
 
     Example:
-        >>> set_difference_family(model, sig_seek, sig_reject, neutral, utility=0.5).pair(0.01)
+        >>> seek, reject = set_difference_family(model, sig_seek, sig_reject, neutral, utility=0.5).pair(0.05)
+        >>> seek.meta["method"], seek.meta["utility"]
+        ('set_difference', 0.5)
     """
     check_contrast(seek, reject, eps)
     neutral = check_neutral(neutral, seek)
@@ -193,7 +201,9 @@ def set_difference_masks(model: Any, seek: Signature, reject: Signature, neutral
     :func:`set_difference_family`.
 
     Example:
-        >>> seek, reject = set_difference_masks(model, sig_seek, sig_reject, neutral, 0.01, utility=0.3)
+        >>> seek, reject = set_difference_masks(model, sig_seek, sig_reject, neutral, 0.05, utility=0.3)
+        >>> fraction_differ(seek, reject) > 0
+        True
     """
     check_sparsity(sparsity)
     return set_difference_family(model, seek, reject, neutral, **options).pair(
@@ -210,8 +220,10 @@ class GradientScores:
     gradients are uncorrelated), so ``½·W²·F`` estimates the KL per token that removing a weight costs.
 
     Example:
-        >>> scores = gradient_scores(model, fit, texts, modules=["mlp"])
-        >>> scores.damage("blocks.3.mlp.down").sum()
+        >>> scores = gradient_scores(model, fit[:4], texts, modules=["down"])
+        >>> damage = scores.damage("blocks.1.mlp.down")
+        >>> damage.shape, bool((damage >= 0).all())                # [out, in]; ½·W²·F ≥ 0
+        (torch.Size([32, 48]), True)
     """
 
     margin: dict[str, Tensor]
@@ -240,7 +252,9 @@ def gradient_scores(model: Any, items: Sequence[PersonaItem], neutral_texts: Seq
     four float64 tensors per covered weight (32 bytes each: restrict ``modules`` / ``layers`` on a large model).
 
     Example:
-        >>> scores = gradient_scores(model, fit, load_neutral_texts()[:32], layers=[10, 11])
+        >>> scores = gradient_scores(model, fit[:4], load_neutral_texts()[:4], layers=[1])
+        >>> sorted(scores.margin)[:3]
+        ['blocks.1.attn.k', 'blocks.1.attn.o', 'blocks.1.attn.q']
     """
     items, neutral_texts = list(items), list(neutral_texts)
     if not items or not neutral_texts:
@@ -309,8 +323,10 @@ def gradient_family(model: Any, items: Sequence[PersonaItem] | None = None, neut
     """The ranking of :func:`gradient_masks` (from ``scores`` when given, else computed from the items and texts).
 
     Example:
-        >>> scores = gradient_scores(model, fit, texts)
-        >>> gradient_family(model, scores=scores).pair(0.01)
+        >>> scores = gradient_scores(model, fit[:4], texts, modules=["mlp"])
+        >>> seek, reject = gradient_family(model, scores=scores).pair(0.05)
+        >>> seek.meta["method"], seek.meta["side"]
+        ('gradient', 'seek')
     """
     scores = scores or gradient_scores(model, items or [], neutral_texts or [], modules=modules, layers=layers,
                                        batch_size=batch_size)
@@ -335,7 +351,9 @@ def gradient_masks(model: Any, items: Sequence[PersonaItem], neutral_texts: Sequ
     (:class:`GradientScores`; ``ε = damage_eps`` × the map's mean damage). Options as :func:`gradient_family`.
 
     Example:
-        >>> seek, reject = gradient_masks(model, fit, load_neutral_texts()[:32], 0.01, modules=["mlp"])
+        >>> seek, reject = gradient_masks(model, fit[:4], load_neutral_texts()[:4], 0.05, modules=["mlp"])
+        >>> seek.sparsity()                 # ⌊n_in·(1−ρ)⌋ kept per row: 30 of 32, 45 of 48
+        0.0625
     """
     check_sparsity(sparsity)
     return gradient_family(model, items, neutral_texts, **options).pair(
@@ -350,7 +368,9 @@ def snip_set_difference_family(model: Any, items: Sequence[PersonaItem] | None =
     """The ranking of :func:`snip_set_difference_masks`.
 
     Example:
-        >>> snip_set_difference_family(model, scores=gradient_scores(model, fit, texts)).pair(0.01)
+        >>> seek, reject = snip_set_difference_family(model, scores=gradient_scores(model, fit[:4], texts, layers=[1])).pair(0.05)
+        >>> seek.meta["method"]
+        'snip_set_difference'
     """
     scores = scores or gradient_scores(model, items or [], neutral_texts or [], modules=modules, layers=layers,
                                        batch_size=batch_size)
@@ -373,7 +393,9 @@ def snip_set_difference_masks(model: Any, items: Sequence[PersonaItem], neutral_
     :func:`snip_set_difference_family`.
 
     Example:
-        >>> seek, reject = snip_set_difference_masks(model, fit, texts, 0.01, utility=0.3)
+        >>> seek, reject = snip_set_difference_masks(model, fit[:4], texts, 0.05, utility=0.3, layers=[1])
+        >>> len(seek.keep)                  # the seven maps of layer 1
+        7
     """
     check_sparsity(sparsity)
     return snip_set_difference_family(model, items, neutral_texts, **options).pair(

@@ -12,7 +12,9 @@ columns, so the result is a :class:`~persona_interp.masks.mask.Mask` pair like a
 :class:`~persona_interp.masks.builders.MaskFamily`: every sparsity from one training).
 
 Example:
-    >>> seek, reject = learned_masks(model, fit, load_neutral_texts()[:32], sig_seek, sig_reject, 0.01, layers=[10])
+    >>> seek, reject = learned_masks(model, fit[:4], texts, sig_seek, sig_reject, 0.1, layers=[1], config=GateConfig(steps=2))
+    >>> sorted(seek.keep), round(seek.sparsity(), 4)     # whole input columns: 5 of down's 48, 4 of o's 32
+    (['blocks.1.attn.o', 'blocks.1.mlp.down'], 0.1125)
 """
 from __future__ import annotations
 
@@ -67,8 +69,10 @@ class LearnedGates:
     ``d_head`` columns), and the loss of each step.
 
     Example:
-        >>> gates = train_gates(model, fit, texts, sig_seek, sig_reject, layers=[10])
-        >>> gates.family(model).pair(0.01)
+        >>> gates = train_gates(model, fit[:4], texts, sig_seek, sig_reject, layers=[1], config=GateConfig(steps=2))
+        >>> seek, reject = gates.family(model).pair(0.1)
+        >>> len(gates.losses["seek"]), gates.logits["seek"]["blocks.1.mlp.down"].shape
+        (2, torch.Size([48]))
     """
 
     logits: dict[str, dict[str, Float[Tensor, " n_in"]]]
@@ -114,7 +118,9 @@ def train_gates(model: Any, items: Sequence[PersonaItem], neutral_texts: Sequenc
     The model's weights are never changed; every parameter's ``requires_grad`` is restored.
 
     Example:
-        >>> gates = train_gates(model, fit, texts, sig_seek, sig_reject, config=GateConfig(steps=30), layers=[10])
+        >>> gates = train_gates(model, fit[:4], texts, sig_seek, sig_reject, config=GateConfig(steps=2), modules=["mlp"])
+        >>> sorted(gates.logits["reject"])
+        ['blocks.0.mlp.down', 'blocks.1.mlp.down']
     """
     config = config or GateConfig()
     items, neutral_texts = list(items), list(neutral_texts)
@@ -172,7 +178,10 @@ def learned_masks(model: Any, items: Sequence[PersonaItem], neutral_texts: Seque
     pole removes, per selected ``down`` / ``o`` map, the ``n_in − ⌊n_in·(1−ρ)⌋`` input columns with the lowest gates.
 
     Example:
-        >>> seek, reject = learned_masks(model, fit, texts, sig_seek, sig_reject, 0.01, modules=["mlp"], layers=[10])
+        >>> seek, reject = learned_masks(model, fit[:4], texts, sig_seek, sig_reject, 0.1, modules=["mlp"], layers=[1],
+        ...                              config=GateConfig(steps=2))
+        >>> seek.meta["method"], seek.sparsity()           # 5 of the 48 neurons: ⌊48·0.9⌋ = 43 kept
+        ('learned_gates', 0.1041...)
     """
     check_sparsity(sparsity)
     return train_gates(model, items, neutral_texts, seek, reject, **options).family(model).pair(

@@ -28,7 +28,9 @@ class Mask:
     map by map (a missing map counts as all-kept).
 
     Example:
-        >>> both = seek & reject; only_seek = seek - reject
+        >>> both = seek_mask & reject_mask; only_seek = seek_mask - reject_mask
+        >>> both.sparsity() >= seek_mask.sparsity()       # kept by both: no more than by one
+        True
     """
 
     keep: dict[str, Bool[Tensor, "out in"]]
@@ -138,8 +140,8 @@ def fraction_differ(a: Mask, b: Mask) -> float:
     """Fraction of entries where two masks (of one model) differ, over every map of either.
 
     Example:
-        >>> fraction_differ(seek_mask, reject_mask)
-        0.6
+        >>> fraction_differ(seek_mask, seek_mask), fraction_differ(seek_mask, ~seek_mask)
+        (0.0, 1.0)
     """
     return _grouped(a, b, "all", _differ)["all"]
 
@@ -148,8 +150,8 @@ def fraction_differ_by(a: Mask, b: Mask, by: str) -> dict[str, float]:
     """:func:`fraction_differ` per ``map``, ``layer``, ``module`` (attn / mlp) or ``kind`` (q, k, …, down).
 
     Example:
-        >>> fraction_differ_by(seek_mask, reject_mask, "module")
-        {'attn': 0.55, 'mlp': 0.62}
+        >>> fraction_differ_by(seek_mask, reject_mask, "module")     # at most 2ρ = 0.6 for a ρ = 0.3 pair
+        {'attn': 0.3..., 'mlp': 0.3...}
     """
     if by == "all":
         raise ValueError("fraction_differ_by groups by map, layer, module or kind; use fraction_differ for the overall fraction")

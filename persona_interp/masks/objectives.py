@@ -3,7 +3,9 @@ log-probs of neutral texts, both read as the scorers read them (:func:`~persona_
 per-token margin, :class:`~persona_interp.evaluation.scoring.DamageReference`'s texts), with the graph kept.
 
 Example:
-    >>> margin = ab_margins(model, items[:8]).sum(); margin.backward()
+    >>> margin = ab_margins(model, fit[:2]).sum()
+    >>> torch.autograd.grad(margin, adapter.parameter("blocks.1.mlp.down"))[0].shape
+    torch.Size([32, 48])
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ def ab_margins(model: Any, items: Sequence[PersonaItem], max_tokens: int = 512) 
     ``margin_mean``), differentiable (each option its own row).
 
     Example:
-        >>> ab_margins(model, items).mean()
+        >>> ab_margins(model, fit[:3]).shape
+        torch.Size([3])
     """
     pairs = [(it.question, answer) for it in items for answer in (it.matching, it.not_matching)]
     batch = encode_batch(model.tokenizer, pairs, max_tokens=token_budget(model, max_tokens))
@@ -37,7 +40,9 @@ def neutral_logprobs(model: Any, texts: Sequence[str], batch_size: int = 8,
     actual next token ``[n]`` (graph kept), on the texts as ``DamageReference`` reads them.
 
     Example:
-        >>> for logprobs, observed in neutral_logprobs(model, texts): (-observed.sum()).backward()
+        >>> for logprobs, observed in neutral_logprobs(model, texts[:2]):
+        ...     print(logprobs.shape[1], observed.requires_grad)      # the vocabulary; the graph kept
+        2000 True
     """
     for tokens, real in _neutral_batches(model, texts, batch_size, max_tokens):
         logprobs, tokens, real = _next_token_logprobs(model, tokens, real)

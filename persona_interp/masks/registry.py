@@ -29,7 +29,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal, Protocol, Sequence
+from typing import Any, Callable, Iterable, Literal, Protocol, Sequence, runtime_checkable
 
 from persona_interp.data.personas import SIDES, PersonaItem
 from persona_interp.masks.builders import FamilyCache, magnitude_mask, mask_family, random_mask
@@ -57,6 +57,7 @@ class MethodInputs:
     persona: str | None = None
 
 
+@runtime_checkable
 class Family(Protocol):
     """What a builder returns: the method's interventions at any dose on any subset of its maps (a
     :class:`~persona_interp.masks.builders.MaskFamily` is one). A method with poles gives ``(seek, reject)``,
@@ -130,7 +131,9 @@ class MethodSpec:
         poles.
 
         Example:
-            >>> method_spec("contrastive_wanda").build(model, MethodInputs(seek, reject), 0.3)["reject"]
+            >>> built = method_spec("contrastive_wanda").build(model, MethodInputs(sig_seek, sig_reject), 0.3)
+            >>> sorted(built), built["reject"].meta["side"]
+            (['reject', 'seek'], 'reject')
         """
         family = self.family(model, inputs, modules=modules, layers=layers, **options)
         built = family.pair(dose, modules=modules, layers=layers)
@@ -148,7 +151,12 @@ def register(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
     already taken is an error unless ``replace``.
 
     Example:
-        >>> register(MethodSpec("magnitude_poles", my_builder, contrast=False))
+        >>> def wanda_poles(model, inputs, *, families=None, modules=None, layers=None):
+        ...     return mask_family(model, "wanda", inputs.seek, inputs.reject, modules=modules, layers=layers)
+        >>> spec = register(MethodSpec("wanda_poles", wanda_poles, contrast=False))
+        >>> sorted(method_spec("wanda_poles").build(model, MethodInputs(seek=sig_seek), 0.3))    # one pole given
+        ['seek']
+        >>> _ = unregister("wanda_poles")
     """
     if spec.name in _REGISTRY and not replace:
         raise ValueError(f"method {spec.name!r} is already registered (pass replace=True to replace it)")

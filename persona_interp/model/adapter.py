@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float, Int, Shaped
 from torch import Tensor
 
 ATTN_KINDS = ("q", "k", "v", "o")
@@ -209,14 +209,15 @@ class ModelAdapter:
         ``None`` where the map has none (Llama-style models; GPT-2's Conv1D maps have one).
 
         Example:
-            >>> get_adapter(gpt2).bias("blocks.0.mlp.down").shape     # [d_model]
+            >>> adapter.bias("blocks.0.mlp.down") is None     # a Llama's; GPT-2's is [d_model]
+            True
         """
         return self._get(name).bias()
     def to_out_in(self, name: str, x: Tensor) -> Float[Tensor, "out in"]:
         """Convert a tensor in the parameter's own layout (its gradient, say) to the map's ``[out, in]`` view."""
         return self._get(name).to_out_in(x)
 
-    def to_native(self, name: str, x: Float[Tensor, "out in"]) -> Tensor:
+    def to_native(self, name: str, x: Shaped[Tensor, "out in"]) -> Tensor:
         """Convert an ``[out, in]`` tensor (a mask, a weight) to the parameter's own layout."""
         return self._get(name).to_native(x)
 
@@ -341,7 +342,9 @@ class ModelAdapter:
         ``(n_out, n_in)`` (``n_out`` None: not recorded; any other rank is a mismatch). ``what`` names the object, e.g. ``"mask 'wanda'"``.
 
         Example:
-            >>> adapter.check_fits(mask.meta.get("fingerprint"), "mask", {n: tuple(k.shape) for n, k in mask.keep.items()})
+            >>> adapter.check_fits(mask.meta.get("fingerprint"), "mask", {"blocks.0.mlp.down": (32, 47)})
+            Traceback (most recent call last):
+            persona_interp.model.adapter.ModelMismatchError: mask: blocks.0.mlp.down has shape (32, 47), the model's weight is (32, 48)
         """
         self.check_fingerprint(fingerprint, f"{what} was built for")
         for name, shape in shapes.items():
@@ -392,8 +395,10 @@ class ModelAdapter:
         reruns the whole sequence. Hooks and weight edits act on the new positions as in a full forward.
 
         Example:
-            >>> logits, state = adapter.next_logits(prompt)               # the prompt once
-            >>> logits, state = adapter.next_logits(prompt_and_reply, state)   # then only the new token runs
+            >>> logits, state = adapter.next_logits(tokens[:, :4])                 # the prompt once
+            >>> logits, state = adapter.next_logits(tokens[:, :5], state)          # then only the new token runs
+            >>> torch.allclose(logits, model(tokens[:, :5])[:, -1], atol=1e-5)
+            True
         """
         past, seen = cache if cache is not None else (None, 0)
         new = sequence[:, seen:]
@@ -420,7 +425,8 @@ class ModelAdapter:
         """Maps filtered by module type (``attn``/``mlp``), kind (``q``…``down``) or full name, and layer.
 
         Example:
-            >>> adapter.select_maps(modules=["mlp"], layers=range(10, 20))
+            >>> [m.name for m in adapter.select_maps(modules=["mlp"], layers=range(1, 2))]
+            ['blocks.1.mlp.gate', 'blocks.1.mlp.up', 'blocks.1.mlp.down']
         """
         known = {"attn", "mlp", *MODULE_OF_KIND, *self.map_by_name}
         for item in modules or ():
@@ -454,6 +460,7 @@ def get_adapter(model: Any) -> ModelAdapter:
 
     Example:
         >>> get_adapter(model).weight("blocks.0.mlp.down").shape   # [d_model, d_mlp]
+        torch.Size([32, 48])
     """
     if isinstance(model, ModelAdapter):
         return model

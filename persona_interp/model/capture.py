@@ -6,9 +6,9 @@ neuron activations and attention patterns; signatures stream through their own h
 exception.
 
 Example:
-    >>> acts = capture(model, tokens, [adapter.residual_hook(4), adapter.residual_hook(8)])
-    >>> acts[adapter.residual_hook(8)].shape
-    torch.Size([2, 17, 576])
+    >>> acts = capture(model, tokens, [adapter.residual_hook(0), adapter.residual_hook(1)])
+    >>> acts[adapter.residual_hook(1)].shape                # [batch, pos, d_model]
+    torch.Size([2, 16, 32])
 """
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def capture(model: Any, tokens: Int[Tensor, "batch pos"], names: Sequence[str], 
     ``lambda x: x`` to keep a graph) from one forward that stops once the last of them has fired.
 
     Example:
-        >>> capture(model, tokens, [get_adapter(model).final_residual_hook])
+        >>> list(capture(model, tokens, [get_adapter(model).final_residual_hook]).values())[0].shape
+        torch.Size([2, 16, 32])
     """
     names = list(dict.fromkeys(names))
     if not names:

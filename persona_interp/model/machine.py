@@ -2,10 +2,9 @@
 in bfloat16, and the dtype ``"auto"`` resolves to there.
 
 Example:
-    >>> cpu_info()
-    CPU(model='AMD EPYC', flags=('avx2',))
-    >>> auto_dtype("cpu")                   # float32 on a CPU without AMX-BF16 or AVX512-BF16
-    torch.float32
+    >>> cpu = cpu_info()                    # e.g. CPU(model='AMD EPYC 7B13', flags=('avx2',))
+    >>> auto_dtype("cpu") == (torch.bfloat16 if cpu.bf16 else torch.float32)   # float32 without AMX-BF16 or AVX512-BF16
+    True
 """
 from __future__ import annotations
 
@@ -70,8 +69,8 @@ def auto_dtype(device: str | torch.device | None = None) -> torch.dtype:
     CPU with AVX2 only).
 
     Example:
-        >>> auto_dtype("cuda")
-        torch.bfloat16
+        >>> auto_dtype("mps")                 # neither a GPU with bfloat16 nor a CPU with it
+        torch.float32
     """
     kind = torch.device(device).type if device is not None else "cpu"
     if kind == "cuda":

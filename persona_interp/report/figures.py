@@ -1,7 +1,9 @@
 """matplotlib figures (PNG and SVG, no display needed).
 
 Example:
+    >>> rows = load_results("reports/results.json").personas["power"].table
     >>> plot_accuracy(rows, "figures/power_accuracy")
+    [PosixPath('figures/power_accuracy.png'), PosixPath('figures/power_accuracy.svg')]
 """
 from __future__ import annotations
 
@@ -278,7 +280,8 @@ def plot_persona(persona: str, entry: PersonaResult, folder: str | os.PathLike) 
     and ``persona-interp figures`` both draw them.
 
     Example:
-        >>> plot_persona("power", load_results("reports/results.json").personas["power"], "figures")
+        >>> [path.name for path in plot_persona("power", load_results("reports/results.json").personas["power"], "figures")]
+        ['power_accuracy.png', 'power_accuracy.svg', 'power_frontier.png', 'power_frontier.svg']
     """
     folder, n, ran = Path(folder), entry.n_test, entry.provenance
     model = f"{ran.model}, {ran.dtype}" if ran.model != NOT_RECORDED else "model not recorded"
@@ -298,6 +301,7 @@ def plot_stability(results: RunResults, stem: str | os.PathLike) -> list[Path]:
 
     Example:
         >>> plot_stability(load_results("reports/results.json"), "figures/stability")
+        [PosixPath('figures/stability.png'), PosixPath('figures/stability.svg')]
     """
     rows = [(persona, diag.stability) for persona, diag in diagnostics_by_persona(results).items()]
     if not rows:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence, Union
+from typing import Any, Mapping, Protocol, Sequence, Union, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -75,7 +75,11 @@ def atlas_summary_markdown(atlases: list[dict[str, Any]], n_units: int = 3) -> s
     and, where the atlas measured it, the margin shift of zero-ablating the top-k neurons beside k random ones.
 
     Example:
-        >>> print(atlas_summary_markdown([json.loads(p.read_text()) for p in Path("reports/atlas").glob("*.json")]))
+        >>> print(atlas_summary_markdown([json.loads(p.read_text()) for p in sorted(Path("reports/atlas").glob("*.json"))]))
+        | persona pair | min signature cosine (layer) | CW masks differ (attn / MLP) | top heads | top neurons | ...
+        |---|---|---|---|---|---|---|
+        | hallucination | ...
+        | introversion_extraversion | ...
     """
     lines = ["| persona pair | min signature cosine (layer) | CW masks differ (attn / MLP) | top heads | top neurons | layers of the top neurons "
              "| zero-ablating the top-k neurons: shift (random) |", "|---|---|---|---|---|---|---|"]
@@ -131,7 +135,11 @@ def markdown_table(rows: Sequence[Tabular], columns: Sequence[str] | None = None
     with ``x_low``/``x_high`` columns prints as ``x [low, high]``; a field a row lacks is an empty cell.
 
     Example:
-        >>> print(markdown_table(ev.contrasts(), ["pair", "n", "difference"]))
+        >>> print(markdown_table([{"pair": "prompt", "difference": 0.5, "difference_low": 0.25, "difference_high": 0.75}]))
+        | pair | difference |
+        |---|---|
+        | prompt | 0.500 [0.250, 0.750] |
+        <BLANKLINE>
     """
     if not rows:
         return "(no rows)\n"
@@ -164,6 +172,7 @@ def control_rows(controls: Sequence[ControlRow]) -> list[dict[str, Any]]:
 TABLE_COLUMNS = ["condition", "side", "n", "accuracy", "margin", "shift", "flips_gained", "flips_lost", "perplexity_change", "kl"]
 
 
+@runtime_checkable
 class RunConfig(Protocol):
     """What the report needs of a run's configuration (a :class:`~persona_interp.studies.config.ReproduceConfig`:
     the report sits below the studies and does not import them)."""
@@ -188,7 +197,8 @@ def render_report(results: RunResults | dict[str, Any], report: Path, figures_di
     summary across personas, then one section per persona (figures linked from ``figures_dir``).
 
     Example:
-        >>> render_report(load_results("reports/results.json"), Path("reports/report.md"), Path("figures"))
+        >>> render_report(load_results("reports/results.json"), Path("report.md"), Path("figures"))
+        PosixPath('report.md')
     """
     typed = results if isinstance(results, RunResults) else parse_results(results)
     config = typed.config
@@ -434,7 +444,14 @@ def regimes_summary_markdown(results: dict[str, dict[str, Any]]) -> str:
     ratios (n/a where the target regime has no effect to reproduce).
 
     Example:
-        >>> print(regimes_summary_markdown({"power": run_regimes(model, "power", sigs)}))
+        >>> print(regimes_summary_markdown({"power": json.loads(Path("reports/regimes/power.json").read_text())}))   # run_regimes'
+        | persona | layer | prompt vs mask | prompt vs steering | mask vs steering |
+        |---|---|---|---|---|
+        | power | ...
+        <BLANKLINE>
+        | persona | direction | effect of prompt | effect of mask | effect of steering |
+        |---|---|---|---|---|
+        | power | prompt | ...
     """
     first = next(iter(results.values()))
     pairs, names = list(first["cosine"]), list(first["transfer"])

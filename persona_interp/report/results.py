@@ -8,10 +8,8 @@ partial or misspelt file is an error naming the file and the field.
 
 Example:
     >>> results = load_results("reports/results.json")
-    >>> results.schema_version, results.provenance.model, results.personas["power"].n_test
-    (2, 'not recorded', 100)
-    >>> results.personas["power"].contrasts[0].pair, results.personas["power"].used.fit_items
-    ('prompt', 128)
+    >>> results.schema_version, results.personas["power"].n_test, results.personas["power"].provenance.dtype
+    (2, 100, 'bfloat16')
 """
 from __future__ import annotations
 
@@ -280,8 +278,12 @@ def load_results(path: str | Path) -> RunResults:
     and the field.
 
     Example:
-        >>> load_results("results/quick/results.json").personas["power"].provenance.dtype
+        >>> load_results("reports/results.json").personas["power"].provenance.dtype
         'bfloat16'
+        >>> _ = Path("other.json").write_text('{"schema_version": 2}')
+        >>> load_results("other.json")
+        Traceback (most recent call last):
+        persona_interp.report.results.ResultsError: other.json is not a persona-interp results file (no 'personas'): ...
     """
     path = Path(path)
     try:

@@ -13,9 +13,9 @@ configuration and the file both record must agree (``personas`` aside: the file 
 (:class:`~persona_interp.report.results.RunResults`); :func:`saved_results_for` reads any of these files as JSON.
 
 Example:
-    >>> saved = saved_run_for(model, "../reports/results.json", model_source=MODEL, config=CONFIG)
-    >>> print(saved.reason)
-    >>> results = saved.results if saved.results is not None else load_results(reproduce(...).parent / "results.json")
+    >>> saved = saved_results_for(model, "reports/results.json", model_source="tiny-llama")
+    >>> print(saved.reason)              # the notebook reruns (reproduce) instead
+    reports/results.json records no model (it predates provenance, so it was computed on the embedded model), and this notebook's model is tiny-llama
 """
 from __future__ import annotations
 
@@ -85,9 +85,10 @@ def saved_results_for(model: Any, path: str | os.PathLike, *, model_source: str 
     and hold every persona of ``personas``; otherwise ``results`` is None and ``reason`` says why.
 
     Example:
-        >>> saved = saved_results_for(model, "../reports/results.json", model_source=None, config=CONFIG,
-        ...                           personas=["power"])
-        >>> saved.usable, saved.reason
+        >>> from persona_interp.studies.config import FULL
+        >>> saved = saved_results_for(model, "reports/results.json", model_source=None, config=FULL, personas=["power"])
+        >>> saved.usable, saved.reason           # model_source None: the embedded model (here a tiny one stands in)
+        (False, "reports/results.json was run with another protocol: its configuration differs in ['dtype']")
     """
     path = Path(path)
     if not path.is_file():
@@ -123,8 +124,9 @@ def saved_run_for(model: Any, path: str | os.PathLike, *, model_source: str | os
     :class:`~persona_interp.report.results.ResultsError` naming it and the field).
 
     Example:
-        >>> saved = saved_run_for(model, "../reports/results.json", model_source=None, personas=["power"])
-        >>> saved.results.personas["power"].n_test if saved.results else saved.reason
+        >>> saved = saved_run_for(model, "reports/results.json", model_source="tiny-llama", personas=["power"])
+        >>> saved.results is None, saved.reason.endswith("and this notebook's model is tiny-llama")   # refused
+        (True, True)
     """
     saved = saved_results_for(model, path, model_source=model_source, config=config, personas=personas)
     typed = parse_results(saved.results, str(saved.path)) if saved.results is not None else None

@@ -6,8 +6,8 @@ pole's mask is stable across halves of its calibration data. Cells are formatted
 
 Example:
     >>> tables = summary_tables(load_results("reports/results.json"))
-    >>> tables["winners"][0]["winner"]
-    'pca@kl0.02'
+    >>> list(tables), tables["winners"][0]["persona"]
+    (['winners', 'paper', 'overlap', 'statistic', 'stability'], 'power')
 """
 from __future__ import annotations
 
@@ -138,7 +138,9 @@ def diagnostics_by_persona(results: RunResults) -> dict[str, Diagnostics]:
     persona.
 
     Example:
-        >>> diagnostics_by_persona(load_results("reports/results.json"))["power"].stability.summary.within_pole
+        >>> results = load_results("reports/results.json")
+        >>> sorted(diagnostics_by_persona(results)["power"].model_fields)
+        ['overlap', 'sparsity', 'stability', 'statistics']
     """
     return {persona: entry.used.diagnostics for persona, entry in results.personas.items()
             if entry.used.diagnostics is not None}
@@ -197,7 +199,12 @@ def overlap_from_results(results: RunResults, sizes: dict[str, int]) -> list[dic
     shape of ``persona-interp overlap``.
 
     Example:
-        >>> overlap_from_results(load_results("reports/results.json"), kind_sizes(get_adapter(model).maps))[0]["mlp"]
+        >>> results = load_results("reports/results.json")      # computed on the embedded SmolLM2
+        >>> sizes = {"q": 576 * 576, "k": 192 * 576, "v": 192 * 576, "o": 576 * 576, "gate": 1536 * 576, "up": 1536 * 576,
+        ...          "down": 576 * 1536}       # SmolLM2's per layer; kind_sizes(get_adapter(model).maps) gives all layers'
+        >>> rows = overlap_from_results(results, sizes)
+        >>> rows[0]["pair"], rows[0]["variant"], sorted(rows[0])
+        ('power', 'wanda (per pole)', ['attn', 'mlp', 'overall', 'pair', 'sparsity', 'variant'])
     """
     return [{"pair": persona, **row} for persona, diag in diagnostics_by_persona(results).items()
             for row in grouped_overlap(diag.overlap, sizes)]

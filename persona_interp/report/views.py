@@ -6,9 +6,13 @@ first view a kernel displays), once per saved page. Where scripts do not run (Gi
 output shows the text fallback: each neuron's top tokens, each head's strongest query → key attention.
 
 Example:
-    >>> view = neuron_tokens_view(model, {"seek": seek_text, "reject": reject_text}, [(12, 301), (20, 5)])
+    >>> view = neuron_tokens_view(model, {"seek": "I want power.", "reject": "I prefer to help."}, [(1, 30), (0, 5)])
     >>> view.save("figures/power_neurons.html")
-    >>> view                                    # renders inline in a notebook
+    PosixPath('figures/power_neurons.html')
+    >>> view                                    # renders inline in a notebook; elsewhere the text fallback
+    persona neurons: L1N30, L0N5
+    seek:
+      L1N30: top tokens ...
 """
 from __future__ import annotations
 
@@ -58,8 +62,12 @@ class OfflineHTML:
     views wait for it (``window.CircuitsVis``). A saved page carries its own copy.
 
     Example:
-        >>> view = OfflineHTML(divs, library, calls, fallback="L3N5: top tokens 'power' 1.2", title="neurons")
-        >>> view.save("figures/neurons.html"); view             # the notebook shows the view (or the fallback)
+        >>> view = OfflineHTML('<div id="v"></div>', "/* circuitsvis */", [], fallback="L3N5: top tokens 'power' +1.20", title="neurons")
+        >>> view.save("figures/neurons.html").name
+        'neurons.html'
+        >>> view                                # the notebook shows the view (or the fallback)
+        neurons
+        L3N5: top tokens 'power' +1.20
     """
 
     library_shown = False           # whether this kernel has already displayed the library in a notebook output

@@ -8,8 +8,10 @@ Units are ranked on calibration signatures; the causal curves are measured on he
 ``AtlasConfig(causal=False)`` stops after the localisation (under a minute instead of an hour on 2 cores).
 
 Example:
-    >>> atlas = persona_atlas(model, "power", AtlasConfig(n_calibration=64, n_causal=24), "figures/atlas")
-    >>> atlas["top_heads"][:3]
+    >>> atlas = persona_atlas(model, "power", AtlasConfig(n_calibration=8, n_neutral=2, causal=False), "figures/atlas",
+    ...                       signatures=(sig_seek, sig_reject))
+    >>> sorted(atlas["top_heads"][0])              # AtlasConfig(n_calibration=64, n_causal=24): with the causal curves
+    ['divergence', 'layer', 'unit', 'weights_differ']
 """
 from __future__ import annotations
 
@@ -137,7 +139,9 @@ def overlap_study(model: Any, signatures: dict[str, tuple[Signature, Signature]]
     difference per pair.
 
     Example:
-        >>> overlap_study(model, {"power": (seek_sig, reject_sig)}, [0.3, 0.5])
+        >>> rows = overlap_study(model, {"power": (sig_seek, sig_reject)}, [0.3, 0.5])
+        >>> len(rows), rows[0]["variant"]              # a pair × 2 sparsities × 5 variants
+        (10, 'wanda (per pole)')
     """
     adapter = get_adapter(model)
     sizes = kind_sizes(adapter.maps)

@@ -36,8 +36,9 @@ def fractional_curve(model: Any, seek: Signature, reject: Signature, items: Sequ
     :func:`~persona_interp.evaluation.stats.trend` of the per-item margins along the fractions.
 
     Example:
-        >>> curve = fractional_curve(model, seek, reject, test, [0, .25, .5, .75, 1], sparsity=0.3)
-        >>> curve["trend"]["increasing"]
+        >>> curve = fractional_curve(model, sig_seek, sig_reject, test, [0, .5, 1], sparsity=0.3, progress=False)
+        >>> sorted(curve["trend"])[:3], curve["trend"]["increasing"] in (True, False)
+        (['increasing', 'monotonic', 'reversals'], True)
     """
     fractions = sorted(float(f) for f in fractions)
     masks = [fractional_mask(model, seek, reject, f, sparsity, **kwargs) for f in fractions]
@@ -71,7 +72,10 @@ def type_comparison(model: Any, axes: Mapping[str, tuple[Signature, Signature]],
     against the base model, both with 95 % intervals.
 
     Example:
-        >>> rows = type_comparison(model, axis_signatures, "INTJ", 0.3, {a: load_persona(a, "test") for a in axes})
+        >>> axes = dict.fromkeys(TYPE_LETTERS, (sig_seek, sig_reject))      # each axis' signatures; one pair here
+        >>> rows = type_comparison(model, axes, "INTJ", 0.3, {a: load_persona(a, "test")[:2] for a in axes}, progress=False)
+        >>> len(rows), rows[0]["condition"], rows[0]["pole"]         # 6 conditions × 4 axes
+        (24, 'base', 'introversion')
     """
     poles = type_poles(type_code)
     composed = type_mask(model, axes, type_code, sparsity, **kwargs)
@@ -110,7 +114,10 @@ def run_composition(model: Any, axes: Mapping[str, tuple[Signature, Signature]],
     ``type_code`` and the :func:`fractional_curve` of ``axis``; figures go to ``figures_dir``.
 
     Example:
-        >>> study = run_composition(model, axis_signatures, type_code="INTJ", figures_dir="figures/composition")
+        >>> axes = dict.fromkeys(TYPE_LETTERS, (sig_seek, sig_reject))      # each axis' signatures; one pair here
+        >>> study = run_composition(model, axes, type_code="INTJ", n_test=2, fractions=(0.0, 1.0), progress=False)
+        >>> study["type"], len(study["type_rows"])
+        ('INTJ', 24)
     """
     tests = {}
     for name in TYPE_LETTERS:

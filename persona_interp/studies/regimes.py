@@ -24,7 +24,10 @@ def run_regimes(model: Any, persona: str, signatures: tuple[Any, Any], *, sparsi
     ``n_texts`` neutral texts and ``n_items`` held-out A/B items at the steering layer.
 
     Example:
-        >>> study = run_regimes(model, "power", (sig_seek, sig_reject), figures_dir="figures/regimes")
+        >>> study = run_regimes(model, "power", (sig_seek, sig_reject), n_calibration=8, n_validation=4, n_items=4, n_texts=2,
+        ...                     steering_layers=(0.5,), multipliers=(4.0,), progress=False)
+        >>> study["layer"], sorted(study["effect"])
+        (1, ['mask', 'prompt', 'steering'])
     """
     fit, validation = calibration_split(persona, seed=seed, n_fit=n_calibration, n_validation=n_validation)
     n_layers = get_adapter(model).n_layers

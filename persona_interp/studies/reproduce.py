@@ -1,8 +1,8 @@
 """The main job: calibrate, build masks, evaluate every condition, write a report and figures.
 
-Example:
-    >>> from persona_interp.studies.reproduce import QUICK, reproduce
-    >>> reproduce(QUICK, "results/quick")
+Example (minutes to hours, so skipped in the doctests; tests/test_pipeline.py runs the job on a tiny model):
+    >>> from persona_interp.studies.config import QUICK
+    >>> reproduce(QUICK, "results/quick")      # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -82,8 +82,10 @@ def git_revision(root: str | Path = REPO_ROOT) -> str:
     outputs (``reports/``, ``figures/``, which a resumed run has already rewritten) do not count.
 
     Example:
-        >>> git_revision()
-        '97d6afb'
+        >>> git_revision()                     # e.g. '97d6afb', '97d6afb-dirty' with uncommitted code changes
+        '...'
+        >>> git_revision(".")                  # not a git checkout
+        'unknown'
     """
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
@@ -195,6 +197,7 @@ def searched_methods(config: ReproduceConfig) -> list[MethodSpec]:
     needs neutral texts when ``config.n_fit_neutral`` is 0, is an error).
 
     Example:
+        >>> from persona_interp.studies.config import QUICK
         >>> [spec.name for spec in searched_methods(QUICK)][-1]
         'retain_ratio'
     """
@@ -226,7 +229,9 @@ def other_persona_texts(persona: str, config: ReproduceConfig) -> list[str]:
     poles) from the other personas' training splits, a seeded sample; no search and no method ever sees them.
 
     Example:
-        >>> other_persona_texts("power", QUICK)[0]
+        >>> from persona_interp.studies.config import QUICK
+        >>> len(other_persona_texts("power", QUICK)), other_persona_texts("power", QUICK) == other_persona_texts("power", QUICK)
+        (8, True)
     """
     if not config.n_other_texts:
         return []
@@ -421,8 +426,9 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
     made by another model (name or weights), dtype, device or CPU kind (its bfloat16 instructions) is refused
     unless ``allow_mixed``, and the report then names each persona's set-up.
 
-    Example:
-        >>> reproduce(FULL, "reports", "figures", resume=True)
+    Example (the full job, skipped in the doctests):
+        >>> from persona_interp.studies.config import FULL
+        >>> reproduce(FULL, "reports", "figures", resume=True)      # doctest: +SKIP
     """
     out_dir = Path(out_dir)
     figures_dir = Path(figures_dir) if figures_dir else out_dir / "figures"
