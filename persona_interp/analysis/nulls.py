@@ -3,10 +3,17 @@
 * :func:`random_cosine_band` — the band of cosines between independent random directions in ``d`` dimensions
   (about ±1/√d; the reference for 07's regime cosines).
 * :func:`percentile_band` — a percentile band over random draws (06's random-unit controls over seeds).
-* :func:`split_half_signature_cosine` — per layer, the cosine between the signatures of two disjoint halves of
-  one pole's items (the reference for 04's seek-vs-reject signature cosine).
+* :func:`split_halves` and :func:`swapped_poles` — pairs of signatures with nothing between them to find: two
+  disjoint halves of one pole's items, or the two poles on the same items with each item's seek and reject answers
+  exchanged at random (the paired permutation null: it keeps the questions shared, as seek vs reject does).
+* :func:`split_half_signature_cosine` / :func:`null_signature_cosine` — per layer, the cosine between such a pair
+  (the references for 04's seek-vs-reject signature cosine).
 * :func:`split_half_differ` — how much one pole's per-pole Wanda masks differ between two disjoint halves of its
   own items, overall, attention and MLP (the null for 05's "more in the MLP than in attention").
+* :func:`null_units` — the heads and neurons that differ most within such pairs, and :func:`above_null`, the units
+  of a seek-vs-reject ranking above all of them (the null for 04's top units).
+
+:mod:`persona_interp.report.null_figures` draws each null on the figure it qualifies.
 
 Example:
     >>> [round(x, 2) for x in random_cosine_band(576)]        # ≈ ±2/√576 at the 95 % level
@@ -14,13 +21,14 @@ Example:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from persona_interp.analysis.localise import signature_cosine_by_layer
+from persona_interp.analysis.localise import UnitDivergence, head_divergence, neuron_divergence, signature_cosine_by_layer
 from persona_interp.masks.builders import wanda_mask
 from persona_interp.masks.mask import fraction_differ, fraction_differ_by
 from persona_interp.signatures import Signature
@@ -78,36 +86,161 @@ def _halves(n: int, draws: int, seed: int) -> list[tuple[list[int], list[int]]]:
     return out
 
 
+NullPairs = list[tuple[Signature, Signature]]     # per draw, two signatures with nothing between them to find
+
+
+def split_halves(signature: Signature, draws: int = 3, seed: int = 0) -> NullPairs:
+    """Per draw, the signatures of two disjoint random halves of one pole's samples (needs
+    ``collect_signatures(..., per_sample=True)``).
+
+    Example:
+        >>> [(a.n_samples, b.n_samples) for a, b in split_halves(sig_seek, draws=2)]      # of 8 samples
+        [(4, 4), (4, 4)]
+    """
+    return [(signature.subset(a), signature.subset(b)) for a, b in _halves(signature.n_samples, draws, seed)]
+
+
+def _mixed(seek: Signature, reject: Signature, items: Tensor, take_reject: Tensor) -> Signature:
+    """The signature of ``items``, each item's rows taken from ``reject`` where ``take_reject`` else from ``seek``."""
+    rows = {site: {key: torch.where(take_reject[:, None] if value.dim() == 2 else take_reject, reject.rows[site][key][items], value[items])
+                   for key, value in stats.items()} for site, stats in seek.rows.items()}
+    whole = Signature({}, seek.map_sites, {}, {}, {**seek.meta, "n_samples": len(items), "side": "mixed"}, rows)
+    return whole.subset(range(len(items)))
+
+
+def swapped_poles(seek: Signature, reject: Signature, draws: int = 3, seed: int = 0, n: int | None = None) -> NullPairs:
+    """Per draw, two signatures of the same ``n`` random items (all by default) in which each item's seek and reject
+    answers are exchanged with probability ½: the paired permutation null of a seek-vs-reject comparison, where
+    both poles answer the same questions (needs both poles' per-sample rows, collected on the same items in the
+    same order).
+
+    Example:
+        >>> [(a.n_samples, b.n_samples) for a, b in swapped_poles(sig_seek, sig_reject, draws=2, n=8)]
+        [(8, 8), (8, 8)]
+    """
+    if not seek.rows or not reject.rows:
+        raise ValueError("swapped_poles needs both poles' per-sample rows: collect them with per_sample=True")
+    total = seek.n_samples
+    if reject.n_samples != total or seek.meta.get("dataset") != reject.meta.get("dataset"):
+        raise ValueError(f"the poles must be collected on the same items: seek has {total} samples of "
+                         f"{seek.meta.get('dataset')!r}, reject {reject.n_samples} of {reject.meta.get('dataset')!r}")
+    n = total if n is None else n
+    if not 2 <= n <= total or draws < 1:
+        raise ValueError(f"swapped poles need 2 ≤ n ≤ {total} items and 1 draw, got n={n}, {draws} draws")
+    out = []
+    for draw in range(draws):
+        g = torch.Generator().manual_seed(seed + draw)
+        items = torch.randperm(total, generator=g)[:n].sort().values
+        flip = torch.rand(n, generator=g) < 0.5
+        out.append((_mixed(seek, reject, items, flip), _mixed(seek, reject, items, ~flip)))
+    return out
+
+
+def null_signature_cosine(pairs: NullPairs, statistic: str = "norm_mean") -> Float[Tensor, "draws layers"]:
+    """Per draw and layer, the cosine between the two signatures of a null pair (:func:`split_halves`,
+    :func:`swapped_poles`): how close two signatures are when nothing separates them, the reference a seek-vs-reject
+    cosine must fall below to show a difference between the poles.
+
+    Example:
+        >>> cosine = null_signature_cosine(swapped_poles(sig_seek, sig_reject, draws=2))      # [draw, layer]
+        >>> cosine.shape[0], bool((cosine <= 1 + 1e-5).all())
+        (2, True)
+    """
+    return torch.stack([signature_cosine_by_layer(a, b, statistic) for a, b in pairs])
+
+
 def split_half_signature_cosine(signature: Signature, draws: int = 3, seed: int = 0,
                                 statistic: str = "norm_mean") -> Float[Tensor, "draws layers"]:
-    """Per draw and layer, the cosine between the signatures of two disjoint halves of one pole's samples
-    (needs ``collect_signatures(..., per_sample=True)``): how close two signatures of the same pole are, the
-    reference a seek-vs-reject cosine must fall below to show a difference between the poles.
+    """:func:`null_signature_cosine` of :func:`split_halves`: the cosine between two disjoint halves of one pole.
 
     Example:
         >>> split_half_signature_cosine(sig_seek, draws=3).min(dim=0).values.shape     # per layer, the lowest over draws
         torch.Size([2])
     """
-    return torch.stack([signature_cosine_by_layer(signature.subset(a), signature.subset(b), statistic)
-                        for a, b in _halves(signature.n_samples, draws, seed)])
+    return null_signature_cosine(split_halves(signature, draws, seed), statistic)
+
+
+@dataclass(frozen=True)
+class MaskDiffer:
+    """The shares of entries in which two masks differ: overall, in attention and in the MLP weights (each share
+    weighted by entries).
+
+    Example:
+        >>> round(MaskDiffer(overall=0.011, attn=0.010, mlp=0.0115).mlp_minus_attn, 4)
+        0.0015
+    """
+
+    overall: float
+    attn: float
+    mlp: float
+
+    @property
+    def mlp_minus_attn(self) -> float:
+        return self.mlp - self.attn
 
 
 def split_half_differ(model: Any, signature: Signature, sparsity: float, draws: int = 3,
-                      seed: int = 0) -> list[dict[str, float]]:
-    """Per draw, the share of entries in which one pole's per-pole Wanda masks from two disjoint halves of its own
-    samples differ: ``overall``, ``attn`` and ``mlp`` (entries-weighted), and ``mlp_minus_attn``. Differences
-    between the poles' masks (and between their attention and MLP shares) smaller than these are within the
-    noise of the calibration sample.
+                      seed: int = 0) -> list[MaskDiffer]:
+    """Per draw, how much one pole's per-pole Wanda masks from two disjoint halves of its own samples differ
+    (needs ``collect_signatures(..., per_sample=True)``). Differences between the poles' masks (and between their
+    attention and MLP shares) inside these are within the noise of the calibration sample.
 
     Example:
-        >>> rows = split_half_differ(model, sig_seek, 0.3, draws=3)
-        >>> len(rows), sorted(rows[0])
-        (3, ['attn', 'mlp', 'mlp_minus_attn', 'overall'])
+        >>> null = split_half_differ(model, sig_seek, 0.3, draws=3)
+        >>> len(null), all(0 <= d.overall <= 1 for d in null)
+        (3, True)
     """
-    rows = []
+    out = []
     for a, b in _halves(signature.n_samples, draws, seed):
         first, second = (wanda_mask(model, signature.subset(half), sparsity) for half in (a, b))
         by_module = fraction_differ_by(first, second, "module")
-        rows.append({"overall": fraction_differ(first, second), "attn": by_module["attn"], "mlp": by_module["mlp"],
-                     "mlp_minus_attn": by_module["mlp"] - by_module["attn"]})
-    return rows
+        out.append(MaskDiffer(fraction_differ(first, second), by_module["attn"], by_module["mlp"]))
+    return out
+
+
+@dataclass(frozen=True)
+class NullUnits:
+    """Per draw of a null pair (:func:`null_units`), the top heads and neurons ranked by their divergence: what the
+    top of a ranking looks like when nothing separates the two sides."""
+
+    heads: tuple[tuple[UnitDivergence, ...], ...]
+    neurons: tuple[tuple[UnitDivergence, ...], ...]
+    n_per_side: int
+
+    def of(self, kind: str) -> tuple[tuple[UnitDivergence, ...], ...]:
+        """The draws of ``kind`` ("head" or "neuron")."""
+        if kind not in ("head", "neuron"):
+            raise ValueError(f"kind must be 'head' or 'neuron', got {kind!r}")
+        return self.heads if kind == "head" else self.neurons
+
+    def ceiling(self, kind: str) -> float:
+        """The largest divergence of any ``kind`` unit in any draw."""
+        return max(draw[0].divergence for draw in self.of(kind))
+
+
+def null_units(model: Any, pairs: NullPairs, top: int = 100) -> NullUnits:
+    """The ``top`` heads and neurons by divergence (mean |z|, as the atlas ranks seek against reject) within each
+    null pair (:func:`split_halves`, :func:`swapped_poles`). A seek-vs-reject unit whose divergence does not exceed
+    these is not told apart from sampling noise; compare at the same number of samples per side.
+
+    Example:
+        >>> null = null_units(model, swapped_poles(sig_seek, sig_reject, draws=2), top=5)
+        >>> len(null.neurons), len(null.neurons[0]), null.ceiling("neuron") > 0
+        (2, 5, True)
+    """
+    heads = tuple(tuple(head_divergence(model, a, b)[:top]) for a, b in pairs)
+    neurons = tuple(tuple(neuron_divergence(model, a, b)[:top]) for a, b in pairs)
+    return NullUnits(heads, neurons, min(min(a.n_samples, b.n_samples) for a, b in pairs))
+
+
+def above_null(units: Sequence[UnitDivergence], null: NullUnits, kind: str) -> list[UnitDivergence]:
+    """The units (of a seek-vs-reject ranking) whose divergence exceeds every ``kind`` unit of every null draw.
+
+    Example:
+        >>> null = null_units(model, split_halves(sig_seek, draws=2), top=5)
+        >>> ranked = neuron_divergence(model, sig_seek, sig_reject)
+        >>> all(u.divergence > null.ceiling("neuron") for u in above_null(ranked, null, "neuron"))
+        True
+    """
+    ceiling = null.ceiling(kind)
+    return [u for u in units if u.divergence > ceiling]
