@@ -90,8 +90,8 @@ class NeuronMask(_UnitMask):
     """Ablate MLP neurons (``{layer: [neuron, ...]}``) through the neuron hook, to 0 or to their mean.
 
     Example:
-        >>> [name for name, hook in NeuronMask({1: [5, 40]}, mode="mean", signature=sig_seek).fwd_hooks(model)]
-        ['blocks.1.mlp.hook_post']
+        >>> print(*[name for name, hook in NeuronMask({1: [5, 40]}, mode="mean", signature=sig_seek).fwd_hooks(model)])
+        blocks.1.mlp.hook_post
     """
 
     def _unit_count(self, adapter: Any) -> int:
@@ -109,8 +109,8 @@ class HeadMask(_UnitMask):
     their mean ``z``.
 
     Example:
-        >>> [name for name, hook in HeadMask({1: [0]}).fwd_hooks(model)]
-        ['blocks.1.attn.hook_z']
+        >>> print(*[name for name, hook in HeadMask({1: [0]}).fwd_hooks(model)])
+        blocks.1.attn.hook_z
         >>> HeadMask({1: [4]}).fwd_hooks(model)
         Traceback (most recent call last):
         ValueError: head [4] out of range in layer 1: the model has 4 heads per layer

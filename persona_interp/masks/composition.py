@@ -209,7 +209,8 @@ def type_mask(model: Any, axes: Mapping[str, tuple[Signature, Signature]], type_
 
     Example:
         >>> intj = type_mask(model, dict.fromkeys(TYPE_LETTERS, (sig_seek, sig_reject)), "INTJ", sparsity=0.3)
-        >>> intj.meta["type"], intj.meta["poles"]["introversion_extraversion"]
+        >>> poles = intj.meta["poles"]
+        >>> intj.meta["type"], poles["introversion_extraversion"]
         ('INTJ', 'seek')
     """
     poles = type_poles(type_code)
