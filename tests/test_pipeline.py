@@ -396,7 +396,8 @@ def test_resume_refuses_a_run_of_another_model_dtype_or_cpu_kind_unless_mixing_i
     with pytest.raises(ValueError, match="dtype 'float32' there, 'bfloat16' now"):
         pipeline.reproduce(dataclasses.replace(config, dtype="bfloat16"), out, model=bf16, progress=False, resume=True)
     monkeypatch.setattr(recorded, "cpu_info", lambda: CPU("Xeon", ("amx_bf16", "avx512_bf16", "avx512f", "avx2")))
-    kind = CPU(**first["provenance"]["cpu"]).kind
+    cpu = first["provenance"]["cpu"]
+    kind = CPU(cpu["model"], tuple(cpu["flags"])).kind           # JSON gives a list; CPU holds a tuple
     with pytest.raises(ValueError, match=f"CPU kind '{kind}' there, 'amx_bf16\\+avx512_bf16' now"):
         pipeline.reproduce(config, out, model=model, progress=False, resume=True)
     assert json.loads((out / "results.json").read_text())["personas"]["power"] == first     # nothing written
