@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import persona_interp as pi
+from conftest import unchecked
 from persona_interp.model.chat import answer_ids, prompt_ids
 from persona_interp.evaluation.scoring import perplexity, score_ab
 
@@ -100,10 +101,10 @@ def test_scorers_refuse_a_string_for_texts_and_a_zero_batch_and_warn_once_on_lon
         perplexity(llama, "The river runs to the sea.")
     with pytest.raises(TypeError, match="DamageReference takes a list of texts, got a single string"):
         pi.DamageReference.build(llama, "The river runs to the sea.")
-    for bad in (0, -1, 2.5):
-        with pytest.raises(ValueError, match=f"batch_size must be a positive integer, got {bad}"):
+    for bad in (0, -1, 2.5):          # 2.5: the error a caller without the run-time checks gets
+        with unchecked(), pytest.raises(ValueError, match=f"batch_size must be a positive integer, got {bad}"):
             score_ab(llama, [pi.PersonaItem("Lead?", "Yes.", "No.")], batch_size=bad, progress=False)
-        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        with unchecked(), pytest.raises(ValueError, match="batch_size must be a positive integer"):
             perplexity(llama, ["A short text."], batch_size=bad)
     long, short = "word " * 300, "A short text."
     with pytest.warns(UserWarning, match=r"neutral texts: 2 of 3 samples were longer than max_tokens=256") as caught:

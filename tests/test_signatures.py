@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import persona_interp as pi
+from conftest import unchecked
 from persona_interp.model.chat import encode_batch
 
 
@@ -69,7 +70,7 @@ def test_sides_of_a_dataset(llama):
     torch.testing.assert_close(seek.norm_mean("blocks.0.mlp.up"), again.norm_mean("blocks.0.mlp.up"))
     assert not torch.allclose(seek.norm_mean("blocks.0.mlp.up"), reject.norm_mean("blocks.0.mlp.up"))
     assert seek.meta["dataset"] == "toy" and seek.meta["side"] == "seek"
-    with pytest.raises(ValueError, match="side must be"):
+    with unchecked(), pytest.raises(ValueError, match="side must be"):
         pi.collect_signatures(llama, ds, side="both", progress=False)
 
 
@@ -103,5 +104,5 @@ def test_bad_input(llama):
         pi.collect_signatures(llama, [], progress=False)
     with pytest.raises(ValueError, match="batch_size and max_tokens"):
         pi.collect_signatures(llama, [("a", "b")], batch_size=0, progress=False)
-    with pytest.raises(ValueError, match="token scope"):
+    with unchecked(), pytest.raises(ValueError, match="token scope"):
         pi.collect_signatures(llama, [("a", "b")], token_scope="middle", progress=False)

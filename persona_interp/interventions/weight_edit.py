@@ -57,7 +57,7 @@ class DirectionalEdit:
 
     direction: Float[Tensor, " d_model"]
     strength: float = -1.0
-    layers: tuple[int, ...] | None = None
+    layers: Sequence[int] | None = None     # stored as a tuple
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -84,7 +84,7 @@ class DirectionalEdit:
 
     def maps(self, model: Any) -> list[str]:
         """The names of the maps this edit changes on ``model``."""
-        return [m.name for m in get_adapter(model).select_maps(list(WRITERS), self.layers)]
+        return [m.name for m in get_adapter(model).select_maps(list(WRITERS), None if self.layers is None else tuple(self.layers))]
 
     def apply(self, model: Any, multiplier: float | None = None) -> ContextManager[Any]:
         """Context manager: the edit (``multiplier`` overrides ``strength``, as a steering vector's) is on inside;
