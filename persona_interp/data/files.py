@@ -44,7 +44,7 @@ def atomic(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic`."""
+    """Write ``text`` (UTF-8) to ``path`` through [`atomic`][persona_interp.data.files.atomic]."""
     with atomic(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
@@ -81,7 +81,8 @@ def read_metadata(path: str | os.PathLike, what: str = "file") -> dict[str, str]
 
 
 def read_header(path: str | os.PathLike, fmt: str, what: str) -> dict[str, str]:
-    """The metadata of a tagged file (see :func:`read_metadata`); ``ValueError`` when its tag is not ``fmt``."""
+    """The metadata of a tagged file (see [`read_metadata`][persona_interp.data.files.read_metadata]); ``ValueError``
+    when its tag is not ``fmt``."""
     header = read_metadata(path, what)
     if header.get("format") != fmt:
         raise ValueError(f"{path} is not a persona_interp {what} (format {header.get('format')!r})")

@@ -44,8 +44,8 @@ class DataError(ValueError):
 
 
 def check_side(side: object, what: str = "side") -> Side:
-    """``side`` if it is one of :data:`SIDES`, else a ValueError listing them (a typo such as ``"Seek"`` is
-    never read as the other pole).
+    """``side`` if it is one of [`SIDES`][persona_interp.data.personas.SIDES], else a ValueError listing them (a typo
+    such as ``"Seek"`` is never read as the other pole).
 
     Example:
         >>> check_side("seek")
@@ -79,7 +79,8 @@ class PersonaItem:
 
 @dataclass
 class PersonaDataset(Sequence[PersonaItem]):
-    """A named list of :class:`PersonaItem` with the names of its two poles (a ``Sequence`` of them).
+    """A named list of [`PersonaItem`][persona_interp.data.personas.PersonaItem] with the names of its two poles (a
+    ``Sequence`` of them).
 
     Example:
         >>> ds = PersonaDataset("toy", [PersonaItem("Party tonight?", "I'd rather read.", "Count me in!")])
@@ -116,6 +117,15 @@ class PersonaDataset(Sequence[PersonaItem]):
         return PersonaDataset(f"{self.name}{tag}", items, self.poles, self.source, {**self.meta, **meta})
 
     def questions(self) -> set[str]:
+        """The items' questions, normalised (lower case, runs of whitespace as one space) as
+        [`duplicates`][persona_interp.data.personas.PersonaDataset.duplicates] and
+        [`without_questions`][persona_interp.data.personas.PersonaDataset.without_questions] compare them.
+
+        Example:
+            >>> data = load_persona("power")
+            >>> len(data), len(data.questions())        # one question is there three times
+            (640, 638)
+        """
         return {_norm(item.question) for item in self.items}
 
     def duplicates(self) -> dict[str, int]:
@@ -132,7 +142,8 @@ class PersonaDataset(Sequence[PersonaItem]):
 
     def without_questions(self, questions: set[str]) -> "PersonaDataset":
         """The items whose normalised question is not in ``questions`` (e.g. another split's
-        :meth:`questions`: calibration items that leak into the test set); ``meta["dropped"]`` counts the rest.
+        [`questions`][persona_interp.data.personas.PersonaDataset.questions]: calibration items that leak into the
+        test set); ``meta["dropped"]`` counts the rest.
 
         Example:
             >>> train = load_persona("power", "train").without_questions(test.questions())
@@ -217,7 +228,7 @@ def item_from_record(record: object, where: str) -> PersonaItem:
 
 def read_text(path: Path) -> str:
     """A text file as UTF-8 (a leading byte-order mark, as Excel writes it, is dropped); bytes that are not
-    UTF-8 raise :class:`DataError` naming the file and line.
+    UTF-8 raise [`DataError`][persona_interp.data.personas.DataError] naming the file and line.
 
     Example:
         >>> import codecs; _ = Path("bom.txt").write_bytes(codecs.BOM_UTF8 + b"Question, answer")
@@ -271,8 +282,8 @@ def load_csv(path: str | os.PathLike, name: str | None = None, poles: tuple[str,
              skip_invalid: bool = False) -> PersonaDataset:
     """Read the paper's CSV: ``question,matching,not_matching`` or ``question,A,B,matching``.
 
-    A row with a missing field raises :class:`DataError` naming the file and line, unless
-    ``skip_invalid`` (then it is skipped with a warning and listed in ``meta["skipped"]``). A row with more
+    A row with a missing field raises [`DataError`][persona_interp.data.personas.DataError] naming the file and line,
+    unless ``skip_invalid`` (then it is skipped with a warning and listed in ``meta["skipped"]``). A row with more
     fields than the header (an unquoted comma: ``Lead?,Yes, I would.,No.``) always raises: its fields would be
     read into the wrong columns.
     """
@@ -325,7 +336,8 @@ def persona_names() -> list[str]:
 
 def load_persona(name: str, split: str = "train") -> PersonaDataset:
     """A named persona pair: ``power``, ``wealth``, ``hallucination`` (the paper's data, read from
-    :func:`benchmarks_dir`) or an MBTI axis from ``persona_interp/data/sets/mbti`` such as ``introversion_extraversion``.
+    [`benchmarks_dir`][persona_interp.data.personas.benchmarks_dir]) or an MBTI axis from
+    ``persona_interp/data/sets/mbti`` such as ``introversion_extraversion``.
 
     ``split`` is ``train`` (calibration) or ``test`` (held-out A/B items).
     """
@@ -380,7 +392,8 @@ class NeutralSplit:
 
 def neutral_split(n_reported: int, n_selection: int, n_fit: int = 0, texts: list[str] | None = None) -> NeutralSplit:
     """The first ``n_reported`` neutral texts, the next ``n_selection`` and the ``n_fit`` after those
-    (:class:`NeutralSplit`; ``texts`` default :func:`load_neutral_texts`); too few texts is an error.
+    ([`NeutralSplit`][persona_interp.data.personas.NeutralSplit]; ``texts`` default
+    [`load_neutral_texts`][persona_interp.data.personas.load_neutral_texts]); too few texts is an error.
 
     Example:
         >>> neutral_split(24, 8, 16).fit == load_neutral_texts()[32:48]

@@ -1,7 +1,7 @@
 """The one place that knows model internals.
 
-Every other module sees a model through :class:`ModelAdapter`: the linear maps of each block
-(q, k, v, o, gate, up, down) with their weights viewed as ``[out, in]``, the hook that carries each
+Every other module sees a model through [`ModelAdapter`][persona_interp.model.adapter.ModelAdapter]: the linear maps
+of each block (q, k, v, o, gate, up, down) with their weights viewed as ``[out, in]``, the hook that carries each
 map's input, the MLP-neuron hook and the per-head hook. Two model kinds are supported:
 ``TransformerBridge`` (TransformerLens 3.x / 4.x, raw HF weights, including GPT-2's Conv1D stored
 ``[in, out]`` and its fused qkv) and ``HookedTransformer`` (TransformerLens <= 3.x, per-head weights).
@@ -44,7 +44,7 @@ def map_name(layer: int, kind: str) -> str:
 
 
 def parse_map_name(name: str) -> tuple[int, str, str]:
-    """``(layer, module, kind)`` of a map name written by :func:`map_name`.
+    """``(layer, module, kind)`` of a map name written by [`map_name`][persona_interp.model.adapter.map_name].
 
     Example:
         >>> parse_map_name("blocks.3.mlp.down")
@@ -97,7 +97,8 @@ def _sign_bits(weight: Tensor, n: int) -> bytes:
 
 
 class ModelAdapter:
-    """Model-specific knowledge for one TransformerLens model (build it with :func:`get_adapter`)."""
+    """Model-specific knowledge for one TransformerLens model (build it with
+    [`get_adapter`][persona_interp.model.adapter.get_adapter])."""
 
     def __init__(self, model: Any):
         self.model = model
@@ -289,14 +290,14 @@ class ModelAdapter:
     # ------------------------------------------------------------ identity
     def _fingerprint(self) -> str:
         """Architecture, shapes and the sign bits of a fixed sample of the token embedding and of **every linear
-        map's** weight (:data:`SAMPLE_PER_MAP` evenly spaced entries of each, in the weight's own layout), hashed:
-        a fine-tune or a merged LoRA that leaves the embedding alone still changes the signs of some sampled
-        entries of the maps it touched.
+        map's** weight ([`SAMPLE_PER_MAP`][persona_interp.model.adapter.SAMPLE_PER_MAP] evenly spaced entries of each,
+        in the weight's own layout), hashed: a fine-tune or a merged LoRA that leaves the embedding alone still
+        changes the signs of some sampled entries of the maps it touched.
 
         Sign bits survive casting to any floating-point format and moving to any device (rounding keeps the sign,
         also of a tiny value that rounds to ±0), so the same weights give the same fingerprint in float32,
         bfloat16 or float16, on the CPU or a GPU. Cost: one strided slice per map, read once per model
-        (:func:`get_adapter` caches the adapter)."""
+        ([`get_adapter`][persona_interp.model.adapter.get_adapter] caches the adapter)."""
         weights = [self.model.W_E] + [self._access[m.name].parameter() for m in self.maps]
         return self._digest(b"".join(_sign_bits(w, SAMPLE_PER_MAP) for w in weights))
 
@@ -333,13 +334,16 @@ class ModelAdapter:
 
     @property
     def accepted_fingerprints(self) -> set[str]:
-        """This model's fingerprint and the :attr:`legacy_fingerprints` of files saved before."""
+        """This model's fingerprint and the
+        [`legacy_fingerprints`][persona_interp.model.adapter.ModelAdapter.legacy_fingerprints] of files saved
+        before."""
         return {self.fingerprint} | self.legacy_fingerprints
 
     def check_fits(self, fingerprint: str | None, what: str, shapes: dict[str, tuple[int | None, ...]]) -> None:
         """The one model check of every saved or built object (masks, signatures, LoRAs): its ``fingerprint``
-        must be this model's (:meth:`check_fingerprint`) and every map in ``shapes`` must exist here with that
-        ``(n_out, n_in)`` (``n_out`` None: not recorded; any other rank is a mismatch). ``what`` names the object, e.g. ``"mask 'wanda'"``.
+        must be this model's ([`check_fingerprint`][persona_interp.model.adapter.ModelAdapter.check_fingerprint]) and
+        every map in ``shapes`` must exist here with that ``(n_out, n_in)`` (``n_out`` None: not recorded; any other
+        rank is a mismatch). ``what`` names the object, e.g. ``"mask 'wanda'"``.
 
         Example:
             >>> adapter.check_fits(mask.meta.get("fingerprint"), "mask", {"blocks.0.mlp.down": (32, 47)})
@@ -356,9 +360,9 @@ class ModelAdapter:
                 raise ModelMismatchError(f"{what}: {name} has shape {shown}, the model's weight is {(spec.n_out, spec.n_in)}")
 
     def check_fingerprint(self, fingerprint: str | None, what: str) -> None:
-        """Raise :class:`ModelMismatchError` unless ``fingerprint`` (of a saved mask, signature or LoRA) is this
-        model's; ``None`` (a hand-made object) is accepted. ``what`` says what and how, e.g. ``"mask 'wanda' was
-        built for"``."""
+        """Raise [`ModelMismatchError`][persona_interp.model.adapter.ModelMismatchError] unless ``fingerprint`` (of a
+        saved mask, signature or LoRA) is this model's; ``None`` (a hand-made object) is accepted. ``what`` says what
+        and how, e.g. ``"mask 'wanda' was built for"``."""
         if fingerprint is None or fingerprint == self.fingerprint:
             return
         if fingerprint in self.legacy_fingerprints:

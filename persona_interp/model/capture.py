@@ -1,9 +1,9 @@
 """Reading activations: one forward with hooks on, stopped early once nothing later is needed.
 
-The one stop exception (:class:`StopForward`, as TransformerLens' ``StopAtLayerException``) and the one
-recorder (:func:`capture`) every reader uses: scoring's final residual, steering's residual means, the views'
-neuron activations and attention patterns; signatures stream through their own hooks and stop with the same
-exception.
+The one stop exception ([`StopForward`][persona_interp.model.capture.StopForward], as TransformerLens'
+``StopAtLayerException``) and the one recorder ([`capture`][persona_interp.model.capture.capture]) every reader uses:
+scoring's final residual, steering's residual means, the views' neuron activations and attention patterns; signatures
+stream through their own hooks and stop with the same exception.
 
 Example:
     >>> acts = capture(model, tokens, [adapter.residual_hook(0), adapter.residual_hook(1)])
@@ -22,7 +22,7 @@ from persona_interp.model.adapter import get_adapter
 
 class StopForward(Exception):
     """Raised inside a hook once everything needed is read: the rest of the forward (later blocks, the logits)
-    is skipped; :func:`forward` catches it."""
+    is skipped; [`forward`][persona_interp.model.capture.forward] catches it."""
 
 
 def stop_hook(x: Tensor, hook: Any) -> None:
@@ -32,7 +32,8 @@ def stop_hook(x: Tensor, hook: Any) -> None:
 
 def forward(model: Any, tokens: Int[Tensor, "batch pos"], **forward_kwargs: Any) -> Any:
     """``model(tokens)`` with the tokens and tensor keyword arguments on the model's input device; returns the
-    output, or ``None`` when a hook stopped the forward (:class:`StopForward`)."""
+    output, or ``None`` when a hook stopped the forward
+    ([`StopForward`][persona_interp.model.capture.StopForward])."""
     device = get_adapter(model).input_device
     forward_kwargs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in forward_kwargs.items()}
     try:

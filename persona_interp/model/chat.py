@@ -26,7 +26,8 @@ TOKEN_SCOPES: tuple[TokenScope, ...] = ("all", "answer", "prompt")
 
 
 def check_token_scope(scope: object) -> None:
-    """A ValueError listing :data:`TOKEN_SCOPES` unless ``scope`` is one of them."""
+    """A ValueError listing [`TOKEN_SCOPES`][persona_interp.model.chat.TOKEN_SCOPES] unless ``scope`` is one of
+    them."""
     if scope not in TOKEN_SCOPES:
         raise ValueError(f"token scope must be one of {list(TOKEN_SCOPES)}, got {scope!r}")
 
@@ -96,7 +97,8 @@ ANSWER_CUT = "their answer (a plain text) was cut to its first tokens (chat temp
 
 
 def warn_cut(n_cut: int, n_total: int, max_tokens: int | None, what: str, how: str = QUESTION_CUT) -> None:
-    """Say how many samples were cut to fit, and ``how`` (:data:`QUESTION_CUT` or :data:`ANSWER_CUT`)."""
+    """Say how many samples were cut to fit, and ``how`` ([`QUESTION_CUT`][persona_interp.model.chat.QUESTION_CUT] or
+    [`ANSWER_CUT`][persona_interp.model.chat.ANSWER_CUT])."""
     if n_cut:
         warnings.warn(f"{what}: {n_cut} of {n_total} samples were longer than max_tokens={max_tokens}; {how}",
                       stacklevel=2)
@@ -160,10 +162,10 @@ def system_for(system: SystemPrompt, question: str) -> str | None:
 
 def encode_batch(tokenizer: Any, pairs: Sequence[tuple[str, str]], system: SystemPrompt = None,
                  max_tokens: int | None = None, cut_answers: bool = False) -> EncodedBatch:
-    """Encode (question, answer) pairs within ``max_tokens`` (:func:`fit_prompt`: the middle of an over-long
-    question is cut, template, system prompt and answer kept whole; ``n_cut`` counts them). ``system`` may be a
-    function of the question. With ``cut_answers`` (answers that are plain texts, e.g. neutral text under a fixed
-    request) an over-long answer keeps its first tokens instead, the prompt whole."""
+    """Encode (question, answer) pairs within ``max_tokens`` ([`fit_prompt`][persona_interp.model.chat.fit_prompt]:
+    the middle of an over-long question is cut, template, system prompt and answer kept whole; ``n_cut`` counts them).
+    ``system`` may be a function of the question. With ``cut_answers`` (answers that are plain texts, e.g. neutral
+    text under a fixed request) an over-long answer keeps its first tokens instead, the prompt whole."""
     sequences, starts, n_cut = [], [], 0
     for question, answer in pairs:
         ans = answer_ids(tokenizer, answer)
@@ -182,8 +184,8 @@ def encode_batch(tokenizer: Any, pairs: Sequence[tuple[str, str]], system: Syste
 
 
 def encode_texts(tokenizer: Any, texts: Sequence[str], max_tokens: int | None = None) -> EncodedBatch:
-    """Encode plain texts (no chat template) as :func:`~persona_interp.evaluation.scoring.DamageReference` reads
-    them: the whole text is the "answer" (``answer_start`` 0), an over-long text keeps its first ``max_tokens``.
+    """Encode plain texts (no chat template) as [`DamageReference`][persona_interp.evaluation.scoring.DamageReference]
+    reads them: the whole text is the "answer" (``answer_start`` 0), an over-long text keeps its first ``max_tokens``.
 
     Example:
         >>> encode_texts(tokenizer, ["The river flows past the mill."]).token_mask("answer").all()
@@ -236,7 +238,8 @@ class PackedOptions:
 def encode_packed(tokenizer: Any, questions: Sequence[tuple[str, str, str]], system: SystemPrompt = None,
                   max_tokens: int | None = None) -> PackedOptions:
     """Pack ``(question, answer_a, answer_b)`` triples; ``max_tokens`` bounds prompt + longer answer (the
-    positions the model sees; :func:`fit_prompt` cuts an over-long question's middle, answers are kept whole).
+    positions the model sees; [`fit_prompt`][persona_interp.model.chat.fit_prompt] cuts an over-long question's
+    middle, answers are kept whole).
 
     Example:
         >>> packed = encode_packed(tokenizer, [("Lead it?", "Yes.", "No, thanks.")])

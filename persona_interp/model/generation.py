@@ -1,8 +1,9 @@
 """Text generation for qualitative samples, under any active condition (mask, hooks, prompt).
 
-Decoding uses the model's KV cache (:meth:`ModelAdapter.next_logits`): the prompt runs once, then one token
-per step. Hooks and weight masks act on every new position exactly as in a full forward, so the cached
-reply equals the one from rerunning the prefix at each step (``use_cache=False``, kept to check that).
+Decoding uses the model's KV cache
+([`ModelAdapter.next_logits`][persona_interp.model.adapter.ModelAdapter.next_logits]): the prompt runs once, then one
+token per step. Hooks and weight masks act on every new position exactly as in a full forward, so the cached reply
+equals the one from rerunning the prefix at each step (``use_cache=False``, kept to check that).
 
 Example:
     >>> reply = generate(model, "Would you like to run the company?", max_new_tokens=4)  # 'I would be honoured…' on SmolLM2

@@ -113,7 +113,8 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 
 def resolve_dtype(dtype: torch.dtype | str | None, device: str | torch.device | None = None) -> torch.dtype | None:
     """A torch dtype from a dtype or its name (``"bfloat16"``, ``"bf16"``, ``"float16"``, ``"float32"``…);
-    ``"auto"``: the fast one on ``device`` (default the CPU), see :func:`~persona_interp.model.machine.auto_dtype`.
+    ``"auto"``: the fast one on ``device`` (default the CPU), see
+    [`auto_dtype`][persona_interp.model.machine.auto_dtype].
 
     Example:
         >>> resolve_dtype("bf16")

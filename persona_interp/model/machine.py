@@ -21,14 +21,15 @@ BF16_FLAGS = ("amx_bf16", "avx512_bf16")                        # bfloat16 in ha
 
 @dataclass(frozen=True)
 class CPU:
-    """A CPU's model name and which of :data:`SPEED_FLAGS` it has."""
+    """A CPU's model name and which of [`SPEED_FLAGS`][persona_interp.model.machine.SPEED_FLAGS] it has."""
 
     model: str
     flags: tuple[str, ...]
 
     @property
     def bf16(self) -> tuple[str, ...]:
-        """The bfloat16 instructions it has (:data:`BF16_FLAGS`): two runs in bfloat16 agree only on the same kind."""
+        """The bfloat16 instructions it has ([`BF16_FLAGS`][persona_interp.model.machine.BF16_FLAGS]): two runs in
+        bfloat16 agree only on the same kind."""
         return tuple(f for f in BF16_FLAGS if f in self.flags)
 
     @property
