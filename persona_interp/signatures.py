@@ -6,8 +6,10 @@ For each input site (the hook that carries a linear map's input) and each input 
   samples (the Wanda activation ``a_j`` and the contrastive statistics μ, σ²: the paper's statistic);
 * the same for the length-fair per-sample RMS ``n_sj / sqrt(T_s)`` (``T_s`` covered tokens of sample ``s``):
   the norm grows with √T, so when one pole's answers are longer the norm's z takes its sign from length.
-  ``statistic`` ("norm" or "rms", in the metadata) says which of the two :meth:`Signature.sample_mean` and
-  :meth:`Signature.sample_var` (and so every mask built from the signature) use;
+  ``statistic`` ("norm" or "rms", in the metadata) says which of the two
+  [`Signature.sample_mean`][persona_interp.signatures.Signature.sample_mean] and
+  [`Signature.sample_var`][persona_interp.signatures.Signature.sample_var] (and so every mask built from the
+  signature) use;
 * per-token mean, variance and mean |x| over all covered tokens;
 * for the MLP hidden site these are the per-neuron mean activation and mean |activation|; for the
   attention ``z`` site also the mean ‖z‖ of each head.
@@ -87,7 +89,8 @@ class Signature:
         return dataclasses.replace(self, meta={**self.meta, "statistic": statistic})
 
     def sample_mean(self, map_name: str) -> Float[Tensor, " n_in"]:
-        """Mean over samples of the signature's per-sample statistic (:attr:`statistic`) of each input channel."""
+        """Mean over samples of the signature's per-sample statistic
+        ([`statistic`][persona_interp.signatures.Signature.statistic]) of each input channel."""
         key = "rms_sum" if self.statistic == "rms" else "norm_sum"
         return self._site(map_name)[key] / self.n_samples
 
@@ -169,7 +172,8 @@ class Signature:
 
     # ------------------------------------------------------------------ identity and I/O
     def check_model(self, model: Any) -> None:
-        """Raise :class:`ModelMismatchError` unless this signature fits ``model`` (fingerprint, maps, widths)."""
+        """Raise [`ModelMismatchError`][persona_interp.model.adapter.ModelMismatchError] unless this signature fits
+        ``model`` (fingerprint, maps, widths)."""
         get_adapter(model).check_fits(self.meta.get("fingerprint"), f"signature {self.meta.get('dataset')!r}",
                                       {name: (None, self.sums[site]["norm_sum"].numel()) for name, site in self.map_sites.items()})
 
@@ -182,7 +186,8 @@ class Signature:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Signature":
-        """Load a signature saved by :meth:`save` (safetensors: no unpickling)."""
+        """Load a signature saved by [`save`][persona_interp.signatures.Signature.save] (safetensors: no
+        unpickling)."""
         header = read_header(path, FORMAT, "signature")
         sums: dict[str, dict[str, Tensor]] = {}
         for key, value in load_file(str(path)).items():
@@ -194,7 +199,8 @@ class Signature:
 
 
 def check_statistic(statistic: object) -> None:
-    """A ValueError listing :data:`STATISTICS` unless ``statistic`` is one of them."""
+    """A ValueError listing [`STATISTICS`][persona_interp.signatures.STATISTICS] unless ``statistic`` is one of
+    them."""
     if statistic not in STATISTICS:
         raise ValueError(f"statistic must be one of {list(STATISTICS)} (per-sample L2 norm, or norm / sqrt(tokens)), got {statistic!r}")
 
@@ -206,7 +212,8 @@ def _samples(data: PersonaDataset | Sequence[Any],
              side: Side | Literal["neutral"] | None) -> tuple[list[tuple[str, str]] | list[str], Side | Literal["neutral"]]:
     """The samples and their side: (question, answer) pairs (``side``'s answer of each item or ``(question, seek,
     reject)`` triple; a plain ``(question, answer)`` pair is taken as it is, ``side`` then only labels the
-    signature), or plain texts (side :data:`NEUTRAL`). ``side`` None: "seek" for pairs, "neutral" for texts."""
+    signature), or plain texts (side [`NEUTRAL`][persona_interp.signatures.NEUTRAL]). ``side`` None: "seek" for pairs,
+    "neutral" for texts."""
     data = list(data)
     texts = bool(data) and all(isinstance(sample, str) for sample in data)
     side = side if side is not None else (NEUTRAL if texts else "seek")
@@ -318,15 +325,16 @@ def collect_signatures(model: Any, data: PersonaDataset | Sequence[PersonaItem |
                        per_sample: bool = False, progress: bool = True) -> Signature:
     """Run (question, answer) samples through ``model`` and keep streaming input statistics.
 
-    ``side`` picks the answer of each :class:`PersonaItem` or ``(question, seek, reject)`` triple ("seek" =
-    matching, "reject" = not_matching; the default is "seek"); plain ``(question, answer)`` pairs are used as
-    given, so pass each pole's own pairs. Plain texts (strings) are read without the chat template, as
-    :class:`~persona_interp.evaluation.scoring.DamageReference` reads them, into a ``side="neutral"`` signature:
-    the third statistic of damage-aware masks. ``token_scope`` is ``all`` (the whole chat), ``answer`` or
-    ``prompt`` (plain texts: ``all`` or ``answer``, the whole text). Both per-sample statistics are collected;
-    ``statistic`` ("norm", the paper's, or "rms") picks the one masks use (change it later with
-    :meth:`Signature.with_statistic`). ``per_sample`` keeps per-sample rows for :meth:`Signature.subset`
-    (two float64 rows per channel and sample, in memory only).
+    ``side`` picks the answer of each [`PersonaItem`][persona_interp.data.personas.PersonaItem] or
+    ``(question, seek, reject)`` triple ("seek" = matching, "reject" = not_matching; the default is "seek"); plain
+    ``(question, answer)`` pairs are used as given, so pass each pole's own pairs. Plain texts (strings) are read
+    without the chat template, as [`DamageReference`][persona_interp.evaluation.scoring.DamageReference] reads them,
+    into a ``side="neutral"`` signature: the third statistic of damage-aware masks. ``token_scope`` is ``all`` (the
+    whole chat), ``answer`` or ``prompt`` (plain texts: ``all`` or ``answer``, the whole text). Both per-sample
+    statistics are collected; ``statistic`` ("norm", the paper's, or "rms") picks the one masks use (change it later
+    with [`Signature.with_statistic`][persona_interp.signatures.Signature.with_statistic]). ``per_sample`` keeps
+    per-sample rows for [`Signature.subset`][persona_interp.signatures.Signature.subset] (two float64 rows per channel
+    and sample, in memory only).
 
     Example:
         >>> seek = collect_signatures(model, fit, side="seek", token_scope="answer", progress=False)

@@ -3,12 +3,16 @@
 Builders (sparsity ρ ∈ [0, 1) is the fraction removed, ranked per output row: each row keeps its
 top ``k = ⌊n_in·(1−ρ)⌋`` weights):
 
-* :func:`wanda_mask` — score ``|W_ij|·a_j`` with ``a`` the persona's mean per-sample input norm;
-* :func:`contrastive_wanda_masks` — ``z_j = (μ⁺_j − μ⁻_j)/sqrt(σ²⁺_j + σ²⁻_j + ε)``, scores
-  ``|W|·φ(z)`` and ``|W|·φ(−z)``;
-* :func:`contrastive_sparse_masks` — the paper text's disjoint rule, or its code's sequential rule;
-* :func:`mask_family` — one method's rankings, from which a sweep takes every sparsity, module and layer set;
-* :func:`random_mask` and :func:`magnitude_mask` — controls at the same per-row sparsity.
+* [`wanda_mask`][persona_interp.masks.builders.wanda_mask] — score ``|W_ij|·a_j`` with ``a`` the persona's mean
+  per-sample input norm;
+* [`contrastive_wanda_masks`][persona_interp.masks.builders.contrastive_wanda_masks] —
+  ``z_j = (μ⁺_j − μ⁻_j)/sqrt(σ²⁺_j + σ²⁻_j + ε)``, scores ``|W|·φ(z)`` and ``|W|·φ(−z)``;
+* [`contrastive_sparse_masks`][persona_interp.masks.builders.contrastive_sparse_masks] — the paper text's disjoint
+  rule, or its code's sequential rule;
+* [`mask_family`][persona_interp.masks.builders.mask_family] — one method's rankings, from which a sweep takes every
+  sparsity, module and layer set;
+* [`random_mask`][persona_interp.masks.builders.random_mask] and
+  [`magnitude_mask`][persona_interp.masks.builders.magnitude_mask] — controls at the same per-row sparsity.
 
 Example:
     >>> seek, reject = contrastive_wanda_masks(model, sig_seek, sig_reject, sparsity=0.3)
@@ -67,7 +71,8 @@ def kept_count(n_in: int, sparsity: float) -> int:
 
 def keep_top_per_row(primary: Float[Tensor, "out in"], sparsity: float,
                      secondary: Float[Tensor, "out in"] | None = None) -> Bool[Tensor, "out in"]:
-    """Keep the ``⌊n_in·(1−ρ)⌋`` highest entries of each row (ties as in :func:`row_ranks`).
+    """Keep the ``⌊n_in·(1−ρ)⌋`` highest entries of each row (ties as in
+    [`row_ranks`][persona_interp.masks.builders.row_ranks]).
 
     Example:
         >>> keep_top_per_row(torch.tensor([[3., 1., 2., 0.]]), 0.5)
@@ -116,7 +121,7 @@ def check_contrast(seek: Signature, reject: Signature, eps: float) -> None:
 
 def contrast(seek: Signature, reject: Signature, map_name: str, eps: float = 1e-8) -> Float[Tensor, " n_in"]:
     """``z_j = (μ⁺_j − μ⁻_j) / sqrt(σ²⁺_j + σ²⁻_j + ε)`` over the signatures' per-sample statistic (the
-    input norm, or its RMS: :attr:`Signature.statistic`; float64, CPU)."""
+    input norm, or its RMS: [`Signature.statistic`][persona_interp.signatures.Signature.statistic]; float64, CPU)."""
     if seek.statistic != reject.statistic:
         raise ValueError(f"the two signatures use different statistics ({seek.statistic} vs {reject.statistic})")
     diff = seek.sample_mean(map_name) - reject.sample_mean(map_name)
@@ -137,7 +142,7 @@ RULES = ("disjoint", "paper_code")          # Contrastive-Sparse: the paper's te
 
 
 def check_phi(phi: object) -> None:
-    """A ValueError listing :data:`PHIS` unless ``phi`` is one of them."""
+    """A ValueError listing [`PHIS`][persona_interp.masks.builders.PHIS] unless ``phi`` is one of them."""
     if phi not in PHIS:
         raise ValueError(f"phi must be one of {list(PHIS)}, got {phi!r}")
 
@@ -249,12 +254,13 @@ def mask_family(model: Any, method: str, seek: Signature, reject: Signature | No
                 phi: Phi = "relu", tau: float = 1.0, eps: float = 1e-8, rule: str = "disjoint",
                 modules: Iterable[str] | None = None, layers: Iterable[int] | None = None,
                 persona: str | None = None, cache: bool = False) -> MaskFamily:
-    """The ranking behind one method's masks (``method`` one of :data:`RANKINGS`; the named methods built from
-    them are in :mod:`persona_interp.masks.registry`): ``wanda`` ranks
-    ``|W|·a`` of each pole's own signature; ``contrastive_wanda`` ``|W|·φ(±z)``; ``contrastive_sparse``
-    by ``rule`` (see :func:`contrastive_sparse_masks`).
+    """The ranking behind one method's masks (``method`` one of [`RANKINGS`][persona_interp.masks.builders.RANKINGS];
+    the named methods built from them are in the method registry,
+    [`method_names`][persona_interp.masks.registry.method_names]): ``wanda`` ranks ``|W|·a`` of each pole's own
+    signature; ``contrastive_wanda`` ``|W|·φ(±z)``; ``contrastive_sparse`` by ``rule`` (see
+    [`contrastive_sparse_masks`][persona_interp.masks.builders.contrastive_sparse_masks]).
 
-    Example:
+    Examples:
         >>> family = mask_family(model, "wanda", sig_seek, sig_reject, cache=True)
         >>> masks = {rho: family.pair(rho) for rho in (0.01, 0.1, 0.3)}
         >>> fraction_differ(masks[0.1][0] & masks[0.3][0], masks[0.3][0])     # nested: ρ = 0.3 removes what 0.1 does
@@ -325,8 +331,9 @@ class FamilyCache:
     _families: dict[tuple, tuple[Any, tuple]] = field(default_factory=dict, repr=False)
 
     def get(self, seek: Signature, reject: Signature, **options: Any) -> MaskFamily:
-        """:func:`mask_family` with these signatures and options (``method=…``; for a registered method name pass
-        ``**method_spec(name).fixed``, :mod:`persona_interp.masks.registry`), ranked once and kept (``cache=True``)."""
+        """[`mask_family`][persona_interp.masks.builders.mask_family] with these signatures and options (``method=…``;
+        for a registered method name pass ``**method_spec(name).fixed``,
+        [`method_spec`][persona_interp.masks.registry.method_spec]), ranked once and kept (``cache=True``)."""
         bound = inspect.signature(mask_family).bind(self.model, seek=seek, reject=reject, **options)
         bound.apply_defaults()
         chosen = {k: v for k, v in bound.arguments.items() if k not in ("model", "seek", "reject", "cache")}
@@ -335,8 +342,8 @@ class FamilyCache:
 
     def keep(self, key: tuple, make: Callable[[], Any], *inputs: Any) -> Any:
         """What ``make()`` gives (a family of another kind, or what one is ranked from, e.g. gradient scores), made
-        once per ``key`` and kept like :meth:`get`'s; ``inputs``: the objects whose ``id`` is in ``key``, kept
-        alive with it (so an id is never reused while its entry is kept).
+        once per ``key`` and kept like [`get`][persona_interp.masks.builders.FamilyCache.get]'s; ``inputs``: the
+        objects whose ``id`` is in ``key``, kept alive with it (so an id is never reused while its entry is kept).
 
         Example:
             >>> from persona_interp.masks.damage_aware import gradient_family
@@ -362,7 +369,7 @@ def _options_key(options: dict[str, Any]) -> tuple:
 def wanda_mask(model: Any, signature: Signature, sparsity: float, *, modules: Iterable[str] | None = None,
                layers: Iterable[int] | None = None, persona: str | None = None) -> Mask:
     """Wanda persona mask: keep the top ``(1−ρ)`` of ``|W_ij|·a_j`` per output row (``a``: the signature's
-    per-sample statistic, :attr:`Signature.statistic`).
+    per-sample statistic, [`Signature.statistic`][persona_interp.signatures.Signature.statistic]).
 
     Example:
         >>> mask = wanda_mask(model, sig_seek, 0.3, modules=["mlp"])
@@ -384,7 +391,8 @@ def contrastive_wanda_masks(model: Any, seek: Signature, reject: Signature, spar
     zero; ties are broken by the plain Wanda score of the same side (``|W|·μ⁺`` for seek, ``|W|·μ⁻``
     for reject), then by column index. So each pole removes ρ of a row among the channels whose z
     points to the other pole: when the share p of channels with z > 0 lies in [ρ, 1−ρ] the two removed
-    sets are disjoint and the masks differ in exactly 2ρ of their entries (:func:`relu_differ_range`).
+    sets are disjoint and the masks differ in exactly 2ρ of their entries
+    ([`relu_differ_range`][persona_interp.masks.builders.relu_differ_range]).
 
     Example:
         >>> seek, reject = contrastive_wanda_masks(model, sig_seek, sig_reject, 0.3, modules=["mlp"], layers=[1])

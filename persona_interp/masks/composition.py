@@ -2,11 +2,11 @@
 
 A full MBTI type (say INTJ) is one pole on each of the four axes. Intersecting four axis masks
 keeps only weights every axis keeps, so the result is sparser than asked and its sparsity depends
-on how much the axes agree. :func:`type_mask` instead adds the row-normalised contrastive scores
-of the chosen poles and keeps the top ``(1−ρ)`` of each row: one ranking, exactly the sparsity
-asked for. :func:`fractional_mask` interpolates between the two poles of one pair (``fraction=0.7``
-is "70 % seek"); at ``fraction`` 1 and 0 it is the Contrastive-Wanda seek and reject mask.
-:func:`compose` is the same idea for finished masks: a weighted vote per weight.
+on how much the axes agree. [`type_mask`][persona_interp.masks.composition.type_mask] instead adds the row-normalised
+contrastive scores of the chosen poles and keeps the top ``(1−ρ)`` of each row: one ranking, exactly the sparsity
+asked for. [`fractional_mask`][persona_interp.masks.composition.fractional_mask] interpolates between the two poles of
+one pair (``fraction=0.7`` is "70 % seek"); at ``fraction`` 1 and 0 it is the Contrastive-Wanda seek and reject mask.
+[`compose`][persona_interp.masks.composition.compose] is the same idea for finished masks: a weighted vote per weight.
 
 Example:
     >>> axes = dict.fromkeys(TYPE_LETTERS, (sig_seek, sig_reject))   # each axis' (seek, reject); one pair for all here
@@ -224,8 +224,9 @@ def type_mask(model: Any, axes: Mapping[str, tuple[Signature, Signature]], type_
 
 def intersection_type_mask(model: Any, axes: Mapping[str, tuple[Signature, Signature]], type_code: str,
                            sparsity: float, **kwargs: Any) -> Mask:
-    """The naive alternative to :func:`type_mask`: the intersection of the four axes' Contrastive-Wanda
-    masks of the chosen poles, each at ``sparsity`` (so the result removes more than ``sparsity``)."""
+    """The naive alternative to [`type_mask`][persona_interp.masks.composition.type_mask]: the intersection of the
+    four axes' Contrastive-Wanda masks of the chosen poles, each at ``sparsity`` (so the result removes more than
+    ``sparsity``)."""
     poles = type_poles(type_code)
     result = None
     for axis, pole in poles.items():

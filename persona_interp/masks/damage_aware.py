@@ -1,25 +1,31 @@
 """Damage-aware persona masks (issue #35, idea 1): scores that ask what removing a weight costs on neutral text.
 
 Every mask builder so far ranks a weight by how much the two poles differ; these also read a third statistic, the
-model on neutral text (a ``side="neutral"`` :class:`~persona_interp.signatures.Signature` from
+model on neutral text (a ``side="neutral"`` [`Signature`][persona_interp.signatures.Signature] from
 ``collect_signatures(model, texts)``, or gradients of the neutral next-token loss). Each pole's mask *removes*, per
 output row, the ``n_in − ⌊n_in·(1−ρ)⌋`` weights with the highest removal score (the persona evidence toward the
 other pole per unit of neutral importance); ties go to the lower neutral importance. All are
-:class:`~persona_interp.masks.builders.MaskFamily` rankings, so a sweep ranks each map once.
+[`MaskFamily`][persona_interp.masks.builders.MaskFamily] rankings, so a sweep ranks each map once.
 
-* :func:`retain_ratio_masks` (Pochinkov & Schoots, arXiv 2403.01267): ``|W|·φ(∓z) / (|W|·a_neutral + ε)``;
-* :func:`set_difference_masks` (Wei et al., arXiv 2402.05162, ``prune_wandg_set_difference``): the highest
-  contrastive Wanda scores ``|W|·φ(∓z)`` outside each row's top ``utility`` share by the neutral Wanda score
-  ``|W|·a_neutral``; :func:`snip_set_difference_masks` the same with SNIP scores ``|W ⊙ ∇W|``;
-* :func:`gradient_masks`: the first-order change of the A/B margin on removing a weight, ``Δ = −W ⊙ ∂margin/∂W``
-  (signed: the seek mask removes ``Δ > 0``, the reject mask ``Δ < 0``), over its second-order neutral damage
-  ``½·W²·F`` (``F`` the empirical diagonal Fisher of the neutral next-token loss), from one backward pass per batch.
+* [`retain_ratio_masks`][persona_interp.masks.damage_aware.retain_ratio_masks] (Pochinkov & Schoots, arXiv
+  2403.01267): ``|W|·φ(∓z) / (|W|·a_neutral + ε)``;
+* [`set_difference_masks`][persona_interp.masks.damage_aware.set_difference_masks] (Wei et al., arXiv 2402.05162,
+  ``prune_wandg_set_difference``): the highest contrastive Wanda scores ``|W|·φ(∓z)`` outside each row's top
+  ``utility`` share by the neutral Wanda score ``|W|·a_neutral``;
+  [`snip_set_difference_masks`][persona_interp.masks.damage_aware.snip_set_difference_masks] the same with SNIP scores
+  ``|W ⊙ ∇W|``;
+* [`gradient_masks`][persona_interp.masks.damage_aware.gradient_masks]: the first-order change of the A/B margin on
+  removing a weight, ``Δ = −W ⊙ ∂margin/∂W`` (signed: the seek mask removes ``Δ > 0``, the reject mask ``Δ < 0``),
+  over its second-order neutral damage ``½·W²·F`` (``F`` the empirical diagonal Fisher of the neutral next-token
+  loss), from one backward pass per batch.
 
 ``generic`` (arXiv 2605.12290) is an option of each score: the input channels (units) in the map's top ``generic``
-share by neutral importance are removed last. Idea 2, learned unit gates, is :mod:`persona_interp.masks.learned`;
-mean ablation of any mask is :class:`~persona_interp.interventions.ablation.MeanWeightAblation`.
-:data:`DAMAGE_AWARE_METHODS` (at the end) names the methods of both modules this module registers in the method
-registry (:mod:`persona_interp.masks.registry`: what each needs, its options and defaults), so
+share by neutral importance are removed last. Idea 2, learned unit gates, is
+[`persona_interp.masks.learned`][persona_interp.masks.learned]; mean ablation of any mask is
+[`MeanWeightAblation`][persona_interp.interventions.ablation.MeanWeightAblation].
+[`DAMAGE_AWARE_METHODS`][persona_interp.masks.damage_aware.DAMAGE_AWARE_METHODS] (at the end) names the methods of
+both modules this module registers in the method registry
+([`persona_interp.masks.registry`][persona_interp.masks.registry]: what each needs, its options and defaults), so
 ``method_spec("gradient").build(model, MethodInputs(items=fit, neutral_texts=texts), 0.01)`` builds any of them.
 
 Example:
@@ -107,7 +113,8 @@ def retain_ratio_family(model: Any, seek: Signature, reject: Signature, neutral:
                         tau: float = 1.0, eps: float = 1e-8, retain_eps: float = 1e-3, generic: float = 0.0,
                         modules: Iterable[str] | None = None, layers: Iterable[int] | None = None,
                         persona: str | None = None, cache: bool = False) -> MaskFamily:
-    """The ranking of :func:`retain_ratio_masks` (a :class:`MaskFamily`: any sparsity, module and layer subset).
+    """The ranking of [`retain_ratio_masks`][persona_interp.masks.damage_aware.retain_ratio_masks] (a
+    [`MaskFamily`][persona_interp.masks.builders.MaskFamily]: any sparsity, module and layer subset).
 
     Example:
         >>> family = retain_ratio_family(model, sig_seek, sig_reject, neutral, cache=True)
@@ -142,7 +149,7 @@ def retain_ratio_masks(model: Any, seek: Signature, reject: Signature, neutral: 
     """Retain-aware ratio masks (Pochinkov & Schoots): each pole removes, per row, the weights with the highest
     ``|W|·φ(∓z) / (|W|·a_neutral + ε)``: the contrast toward the other pole per unit of neutral-text activation
     (``a_neutral`` the neutral signature's per-sample statistic, ``ε = retain_eps × the map's mean neutral
-    score``). Options as :func:`retain_ratio_family`.
+    score``). Options as [`retain_ratio_family`][persona_interp.masks.damage_aware.retain_ratio_family].
 
     Example:
         >>> seek, reject = retain_ratio_masks(model, sig_seek, sig_reject, neutral, 0.05, modules=["mlp"])
@@ -168,7 +175,7 @@ def set_difference_family(model: Any, seek: Signature, reject: Signature, neutra
                           phi: Phi = "relu", tau: float = 1.0, eps: float = 1e-8, generic: float = 0.0,
                           modules: Iterable[str] | None = None, layers: Iterable[int] | None = None,
                           persona: str | None = None, cache: bool = False) -> MaskFamily:
-    """The ranking of :func:`set_difference_masks`.
+    """The ranking of [`set_difference_masks`][persona_interp.masks.damage_aware.set_difference_masks].
 
     Example:
         >>> seek, reject = set_difference_family(model, sig_seek, sig_reject, neutral, utility=0.5).pair(0.05)
@@ -198,7 +205,7 @@ def set_difference_masks(model: Any, seek: Signature, reject: Signature, neutral
     """Set-difference masks (Wei et al.) with Wanda scores: each pole removes, per row, the weights with the highest
     contrastive score ``|W|·φ(∓z)`` among those outside the row's top ``utility`` share by the neutral Wanda score
     ``|W|·a_neutral`` (top-q by the persona minus top-p by utility, q = ρ, p = ``utility``). Options as
-    :func:`set_difference_family`.
+    [`set_difference_family`][persona_interp.masks.damage_aware.set_difference_family].
 
     Example:
         >>> seek, reject = set_difference_masks(model, sig_seek, sig_reject, neutral, 0.05, utility=0.3)
@@ -246,10 +253,11 @@ def _grad_of(name: str, parameter: Tensor) -> Tensor:
 def gradient_scores(model: Any, items: Sequence[PersonaItem], neutral_texts: Sequence[str], *,
                     modules: Iterable[str] | None = None, layers: Iterable[int] | None = None, batch_size: int = 8,
                     max_tokens: int = 256) -> GradientScores:
-    """:class:`GradientScores` from one backward pass per batch: ``batch_size`` calibration items (their per-token
-    margin, as :func:`~persona_interp.evaluation.scoring.score_ab`'s ``margin_mean``) or neutral texts (their
-    summed next-token loss). The weights are never changed; every parameter's ``requires_grad`` is restored. Holds
-    four float64 tensors per covered weight (32 bytes each: restrict ``modules`` / ``layers`` on a large model).
+    """[`GradientScores`][persona_interp.masks.damage_aware.GradientScores] from one backward pass per batch:
+    ``batch_size`` calibration items (their per-token margin, as
+    [`score_ab`][persona_interp.evaluation.scoring.score_ab]'s ``margin_mean``) or neutral texts (their summed
+    next-token loss). The weights are never changed; every parameter's ``requires_grad`` is restored. Holds four
+    float64 tensors per covered weight (32 bytes each: restrict ``modules`` / ``layers`` on a large model).
 
     Example:
         >>> scores = gradient_scores(model, fit[:4], load_neutral_texts()[:4], layers=[1])
@@ -320,7 +328,8 @@ def gradient_family(model: Any, items: Sequence[PersonaItem] | None = None, neut
                     *, scores: GradientScores | None = None, damage_eps: float = 0.1, generic: float = 0.0,
                     modules: Iterable[str] | None = None, layers: Iterable[int] | None = None, batch_size: int = 8,
                     persona: str | None = None, cache: bool = False) -> MaskFamily:
-    """The ranking of :func:`gradient_masks` (from ``scores`` when given, else computed from the items and texts).
+    """The ranking of [`gradient_masks`][persona_interp.masks.damage_aware.gradient_masks] (from ``scores`` when
+    given, else computed from the items and texts).
 
     Example:
         >>> scores = gradient_scores(model, fit[:4], texts, modules=["mlp"])
@@ -348,7 +357,8 @@ def gradient_masks(model: Any, items: Sequence[PersonaItem], neutral_texts: Sequ
                    **options: Any) -> tuple[Mask, Mask]:
     """Gradient masks on the toolkit's own objective: each pole removes, per row, the weights whose removal moves
     the mean A/B margin most toward it per unit of neutral damage, ``max(±Δ, 0) / (½·W²·F + ε)``
-    (:class:`GradientScores`; ``ε = damage_eps`` × the map's mean damage). Options as :func:`gradient_family`.
+    ([`GradientScores`][persona_interp.masks.damage_aware.GradientScores]; ``ε = damage_eps`` × the map's mean
+    damage). Options as [`gradient_family`][persona_interp.masks.damage_aware.gradient_family].
 
     Example:
         >>> seek, reject = gradient_masks(model, fit[:4], load_neutral_texts()[:4], 0.05, modules=["mlp"])
@@ -365,7 +375,7 @@ def snip_set_difference_family(model: Any, items: Sequence[PersonaItem] | None =
                                utility: float = 0.3, generic: float = 0.0, modules: Iterable[str] | None = None,
                                layers: Iterable[int] | None = None, batch_size: int = 8, persona: str | None = None,
                                cache: bool = False) -> MaskFamily:
-    """The ranking of :func:`snip_set_difference_masks`.
+    """The ranking of [`snip_set_difference_masks`][persona_interp.masks.damage_aware.snip_set_difference_masks].
 
     Example:
         >>> seek, reject = snip_set_difference_family(model, scores=gradient_scores(model, fit[:4], texts, layers=[1])).pair(0.05)
@@ -390,7 +400,7 @@ def snip_set_difference_masks(model: Any, items: Sequence[PersonaItem], neutral_
     """Set-difference masks (Wei et al.) with SNIP scores: the persona score is the signed first-order margin change
     toward the pole, ``max(±Δ, 0)``, the utility score ``|W ⊙ ∇W L_neutral|``; each pole removes, per row, the
     highest persona scores outside the row's top ``utility`` share by utility. Options as
-    :func:`snip_set_difference_family`.
+    [`snip_set_difference_family`][persona_interp.masks.damage_aware.snip_set_difference_family].
 
     Example:
         >>> seek, reject = snip_set_difference_masks(model, fit[:4], texts, 0.05, utility=0.3, layers=[1])
@@ -429,8 +439,9 @@ def _with_neutral(family: Callable[..., MaskFamily]) -> Callable[..., Family]:
 
 
 def _from_gradients(family: Callable[..., MaskFamily]) -> Callable[..., Family]:
-    """The registry builder of a ranking from :class:`GradientScores` (computed once per items, texts, maps and
-    batch size, shared by both gradient methods when ``families`` is given)."""
+    """The registry builder of a ranking from [`GradientScores`][persona_interp.masks.damage_aware.GradientScores]
+    (computed once per items, texts, maps and batch size, shared by both gradient methods when ``families`` is
+    given)."""
     def build(model: Any, inputs: MethodInputs, *, families: FamilyCache | None = None, modules: Any = None,
               layers: Any = None, batch_size: int = 8, **options: Any) -> Family:
         where = (id(inputs.items), id(inputs.neutral_texts), _options_key({"modules": modules, "layers": layers,
@@ -448,7 +459,8 @@ def _from_gradients(family: Callable[..., MaskFamily]) -> Callable[..., Family]:
 
 def _learned_gates(model: Any, inputs: MethodInputs, *, families: FamilyCache | None = None, modules: Any = None,
                    layers: Any = None, **options: Any) -> Family:
-    """The registry builder of learned gates: one training per inputs, maps and :class:`GateConfig` options."""
+    """The registry builder of learned gates: one training per inputs, maps and
+    [`GateConfig`][persona_interp.masks.learned.GateConfig] options."""
     items, texts, seek, reject = inputs.items, inputs.neutral_texts, inputs.seek, inputs.reject
     assert items is not None and texts is not None and seek is not None and reject is not None   # MethodSpec.check_inputs
     key = ("learned_gates", id(inputs.items), id(inputs.neutral_texts), *_signature_key(inputs.seek),
@@ -463,7 +475,7 @@ _CONTRAST = {"phi": "relu", "tau": 1.0, "eps": 1e-8}
 _NEUTRAL: frozenset[Need] = frozenset({"signatures", "neutral_signatures"})
 _GRADIENT: frozenset[Need] = frozenset({"calibration_items", "neutral_texts"})
 DAMAGE_AWARE_METHODS = ("retain_ratio", "set_difference", "snip_set_difference", "gradient", "learned_gates")
-"""The registered methods of this module and :mod:`~persona_interp.masks.learned`, cheapest first."""
+"""The registered methods of this module and [`learned`][persona_interp.masks.learned], cheapest first."""
 register(MethodSpec("retain_ratio", _with_neutral(retain_ratio_family), needs=_NEUTRAL, search=("statistic", "phi"),
                     options={**_CONTRAST, "retain_eps": 1e-3, "generic": 0.0}))
 register(MethodSpec("set_difference", _with_neutral(set_difference_family), needs=_NEUTRAL, search=("statistic", "phi"),

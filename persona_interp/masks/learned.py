@@ -8,8 +8,8 @@ columns of ``o``) multiplies the unit's activation. For each pole the gates are 
 (the margin as ``score_ab``'s per-token ``margin_mean``, the KL per neutral token), started from the contrastive z
 (a unit whose z points to the other pole starts lower), a few dozen Adam steps, batches in a seeded order:
 deterministic on the CPU. The trained gate logits rank the units; at a sparsity the lowest are removed as whole
-columns, so the result is a :class:`~persona_interp.masks.mask.Mask` pair like any other (a
-:class:`~persona_interp.masks.builders.MaskFamily`: every sparsity from one training).
+columns, so the result is a [`Mask`][persona_interp.masks.mask.Mask] pair like any other (a
+[`MaskFamily`][persona_interp.masks.builders.MaskFamily]: every sparsity from one training).
 
 Example:
     >>> seek, reject = learned_masks(model, fit[:4], texts, sig_seek, sig_reject, 0.1, layers=[1], config=GateConfig(steps=2))
@@ -174,8 +174,9 @@ def train_gates(model: Any, items: Sequence[PersonaItem], neutral_texts: Sequenc
 
 def learned_masks(model: Any, items: Sequence[PersonaItem], neutral_texts: Sequence[str], seek: Signature,
                   reject: Signature, sparsity: float, **options: Any) -> tuple[Mask, Mask]:
-    """Learned unit masks: :func:`train_gates` (options: ``config``, ``modules``, ``layers``, ``persona``), then each
-    pole removes, per selected ``down`` / ``o`` map, the ``n_in − ⌊n_in·(1−ρ)⌋`` input columns with the lowest gates.
+    """Learned unit masks: [`train_gates`][persona_interp.masks.learned.train_gates] (options: ``config``,
+    ``modules``, ``layers``, ``persona``), then each pole removes, per selected ``down`` / ``o`` map, the
+    ``n_in − ⌊n_in·(1−ρ)⌋`` input columns with the lowest gates.
 
     Example:
         >>> seek, reject = learned_masks(model, fit[:4], texts, sig_seek, sig_reject, 0.1, modules=["mlp"], layers=[1],

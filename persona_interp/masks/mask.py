@@ -87,7 +87,7 @@ class Mask:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Mask":
-        """Load a mask saved by :meth:`save` (safetensors: no unpickling)."""
+        """Load a mask saved by [`save`][persona_interp.masks.mask.Mask.save] (safetensors: no unpickling)."""
         header = read_header(path, FORMAT, "mask")
         shapes = json.loads(header["shapes"])
         keep = {}
@@ -147,7 +147,8 @@ def fraction_differ(a: Mask, b: Mask) -> float:
 
 
 def fraction_differ_by(a: Mask, b: Mask, by: str) -> dict[str, float]:
-    """:func:`fraction_differ` per ``map``, ``layer``, ``module`` (attn / mlp) or ``kind`` (q, k, …, down).
+    """[`fraction_differ`][persona_interp.masks.mask.fraction_differ] per ``map``, ``layer``, ``module`` (attn / mlp)
+    or ``kind`` (q, k, …, down).
 
     Example:
         >>> fraction_differ_by(seek_mask, reject_mask, "module")     # at most 2ρ = 0.6 for a ρ = 0.3 pair
@@ -164,7 +165,7 @@ def iou(a: Mask, b: Mask, of: str = "kept") -> float:
 
 
 def iou_by(a: Mask, b: Mask, by: str, of: str = "kept") -> dict[str, float]:
-    """:func:`iou` per ``map``, ``layer``, ``module`` or ``kind``."""
+    """[`iou`][persona_interp.masks.mask.iou] per ``map``, ``layer``, ``module`` or ``kind``."""
     if by == "all":
         raise ValueError("iou_by groups by map, layer, module or kind; use iou for the overall value")
     return _grouped(a, b, by, _iou_count(of))

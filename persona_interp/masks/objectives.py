@@ -1,6 +1,7 @@
 """Differentiable objectives of the damage-aware masks: the A/B margin of calibration items and the next-token
-log-probs of neutral texts, both read as the scorers read them (:func:`~persona_interp.evaluation.scoring.score_ab`'s
-per-token margin, :class:`~persona_interp.evaluation.scoring.DamageReference`'s texts), with the graph kept.
+log-probs of neutral texts, both read as the scorers read them
+([`score_ab`][persona_interp.evaluation.scoring.score_ab]'s per-token margin,
+[`DamageReference`][persona_interp.evaluation.scoring.DamageReference]'s texts), with the graph kept.
 
 Example:
     >>> margin = ab_margins(model, fit[:2]).sum()
@@ -57,7 +58,8 @@ def kl_from(base: Float[Tensor, "n vocab"], logprobs: Float[Tensor, "n vocab"]) 
 
 
 def frozen_weights(model: Any) -> dict[torch.nn.Parameter, bool]:
-    """Every parameter's ``requires_grad``, then set to False (restore with :func:`restore_grad`)."""
+    """Every parameter's ``requires_grad``, then set to False (restore with
+    [`restore_grad`][persona_interp.masks.objectives.restore_grad])."""
     states = {p: p.requires_grad for p in model.parameters()}
     for p in states:
         p.requires_grad_(False)
@@ -65,6 +67,7 @@ def frozen_weights(model: Any) -> dict[torch.nn.Parameter, bool]:
 
 
 def restore_grad(states: dict[torch.nn.Parameter, bool]) -> None:
-    """Set every parameter's ``requires_grad`` back as :func:`frozen_weights` found it."""
+    """Set every parameter's ``requires_grad`` back as
+    [`frozen_weights`][persona_interp.masks.objectives.frozen_weights] found it."""
     for p, flag in states.items():
         p.requires_grad_(flag)

@@ -1,10 +1,11 @@
 """The one registry of weight-level methods: each named method's builder, options, inputs and output.
 
-A :class:`MethodSpec` says what a method needs (signatures of the two poles, a neutral signature, calibration
-items, neutral texts), what it gives (a boolean :class:`~persona_interp.masks.mask.Mask`, gains in [0, 1] or a
-dense weight edit), whether it gives one intervention per pole and whether it contrasts the poles. The command
-line's ``build-mask`` choices and inputs, the mask search (:class:`~persona_interp.evaluation.tuning.MaskSpace`),
-the main job's mask rows and the diagnostics' overlap variants all read it; no other list of method names exists.
+A [`MethodSpec`][persona_interp.masks.registry.MethodSpec] says what a method needs (signatures of the two poles, a
+neutral signature, calibration items, neutral texts), what it gives (a boolean
+[`Mask`][persona_interp.masks.mask.Mask], gains in [0, 1] or a dense weight edit), whether it gives one intervention
+per pole and whether it contrasts the poles. The command line's ``build-mask`` choices and inputs, the mask search
+([`MaskSpace`][persona_interp.evaluation.tuning.MaskSpace]), the main job's mask rows and the diagnostics' overlap
+variants all read it; no other list of method names exists.
 
 It lives in ``masks/`` because every method in it changes the model's ``[out, in]`` linear maps (what a mask,
 gains or an edit keeps); steering vectors, prompts and LoRA are regimes with their own modules.
@@ -15,10 +16,11 @@ Adding a method (e.g. in a new module ``masks/my_method.py``)::
         ...                                    # an object whose .pair(dose, modules=, layers=) gives (seek, reject)
     register(MethodSpec("my_method", my_builder, options={"steps": 100}, needs=frozenset({"signatures"})))
 
-and, for a method of the package, add its name to :data:`MethodName` (the type checker's list; the registry is
-the run-time truth) and import the module in ``persona_interp/masks/__init__.py`` so it registers on import (as
-:mod:`persona_interp.masks.damage_aware` registers the damage-aware methods, which need a neutral signature,
-calibration items or neutral texts beside the poles' signatures).
+and, for a method of the package, add its name to [`MethodName`][persona_interp.masks.registry.MethodName] (the type
+checker's list; the registry is the run-time truth) and import the module in ``persona_interp/masks/__init__.py`` so
+it registers on import (as [`persona_interp.masks.damage_aware`][persona_interp.masks.damage_aware] registers the
+damage-aware methods, which need a neutral signature, calibration items or neutral texts beside the poles'
+signatures).
 
 Example:
     >>> method_spec("contrastive_sparse_code").fixed
@@ -60,7 +62,7 @@ class MethodInputs:
 @runtime_checkable
 class Family(Protocol):
     """What a builder returns: the method's interventions at any dose on any subset of its maps (a
-    :class:`~persona_interp.masks.builders.MaskFamily` is one). A method with poles gives ``(seek, reject)``,
+    [`MaskFamily`][persona_interp.masks.builders.MaskFamily] is one). A method with poles gives ``(seek, reject)``,
     one without a 1-tuple."""
 
     def pair(self, sparsity: float, *, modules: Iterable[str] | None = None,
@@ -73,11 +75,12 @@ Builder = Callable[..., Family]      # (model, inputs, *, families=None, modules
 @dataclass(frozen=True)
 class MethodSpec:
     """One method: ``builder(model, inputs, *, families, modules, layers, **options)`` returns its
-    :class:`Family`. ``options`` are the options a caller may set, with their defaults; ``fixed`` the
-    :func:`~persona_interp.masks.builders.mask_family` options that define a ranked method (empty for others);
-    ``needs`` its inputs; ``gives`` its output; ``poles``: one intervention per pole (else one for both);
-    ``contrast``: built from both poles together (so it needs both); ``search``: the mask search's optional
-    factors that change its output; ``variants``: the labelled option sets the overlap diagnostics compare."""
+    [`Family`][persona_interp.masks.registry.Family]. ``options`` are the options a caller may set, with their
+    defaults; ``fixed`` the [`mask_family`][persona_interp.masks.builders.mask_family] options that define a ranked
+    method (empty for others); ``needs`` its inputs; ``gives`` its output; ``poles``: one intervention per pole (else
+    one for both); ``contrast``: built from both poles together (so it needs both); ``search``: the mask search's
+    optional factors that change its output; ``variants``: the labelled option sets the overlap diagnostics
+    compare."""
 
     name: str
     builder: Builder
@@ -103,8 +106,9 @@ class MethodSpec:
 
     def family(self, model: Any, inputs: MethodInputs, *, families: FamilyCache | None = None,
                modules: Iterable[str] | None = None, layers: Iterable[int] | None = None, **options: Any) -> Family:
-        """The method's family on ``model`` from ``inputs`` (options not given take :attr:`options`' defaults;
-        an option the method does not take is an error naming the ones it takes)."""
+        """The method's family on ``model`` from ``inputs`` (options not given take
+        [`options`][persona_interp.masks.registry.MethodSpec]' defaults; an option the method does not take is an
+        error naming the ones it takes)."""
         unknown = set(options) - set(self.options)
         if unknown:
             raise ValueError(f"method {self.name!r} takes no option(s) {sorted(unknown)}; its options: {sorted(self.options)}")
@@ -203,7 +207,7 @@ def methods(*, poles: bool | None = None, gives: Gives | None = None,
 
 # ---------------------------------------------------------------------- today's methods
 def _ranked(fixed: dict[str, Any]) -> Builder:
-    """The builder of a method ranked by :func:`~persona_interp.masks.builders.mask_family` with ``fixed``
+    """The builder of a method ranked by [`mask_family`][persona_interp.masks.builders.mask_family] with ``fixed``
     options: taken from ``families`` when given (ranked once per study), else ranked here (``cache=True``)."""
     def build(model: Any, inputs: MethodInputs, *, families: FamilyCache | None = None,
               modules: Iterable[str] | None = None, layers: Iterable[int] | None = None, **options: Any) -> Family:
