@@ -33,7 +33,8 @@ from persona_interp.signatures import Signature
 
 @dataclass
 class _UnitMask(ABC):
-    """Shared logic of :class:`NeuronMask` and :class:`HeadMask`: units per layer, zero or mean."""
+    """Shared logic of [`NeuronMask`][persona_interp.interventions.ablation.NeuronMask] and
+    [`HeadMask`][persona_interp.interventions.ablation.HeadMask]: units per layer, zero or mean."""
 
     units: dict[int, list[int]]
     mode: str = "zero"
@@ -151,10 +152,11 @@ HookMask = Union[NeuronMask, HeadMask]
 
 @dataclass
 class WeightAblation:
-    """A :class:`~persona_interp.masks.mask.Mask` as an intervention: each covered weight's removed entries are
-    set to 0 (``gamma = 0``) or to ``gamma·W`` (``0 < gamma < 1``: a soft gate) inside :meth:`apply`; only those
-    entries are kept aside (ρ × the covered weights, on the weight's device or on ``store``, e.g. ``"cpu"`` for a
-    model that fills its GPU) and written back bit-exact on exit.
+    """A [`Mask`][persona_interp.masks.mask.Mask] as an intervention: each covered weight's removed entries are
+    set to 0 (``gamma = 0``) or to ``gamma·W`` (``0 < gamma < 1``: a soft gate) inside
+    [`apply`][persona_interp.interventions.ablation.WeightAblation.apply]; only those entries are kept aside (ρ × the
+    covered weights, on the weight's device or on ``store``, e.g. ``"cpu"`` for a model that fills its GPU) and
+    written back bit-exact on exit.
 
     Example:
         >>> weight = adapter.weight("blocks.0.mlp.down").clone()
@@ -207,10 +209,11 @@ class WeightAblation:
 
 @dataclass
 class MeanWeightAblation:
-    """A :class:`~persona_interp.masks.mask.Mask` applied with mean ablation: the removed entries are set to 0 as in
-    :class:`WeightAblation` and each map's output gets the constant they contributed on average,
-    ``W_removed · mean(x)`` (``mean`` a signature's per-token input mean, e.g. a neutral signature's), through a
-    hook on the map's output; on exit the hooks are removed and the weights written back bit-exact.
+    """A [`Mask`][persona_interp.masks.mask.Mask] applied with mean ablation: the removed entries are set to 0 as in
+    [`WeightAblation`][persona_interp.interventions.ablation.WeightAblation] and each map's output gets the constant
+    they contributed on average, ``W_removed · mean(x)`` (``mean`` a signature's per-token input mean, e.g. a neutral
+    signature's), through a hook on the map's output; on exit the hooks are removed and the weights written back
+    bit-exact.
 
     Example:
         >>> with MeanWeightAblation(mask, neutral).apply(model):
@@ -261,12 +264,15 @@ def _add_hook(bias: Float[Tensor, " n_out"]) -> Callable[[Tensor, Any], Tensor]:
 def ablate(model: Any, mask: Mask | HookMask | MeanWeightAblation, gamma: float = 0.0, *, store: str | torch.device | None = None) -> Iterator[Any]:
     """Context manager: inside, ``model`` computes with the mask applied.
 
-    * a :class:`~persona_interp.masks.mask.Mask` is applied as a :class:`WeightAblation` (removed entries set to
-      0 or ``γ·W`` in place, only they kept aside, written back bit-exact on exit, also on exception);
-    * a :class:`NeuronMask` / :class:`HeadMask` adds forward hooks and removes them on exit; they replace whole
-      units (to 0 or to their mean) and keep no weights aside, so ``gamma`` and ``store`` are refused for them
-      (a ValueError) rather than ignored;
-    * a :class:`MeanWeightAblation` zeroes as a weight mask and adds the removed entries' mean output.
+    * a [`Mask`][persona_interp.masks.mask.Mask] is applied as a
+      [`WeightAblation`][persona_interp.interventions.ablation.WeightAblation] (removed entries set to 0 or ``γ·W`` in
+      place, only they kept aside, written back bit-exact on exit, also on exception);
+    * a [`NeuronMask`][persona_interp.interventions.ablation.NeuronMask] /
+      [`HeadMask`][persona_interp.interventions.ablation.HeadMask] adds forward hooks and removes them on exit; they
+      replace whole units (to 0 or to their mean) and keep no weights aside, so ``gamma`` and ``store`` are refused
+      for them (a ValueError) rather than ignored;
+    * a [`MeanWeightAblation`][persona_interp.interventions.ablation.MeanWeightAblation] zeroes as a weight mask and
+      adds the removed entries' mean output.
 
     Nested ablations are allowed on disjoint maps; a weight mask (or LoRA) touching a map that is already
     edited raises ``RuntimeError``.
@@ -340,7 +346,8 @@ def zero_removed(parameter: Tensor, keep: Bool[Tensor, "..."]) -> None:
 
 
 def put_back(parameter: Tensor, keep: Bool[Tensor, "..."], values: Tensor, scratch: _Scratch | None = None) -> None:
-    """Write entries kept by :func:`set_aside` back where ``keep`` is false, bit-exact."""
+    """Write entries kept by [`set_aside`][persona_interp.interventions.ablation.set_aside] back where ``keep`` is
+    false, bit-exact."""
     bits = _bits(parameter)
     if bits is None:
         parameter.masked_scatter_(~keep, values.to(device=parameter.device).view(parameter.dtype))

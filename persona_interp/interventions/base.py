@@ -1,10 +1,11 @@
 """The one shape of everything that changes a model: an object whose ``apply(model)`` is a context manager
 (the change is on inside, undone on exit, also on exception), as steering-vectors' ``SteeringVector.apply``.
 
-Weight masks (:class:`~persona_interp.interventions.ablation.WeightAblation`), neuron and head masks, steering
-vectors, ODE steering and LoRA all have that shape; :class:`~persona_interp.interventions.conditions.Condition`
-wraps any of them. Weight edits go through :func:`edit_weights`, which refuses two edits of one map at once
-(a mask and a LoRA on the same weight could not both be undone bit-exact) and restores in reverse order.
+Weight masks ([`WeightAblation`][persona_interp.interventions.ablation.WeightAblation]), neuron and head masks,
+steering vectors, ODE steering and LoRA all have that shape;
+[`Condition`][persona_interp.interventions.conditions.Condition] wraps any of them. Weight edits go through
+[`edit_weights`][persona_interp.interventions.base.edit_weights], which refuses two edits of one map at once (a mask
+and a LoRA on the same weight could not both be undone bit-exact) and restores in reverse order.
 
 Example:
     >>> vector = mean_difference_vectors(model, fit[:2], [1])[1]

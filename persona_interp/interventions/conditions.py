@@ -2,11 +2,12 @@
 leaving the model unchanged afterwards.
 
 A condition may carry a system prompt (used by the scorers) and one intervention (anything with
-``apply(model)``, :class:`~persona_interp.interventions.base.Intervention`: a weight mask, steering, LoRA),
-which :meth:`Condition.applied` turns on. ``a + b`` composes two conditions.
+``apply(model)``, [`Intervention`][persona_interp.interventions.base.Intervention]: a weight mask, steering, LoRA),
+which [`Condition.applied`][persona_interp.interventions.conditions.Condition.applied] turns on. ``a + b`` composes
+two conditions.
 
 A condition also carries its **relations** to other conditions of the same evaluation, as typed fields that
-:func:`~persona_interp.evaluation.evaluate.evaluate` reads (every other name refers to a condition's ``name``):
+[`evaluate`][persona_interp.evaluation.evaluate.evaluate] reads (every other name refers to a condition's ``name``):
 
 * ``pair``: the seek and reject poles of one regime share a pair name; ``Evaluation.contrasts`` gives their
   paired seek − reject difference (a pair needs exactly one seek and one reject condition).
@@ -18,8 +19,8 @@ A condition also carries its **relations** to other conditions of the same evalu
   same weights: the neutral text carries no prompt).
 * ``budgets``: the damage budgets (KL nats/token) this condition was picked for (``budget_winners``).
 
-:func:`paired` builds a seek/reject pair in one call. ``meta`` holds free-form extras (e.g. the search row a
-condition was chosen from) that nothing in the toolkit reads.
+[`paired`][persona_interp.interventions.conditions.paired] builds a seek/reject pair in one call. ``meta`` holds
+free-form extras (e.g. the search row a condition was chosen from) that nothing in the toolkit reads.
 
 Example:
     >>> seek, reject = paired("cw@0.3", MaskCondition("cw-seek@0.3", mask=seek_mask), MaskCondition("cw-reject@0.3", mask=reject_mask),
@@ -148,7 +149,8 @@ class Prompt(Condition):
 
 @dataclass
 class MaskCondition(Condition):
-    """A weight mask (:class:`~persona_interp.interventions.ablation.WeightAblation`; ``regime`` names the method)."""
+    """A weight mask ([`WeightAblation`][persona_interp.interventions.ablation.WeightAblation]; ``regime`` names the
+    method)."""
 
     mask: Mask | None = None
     regime: str = "mask"
@@ -165,7 +167,8 @@ class MaskCondition(Condition):
 
 class Composed(Condition):
     """Several conditions at once: system prompts joined, contexts nested in order; ``relations`` as on
-    :class:`Condition` (``name``, ``side`` may override the defaults: the parts' names joined, the first side)."""
+    [`Condition`][persona_interp.interventions.conditions.Condition] (``name``, ``side`` may override the defaults:
+    the parts' names joined, the first side)."""
 
     def __init__(self, parts: list[Condition], **relations: Any):
         relations = {"name": " + ".join(p.name for p in parts), "side": next((p.side for p in parts if p.side), None),
@@ -202,7 +205,8 @@ class SteeringCondition(Condition):
 @dataclass(frozen=True)
 class _Scaled:
     """A steering vector or ODE flow at a condition's multiplier; the object itself is shared, so ODESteering's
-    per-device barrier copies are made once, not at every :meth:`Condition.applied`."""
+    per-device barrier copies are made once, not at every
+    [`Condition.applied`][persona_interp.interventions.conditions.Condition.applied]."""
 
     vector: SteeringVector | ODESteering | DirectionalEdit
     multiplier: float
@@ -213,9 +217,9 @@ class _Scaled:
 
 @dataclass
 class WeightEditCondition(Condition):
-    """Weight-edit steering (:class:`~persona_interp.interventions.weight_edit.DirectionalEdit`) at ``multiplier``
-    (its α: +α amplifies the direction, −α attenuates it, −1 projects it out; which pole each serves is chosen on
-    validation), the residual writers' weights restored bit-exact on exit."""
+    """Weight-edit steering ([`DirectionalEdit`][persona_interp.interventions.weight_edit.DirectionalEdit]) at
+    ``multiplier`` (its α: +α amplifies the direction, −α attenuates it, −1 projects it out; which pole each serves is
+    chosen on validation), the residual writers' weights restored bit-exact on exit."""
 
     edit: DirectionalEdit | None = None
     multiplier: float = -1.0
@@ -229,7 +233,7 @@ class WeightEditCondition(Condition):
 
 @dataclass
 class LoRACondition(Condition):
-    """Fine-tuned low-rank weight updates (:class:`~persona_interp.interventions.lora.LoRA`), added on entry and
+    """Fine-tuned low-rank weight updates ([`LoRA`][persona_interp.interventions.lora.LoRA]), added on entry and
     removed bit-exact on exit."""
 
     lora: LoRA | None = None

@@ -78,7 +78,8 @@ class LoRA:
         return self.scaling * (self.B[name].to(device) @ self.A[name].to(device))
 
     def check_model(self, model: Any) -> None:
-        """Raise :class:`ModelMismatchError` unless this LoRA fits ``model`` (fingerprint, maps, shapes)."""
+        """Raise [`ModelMismatchError`][persona_interp.model.adapter.ModelMismatchError] unless this LoRA fits
+        ``model`` (fingerprint, maps, shapes)."""
         get_adapter(model).check_fits(self.meta.get("fingerprint"), "LoRA",
                                       {name: (self.B[name].shape[0], self.A[name].shape[1]) for name in self.A})
 
@@ -105,7 +106,7 @@ class LoRA:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LoRA":
-        """Load a LoRA saved by :meth:`save` (no unpickling)."""
+        """Load a LoRA saved by [`save`][persona_interp.interventions.lora.LoRA.save] (no unpickling)."""
         header = read_header(path, FORMAT, "LoRA")
         tensors = load_file(str(path))
         A = {k.split("|", 1)[1]: v for k, v in tensors.items() if k.startswith("A|")}

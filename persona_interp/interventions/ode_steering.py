@@ -163,10 +163,12 @@ class ODESteering:
 def ode_steerings(model: Any, data: PersonaDataset | Sequence[PersonaItem], layers: Sequence[int], *,
                   features: int | None = None, steps: int = 4, means: dict[str, Tensor] | None = None,
                   batch_size: int = 8, max_tokens: int = 256, seed: int = 0) -> dict[int, ODESteering]:
-    """One :class:`ODESteering` per layer, barriers fitted on each item's answer-mean residuals of the
-    two poles. ``step_size`` is set so that ``steps`` steps cover the norm of the mean difference, making
-    the multiplier comparable to a mean-difference vector's. ``means`` (``{"seek": [n, layers, d],
-    "reject": ...}``, from :func:`~persona_interp.interventions.steering.answer_residual_means`) skips the forward passes."""
+    """One [`ODESteering`][persona_interp.interventions.ode_steering.ODESteering] per layer, barriers fitted on each
+    item's answer-mean residuals of the two poles. ``step_size`` is set so that ``steps`` steps cover the norm of the
+    mean difference, making the multiplier comparable to a mean-difference vector's. ``means``
+    (``{"seek": [n, layers, d], "reject": ...}``, from
+    [`answer_residual_means`][persona_interp.interventions.steering.answer_residual_means]) skips the forward
+    passes."""
     if means is None:
         means = {side: answer_residual_means(model, data, layers, side=side, batch_size=batch_size, max_tokens=max_tokens)
                  for side in SIDES}

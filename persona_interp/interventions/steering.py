@@ -1,9 +1,9 @@
 """Steering vectors: add ``α · v`` to the residual stream entering one block, at every position.
 
-* :func:`mean_difference_vector` — CAA: mean residual over the seek answers' tokens minus the
-  same over the reject answers' tokens;
-* :func:`pca_vector` — repeng style: first principal component of the per-item paired
-  differences, signed to agree with the mean difference.
+* [`mean_difference_vector`][persona_interp.interventions.steering.mean_difference_vector] — CAA: mean residual over
+  the seek answers' tokens minus the same over the reject answers' tokens;
+* [`pca_vector`][persona_interp.interventions.steering.pca_vector] — repeng style: first principal component of the
+  per-item paired differences, signed to agree with the mean difference.
 
 Example:
     >>> vec = mean_difference_vector(model, fit, layer=1)
@@ -33,7 +33,7 @@ from persona_interp.progress import stage
 class SteeringVector:
     """A direction added at ``blocks.{layer}.hook_resid_pre`` with a multiplier, at every position (system prompt,
     question, answer, every neutral-text token), the tokens a weight mask acts on too; only the fitting
-    (:func:`residual_means`) looks at the answer tokens alone."""
+    ([`residual_means`][persona_interp.interventions.steering.residual_means]) looks at the answer tokens alone."""
 
     layer: int
     direction: Float[Tensor, " d_model"]
@@ -75,8 +75,8 @@ def residual_means(model: Any, pairs: Sequence[tuple[str, str]], layers: Sequenc
                    desc: str = "residuals", cut_answers: bool = False) -> Float[Tensor, "n layers d_model"]:
     """Per (question, answer) pair, the residual stream entering each of ``layers``, averaged over the
     answer's tokens (chat-formatted, optionally under a system prompt; padding never counts). Over-long pairs
-    are cut as :func:`~persona_interp.model.chat.encode_batch` says (``cut_answers`` for plain-text answers), with a
-    warning.
+    are cut as [`encode_batch`][persona_interp.model.chat.encode_batch] says (``cut_answers`` for plain-text answers),
+    with a warning.
 
     Example:
         >>> residual_means(model, [("Write a paragraph.", texts[0])], layers=[0, 1]).shape     # [n, layers, d_model]
@@ -109,14 +109,16 @@ def residual_means(model: Any, pairs: Sequence[tuple[str, str]], layers: Sequenc
 def paired_differences(model: Any, data: PersonaDataset | Sequence[PersonaItem], layers: Sequence[int],
                        **kw: Any) -> Float[Tensor, "n layers d_model"]:
     """Per item and layer, the seek answer's mean residual minus the reject answer's: the input of
-    both steering methods, so one pass can feed both (:func:`vectors_from_differences`)."""
+    both steering methods, so one pass can feed both
+    ([`vectors_from_differences`][persona_interp.interventions.steering.vectors_from_differences])."""
     seek = answer_residual_means(model, data, layers, side="seek", **kw)
     reject = answer_residual_means(model, data, layers, side="reject", **kw)
     return seek - reject
 
 
 def vectors_from_differences(method: str, diffs: Float[Tensor, "n layers d_model"], layers: Sequence[int]) -> dict[int, SteeringVector]:
-    """``mean_difference`` or ``pca`` vectors from :func:`paired_differences`."""
+    """``mean_difference`` or ``pca`` vectors from
+    [`paired_differences`][persona_interp.interventions.steering.paired_differences]."""
     if method == "mean_difference":
         return {layer: SteeringVector(layer, diffs[:, i].mean(0).float(), meta={"method": method, "n": len(diffs)})
                 for i, layer in enumerate(layers)}
@@ -150,10 +152,11 @@ def _pca(diffs: Tensor, layers: Sequence[int]) -> dict[int, SteeringVector]:
 
 
 def mean_difference_vector(model: Any, data: PersonaDataset | Sequence[PersonaItem], layer: int, **kw: Any) -> SteeringVector:
-    """CAA steering vector at one layer (see :func:`mean_difference_vectors`)."""
+    """CAA steering vector at one layer (see
+    [`mean_difference_vectors`][persona_interp.interventions.steering.mean_difference_vectors])."""
     return mean_difference_vectors(model, data, [layer], **kw)[layer]
 
 
 def pca_vector(model: Any, data: PersonaDataset | Sequence[PersonaItem], layer: int, **kw: Any) -> SteeringVector:
-    """PCA steering vector at one layer (see :func:`pca_vectors`)."""
+    """PCA steering vector at one layer (see [`pca_vectors`][persona_interp.interventions.steering.pca_vectors])."""
     return pca_vectors(model, data, [layer], **kw)[layer]
