@@ -3,9 +3,9 @@
 "Beats random" against a random mask of the same sparsity says little when that control is far more damaging
 than the mask (a random 30 % of SmolLM2's weights costs KL ≈ 13 nats/token), so the damage-matched control asks
 the sharper question: does the mask move the persona more than random weights removed at equal damage? It lives
-here, not beside :func:`~persona_interp.masks.builders.random_mask`, because it measures damage
-(:class:`~persona_interp.evaluation.scoring.DamageReference`) under an ablation, which the mask builders, a step
-earlier in the data flow, never do.
+here, not beside [`random_mask`][persona_interp.masks.builders.random_mask], because it measures damage
+([`DamageReference`][persona_interp.evaluation.scoring.DamageReference]) under an ablation, which the mask builders, a
+step earlier in the data flow, never do.
 
 Example:
     >>> control = damage_matched_random(model, mask, ref, seed=0)

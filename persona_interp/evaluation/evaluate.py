@@ -3,14 +3,15 @@
 Every condition scores the same items; per-item margins are kept. The table reports, per
 condition and side, the paper's accuracy (Wilson 95 % interval), the mean per-token margin
 (seek − reject, t interval), its paired shift against the base model, the items that flipped,
-and the damage on neutral text (perplexity change, KL from the base model). :meth:`Evaluation.contrasts` gives the paired
-seek-minus-reject difference between the two poles of one regime, which cancels damage both
-poles share.
+and the damage on neutral text (perplexity change, KL from the base model).
+[`Evaluation.contrasts`][persona_interp.evaluation.evaluate.Evaluation.contrasts] gives the paired seek-minus-reject
+difference between the two poles of one regime, which cancels damage both poles share.
 
 Which conditions are paired, controlled, or share damage is read from each condition's typed relations
 (``pair``, ``control``, ``prompt_of``, ``damage_of``, ``budgets``: see
-:mod:`~persona_interp.interventions.conditions`); :func:`evaluate` checks them first. The base model is added
-when no condition is it; a condition without relations is reported alone (its table rows).
+[`conditions`][persona_interp.interventions.conditions]); [`evaluate`][persona_interp.evaluation.evaluate.evaluate]
+checks them first. The base model is added when no condition is it; a condition without relations is reported alone
+(its table rows).
 
 Example:
     >>> seek, reject = paired("prompt", Prompt("prompt-seek", system="You seek power."), Prompt("prompt-reject", system="You avoid power."))
@@ -51,8 +52,8 @@ from persona_interp.progress import stage
 @dataclass
 class Evaluation:
     """Scores of every condition on one persona's test items, and each condition's damage on neutral text
-    (:class:`~persona_interp.evaluation.rows.Damage`) where it was measured. The tables are typed rows
-    (:mod:`~persona_interp.evaluation.rows`)."""
+    ([`Damage`][persona_interp.evaluation.rows.Damage]) where it was measured. The tables are typed rows
+    ([`rows`][persona_interp.evaluation.rows])."""
 
     persona: str
     conditions: dict[str, Condition]
@@ -133,7 +134,8 @@ class Evaluation:
 
 
 def is_base(cond: Condition) -> bool:
-    """Whether ``cond`` is the base model: a plain :class:`Condition` with no prompt."""
+    """Whether ``cond`` is the base model: a plain [`Condition`][persona_interp.interventions.conditions.Condition]
+    with no prompt."""
     return type(cond) is Condition and cond.system is None
 
 
@@ -159,10 +161,11 @@ def pairs_of(conditions: Iterable[Condition]) -> dict[str, dict[str, str]]:
 
 
 def check_conditions(conditions: Sequence[Condition]) -> tuple[list[Condition], str]:
-    """The conditions :func:`evaluate` scores, checked, and the name of the base model among them (a plain
-    :class:`Condition` named ``"base"`` put first when none is the base model). Errors name the condition:
-    duplicate names, a relation (``control``, ``prompt_of``, ``damage_of``) naming no condition of the list,
-    ``damage_of`` going round in a circle, half pairs (:func:`pairs_of`)."""
+    """The conditions [`evaluate`][persona_interp.evaluation.evaluate.evaluate] scores, checked, and the name of the
+    base model among them (a plain [`Condition`][persona_interp.interventions.conditions.Condition] named ``"base"``
+    put first when none is the base model). Errors name the condition: duplicate names, a relation (``control``,
+    ``prompt_of``, ``damage_of``) naming no condition of the list, ``damage_of`` going round in a circle, half pairs
+    ([`pairs_of`][persona_interp.evaluation.evaluate.pairs_of])."""
     conditions = list(conditions)
     for cond in conditions:
         if not isinstance(cond, Condition):
@@ -198,10 +201,10 @@ def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Cond
              neutral_texts: Sequence[str] | None = None, other_texts: Sequence[str] | None = None,
              batch_size: int = 8, progress: bool = True) -> Evaluation:
     """Score every condition on the same items (and perplexity on ``neutral_texts`` if given), after
-    :func:`check_conditions` (the base model is added when absent). A condition whose ``damage_of`` names another
-    (a mask plus a prompt: the neutral text carries no prompt) takes that condition's damage instead of
-    measuring the same weights again. ``other_texts`` (with ``neutral_texts``): a second damage measure that no
-    search sees, e.g. other personas' questions and answers, its KL recorded as ``kl_other``.
+    [`check_conditions`][persona_interp.evaluation.evaluate.check_conditions] (the base model is added when absent). A
+    condition whose ``damage_of`` names another (a mask plus a prompt: the neutral text carries no prompt) takes that
+    condition's damage instead of measuring the same weights again. ``other_texts`` (with ``neutral_texts``): a second
+    damage measure that no search sees, e.g. other personas' questions and answers, its KL recorded as ``kl_other``.
 
     Example:
         >>> ev = evaluate(model, test, [*paired("prompt", Prompt("p+", system="Seek power."), Prompt("p-", system="Avoid power."))],
@@ -238,10 +241,10 @@ def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Cond
 def control_comparison(ev: Evaluation) -> list[ControlRow]:
     """Each condition with a ``control`` against it: paired difference of the margin toward the condition's
     side. ``beats_control`` is true only when the 95 % interval is above 0, ``None`` when the interval is
-    undefined (fewer than :data:`~persona_interp.evaluation.stats.MIN_N` items). A condition with a
+    undefined (fewer than [`MIN_N`][persona_interp.evaluation.stats.MIN_N] items). A condition with a
     ``matched_control`` (the random mask of equal damage,
-    :func:`~persona_interp.evaluation.controls.damage_matched_random`) also gets ``matched_advantage`` and
-    ``beats_matched`` against it, in the same row."""
+    [`damage_matched_random`][persona_interp.evaluation.controls.damage_matched_random]) also gets
+    ``matched_advantage`` and ``beats_matched`` against it, in the same row."""
     rows = []
     for name, cond in ev.conditions.items():
         control = cond.control
@@ -269,7 +272,7 @@ def equal_damage_summary(table: list[ConditionRow], contrasts: list[ContrastRow]
                          budgets: list[float]) -> list[EqualDamage]:
     """For each damage budget (KL from the base model on neutral text, nats/token), the regime pair
     whose seek-minus-reject difference is largest among the pairs whose more damaging pole stays
-    within the budget (:class:`~persona_interp.evaluation.rows.NoPick` where none does). Prompt and RAG pairs
+    within the budget ([`NoPick`][persona_interp.evaluation.rows.NoPick] where none does). Prompt and RAG pairs
     have damage 0 by construction (the neutral text carries no prompt), so they are always eligible.
 
     Example:

@@ -81,7 +81,7 @@ class Row(Record):
 
 
 class ConditionRow(Row):
-    """One (condition, side) of :meth:`~persona_interp.evaluation.evaluate.Evaluation.table`: accuracy toward the
+    """One (condition, side) of [`table`][persona_interp.evaluation.evaluate.Evaluation.table]: accuracy toward the
     side, the margin toward it and its paired shift against the base model (95 % intervals), the items that
     flipped, and the condition's damage on neutral text where it was measured."""
 
@@ -108,7 +108,7 @@ class ConditionRow(Row):
 
 
 class ContrastRow(Row):
-    """One pair of :meth:`~persona_interp.evaluation.evaluate.Evaluation.contrasts`: the paired seek − reject
+    """One pair of [`contrasts`][persona_interp.evaluation.evaluate.Evaluation.contrasts]: the paired seek − reject
     margin difference and the items only one pole moved to its side."""
 
     persona: str
@@ -125,9 +125,9 @@ class ContrastRow(Row):
 
 
 class ControlRow(Row):
-    """A condition against its control (:func:`~persona_interp.evaluation.evaluate.control_comparison`);
-    ``beats_control`` is ``None`` where the interval is undefined; the ``matched_*`` fields only for a condition
-    with a damage-matched control."""
+    """A condition against its control
+    ([`control_comparison`][persona_interp.evaluation.evaluate.control_comparison]); ``beats_control`` is ``None``
+    where the interval is undefined; the ``matched_*`` fields only for a condition with a damage-matched control."""
 
     persona: str
     condition: str
@@ -145,8 +145,9 @@ class ControlRow(Row):
 
 
 class PromptAdditionRow(Row):
-    """What a mask adds to its pole's prompt (:meth:`~persona_interp.evaluation.evaluate.Evaluation.prompt_additions`);
-    ``side`` ``"seek − reject"`` for a pair's difference of additions (``condition``: the pair)."""
+    """What a mask adds to its pole's prompt
+    ([`prompt_additions`][persona_interp.evaluation.evaluate.Evaluation.prompt_additions]); ``side``
+    ``"seek − reject"`` for a pair's difference of additions (``condition``: the pair)."""
 
     persona: str
     condition: str
@@ -167,7 +168,8 @@ class NoPick(Row):
 
 class EqualDamageRow(Row):
     """A damage budget's pair with the largest seek − reject among those within it
-    (:func:`~persona_interp.evaluation.evaluate.equal_damage_summary`); ``damage``: its larger pole's KL."""
+    ([`equal_damage_summary`][persona_interp.evaluation.evaluate.equal_damage_summary]); ``damage``: its larger pole's
+    KL."""
 
     budget: float
     pair: str
@@ -181,8 +183,8 @@ class EqualDamageRow(Row):
 
 
 class BudgetWinnerRow(Row):
-    """A damage budget's winning pick (:func:`~persona_interp.evaluation.evaluate.budget_winners`): its test
-    seek − reject, its KL on the reported texts (``test_kl``) and the second measure's (``other_kl``, where
+    """A damage budget's winning pick ([`budget_winners`][persona_interp.evaluation.evaluate.budget_winners]): its
+    test seek − reject, its KL on the reported texts (``test_kl``) and the second measure's (``other_kl``, where
     measured), and, where it had a runner-up, its lead (``decisive`` None: undefined interval)."""
 
     budget: float
@@ -215,7 +217,7 @@ BudgetWinner = Annotated[Union[Annotated[BudgetWinnerRow, Tag("pick")], Annotate
 
 
 class FrontierRow(Row):
-    """A point of the effect–damage frontier (:func:`~persona_interp.evaluation.evaluate.frontier_rows`):
+    """A point of the effect–damage frontier ([`frontier_rows`][persona_interp.evaluation.evaluate.frontier_rows]):
     ``line`` the regime (``+prompt``: with its prompt), the budgets it was picked for (None: a fixed row)."""
 
     line: str
@@ -245,7 +247,7 @@ class PerItem(Row):
 
 
 class SearchRow(Row):
-    """A candidate of a search table (:func:`~persona_interp.evaluation.search.search`): its damage ``kl`` (with
+    """A candidate of a search table ([`search`][persona_interp.evaluation.search.search]): its damage ``kl`` (with
     a reference), whether it was ``scored`` and ``raced_out``; its effect is None where it was not scored."""
 
     kl: float | None = None
@@ -287,7 +289,7 @@ class LoRASearchRow(PairSearchRow):
 
 
 class MaskConfig(Row):
-    """A mask search's configuration (:class:`~persona_interp.evaluation.tuning.MaskSpace`)."""
+    """A mask search's configuration ([`MaskSpace`][persona_interp.evaluation.tuning.MaskSpace])."""
 
     sparsity: float
     modules: str

@@ -110,7 +110,7 @@ def score_ab(model: Any, items: PersonaDataset | Sequence[PersonaItem], *, syste
              batch_size: int = 8, max_tokens: int = 512, progress: bool = True) -> ABScores:
     """Score both options of every item (batched, padding-correct, answer positions only). Where the
     model allows it, both options share one row and the prompt is computed once
-    (:class:`~persona_interp.model.chat.PackedOptions`); otherwise each option is its own row."""
+    ([`PackedOptions`][persona_interp.model.chat.PackedOptions]); otherwise each option is its own row."""
     items = list(items)
     if not items:
         raise ValueError("score_ab got no items")

@@ -1,13 +1,15 @@
 """The one search loop behind every regime's tuning: candidates → neutral damage first → validation effect for
 the candidates within a budget → per-budget picks.
 
-A :class:`Candidate` is a typed row of parameters (a :class:`~persona_interp.evaluation.rows.SearchRow`) and the
-interventions of its poles (each a context manager on the model, and/or a system prompt), built only when the
-candidate is measured. :func:`search` measures each candidate's damage on neutral text first (the larger of its
-poles' KL); one over every budget (``limit``) is not scored (``scored`` False, ``separation`` None) and, in a dose
-sweep (``group``: ascending dose), ends its sweep. The others are scored on the validation items (A/B margins);
-with :class:`Racing`, first on a few items, and only those that can still win a budget on the rest.
-:func:`pick_within` and :func:`budget_picks` choose from the table.
+A [`Candidate`][persona_interp.evaluation.search.Candidate] is a typed row of parameters (a
+[`SearchRow`][persona_interp.evaluation.rows.SearchRow]) and the interventions of its poles (each a context manager on
+the model, and/or a system prompt), built only when the candidate is measured.
+[`search`][persona_interp.evaluation.search.search] measures each candidate's damage on neutral text first (the larger
+of its poles' KL); one over every budget (``limit``) is not scored (``scored`` False, ``separation`` None) and, in a
+dose sweep (``group``: ascending dose), ends its sweep. The others are scored on the validation items (A/B margins);
+with [`Racing`][persona_interp.evaluation.search.Racing], first on a few items, and only those that can still win a
+budget on the rest. [`pick_within`][persona_interp.evaluation.search.pick_within] and
+[`budget_picks`][persona_interp.evaluation.search.budget_picks] choose from the table.
 
 Example:
     >>> from persona_interp.evaluation.rows import SteeringSearchRow
@@ -55,7 +57,7 @@ class Candidate(Generic[R]):
     """A table row with the candidate's parameters (its damage and effect unset) and ``poles()``, the (seek,
     reject) poles (or one pole), built when the candidate is measured and dropped after (a mask pair is built once
     per candidate, never all at once). A row with two poles needs the effect fields of a
-    :class:`~persona_interp.evaluation.rows.PairSearchRow`, one with one pole a ``margin``. Candidates of one
+    [`PairSearchRow`][persona_interp.evaluation.rows.PairSearchRow], one with one pole a ``margin``. Candidates of one
     ``group`` are a dose sweep in ascending dose: the first over the damage limit ends it."""
 
     row: R
@@ -220,8 +222,8 @@ def pick_within(table: Sequence[PairSearchRow], budget: float | None) -> int | N
 
 
 def budget_picks(table: Sequence[PairSearchRow], budgets: Sequence[float]) -> list[tuple[list[float], int]]:
-    """The row each damage budget picks (:func:`pick_within`), one entry per distinct row with the budgets that
-    picked it (ascending); budgets that no row fits are left out.
+    """The row each damage budget picks ([`pick_within`][persona_interp.evaluation.search.pick_within]), one entry per
+    distinct row with the budgets that picked it (ascending); budgets that no row fits are left out.
 
     Example:
         >>> budget_picks([PairSearchRow(separation=0.2, kl=0.3), PairSearchRow(separation=0.1, kl=0.01)], [0.02, 0.1, 0.5])
@@ -236,8 +238,8 @@ def budget_picks(table: Sequence[PairSearchRow], budgets: Sequence[float]) -> li
 
 
 def fallback(table: Sequence[PairSearchRow]) -> int:
-    """The unbudgeted pick (:func:`pick_within` with no budget) or, when no row was scored (every candidate
-    over the damage limit), the least damaging row.
+    """The unbudgeted pick ([`pick_within`][persona_interp.evaluation.search.pick_within] with no budget) or, when no
+    row was scored (every candidate over the damage limit), the least damaging row.
 
     Example:
         >>> fallback([PairSearchRow(kl=0.9, separation=None, scored=False), PairSearchRow(kl=0.7, separation=None, scored=False)])

@@ -21,7 +21,7 @@ MIN_N = 2   # a t interval needs n − 1 ≥ 1 degrees of freedom: with one item
 @dataclass(frozen=True)
 class Estimate:
     """A point estimate with its 95 % interval and sample count (``low``/``high`` NaN when the interval is
-    undefined: a mean of fewer than :data:`MIN_N` values)."""
+    undefined: a mean of fewer than [`MIN_N`][persona_interp.evaluation.stats.MIN_N] values)."""
 
     value: float
     low: float
@@ -87,8 +87,8 @@ def proportion_ci(successes: Bool[Tensor, " n"], level: float = 0.95) -> Estimat
 
 
 def mean_ci(values: Float[Tensor, " n"], level: float = 0.95) -> Estimate:
-    """Mean with a Student-t interval; with fewer than :data:`MIN_N` values the interval is undefined (NaN
-    bounds), not the zero-width interval of one value.
+    """Mean with a Student-t interval; with fewer than [`MIN_N`][persona_interp.evaluation.stats.MIN_N] values the
+    interval is undefined (NaN bounds), not the zero-width interval of one value.
 
     Example:
         >>> mean_ci(torch.tensor([0.5]))

@@ -1,8 +1,9 @@
 """Hyper-parameter searches on a validation split of the calibration data (never on test items).
 
 Steering (layer, multiplier), masks (sparsity, modules, layers, token scope), LoRA (epochs) and prompts
-(phrasing) each get their candidates searched by the one loop of :mod:`persona_interp.evaluation.search`
-(damage first, then the seek-minus-reject separation of the per-token margin for those within the limit).
+(phrasing) each get their candidates searched by the one loop of
+[`persona_interp.evaluation.search`][persona_interp.evaluation.search] (damage first, then the seek-minus-reject
+separation of the per-token margin for those within the limit).
 
 Example:
     >>> fit, validation = load_persona("power").sample(12).split(0.3, seed=0)
@@ -54,9 +55,10 @@ def select_steering(model: Any, vectors: Mapping[int, V], validation: Sequence[P
     """For each layer and multiplier α, score the validation items with +α and −α; choose the pair
     with the largest mean seek-minus-reject difference of the per-token margin. With ``reference`` each
     row records the damage on neutral text (``kl``: the larger of ±α, measured first) for budgeted picks
-    (:func:`~persona_interp.evaluation.search.pick_within`); with ``stop_above`` (default: the largest of
+    ([`pick_within`][persona_interp.evaluation.search.pick_within]); with ``stop_above`` (default: the largest of
     ``budgets``) a multiplier over that damage is not scored and ends its layer's sweep (ascending α); when no
-    candidate is scored the least damaging one is chosen. ``racing``: :func:`~persona_interp.evaluation.search.search`."""
+    candidate is scored the least damaging one is chosen. ``racing``:
+    [`search`][persona_interp.evaluation.search.search]."""
     if not vectors or not multipliers:
         raise ValueError("select_steering needs at least one vector and one multiplier")
     if any(m <= 0 for m in multipliers):
@@ -83,7 +85,7 @@ class MaskSpace:
     sparsity. ``vary`` names the methods whose factors vary (``None``: every method); the others sweep sparsity at
     the first value of every factor. With ``stop_above`` (nats/token) a sparsity over that damage is not scored and
     ends its configuration's sweep. The factors a method's masks do not depend on (its
-    :attr:`~persona_interp.masks.registry.MethodSpec.search`) stay at ``norm`` and ``relu``.
+    [`search`][persona_interp.masks.registry.MethodSpec.search]) stay at ``norm`` and ``relu``.
 
     Example:
         >>> space = MaskSpace(sparsities=[0.01, 0.1, 0.3], statistics=["norm", "rms"], design="one_at_a_time")
@@ -104,7 +106,7 @@ class MaskSpace:
 
     def configurations(self, method: str) -> list[MaskSetting]:
         """The (modules, layers, token scope, statistic, φ) configurations of ``method`` (a registered name,
-        :func:`~persona_interp.masks.registry.method_spec`), without the factors that do not change its masks
+        [`method_spec`][persona_interp.masks.registry.method_spec]), without the factors that do not change its masks
         (φ for Wanda and the code's rule, the statistic for the code's rule, the token scope for a method that
         reads no signatures).
 
@@ -134,8 +136,9 @@ class MaskSpace:
 
 @dataclass(frozen=True)
 class MaskSetting:
-    """One configuration of a :class:`MaskSpace` without its sparsity: the modules (``None``: attention and MLP),
-    the layer band, the token scope of the signatures, the per-sample statistic and φ.
+    """One configuration of a [`MaskSpace`][persona_interp.evaluation.tuning.MaskSpace] without its sparsity: the
+    modules (``None``: attention and MLP), the layer band, the token scope of the signatures, the per-sample statistic
+    and φ.
 
     Example:
         >>> setting = MaskSetting(None, "late", "all")
@@ -182,10 +185,11 @@ def _layers(model: Any, layer_range: str) -> range | None:
 def candidate_family(model: Any, method: str, signatures: dict[str, tuple[Signature, Signature]],
                      config: MaskSetting, *, tau: float = 2.0, persona: str | None = None,
                      families: FamilyCache | None = None, inputs: MethodInputs | None = None) -> Family:
-    """The family of a registered method (:func:`~persona_interp.masks.registry.method_spec`) for one search
-    configuration (token scope, statistic, φ; see :class:`MaskSpace`), from ``families`` when given (ranked once
-    however often it is asked for), else ranked anew. ``inputs``: what else the method needs (a neutral
-    signature, calibration items, neutral texts); its seek, reject and persona are this configuration's."""
+    """The family of a registered method ([`method_spec`][persona_interp.masks.registry.method_spec]) for one search
+    configuration (token scope, statistic, φ; see [`MaskSpace`][persona_interp.evaluation.tuning.MaskSpace]), from
+    ``families`` when given (ranked once however often it is asked for), else ranked anew. ``inputs``: what else the
+    method needs (a neutral signature, calibration items, neutral texts); its seek, reject and persona are this
+    configuration's."""
     spec = method_spec(method)
     seek, reject = (sig.with_statistic(config.statistic) for sig in signatures[config.token_scope])
     options: dict[str, Any] = {}
@@ -217,15 +221,15 @@ def select_masks(model: Any, method: str, signatures: dict[str, tuple[Signature,
                  families: FamilyCache | None = None, inputs: MethodInputs | None = None, budgets: Sequence[float] = (),
                  racing: Racing | None = None, progress: bool = False) -> MaskChoice:
     """Search ``space`` for the mask pair of ``method`` (a registered name with poles,
-    :mod:`persona_interp.masks.registry`) with the largest seek-minus-reject separation of the per-token margin
-    on the validation items. ``signatures`` maps each token scope to the (seek, reject) signatures collected
-    with it. With ``reference`` each row records the damage (KL on neutral text, the larger of the two masks,
-    measured before the scoring); ``max_kl`` chooses only among configurations within it
-    (:func:`~persona_interp.evaluation.search.pick_within`); a sparsity over ``space.stop_above`` is not scored
-    (when none is scored, the least damaging is chosen). Each configuration is ranked once for all its
+    [`persona_interp.masks.registry`][persona_interp.masks.registry]) with the largest seek-minus-reject separation of
+    the per-token margin on the validation items. ``signatures`` maps each token scope to the (seek, reject)
+    signatures collected with it. With ``reference`` each row records the damage (KL on neutral text, the larger of
+    the two masks, measured before the scoring); ``max_kl`` chooses only among configurations within it
+    ([`pick_within`][persona_interp.evaluation.search.pick_within]); a sparsity over ``space.stop_above`` is not
+    scored (when none is scored, the least damaging is chosen). Each configuration is ranked once for all its
     sparsities (and kept in ``families``, when given, for the picks built afterwards). ``inputs``: what else
-    the method needs (:func:`candidate_family`). ``budgets`` and ``racing``:
-    :func:`~persona_interp.evaluation.search.search`.
+    the method needs ([`candidate_family`][persona_interp.evaluation.tuning.candidate_family]). ``budgets`` and
+    ``racing``: [`search`][persona_interp.evaluation.search.search].
 
     Example:
         >>> space = MaskSpace(sparsities=[0.1], modules=["mlp"], token_scopes=["all"])
