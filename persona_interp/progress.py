@@ -5,7 +5,8 @@ line (``mask search (contrastive_wanda) 3/8 › A/B scoring 1/2 · 12 s, ~20 s l
 is rewritten in place; when stderr is not a terminal each outermost stage writes one log line when it starts
 and one when it ends (with its seconds); with ``progress=False`` nothing is written, for it or anything
 nested in it. Every outermost stage's wall time (and the model forwards a caller attributes to it with
-:func:`add_forwards`) is recorded, for a benchmark to print each stage's share (:func:`stage_times`).
+[`add_forwards`][persona_interp.progress.add_forwards]) is recorded, for a benchmark to print each stage's share
+([`stage_times`][persona_interp.progress.stage_times]).
 
 Example:
     >>> reset_stage_times()
@@ -41,7 +42,8 @@ class StageRecord:
 
 @dataclass
 class Stage:
-    """An open stage; :meth:`update` advances its count. Made by :func:`stage`, not directly."""
+    """An open stage; [`update`][persona_interp.progress.Stage.update] advances its count. Made by
+    [`stage`][persona_interp.progress.stage], not directly."""
 
     name: str
     total: int | None
@@ -105,8 +107,8 @@ def _render(force: bool = False, end: str = "") -> None:
 @contextmanager
 def stage(name: str, total: int | None = None, *, progress: bool = True) -> Iterator[Stage]:
     """A stage of ``total`` steps (unknown when None). Outermost: its own line (or log lines when stderr is
-    not a terminal) and a record in :func:`stage_times`. Nested: shown on the outermost stage's line after
-    ``›``. ``progress=False`` silences it and everything nested in it.
+    not a terminal) and a record in [`stage_times`][persona_interp.progress.stage_times]. Nested: shown on the
+    outermost stage's line after ``›``. ``progress=False`` silences it and everything nested in it.
 
     Example:
         >>> with stage("evaluation", total=3) as s:
@@ -173,7 +175,8 @@ def add_forwards(n: int = 1) -> None:
 
 
 def stage_times() -> list[StageRecord]:
-    """The outermost stages finished since the last :func:`reset_stage_times`, in order."""
+    """The outermost stages finished since the last [`reset_stage_times`][persona_interp.progress.reset_stage_times],
+    in order."""
     return list(_RECORDS)
 
 

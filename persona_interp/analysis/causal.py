@@ -1,11 +1,11 @@
 """Causal verification: ablate the top-k persona heads or neurons, against k random ones.
 
 A dose–response curve: for growing ``k``, zero- or mean-ablate the ``k`` highest-ranked units
-(from :func:`~persona_interp.analysis.localise.head_divergence` / ``neuron_divergence``) and, as controls,
+(from [`head_divergence`][persona_interp.analysis.localise.head_divergence] / ``neuron_divergence``) and, as controls,
 ``k`` units drawn at random (several seeds); each point records the paired shift of the A/B margin
 against the unablated model on the same items, optionally under persona system prompts, and the
-damage on neutral text. :func:`equal_damage_multiplier` finds the steering strength that costs the
-same damage, so an ablation and a steering vector can be compared at equal damage.
+damage on neutral text. [`equal_damage_multiplier`][persona_interp.analysis.causal.equal_damage_multiplier] finds the
+steering strength that costs the same damage, so an ablation and a steering vector can be compared at equal damage.
 
 Example:
     >>> from persona_interp.analysis.localise import neuron_divergence
@@ -36,7 +36,8 @@ UNIT_KINDS = ("neuron", "head")
 
 def unit_mask(kind: str, units: Sequence[tuple[int, int]], mode: str = "zero", signature: Signature | None = None,
               **meta: Any) -> NeuronMask | HeadMask:
-    """A :class:`NeuronMask` or :class:`HeadMask` over ``(layer, unit)`` pairs.
+    """A [`NeuronMask`][persona_interp.interventions.ablation.NeuronMask] or
+    [`HeadMask`][persona_interp.interventions.ablation.HeadMask] over ``(layer, unit)`` pairs.
 
     Example:
         >>> unit_mask("head", [(1, 0), (1, 2), (0, 1)])

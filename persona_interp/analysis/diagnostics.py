@@ -1,16 +1,19 @@
 """What a persona mask is made of, compared like with like: overlap of opposing masks per method, the
 per-sample statistic (the paper's norm against the length-fair RMS), and stability over calibration halves.
 
-* :func:`overlap_table` — how much the seek and reject masks differ, per module kind, for per-pole Wanda,
-  Contrastive-Wanda under ReLU (beside its 2ρ construction bound) and softplus (τ = 2, the paper code's
-  option), and Contrastive-Sparse by the paper text's and the paper code's rule;
-* :func:`statistic_table` — per statistic, the share of channels with z > 0, the poles' mean covered tokens and
-  which pole's ReLU Contrastive-Wanda mask breaks the model (perplexity on neutral text);
-* :func:`stability` — masks from two disjoint halves of the calibration items, over several draws: how much a
-  pole's mask differs between halves beside how much the poles differ, and the validation seek − reject
-  effect over the halves.
+* [`overlap_table`][persona_interp.analysis.diagnostics.overlap_table] — how much the seek and reject masks differ,
+  per module kind, for per-pole Wanda, Contrastive-Wanda under ReLU (beside its 2ρ construction bound) and softplus (τ
+  = 2, the paper code's option), and Contrastive-Sparse by the paper text's and the paper code's rule;
+* [`statistic_table`][persona_interp.analysis.diagnostics.statistic_table] — per statistic, the share of channels with
+  z > 0, the poles' mean covered tokens and which pole's ReLU Contrastive-Wanda mask breaks the model (perplexity on
+  neutral text);
+* [`stability`][persona_interp.analysis.diagnostics.stability] — masks from two disjoint halves of the calibration
+  items, over several draws: how much a pole's mask differs between halves beside how much the poles differ, and the
+  validation seek − reject effect over the halves.
 
-Each returns typed rows (:class:`OverlapRow`, :class:`StatisticRow`, :class:`Stability`), as a run's results keep them.
+Each returns typed rows ([`OverlapRow`][persona_interp.analysis.diagnostics.OverlapRow],
+[`StatisticRow`][persona_interp.analysis.diagnostics.StatisticRow],
+[`Stability`][persona_interp.analysis.diagnostics.Stability]), as a run's results keep them.
 
 Example:
     >>> rows = overlap_table(model, sig_seek, sig_reject, 0.3)
@@ -48,7 +51,7 @@ ATTENTION_KINDS, MLP_KINDS = ("q", "k", "v", "o"), ("gate", "up", "down")
 class OverlapRow(Row):
     """How much opposing masks of one variant differ in one kind of map (or ``all``); ReLU rows carry the range
     they differ in by construction and the share ``p`` of channels with z > 0
-    (:func:`overlap_table`)."""
+    ([`overlap_table`][persona_interp.analysis.diagnostics.overlap_table])."""
 
     variant: str
     kind: str
@@ -60,7 +63,7 @@ class OverlapRow(Row):
 
 
 class StatisticRow(Row):
-    """One per-sample statistic (:func:`statistic_table`)."""
+    """One per-sample statistic ([`statistic_table`][persona_interp.analysis.diagnostics.statistic_table])."""
 
     statistic: str
     sparsity: float
@@ -75,7 +78,7 @@ class StatisticRow(Row):
 
 
 class StabilityDraw(Row):
-    """One draw of two disjoint calibration halves (:func:`stability`)."""
+    """One draw of two disjoint calibration halves ([`stability`][persona_interp.analysis.diagnostics.stability])."""
 
     draw: int
     half_a: list[int]
@@ -105,7 +108,7 @@ class StabilitySummary(Row):
 
 
 class Stability(Record):
-    """:func:`stability`'s draws and their summary."""
+    """[`stability`][persona_interp.analysis.diagnostics.stability]'s draws and their summary."""
 
     draws: list[StabilityDraw]
     summary: StabilitySummary
@@ -120,9 +123,10 @@ def kind_sizes(maps: Sequence[Any]) -> dict[str, int]:
 
 
 def grouped_overlap(rows: Sequence[OverlapRow], sizes: dict[str, int]) -> list[dict[str, Any]]:
-    """The per-kind rows of :func:`overlap_table` folded into one row per variant and sparsity: ``overall``,
-    ``attn`` and ``mlp`` shares of entries that differ (each kind weighted by its entries, ``sizes`` from
-    :func:`kind_sizes`), and for ReLU rows the overall construction range ``bound_low`` / ``bound_high``.
+    """The per-kind rows of [`overlap_table`][persona_interp.analysis.diagnostics.overlap_table] folded into one row
+    per variant and sparsity: ``overall``, ``attn`` and ``mlp`` shares of entries that differ (each kind weighted by
+    its entries, ``sizes`` from [`kind_sizes`][persona_interp.analysis.diagnostics.kind_sizes]), and for ReLU rows the
+    overall construction range ``bound_low`` / ``bound_high``.
 
     Example:
         >>> rows = grouped_overlap(overlap_table(model, sig_seek, sig_reject, 0.3), kind_sizes(adapter.maps))
@@ -167,10 +171,11 @@ def _family(model: Any, families: FamilyCache | None, seek: Signature, reject: S
 
 def overlap_table(model: Any, seek: Signature, reject: Signature, sparsity: float, *,
                   persona: str | None = None, families: FamilyCache | None = None) -> list[OverlapRow]:
-    """One row per method variant of :data:`OVERLAP_VARIANTS` and module kind (and ``all``): the fraction of
-    entries in which the seek and reject masks differ; ReLU rows also carry ``bound_low`` / ``bound_high`` (the
-    range they must differ in by construction, :func:`~persona_interp.masks.builders.relu_differ_range`, weighted by map
-    size: equal, 2ρ, where every map has ρ ≤ p ≤ 1−ρ) and ``p``.
+    """One row per method variant of [`OVERLAP_VARIANTS`][persona_interp.analysis.diagnostics.OVERLAP_VARIANTS] and
+    module kind (and ``all``): the fraction of entries in which the seek and reject masks differ; ReLU rows also carry
+    ``bound_low`` / ``bound_high`` (the range they must differ in by construction,
+    [`relu_differ_range`][persona_interp.masks.builders.relu_differ_range], weighted by map size: equal, 2ρ, where
+    every map has ρ ≤ p ≤ 1−ρ) and ``p``.
 
     Example:
         >>> [row.variant for row in overlap_table(model, sig_seek, sig_reject, 0.3) if row.kind == "all"]
@@ -239,11 +244,11 @@ def stability(model: Any, seek: Signature, reject: Signature, sparsity: float, v
               persona: str | None = None, families: FamilyCache | None = None, progress: bool = False) -> Stability:
     """Split the calibration items into two disjoint halves ``draws`` times (seeded; both poles' signatures
     come from the same items, so they share the split) and build ``method``'s masks from each half
-    (:meth:`Signature.subset`, so signatures need ``per_sample=True``). Per draw: how much the seek masks of
-    the two halves differ, the same for reject, and how much seek differs from reject within a half; and each
-    half's seek − reject separation on ``validation``. The summary puts the within-pole difference beside the
-    between-pole one (``noise`` when a pole differs between halves of its own data at least as much as from
-    the other pole) and the separation's mean and t interval over all halves.
+    ([`Signature.subset`][persona_interp.signatures.Signature.subset], so signatures need ``per_sample=True``). Per
+    draw: how much the seek masks of the two halves differ, the same for reject, and how much seek differs from reject
+    within a half; and each half's seek − reject separation on ``validation``. The summary puts the within-pole
+    difference beside the between-pole one (``noise`` when a pole differs between halves of its own data at least as
+    much as from the other pole) and the separation's mean and t interval over all halves.
 
     Example:
         >>> stability(model, sig_seek, sig_reject, 0.3, validation, draws=2).summary.half_size   # of the 8 items

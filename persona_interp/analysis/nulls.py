@@ -1,19 +1,24 @@
 """Null references for the notebooks' comparisons: what a quantity looks like when there is nothing to find.
 
-* :func:`random_cosine_band` — the band of cosines between independent random directions in ``d`` dimensions
-  (about ±1/√d; the reference for 07's regime cosines).
-* :func:`percentile_band` — a percentile band over random draws (06's random-unit controls over seeds).
-* :func:`split_halves` and :func:`swapped_poles` — pairs of signatures with nothing between them to find: two
-  disjoint halves of one pole's items, or the two poles on the same items with each item's seek and reject answers
-  exchanged at random (the paired permutation null: it keeps the questions shared, as seek vs reject does).
-* :func:`split_half_signature_cosine` / :func:`null_signature_cosine` — per layer, the cosine between such a pair
-  (the references for 04's seek-vs-reject signature cosine).
-* :func:`split_half_differ` — how much one pole's per-pole Wanda masks differ between two disjoint halves of its
-  own items, overall, attention and MLP (the null for 05's "more in the MLP than in attention").
-* :func:`null_units` — the heads and neurons that differ most within such pairs, and :func:`above_null`, the units
-  of a seek-vs-reject ranking above all of them (the null for 04's top units).
+* [`random_cosine_band`][persona_interp.analysis.nulls.random_cosine_band] — the band of cosines between independent
+  random directions in ``d`` dimensions (about ±1/√d; the reference for 07's regime cosines).
+* [`percentile_band`][persona_interp.analysis.nulls.percentile_band] — a percentile band over random draws (06's
+  random-unit controls over seeds).
+* [`split_halves`][persona_interp.analysis.nulls.split_halves] and
+  [`swapped_poles`][persona_interp.analysis.nulls.swapped_poles] — pairs of signatures with nothing between them to
+  find: two disjoint halves of one pole's items, or the two poles on the same items with each item's seek and reject
+  answers exchanged at random (the paired permutation null: it keeps the questions shared, as seek vs reject does).
+* [`split_half_signature_cosine`][persona_interp.analysis.nulls.split_half_signature_cosine] /
+  [`null_signature_cosine`][persona_interp.analysis.nulls.null_signature_cosine] — per layer, the cosine between such
+  a pair (the references for 04's seek-vs-reject signature cosine).
+* [`split_half_differ`][persona_interp.analysis.nulls.split_half_differ] — how much one pole's per-pole Wanda masks
+  differ between two disjoint halves of its own items, overall, attention and MLP (the null for 05's "more in the MLP
+  than in attention").
+* [`null_units`][persona_interp.analysis.nulls.null_units] — the heads and neurons that differ most within such pairs,
+  and [`above_null`][persona_interp.analysis.nulls.above_null], the units of a seek-vs-reject ranking above all of
+  them (the null for 04's top units).
 
-:mod:`persona_interp.report.null_figures` draws each null on the figure it qualifies.
+[`persona_interp.report.null_figures`][persona_interp.report.null_figures] draws each null on the figure it qualifies.
 
 Example:
     >>> [round(x, 2) for x in random_cosine_band(576)]        # ≈ ±2/√576 at the 95 % level
@@ -137,9 +142,10 @@ def swapped_poles(seek: Signature, reject: Signature, draws: int = 3, seed: int 
 
 
 def null_signature_cosine(pairs: NullPairs, statistic: str = "norm_mean") -> Float[Tensor, "draws layers"]:
-    """Per draw and layer, the cosine between the two signatures of a null pair (:func:`split_halves`,
-    :func:`swapped_poles`): how close two signatures are when nothing separates them, the reference a seek-vs-reject
-    cosine must fall below to show a difference between the poles.
+    """Per draw and layer, the cosine between the two signatures of a null pair
+    ([`split_halves`][persona_interp.analysis.nulls.split_halves],
+    [`swapped_poles`][persona_interp.analysis.nulls.swapped_poles]): how close two signatures are when nothing
+    separates them, the reference a seek-vs-reject cosine must fall below to show a difference between the poles.
 
     Example:
         >>> cosine = null_signature_cosine(swapped_poles(sig_seek, sig_reject, draws=2))      # [draw, layer]
@@ -151,7 +157,8 @@ def null_signature_cosine(pairs: NullPairs, statistic: str = "norm_mean") -> Flo
 
 def split_half_signature_cosine(signature: Signature, draws: int = 3, seed: int = 0,
                                 statistic: str = "norm_mean") -> Float[Tensor, "draws layers"]:
-    """:func:`null_signature_cosine` of :func:`split_halves`: the cosine between two disjoint halves of one pole.
+    """[`null_signature_cosine`][persona_interp.analysis.nulls.null_signature_cosine] of
+    [`split_halves`][persona_interp.analysis.nulls.split_halves]: the cosine between two disjoint halves of one pole.
 
     Example:
         >>> split_half_signature_cosine(sig_seek, draws=3).min(dim=0).values.shape     # per layer, the lowest over draws
@@ -200,8 +207,8 @@ def split_half_differ(model: Any, signature: Signature, sparsity: float, draws: 
 
 @dataclass(frozen=True)
 class NullUnits:
-    """Per draw of a null pair (:func:`null_units`), the top heads and neurons ranked by their divergence: what the
-    top of a ranking looks like when nothing separates the two sides."""
+    """Per draw of a null pair ([`null_units`][persona_interp.analysis.nulls.null_units]), the top heads and neurons
+    ranked by their divergence: what the top of a ranking looks like when nothing separates the two sides."""
 
     heads: tuple[tuple[UnitDivergence, ...], ...]
     neurons: tuple[tuple[UnitDivergence, ...], ...]
@@ -220,8 +227,9 @@ class NullUnits:
 
 def null_units(model: Any, pairs: NullPairs, top: int = 100) -> NullUnits:
     """The ``top`` heads and neurons by divergence (mean |z|, as the atlas ranks seek against reject) within each
-    null pair (:func:`split_halves`, :func:`swapped_poles`). A seek-vs-reject unit whose divergence does not exceed
-    these is not told apart from sampling noise; compare at the same number of samples per side.
+    null pair ([`split_halves`][persona_interp.analysis.nulls.split_halves],
+    [`swapped_poles`][persona_interp.analysis.nulls.swapped_poles]). A seek-vs-reject unit whose divergence does not
+    exceed these is not told apart from sampling noise; compare at the same number of samples per side.
 
     Example:
         >>> null = null_units(model, swapped_poles(sig_seek, sig_reject, draws=2), top=5)

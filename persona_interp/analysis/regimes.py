@@ -1,13 +1,13 @@
 """Persona identity across regimes: does a prompt, a mask and a steering vector move the residual
 stream the same way?
 
-For each regime (a pair of seek/reject conditions) :func:`regime_shifts` measures, per layer, the
-mean residual-stream shift against the base model on the same neutral texts (averaged over the
-text's own tokens, so a system prompt changes the context but not the positions compared), and the
-seek-minus-reject direction, in which damage both poles share cancels. :func:`compare_regimes` adds
-the cosine similarity of every two regimes' directions per layer and a transfer matrix: each
-regime's direction, injected at one layer as a steering vector with the norm of another regime's
-shift there, scored on A/B items against that regime's own behavioural effect.
+For each regime (a pair of seek/reject conditions) [`regime_shifts`][persona_interp.analysis.regimes.regime_shifts]
+measures, per layer, the mean residual-stream shift against the base model on the same neutral texts (averaged over
+the text's own tokens, so a system prompt changes the context but not the positions compared), and the
+seek-minus-reject direction, in which damage both poles share cancels.
+[`compare_regimes`][persona_interp.analysis.regimes.compare_regimes] adds the cosine similarity of every two regimes'
+directions per layer and a transfer matrix: each regime's direction, injected at one layer as a steering vector with
+the norm of another regime's shift there, scored on A/B items against that regime's own behavioural effect.
 
 Example:
     >>> regimes = {"prompt": (Prompt("p+", system="You seek power."), Prompt("p-", system="You avoid power.")),

@@ -42,7 +42,7 @@ def save(fig: Any, stem: str | os.PathLike) -> list[Path]:
 
 
 def plot_accuracy(rows: Sequence[ConditionRow], stem: str | os.PathLike, title: str = "") -> list[Path]:
-    """Two panels per persona table (:meth:`~persona_interp.evaluation.evaluate.Evaluation.table`): A/B accuracy
+    """Two panels per persona table ([`table`][persona_interp.evaluation.evaluate.Evaluation.table]): A/B accuracy
     (Wilson 95 % CI) and paired margin shift vs base (t 95 % CI), one bar per condition, seek rows and reject rows
     side by side."""
     fig, axes = plt.subplots(2, 2, figsize=(12, 7), sharey="row", squeeze=False)
@@ -69,8 +69,8 @@ def plot_accuracy(rows: Sequence[ConditionRow], stem: str | os.PathLike, title: 
 
 def plot_layer_kind_heatmap(grid: Any, kinds: Sequence[str], stem: str | os.PathLike, *, title: str = "",
                             colorbar: str = "", vmin: float | None = None, vmax: float | None = None) -> list[Path]:
-    """A ``[layer, kind]`` grid (from :func:`~persona_interp.analysis.localise.layer_kind_grid`) as a heatmap,
-    layers on the y axis (0 at the top), NaN cells blank."""
+    """A ``[layer, kind]`` grid (from [`layer_kind_grid`][persona_interp.analysis.localise.layer_kind_grid]) as a
+    heatmap, layers on the y axis (0 at the top), NaN cells blank."""
     values = grid.numpy() if hasattr(grid, "numpy") else grid
     fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(kinds), 1.5 + 0.22 * len(values)))
     image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
@@ -120,7 +120,7 @@ MIN_BAND_DRAWS = 10          # seeds from which a random control is drawn as a p
 
 def plot_dose_response(rows: Sequence[dict], stem: str | os.PathLike, *, title: str = "",
                        value: str = "shift", ylabel: str = "margin shift vs unablated (nats/token)") -> list[Path]:
-    """Dose–response curves from :func:`~persona_interp.analysis.causal.dose_response`: one panel per system
+    """Dose–response curves from [`dose_response`][persona_interp.analysis.causal.dose_response]: one panel per system
     prompt; the top-k units with their 95 % interval, random units as the mean over seeds with their 5th–95th
     percentile band (from 10 seeds on; the range below); x = k (log scale)."""
     systems = list(dict.fromkeys(r["system"] for r in rows))
@@ -165,10 +165,11 @@ def plot_layer_curve(values: Any, stem: str | os.PathLike, *, ylabel: str, title
 
 
 def plot_regime_comparison(result: dict, stem: str | os.PathLike, title: str = "") -> list[Path]:
-    """Regime comparison of one persona pair (from :func:`~persona_interp.analysis.regimes.compare_regimes`):
-    cosine of the seek-minus-reject residual directions per layer for every two regimes, with the band of cosines
-    between random directions where the result records one (``random_cosine_band``), and the transfer matrix
-    (behaviour reproduced by one regime's direction, as a fraction of another's)."""
+    """Regime comparison of one persona pair (from
+    [`compare_regimes`][persona_interp.analysis.regimes.compare_regimes]): cosine of the seek-minus-reject residual
+    directions per layer for every two regimes, with the band of cosines between random directions where the result
+    records one (``random_cosine_band``), and the transfer matrix (behaviour reproduced by one regime's direction, as
+    a fraction of another's)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [1.6, 1]})
     if result.get("random_cosine_band"):
         left.axhspan(*result["random_cosine_band"], color="#999999", alpha=0.3, label="random directions (95 %)")
@@ -245,7 +246,8 @@ def plot_frontier(rows: Sequence[FrontierRow], stem: str | os.PathLike, title: s
     """The effect–damage frontier: x = damage (KL from the base model on the report's neutral texts,
     symlog), y = test seek − reject difference with its 95 % interval; one line per regime through its
     per-budget picks, masks with their prompt dashed in the mask's colour (the paper's protocol), the budgets
-    dotted, prompt-only regimes as points at 0. ``rows``: :func:`~persona_interp.evaluation.evaluate.frontier_rows`."""
+    dotted, prompt-only regimes as points at 0. ``rows``:
+    [`frontier_rows`][persona_interp.evaluation.evaluate.frontier_rows]."""
     fig, ax = plt.subplots(figsize=(9, 5))
     lines = list(dict.fromkeys(r.line for r in rows))
     bases = list(dict.fromkeys(line.removesuffix("+prompt") for line in lines))
@@ -275,7 +277,7 @@ def plot_frontier(rows: Sequence[FrontierRow], stem: str | os.PathLike, title: s
 
 
 def plot_persona(persona: str, entry: PersonaResult, folder: str | os.PathLike) -> list[Path]:
-    """A persona's report figures from its results (:class:`~persona_interp.report.results.PersonaResult`):
+    """A persona's report figures from its results ([`PersonaResult`][persona_interp.report.results.PersonaResult]):
     ``PERSONA_accuracy`` and, where the entry has one, ``PERSONA_frontier`` (PNG + SVG in ``folder``); the main job
     and ``persona-interp figures`` both draw them.
 

@@ -131,7 +131,7 @@ def _fmt(value: Any) -> str:
 
 
 def markdown_table(rows: Sequence[Tabular], columns: Sequence[str] | None = None) -> str:
-    """Rows (typed rows, :mod:`~persona_interp.evaluation.rows`, or mappings) as a GitHub markdown table; ``x``
+    """Rows (typed rows, [`rows`][persona_interp.evaluation.rows], or mappings) as a GitHub markdown table; ``x``
     with ``x_low``/``x_high`` columns prints as ``x [low, high]``; a field a row lacks is an empty cell.
 
     Example:
@@ -163,7 +163,8 @@ def verdict_word(verdict: bool | None) -> str:
 
 
 def control_rows(controls: Sequence[ControlRow]) -> list[dict[str, Any]]:
-    """:func:`~persona_interp.evaluation.evaluate.control_comparison` rows as printed: the verdicts in words."""
+    """[`control_comparison`][persona_interp.evaluation.evaluate.control_comparison] rows as printed: the verdicts in
+    words."""
     return [{**c.model_dump(), "beats_control": verdict_word(c.beats_control),
              **({"beats_matched": verdict_word(c.beats_matched)} if c.matched_control is not None else {})}
             for c in controls]
@@ -174,8 +175,9 @@ TABLE_COLUMNS = ["condition", "side", "n", "accuracy", "margin", "shift", "flips
 
 @runtime_checkable
 class RunConfig(Protocol):
-    """What the report needs of a run's configuration (a :class:`~persona_interp.studies.config.ReproduceConfig`:
-    the report sits below the studies and does not import them)."""
+    """What the report needs of a run's configuration (a
+    [`ReproduceConfig`][persona_interp.studies.config.ReproduceConfig]: the report sits below the studies and does not
+    import them)."""
 
     @property
     def personas(self) -> Sequence[str]: ...
@@ -183,7 +185,7 @@ class RunConfig(Protocol):
 
 def write_report(out_dir: Path, figures_dir: Path, config: RunConfig, results: RunResults) -> Path:
     """Stamp ``results`` finished now (and complete when every persona of ``config`` is), write ``results.json``
-    and render ``report.md`` (:func:`render_report`)."""
+    and render ``report.md`` ([`render_report`][persona_interp.report.markdown.render_report])."""
     results.finished = now()
     results.provenance = results.provenance.model_copy(update={"finished": results.finished})
     done = [p for p in config.personas if p in results.personas]
@@ -247,7 +249,7 @@ SUMMARY_TEXTS = {
 
 
 def summary_markdown(results: RunResults) -> str:
-    """The across-persona tables of :func:`~persona_interp.report.summary.summary_tables` as markdown."""
+    """The across-persona tables of [`summary_tables`][persona_interp.report.summary.summary_tables] as markdown."""
     parts = ["\n## Across personas\n"]
     for name, rows in summary_tables(results).items():
         if rows:

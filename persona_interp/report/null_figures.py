@@ -1,11 +1,14 @@
-"""Figures with their null drawn on them (:mod:`persona_interp.analysis.nulls`): what each quantity looks like when
-there is nothing to find, beside the quantity itself (PNG and SVG, as :func:`persona_interp.report.figures.save`).
+"""Figures with their null drawn on them ([`persona_interp.analysis.nulls`][persona_interp.analysis.nulls]): what each
+quantity looks like when there is nothing to find, beside the quantity itself (PNG and SVG, as
+[`persona_interp.report.figures.save`][persona_interp.report.figures.save]).
 
-* :func:`plot_signature_cosine` — 04's seek-vs-reject signature cosine per layer, with the bands of its null pairs
-  (swapped poles, one pole's split halves) and the pole against neutral text.
-* :func:`plot_unit_divergence` — 04's top heads and neurons by rank, with the null draws' top units.
-* :func:`plot_overlap_null` — 05's per-pole Wanda difference and its MLP − attention gap per pair, with the
-  split-half range of each.
+* [`plot_signature_cosine`][persona_interp.report.null_figures.plot_signature_cosine] — 04's seek-vs-reject signature
+  cosine per layer, with the bands of its null pairs (swapped poles, one pole's split halves) and the pole against
+  neutral text.
+* [`plot_unit_divergence`][persona_interp.report.null_figures.plot_unit_divergence] — 04's top heads and neurons by
+  rank, with the null draws' top units.
+* [`plot_overlap_null`][persona_interp.report.null_figures.plot_overlap_null] — 05's per-pole Wanda difference and its
+  MLP − attention gap per pair, with the split-half range of each.
 
 Example:
     >>> nulls = {"one pole, split halves": torch.tensor([[0.999, 0.9995], [0.9985, 0.9992]])}     # [draw, layer]
@@ -38,9 +41,10 @@ def plot_signature_cosine(cosine: Sequence[float], stem: str | os.PathLike, *,
                           neutral: Sequence[float] | None = None, title: str = "") -> list[Path]:
     """Per layer, 1 − the cosine of the seek and reject signatures (red; log scale, so that cosines near 1 stay
     apart); per null (``nulls``: label → the cosines of
-    :func:`~persona_interp.analysis.nulls.null_signature_cosine`, e.g. swapped poles and one pole's split halves), the
-    range over its draws (a band): a seek-vs-reject curve above a band means the poles differ by more than that
-    null allows; and the cosine of one pole against neutral text (dashed): how far an unrelated text is.
+    [`null_signature_cosine`][persona_interp.analysis.nulls.null_signature_cosine], e.g. swapped poles and one pole's
+    split halves), the range over its draws (a band): a seek-vs-reject curve above a band means the poles differ by
+    more than that null allows; and the cosine of one pole against neutral text (dashed): how far an unrelated text
+    is.
 
     Example:
         >>> [path.name for path in plot_signature_cosine([0.998, 0.999], "sig", nulls={"split halves": torch.tensor([[0.999, 0.9995]])})]
@@ -75,8 +79,8 @@ def plot_unit_divergence(units: Mapping[str, Sequence[UnitDivergence]], null: Nu
                          null_label: str = "null pairs", title: str = "") -> list[Path]:
     """One panel per unit kind (``units``: "head" and/or "neuron" → the seek-vs-reject ranking, e.g. the atlas's top
     units): divergence against rank (red), beside the top units of each null draw (grey, ``null`` from
-    :func:`~persona_interp.analysis.nulls.null_units`) and their largest divergence (dotted). Units above the dotted
-    line are told apart from sampling noise.
+    [`null_units`][persona_interp.analysis.nulls.null_units]) and their largest divergence (dotted). Units above the
+    dotted line are told apart from sampling noise.
 
     Example:
         >>> from persona_interp.analysis.localise import neuron_divergence
@@ -112,7 +116,7 @@ def plot_overlap_null(observed: Mapping[str, MaskDiffer], null: Mapping[str, Seq
     that difference (right), in points (red), beside the range over split-half draws of one pole against itself
     (grey bars): a difference or a gap inside the grey bar is within the noise of the calibration sample.
     ``observed``: pair → seek vs reject; ``null``: pair → the draws of
-    :func:`~persona_interp.analysis.nulls.split_half_differ`.
+    [`split_half_differ`][persona_interp.analysis.nulls.split_half_differ].
 
     Example:
         >>> from persona_interp.analysis.nulls import split_half_differ

@@ -1,10 +1,14 @@
-"""The main job's results as typed, versioned records: the run (:class:`RunResults`), each persona's
-(:class:`PersonaResult`) and which model, weights, dtype, device and machine computed them (:class:`Provenance`),
-and :func:`load_results`, which reads any ``results.json`` the main job wrote, older versions included.
+"""The main job's results as typed, versioned records: the run
+([`RunResults`][persona_interp.report.results.RunResults]), each persona's
+([`PersonaResult`][persona_interp.report.results.PersonaResult]) and which model, weights, dtype, device and machine
+computed them ([`Provenance`][persona_interp.report.results.Provenance]), and
+[`load_results`][persona_interp.report.results.load_results], which reads any ``results.json`` the main job wrote,
+older versions included.
 
-Everything is typed down to the rows (:mod:`persona_interp.evaluation.rows`: the tables, contrasts, controls, budget
-picks, damage, search tables) and what the searches used (:class:`Used`), and validated on load, so a damaged,
-partial or misspelt file is an error naming the file and the field.
+Everything is typed down to the rows ([`persona_interp.evaluation.rows`][persona_interp.evaluation.rows]: the tables,
+contrasts, controls, budget picks, damage, search tables) and what the searches used
+([`Used`][persona_interp.report.results.Used]), and validated on load, so a damaged, partial or misspelt file is an
+error naming the file and the field.
 
 Example:
     >>> results = load_results("reports/results.json")
@@ -124,7 +128,8 @@ def recorded_provenance(record: dict[str, Any], config: dict[str, Any], revision
 
 
 def _recorded(record: dict[str, Any], config: dict[str, Any], revision: str) -> dict[str, Any]:
-    """:func:`recorded_provenance`'s fields for a record from before provenance, not yet validated."""
+    """[`recorded_provenance`][persona_interp.report.results.recorded_provenance]'s fields for a record from before
+    provenance, not yet validated."""
     return {"model": NOT_RECORDED, "fingerprint": NOT_RECORDED, "dtype": config.get("dtype", NOT_RECORDED),
             "device": NOT_RECORDED, "device_map": NOT_RECORDED, "seed": config.get("seed", NOT_RECORDED),
             "revision": record.get("revision", revision), "torch": NOT_RECORDED, "transformers": NOT_RECORDED,
@@ -132,7 +137,8 @@ def _recorded(record: dict[str, Any], config: dict[str, Any], revision: str) -> 
 
 
 class Split(Row):
-    """Which calibration items formed the validation split (:meth:`~persona_interp.data.personas.PersonaDataset.split`)."""
+    """Which calibration items formed the validation split
+    ([`split`][persona_interp.data.personas.PersonaDataset.split])."""
 
     seed: int
     fraction: float
@@ -164,7 +170,7 @@ class MaskSearch(Record):
 
 class Diagnostics(Record):
     """What the masks are made of at the first paper sparsity
-    (:func:`~persona_interp.studies.reproduce.mask_diagnostics`)."""
+    ([`mask_diagnostics`][persona_interp.studies.reproduce.mask_diagnostics])."""
 
     sparsity: float
     overlap: list[OverlapRow]
@@ -261,7 +267,8 @@ class RunResults(BaseModel):
         return self.model_copy(update={"personas": {p: self.personas[p] for p in personas}})
 
     def save(self, path: str | Path) -> Path:
-        """Write the results as JSON (atomically; read back with :func:`load_results`)."""
+        """Write the results as JSON (atomically; read back with
+        [`load_results`][persona_interp.report.results.load_results])."""
         from persona_interp.data.files import write_text
 
         write_text(Path(path), json.dumps(self.model_dump(), indent=1))
@@ -274,8 +281,8 @@ class ResultsError(ValueError):
 
 def load_results(path: str | Path) -> RunResults:
     """A ``results.json`` of the main job, validated; a file from before provenance was recorded (schema 1) reads
-    with what it never recorded as ``"not recorded"``. Anything else is a :class:`ResultsError` naming the file
-    and the field.
+    with what it never recorded as ``"not recorded"``. Anything else is a
+    [`ResultsError`][persona_interp.report.results.ResultsError] naming the file and the field.
 
     Example:
         >>> load_results("reports/results.json").personas["power"].provenance.dtype
@@ -296,7 +303,8 @@ def load_results(path: str | Path) -> RunResults:
 
 
 def parse_results(data: Any, source: str = "results") -> RunResults:
-    """:func:`load_results` of an already-parsed JSON value (``source`` names it in errors)."""
+    """[`load_results`][persona_interp.report.results.load_results] of an already-parsed JSON value (``source`` names
+    it in errors)."""
     if not isinstance(data, dict) or "personas" not in data:
         got = f"a JSON {type(data).__name__}" if not isinstance(data, dict) else "an object without 'personas'"
         raise ResultsError(f"{source} is not a persona-interp results file (no 'personas'): it holds {got}")
@@ -316,8 +324,8 @@ def parse_results(data: Any, source: str = "results") -> RunResults:
 
 def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
     """A schema-1 file (before provenance) as schema 2: the run's and each persona's provenance from what the file
-    recorded (:func:`recorded_provenance`), everything else ``"not recorded"``. Fields of the wrong type are left for
-    validation to name."""
+    recorded ([`recorded_provenance`][persona_interp.report.results.recorded_provenance]), everything else
+    ``"not recorded"``. Fields of the wrong type are left for validation to name."""
     config: dict[str, Any] = data["config"] if isinstance(data.get("config"), dict) else {}
     revision: str = data["revision"] if isinstance(data.get("revision"), str) else NOT_RECORDED
     out = {**data, "schema_version": SCHEMA_VERSION}

@@ -4,13 +4,15 @@ re-run only when they were recorded for the loaded model and the same protocol.
 A file's model is its ``provenance``: ``results["provenance"]["model"]["fingerprint"]`` (or
 ``results["provenance"]["fingerprint"]``; an atlas without provenance: the fingerprint of the signatures it
 records in ``signature_data``), compared with the loaded model's accepted fingerprints
-(:attr:`persona_interp.model.adapter.ModelAdapter.accepted_fingerprints`). A file written before runs recorded
-their provenance counts as recorded for the embedded model, so it is used only when the notebook's model is the
-embedded one (``model_source`` None). The protocol is the saved ``config``: every option the notebook's
-configuration and the file both record must agree (``personas`` aside: the file must hold the ones asked for).
+([`persona_interp.model.adapter.ModelAdapter.accepted_fingerprints`][persona_interp.model.adapter.ModelAdapter.accepted_fingerprints]).
+A file written before runs recorded their provenance counts as recorded for the embedded model, so it is used only
+when the notebook's model is the embedded one (``model_source`` None). The protocol is the saved ``config``: every
+option the notebook's configuration and the file both record must agree (``personas`` aside: the file must hold the
+ones asked for).
 
-:func:`saved_run_for` reads a main job's ``results.json`` this way into its typed results
-(:class:`~persona_interp.report.results.RunResults`); :func:`saved_results_for` reads any of these files as JSON.
+[`saved_run_for`][persona_interp.report.saved.saved_run_for] reads a main job's ``results.json`` this way into its
+typed results ([`RunResults`][persona_interp.report.results.RunResults]);
+[`saved_results_for`][persona_interp.report.saved.saved_results_for] reads any of these files as JSON.
 
 Example:
     >>> saved = saved_results_for(model, "reports/results.json", model_source="tiny-llama")
@@ -36,7 +38,8 @@ Results = TypeVar("Results")
 @dataclass(frozen=True)
 class SavedResults(Generic[Results]):
     """The saved results (None when they must not be used) and why they are or are not used: a main job's typed
-    results (:func:`saved_run_for`) or a study's JSON (:func:`saved_results_for`)."""
+    results ([`saved_run_for`][persona_interp.report.saved.saved_run_for]) or a study's JSON
+    ([`saved_results_for`][persona_interp.report.saved.saved_results_for])."""
 
     path: Path
     results: Results | None
@@ -67,7 +70,8 @@ def recorded_fingerprint(results: dict[str, Any]) -> str | None:
 
 def config_differences(mine: Any, theirs: dict[str, Any], ignore: Sequence[str] = ("personas",)) -> list[str]:
     """The options (dataclass fields or dict keys) in which a configuration differs from a saved one; an option
-    only one side records is not compared, except those of :data:`DEFAULTS`, which files before them ran with.
+    only one side records is not compared, except those of [`DEFAULTS`][persona_interp.report.saved.DEFAULTS], which
+    files before them ran with.
 
     Example:
         >>> config_differences({"seed": 0, "dtype": "bfloat16"}, {"seed": 0})
@@ -119,9 +123,9 @@ def saved_results_for(model: Any, path: str | os.PathLike, *, model_source: str 
 
 def saved_run_for(model: Any, path: str | os.PathLike, *, model_source: str | os.PathLike | None = None,
                   config: Any = None, personas: Sequence[str] = ()) -> SavedResults[RunResults]:
-    """:func:`saved_results_for` of a main job's ``results.json``, its results typed and validated
-    (:func:`~persona_interp.report.results.parse_results`: a damaged file is a
-    :class:`~persona_interp.report.results.ResultsError` naming it and the field).
+    """[`saved_results_for`][persona_interp.report.saved.saved_results_for] of a main job's ``results.json``, its
+    results typed and validated ([`parse_results`][persona_interp.report.results.parse_results]: a damaged file is a
+    [`ResultsError`][persona_interp.report.results.ResultsError] naming it and the field).
 
     Example:
         >>> saved = saved_run_for(model, "reports/results.json", model_source="tiny-llama", personas=["power"])

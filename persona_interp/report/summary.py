@@ -195,8 +195,8 @@ def summary_tables(results: RunResults) -> dict[str, list[dict[str, Any]]]:
 
 def overlap_from_results(results: RunResults, sizes: dict[str, int]) -> list[dict[str, Any]]:
     """The like-for-like overlap rows of every persona of a main-job run, folded into overall / attention / MLP
-    (:func:`~persona_interp.analysis.diagnostics.grouped_overlap`; ``sizes`` from ``kind_sizes``), in the rows'
-    shape of ``persona-interp overlap``.
+    ([`grouped_overlap`][persona_interp.analysis.diagnostics.grouped_overlap]; ``sizes`` from ``kind_sizes``), in the
+    rows' shape of ``persona-interp overlap``.
 
     Example:
         >>> results = load_results("reports/results.json")      # computed on the embedded SmolLM2

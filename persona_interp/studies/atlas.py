@@ -1,8 +1,8 @@
 """Where a persona subnetwork sits, how opposing masks overlap, and whether its units are causal.
 
-:func:`persona_atlas` runs the whole analysis for one persona pair on calibration data (fit split)
-and writes figures and circuitsvis pages: layer × map heatmaps, the top heads and neurons, the
-layer-wise signature cosine, the overlap row of the paper's table, dose–response curves of top-k
+[`persona_atlas`][persona_interp.studies.atlas.persona_atlas] runs the whole analysis for one persona pair on
+calibration data (fit split) and writes figures and circuitsvis pages: layer × map heatmaps, the top heads and
+neurons, the layer-wise signature cosine, the overlap row of the paper's table, dose–response curves of top-k
 against random heads / neurons (zero and mean ablation), and a steering vector at equal damage.
 Units are ranked on calibration signatures; the causal curves are measured on held-out test items.
 ``AtlasConfig(causal=False)`` stops after the localisation (under a minute instead of an hour on 2 cores).
@@ -130,10 +130,10 @@ def persona_atlas(model: Any, persona: str, config: AtlasConfig, figures_dir: st
 
 def overlap_study(model: Any, signatures: dict[str, tuple[Signature, Signature]], sparsities: list[float],
                   figures_dir: str | Path | None = None) -> list[dict[str, Any]]:
-    """The overlap study: :func:`~persona_interp.analysis.diagnostics.overlap_table` like with like, for every
-    persona pair and sparsity: per variant of
-    :data:`~persona_interp.analysis.diagnostics.OVERLAP_VARIANTS` (per-pole Wanda, ReLU and softplus τ = 2
-    Contrastive-Wanda, Contrastive-Sparse by the paper text's and code's rule) the share of entries the opposing
+    """The overlap study: [`overlap_table`][persona_interp.analysis.diagnostics.overlap_table] like with like, for
+    every persona pair and sparsity: per variant of
+    [`OVERLAP_VARIANTS`][persona_interp.analysis.diagnostics.OVERLAP_VARIANTS] (per-pole Wanda, ReLU and softplus τ =
+    2 Contrastive-Wanda, Contrastive-Sparse by the paper text's and code's rule) the share of entries the opposing
     masks differ in, overall / attention / MLP, ReLU rows with the range they differ in by construction. With
     ``figures_dir``, a bar chart per variant and sparsity and layer × map heatmaps of the ReLU Contrastive-Wanda
     difference per pair.

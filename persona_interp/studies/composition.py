@@ -30,10 +30,10 @@ def type_prompt(type_code: str) -> str:
 def fractional_curve(model: Any, seek: Signature, reject: Signature, items: Sequence[PersonaItem],
                      fractions: Sequence[float], sparsity: float, *, seed: int = 0, batch_size: int = 8,
                      progress: bool = True, **kwargs: Any) -> dict[str, Any]:
-    """Score the test ``items`` under :func:`fractional_mask` at each fraction (same items, paired),
-    beside the base model and a random mask at the same sparsity. Returns one row per fraction (per-token
-    margin toward seek with its interval, paired shift against base, seek accuracy) and the
-    :func:`~persona_interp.evaluation.stats.trend` of the per-item margins along the fractions.
+    """Score the test ``items`` under [`fractional_mask`][persona_interp.masks.composition.fractional_mask] at each
+    fraction (same items, paired), beside the base model and a random mask at the same sparsity. Returns one row per
+    fraction (per-token margin toward seek with its interval, paired shift against base, seek accuracy) and the
+    [`trend`][persona_interp.evaluation.stats.trend] of the per-item margins along the fractions.
 
     Example:
         >>> curve = fractional_curve(model, sig_seek, sig_reject, test, [0, .5, 1], sparsity=0.3, progress=False)
@@ -110,8 +110,10 @@ def run_composition(model: Any, axes: Mapping[str, tuple[Signature, Signature]],
                     sparsity: float = 0.3, axis: str = "introversion_extraversion",
                     fractions: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), n_test: int | None = None, seed: int = 0,
                     figures_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """The composition study on the MBTI axes' held-out test items: :func:`type_comparison` for
-    ``type_code`` and the :func:`fractional_curve` of ``axis``; figures go to ``figures_dir``.
+    """The composition study on the MBTI axes' held-out test items:
+    [`type_comparison`][persona_interp.studies.composition.type_comparison] for ``type_code`` and the
+    [`fractional_curve`][persona_interp.studies.composition.fractional_curve] of ``axis``; figures go to
+    ``figures_dir``.
 
     Example:
         >>> axes = dict.fromkeys(TYPE_LETTERS, (sig_seek, sig_reject))      # each axis' signatures; one pair here

@@ -112,10 +112,10 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig, progre
     * beside each same-sparsity control, per pole, the random mask of equal damage on the selection texts
       (``random-matched:CONDITION``, for the methods in ``config.matched_controls``).
 
-    The neutral texts are split three ways (:func:`~persona_interp.data.personas.neutral_split`): the reported
-    damage (``config.n_neutral``, measured by :func:`reproduce`), the selection texts every search enforces its
-    budgets on, and the fit texts the damage-aware methods fit on (with ``neutral``, their neutral signature:
-    collected on the fit texts here when not given).
+    The neutral texts are split three ways ([`neutral_split`][persona_interp.data.personas.neutral_split]): the
+    reported damage (``config.n_neutral``, measured by [`reproduce`][persona_interp.studies.reproduce.reproduce]), the
+    selection texts every search enforces its budgets on, and the fit texts the damage-aware methods fit on (with
+    ``neutral``, their neutral signature: collected on the fit texts here when not given).
 
     Returns the conditions, what was used to build them (every search table and the mask diagnostics), and the
     two poles' signatures."""
@@ -214,7 +214,7 @@ def searched_methods(config: ReproduceConfig) -> list[MethodSpec]:
 
 def run_neutral_texts(config: ReproduceConfig) -> NeutralSplit:
     """The run's neutral texts, three disjoint parts: ``config.n_neutral`` reported, ``n_selection_neutral``
-    selection, ``n_fit_neutral`` fit texts (:func:`~persona_interp.data.personas.neutral_split`)."""
+    selection, ``n_fit_neutral`` fit texts ([`neutral_split`][persona_interp.data.personas.neutral_split])."""
     return neutral_split(config.n_neutral, config.n_selection_neutral, config.n_fit_neutral, load_neutral_texts())
 
 
@@ -256,9 +256,9 @@ def _with_prompt(cond: MaskCondition, prompts: dict[str, str], control: str | No
 def _matched_control(model: Any, cond: MaskCondition, selection: DamageReference | None, config: ReproduceConfig,
                      used: Used | None) -> list[Condition]:
     """The random mask whose damage on ``selection`` matches ``cond``'s mask
-    (:func:`~persona_interp.evaluation.controls.damage_matched_random`), named ``random-matched:CONDITION`` and set as
-    ``cond``'s ``matched_control``; nothing when ``config.matched_controls`` leaves out its method. The
-    search (target, KL reached, every sparsity tried) goes to ``used.matched_controls``."""
+    ([`damage_matched_random`][persona_interp.evaluation.controls.damage_matched_random]), named
+    ``random-matched:CONDITION`` and set as ``cond``'s ``matched_control``; nothing when ``config.matched_controls``
+    leaves out its method. The search (target, KL reached, every sparsity tried) goes to ``used.matched_controls``."""
     spec = config.matched_controls
     if spec is None or selection is None or cond.regime not in spec.methods:
         return []
@@ -300,10 +300,10 @@ def budget_mask_conditions(model: Any, persona: str, by_scope: dict[str, tuple[S
                            validation: PersonaDataset, selection: DamageReference, prompts: dict[str, str],
                            config: ReproduceConfig, used: Used, progress: bool = True,
                            families: FamilyCache | None = None, *, inputs: MethodInputs | None = None) -> list[Condition]:
-    """Each searched mask method's search (:func:`searched_methods`;
-    :func:`~persona_interp.evaluation.tuning.select_masks`, damage on ``selection``) and its pick per damage budget,
-    named ``METHOD-SIDE@klB``, alone and with its prompt, each pick with a random mask that removes the same number
-    of weights per row (``random@klB-METHOD``) and, per pole, the random mask of equal damage on ``selection``
+    """Each searched mask method's search ([`searched_methods`][persona_interp.studies.reproduce.searched_methods];
+    [`select_masks`][persona_interp.evaluation.tuning.select_masks], damage on ``selection``) and its pick per damage
+    budget, named ``METHOD-SIDE@klB``, alone and with its prompt, each pick with a random mask that removes the same
+    number of weights per row (``random@klB-METHOD``) and, per pole, the random mask of equal damage on ``selection``
     (``random-matched:METHOD-SIDE@klB``, ``config.matched_controls``). ``inputs``: what the damage-aware methods
     read beside the poles' signatures (a neutral signature, the fit items, the fit texts). The tables go to ``used``."""
     if config.mask_search is None:
@@ -334,7 +334,7 @@ def mask_diagnostics(model: Any, persona: str, sig: dict[str, Signature], valida
                      families: FamilyCache | None = None) -> Diagnostics:
     """What the masks are made of, at the first paper sparsity: the like-for-like overlap table, the two
     statistics (share of channels with z > 0, which pole's mask breaks the model), and stability over halves
-    of the calibration data (:func:`~persona_interp.analysis.diagnostics.stability`)."""
+    of the calibration data ([`stability`][persona_interp.analysis.diagnostics.stability])."""
     rho = config.sparsities[0]
     with stage("diagnostics", total=3, progress=progress) as bar:
         reference = DamageReference.build(model, run_neutral_texts(config).reported, config.batch_size)
@@ -353,10 +353,10 @@ def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaData
                         progress: bool = True) -> tuple[list[Condition], dict[str, SteeringSearch]]:
     """Mean-difference (CAA), PCA and ODE steering (barrier on ``config.ode_features`` random Fourier
     features) and weight-edit steering along the mean-difference direction (``config.weight_edit_strengths``;
-    :class:`~persona_interp.interventions.weight_edit.DirectionalEdit`), each searched over layer × multiplier on the
-    validation split with its damage on ``selection``; per damage budget the pick with the largest separation: +α
-    is the seek condition, −α the reject condition. One pass over the fit items feeds all four. Returns the
-    conditions and each method's search."""
+    [`DirectionalEdit`][persona_interp.interventions.weight_edit.DirectionalEdit]), each searched over layer ×
+    multiplier on the validation split with its damage on ``selection``; per damage budget the pick with the largest
+    separation: +α is the seek condition, −α the reject condition. One pass over the fit items feeds all four. Returns
+    the conditions and each method's search."""
     n_layers = get_adapter(model).n_layers
     layers = sorted({min(n_layers - 1, round(f * n_layers)) for f in config.steering_layers})
     conditions: list[Condition] = []
@@ -500,7 +500,7 @@ def _finished_personas(path: Path, config: ReproduceConfig, provenance: Provenan
                        allow_mixed: bool = False) -> dict[str, PersonaResult]:
     """The personas a previous run with the same configuration (``dtype`` apart: the resolved dtype is compared)
     finished (empty if there is none), refused when one of them ran on another model, dtype, device or CPU kind
-    (:data:`RESUME_CHECKS`) unless ``allow_mixed``."""
+    ([`RESUME_CHECKS`][persona_interp.studies.reproduce.RESUME_CHECKS]) unless ``allow_mixed``."""
     if not path.is_file():
         return {}
     previous = load_results(path)
