@@ -62,3 +62,48 @@ def test_every_relative_link_of_the_readme_points_to_a_file():
     targets = [t.split("#")[0] for t in re.findall(r"\]\(([^)]+)\)", text) if not re.match(r"[a-z]+:", t)]
     assert targets, "the README links its documentation"
     assert [t for t in targets if not (ROOT / t).exists()] == []
+
+
+SPHINX_ROLE = re.compile(r":(?:func|class|mod|meth|data|attr|obj|exc|const|py:\w+):`")
+AUTOREF = re.compile(r"\]\[(persona_interp(?:\.\w+)+)\]")
+
+
+def docstrings() -> list[tuple[str, int, str]]:
+    """``(file, line, text)`` of every docstring in persona_interp: of modules, classes and functions, and the string
+    statements after an assignment that document an attribute."""
+    found = []
+    for path in sorted((ROOT / "persona_interp").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+                found.append((str(path.relative_to(ROOT)), node.lineno, node.value.value))
+    return found
+
+
+def test_docstrings_use_markdown_cross_references_not_sphinx_roles():
+    """mkdocstrings shows ``:func:`x``` as it is; a link is ``[`x`][persona_interp.module.x]``."""
+    assert len(docstrings()) > 100
+    assert [f"{file}:{line}" for file, line, text in docstrings() if SPHINX_ROLE.search(text)] == []
+
+
+def test_every_cross_reference_of_a_docstring_names_an_object():
+    """The strict site build checks the links of the docstrings it renders; this checks all of them, rendered or not."""
+    import importlib
+
+    def exists(path: str) -> bool:
+        parts = path.split(".")
+        for cut in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+            except ModuleNotFoundError:
+                continue
+            for name in parts[cut:]:
+                annotations = getattr(obj, "__annotations__", {}) if isinstance(obj, type) else {}
+                if not hasattr(obj, name) and name not in annotations and name not in getattr(obj, "model_fields", {}):
+                    return False
+                obj = getattr(obj, name, None)
+            return True
+        return False
+
+    targets = {(file, line, target) for file, line, text in docstrings() for target in AUTOREF.findall(text)}
+    assert len(targets) > 100
+    assert sorted(f"{file}:{line}: {target}" for file, line, target in targets if not exists(target)) == []
