@@ -28,7 +28,7 @@ import torch
 
 from persona_interp.data.personas import SIDES, PersonaItem, Side
 from persona_interp.evaluation.rows import Record, Row
-from persona_interp.evaluation.scoring import DamageReference, score_ab
+from persona_interp.evaluation.scoring import DamageReference, Measured, score_ab
 from persona_interp.evaluation.stats import mean_ci
 from persona_interp.interventions.ablation import ablate
 from persona_interp.masks.builders import FamilyCache, MaskFamily, contrast, kept_count, mask_family, relu_differ_range
@@ -216,20 +216,20 @@ def statistic_table(model: Any, seek: Signature, reject: Signature, sparsity: fl
         >>> [(row.statistic, row.breaks in ("seek", "reject")) for row in rows]
         [('norm', True), ('rms', True)]
     """
-    base = reference.measure(model)["perplexity"]
+    base = reference.measure(model).perplexity
     rows = []
     for statistic in ("norm", "rms"):
         s, r = seek.with_statistic(statistic), reject.with_statistic(statistic)
         family = _family(model, families, s, r, persona=persona, **method_spec("contrastive_wanda").fixed)
-        damage = {}
+        damage: dict[Side, Measured] = {}
         for side, mask in zip(SIDES, family.pair(sparsity)):
             with ablate(model, mask):
                 damage[side] = reference.measure(model)
-        ratio = {side: damage[side]["perplexity"] / base for side in SIDES}
+        ratio = {side: damage[side].perplexity / base for side in SIDES}
         rows.append(StatisticRow(statistic=statistic, sparsity=sparsity, positive_share=positive_share(s, r, family.maps)["all"],
                                  seek_tokens=seek.n_tokens / seek.n_samples, reject_tokens=reject.n_tokens / reject.n_samples,
-                                 seek_perplexity_ratio=ratio["seek"], seek_kl=damage["seek"]["kl"],
-                                 reject_perplexity_ratio=ratio["reject"], reject_kl=damage["reject"]["kl"],
+                                 seek_perplexity_ratio=ratio["seek"], seek_kl=damage["seek"].kl,
+                                 reject_perplexity_ratio=ratio["reject"], reject_kl=damage["reject"].kl,
                                  breaks="seek" if ratio["seek"] > ratio["reject"] else "reject"))
     return rows
 

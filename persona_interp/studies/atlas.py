@@ -181,7 +181,7 @@ def equal_damage_comparison(model: Any, test: list, fit: Any, neurons: list, k: 
     mask = unit_mask("neuron", [(u.layer, u.unit) for u in neurons[:k]])
     with mask.apply(model):
         ablated = score_ab(model, test, batch_size=config.batch_size, progress=False).margin_mean
-        target_kl = reference.measure(model)["kl"]
+        target_kl = reference.measure(model).kl
     vector = mean_difference_vector(model, fit, layer, batch_size=config.batch_size)
     alpha, kl = equal_damage_multiplier(model, vector, reference, target_kl)
     result: dict[str, Any] = {"k": k, "ablation_kl": target_kl, "steering_layer": layer, "steering_multiplier": alpha, "steering_kl": kl}
