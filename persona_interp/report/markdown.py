@@ -8,6 +8,7 @@ from typing import Any, Mapping, Protocol, Sequence, Union, runtime_checkable
 
 from pydantic import BaseModel
 
+from persona_interp.analysis.diagnostics import GroupedOverlapRow
 from persona_interp.data.files import write_text
 from persona_interp.evaluation.rows import (
     BudgetWinner,
@@ -25,11 +26,12 @@ from persona_interp.report.summary import diagnostics_by_persona, summary_tables
 Tabular = Union[Mapping[str, Any], BaseModel]     # a row of a table: a typed row or a plain mapping
 
 
-def overlap_markdown(rows: list[dict[str, Any]]) -> str:
+def overlap_markdown(rows: Sequence[GroupedOverlapRow]) -> str:
     """The like-for-like overlap table as markdown (ReLU rows with the range they differ in by construction)."""
     lines = ["| persona pair | variant | ρ | differ overall | attention | MLP | by construction |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['pair']} | {r['variant']} | {r['sparsity']} | {100 * r['overall']:.2f} % | {100 * r['attn']:.2f} % | "
-              f"{100 * r['mlp']:.2f} % | " + (f"{100 * r['bound_low']:.1f}–{100 * r['bound_high']:.1f} % |" if "bound_low" in r else "|")
+    lines += [f"| {r.pair} | {r.variant} | {r.sparsity} | {100 * r.overall:.2f} % | {100 * r.attn:.2f} % | "
+              f"{100 * r.mlp:.2f} % | " + (f"{100 * r.bound_low:.1f}–{100 * r.bound_high:.1f} % |"
+                                           if r.bound_low is not None and r.bound_high is not None else "|")
               for r in rows]
     return "\n".join(lines) + "\n"
 
