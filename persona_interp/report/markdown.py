@@ -204,13 +204,13 @@ def render_report(results: RunResults | dict[str, Any], report: Path, figures_di
     """
     typed = results if isinstance(results, RunResults) else parse_results(results)
     config = typed.config
-    done = [p for p in config["personas"] if p in typed.personas]
-    status = "" if typed.complete else (f"**Partial run**: {len(done)} of {len(config['personas'])} personas "
+    done = [p for p in config.personas if p in typed.personas]
+    status = "" if typed.complete else (f"**Partial run**: {len(done)} of {len(config.personas)} personas "
                                         f"finished ({', '.join(done) or 'none yet'}).\n\n")
     revisions = sorted({typed.personas[p].revision for p in done} or {typed.revision})
     header = (f"# persona_interp results\n\n{status}{_provenance_lines(typed, done)}Revision "
-              f"{', '.join(f'`{r}`' for r in revisions)}, seed {config['seed']}, this run {typed.started} → {typed.finished}.\n\n"
-              f"Config: `{json.dumps(config)}`\n\n" + REPORT_LEGEND)
+              f"{', '.join(f'`{r}`' for r in revisions)}, seed {config.seed}, this run {typed.started} → {typed.finished}.\n\n"
+              f"Config: `{json.dumps(config.model_dump())}`\n\n" + REPORT_LEGEND)
     sections = [summary_markdown(typed)] if done else []
     if diagnostics_by_persona(typed):
         sections.append(f"\n![stability across personas]({os.path.relpath(figures_dir / 'stability.png', report.parent)})\n")

@@ -114,7 +114,7 @@ def paper_rows(results: RunResults, method: str = "contrastive_wanda") -> list[d
         controls = {row.condition: row for row in entry.controls}
         table = {row.condition: row for row in entry.table}
         added = {r.condition: r for r in entry.prompt_additions if r.side == "seek − reject"}
-        for rho in results.config["sparsities"]:
+        for rho in results.config.sparsities or ():
             pair = f"{method}@{rho:g}"
             if pair not in contrasts:
                 continue
