@@ -252,7 +252,7 @@ def cmd_overlap(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: no *_seek.safetensors signatures in {folder}")
     signatures = {persona: _saved_signatures(folder, persona) for persona in personas}
     rows = overlap_study(_model(args), signatures, args.sparsities, paths["figures"])
-    _write_study(args, paths, rows, overlap_markdown(rows))
+    _write_study(args, paths, [row.model_dump() for row in rows], overlap_markdown(rows))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

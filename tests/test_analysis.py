@@ -68,13 +68,15 @@ def test_overlap_row_known_answer():
 
 
 def test_figures_render_without_display(tmp_path, llama):
+    from persona_interp.analysis.diagnostics import GroupedOverlapRow
     from persona_interp.analysis.localise import UnitDivergence
     from persona_interp.report.figures import (plot_dose_response, plot_layer_kind_heatmap, plot_overlap_bars,
                                                plot_unit_map)
 
     grid, kinds = layer_kind_grid({"blocks.1.attn.k": 0.5, "blocks.0.mlp.down": 0.25}, n_layers=2)
     paths = plot_layer_kind_heatmap(grid, kinds, tmp_path / "heat", title="t", colorbar="fraction")
-    paths += plot_overlap_bars([{"pair": "power", "overall": 0.01, "attn": 0.005, "mlp": 0.02}], tmp_path / "bars")
+    paths += plot_overlap_bars([GroupedOverlapRow(pair="power", variant="wanda (per pole)", sparsity=0.3, overall=0.01, attn=0.005,
+                                                  mlp=0.02)], tmp_path / "bars")
     paths += plot_unit_map([UnitDivergence(0, 1, 2.0, 0.1), UnitDivergence(1, 0, 1.0, 0.0)], 2, 4, tmp_path / "heads", unit_label="head")
     rows = [{"kind": "head", "mode": "zero", "k": k, "selection": sel, "seed": seed, "system": "none", "shift": v,
              "shift_low": v - 0.1, "shift_high": v + 0.1} for k, sel, seed, v in

@@ -144,17 +144,18 @@ def test_overlap_study_rows_and_figures(llama, tmp_path):
     wealth = (relabel(reject, "seek"), relabel(seek, "reject"))          # a second pair: the first's poles reversed
     rows = overlap_study(llama, {"power": (seek, reject), "wealth": wealth}, [0.3, 0.5], tmp_path)
     assert len(rows) == 2 * 2 * len(OVERLAP_VARIANTS)
-    pick = {(r["pair"], r["variant"], r["sparsity"]): r for r in rows}
+    pick = {(r.pair, r.variant, r.sparsity): r for r in rows}
     cs = pick["power", "contrastive_sparse (text: disjoint)", 0.5]
-    assert cs["overall"] == pytest.approx(fraction_differ(*contrastive_sparse_masks(llama, seek, reject, 0.5)))
+    assert cs.overall == pytest.approx(fraction_differ(*contrastive_sparse_masks(llama, seek, reject, 0.5)))
     a, b = wanda_mask(llama, seek, 0.3), wanda_mask(llama, reject, 0.3)
     wanda = pick["power", "wanda (per pole)", 0.3]                      # attention / MLP weighted by their entries
     for group, kinds in (("attn", ("q", "k", "v", "o")), ("mlp", ("gate", "up", "down"))):
         names = [m.name for m in adapter.maps if m.kind in kinds]
         differ = sum(int((a.keep[n] != b.keep[n]).sum()) for n in names) / sum(a.keep[n].numel() for n in names)
-        assert wanda[group] == pytest.approx(differ)
+        assert getattr(wanda, group) == pytest.approx(differ)
     relu = pick["power", "contrastive_wanda relu", 0.3]
-    assert relu["bound_low"] - 1e-9 <= relu["overall"] <= relu["bound_high"] + 1e-9 and "bound_low" not in wanda
+    assert relu.bound_low is not None and relu.bound_high is not None and wanda.bound_low is None
+    assert relu.bound_low - 1e-9 <= relu.overall <= relu.bound_high + 1e-9 and "bound_low" not in wanda.model_dump()
     assert (tmp_path / "overlap_power_cw0.3.png").is_file()
     assert all((tmp_path / f"overlap_{variant_slug(v)}_0.5.svg").is_file() for v in OVERLAP_VARIANTS)
     text = overlap_markdown(rows)

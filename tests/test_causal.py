@@ -55,7 +55,7 @@ def test_equal_damage_multiplier_matches_target(llama):
     adapter = pi.get_adapter(llama)
     vector = SteeringVector(1, torch.randn(adapter.d_model, generator=torch.Generator().manual_seed(0)))
     with vector.apply(llama, multiplier=2.0):
-        target = reference.measure(llama)["kl"]
+        target = reference.measure(llama).kl
     alpha, kl = equal_damage_multiplier(llama, vector, reference, target, max_multiplier=8.0, steps=14)
     assert alpha == pytest.approx(2.0, abs=0.05) and kl == pytest.approx(target, rel=0.05)
     assert equal_damage_multiplier(llama, vector, reference, 1e9, max_multiplier=4.0)[0] == 4.0

@@ -8,7 +8,7 @@ import persona_interp as pi
 from persona_interp.evaluation import controls
 from persona_interp.evaluation.controls import MatchedControlConfig, damage_matched_random
 from persona_interp.evaluation.evaluate import control_comparison, evaluate
-from persona_interp.evaluation.scoring import DamageReference
+from persona_interp.evaluation.scoring import DamageReference, Measured
 from persona_interp.evaluation.stats import paired_difference
 from persona_interp.interventions.conditions import MaskCondition
 
@@ -22,17 +22,17 @@ def test_the_matched_control_has_the_masks_damage_within_tolerance(llama):
     reference = pi.DamageReference.build(llama, TEXTS)
     mask = pi.magnitude_mask(llama, 0.4, modules=["mlp"])
     with pi.ablate(llama, mask):
-        target = reference.measure(llama)["kl"]
+        target = reference.measure(llama).kl
     same = pi.random_mask(llama, 0.4, seed=0, modules=["mlp"])
     with pi.ablate(llama, same):
-        assert reference.measure(llama)["kl"] > 2 * target              # the same sparsity is far more damaging
+        assert reference.measure(llama).kl > 2 * target              # the same sparsity is far more damaging
     control = damage_matched_random(llama, mask, reference, seed=0, tolerance=0.05, max_iter=20)
     assert control.converged and control.target == pytest.approx(target)
     assert abs(control.kl - target) <= 0.05 * target + 1e-4
     assert set(control.mask.keep) == set(mask.keep)                       # the mask's maps only
     assert control.sparsity < 0.4 and control.mask.sparsity() == pytest.approx(control.sparsity, abs=0.02)
     with pi.ablate(llama, control.mask):
-        assert reference.measure(llama)["kl"] == pytest.approx(control.kl)
+        assert reference.measure(llama).kl == pytest.approx(control.kl)
     assert (control.sparsity, control.kl) in control.tried and len(control.tried) <= 20
     assert control.mask.meta["matched_to"] == "magnitude" and control.mask.meta["method"] == "random"
     again = damage_matched_random(llama, mask, reference, seed=0, tolerance=0.05, max_iter=20)
@@ -46,7 +46,7 @@ class _FakeReference(DamageReference):
         self.kl, self.rho = kl, None
 
     def measure(self, model):
-        return {"kl": self.kl(self.rho), "perplexity": 1.0}
+        return Measured(perplexity=1.0, kl=self.kl(self.rho))
 
 
 def _fake(monkeypatch, kl):

@@ -78,7 +78,7 @@ def _measure(setup: dict, condition) -> tuple[float, float]:
     planted = setup["planted"]
     with ablate(planted.model, condition):
         margin = score_ab(planted.model, planted.evaluation, progress=False).margin_mean
-        kl = setup["reference"].measure(planted.model)["kl"]
+        kl = setup["reference"].measure(planted.model).kl
     return float((margin - setup["base"]).mean()), kl
 
 

@@ -158,7 +158,7 @@ def reports_namespace(name: str, model, d_model: int | None = None, sizes: dict[
         ns["atlas"] = saved("atlas/power.json")
     elif name.startswith("05"):
         ns["rows"] = overlap_from_results(results, sizes)
-        ns["SPARSITIES"] = sorted({r["sparsity"] for r in ns["rows"]})
+        ns["SPARSITIES"] = sorted({r.sparsity for r in ns["rows"]})
     elif name.startswith("06"):
         ns.update(atlas=saved("atlas/power.json"), PERSONA="power",
                   main_run=SavedResults(Path("reports/results.json"), results, "committed"))

@@ -343,7 +343,7 @@ def test_reproduce_never_casts_a_model_it_was_given(tokenizer, tmp_path, monkeyp
     with pytest.raises(Started) as started:
         pipeline.reproduce(QUICK, tmp_path / "out2", model=model, progress=False)
     results = started.value.args[0]
-    assert results.config["dtype"] == "auto" and results.provenance.dtype == "bfloat16"
+    assert results.config.dtype == "auto" and results.provenance.dtype == "bfloat16"
     assert pi.get_adapter(model).dtype == torch.bfloat16
 
 

@@ -79,7 +79,7 @@ def _chain(model) -> dict[str, torch.Tensor]:
     reference = DamageReference.build(model, ["The capital of France is Paris.", "Water boils at one hundred degrees."])
     with pi.ablate(model, cw_seek):
         damage = reference.measure(model)
-    assert damage["kl"] > 0 and damage["perplexity"] > 0
+    assert damage.kl > 0 and damage.perplexity > 0
     assert isinstance(pi.generate(model, "Hi?", max_new_tokens=3), str)
     _assert_unchanged(model, before)
     for name, margins in out.items():

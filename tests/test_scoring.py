@@ -74,16 +74,16 @@ def test_damage_reference_kl_and_perplexity(llama):
     texts = ["hello world this is a test", "the capital of France is Paris", "power"]
     ref = DamageReference.build(llama, texts, batch_size=2)
     same = ref.measure(llama)
-    assert same["kl"] == pytest.approx(0.0, abs=1e-3)
-    assert same["perplexity"] == pytest.approx(perplexity(llama, texts), rel=1e-5)
+    assert same.kl == pytest.approx(0.0, abs=1e-3)
+    assert same.perplexity == pytest.approx(perplexity(llama, texts), rel=1e-5)
     with pi.ablate(llama, pi.random_mask(llama, 0.5, seed=0)):
         damaged = ref.measure(llama)
         logits = [llama(torch.tensor([llama.tokenizer.encode(t, add_special_tokens=False)]))[0, :-1] for t in texts]
     base = [llama(torch.tensor([llama.tokenizer.encode(t, add_special_tokens=False)]))[0, :-1] for t in texts]
     kl = sum(float(torch.nn.functional.kl_div(torch.log_softmax(d, -1), torch.log_softmax(b, -1), log_target=True,
                                               reduction="sum")) for d, b in zip(logits, base))
-    assert damaged["kl"] == pytest.approx(kl / sum(len(b) for b in base), rel=1e-2)
-    assert damaged["kl"] > 0.01
+    assert damaged.kl == pytest.approx(kl / sum(len(b) for b in base), rel=1e-2)
+    assert damaged.kl > 0.01
 
 
 def test_packed_and_separate_rows_agree(llama, monkeypatch):

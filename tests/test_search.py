@@ -47,7 +47,7 @@ def _old_steering(model, vectors, multipliers, reference):
             for sign in (1, -1):
                 with vector.apply(model, sign * alpha):
                     margins[sign] = score_ab(model, VALIDATION, progress=False).margin_mean
-                    kls.append(reference.measure(model)["kl"])
+                    kls.append(reference.measure(model).kl)
             table.append({"layer": layer, "multiplier": alpha, "separation": float((margins[1] - margins[-1]).mean()),
                           "kl": max(kls)})
     return table
@@ -118,7 +118,7 @@ def test_mask_picks_match_the_old_loop(llama, signatures, counted):
                 for mask in family.pair(rho, modules=[modules] if modules else None, layers=_layers(llama, "all")):
                     with pi.ablate(llama, mask):
                         margins.append(score_ab(llama, VALIDATION, progress=False).margin_mean)
-                        kls.append(reference.measure(llama)["kl"])
+                        kls.append(reference.measure(llama).kl)
                 table.append({"modules": modules or "attn+mlp", "sparsity": rho, "kl": max(kls),
                               "separation": float((margins[0] - margins[1]).mean())})
         return table

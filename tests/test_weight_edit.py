@@ -83,17 +83,17 @@ def test_restored_on_exception_and_refuses_a_second_edit_of_one_weight(model):
 
 def test_damage_reference_measures_the_edit(model):
     reference = pi.DamageReference.build(model, TEXTS)
-    rounding = reference.measure(model)["kl"]                          # the base against its float16 log-probs
+    rounding = reference.measure(model).kl                          # the base against its float16 log-probs
     assert rounding < 1e-4
     edit = DirectionalEdit.from_vector(pi.SteeringVector(1, _direction(model)))
     assert edit.meta["layer"] == 1
     small, large = (WeightEditCondition("we", side="seek", edit=edit, multiplier=m) for m in (0.01, 3.0))
     with small.applied(model):
-        kl_small = reference.measure(model)["kl"]
+        kl_small = reference.measure(model).kl
     with large.applied(model):
-        kl_large = reference.measure(model)["kl"]
+        kl_large = reference.measure(model).kl
     assert kl_large > 10 * max(kl_small, rounding, 1e-6)
-    assert reference.measure(model)["kl"] == rounding                  # nothing left behind
+    assert reference.measure(model).kl == rounding                  # nothing left behind
 
 
 def test_bad_directions_are_refused(llama):

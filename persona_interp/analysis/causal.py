@@ -89,8 +89,8 @@ def dose_response(model: Any, items: Sequence[PersonaItem], ranked: Sequence[Uni
                     row = {"kind": kind, "mode": mode, "k": k, "selection": selection, "seed": seed, "system": name,
                            "n": shift.n, "shift": shift.value, "shift_low": shift.low, "shift_high": shift.high}
                     if damage is not None and base_damage is not None:
-                        row["perplexity_change"] = damage["perplexity"] / base_damage["perplexity"] - 1.0
-                        row["kl"] = damage["kl"]
+                        row["perplexity_change"] = damage.perplexity / base_damage.perplexity - 1.0
+                        row["kl"] = damage.kl
                     rows.append(row)
             bar.update()
     return rows
@@ -112,7 +112,7 @@ def equal_damage_multiplier(model: Any, vector: SteeringVector, reference: Damag
 
     def kl_at(alpha: float) -> float:
         with vector.apply(model, multiplier=alpha):
-            return reference.measure(model)["kl"]
+            return reference.measure(model).kl
 
     high_kl = kl_at(max_multiplier)
     if high_kl <= target_kl:

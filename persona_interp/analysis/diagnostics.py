@@ -31,7 +31,7 @@ import torch
 
 from persona_interp.data.personas import SIDES, PersonaItem, Side
 from persona_interp.evaluation.rows import Record, Row
-from persona_interp.evaluation.scoring import DamageReference, score_ab
+from persona_interp.evaluation.scoring import DamageReference, Measured, score_ab
 from persona_interp.evaluation.stats import mean_ci
 from persona_interp.interventions.ablation import ablate
 from persona_interp.masks.builders import FamilyCache, MaskFamily, contrast, kept_count, mask_family, relu_differ_range
@@ -60,6 +60,21 @@ class OverlapRow(Row):
     bound_low: float | None = None
     bound_high: float | None = None
     p: float | None = None
+
+
+class GroupedOverlapRow(Row):
+    """How much the opposing masks of one variant differ for a persona ``pair`` at one sparsity, overall and in
+    the attention and MLP maps (each kind weighted by its entries); ReLU rows carry the overall range they differ
+    in by construction ([`grouped_overlap`][persona_interp.analysis.diagnostics.grouped_overlap])."""
+
+    pair: str
+    variant: str
+    sparsity: float
+    overall: float
+    attn: float
+    mlp: float
+    bound_low: float | None = None
+    bound_high: float | None = None
 
 
 class StatisticRow(Row):
@@ -122,34 +137,43 @@ def kind_sizes(maps: Sequence[Any]) -> dict[str, int]:
     return sizes
 
 
-def grouped_overlap(rows: Sequence[OverlapRow], sizes: dict[str, int]) -> list[dict[str, Any]]:
-    """The per-kind rows of [`overlap_table`][persona_interp.analysis.diagnostics.overlap_table] folded into one row
-    per variant and sparsity: ``overall``, ``attn`` and ``mlp`` shares of entries that differ (each kind weighted by
-    its entries, ``sizes`` from [`kind_sizes`][persona_interp.analysis.diagnostics.kind_sizes]), and for ReLU rows the
-    overall construction range ``bound_low`` / ``bound_high``.
+def grouped_overlap(rows: Sequence[OverlapRow], sizes: dict[str, int], pair: str) -> list[GroupedOverlapRow]:
+    """The per-kind rows of [`overlap_table`][persona_interp.analysis.diagnostics.overlap_table] (of the persona
+    ``pair``) folded into one row per variant and sparsity: ``overall``, ``attn`` and ``mlp`` shares of entries that
+    differ (each kind weighted by its entries, ``sizes`` from
+    [`kind_sizes`][persona_interp.analysis.diagnostics.kind_sizes]), and for ReLU rows the overall construction range
+    ``bound_low`` / ``bound_high``. A variant and sparsity without an ``all`` row, or without attention or MLP maps, is an error
+    naming it.
 
     Example:
-        >>> rows = grouped_overlap(overlap_table(model, sig_seek, sig_reject, 0.3), kind_sizes(adapter.maps))
-        >>> rows[0]["variant"], sorted(rows[0])
-        ('wanda (per pole)', ['attn', 'mlp', 'overall', 'sparsity', 'variant'])
+        >>> rows = grouped_overlap(overlap_table(model, sig_seek, sig_reject, 0.3), kind_sizes(adapter.maps), "power")
+        >>> rows[0].variant, rows[0].bound_low is None, rows[1].bound_low is None     # per-pole Wanda has no bound
+        ('wanda (per pole)', True, False)
     """
-    groups: dict[tuple[str, float], dict[str, Any]] = {}
-    weighted: dict[tuple[str, float, str], list[float]] = {}
+    overall: dict[tuple[str, float], OverlapRow] = {}
+    weighted: dict[tuple[str, float], dict[str, list[float]]] = {}
     for r in rows:
         key = (r.variant, r.sparsity)
-        row = groups.setdefault(key, {"variant": r.variant, "sparsity": r.sparsity})
+        totals = weighted.setdefault(key, {})
         if r.kind == "all":
-            row["overall"] = r.differ
-            if r.bound_low is not None:
-                row.update(bound_low=r.bound_low, bound_high=r.bound_high)
+            overall[key] = r
         for group, kinds in (("attn", ATTENTION_KINDS), ("mlp", MLP_KINDS)):
             if r.kind in kinds:
-                total = weighted.setdefault((*key, group), [0.0, 0.0])
+                total = totals.setdefault(group, [0.0, 0.0])
                 total[0] += r.differ * sizes[r.kind]
                 total[1] += sizes[r.kind]
-    for (variant, sparsity, group), (num, den) in weighted.items():
-        groups[variant, sparsity][group] = num / den
-    return list(groups.values())
+    grouped = []
+    for key, totals in weighted.items():
+        missing = [name for name, there in (("all", key in overall), ("attention", "attn" in totals), ("MLP", "mlp" in totals))
+                   if not there]
+        if missing:
+            raise ValueError(f"grouped_overlap: variant {key[0]!r} at sparsity {key[1]} has no {' or '.join(missing)} rows")
+        row = GroupedOverlapRow(pair=pair, variant=key[0], sparsity=key[1], overall=overall[key].differ,
+                                attn=totals["attn"][0] / totals["attn"][1], mlp=totals["mlp"][0] / totals["mlp"][1])
+        if overall[key].bound_low is not None:
+            row = row.replace(bound_low=overall[key].bound_low, bound_high=overall[key].bound_high)
+        grouped.append(row)
+    return grouped
 
 
 def positive_share(seek: Signature, reject: Signature, maps: Sequence[Any]) -> dict[str, float]:
@@ -221,20 +245,20 @@ def statistic_table(model: Any, seek: Signature, reject: Signature, sparsity: fl
         >>> [(row.statistic, row.breaks in ("seek", "reject")) for row in rows]
         [('norm', True), ('rms', True)]
     """
-    base = reference.measure(model)["perplexity"]
+    base = reference.measure(model).perplexity
     rows = []
     for statistic in ("norm", "rms"):
         s, r = seek.with_statistic(statistic), reject.with_statistic(statistic)
         family = _family(model, families, s, r, persona=persona, **method_spec("contrastive_wanda").fixed)
-        damage = {}
+        damage: dict[Side, Measured] = {}
         for side, mask in zip(SIDES, family.pair(sparsity)):
             with ablate(model, mask):
                 damage[side] = reference.measure(model)
-        ratio = {side: damage[side]["perplexity"] / base for side in SIDES}
+        ratio = {side: damage[side].perplexity / base for side in SIDES}
         rows.append(StatisticRow(statistic=statistic, sparsity=sparsity, positive_share=positive_share(s, r, family.maps)["all"],
                                  seek_tokens=seek.n_tokens / seek.n_samples, reject_tokens=reject.n_tokens / reject.n_samples,
-                                 seek_perplexity_ratio=ratio["seek"], seek_kl=damage["seek"]["kl"],
-                                 reject_perplexity_ratio=ratio["reject"], reject_kl=damage["reject"]["kl"],
+                                 seek_perplexity_ratio=ratio["seek"], seek_kl=damage["seek"].kl,
+                                 reject_perplexity_ratio=ratio["reject"], reject_kl=damage["reject"].kl,
                                  breaks="seek" if ratio["seek"] > ratio["reject"] else "reject"))
     return rows
 

@@ -96,7 +96,7 @@ def damage_matched_random(model: Any, mask: Mask, reference: DamageReference, *,
         raise ValueError(f"tolerance and atol must be >= 0 and max_iter >= 1, got {tolerance}, {atol}, {max_iter}")
     if target is None:
         with ablate(model, mask):
-            target = reference.measure(model)["kl"]
+            target = reference.measure(model).kl
     if target < 0:
         raise ValueError(f"the target KL must be >= 0, got {target}")
     maps = list(mask.keep)
@@ -107,7 +107,7 @@ def damage_matched_random(model: Any, mask: Mask, reference: DamageReference, *,
     def measure(rho: float) -> float:
         candidate = random_mask(model, rho, seed=seed, modules=maps, per_row=False)
         with ablate(model, candidate):
-            kl = reference.measure(model)["kl"]
+            kl = reference.measure(model).kl
         tried.append((rho, kl))
         if not closest or abs(kl - target) < abs(closest[0][1] - target):
             closest[:] = [(candidate, kl, rho)]

@@ -226,8 +226,9 @@ def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Cond
                 scores[cond.name] = score_ab(model, items, system=cond.system, batch_size=batch_size, progress=progress)
                 if reference is not None and cond.damage_of is None:
                     measured = reference.measure(model)
-                    second = {"kl_other": other.measure(model)["kl"]} if other is not None else {}
-                    damage[cond.name] = Damage(perplexity=measured["perplexity"], kl=measured["kl"], **second)
+                    damage[cond.name] = Damage(perplexity=measured.perplexity, kl=measured.kl)
+                    if other is not None:
+                        damage[cond.name] = damage[cond.name].replace(kl_other=other.measure(model).kl)
             bar.update()
     if reference is not None:
         for cond in conditions:                      # same weights, prompt-free text: the damage of the root

@@ -205,6 +205,16 @@ def perplexity(model: Any, texts: Sequence[str], *, batch_size: int = 8, max_tok
     return math.exp(total_nll / total)
 
 
+@dataclass(frozen=True)
+class Measured:
+    """What [`DamageReference.measure`][persona_interp.evaluation.scoring.DamageReference.measure] finds: the
+    perplexity on the neutral texts and the mean KL(base ‖ model) per token (nats). An evaluation records it, with a
+    second measure's KL where there is one, as a [`Damage`][persona_interp.evaluation.rows.Damage] row."""
+
+    perplexity: float
+    kl: float
+
+
 @dataclass
 class DamageReference:
     """The base model's next-token distributions on neutral texts (float16), to measure what a
@@ -212,10 +222,10 @@ class DamageReference:
 
     Example:
         >>> ref = DamageReference.build(model, load_neutral_texts()[:2])
-        >>> round(ref.measure(model)["kl"], 4)                # the base model itself
+        >>> round(ref.measure(model).kl, 4)                  # the base model itself
         0.0
         >>> with ablate(model, mask):
-        ...     ref.measure(model)["kl"] > 0.01
+        ...     ref.measure(model).kl > 0.01
         True
     """
 
@@ -237,7 +247,7 @@ class DamageReference:
         warn_cut(sum(cut), len(texts), token_budget(model, max_tokens), "neutral texts", TEXT_CUT)   # once, not per condition
         return cls(texts, stored, batch_size, max_tokens)
 
-    def measure(self, model: Any) -> dict[str, float]:
+    def measure(self, model: Any) -> Measured:
         """Perplexity of ``model`` (as it is now, under any active condition) and its KL from the base."""
         total_nll, total_kl, total = 0.0, 0.0, 0
         with torch.inference_mode():
@@ -248,7 +258,7 @@ class DamageReference:
                 base = base.to(logprobs.device).float()
                 total_kl += float((base.exp() * (base - logprobs[real])).sum(-1).double().sum())
                 total += int(real.sum())
-        return {"perplexity": math.exp(total_nll / total), "kl": max(total_kl / total, 0.0)}  # fp16 base log-probs: clip rounding below 0
+        return Measured(perplexity=math.exp(total_nll / total), kl=max(total_kl / total, 0.0))  # fp16 base log-probs: clip rounding below 0
 
 
 def score_statements(model: Any, items: PersonaDataset | Sequence[PersonaItem], *, system: SystemPrompt = None,

@@ -101,7 +101,7 @@ def _damage(model: Any, poles: Sequence[Pole], reference: DamageReference) -> fl
     kls = []
     for pole in poles:
         with pole.open():
-            kls.append(reference.measure(model)["kl"])
+            kls.append(reference.measure(model).kl)
     return max(kls)
 
 

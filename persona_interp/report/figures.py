@@ -15,6 +15,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
+from persona_interp.analysis.diagnostics import GroupedOverlapRow
 from persona_interp.analysis.nulls import percentile_band
 from persona_interp.data.files import atomic
 from persona_interp.data.personas import SIDES
@@ -83,15 +84,14 @@ def plot_layer_kind_heatmap(grid: Any, kinds: Sequence[str], stem: str | os.Path
     return save(fig, stem)
 
 
-def plot_overlap_bars(rows: Sequence[dict], stem: str | os.PathLike, title: str = "") -> list[Path]:
-    """Per persona pair, % of mask entries that differ between the opposing masks: overall, attention, MLP.
-    ``rows`` have ``pair``, ``overall``, ``attn`` and ``mlp`` (fractions)."""
-    groups = ("overall", "attn", "mlp")
+def plot_overlap_bars(rows: Sequence[GroupedOverlapRow], stem: str | os.PathLike, title: str = "") -> list[Path]:
+    """Per persona pair, % of mask entries that differ between the opposing masks: overall, attention, MLP."""
+    groups = {"overall": [r.overall for r in rows], "attn": [r.attn for r in rows], "mlp": [r.mlp for r in rows]}
     fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(rows), 4))
     width = 0.8 / len(groups)
-    for i, group in enumerate(groups):
-        ax.bar([x + (i - 1) * width for x in range(len(rows))], [100 * r[group] for r in rows], width, label=group)
-    ax.set_xticks(range(len(rows)), [r["pair"] for r in rows], rotation=30, ha="right")
+    for i, (group, values) in enumerate(groups.items()):
+        ax.bar([x + (i - 1) * width for x in range(len(rows))], [100 * v for v in values], width, label=group)
+    ax.set_xticks(range(len(rows)), [r.pair for r in rows], rotation=30, ha="right")
     ax.set_ylabel("entries that differ between opposing masks (%)")
     ax.legend(title="weights")
     ax.set_title(title)

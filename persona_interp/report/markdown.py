@@ -8,6 +8,7 @@ from typing import Any, Mapping, Protocol, Sequence, Union, runtime_checkable
 
 from pydantic import BaseModel
 
+from persona_interp.analysis.diagnostics import GroupedOverlapRow
 from persona_interp.data.files import write_text
 from persona_interp.evaluation.rows import (
     BudgetWinner,
@@ -25,11 +26,12 @@ from persona_interp.report.summary import diagnostics_by_persona, summary_tables
 Tabular = Union[Mapping[str, Any], BaseModel]     # a row of a table: a typed row or a plain mapping
 
 
-def overlap_markdown(rows: list[dict[str, Any]]) -> str:
+def overlap_markdown(rows: Sequence[GroupedOverlapRow]) -> str:
     """The like-for-like overlap table as markdown (ReLU rows with the range they differ in by construction)."""
     lines = ["| persona pair | variant | ρ | differ overall | attention | MLP | by construction |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['pair']} | {r['variant']} | {r['sparsity']} | {100 * r['overall']:.2f} % | {100 * r['attn']:.2f} % | "
-              f"{100 * r['mlp']:.2f} % | " + (f"{100 * r['bound_low']:.1f}–{100 * r['bound_high']:.1f} % |" if "bound_low" in r else "|")
+    lines += [f"| {r.pair} | {r.variant} | {r.sparsity} | {100 * r.overall:.2f} % | {100 * r.attn:.2f} % | "
+              f"{100 * r.mlp:.2f} % | " + (f"{100 * r.bound_low:.1f}–{100 * r.bound_high:.1f} % |"
+                                           if r.bound_low is not None and r.bound_high is not None else "|")
               for r in rows]
     return "\n".join(lines) + "\n"
 
@@ -204,13 +206,13 @@ def render_report(results: RunResults | dict[str, Any], report: Path, figures_di
     """
     typed = results if isinstance(results, RunResults) else parse_results(results)
     config = typed.config
-    done = [p for p in config["personas"] if p in typed.personas]
-    status = "" if typed.complete else (f"**Partial run**: {len(done)} of {len(config['personas'])} personas "
+    done = [p for p in config.personas if p in typed.personas]
+    status = "" if typed.complete else (f"**Partial run**: {len(done)} of {len(config.personas)} personas "
                                         f"finished ({', '.join(done) or 'none yet'}).\n\n")
     revisions = sorted({typed.personas[p].revision for p in done} or {typed.revision})
     header = (f"# persona_interp results\n\n{status}{_provenance_lines(typed, done)}Revision "
-              f"{', '.join(f'`{r}`' for r in revisions)}, seed {config['seed']}, this run {typed.started} → {typed.finished}.\n\n"
-              f"Config: `{json.dumps(config)}`\n\n" + REPORT_LEGEND)
+              f"{', '.join(f'`{r}`' for r in revisions)}, seed {config.seed}, this run {typed.started} → {typed.finished}.\n\n"
+              f"Config: `{json.dumps(config.model_dump())}`\n\n" + REPORT_LEGEND)
     sections = [summary_markdown(typed)] if done else []
     if diagnostics_by_persona(typed):
         sections.append(f"\n![stability across personas]({os.path.relpath(figures_dir / 'stability.png', report.parent)})\n")

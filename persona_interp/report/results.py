@@ -23,11 +23,11 @@ import os
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from persona_interp.analysis.diagnostics import OverlapRow, Stability, StatisticRow
 from persona_interp.data.personas import Side
-from persona_interp.evaluation.controls import MatchedControlRecord
+from persona_interp.evaluation.controls import MatchedControlConfig, MatchedControlRecord
 from persona_interp.evaluation.rows import (
     BudgetWinner,
     ConditionRow,
@@ -46,7 +46,9 @@ from persona_interp.evaluation.rows import (
     Row,
     SteeringSearchRow,
 )
+from persona_interp.evaluation.tuning import MaskSpace
 from persona_interp.interventions.lora import LoRAConfig
+from persona_interp.model.chat import TokenScope
 from persona_interp.model.machine import CPU, cpu_info
 
 SCHEMA_VERSION: Literal[2] = 2         # 1: the files before provenance (no ``schema_version``); 2: provenance
@@ -83,13 +85,13 @@ class Provenance(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str                                        # name or folder as given (see :func:`model_name`)
+    model: str                                        # name or folder as given (see [`model_name`][persona_interp.report.results.model_name])
     fingerprint: str                                  # the weights' (``get_adapter(model).fingerprint``)
     dtype: str                                        # the dtype that ran (``"auto"`` resolved), e.g. ``"bfloat16"``
     device: str                                       # where token ids go in, e.g. ``"cpu"``, ``"cuda:0"``
     device_map: dict[str, Any] | NotRecorded | None   # accelerate's map of a sharded model; None: one device
     seed: int | NotRecorded
-    revision: str                                     # :func:`~persona_interp.studies.reproduce.git_revision`
+    revision: str                                     # [`git_revision`][persona_interp.studies.reproduce.git_revision]
     torch: str
     transformers: str
     cpu: CPU | NotRecorded
@@ -231,28 +233,62 @@ class PersonaResult(BaseModel):
     damage: dict[str, Damage]              # per condition
 
 
+class RecordedConfig(Record):
+    """[`ReproduceConfig`][persona_interp.studies.config.ReproduceConfig] as ``results.json`` records it (the report sits
+    below the studies and does not import them). ``personas`` and ``seed`` are always there; an option a file from
+    before it existed lacks is ``None`` and left out of the JSON again (``dtype`` absent: not recorded); a key that
+    is no option is an error naming it.
+
+    Example:
+        >>> config = load_results("reports/results.json").config
+        >>> config.seed, config.dtype, config.n_fit_neutral is None, "n_fit_neutral" in config.model_dump()
+        (0, 'bfloat16', True, False)
+    """
+
+    personas: list[str]
+    sparsities: list[float] | None = None
+    n_calibration: int | None = None
+    n_test: int | None = None
+    validation_fraction: float | None = None
+    seed: int
+    token_scope: TokenScope | None = None
+    batch_size: int | None = None
+    max_tokens: int | None = None
+    n_neutral: int | None = None
+    n_selection_neutral: int | None = None
+    n_fit_neutral: int | None = None
+    stability_draws: int | None = None
+    diagnostics: bool | None = None
+    modules: list[str] | None = None
+    rag_k: int | None = None
+    steering_layers: list[float] | None = None
+    steering_multipliers: list[float] | None = None
+    n_validation: int | None = None
+    ode_features: int | None = None
+    weight_edit_strengths: list[float] | None = None
+    matched_controls: MatchedControlConfig | None = None
+    mask_search: MaskSpace | None = None
+    n_other_texts: int | None = None
+    damage_aware_methods: list[str] | None = None
+    prompt_search: bool | None = None
+    lora: LoRAConfig | None = None
+    damage_budgets: list[float] | None = None
+    dtype: str | None = None
+
+
 class RunResults(BaseModel):
     """A main-job run: its configuration, provenance and the personas finished so far (``complete`` when all are)."""
 
     model_config = ConfigDict(extra="forbid")
 
     schema_version: Literal[2]
-    config: dict[str, Any]                 # :class:`~persona_interp.studies.config.ReproduceConfig` as a dict
+    config: RecordedConfig
     revision: str
     started: str
     finished: str | None = None
     complete: bool = False
     provenance: Provenance
     personas: dict[str, PersonaResult]
-
-    @field_validator("config")
-    @classmethod
-    def _config_names_its_personas(cls, config: dict[str, Any]) -> dict[str, Any]:
-        for key, kind in (("personas", list), ("seed", int)):          # dtype: absent in files from before it existed
-            if not isinstance(config.get(key), kind):
-                raise ValueError(f"config.{key} is {'missing' if key not in config else repr(config[key])}, "
-                                 f"expected {kind.__name__}")
-        return config
 
     def only(self, personas: Sequence[str]) -> RunResults:
         """These results with only ``personas`` (in that order; each must be there), e.g. one notebook's share.

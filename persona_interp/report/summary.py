@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from persona_interp.analysis.diagnostics import grouped_overlap
+from persona_interp.analysis.diagnostics import GroupedOverlapRow, grouped_overlap
 from persona_interp.evaluation.rows import BudgetWinnerRow, ControlRow, NoPick, Row
 from persona_interp.evaluation.stats import MIN_N
 from persona_interp.masks.registry import methods
@@ -114,7 +114,7 @@ def paper_rows(results: RunResults, method: str = "contrastive_wanda") -> list[d
         controls = {row.condition: row for row in entry.controls}
         table = {row.condition: row for row in entry.table}
         added = {r.condition: r for r in entry.prompt_additions if r.side == "seek − reject"}
-        for rho in results.config["sparsities"]:
+        for rho in results.config.sparsities or ():
             pair = f"{method}@{rho:g}"
             if pair not in contrasts:
                 continue
@@ -193,7 +193,7 @@ def summary_tables(results: RunResults) -> dict[str, list[dict[str, Any]]]:
             "statistic": statistic_rows(results), "stability": stability_rows(results)}
 
 
-def overlap_from_results(results: RunResults, sizes: dict[str, int]) -> list[dict[str, Any]]:
+def overlap_from_results(results: RunResults, sizes: dict[str, int]) -> list[GroupedOverlapRow]:
     """The like-for-like overlap rows of every persona of a main-job run, folded into overall / attention / MLP
     ([`grouped_overlap`][persona_interp.analysis.diagnostics.grouped_overlap]; ``sizes`` from ``kind_sizes``), in the
     rows' shape of ``persona-interp overlap``.
@@ -203,8 +203,8 @@ def overlap_from_results(results: RunResults, sizes: dict[str, int]) -> list[dic
         >>> sizes = {"q": 576 * 576, "k": 192 * 576, "v": 192 * 576, "o": 576 * 576, "gate": 1536 * 576, "up": 1536 * 576,
         ...          "down": 576 * 1536}       # SmolLM2's per layer; kind_sizes(get_adapter(model).maps) gives all layers'
         >>> rows = overlap_from_results(results, sizes)
-        >>> rows[0]["pair"], rows[0]["variant"], sorted(rows[0])
+        >>> rows[0].pair, rows[0].variant, sorted(rows[0].model_dump())
         ('power', 'wanda (per pole)', ['attn', 'mlp', 'overall', 'pair', 'sparsity', 'variant'])
     """
-    return [{"pair": persona, **row} for persona, diag in diagnostics_by_persona(results).items()
-            for row in grouped_overlap(diag.overlap, sizes)]
+    return [row for persona, diag in diagnostics_by_persona(results).items()
+            for row in grouped_overlap(diag.overlap, sizes, persona)]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_interp.analysis.causal import dose_response, equal_damage_multiplier, unit_mask
-from persona_interp.analysis.diagnostics import OVERLAP_VARIANTS, grouped_overlap, kind_sizes
+from persona_interp.analysis.diagnostics import OVERLAP_VARIANTS, GroupedOverlapRow, grouped_overlap, kind_sizes
 from persona_interp.analysis.diagnostics import overlap_table
 from persona_interp.analysis.localise import (
     head_divergence,
@@ -129,28 +129,28 @@ def persona_atlas(model: Any, persona: str, config: AtlasConfig, figures_dir: st
 
 
 def overlap_study(model: Any, signatures: dict[str, tuple[Signature, Signature]], sparsities: list[float],
-                  figures_dir: str | Path | None = None) -> list[dict[str, Any]]:
-    """The overlap study: [`overlap_table`][persona_interp.analysis.diagnostics.overlap_table] like with like, for
-    every persona pair and sparsity: per variant of
-    [`OVERLAP_VARIANTS`][persona_interp.analysis.diagnostics.OVERLAP_VARIANTS] (per-pole Wanda, ReLU and softplus τ =
-    2 Contrastive-Wanda, Contrastive-Sparse by the paper text's and code's rule) the share of entries the opposing
+                  figures_dir: str | Path | None = None) -> list[GroupedOverlapRow]:
+    """The overlap study: [`overlap_table`][persona_interp.analysis.diagnostics.overlap_table] like with like, for every
+    persona pair and sparsity: per variant of
+    [`OVERLAP_VARIANTS`][persona_interp.analysis.diagnostics.OVERLAP_VARIANTS] (per-pole Wanda, ReLU and softplus τ = 2
+    Contrastive-Wanda, Contrastive-Sparse by the paper text's and code's rule) the share of entries the opposing
     masks differ in, overall / attention / MLP, ReLU rows with the range they differ in by construction. With
     ``figures_dir``, a bar chart per variant and sparsity and layer × map heatmaps of the ReLU Contrastive-Wanda
     difference per pair.
 
     Example:
         >>> rows = overlap_study(model, {"power": (sig_seek, sig_reject)}, [0.3, 0.5])
-        >>> len(rows), rows[0]["variant"]              # a pair × 2 sparsities × 5 variants
+        >>> len(rows), rows[0].variant                 # a pair × 2 sparsities × 5 variants
         (10, 'wanda (per pole)')
     """
     adapter = get_adapter(model)
     sizes = kind_sizes(adapter.maps)
-    rows: list[dict[str, Any]] = []
+    rows: list[GroupedOverlapRow] = []
     for persona, (seek, reject) in signatures.items():
         families = FamilyCache(model)                   # each variant ranked once for all sparsities
         for rho in sparsities:
             per_kind = overlap_table(model, seek, reject, rho, persona=persona, families=families)
-            rows += [{"pair": persona, **row} for row in grouped_overlap(per_kind, sizes)]
+            rows += grouped_overlap(per_kind, sizes, persona)
             if figures_dir is not None:
                 cw = families.get(seek, reject, persona=persona, **OVERLAP_VARIANTS["contrastive_wanda relu"]).pair(rho)
                 grid, kinds = layer_kind_grid(fraction_differ_by(*cw, "map"), adapter.n_layers)
@@ -160,7 +160,7 @@ def overlap_study(model: Any, signatures: dict[str, tuple[Signature, Signature]]
     if figures_dir is not None:
         for rho in sparsities:
             for variant in OVERLAP_VARIANTS:
-                chosen = [r for r in rows if r["sparsity"] == rho and r["variant"] == variant]
+                chosen = [r for r in rows if r.sparsity == rho and r.variant == variant]
                 plot_overlap_bars(chosen, Path(figures_dir) / f"overlap_{variant_slug(variant)}_{rho}",
                                   title=f"{variant}, ρ = {rho}: opposing masks differ in")
     return rows
@@ -181,7 +181,7 @@ def equal_damage_comparison(model: Any, test: list, fit: Any, neurons: list, k: 
     mask = unit_mask("neuron", [(u.layer, u.unit) for u in neurons[:k]])
     with mask.apply(model):
         ablated = score_ab(model, test, batch_size=config.batch_size, progress=False).margin_mean
-        target_kl = reference.measure(model)["kl"]
+        target_kl = reference.measure(model).kl
     vector = mean_difference_vector(model, fit, layer, batch_size=config.batch_size)
     alpha, kl = equal_damage_multiplier(model, vector, reference, target_kl)
     result: dict[str, Any] = {"k": k, "ablation_kl": target_kl, "steering_layer": layer, "steering_multiplier": alpha, "steering_kl": kl}

@@ -63,6 +63,7 @@ from persona_interp.report.results import (
     MaskSearch,
     PersonaResult,
     Provenance,
+    RecordedConfig,
     RunResults,
     SteeringSearch,
     Used,
@@ -447,8 +448,8 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
         raise ValueError(f"the model passed in is {get_adapter(model).dtype}, the configuration says {config.dtype}: "
                          "set config.dtype to match, or to 'auto' (the model's dtype is recorded in the results)")
     provenance = Provenance.collect(model, name, seed=config.seed, revision=revision, started=started)
-    results = RunResults(schema_version=SCHEMA_VERSION, config=dataclasses.asdict(config), revision=revision, started=started,
-                         provenance=provenance, personas={})
+    results = RunResults(schema_version=SCHEMA_VERSION, config=RecordedConfig.model_validate(dataclasses.asdict(config)),
+                         revision=revision, started=started, provenance=provenance, personas={})
     if resume:
         results.personas = _finished_personas(out_dir / "results.json", config, provenance, allow_mixed)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -505,7 +506,7 @@ def _finished_personas(path: Path, config: ReproduceConfig, provenance: Provenan
         return {}
     previous = load_results(path)
     mine = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("personas", "dtype")}
-    theirs = {k: v for k, v in previous.config.items() if k not in ("personas", "dtype")}
+    theirs = {k: v for k, v in previous.config.model_dump().items() if k not in ("personas", "dtype")}
     differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     if differ:
         raise ValueError(f"cannot resume {path}: its configuration differs in {differ}; rerun with --force instead")
