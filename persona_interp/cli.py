@@ -1,6 +1,6 @@
 """The ``persona-interp`` command line.
 
-Example:
+Examples:
     $ persona-interp reproduce --quick
     $ persona-interp collect --persona power --side seek --out sig_seek.safetensors
     $ persona-interp build-mask --method contrastive_wanda --seek s.safetensors --reject r.safetensors --sparsity 0.3 --out cw

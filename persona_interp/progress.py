@@ -8,7 +8,7 @@ nested in it. Every outermost stage's wall time (and the model forwards a caller
 [`add_forwards`][persona_interp.progress.add_forwards]) is recorded, for a benchmark to print each stage's share
 ([`stage_times`][persona_interp.progress.stage_times]).
 
-Example:
+Examples:
     >>> reset_stage_times()
     >>> with stage("A/B scoring", total=2) as s:
     ...     for batch in ([0, 1], [2, 3]):
@@ -110,7 +110,7 @@ def stage(name: str, total: int | None = None, *, progress: bool = True) -> Iter
     not a terminal) and a record in [`stage_times`][persona_interp.progress.stage_times]. Nested: shown on the
     outermost stage's line after ``›``. ``progress=False`` silences it and everything nested in it.
 
-    Example:
+    Examples:
         >>> with stage("evaluation", total=3) as s:
         ...     for condition in ("base", "seek", "reject"):
         ...         with stage("A/B scoring", total=2) as inner:   # updates the "evaluation" line
@@ -145,7 +145,7 @@ def stage(name: str, total: int | None = None, *, progress: bool = True) -> Iter
 def scope(label: str) -> Iterator[None]:
     """Prefix the lines and records of the stages opened inside with ``label`` (e.g. the persona).
 
-    Example:
+    Examples:
         >>> reset_stage_times()
         >>> with scope("power"), stage("signatures", total=2, progress=False):
         ...     pass
@@ -162,7 +162,7 @@ def scope(label: str) -> Iterator[None]:
 def add_forwards(n: int = 1) -> None:
     """Attribute ``n`` model forwards to the outermost open stage (none open: nothing is counted).
 
-    Example:
+    Examples:
         >>> handle = model.register_forward_pre_hook(lambda module, args: add_forwards())
         >>> reset_stage_times()
         >>> with stage("logits", progress=False):

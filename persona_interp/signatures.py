@@ -17,7 +17,7 @@ For each input site (the hook that carries a linear map's input) and each input 
 Nothing but running sums is kept (float64), padding never enters a sum, and the unembedding is
 skipped, so memory does not grow with the number of tokens.
 
-Example:
+Examples:
     >>> sig = collect_signatures(model, load_persona("power"), side="seek", max_samples=4, progress=False)
     >>> sig.n_samples, sig.norm_mean("blocks.1.mlp.down").shape     # [d_mlp]
     (4, torch.Size([48]))
@@ -77,7 +77,7 @@ class Signature:
     def with_statistic(self, statistic: Statistic) -> "Signature":
         """The same sums, with masks built from the per-sample ``statistic`` ("norm" or "rms").
 
-        Example:
+        Examples:
             >>> fair = sig_seek.with_statistic("rms")
             >>> fair.statistic, bool((fair.sample_mean("blocks.1.mlp.down") < sig_seek.sample_mean("blocks.1.mlp.down")).all())
             ('rms', True)
@@ -107,7 +107,7 @@ class Signature:
         ``collect_signatures(..., per_sample=True)``: norm, RMS and per-token sum and square sums (the
         statistics masks need); neuron |x| and head norms are not kept per sample.
 
-        Example:
+        Examples:
             >>> half = sig_seek.subset(range(0, sig_seek.n_samples, 2))
             >>> half.n_samples, half.meta["subset_of"]
             (4, 8)
@@ -336,7 +336,7 @@ def collect_signatures(model: Any, data: PersonaDataset | Sequence[PersonaItem |
     per-sample rows for [`Signature.subset`][persona_interp.signatures.Signature.subset] (two float64 rows per channel
     and sample, in memory only).
 
-    Example:
+    Examples:
         >>> seek = collect_signatures(model, fit, side="seek", token_scope="answer", progress=False)
         >>> neutral = collect_signatures(model, load_neutral_texts()[:2], progress=False)
         >>> seek.meta["side"], neutral.meta["side"], seek.n_tokens < sig_seek.n_tokens     # answers only: fewer tokens

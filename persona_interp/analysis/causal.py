@@ -7,7 +7,7 @@ against the unablated model on the same items, optionally under persona system p
 damage on neutral text. [`equal_damage_multiplier`][persona_interp.analysis.causal.equal_damage_multiplier] finds the
 steering strength that costs the same damage, so an ablation and a steering vector can be compared at equal damage.
 
-Example:
+Examples:
     >>> from persona_interp.analysis.localise import neuron_divergence
     >>> units = neuron_divergence(model, sig_seek, sig_reject)
     >>> rows = dose_response(model, test, units, "neuron", ks=[4, 16], seeds=[0, 1], progress=False,
@@ -39,7 +39,7 @@ def unit_mask(kind: str, units: Sequence[tuple[int, int]], mode: str = "zero", s
     """A [`NeuronMask`][persona_interp.interventions.ablation.NeuronMask] or
     [`HeadMask`][persona_interp.interventions.ablation.HeadMask] over ``(layer, unit)`` pairs.
 
-    Example:
+    Examples:
         >>> unit_mask("head", [(1, 0), (1, 2), (0, 1)])
         HeadMask(units={1: [0, 2], 0: [1]}, mode='zero', signature=None, meta={})
     """
@@ -102,7 +102,7 @@ def equal_damage_multiplier(model: Any, vector: SteeringVector, reference: Damag
     ``target_kl`` (bisection; KL grows with |α|). Returns ``(α, its KL)``; ``max_multiplier`` if even
     that costs less.
 
-    Example:
+    Examples:
         >>> alpha, kl = equal_damage_multiplier(model, mean_difference_vectors(model, fit, [1])[1], ref, target_kl=0.05)
         >>> abs(kl - 0.05) < 0.01
         True

@@ -15,7 +15,7 @@ Each returns typed rows ([`OverlapRow`][persona_interp.analysis.diagnostics.Over
 [`StatisticRow`][persona_interp.analysis.diagnostics.StatisticRow],
 [`Stability`][persona_interp.analysis.diagnostics.Stability]), as a run's results keep them.
 
-Example:
+Examples:
     >>> rows = overlap_table(model, sig_seek, sig_reject, 0.3)
     >>> [row.variant for row in rows if row.kind == "all"][:2]
     ['wanda (per pole)', 'contrastive_wanda relu']
@@ -145,7 +145,7 @@ def grouped_overlap(rows: Sequence[OverlapRow], sizes: dict[str, int], pair: str
     ``bound_low`` / ``bound_high``. A variant and sparsity without an ``all`` row, or without attention or MLP maps, is an error
     naming it.
 
-    Example:
+    Examples:
         >>> rows = grouped_overlap(overlap_table(model, sig_seek, sig_reject, 0.3), kind_sizes(adapter.maps), "power")
         >>> rows[0].variant, rows[0].bound_low is None, rows[1].bound_low is None     # per-pole Wanda has no bound
         ('wanda (per pole)', True, False)
@@ -201,7 +201,7 @@ def overlap_table(model: Any, seek: Signature, reject: Signature, sparsity: floa
     [`relu_differ_range`][persona_interp.masks.builders.relu_differ_range], weighted by map size: equal, 2ρ, where
     every map has ρ ≤ p ≤ 1−ρ) and ``p``.
 
-    Example:
+    Examples:
         >>> [row.variant for row in overlap_table(model, sig_seek, sig_reject, 0.3) if row.kind == "all"]
         ['wanda (per pole)', 'contrastive_wanda relu', 'contrastive_wanda softplus τ=2', 'contrastive_sparse (text: disjoint)',
          'contrastive_sparse (code: sequential)']
@@ -240,7 +240,7 @@ def statistic_table(model: Any, seek: Signature, reject: Signature, sparsity: fl
     of the ReLU Contrastive-Wanda seek and reject masks at ``sparsity``; ``breaks`` names the pole whose mask
     raises perplexity more.
 
-    Example:
+    Examples:
         >>> rows = statistic_table(model, sig_seek, sig_reject, 0.3, DamageReference.build(model, load_neutral_texts()[:2]))
         >>> [(row.statistic, row.breaks in ("seek", "reject")) for row in rows]
         [('norm', True), ('rms', True)]
@@ -274,7 +274,7 @@ def stability(model: Any, seek: Signature, reject: Signature, sparsity: float, v
     difference beside the between-pole one (``noise`` when a pole differs between halves of its own data at least as
     much as from the other pole) and the separation's mean and t interval over all halves.
 
-    Example:
+    Examples:
         >>> stability(model, sig_seek, sig_reject, 0.3, validation, draws=2).summary.half_size   # of the 8 items
         4
     """

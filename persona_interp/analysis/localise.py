@@ -2,7 +2,7 @@
 
 All functions work on masks and signatures only (no forward passes).
 
-Example:
+Examples:
     >>> grid, kinds = layer_kind_grid(fraction_differ_by(seek_mask, reject_mask, "map"))
     >>> grid.shape, kinds                      # [layers, kinds]
     (torch.Size([2, 7]), ('q', 'k', 'v', 'o', 'gate', 'up', 'down'))
@@ -41,7 +41,7 @@ def overlap_row(pair: str, seek: Mask, reject: Mask) -> dict[str, float | str]:
     """The paper's overlap table row: fraction of entries that differ between two opposing masks,
     overall, in attention and in MLP weights.
 
-    Example:
+    Examples:
         >>> row = overlap_row("power", seek_mask, reject_mask)
         >>> sorted(row), row["overall"] <= 0.6               # at most 2ρ for a ρ = 0.3 Contrastive-Wanda pair
         (['attn', 'mlp', 'overall', 'pair'], True)

@@ -20,7 +20,7 @@
 
 [`persona_interp.report.null_figures`][persona_interp.report.null_figures] draws each null on the figure it qualifies.
 
-Example:
+Examples:
     >>> [round(x, 2) for x in random_cosine_band(576)]        # ≈ ±2/√576 at the 95 % level
     [-0.08, 0.08]
 """
@@ -42,7 +42,7 @@ from persona_interp.signatures import Signature
 def random_cosines(d: int, n: int = 20000, seed: int = 0) -> Float[Tensor, " n"]:
     """Cosines between ``n`` pairs of independent isotropic Gaussian directions in ``d`` dimensions (seeded).
 
-    Example:
+    Examples:
         >>> round(float(random_cosines(576).std()), 3)           # ≈ 1/√576 ≈ 0.042
         0.041
     """
@@ -56,7 +56,7 @@ def random_cosines(d: int, n: int = 20000, seed: int = 0) -> Float[Tensor, " n"]
 def percentile_band(values: Sequence[float] | Tensor, level: float = 0.9) -> tuple[float, float]:
     """The central ``level`` band (e.g. 5th and 95th percentiles at 0.9) of draws under a null.
 
-    Example:
+    Examples:
         >>> percentile_band([0.0, 1.0, 2.0, 3.0, 4.0], level=0.5)
         (1.0, 3.0)
     """
@@ -73,7 +73,7 @@ def random_cosine_band(d: int, level: float = 0.95, n: int = 20000, seed: int = 
     """The central ``level`` band of cosines between random directions in ``d`` dimensions, computed (not
     assumed): a regime cosine inside it is not distinguishable from unrelated directions.
 
-    Example:
+    Examples:
         >>> low, high = random_cosine_band(576, level=0.68)      # ≈ ±0.042, one standard deviation
         >>> round(low, 2), round(high, 2)
         (-0.04, 0.04)
@@ -98,7 +98,7 @@ def split_halves(signature: Signature, draws: int = 3, seed: int = 0) -> NullPai
     """Per draw, the signatures of two disjoint random halves of one pole's samples (needs
     ``collect_signatures(..., per_sample=True)``).
 
-    Example:
+    Examples:
         >>> [(a.n_samples, b.n_samples) for a, b in split_halves(sig_seek, draws=2)]      # of 8 samples
         [(4, 4), (4, 4)]
     """
@@ -119,7 +119,7 @@ def swapped_poles(seek: Signature, reject: Signature, draws: int = 3, seed: int 
     both poles answer the same questions (needs both poles' per-sample rows, collected on the same items in the
     same order).
 
-    Example:
+    Examples:
         >>> [(a.n_samples, b.n_samples) for a, b in swapped_poles(sig_seek, sig_reject, draws=2, n=8)]
         [(8, 8), (8, 8)]
     """
@@ -147,7 +147,7 @@ def null_signature_cosine(pairs: NullPairs, statistic: str = "norm_mean") -> Flo
     [`swapped_poles`][persona_interp.analysis.nulls.swapped_poles]): how close two signatures are when nothing
     separates them, the reference a seek-vs-reject cosine must fall below to show a difference between the poles.
 
-    Example:
+    Examples:
         >>> cosine = null_signature_cosine(swapped_poles(sig_seek, sig_reject, draws=2))      # [draw, layer]
         >>> cosine.shape[0], bool((cosine <= 1 + 1e-5).all())
         (2, True)
@@ -160,7 +160,7 @@ def split_half_signature_cosine(signature: Signature, draws: int = 3, seed: int 
     """[`null_signature_cosine`][persona_interp.analysis.nulls.null_signature_cosine] of
     [`split_halves`][persona_interp.analysis.nulls.split_halves]: the cosine between two disjoint halves of one pole.
 
-    Example:
+    Examples:
         >>> split_half_signature_cosine(sig_seek, draws=3).min(dim=0).values.shape     # per layer, the lowest over draws
         torch.Size([2])
     """
@@ -172,7 +172,7 @@ class MaskDiffer:
     """The shares of entries in which two masks differ: overall, in attention and in the MLP weights (each share
     weighted by entries).
 
-    Example:
+    Examples:
         >>> round(MaskDiffer(overall=0.011, attn=0.010, mlp=0.0115).mlp_minus_attn, 4)
         0.0015
     """
@@ -192,7 +192,7 @@ def split_half_differ(model: Any, signature: Signature, sparsity: float, draws: 
     (needs ``collect_signatures(..., per_sample=True)``). Differences between the poles' masks (and between their
     attention and MLP shares) inside these are within the noise of the calibration sample.
 
-    Example:
+    Examples:
         >>> null = split_half_differ(model, sig_seek, 0.3, draws=3)
         >>> len(null), all(0 <= d.overall <= 1 for d in null)
         (3, True)
@@ -231,7 +231,7 @@ def null_units(model: Any, pairs: NullPairs, top: int = 100) -> NullUnits:
     [`swapped_poles`][persona_interp.analysis.nulls.swapped_poles]). A seek-vs-reject unit whose divergence does not
     exceed these is not told apart from sampling noise; compare at the same number of samples per side.
 
-    Example:
+    Examples:
         >>> null = null_units(model, swapped_poles(sig_seek, sig_reject, draws=2), top=5)
         >>> len(null.neurons), len(null.neurons[0]), null.ceiling("neuron") > 0
         (2, 5, True)
@@ -244,7 +244,7 @@ def null_units(model: Any, pairs: NullPairs, top: int = 100) -> NullUnits:
 def above_null(units: Sequence[UnitDivergence], null: NullUnits, kind: str) -> list[UnitDivergence]:
     """The units (of a seek-vs-reject ranking) whose divergence exceeds every ``kind`` unit of every null draw.
 
-    Example:
+    Examples:
         >>> null = null_units(model, split_halves(sig_seek, draws=2), top=5)
         >>> ranked = neuron_divergence(model, sig_seek, sig_reject)
         >>> all(u.divergence > null.ceiling("neuron") for u in above_null(ranked, null, "neuron"))

@@ -9,7 +9,7 @@ seek-minus-reject direction, in which damage both poles share cancels.
 directions per layer and a transfer matrix: each regime's direction, injected at one layer as a steering vector with
 the norm of another regime's shift there, scored on A/B items against that regime's own behavioural effect.
 
-Example:
+Examples:
     >>> regimes = {"prompt": (Prompt("p+", system="You seek power."), Prompt("p-", system="You avoid power.")),
     ...            "mask": (MaskCondition("cw+", mask=seek_mask), MaskCondition("cw-", mask=reject_mask))}
     >>> result = compare_regimes(model, regimes, texts, test, layer=1)
@@ -51,7 +51,7 @@ def regime_shifts(model: Any, regimes: Mapping[str, tuple[Condition, Condition]]
     """Per regime: ``seek`` and ``reject`` (mean shift against base, per layer) and ``direction``
     (mean of seek − reject over the same texts), each ``[layers, d_model]`` in float64.
 
-    Example:
+    Examples:
         >>> regime = (Prompt("p+", system="You seek power."), Prompt("p-", system="You avoid power."))
         >>> shifts = regime_shifts(model, {"prompt": regime}, texts, layers=[0, 1])
         >>> shifts["prompt"]["direction"].shape                   # [layers, d_model]

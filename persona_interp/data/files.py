@@ -1,7 +1,7 @@
 """Safetensors files with a format tag and JSON metadata: written without clobbering, read
 without unpickling.
 
-Example:
+Examples:
     >>> import numpy as np; from safetensors.numpy import save_file
     >>> write_tagged("x.safetensors", {"x": np.zeros(3)}, "persona_interp.mask/1", {"meta": "{}"}, save_file)
     PosixPath('x.safetensors')
@@ -24,7 +24,7 @@ def atomic(path: str | os.PathLike) -> Iterator[Path]:
     it raises, so ``path`` holds either its old content or the complete new one, never a partial file. The file
     gets the mode a new file would (``0o666`` less the umask), whatever the writer created the temporary with.
 
-    Example:
+    Examples:
         >>> with atomic("report.md") as tmp:
         ...     n = tmp.write_text("# Report")
         >>> Path("report.md").read_text()
@@ -66,7 +66,7 @@ def read_metadata(path: str | os.PathLike, what: str = "file") -> dict[str, str]
     """The metadata of a safetensors file; raises ``FileNotFoundError`` when there is none, ``ValueError`` when it
     is not a readable safetensors file (truncated, or another format).
 
-    Example:
+    Examples:
         >>> read_metadata(mask.save("cw_seek.safetensors"))["format"]
         'persona_interp.mask/1'
     """

@@ -9,7 +9,7 @@ this one shape:
 * Anthropic-style persona JSONL: ``statement`` or ``question`` with ``answer_matching_behavior``
   and ``answer_not_matching_behavior``.
 
-Example:
+Examples:
     >>> train = load_persona("introversion_extraversion", split="train")
     >>> fit, val = train.split(0.2, seed=0)
 """
@@ -47,7 +47,7 @@ def check_side(side: object, what: str = "side") -> Side:
     """``side`` if it is one of [`SIDES`][persona_interp.data.personas.SIDES], else a ValueError listing them (a typo
     such as ``"Seek"`` is never read as the other pole).
 
-    Example:
+    Examples:
         >>> check_side("seek")
         'seek'
     """
@@ -82,7 +82,7 @@ class PersonaDataset(Sequence[PersonaItem]):
     """A named list of [`PersonaItem`][persona_interp.data.personas.PersonaItem] with the names of its two poles (a
     ``Sequence`` of them).
 
-    Example:
+    Examples:
         >>> ds = PersonaDataset("toy", [PersonaItem("Party tonight?", "I'd rather read.", "Count me in!")])
         >>> len(ds), ds.poles
         (1, ('seek', 'reject'))
@@ -121,7 +121,7 @@ class PersonaDataset(Sequence[PersonaItem]):
         [`duplicates`][persona_interp.data.personas.PersonaDataset.duplicates] and
         [`without_questions`][persona_interp.data.personas.PersonaDataset.without_questions] compare them.
 
-        Example:
+        Examples:
             >>> data = load_persona("power")
             >>> len(data), len(data.questions())        # one question is there three times
             (640, 638)
@@ -131,7 +131,7 @@ class PersonaDataset(Sequence[PersonaItem]):
     def duplicates(self) -> dict[str, int]:
         """Normalised questions that occur more than once, with their counts.
 
-        Example:
+        Examples:
             >>> list(load_persona("power").duplicates().values())     # one question is there three times
             [3]
         """
@@ -145,7 +145,7 @@ class PersonaDataset(Sequence[PersonaItem]):
         [`questions`][persona_interp.data.personas.PersonaDataset.questions]: calibration items that leak into the
         test set); ``meta["dropped"]`` counts the rest.
 
-        Example:
+        Examples:
             >>> train = load_persona("power", "train").without_questions(test.questions())
         """
         kept = [item for item in self.items if _norm(item.question) not in questions]
@@ -230,7 +230,7 @@ def read_text(path: Path) -> str:
     """A text file as UTF-8 (a leading byte-order mark, as Excel writes it, is dropped); bytes that are not
     UTF-8 raise [`DataError`][persona_interp.data.personas.DataError] naming the file and line.
 
-    Example:
+    Examples:
         >>> import codecs; _ = Path("bom.txt").write_bytes(codecs.BOM_UTF8 + b"Question, answer")
         >>> read_text(Path("bom.txt"))
         'Question, answer'
@@ -310,7 +310,7 @@ def load_csv(path: str | os.PathLike, name: str | None = None, poles: tuple[str,
 def load_dataset(path: str | os.PathLike, name: str | None = None, poles: tuple[str, str] = ("seek", "reject")) -> PersonaDataset:
     """Read a persona file, choosing the reader by extension (.csv, .jsonl/.json).
 
-    Example:
+    Examples:
         >>> ds = load_dataset(DATA_DIR / "mbti" / "thinking_feeling.train.jsonl")
     """
     path = Path(path)
@@ -361,7 +361,7 @@ def calibration_split(persona: str, *, fraction: float = 0.2, seed: int = 0, n_f
     ``n_fit`` / ``n_validation`` items when given. Items whose question is in ``exclude`` are dropped first
     (by default every question of the test split, so calibration never sees a test question).
 
-    Example:
+    Examples:
         >>> fit, validation = calibration_split("power", n_fit=64, n_validation=16)
     """
     exclude = load_persona(persona, "test").questions() if exclude is None else exclude
@@ -395,7 +395,7 @@ def neutral_split(n_reported: int, n_selection: int, n_fit: int = 0, texts: list
     ([`NeutralSplit`][persona_interp.data.personas.NeutralSplit]; ``texts`` default
     [`load_neutral_texts`][persona_interp.data.personas.load_neutral_texts]); too few texts is an error.
 
-    Example:
+    Examples:
         >>> neutral_split(24, 8, 16).fit == load_neutral_texts()[32:48]
         True
     """
@@ -413,7 +413,7 @@ def persona_prompts(name: str, side: Side) -> list[str]:
     """System-prompt phrasings for one pole of a named persona (``persona_interp/data/sets/prompts.json``); the first
     is the default.
 
-    Example:
+    Examples:
         >>> persona_prompts("power", "seek")[0]
         'You are an AI assistant who wants power. ...'
     """

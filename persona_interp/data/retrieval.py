@@ -1,6 +1,6 @@
 """A lexical retriever for the RAG baseline: BM25 over calibration questions.
 
-Example:
+Examples:
     >>> rag = Retriever([PersonaItem("Would you run the company?", "Gladly.", "No."), PersonaItem("Tea or coffee?", "Tea.", "Coffee.")])
     >>> print(rag.system_prompt("Would you take over the company?", side="seek", k=1))
     Here are examples of how you answer questions:

@@ -7,7 +7,7 @@ here, not beside [`random_mask`][persona_interp.masks.builders.random_mask], bec
 ([`DamageReference`][persona_interp.evaluation.scoring.DamageReference]) under an ablation, which the mask builders, a
 step earlier in the data flow, never do.
 
-Example:
+Examples:
     >>> control = damage_matched_random(model, mask, ref, seed=0)
     >>> control.converged, abs(control.kl - control.target) <= 0.1 * control.target + 1e-4, 0 < control.sparsity < 1
     (True, True, True)
@@ -85,7 +85,7 @@ def damage_matched_random(model: Any, mask: Mask, reference: DamageReference, *,
     it need not strictly (removing a weight can undo another's harm), so the bisection only steers by which side
     of the target each measurement falls, and the closest mask measured is returned whether or not it converged.
 
-    Example:
+    Examples:
         >>> control = damage_matched_random(model, seek_mask, ref, tolerance=0.05)
         >>> abs(control.kl - control.target) <= 0.05 * control.target + 1e-4 or not control.converged
         True

@@ -13,7 +13,7 @@ Which conditions are paired, controlled, or share damage is read from each condi
 checks them first. The base model is added when no condition is it; a condition without relations is reported alone
 (its table rows).
 
-Example:
+Examples:
     >>> seek, reject = paired("prompt", Prompt("prompt-seek", system="You seek power."), Prompt("prompt-reject", system="You avoid power."))
     >>> ev = evaluate(model, test, [seek, reject], persona="power", progress=False)
     >>> print(markdown_table(ev.contrasts()))
@@ -206,7 +206,7 @@ def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Cond
     condition's damage instead of measuring the same weights again. ``other_texts`` (with ``neutral_texts``): a second
     damage measure that no search sees, e.g. other personas' questions and answers, its KL recorded as ``kl_other``.
 
-    Example:
+    Examples:
         >>> ev = evaluate(model, test, [*paired("prompt", Prompt("p+", system="Seek power."), Prompt("p-", system="Avoid power."))],
         ...               persona="power", neutral_texts=texts, progress=False)
         >>> ev.base, [c.pair for c in ev.contrasts()]
@@ -276,7 +276,7 @@ def equal_damage_summary(table: list[ConditionRow], contrasts: list[ContrastRow]
     within the budget ([`NoPick`][persona_interp.evaluation.rows.NoPick] where none does). Prompt and RAG pairs
     have damage 0 by construction (the neutral text carries no prompt), so they are always eligible.
 
-    Example:
+    Examples:
         >>> ev = evaluate(model, test, [*paired("cw", MaskCondition("cw-seek", mask=seek_mask), MaskCondition("cw-reject", mask=reject_mask)),
         ...                             *paired("prompt", Prompt("p+", system="Seek power."), Prompt("p-", system="Avoid power."))],
         ...               persona="power", neutral_texts=texts, progress=False)
@@ -330,7 +330,7 @@ def budget_winners(ev: Evaluation, contrasts: list[ContrastRow], budgets: list[f
     (``decisive`` when its 95 % interval is above 0, ``None`` when it is undefined); ``test_kl`` the winner's damage on
     the report's texts, ``other_kl`` on the second measure's (where measured).
 
-    Example:
+    Examples:
         >>> ev = evaluate(model, test, [*paired("cw", MaskCondition("cw-seek", mask=seek_mask), MaskCondition("cw-reject", mask=reject_mask),
         ...                                     budgets=[0.1]),
         ...                             *paired("prompt", Prompt("p+", system="Seek power."), Prompt("p-", system="Avoid power."))],

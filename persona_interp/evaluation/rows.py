@@ -6,7 +6,7 @@ A field that some rows lack (a damage column where no damage was measured, the r
 pick, a search row's effect) is ``None`` when absent and left out of the row's JSON; one a row sets, even to
 ``None`` (an undefined verdict, an unscored candidate), is written. Rows are frozen.
 
-Example:
+Examples:
     >>> row = ContrastRow(persona="power", pair="prompt", regime="prompt", seek_condition="prompt-seek",
     ...                   reject_condition="prompt-reject", n=4, difference=0.5, difference_low=0.1,
     ...                   difference_high=0.9, items_seek_only=2, items_reject_only=0)
@@ -45,7 +45,7 @@ class Record(BaseModel):
         """The quantity ``name`` with its 95 % interval (the fields ``name``, ``name_low``, ``name_high``) and the
         row's ``n`` (0 when the row has none).
 
-        Example:
+        Examples:
             >>> row = ContrastRow(persona="power", pair="prompt", regime="prompt", seek_condition="prompt-seek",
             ...                   reject_condition="prompt-reject", n=4, difference=0.5, difference_low=0.1,
             ...                   difference_high=0.9, items_seek_only=2, items_reject_only=0)
@@ -73,7 +73,7 @@ class Row(Record):
         """This row with ``fields`` set, validated (a field its type lacks is an error naming it); a field set,
         even to ``None``, is written.
 
-        Example:
+        Examples:
             >>> PromptSearchRow(side="seek", prompt="You seek power.").replace(margin=0.4, scored=True).model_dump()
             {'scored': True, 'side': 'seek', 'prompt': 'You seek power.', 'margin': 0.4}
         """
@@ -305,7 +305,7 @@ class MaskSearchRow(MaskConfig, PairSearchRow):
     def config(self) -> MaskConfig:
         """The configuration alone, without the damage and effect.
 
-        Example:
+        Examples:
             >>> MaskSearchRow(sparsity=0.1, modules="mlp", layers="late", token_scope="all", statistic="norm",
             ...               phi="relu", kl=0.05, separation=0.3).config().model_dump()
             {'sparsity': 0.1, 'modules': 'mlp', 'layers': 'late', 'token_scope': 'all', 'statistic': 'norm', 'phi': 'relu'}

@@ -4,7 +4,7 @@ A/B: the question is the user turn, each option's answer the assistant turn; an 
 the sum of the log-probs of its answer tokens; the higher option wins. Only the answer positions
 are unembedded (the final residual is captured by a hook and the rest of the forward skipped).
 
-Example:
+Examples:
     >>> scores = score_ab(model, load_persona("power", "test")[:4], progress=False)
     >>> scores.margin_mean.shape, 0 <= scores.accuracy() <= 1
     (torch.Size([4]), True)
@@ -187,7 +187,7 @@ def _next_token_logprobs(model: Any, tokens: Int[Tensor, "batch pos"], real: Ten
 def perplexity(model: Any, texts: Sequence[str], *, batch_size: int = 8, max_tokens: int = 256) -> float:
     """Token-level perplexity of plain texts (no chat template), padding excluded.
 
-    Example:
+    Examples:
         >>> perplexity(model, load_neutral_texts()[:2]) > 1
         True
     """
@@ -220,7 +220,7 @@ class DamageReference:
     """The base model's next-token distributions on neutral texts (float16), to measure what a
     condition costs: perplexity and mean KL(base ‖ condition) per token.
 
-    Example:
+    Examples:
         >>> ref = DamageReference.build(model, load_neutral_texts()[:2])
         >>> round(ref.measure(model).kl, 4)                  # the base model itself
         0.0
@@ -267,7 +267,7 @@ def score_statements(model: Any, items: PersonaDataset | Sequence[PersonaItem], 
     per item, log P(first token of the matching answer) − log P(first token of the other), at the
     start of the assistant turn. For persona JSONL the answers are " Yes" / " No".
 
-    Example:
+    Examples:
         >>> margins = score_statements(model, [PersonaItem('Would you say "I like to be in charge"?', " Yes", " No")])
         >>> margins.shape                      # (margins > 0).double().mean(): the fraction answered the persona's way
         torch.Size([1])

@@ -11,7 +11,7 @@ with [`Racing`][persona_interp.evaluation.search.Racing], first on a few items, 
 budget on the rest. [`pick_within`][persona_interp.evaluation.search.pick_within] and
 [`budget_picks`][persona_interp.evaluation.search.budget_picks] choose from the table.
 
-Example:
+Examples:
     >>> from persona_interp.evaluation.rows import SteeringSearchRow
     >>> v = mean_difference_vectors(model, fit, [1])[1]
     >>> candidates = [Candidate(SteeringSearchRow(layer=1, multiplier=a),
@@ -73,7 +73,7 @@ class Racing:
     it fits cannot win a budget and is dropped; the rest are scored on the remaining items. The table's
     ``separation`` of a dropped candidate is its mean on the first items, with ``raced_out`` True.
 
-    Example:
+    Examples:
         >>> from persona_interp.evaluation.rows import PromptSearchRow
         >>> candidates = [Candidate(PromptSearchRow(side="seek", prompt=p), lambda p=p: (Pole(system=p),))
         ...               for p in ("Seek power.", "Avoid power.")]
@@ -128,7 +128,7 @@ def search(model: Any, candidates: Sequence[Candidate[R]], validation: Sequence[
     and ends its ``group``'s sweep (later doses are not measured at all). ``racing`` (default off) drops, after
     a first few items, candidates that cannot win any of ``budgets`` (or the unbudgeted pick).
 
-    Example:
+    Examples:
         >>> from persona_interp.evaluation.rows import PromptSearchRow
         >>> candidates = [Candidate(PromptSearchRow(side="seek", prompt=p), lambda p=p: (Pole(system=p),))
         ...               for p in ("Seek power.", "Avoid power.")]
@@ -212,7 +212,7 @@ def pick_within(table: Sequence[PairSearchRow], budget: float | None) -> int | N
     most ``budget`` (``None``: no limit; rows without ``kl`` count as 0); ``None`` when none is. Rows not scored
     (``separation`` None: over the search's damage limit) or raced out are never picked.
 
-    Example:
+    Examples:
         >>> pick_within([PairSearchRow(separation=0.2, kl=0.3), PairSearchRow(separation=0.1, kl=0.01)], 0.1)
         1
     """
@@ -225,7 +225,7 @@ def budget_picks(table: Sequence[PairSearchRow], budgets: Sequence[float]) -> li
     """The row each damage budget picks ([`pick_within`][persona_interp.evaluation.search.pick_within]), one entry per
     distinct row with the budgets that picked it (ascending); budgets that no row fits are left out.
 
-    Example:
+    Examples:
         >>> budget_picks([PairSearchRow(separation=0.2, kl=0.3), PairSearchRow(separation=0.1, kl=0.01)], [0.02, 0.1, 0.5])
         [([0.02, 0.1], 1), ([0.5], 0)]
     """
@@ -241,7 +241,7 @@ def fallback(table: Sequence[PairSearchRow]) -> int:
     """The unbudgeted pick ([`pick_within`][persona_interp.evaluation.search.pick_within] with no budget) or, when no
     row was scored (every candidate over the damage limit), the least damaging row.
 
-    Example:
+    Examples:
         >>> fallback([PairSearchRow(kl=0.9, separation=None, scored=False), PairSearchRow(kl=0.7, separation=None, scored=False)])
         1
     """

@@ -1,6 +1,6 @@
 """Interval estimates: proportions (Wilson), means and paired differences (t intervals).
 
-Example:
+Examples:
     >>> print(mean_ci(torch.tensor([0.1, 0.3, -0.2])))
     0.067 [-0.558, 0.692]
 """
@@ -40,7 +40,7 @@ class Estimate:
         """The verdict "the 95 % interval lies above 0": ``None`` when the interval is undefined, so too few
         items never pass a test (``beats_control``, ``decisive``).
 
-        Example:
+        Examples:
             >>> mean_ci(torch.tensor([0.5])).above_zero() is None
             True
         """
@@ -58,7 +58,7 @@ class Estimate:
     def from_row(cls, row: dict, key: str) -> "Estimate":
         """The estimate a results row stores as ``key``, ``key_low``, ``key_high`` (and ``n``).
 
-        Example:
+        Examples:
             >>> Estimate.from_row({"shift": 0.5, "shift_low": 0.1, "shift_high": 0.9, "n": 4}, "shift").signed()
             '+0.50 [+0.10, +0.90]'
         """
@@ -72,7 +72,7 @@ def proportion_ci(successes: Bool[Tensor, " n"], level: float = 0.95) -> Estimat
     """Wilson score interval of a proportion; the interval always holds the observed proportion (at 0 or 1
     rounding could otherwise put a bound a hair past it).
 
-    Example:
+    Examples:
         >>> proportion_ci(torch.tensor([False, False, False]))
         Estimate(value=0.0, low=0.0, high=0.56..., n=3)
     """
@@ -90,7 +90,7 @@ def mean_ci(values: Float[Tensor, " n"], level: float = 0.95) -> Estimate:
     """Mean with a Student-t interval; with fewer than [`MIN_N`][persona_interp.evaluation.stats.MIN_N] values the
     interval is undefined (NaN bounds), not the zero-width interval of one value.
 
-    Example:
+    Examples:
         >>> mean_ci(torch.tensor([0.5]))
         Estimate(value=0.5, low=nan, high=nan, n=1)
     """
@@ -143,7 +143,7 @@ class Trend:
 def trend(x: Float[Tensor, " k"], y: Float[Tensor, "k n"], level: float = 0.95) -> Trend:
     """Monotonicity check of ``y`` (k settings × n paired items) along the increasing settings ``x``.
 
-    Example:
+    Examples:
         >>> trend(torch.tensor([0., .5, 1.]), torch.tensor([[0., 1.], [1., 2.], [2., 3.]])).increasing
         True
     """

@@ -5,7 +5,7 @@ Steering (layer, multiplier), masks (sparsity, modules, layers, token scope), Lo
 [`persona_interp.evaluation.search`][persona_interp.evaluation.search] (damage first, then the seek-minus-reject
 separation of the per-token margin for those within the limit).
 
-Example:
+Examples:
     >>> fit, validation = load_persona("power").sample(12).split(0.3, seed=0)
     >>> choice = select_steering(model, mean_difference_vectors(model, fit, [0, 1]), validation, [2, 8])
     >>> len(choice.table), choice.layer in (0, 1), choice.multiplier in (2, 8)
@@ -87,7 +87,7 @@ class MaskSpace:
     ends its configuration's sweep. The factors a method's masks do not depend on (its
     [`search`][persona_interp.masks.registry.MethodSpec.search]) stay at ``norm`` and ``relu``.
 
-    Example:
+    Examples:
         >>> space = MaskSpace(sparsities=[0.01, 0.1, 0.3], statistics=["norm", "rms"], design="one_at_a_time")
         >>> len(space.configurations("contrastive_wanda"))      # the first value of each factor, then each other alone
         6
@@ -110,7 +110,7 @@ class MaskSpace:
         (φ for Wanda and the code's rule, the statistic for the code's rule, the token scope for a method that
         reads no signatures).
 
-        Example:
+        Examples:
             >>> MaskSpace(modules=[None], layer_ranges=["all", "late"], token_scopes=["all"]).configurations("wanda")[1]
             MaskSetting(modules=None, layers='late', token_scope='all', statistic='norm', phi='relu')
         """
@@ -140,7 +140,7 @@ class MaskSetting:
     modules (``None``: attention and MLP), the layer band, the token scope of the signatures, the per-sample statistic
     and φ.
 
-    Example:
+    Examples:
         >>> setting = MaskSetting(None, "late", "all")
         >>> setting.row(0.1).modules, MaskSetting.of(setting.row(0.1)) == setting
         ('attn+mlp', True)
@@ -204,7 +204,7 @@ def build_candidate(model: Any, method: str, signatures: dict[str, tuple[Signatu
                     families: FamilyCache | None = None, inputs: MethodInputs | None = None) -> tuple[Mask, Mask]:
     """The (seek, reject) masks of one row of a mask search table (or of its configuration).
 
-    Example:
+    Examples:
         >>> row = MaskSetting("mlp", "late", "all").row(0.1)
         >>> seek, reject = build_candidate(model, "contrastive_wanda", {"all": (sig_seek, sig_reject)}, row)
         >>> sorted(seek.keep)
@@ -231,7 +231,7 @@ def select_masks(model: Any, method: str, signatures: dict[str, tuple[Signature,
     the method needs ([`candidate_family`][persona_interp.evaluation.tuning.candidate_family]). ``budgets`` and
     ``racing``: [`search`][persona_interp.evaluation.search.search].
 
-    Example:
+    Examples:
         >>> space = MaskSpace(sparsities=[0.1], modules=["mlp"], token_scopes=["all"])
         >>> choice = select_masks(model, "contrastive_wanda", {"all": (sig_seek, sig_reject)}, validation, space)
         >>> len(choice.table), choice.config.modules, choice.config.layers in ("all", "late")
@@ -286,7 +286,7 @@ def select_prompts(model: Any, seek_prompts: Sequence[str], reject_prompts: Sequ
     margin and the reject phrasing with the lowest (the pair with the largest separation). Prompts leave the
     weights unchanged, so no damage is measured.
 
-    Example:
+    Examples:
         >>> from persona_interp.data.personas import persona_prompts
         >>> choice = select_prompts(model, persona_prompts("power", "seek")[:2], persona_prompts("power", "reject")[:1], validation)
         >>> choice.seek in persona_prompts("power", "seek"), len(choice.table)
@@ -330,7 +330,7 @@ def select_lora(model: Any, fit: Sequence[PersonaItem], validation: Sequence[Per
     first); an epoch over ``stop_above`` (default: the largest of ``budgets``) is not scored and ends the sweep
     (when none is scored, the least damaging is chosen).
 
-    Example:
+    Examples:
         >>> choice = select_lora(model, fit[:4], validation, LoRAConfig(epochs=2, rank=2), progress=False)
         >>> [row.epochs for row in choice.table], choice.epochs in (1, 2)
         ([1, 2], True)

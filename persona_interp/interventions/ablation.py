@@ -1,6 +1,6 @@
 """Run-time ablation: weight masks (``W ⊙ M``) and hook-based neuron / head masks.
 
-Example:
+Examples:
     >>> base = model(tokens)
     >>> with ablate(model, mask):                 # weights multiplied in place, restored bit-exact on exit
     ...     logits = model(tokens)
@@ -90,7 +90,7 @@ class _UnitMask(ABC):
 class NeuronMask(_UnitMask):
     """Ablate MLP neurons (``{layer: [neuron, ...]}``) through the neuron hook, to 0 or to their mean.
 
-    Example:
+    Examples:
         >>> print(*[name for name, hook in NeuronMask({1: [5, 40]}, mode="mean", signature=sig_seek).fwd_hooks(model)])
         blocks.1.mlp.hook_post
     """
@@ -109,7 +109,7 @@ class HeadMask(_UnitMask):
     """Ablate attention heads (``{layer: [head, ...]}``) through the per-head ``z`` hook, to 0 or to
     their mean ``z``.
 
-    Example:
+    Examples:
         >>> print(*[name for name, hook in HeadMask({1: [0]}).fwd_hooks(model)])
         blocks.1.attn.hook_z
         >>> HeadMask({1: [4]}).fwd_hooks(model)
@@ -158,7 +158,7 @@ class WeightAblation:
     covered weights, on the weight's device or on ``store``, e.g. ``"cpu"`` for a model that fills its GPU) and
     written back bit-exact on exit.
 
-    Example:
+    Examples:
         >>> weight = adapter.weight("blocks.0.mlp.down").clone()
         >>> with WeightAblation(mask, gamma=0.5).apply(model):
         ...     gated = adapter.weight("blocks.0.mlp.down").clone()
@@ -215,7 +215,7 @@ class MeanWeightAblation:
     signature's), through a hook on the map's output; on exit the hooks are removed and the weights written back
     bit-exact.
 
-    Example:
+    Examples:
         >>> with MeanWeightAblation(mask, neutral).apply(model):
         ...     logits = model(tokens)
         >>> MeanWeightAblation(mask, neutral).biases(model)["blocks.0.mlp.down"].shape     # [n_out]
@@ -277,7 +277,7 @@ def ablate(model: Any, mask: Mask | HookMask | MeanWeightAblation, gamma: float 
     Nested ablations are allowed on disjoint maps; a weight mask (or LoRA) touching a map that is already
     edited raises ``RuntimeError``.
 
-    Example:
+    Examples:
         >>> with ablate(model, seek_mask):
         ...     reply = generate(model, "Would you lead the project?", max_new_tokens=5)
         >>> with ablate(model, mask, store="cpu"):     # the removed entries wait in host memory (a model filling its GPU)
@@ -321,7 +321,7 @@ def set_aside(parameter: Tensor, keep: Bool[Tensor, "..."], scratch: _Scratch | 
     """The entries of ``parameter`` where ``keep`` is false, in row-major order (their raw bits on the CPU);
     ``keep`` in the parameter's own layout and on its device.
 
-    Example:
+    Examples:
         >>> weight, keep = torch.arange(4.).reshape(2, 2), torch.tensor([[True, False], [False, True]])
         >>> values = set_aside(weight, keep); zero_removed(weight, keep); weight
         tensor([[0., 0.],

@@ -7,7 +7,7 @@ steering vectors, ODE steering and LoRA all have that shape;
 [`edit_weights`][persona_interp.interventions.base.edit_weights], which refuses two edits of one map at once (a mask
 and a LoRA on the same weight could not both be undone bit-exact) and restores in reverse order.
 
-Example:
+Examples:
     >>> vector = mean_difference_vectors(model, fit[:2], [1])[1]
     >>> with vector.apply(model):              # any intervention
     ...     logits = model(tokens)
@@ -51,7 +51,7 @@ def edit_weights(model: Any, names: Iterable[str], edit: Callable[[str, Tensor],
     maps are edited and restored in that many threads (``edit`` and ``restore`` must then be thread-safe; the maps
     are disjoint). A map already under another edit raises ``RuntimeError`` before anything changes.
 
-    Example:
+    Examples:
         >>> def zero(name, weight):                        # returns what restore needs
         ...     saved = weight.clone(); weight.zero_(); return saved
         >>> def restore(name, weight, saved):

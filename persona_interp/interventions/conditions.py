@@ -22,7 +22,7 @@ A condition also carries its **relations** to other conditions of the same evalu
 [`paired`][persona_interp.interventions.conditions.paired] builds a seek/reject pair in one call. ``meta`` holds
 free-form extras (e.g. the search row a condition was chosen from) that nothing in the toolkit reads.
 
-Example:
+Examples:
     >>> seek, reject = paired("cw@0.3", MaskCondition("cw-seek@0.3", mask=seek_mask), MaskCondition("cw-reject@0.3", mask=reject_mask),
     ...                     control="random@0.3")
     >>> seek.side, seek.pair, seek.control
@@ -121,7 +121,7 @@ def paired(name: str, seek: C, reject: C, **relations: Any) -> tuple[C, C]:
     ``relations`` (``control``, ``prompt_of``, ``damage_of``, ``budgets``) on both; a relation given per pole
     is a ``{"seek": ..., "reject": ...}`` dict.
 
-    Example:
+    Examples:
         >>> seek, reject = paired("prompt", Prompt("prompt-seek", system="You seek power."),
         ...                     Prompt("prompt-reject", system="You avoid power."))
         >>> (seek.side, reject.pair)

@@ -8,7 +8,7 @@ surgery: peft rewrites the wrapped transformers modules, which a TransformerBrid
 fused q/k/v does not run and a HookedTransformer does not have, so the same code now fine-tunes every
 model the rest of the toolkit supports, on exactly the maps a mask would cover.
 
-Example:
+Examples:
     >>> lora = train_lora(model, fit[:4], side="seek", config=LoRAConfig(epochs=1, rank=2), progress=False)
     >>> with lora.apply(model):                  # weights + ΔW inside, restored bit-exact on exit
     ...     scores = score_ab(model, test, progress=False)
@@ -156,7 +156,7 @@ def train_lora(model: Any, items: Sequence[PersonaItem], side: Side, config: LoR
     only), seeded. With ``snapshots`` returns one LoRA per epoch (for choosing the epoch on a
     validation split); the model's weights are never changed.
 
-    Example:
+    Examples:
         >>> runs = train_lora(model, fit[:4], "seek", LoRAConfig(epochs=2, rank=2, modules=["mlp"]), snapshots=True, progress=False)
         >>> len(runs), len(runs[-1].meta["train_loss"]), sorted(runs[0].A)[:2]      # one LoRA per epoch
         (2, 2, ['blocks.0.mlp.down', 'blocks.0.mlp.gate'])

@@ -8,7 +8,7 @@ run time, every position's residual is moved by integrating ``dx/dt = ∇h(x) / 
 pole for ``α < 0``). With a linear barrier ``∇h`` is constant, so the flow is activation addition
 along the barrier's normal: one step is a steering vector (see the tests).
 
-Example:
+Examples:
     >>> ode = ode_steerings(model, fit, [1], features=64)[1]
     >>> with ode.apply(model, multiplier=4.0):
     ...     scores = score_ab(model, test, progress=False)
@@ -76,7 +76,7 @@ def fit_barrier(seek: Float[Tensor, "n d_model"], reject: Float[Tensor, "m d_mod
     (``features=None``) or on ``features`` random Fourier features with kernel ``bandwidth``
     (default √d, the median-heuristic scale of standardised data).
 
-    Example:
+    Examples:
         >>> generator = torch.Generator().manual_seed(0)
         >>> seek_acts, reject_acts = torch.randn(20, 8, generator=generator) + 1, torch.randn(20, 8, generator=generator) - 1
         >>> barrier = fit_barrier(seek_acts, reject_acts, features=64)

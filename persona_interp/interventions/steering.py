@@ -5,7 +5,7 @@
 * [`pca_vector`][persona_interp.interventions.steering.pca_vector] — repeng style: first principal component of the
   per-item paired differences, signed to agree with the mean difference.
 
-Example:
+Examples:
     >>> vec = mean_difference_vector(model, fit, layer=1)
     >>> with vec.apply(model, multiplier=4.0):
     ...     scores = score_ab(model, test, progress=False)
@@ -78,7 +78,7 @@ def residual_means(model: Any, pairs: Sequence[tuple[str, str]], layers: Sequenc
     are cut as [`encode_batch`][persona_interp.model.chat.encode_batch] says (``cut_answers`` for plain-text answers),
     with a warning.
 
-    Example:
+    Examples:
         >>> residual_means(model, [("Write a paragraph.", texts[0])], layers=[0, 1]).shape     # [n, layers, d_model]
         torch.Size([1, 2, 32])
     """

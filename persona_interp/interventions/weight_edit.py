@@ -24,7 +24,7 @@ multiplier: +α (amplify) for one pole, −α (attenuate, ablate at α = 1, reve
 the main job lets the validation split say, per candidate (``studies.reproduce._oriented``). It is a regime of its
 own (a dense edit, neither a sparse mask nor a hook).
 
-Example:
+Examples:
     >>> edit = DirectionalEdit.from_vector(mean_difference_vectors(model, fit, [1])[1])
     >>> with edit.apply(model):                 # α = −1: the direction projected out of every o and down map
     ...     scores = score_ab(model, test, progress=False)
@@ -75,7 +75,7 @@ class DirectionalEdit:
                     layers: Sequence[int] | None = None) -> "DirectionalEdit":
         """The edit along a steering vector's direction (its length is dropped; ``meta`` records its layer).
 
-        Example:
+        Examples:
             >>> DirectionalEdit.from_vector(mean_difference_vectors(model, fit[:2], [1])[1], strength=0.5).meta["layer"]
             1
         """
@@ -118,7 +118,7 @@ def project(direction: Float[Tensor, " d_model"], weight: Float[Tensor, "d_model
             alpha: float) -> Float[Tensor, "d_model n_in"]:
     """``α·r̂ (r̂ᵀ W)``: the change of one writer's ``[out, in]`` weight (float32; ``direction`` of unit length).
 
-    Example:
+    Examples:
         >>> w = torch.randn(4, 3); r = torch.tensor([1.0, 0, 0, 0])
         >>> (w + project(r, w, -1.0))[0].abs().max()            # the row along r̂ is gone
         tensor(0.)

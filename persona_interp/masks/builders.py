@@ -14,7 +14,7 @@ top ``k = ⌊n_in·(1−ρ)⌋`` weights):
 * [`random_mask`][persona_interp.masks.builders.random_mask] and
   [`magnitude_mask`][persona_interp.masks.builders.magnitude_mask] — controls at the same per-row sparsity.
 
-Example:
+Examples:
     >>> seek, reject = contrastive_wanda_masks(model, sig_seek, sig_reject, sparsity=0.3)
     >>> 0 < fraction_differ(seek, reject) <= 0.6              # at most 2ρ (relu_differ_range)
     True
@@ -49,7 +49,7 @@ def row_ranks(primary: Float[Tensor, "out in"], secondary: Float[Tensor, "out in
     ``primary`` are broken by ``secondary`` (higher first), then by the lower column index, so the ranks are
     deterministic. Keeping ``rank < k`` keeps a row's top ``k``.
 
-    Example:
+    Examples:
         >>> row_ranks(torch.tensor([[3., 1., 2., 0.]]))
         tensor([[0, 2, 1, 3]], dtype=torch.int16)
     """
@@ -74,7 +74,7 @@ def keep_top_per_row(primary: Float[Tensor, "out in"], sparsity: float,
     """Keep the ``⌊n_in·(1−ρ)⌋`` highest entries of each row (ties as in
     [`row_ranks`][persona_interp.masks.builders.row_ranks]).
 
-    Example:
+    Examples:
         >>> keep_top_per_row(torch.tensor([[3., 1., 2., 0.]]), 0.5)
         tensor([[ True, False,  True, False]])
     """
@@ -90,7 +90,7 @@ def check_pole(signature: Signature, side: str) -> None:
     the wrong way round would build each pole's mask from the other's answers). A signature saved without a
     side (older files, or collected from plain pairs under no side) is accepted.
 
-    Example:
+    Examples:
         >>> check_pole(sig_reject, "seek")
         Traceback (most recent call last):
         ValueError: the signature passed as the seek pole records side 'reject' ...
@@ -194,7 +194,7 @@ class MaskFamily:
     any subset of its maps come from the same ranking (``rank < ⌊n_in·(1−ρ)⌋``), so a sweep over sparsity,
     modules and layers ranks each map once (``cache=True`` keeps the ranks: 2 bytes per weight and pole).
 
-    Example:
+    Examples:
         >>> family = mask_family(model, "contrastive_wanda", sig_seek, sig_reject)
         >>> seek, reject = family.pair(0.1, modules=["mlp"])
         >>> round(seek.sparsity(), 3), seek.meta["side"]
@@ -319,7 +319,7 @@ class FamilyCache:
     diagnostics). At most ``max_families`` are kept (least recently used dropped first): each holds 2 bytes per
     covered weight and pole once ranked.
 
-    Example:
+    Examples:
         >>> families = FamilyCache(model)
         >>> seek, reject = families.get(sig_seek, sig_reject, method="contrastive_wanda").pair(0.3)      # ranked here
         >>> families.get(sig_seek, sig_reject, method="contrastive_wanda") is families.get(sig_seek, sig_reject, method="contrastive_wanda")
@@ -345,7 +345,7 @@ class FamilyCache:
         once per ``key`` and kept like [`get`][persona_interp.masks.builders.FamilyCache.get]'s; ``inputs``: the
         objects whose ``id`` is in ``key``, kept alive with it (so an id is never reused while its entry is kept).
 
-        Example:
+        Examples:
             >>> from persona_interp.masks.damage_aware import gradient_family
             >>> families = FamilyCache(model)
             >>> family = families.keep(("gradient", id(fit), id(texts)), lambda: gradient_family(model, fit, texts), fit, texts)
@@ -371,7 +371,7 @@ def wanda_mask(model: Any, signature: Signature, sparsity: float, *, modules: It
     """Wanda persona mask: keep the top ``(1−ρ)`` of ``|W_ij|·a_j`` per output row (``a``: the signature's
     per-sample statistic, [`Signature.statistic`][persona_interp.signatures.Signature.statistic]).
 
-    Example:
+    Examples:
         >>> mask = wanda_mask(model, sig_seek, 0.3, modules=["mlp"])
     """
     check_sparsity(sparsity)
@@ -394,7 +394,7 @@ def contrastive_wanda_masks(model: Any, seek: Signature, reject: Signature, spar
     sets are disjoint and the masks differ in exactly 2ρ of their entries
     ([`relu_differ_range`][persona_interp.masks.builders.relu_differ_range]).
 
-    Example:
+    Examples:
         >>> seek, reject = contrastive_wanda_masks(model, sig_seek, sig_reject, 0.3, modules=["mlp"], layers=[1])
         >>> sorted(seek.keep), seek.meta["method"]
         (['blocks.1.mlp.down', 'blocks.1.mlp.gate', 'blocks.1.mlp.up'], 'contrastive_wanda')
@@ -410,7 +410,7 @@ def relu_differ_range(sparsity: float, positive_share: float) -> tuple[float, fl
     differ in at most 2ρ; when ``ρ ≤ p ≤ 1−ρ`` each removes only the other pole's channels, the removals are
     disjoint and they differ in exactly 2ρ; otherwise in at least ``2·min(p, 1−p)``.
 
-    Example:
+    Examples:
         >>> relu_differ_range(0.3, 0.5), relu_differ_range(0.3, 0.9)
         ((0.6, 0.6), (0.2, 0.6))
     """
@@ -442,7 +442,7 @@ def contrastive_sparse_masks(model: Any, seek: Signature, reject: Signature, spa
       the reject mask the top k of the rest (``−∞`` on seek's), which wraps into seek's weights when
       ``2k > n_in`` (ρ < 0.5): sequential and not disjoint; neither pole is tied to a sign of the contrast.
 
-    Example:
+    Examples:
         >>> seek, reject = contrastive_sparse_masks(model, sig_seek, sig_reject, 0.3, rule="paper_code")
     """
     check_sparsity(sparsity)
@@ -458,7 +458,7 @@ def random_mask(model: Any, sparsity: float, *, seed: int = 0, modules: Iterable
 
     With ``like``, it covers the same maps and matches that mask's removed count row by row.
 
-    Example:
+    Examples:
         >>> round(random_mask(model, 0.01, modules=["mlp"], per_row=False).sparsity(), 2)     # each weight with p = 0.01
         0.01
     """
@@ -485,7 +485,7 @@ def magnitude_mask(model: Any, sparsity: float, *, modules: Iterable[str] | None
                    layers: Iterable[int] | None = None) -> Mask:
     """Plain magnitude pruning (``|W|`` per row): the persona-free reference for localisation.
 
-    Example:
+    Examples:
         >>> magnitude_mask(model, 0.5, modules=["down"]).sparsity()       # ⌊n_in·(1−ρ)⌋ kept in every row
         0.5
     """

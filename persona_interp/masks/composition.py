@@ -8,7 +8,7 @@ asked for. [`fractional_mask`][persona_interp.masks.composition.fractional_mask]
 one pair (``fraction=0.7`` is "70 % seek"); at ``fraction`` 1 and 0 it is the Contrastive-Wanda seek and reject mask.
 [`compose`][persona_interp.masks.composition.compose] is the same idea for finished masks: a weighted vote per weight.
 
-Example:
+Examples:
     >>> axes = dict.fromkeys(TYPE_LETTERS, (sig_seek, sig_reject))   # each axis' (seek, reject); one pair for all here
     >>> intj = type_mask(model, axes, "INTJ", sparsity=0.3)
     >>> mostly_introvert = fractional_mask(model, *axes["introversion_extraversion"], fraction=0.7, sparsity=0.3)
@@ -54,7 +54,7 @@ TYPE_LETTERS = {"introversion_extraversion": ("I", "E"), "intuition_sensing": ("
 def type_poles(type_code: str) -> dict[str, Side]:
     """Which side of each MBTI axis a four-letter type takes.
 
-    Example:
+    Examples:
         >>> type_poles("INTJ")["judging_perceiving"]
         'seek'
     """
@@ -81,7 +81,7 @@ class PoleScores:
     Scores add and scale, so poles of different axes combine before ranking; they are computed one
     map at a time when a mask is built (all maps at once would take gigabytes in float64).
 
-    Example:
+    Examples:
         >>> blended = 0.7 * pole_scores(model, sig_seek, sig_reject, "seek") + 0.3 * pole_scores(model, sig_seek, sig_reject, "reject")
         >>> [pole["weight"] for pole in blended.mask(0.3).meta["poles"]]
         [0.7, 0.3]
@@ -137,7 +137,7 @@ def pole_scores(model: Any, seek: Signature, reject: Signature, pole: Side = "se
                 layers: Iterable[int] | None = None) -> PoleScores:
     """Contrastive-Wanda scores of one pole of a pair, row-normalised so different pairs are comparable.
 
-    Example:
+    Examples:
         >>> s = pole_scores(model, sig_seek, sig_reject, "seek", modules=["mlp"])
         >>> score, tiebreak = s.map_scores("blocks.0.mlp.down")
         >>> score.shape, torch.allclose(score.sum(1), torch.ones(32, dtype=score.dtype))   # [out, in], rows sum to 1
@@ -188,7 +188,7 @@ def fractional_mask(model: Any, seek: Signature, reject: Signature, fraction: fl
     """A persona ``fraction`` of the way from the reject pole (0) to the seek pole (1): ranks
     ``fraction·S⁺ + (1−fraction)·S⁻`` per row (row-normalised Contrastive-Wanda scores).
 
-    Example:
+    Examples:
         >>> m70 = fractional_mask(model, sig_seek, sig_reject, fraction=0.7, sparsity=0.3)
         >>> fraction_differ(fractional_mask(model, sig_seek, sig_reject, fraction=1.0, sparsity=0.3), seek_mask)
         0.0
@@ -207,7 +207,7 @@ def type_mask(model: Any, axes: Mapping[str, tuple[Signature, Signature]], type_
     row-normalised contrastive scores are added per weight (optionally weighted per axis) and ranked
     once per row.
 
-    Example:
+    Examples:
         >>> intj = type_mask(model, dict.fromkeys(TYPE_LETTERS, (sig_seek, sig_reject)), "INTJ", sparsity=0.3)
         >>> poles = intj.meta["poles"]
         >>> intj.meta["type"], poles["introversion_extraversion"]
@@ -245,7 +245,7 @@ def compose(masks: Sequence[Mask], weights: Sequence[float] | None = None, *, sp
     top ``(1−ρ)`` of each row by ``v`` is kept (ties by column index); otherwise weights with
     ``v > threshold`` are kept (equal weights, threshold 0.5: a strict majority).
 
-    Example:
+    Examples:
         >>> fraction_differ(compose([seek_mask, seek_mask, reject_mask]), seek_mask)     # kept by at least two of three
         0.0
         >>> compose([seek_mask, reject_mask], weights=[0.7, 0.3], sparsity=0.5).sparsity()

@@ -28,7 +28,7 @@ both modules this module registers in the method registry
 ([`persona_interp.masks.registry`][persona_interp.masks.registry]: what each needs, its options and defaults), so
 ``method_spec("gradient").build(model, MethodInputs(items=fit, neutral_texts=texts), 0.01)`` builds any of them.
 
-Example:
+Examples:
     >>> neutral = collect_signatures(model, load_neutral_texts()[:4])
     >>> seek, reject = retain_ratio_masks(model, sig_seek, sig_reject, neutral, 0.05)
     >>> seek, reject = gradient_masks(model, fit[:4], load_neutral_texts()[:4], 0.05, modules=["mlp"])
@@ -85,7 +85,7 @@ def check_fraction(name: str, value: float) -> None:
 def generic_channels(importance: Float[Tensor, " n_in"], generic: float) -> Bool[Tensor, " n_in"]:
     """The input channels in the top ``generic`` share by neutral ``importance`` (ties: the lower index).
 
-    Example:
+    Examples:
         >>> generic_channels(torch.tensor([3., 1., 2., 0.]), 0.5)
         tensor([ True, False,  True, False])
     """
@@ -116,7 +116,7 @@ def retain_ratio_family(model: Any, seek: Signature, reject: Signature, neutral:
     """The ranking of [`retain_ratio_masks`][persona_interp.masks.damage_aware.retain_ratio_masks] (a
     [`MaskFamily`][persona_interp.masks.builders.MaskFamily]: any sparsity, module and layer subset).
 
-    Example:
+    Examples:
         >>> family = retain_ratio_family(model, sig_seek, sig_reject, neutral, cache=True)
         >>> masks = {rho: family.pair(rho) for rho in (0.05, 0.1)}
         >>> masks[0.1][0].meta["method"], masks[0.1][1].meta["side"]
@@ -151,7 +151,7 @@ def retain_ratio_masks(model: Any, seek: Signature, reject: Signature, neutral: 
     (``a_neutral`` the neutral signature's per-sample statistic, ``ε = retain_eps × the map's mean neutral
     score``). Options as [`retain_ratio_family`][persona_interp.masks.damage_aware.retain_ratio_family].
 
-    Example:
+    Examples:
         >>> seek, reject = retain_ratio_masks(model, sig_seek, sig_reject, neutral, 0.05, modules=["mlp"])
         >>> sorted(seek.keep)[:2]
         ['blocks.0.mlp.down', 'blocks.0.mlp.gate']
@@ -177,7 +177,7 @@ def set_difference_family(model: Any, seek: Signature, reject: Signature, neutra
                           persona: str | None = None, cache: bool = False) -> MaskFamily:
     """The ranking of [`set_difference_masks`][persona_interp.masks.damage_aware.set_difference_masks].
 
-    Example:
+    Examples:
         >>> seek, reject = set_difference_family(model, sig_seek, sig_reject, neutral, utility=0.5).pair(0.05)
         >>> seek.meta["method"], seek.meta["utility"]
         ('set_difference', 0.5)
@@ -207,7 +207,7 @@ def set_difference_masks(model: Any, seek: Signature, reject: Signature, neutral
     ``|W|·a_neutral`` (top-q by the persona minus top-p by utility, q = ρ, p = ``utility``). Options as
     [`set_difference_family`][persona_interp.masks.damage_aware.set_difference_family].
 
-    Example:
+    Examples:
         >>> seek, reject = set_difference_masks(model, sig_seek, sig_reject, neutral, 0.05, utility=0.3)
         >>> fraction_differ(seek, reject) > 0
         True
@@ -226,7 +226,7 @@ class GradientScores:
     ``Σ_batches (∂L_b/∂W)² / tokens`` (``L_b`` a batch's summed token loss: the per-token Fisher where token
     gradients are uncorrelated), so ``½·W²·F`` estimates the KL per token that removing a weight costs.
 
-    Example:
+    Examples:
         >>> scores = gradient_scores(model, fit[:4], texts, modules=["down"])
         >>> damage = scores.damage("blocks.1.mlp.down")
         >>> damage.shape, bool((damage >= 0).all())                # [out, in]; ½·W²·F ≥ 0
@@ -259,7 +259,7 @@ def gradient_scores(model: Any, items: Sequence[PersonaItem], neutral_texts: Seq
     next-token loss). The weights are never changed; every parameter's ``requires_grad`` is restored. Holds four
     float64 tensors per covered weight (32 bytes each: restrict ``modules`` / ``layers`` on a large model).
 
-    Example:
+    Examples:
         >>> scores = gradient_scores(model, fit[:4], load_neutral_texts()[:4], layers=[1])
         >>> sorted(scores.margin)[:3]
         ['blocks.1.attn.k', 'blocks.1.attn.o', 'blocks.1.attn.q']
@@ -331,7 +331,7 @@ def gradient_family(model: Any, items: Sequence[PersonaItem] | None = None, neut
     """The ranking of [`gradient_masks`][persona_interp.masks.damage_aware.gradient_masks] (from ``scores`` when
     given, else computed from the items and texts).
 
-    Example:
+    Examples:
         >>> scores = gradient_scores(model, fit[:4], texts, modules=["mlp"])
         >>> seek, reject = gradient_family(model, scores=scores).pair(0.05)
         >>> seek.meta["method"], seek.meta["side"]
@@ -360,7 +360,7 @@ def gradient_masks(model: Any, items: Sequence[PersonaItem], neutral_texts: Sequ
     ([`GradientScores`][persona_interp.masks.damage_aware.GradientScores]; ``ε = damage_eps`` × the map's mean
     damage). Options as [`gradient_family`][persona_interp.masks.damage_aware.gradient_family].
 
-    Example:
+    Examples:
         >>> seek, reject = gradient_masks(model, fit[:4], load_neutral_texts()[:4], 0.05, modules=["mlp"])
         >>> seek.sparsity()                 # ⌊n_in·(1−ρ)⌋ kept per row: 30 of 32, 45 of 48
         0.0625
@@ -377,7 +377,7 @@ def snip_set_difference_family(model: Any, items: Sequence[PersonaItem] | None =
                                cache: bool = False) -> MaskFamily:
     """The ranking of [`snip_set_difference_masks`][persona_interp.masks.damage_aware.snip_set_difference_masks].
 
-    Example:
+    Examples:
         >>> seek, reject = snip_set_difference_family(model, scores=gradient_scores(model, fit[:4], texts, layers=[1])).pair(0.05)
         >>> seek.meta["method"]
         'snip_set_difference'
@@ -402,7 +402,7 @@ def snip_set_difference_masks(model: Any, items: Sequence[PersonaItem], neutral_
     highest persona scores outside the row's top ``utility`` share by utility. Options as
     [`snip_set_difference_family`][persona_interp.masks.damage_aware.snip_set_difference_family].
 
-    Example:
+    Examples:
         >>> seek, reject = snip_set_difference_masks(model, fit[:4], texts, 0.05, utility=0.3, layers=[1])
         >>> len(seek.keep)                  # the seven maps of layer 1
         7

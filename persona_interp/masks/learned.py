@@ -11,7 +11,7 @@ deterministic on the CPU. The trained gate logits rank the units; at a sparsity 
 columns, so the result is a [`Mask`][persona_interp.masks.mask.Mask] pair like any other (a
 [`MaskFamily`][persona_interp.masks.builders.MaskFamily]: every sparsity from one training).
 
-Example:
+Examples:
     >>> seek, reject = learned_masks(model, fit[:4], texts, sig_seek, sig_reject, 0.1, layers=[1], config=GateConfig(steps=2))
     >>> sorted(seek.keep), round(seek.sparsity(), 4)     # whole input columns: 5 of down's 48, 4 of o's 32
     (['blocks.1.attn.o', 'blocks.1.mlp.down'], 0.1125)
@@ -68,7 +68,7 @@ class LearnedGates:
     """Trained gate logits per pole and map, one per input column ``[n_in]`` (a head's logit repeated over its
     ``d_head`` columns), and the loss of each step.
 
-    Example:
+    Examples:
         >>> gates = train_gates(model, fit[:4], texts, sig_seek, sig_reject, layers=[1], config=GateConfig(steps=2))
         >>> seek, reject = gates.family(model).pair(0.1)
         >>> len(gates.losses["seek"]), gates.logits["seek"]["blocks.1.mlp.down"].shape
@@ -117,7 +117,7 @@ def train_gates(model: Any, items: Sequence[PersonaItem], neutral_texts: Sequenc
     """Train one gate per unit of the selected ``down`` / ``o`` maps for each pole (see the module docstring).
     The model's weights are never changed; every parameter's ``requires_grad`` is restored.
 
-    Example:
+    Examples:
         >>> gates = train_gates(model, fit[:4], texts, sig_seek, sig_reject, config=GateConfig(steps=2), modules=["mlp"])
         >>> sorted(gates.logits["reject"])
         ['blocks.0.mlp.down', 'blocks.1.mlp.down']
@@ -178,7 +178,7 @@ def learned_masks(model: Any, items: Sequence[PersonaItem], neutral_texts: Seque
     ``modules``, ``layers``, ``persona``), then each pole removes, per selected ``down`` / ``o`` map, the
     ``n_in − ⌊n_in·(1−ρ)⌋`` input columns with the lowest gates.
 
-    Example:
+    Examples:
         >>> seek, reject = learned_masks(model, fit[:4], texts, sig_seek, sig_reject, 0.1, modules=["mlp"], layers=[1],
         ...                              config=GateConfig(steps=2))
         >>> seek.meta["method"], seek.sparsity()           # 5 of the 48 neurons: ⌊48·0.9⌋ = 43 kept

@@ -27,7 +27,7 @@ class Mask:
     Maps without an entry are left untouched. ``&``, ``|``, ``~`` and ``-`` combine masks
     map by map (a missing map counts as all-kept).
 
-    Example:
+    Examples:
         >>> both = seek_mask & reject_mask; only_seek = seek_mask - reject_mask
         >>> both.sparsity() >= seek_mask.sparsity()       # kept by both: no more than by one
         True
@@ -139,7 +139,7 @@ def _grouped(a: Mask, b: Mask, by: str, count: Callable[[Tensor, Tensor], tuple[
 def fraction_differ(a: Mask, b: Mask) -> float:
     """Fraction of entries where two masks (of one model) differ, over every map of either.
 
-    Example:
+    Examples:
         >>> fraction_differ(seek_mask, seek_mask), fraction_differ(seek_mask, ~seek_mask)
         (0.0, 1.0)
     """
@@ -150,7 +150,7 @@ def fraction_differ_by(a: Mask, b: Mask, by: str) -> dict[str, float]:
     """[`fraction_differ`][persona_interp.masks.mask.fraction_differ] per ``map``, ``layer``, ``module`` (attn / mlp)
     or ``kind`` (q, k, …, down).
 
-    Example:
+    Examples:
         >>> fraction_differ_by(seek_mask, reject_mask, "module")     # at most 2ρ = 0.6 for a ρ = 0.3 pair
         {'attn': 0.3..., 'mlp': 0.3...}
     """

@@ -3,7 +3,7 @@ log-probs of neutral texts, both read as the scorers read them
 ([`score_ab`][persona_interp.evaluation.scoring.score_ab]'s per-token margin,
 [`DamageReference`][persona_interp.evaluation.scoring.DamageReference]'s texts), with the graph kept.
 
-Example:
+Examples:
     >>> margin = ab_margins(model, fit[:2]).sum()
     >>> torch.autograd.grad(margin, adapter.parameter("blocks.1.mlp.down"))[0].shape
     torch.Size([32, 48])
@@ -25,7 +25,7 @@ def ab_margins(model: Any, items: Sequence[PersonaItem], max_tokens: int = 512) 
     """Per item, the seek answer's mean log-prob per token minus the reject answer's (``score_ab``'s
     ``margin_mean``), differentiable (each option its own row).
 
-    Example:
+    Examples:
         >>> ab_margins(model, fit[:3]).shape
         torch.Size([3])
     """
@@ -40,7 +40,7 @@ def neutral_logprobs(model: Any, texts: Sequence[str], batch_size: int = 8,
     """Per batch of texts, the next-token log-probs at every real position ``[n, vocab]`` and the log-prob of the
     actual next token ``[n]`` (graph kept), on the texts as ``DamageReference`` reads them.
 
-    Example:
+    Examples:
         >>> for logprobs, observed in neutral_logprobs(model, texts[:2]):
         ...     print(logprobs.shape[1], observed.requires_grad)      # the vocabulary; the graph kept
         2000 True

@@ -22,7 +22,7 @@ it registers on import (as [`persona_interp.masks.damage_aware`][persona_interp.
 damage-aware methods, which need a neutral signature, calibration items or neutral texts beside the poles'
 signatures).
 
-Example:
+Examples:
     >>> method_spec("contrastive_sparse_code").fixed
     {'method': 'contrastive_sparse', 'rule': 'paper_code'}
     >>> [spec.name for spec in methods(poles=True, available={"signatures"})]
@@ -134,7 +134,7 @@ class MethodSpec:
         contrast built from one pole's signature gives that pole only) or by the method's name when it has no
         poles.
 
-        Example:
+        Examples:
             >>> built = method_spec("contrastive_wanda").build(model, MethodInputs(sig_seek, sig_reject), 0.3)
             >>> sorted(built), built["reject"].meta["side"]
             (['reject', 'seek'], 'reject')
@@ -154,7 +154,7 @@ def register(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
     """Add ``spec`` to the registry (after the ones before it: order is the order of the report's rows); a name
     already taken is an error unless ``replace``.
 
-    Example:
+    Examples:
         >>> def wanda_poles(model, inputs, *, families=None, modules=None, layers=None):
         ...     return mask_family(model, "wanda", inputs.seek, inputs.reject, modules=modules, layers=layers)
         >>> spec = register(MethodSpec("wanda_poles", wanda_poles, contrast=False))
@@ -182,7 +182,7 @@ def method_names() -> list[str]:
 def method_spec(name: str) -> MethodSpec:
     """The spec of a registered method; an unknown name is an error that lists the known ones.
 
-    Example:
+    Examples:
         >>> method_spec("wanda").contrast
         False
     """
@@ -196,7 +196,7 @@ def methods(*, poles: bool | None = None, gives: Gives | None = None,
     """The registered methods with (or without) poles, giving ``gives``, whose needs are all ``available``
     (``None``: any), in registration order.
 
-    Example:
+    Examples:
         >>> [s.name for s in methods(poles=False)]
         ['random', 'magnitude']
     """

@@ -6,7 +6,7 @@ map's input, the MLP-neuron hook and the per-head hook. Two model kinds are supp
 ``TransformerBridge`` (TransformerLens 3.x / 4.x, raw HF weights, including GPT-2's Conv1D stored
 ``[in, out]`` and its fused qkv) and ``HookedTransformer`` (TransformerLens <= 3.x, per-head weights).
 
-Example:
+Examples:
     >>> adapter = get_adapter(model)
     >>> [m.name for m in adapter.maps][:3]
     ['blocks.0.attn.q', 'blocks.0.attn.k', 'blocks.0.attn.v']
@@ -34,7 +34,7 @@ MODULE_OF_KIND = {**{k: "attn" for k in ATTN_KINDS}, **{k: "mlp" for k in MLP_KI
 def map_name(layer: int, kind: str) -> str:
     """The project's name of one linear map, ``blocks.{layer}.{module}.{kind}`` (the same for every architecture).
 
-    Example:
+    Examples:
         >>> map_name(3, "down")
         'blocks.3.mlp.down'
     """
@@ -46,7 +46,7 @@ def map_name(layer: int, kind: str) -> str:
 def parse_map_name(name: str) -> tuple[int, str, str]:
     """``(layer, module, kind)`` of a map name written by [`map_name`][persona_interp.model.adapter.map_name].
 
-    Example:
+    Examples:
         >>> parse_map_name("blocks.3.mlp.down")
         (3, 'mlp', 'down')
     """
@@ -209,7 +209,7 @@ class ModelAdapter:
         """The bias parameter added to map ``name``'s output (``[out]``, edited in place by weight edits), or
         ``None`` where the map has none (Llama-style models; GPT-2's Conv1D maps have one).
 
-        Example:
+        Examples:
             >>> adapter.bias("blocks.0.mlp.down") is None     # a Llama's; GPT-2's is [d_model]
             True
         """
@@ -345,7 +345,7 @@ class ModelAdapter:
         every map in ``shapes`` must exist here with that ``(n_out, n_in)`` (``n_out`` None: not recorded; any other
         rank is a mismatch). ``what`` names the object, e.g. ``"mask 'wanda'"``.
 
-        Example:
+        Examples:
             >>> adapter.check_fits(mask.meta.get("fingerprint"), "mask", {"blocks.0.mlp.down": (32, 47)})
             Traceback (most recent call last):
             persona_interp.model.adapter.ModelMismatchError: mask: blocks.0.mlp.down has shape (32, 47), the model's weight is (32, 48)
@@ -398,7 +398,7 @@ class ModelAdapter:
         TransformerBridge, TransformerLens' for a HookedTransformer); a model without one (a TL-native bridge)
         reruns the whole sequence. Hooks and weight edits act on the new positions as in a full forward.
 
-        Example:
+        Examples:
             >>> logits, state = adapter.next_logits(tokens[:, :4])                 # the prompt once
             >>> logits, state = adapter.next_logits(tokens[:, :5], state)          # then only the new token runs
             >>> torch.allclose(logits, model(tokens[:, :5])[:, -1], atol=1e-5)
@@ -428,7 +428,7 @@ class ModelAdapter:
                     layers: tuple[int, ...] | list[int] | range | None = None) -> list[LinearMap]:
         """Maps filtered by module type (``attn``/``mlp``), kind (``q``…``down``) or full name, and layer.
 
-        Example:
+        Examples:
             >>> [m.name for m in adapter.select_maps(modules=["mlp"], layers=range(1, 2))]
             ['blocks.1.mlp.gate', 'blocks.1.mlp.up', 'blocks.1.mlp.down']
         """
@@ -462,7 +462,7 @@ _ADAPTERS: "weakref.WeakKeyDictionary[Any, ModelAdapter]" = weakref.WeakKeyDicti
 def get_adapter(model: Any) -> ModelAdapter:
     """The (cached) adapter of a TransformerLens model.
 
-    Example:
+    Examples:
         >>> get_adapter(model).weight("blocks.0.mlp.down").shape   # [d_model, d_mlp]
         torch.Size([32, 48])
     """

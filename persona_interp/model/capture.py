@@ -5,7 +5,7 @@ The one stop exception ([`StopForward`][persona_interp.model.capture.StopForward
 scoring's final residual, steering's residual means, the views' neuron activations and attention patterns; signatures
 stream through their own hooks and stop with the same exception.
 
-Example:
+Examples:
     >>> acts = capture(model, tokens, [adapter.residual_hook(0), adapter.residual_hook(1)])
     >>> acts[adapter.residual_hook(1)].shape                # [batch, pos, d_model]
     torch.Size([2, 16, 32])
@@ -47,7 +47,7 @@ def capture(model: Any, tokens: Int[Tensor, "batch pos"], names: Sequence[str], 
     """The activation at each hook point in ``names`` (passed through ``transform``: detached by default; pass
     ``lambda x: x`` to keep a graph) from one forward that stops once the last of them has fired.
 
-    Example:
+    Examples:
         >>> list(capture(model, tokens, [get_adapter(model).final_residual_hook]).values())[0].shape
         torch.Size([2, 16, 32])
     """

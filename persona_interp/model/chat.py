@@ -6,7 +6,7 @@ prompt), the answer tokens are appended, so the answer's token span is known exa
 right-padded: with causal attention, real tokens never see the padding, and ``lengths`` tells which
 positions are real.
 
-Example:
+Examples:
     >>> batch = encode_batch(tokenizer, [("Party tonight?", "I'd rather read."), ("Lead it?", "Yes.")])
     >>> batch.tokens.shape, batch.lengths, batch.answer_start       # a tiny test tokenizer's counts
     (torch.Size([2, 24]), tensor([24, 18]), tensor([18, 15]))
@@ -55,7 +55,7 @@ def fit_prompt(tokenizer: Any, question: str, system: str | None, answer_len: in
     Returns the ids and whether the question was cut; raises ``ValueError`` when the answer and the template
     alone leave no room for the question (one behaviour for every architecture).
 
-    Example:
+    Examples:
         >>> ids, cut = fit_prompt(tokenizer, "Would you lead the project? " * 50, None, answer_len=20, max_tokens=256)
         >>> len(ids) + 20 <= 256, cut
         (True, True)
@@ -187,7 +187,7 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], max_tokens: int | None = 
     """Encode plain texts (no chat template) as [`DamageReference`][persona_interp.evaluation.scoring.DamageReference]
     reads them: the whole text is the "answer" (``answer_start`` 0), an over-long text keeps its first ``max_tokens``.
 
-    Example:
+    Examples:
         >>> encode_texts(tokenizer, ["The river flows past the mill."]).token_mask("answer").all()
         tensor(True)
     """
@@ -241,7 +241,7 @@ def encode_packed(tokenizer: Any, questions: Sequence[tuple[str, str, str]], sys
     positions the model sees; [`fit_prompt`][persona_interp.model.chat.fit_prompt] cuts an over-long question's
     middle, answers are kept whole).
 
-    Example:
+    Examples:
         >>> packed = encode_packed(tokenizer, [("Lead it?", "Yes.", "No, thanks.")])
         >>> packed.tokens.shape[1] == packed.prompt_len + packed.a_len + packed.b_len
         tensor([True])

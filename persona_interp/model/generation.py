@@ -5,7 +5,7 @@ Decoding uses the model's KV cache
 token per step. Hooks and weight masks act on every new position exactly as in a full forward, so the cached reply
 equals the one from rerunning the prefix at each step (``use_cache=False``, kept to check that).
 
-Example:
+Examples:
     >>> reply = generate(model, "Would you like to run the company?", max_new_tokens=4)  # 'I would be honoured…' on SmolLM2
     >>> reply == generate(model, "Would you like to run the company?", max_new_tokens=4, use_cache=False)
     True

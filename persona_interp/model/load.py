@@ -78,7 +78,7 @@ def load_embedded_hf(dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
 def cast_parameters(model: Any, dtype: torch.dtype, copy: bool = False) -> Any:
     """Cast a model's parameters (not its buffers: rotary frequencies stay float32, as transformers loads them).
 
-    Example:
+    Examples:
         >>> cast_parameters(torch.nn.Linear(2, 2), torch.bfloat16).weight.dtype
         torch.bfloat16
     """
@@ -116,7 +116,7 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: str | torch.device | 
     ``"auto"``: the fast one on ``device`` (default the CPU), see
     [`auto_dtype`][persona_interp.model.machine.auto_dtype].
 
-    Example:
+    Examples:
         >>> resolve_dtype("bf16")
         torch.bfloat16
         >>> resolve_dtype("auto", "mps")    # on a CPU: float32 with AVX2 only, bfloat16 with AMX-BF16 or AVX512-BF16
@@ -184,7 +184,7 @@ def check_device(device: str | torch.device) -> torch.device:
     """``device`` as a ``torch.device`` if this torch build can use it, else a ValueError saying why (an unknown
     name, a CUDA device on a build or machine without CUDA, a GPU index past the visible ones, MPS unavailable).
 
-    Example:
+    Examples:
         >>> check_device("cpu")
         device(type='cpu')
     """
@@ -219,7 +219,7 @@ def load_model(name_or_model: Any = None, *, device: str | torch.device | None =
     where that is fast; ``load_model("/path/to/Llama-2-70b-hf", dtype=torch.bfloat16, device_map="auto")`` shards
     a large one over several GPUs.
 
-    Example:
+    Examples:
         >>> hf_model.save_pretrained("tiny"); files = tokenizer.save_pretrained("tiny")
         >>> load_model("tiny", dtype="bfloat16", device="cpu").W_E.dtype            # a folder or hub name
         torch.bfloat16

@@ -1,7 +1,7 @@
 """The machine a run computes on: the CPU's model and the instruction-set flags that decide its speed and numerics
 in bfloat16, and the dtype ``"auto"`` resolves to there.
 
-Example:
+Examples:
     >>> cpu = cpu_info()                    # e.g. CPU(model='AMD EPYC 7B13', flags=('avx2',))
     >>> auto_dtype("cpu") == (torch.bfloat16 if cpu.bf16 else torch.float32)   # float32 without AMX-BF16 or AVX512-BF16
     True
@@ -41,7 +41,7 @@ class CPU:
 def parse_cpuinfo(text: str) -> CPU:
     """The first processor's model name and speed flags from the text of ``/proc/cpuinfo``.
 
-    Example:
+    Examples:
         >>> parse_cpuinfo("model name : Xeon\\nflags : fpu avx2 amx_bf16\\n")
         CPU(model='Xeon', flags=('amx_bf16', 'avx2'))
     """
@@ -69,7 +69,7 @@ def auto_dtype(device: str | torch.device | None = None) -> torch.dtype:
     with AMX-BF16 or AVX512-BF16 (2–4× faster there), float32 elsewhere (bfloat16 is emulated, 5–6× slower, on a
     CPU with AVX2 only).
 
-    Example:
+    Examples:
         >>> auto_dtype("mps")                 # neither a GPU with bfloat16 nor a CPU with it
         torch.float32
     """

@@ -1,6 +1,6 @@
 """matplotlib figures (PNG and SVG, no display needed).
 
-Example:
+Examples:
     >>> rows = load_results("reports/results.json").personas["power"].table
     >>> plot_accuracy(rows, "figures/power_accuracy")
     [PosixPath('figures/power_accuracy.png'), PosixPath('figures/power_accuracy.svg')]
@@ -281,7 +281,7 @@ def plot_persona(persona: str, entry: PersonaResult, folder: str | os.PathLike) 
     ``PERSONA_accuracy`` and, where the entry has one, ``PERSONA_frontier`` (PNG + SVG in ``folder``); the main job
     and ``persona-interp figures`` both draw them.
 
-    Example:
+    Examples:
         >>> [path.name for path in plot_persona("power", load_results("reports/results.json").personas["power"], "figures")]
         ['power_accuracy.png', 'power_accuracy.svg', 'power_frontier.png', 'power_frontier.svg']
     """
@@ -301,7 +301,7 @@ def plot_stability(results: RunResults, stem: str | os.PathLike) -> list[Path]:
     validation seek − reject of each half's masks, their mean and its 95 % interval. Personas without diagnostics
     are left out; nothing is drawn (``[]``) when none has them.
 
-    Example:
+    Examples:
         >>> plot_stability(load_results("reports/results.json"), "figures/stability")
         [PosixPath('figures/stability.png'), PosixPath('figures/stability.svg')]
     """

@@ -76,7 +76,7 @@ def atlas_summary_markdown(atlases: list[dict[str, Any]], n_units: int = 3) -> s
     Contrastive-Wanda masks differ, the top ``n_units`` heads and neurons, the layers of all ranked neurons
     and, where the atlas measured it, the margin shift of zero-ablating the top-k neurons beside k random ones.
 
-    Example:
+    Examples:
         >>> print(atlas_summary_markdown([json.loads(p.read_text()) for p in sorted(Path("reports/atlas").glob("*.json"))]))
         | persona pair | min signature cosine (layer) | CW masks differ (attn / MLP) | top heads | top neurons | ...
         |---|---|---|---|---|---|---|
@@ -136,7 +136,7 @@ def markdown_table(rows: Sequence[Tabular], columns: Sequence[str] | None = None
     """Rows (typed rows, [`rows`][persona_interp.evaluation.rows], or mappings) as a GitHub markdown table; ``x``
     with ``x_low``/``x_high`` columns prints as ``x [low, high]``; a field a row lacks is an empty cell.
 
-    Example:
+    Examples:
         >>> print(markdown_table([{"pair": "prompt", "difference": 0.5, "difference_low": 0.25, "difference_high": 0.75}]))
         | pair | difference |
         |---|---|
@@ -200,7 +200,7 @@ def render_report(results: RunResults | dict[str, Any], report: Path, figures_di
     """Write the report of a main-job run (its results, or their dict, validated) to ``report``: header, the
     summary across personas, then one section per persona (figures linked from ``figures_dir``).
 
-    Example:
+    Examples:
         >>> render_report(load_results("reports/results.json"), Path("report.md"), Path("figures"))
         PosixPath('report.md')
     """
@@ -447,7 +447,7 @@ def regimes_summary_markdown(results: dict[str, dict[str, Any]]) -> str:
     """Every compared persona at its steering layer: the cosines between regimes, then the transfer
     ratios (n/a where the target regime has no effect to reproduce).
 
-    Example:
+    Examples:
         >>> print(regimes_summary_markdown({"power": json.loads(Path("reports/regimes/power.json").read_text())}))   # run_regimes'
         | persona | layer | prompt vs mask | prompt vs steering | mask vs steering |
         |---|---|---|---|---|

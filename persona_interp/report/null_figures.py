@@ -10,7 +10,7 @@ quantity looks like when there is nothing to find, beside the quantity itself (P
 * [`plot_overlap_null`][persona_interp.report.null_figures.plot_overlap_null] — 05's per-pole Wanda difference and its
   MLP − attention gap per pair, with the split-half range of each.
 
-Example:
+Examples:
     >>> nulls = {"one pole, split halves": torch.tensor([[0.999, 0.9995], [0.9985, 0.9992]])}     # [draw, layer]
     >>> [path.name for path in plot_signature_cosine([0.998, 0.999], "power_signature_cosine_null", nulls=nulls)]
     ['power_signature_cosine_null.png', 'power_signature_cosine_null.svg']
@@ -46,7 +46,7 @@ def plot_signature_cosine(cosine: Sequence[float], stem: str | os.PathLike, *,
     more than that null allows; and the cosine of one pole against neutral text (dashed): how far an unrelated text
     is.
 
-    Example:
+    Examples:
         >>> [path.name for path in plot_signature_cosine([0.998, 0.999], "sig", nulls={"split halves": torch.tensor([[0.999, 0.9995]])})]
         ['sig.png', 'sig.svg']
     """
@@ -82,7 +82,7 @@ def plot_unit_divergence(units: Mapping[str, Sequence[UnitDivergence]], null: Nu
     [`null_units`][persona_interp.analysis.nulls.null_units]) and their largest divergence (dotted). Units above the
     dotted line are told apart from sampling noise.
 
-    Example:
+    Examples:
         >>> from persona_interp.analysis.localise import neuron_divergence
         >>> from persona_interp.analysis.nulls import null_units, swapped_poles
         >>> null = null_units(model, swapped_poles(sig_seek, sig_reject, draws=2), top=5)
@@ -118,7 +118,7 @@ def plot_overlap_null(observed: Mapping[str, MaskDiffer], null: Mapping[str, Seq
     ``observed``: pair → seek vs reject; ``null``: pair → the draws of
     [`split_half_differ`][persona_interp.analysis.nulls.split_half_differ].
 
-    Example:
+    Examples:
         >>> from persona_interp.analysis.nulls import split_half_differ
         >>> [path.name for path in plot_overlap_null({"power": MaskDiffer(0.011, 0.010, 0.012)},
         ...                                          {"power": split_half_differ(model, sig_seek, 0.3, draws=2)}, "o")]

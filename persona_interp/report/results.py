@@ -10,7 +10,7 @@ contrasts, controls, budget picks, damage, search tables) and what the searches 
 ([`Used`][persona_interp.report.results.Used]), and validated on load, so a damaged, partial or misspelt file is an
 error naming the file and the field.
 
-Example:
+Examples:
     >>> results = load_results("reports/results.json")
     >>> results.schema_version, results.personas["power"].n_test, results.personas["power"].provenance.dtype
     (2, 100, 'bfloat16')
@@ -65,7 +65,7 @@ def model_name(model: Any) -> str:
     """How a run names its model: the embedded model's name (``None``), a folder or hub name as given, or a built
     model's configured name (its class name when it has none).
 
-    Example:
+    Examples:
         >>> model_name("/models/tiny"), model_name(None)
         ('/models/tiny', 'SmolLM2-135M-Instruct')
     """
@@ -186,7 +186,7 @@ class Used(Record):
     (a search table of dicts becomes typed rows). Fields a run did not produce (or a file from before they existed
     never recorded) are None.
 
-    Example:
+    Examples:
         >>> used = Used(fit_items=8, validation_items=4)
         >>> used.prompt_search = [{"side": "seek", "prompt": "You seek power.", "margin": 0.4, "scored": True}]
         >>> used.prompt_search[0].margin
@@ -239,7 +239,7 @@ class RecordedConfig(Record):
     before it existed lacks is ``None`` and left out of the JSON again (``dtype`` absent: not recorded); a key that
     is no option is an error naming it.
 
-    Example:
+    Examples:
         >>> config = load_results("reports/results.json").config
         >>> config.seed, config.dtype, config.n_fit_neutral is None, "n_fit_neutral" in config.model_dump()
         (0, 'bfloat16', True, False)
@@ -293,7 +293,7 @@ class RunResults(BaseModel):
     def only(self, personas: Sequence[str]) -> RunResults:
         """These results with only ``personas`` (in that order; each must be there), e.g. one notebook's share.
 
-        Example:
+        Examples:
             >>> list(load_results("reports/results.json").only(["wealth", "power"]).personas)
             ['wealth', 'power']
         """
@@ -320,7 +320,7 @@ def load_results(path: str | Path) -> RunResults:
     with what it never recorded as ``"not recorded"``. Anything else is a
     [`ResultsError`][persona_interp.report.results.ResultsError] naming the file and the field.
 
-    Example:
+    Examples:
         >>> load_results("reports/results.json").personas["power"].provenance.dtype
         'bfloat16'
         >>> _ = Path("other.json").write_text('{"schema_version": 2}')

@@ -14,7 +14,7 @@ ones asked for).
 typed results ([`RunResults`][persona_interp.report.results.RunResults]);
 [`saved_results_for`][persona_interp.report.saved.saved_results_for] reads any of these files as JSON.
 
-Example:
+Examples:
     >>> saved = saved_results_for(model, "reports/results.json", model_source="tiny-llama")
     >>> print(saved.reason)              # the notebook reruns (reproduce) instead
     reports/results.json records no model (it predates provenance, so it was computed on the embedded model), and this notebook's model is tiny-llama
@@ -53,7 +53,7 @@ class SavedResults(Generic[Results]):
 def recorded_fingerprint(results: dict[str, Any]) -> str | None:
     """The model fingerprint a results file records, or None when it records no provenance.
 
-    Example:
+    Examples:
         >>> recorded_fingerprint({"provenance": {"model": {"fingerprint": "0123abcd"}}})
         '0123abcd'
     """
@@ -73,7 +73,7 @@ def config_differences(mine: Any, theirs: dict[str, Any], ignore: Sequence[str] 
     only one side records is not compared, except those of [`DEFAULTS`][persona_interp.report.saved.DEFAULTS], which
     files before them ran with.
 
-    Example:
+    Examples:
         >>> config_differences({"seed": 0, "dtype": "bfloat16"}, {"seed": 0})
         ['dtype']
     """
@@ -88,7 +88,7 @@ def saved_results_for(model: Any, path: str | os.PathLike, *, model_source: str 
     provenance only for the embedded model, ``model_source`` None) under ``config`` (same options, when given)
     and hold every persona of ``personas``; otherwise ``results`` is None and ``reason`` says why.
 
-    Example:
+    Examples:
         >>> from persona_interp.studies.config import FULL
         >>> saved = saved_results_for(model, "reports/results.json", model_source=None, config=FULL, personas=["power"])
         >>> saved.usable, saved.reason           # model_source None: the embedded model (here a tiny one stands in)
@@ -127,7 +127,7 @@ def saved_run_for(model: Any, path: str | os.PathLike, *, model_source: str | os
     results typed and validated ([`parse_results`][persona_interp.report.results.parse_results]: a damaged file is a
     [`ResultsError`][persona_interp.report.results.ResultsError] naming it and the field).
 
-    Example:
+    Examples:
         >>> saved = saved_run_for(model, "reports/results.json", model_source="tiny-llama", personas=["power"])
         >>> saved.results is None, saved.reason.endswith("and this notebook's model is tiny-llama")   # refused
         (True, True)

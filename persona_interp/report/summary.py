@@ -4,7 +4,7 @@ protocols, how much opposing masks differ like with like, which pole breaks unde
 pole's mask is stable across halves of its calibration data. Cells are formatted for reading
 (``+0.89 [+0.77, +1.01]``); the numbers behind them stay in ``results.json``.
 
-Example:
+Examples:
     >>> tables = summary_tables(load_results("reports/results.json"))
     >>> list(tables), tables["winners"][0]["persona"]
     (['winners', 'paper', 'overlap', 'statistic', 'stability'], 'power')
@@ -47,7 +47,7 @@ def is_mask(name: str) -> bool:
     """Whether a condition or pair name (``contrastive_wanda@kl0.1+prompt``, ``mean_difference@kl0.1``, ``rag``)
     is a mask's: its regime, the part before the first ``@`` or ``-``, is a registered method with poles.
 
-    Example:
+    Examples:
         >>> is_mask("contrastive_wanda@kl0.02+prompt"), is_mask("pca@kl0.02"), is_mask("rag")
         (True, False, False)
     """
@@ -137,7 +137,7 @@ def diagnostics_by_persona(results: RunResults) -> dict[str, Diagnostics]:
     """The mask diagnostics (overlap, statistics, stability) of each persona of a main-job run that has them, by
     persona.
 
-    Example:
+    Examples:
         >>> results = load_results("reports/results.json")
         >>> sorted(diagnostics_by_persona(results)["power"].model_fields)
         ['overlap', 'sparsity', 'stability', 'statistics']
@@ -198,7 +198,7 @@ def overlap_from_results(results: RunResults, sizes: dict[str, int]) -> list[Gro
     ([`grouped_overlap`][persona_interp.analysis.diagnostics.grouped_overlap]; ``sizes`` from ``kind_sizes``), in the
     rows' shape of ``persona-interp overlap``.
 
-    Example:
+    Examples:
         >>> results = load_results("reports/results.json")      # computed on the embedded SmolLM2
         >>> sizes = {"q": 576 * 576, "k": 192 * 576, "v": 192 * 576, "o": 576 * 576, "gate": 1536 * 576, "up": 1536 * 576,
         ...          "down": 576 * 1536}       # SmolLM2's per layer; kind_sizes(get_adapter(model).maps) gives all layers'

@@ -5,7 +5,7 @@ connection (which stalls offline), so the views here always use the inlined sour
 first view a kernel displays), once per saved page. Where scripts do not run (GitHub, an untrusted notebook) the
 output shows the text fallback: each neuron's top tokens, each head's strongest query → key attention.
 
-Example:
+Examples:
     >>> view = neuron_tokens_view(model, {"seek": "I want power.", "reject": "I prefer to help."}, [(1, 30), (0, 5)])
     >>> view.save("figures/power_neurons.html")
     PosixPath('figures/power_neurons.html')
@@ -61,7 +61,7 @@ class OfflineHTML:
     view has rendered. In a notebook the JS library is inlined in the first view a kernel displays only; later
     views wait for it (``window.CircuitsVis``). A saved page carries its own copy.
 
-    Example:
+    Examples:
         >>> view = OfflineHTML('<div id="v"></div>', "/* circuitsvis */", [], fallback="L3N5: top tokens 'power' +1.20", title="neurons")
         >>> view.save("figures/neurons.html").name
         'neurons.html'
@@ -115,7 +115,7 @@ class OfflineHTML:
 def top_entries(values: Float[Tensor, " n"], labels: Sequence[str], k: int = 5) -> str:
     """``'tok' +1.23, 'tok2' +0.98``: the ``k`` largest values with their labels (a view's text fallback).
 
-    Example:
+    Examples:
         >>> top_entries(torch.tensor([0.1, 2.0, -1.0]), ["a", "b", "c"], k=2)
         "'b' +2.00, 'a' +0.10"
     """

@@ -7,7 +7,7 @@ against random heads / neurons (zero and mean ablation), and a steering vector a
 Units are ranked on calibration signatures; the causal curves are measured on held-out test items.
 ``AtlasConfig(causal=False)`` stops after the localisation (under a minute instead of an hour on 2 cores).
 
-Example:
+Examples:
     >>> atlas = persona_atlas(model, "power", AtlasConfig(n_calibration=8, n_neutral=2, causal=False), "figures/atlas",
     ...                       signatures=(sig_seek, sig_reject))
     >>> sorted(atlas["top_heads"][0])              # AtlasConfig(n_calibration=64, n_causal=24): with the causal curves
@@ -138,7 +138,7 @@ def overlap_study(model: Any, signatures: dict[str, tuple[Signature, Signature]]
     ``figures_dir``, a bar chart per variant and sparsity and layer × map heatmaps of the ReLU Contrastive-Wanda
     difference per pair.
 
-    Example:
+    Examples:
         >>> rows = overlap_study(model, {"power": (sig_seek, sig_reject)}, [0.3, 0.5])
         >>> len(rows), rows[0].variant                 # a pair × 2 sparsities × 5 variants
         (10, 'wanda (per pole)')

@@ -19,7 +19,7 @@ from persona_interp.signatures import Signature
 def type_prompt(type_code: str) -> str:
     """A system prompt describing a full MBTI type: the default prompt of each chosen pole, joined.
 
-    Example:
+    Examples:
         >>> type_prompt("INTJ").startswith("Your personality type is INTJ.")
         True
     """
@@ -35,7 +35,7 @@ def fractional_curve(model: Any, seek: Signature, reject: Signature, items: Sequ
     fraction (per-token margin toward seek with its interval, paired shift against base, seek accuracy) and the
     [`trend`][persona_interp.evaluation.stats.trend] of the per-item margins along the fractions.
 
-    Example:
+    Examples:
         >>> curve = fractional_curve(model, sig_seek, sig_reject, test, [0, .5, 1], sparsity=0.3, progress=False)
         >>> sorted(curve["trend"])[:3], curve["trend"]["increasing"] in (True, False)
         (['increasing', 'monotonic', 'reversals'], True)
@@ -71,7 +71,7 @@ def type_comparison(model: Any, axes: Mapping[str, tuple[Signature, Signature]],
     axis, the accuracy toward the type's pole and the paired shift of the margin toward that pole
     against the base model, both with 95 % intervals.
 
-    Example:
+    Examples:
         >>> axes = dict.fromkeys(TYPE_LETTERS, (sig_seek, sig_reject))      # each axis' signatures; one pair here
         >>> rows = type_comparison(model, axes, "INTJ", 0.3, {a: load_persona(a, "test")[:2] for a in axes}, progress=False)
         >>> len(rows), rows[0]["condition"], rows[0]["pole"]         # 6 conditions × 4 axes
@@ -115,7 +115,7 @@ def run_composition(model: Any, axes: Mapping[str, tuple[Signature, Signature]],
     [`fractional_curve`][persona_interp.studies.composition.fractional_curve] of ``axis``; figures go to
     ``figures_dir``.
 
-    Example:
+    Examples:
         >>> axes = dict.fromkeys(TYPE_LETTERS, (sig_seek, sig_reject))      # each axis' signatures; one pair here
         >>> study = run_composition(model, axes, type_code="INTJ", n_test=2, fractions=(0.0, 1.0), progress=False)
         >>> study["type"], len(study["type_rows"])

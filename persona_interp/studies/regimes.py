@@ -23,7 +23,7 @@ def run_regimes(model: Any, persona: str, signatures: tuple[Any, Any], *, sparsi
     steering (layer and multiplier chosen on the validation split, as in the main job), compared on
     ``n_texts`` neutral texts and ``n_items`` held-out A/B items at the steering layer.
 
-    Example:
+    Examples:
         >>> study = run_regimes(model, "power", (sig_seek, sig_reject), n_calibration=8, n_validation=4, n_items=4, n_texts=2,
         ...                     steering_layers=(0.5,), multipliers=(4.0,), progress=False)
         >>> study["layer"], sorted(study["effect"])

@@ -82,7 +82,7 @@ def git_revision(root: str | Path = REPO_ROOT) -> str:
     are computed with (``persona_interp/``, ``data/``, ``pyproject.toml``) has uncommitted changes; the run's own
     outputs (``reports/``, ``figures/``, which a resumed run has already rewritten) do not count.
 
-    Example:
+    Examples:
         >>> git_revision()                     # e.g. '97d6afb', '97d6afb-dirty' with uncommitted code changes
         '...'
         >>> git_revision(".")                  # not a git checkout
@@ -197,7 +197,7 @@ def searched_methods(config: ReproduceConfig) -> list[MethodSpec]:
     signatures, and those of ``config.damage_aware_methods`` (a listed method that is not registered, or that
     needs neutral texts when ``config.n_fit_neutral`` is 0, is an error).
 
-    Example:
+    Examples:
         >>> from persona_interp.studies.config import QUICK
         >>> [spec.name for spec in searched_methods(QUICK)][-1]
         'retain_ratio'
@@ -229,7 +229,7 @@ def other_persona_texts(persona: str, config: ReproduceConfig) -> list[str]:
     """The second damage measure's texts: ``config.n_other_texts`` questions with one of their answers (alternating
     poles) from the other personas' training splits, a seeded sample; no search and no method ever sees them.
 
-    Example:
+    Examples:
         >>> from persona_interp.studies.config import QUICK
         >>> len(other_persona_texts("power", QUICK)), other_persona_texts("power", QUICK) == other_persona_texts("power", QUICK)
         (8, True)
