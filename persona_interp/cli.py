@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from pydantic import BaseModel
+
 from persona_interp.data.files import write_text
 from persona_interp.data.personas import MBTI_AXES, SIDES, persona_names
 from persona_interp.masks.builders import PHIS, RULES
@@ -358,11 +360,11 @@ def _study_paths(args: argparse.Namespace, figures: str | None = None) -> dict[s
     return {**paths, "figures": folder}
 
 
-def _write_study(args: argparse.Namespace, paths: dict[str, Path], study: dict | list[dict], markdown: str) -> None:
+def _write_study(args: argparse.Namespace, paths: dict[str, Path], study: BaseModel | dict | list[dict], markdown: str) -> None:
     import json
 
     write_text(paths[".md"], markdown)
-    write_text(paths[".json"], json.dumps(study, indent=1))
+    write_text(paths[".json"], json.dumps(study.model_dump() if isinstance(study, BaseModel) else study, indent=1))
     print(f"wrote {paths['.md']}, {paths['.json']} and figures in {paths['figures']}")
 
 

@@ -64,10 +64,11 @@ def test_overlap_row_known_answer():
     b = Mask({"blocks.0.attn.q": torch.tensor([[1, 0, 1, 1]], dtype=torch.bool),
               "blocks.0.mlp.up": torch.tensor([[0, 0], [1, 1]], dtype=torch.bool)})
     row = overlap_row("power", a, b)
-    assert row == {"pair": "power", "overall": pytest.approx(3 / 8), "attn": pytest.approx(1 / 4), "mlp": pytest.approx(2 / 4)}
+    assert row.model_dump() == {"pair": "power", "overall": pytest.approx(3 / 8), "attn": pytest.approx(1 / 4), "mlp": pytest.approx(2 / 4)}
 
 
 def test_figures_render_without_display(tmp_path, llama):
+    from persona_interp.analysis.causal import DoseRow
     from persona_interp.analysis.diagnostics import GroupedOverlapRow
     from persona_interp.analysis.localise import UnitDivergence
     from persona_interp.report.figures import (plot_dose_response, plot_layer_kind_heatmap, plot_overlap_bars,
@@ -78,8 +79,8 @@ def test_figures_render_without_display(tmp_path, llama):
     paths += plot_overlap_bars([GroupedOverlapRow(pair="power", variant="wanda (per pole)", sparsity=0.3, overall=0.01, attn=0.005,
                                                   mlp=0.02)], tmp_path / "bars")
     paths += plot_unit_map([UnitDivergence(0, 1, 2.0, 0.1), UnitDivergence(1, 0, 1.0, 0.0)], 2, 4, tmp_path / "heads", unit_label="head")
-    rows = [{"kind": "head", "mode": "zero", "k": k, "selection": sel, "seed": seed, "system": "none", "shift": v,
-             "shift_low": v - 0.1, "shift_high": v + 0.1} for k, sel, seed, v in
+    rows = [DoseRow(kind="head", mode="zero", k=k, selection=sel, seed=seed, system="none", n=4, shift=v,
+                    shift_low=v - 0.1, shift_high=v + 0.1) for k, sel, seed, v in
             [(1, "top", None, 0.1), (2, "top", None, 0.3), (1, "random", 0, 0.0), (2, "random", 0, 0.05),
              (1, "random", 1, -0.02), (2, "random", 1, 0.01)]]
     paths += plot_dose_response(rows, tmp_path / "dose", title="dose")

@@ -1,4 +1,6 @@
 import dataclasses
+from pathlib import Path
+
 import pytest
 import torch
 import json
@@ -6,8 +8,13 @@ import json
 pytest.importorskip("matplotlib")          # absent from the TransformerLens 3.9 job's environment
 
 import persona_interp as pi
+from persona_interp.analysis.causal import DoseRow
+from persona_interp.analysis.localise import PairOverlap, UnitDivergence
 from persona_interp.data.personas import benchmarks_dir
 from persona_interp.report.markdown import atlas_markdown, atlas_summary_markdown
+from persona_interp.report.results import ResultsError
+from persona_interp.report.saved import saved_study_for
+from persona_interp.report.study_results import load_atlas, parse_atlas
 from persona_interp.studies.atlas import persona_atlas
 from persona_interp.studies.config import AtlasConfig
 
@@ -19,18 +26,18 @@ TINY = AtlasConfig(n_calibration=8, n_causal=4, ks=[1, 2], seeds=[0], n_neutral=
 def test_atlas_runs_end_to_end_on_a_tiny_model(llama, tmp_path):
     atlas = persona_atlas(llama, "introversion_extraversion", TINY, tmp_path, progress=False)
     adapter = pi.get_adapter(llama)
-    assert len(atlas["signature_cosine"]) == adapter.n_layers and len(atlas["top_heads"]) == 3
-    assert [r["pair"].split()[1] for r in atlas["overlap"]][:2] == ["contrastive_wanda@0.3", "contrastive_sparse@0.3"]
-    assert all(0 <= r["overall"] <= 1 for r in atlas["overlap"])
+    assert len(atlas.signature_cosine) == adapter.n_layers and len(atlas.top_heads) == 3
+    assert [r.pair.split()[1] for r in atlas.overlap][:2] == ["contrastive_wanda@0.3", "contrastive_sparse@0.3"]
+    assert all(0 <= r.overall <= 1 for r in atlas.overlap)
     # 2 kinds x 2 modes x 2 ks x (top + 1 seed) x 3 systems
-    assert len(atlas["dose_response"]) == 2 * 2 * 2 * 2 * 3
-    assert {"ablation_shift", "steer_seek_shift", "steering_multiplier"} <= set(atlas["equal_damage"])
+    assert atlas.dose_response is not None and len(atlas.dose_response) == 2 * 2 * 2 * 2 * 3
+    assert atlas.equal_damage is not None and atlas.equal_damage.shift("ablation").n == TINY.n_causal
     for stem in ("differ_cw", "iou_removed_cw", "persona_specific", "signature_cosine", "heads", "neurons",
                  "dose_neuron_zero", "dose_head_mean"):
         assert (tmp_path / f"introversion_extraversion_{stem}.png").is_file()
     html = (tmp_path / "introversion_extraversion_top_neurons.html").read_text()
     assert "seek answer" in html and "reject answer" in html
-    json.dumps(atlas)                                   # every number is serialisable
+    assert parse_atlas(json.loads(json.dumps(atlas.model_dump()))) == atlas      # written and read back: the same
     text = atlas_markdown(atlas)
     assert "Dose–response" in text and "Equal damage" in text
 
@@ -61,19 +68,20 @@ def test_cli_analyse_writes_outputs_and_refuses_to_overwrite(llama, tmp_path, mo
 
 
 def _unit(layer, unit, divergence):
-    return {"layer": layer, "unit": unit, "divergence": divergence, "weights_differ": 0.5}
+    return UnitDivergence(layer, unit, divergence, 0.5)
 
 
 def test_summary_markdown_one_row_per_pair_with_known_values():
-    atlas = {"persona": "power", "signature_cosine": [0.999, 0.9981, 0.99995],
-             "overlap": [{"pair": "power contrastive_wanda@0.3", "overall": 0.6, "attn": 0.55, "mlp": 0.625}],
-             "top_heads": [_unit(2, 7, 0.21), _unit(0, 1, 0.1)],
-             "top_neurons": [_unit(16, 263, 1.33), _unit(13, 10, 1.0), _unit(18, 5, 0.9), _unit(14, 2, 0.8)]}
-    dose = [{"kind": "neuron", "mode": "zero", "system": "no prompt", "k": k, "selection": sel, "seed": seed,
-             "shift": shift, "shift_low": shift - 0.1, "shift_high": shift + 0.1}
+    atlas = load_atlas(REPORTS / "atlas" / "power.json").model_copy(update={
+        "persona": "power", "signature_cosine": [0.999, 0.9981, 0.99995],
+        "overlap": [PairOverlap(pair="power contrastive_wanda@0.3", overall=0.6, attn=0.55, mlp=0.625)],
+        "top_heads": [_unit(2, 7, 0.21), _unit(0, 1, 0.1)],
+        "top_neurons": [_unit(16, 263, 1.33), _unit(13, 10, 1.0), _unit(18, 5, 0.9), _unit(14, 2, 0.8)], "dose_response": None})
+    dose = [DoseRow(kind="neuron", mode="zero", system="no prompt", k=k, selection=sel, seed=seed, n=48,
+                    shift=shift, shift_low=shift - 0.1, shift_high=shift + 0.1)
             for k, sel, seed, shift in ((4, "top", None, 0.2), (64, "top", None, 0.43), (64, "random", 0, 0.02), (64, "random", 1, 0.04))]
-    dose.append(dict(dose[1], mode="mean", shift=9.0))                 # another mode: not in the column
-    lines = atlas_summary_markdown([atlas, dict(atlas, persona="wealth", dose_response=dose)], n_units=2).splitlines()
+    dose.append(dose[1].replace(mode="mean", shift=9.0))                 # another mode: not in the column
+    lines = atlas_summary_markdown([atlas, atlas.model_copy(update={"persona": "wealth", "dose_response": dose})], n_units=2).splitlines()
     assert len(lines) == 4 and lines[3].startswith("| wealth |")
     assert lines[2] == ("| power | 0.9981 (L1) | 60.0 % (55.0 / 62.5) | L2H7 (0.21), L0H1 (0.10) "
                         "| L16N263 (1.33), L13N10 (1.00) | 13–18 (median 16) | not measured |")
@@ -183,3 +191,35 @@ def test_cli_overlap_reads_saved_signatures(llama, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="no saved signatures for 'wealth'"):
         cli.main(["overlap", "--signatures", str(folder), "--personas", "wealth", "--out", str(tmp_path / "ov2"),
                   "--figures", str(tmp_path / "f2")])
+
+
+REPORTS = Path(__file__).resolve().parent.parent / "reports"
+
+
+@pytest.mark.parametrize("path", sorted((REPORTS / "atlas").glob("*.json")), ids=lambda p: p.stem)
+def test_committed_atlases_load_and_re_render(path):
+    """Every committed atlas reads into its record, writes back the same JSON and renders its committed markdown."""
+    atlas = load_atlas(path)
+    assert atlas.persona == path.stem and atlas.dose_response and atlas.equal_damage is not None
+    assert json.loads(json.dumps(atlas.model_dump())) == json.loads(path.read_text())
+    assert atlas_markdown(atlas) == path.with_suffix(".md").read_text()
+
+
+def test_an_atlas_with_a_misspelt_or_missing_key_is_an_error_naming_it(tmp_path):
+    data = json.loads((REPORTS / "atlas" / "power.json").read_text())
+    data["dose_response"][0]["shfit"] = data["dose_response"][0].pop("shift")
+    (tmp_path / "power.json").write_text(json.dumps(data))
+    with pytest.raises(ResultsError, match=r"power.json: dose_response.0.shift: Field required; dose_response.0.shfit: Extra inputs"):
+        load_atlas(tmp_path / "power.json")
+    data = json.loads((REPORTS / "atlas" / "power.json").read_text())
+    data["top_heads"][0]["heads"] = 1
+    with pytest.raises(ResultsError, match=r"atlas: top_heads.0.heads: Unexpected keyword argument"):
+        parse_atlas(data)
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ResultsError, match="bad.json is not JSON"):
+        load_atlas(tmp_path / "bad.json")
+
+
+def test_saved_study_for_types_a_saved_atlas(llama):
+    saved = saved_study_for(llama, REPORTS / "atlas" / "power.json", parse_atlas)      # another model's atlas: refused
+    assert saved.results is None and "not this one" in saved.reason

@@ -38,15 +38,15 @@ def test_dose_response_known_answer(llama):
     rows = dose_response(llama, ITEMS, ranked, "head", ks=[1, 2], seeds=[0, 1],
                          systems={"none": None, "seek": "You seek power."}, reference=reference, progress=False)
     assert len(rows) == 2 * (1 + 2) * 2
-    top2 = next(r for r in rows if r["k"] == 2 and r["selection"] == "top" and r["system"] == "seek")
+    top2 = next(r for r in rows if r.k == 2 and r.selection == "top" and r.system == "seek")
     before = score_ab(llama, ITEMS, system="You seek power.", progress=False).margin_mean
     with pi.ablate(llama, pi.HeadMask({1: [3], 0: [1]})):
         after = score_ab(llama, ITEMS, system="You seek power.", progress=False).margin_mean
-    assert top2["shift"] == pytest.approx(float((after - before).mean()), abs=1e-6)
-    assert top2["shift_low"] <= top2["shift"] <= top2["shift_high"] and top2["n"] == len(ITEMS)
-    assert top2["kl"] > 0 and "perplexity_change" in top2
-    randoms = [r for r in rows if r["selection"] == "random" and r["k"] == 1 and r["system"] == "none"]
-    assert sorted(r["seed"] for r in randoms) == [0, 1]
+    assert top2.shift == pytest.approx(float((after - before).mean()), abs=1e-6)
+    assert top2.shift_low <= top2.shift <= top2.shift_high and top2.n == len(ITEMS)
+    assert top2.kl is not None and top2.kl > 0 and top2.perplexity_change is not None
+    randoms = [r for r in rows if r.selection == "random" and r.k == 1 and r.system == "none"]
+    assert sorted(r.seed for r in randoms) == [0, 1] and "seed" in next(r for r in rows if r.seed is None).model_dump()
     assert not llama.blocks[0].attn.hook_z._forward_hooks                      # hooks cleaned up
 
 

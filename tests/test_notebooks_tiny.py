@@ -21,6 +21,7 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+REPORTS = NOTEBOOK_DIR.parent / "reports"
 NOTEBOOKS = sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb"))
 AI_PERSONA_NOTEBOOKS = {"01_quickstart.ipynb", "02_ai_persona_table.ipynb", "04_where_subnetworks_sit.ipynb",
                         "06_causal_vs_steering.ipynb"}      # the power persona: the paper's data in ../shared
@@ -145,6 +146,7 @@ def reports_namespace(name: str, model, d_model: int | None = None, sizes: dict[
     from persona_interp.data.personas import AI_PERSONAS, MBTI_AXES
     from persona_interp.report.results import load_results
     from persona_interp.report.saved import SavedResults
+    from persona_interp.report.study_results import load_atlas, load_regimes
     from persona_interp.report.summary import overlap_from_results, winner_rows
 
     results = load_results(NOTEBOOK_DIR.parent / "reports" / "results.json")
@@ -154,17 +156,17 @@ def reports_namespace(name: str, model, d_model: int | None = None, sizes: dict[
     if name.startswith(("02", "03")):
         ns["PERSONAS"] = list(AI_PERSONAS if name.startswith("02") else MBTI_AXES)
     elif name.startswith("04"):
-        ns["atlases"] = [saved(f"atlas/{p}.json") for p in sorted(pi.persona_names())]
-        ns["atlas"] = saved("atlas/power.json")
+        ns["atlases"] = [load_atlas(REPORTS / "atlas" / f"{p}.json") for p in sorted(pi.persona_names())]
+        ns["atlas"] = load_atlas(REPORTS / "atlas" / "power.json")
     elif name.startswith("05"):
         ns["rows"] = overlap_from_results(results, sizes)
         ns["SPARSITIES"] = sorted({r.sparsity for r in ns["rows"]})
     elif name.startswith("06"):
-        ns.update(atlas=saved("atlas/power.json"), PERSONA="power",
+        ns.update(atlas=load_atlas(REPORTS / "atlas" / "power.json"), PERSONA="power",
                   main_run=SavedResults(Path("reports/results.json"), results, "committed"))
-        ns["rows"] = ns["atlas"]["dose_response"]
+        ns["rows"] = ns["atlas"].dose_response
     elif name.startswith("07"):
-        ns.update(study=saved("composition.json"), regimes={p: saved(f"regimes/{p}.json") for p in pi.persona_names()},
+        ns.update(study=saved("composition.json"), regimes={p: load_regimes(REPORTS / "regimes" / f"{p}.json") for p in pi.persona_names()},
                   random_cosine_band=random_cosine_band)
         nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
         band = next(cell.source for cell in nb.cells if cell.cell_type == "code" and "random_cosine_band(d_model" in cell.source)
@@ -187,12 +189,12 @@ def test_conclusions_format_from_the_committed_reports(name, llama):
     if name.startswith(("02", "03")):
         expected = [f"{persona}** (revision `{results['personas'][persona]['revision']}`" for persona in ns["PERSONAS"]]
     elif name.startswith("04"):
-        expected = [f"{min(a['signature_cosine']):.4f}" for a in ns["atlases"]]
+        expected = [f"{min(a.signature_cosine):.4f}" for a in ns["atlases"]]
     elif name.startswith("06"):
-        e = ns["atlas"]["equal_damage"]
-        expected = [f"{e['ablation_shift'][0]:+.3f}", f"{e['steer_seek_shift'][0]:+.3f}"]
+        e = ns["atlas"].equal_damage
+        expected = [f"{e.shift('ablation').value:+.3f}", f"{e.shift('steer_seek').value:+.3f}"]
     else:
-        expected = [f"{r['effect']['steering']['value']:+.2f}" for r in ns["regimes"].values()]
+        expected = [f"{r.effect['steering'].value:+.2f}" for r in ns["regimes"].values()]
     exec(conclusion_code(nbformat.read(NOTEBOOK_DIR / name, as_version=4)), ns)
     text = "\n".join(shown)
     missing = [e for e in expected if e not in text]

@@ -61,17 +61,23 @@ def test_split_half_differ_within_a_pole(llama, seek_signature):
 
 
 def test_figures_draw_the_nulls(tmp_path):
+    from persona_interp.analysis.causal import DoseRow
+    from persona_interp.analysis.regimes import RegimeComparison, RegimeNorms, TransferCell
+    from persona_interp.evaluation.stats import Estimate
     from persona_interp.report.figures import plot_dose_response, plot_regime_comparison
 
-    rows = [{"kind": "neuron", "mode": "zero", "k": k, "selection": "top", "seed": None, "system": "no prompt", "shift": 0.1 * k,
-             "shift_low": 0.05 * k, "shift_high": 0.15 * k} for k in (1, 4)]
-    rows += [{"kind": "neuron", "mode": "zero", "k": k, "selection": "random", "seed": s, "system": "no prompt",
-              "shift": 0.01 * s, "shift_low": 0.0, "shift_high": 0.0} for k in (1, 4) for s in range(10)]
+    rows = [DoseRow(kind="neuron", mode="zero", k=k, selection="top", seed=None, system="no prompt", n=4, shift=0.1 * k,
+                    shift_low=0.05 * k, shift_high=0.15 * k) for k in (1, 4)]
+    rows += [DoseRow(kind="neuron", mode="zero", k=k, selection="random", seed=s, system="no prompt", n=4,
+                     shift=0.01 * s, shift_low=0.0, shift_high=0.0) for k in (1, 4) for s in range(10)]
     assert all(p.stat().st_size > 1000 for p in plot_dose_response(rows, tmp_path / "dose", title="ten seeds"))
-    effect = {"prompt": {"value": 0.2, "low": 0.1, "high": 0.3}, "mask": {"value": 0.3, "low": 0.1, "high": 0.4}}
-    result = {"layers": [0, 1], "layer": 1, "effect": effect, "cosine": {"prompt|mask": [0.9, -0.5]}, "n_items": 3,
-              "transfer": {s: {d: {"ratio": 1.0} for d in effect} for s in effect}, "random_cosine_band": [-0.08, 0.08]}
-    assert all(p.stat().st_size > 1000 for p in plot_regime_comparison(result, tmp_path / "regimes", title="band"))
+    effect = {"prompt": Estimate(0.2, 0.1, 0.3, 3), "mask": Estimate(0.3, 0.1, 0.4, 3)}
+    norms = RegimeNorms(seek=[0.0, 1.0], reject=[0.0, 1.0], direction=[0.0, 1.0])
+    result = RegimeComparison(layers=[0, 1], layer=1, n_texts=2, n_items=3, effect=effect, norms=dict.fromkeys(effect, norms),
+                              cosine={"prompt|mask": [0.9, -0.5]}, cosine_seek={"prompt|mask": [0.9, -0.5]},
+                              transfer={s: {d: TransferCell(value=0.1, low=0.0, high=0.2, n=3, ratio=1.0) for d in effect} for s in effect})
+    paths = plot_regime_comparison(result, tmp_path / "regimes", title="band", band=[-0.08, 0.08])
+    assert all(p.stat().st_size > 1000 for p in paths)
 
 
 def test_null_units_rank_the_halves_of_one_pole(llama, seek_signature):

@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -6,7 +9,10 @@ pytest.importorskip("matplotlib")          # absent from the TransformerLens 3.9
 import persona_interp as pi
 from persona_interp.interventions.conditions import MaskCondition, Prompt, SteeringCondition
 from persona_interp.report.figures import plot_regime_comparison
-from persona_interp.analysis.regimes import compare_regimes, regime_cosines, regime_shifts
+from persona_interp.analysis.regimes import RegimeNorms, TransferCell, compare_regimes, regime_cosines, regime_shifts
+from persona_interp.evaluation.stats import Estimate
+from persona_interp.report.results import ResultsError
+from persona_interp.report.study_results import RegimesStudy, SteeringChoice, load_regimes, parse_regimes
 from persona_interp.report.markdown import regimes_markdown, regimes_summary_markdown, transfer_ratio
 from persona_interp.interventions.steering import SteeringVector
 
@@ -47,24 +53,26 @@ def test_cosines_per_layer():
     assert list(cos) == ["a|b"] and cos["a|b"] == pytest.approx([0.0, -1.0])
 
 
-def test_markdown_gives_no_transfer_fraction_of_an_effect_indistinguishable_from_zero():
-    effect = {"prompt": {"value": 0.2, "low": 0.1, "high": 0.3}, "mask": {"value": -0.3, "low": -0.9, "high": 0.4}}
-    transfer = {src: {d: {"ratio": r, "value": 0.05, "low": 0.01, "high": 0.09} for d, r in (("prompt", 0.25), ("mask", -7.0))}
+def _study(cosine: list[float]) -> RegimesStudy:
+    """Two regimes: prompt's effect clear of 0, mask's not; every transfer 0.05 [0.01, 0.09] with ratios 0.25 and -7."""
+    effect = {"prompt": Estimate(0.2, 0.1, 0.3, 3), "mask": Estimate(-0.3, -0.9, 0.4, 3)}
+    transfer = {src: {d: TransferCell(ratio=r, value=0.05, low=0.01, high=0.09, n=3) for d, r in (("prompt", 0.25), ("mask", -7.0))}
                 for src in effect}
-    result = {"persona": "wealth", "seed": 0, "n_texts": 2, "n_items": 3, "validation_items": 4, "sparsity": 0.3,
-              "steering": {"layer": 1, "multiplier": 2.0}, "layers": [0, 1], "layer": 1, "effect": effect,
-              "norms": {n: {"direction": [0.0, 1.0]} for n in effect}, "cosine": {"prompt|mask": [0.0, 0.5]},
-              "transfer": transfer}
+    return RegimesStudy(persona="wealth", seed=0, n_texts=2, n_items=3, fit_items=4, validation_items=4, sparsity=0.3,
+                        steering=SteeringChoice(layer=1, multiplier=2.0), layers=[0, 1], layer=1, effect=effect,
+                        norms={n: RegimeNorms(seek=[0.0, 1.0], reject=[0.0, 1.0], direction=[0.0, 1.0]) for n in effect},
+                        cosine={"prompt|mask": cosine}, cosine_seek={"prompt|mask": cosine}, transfer=transfer)
+
+
+def test_markdown_gives_no_transfer_fraction_of_an_effect_indistinguishable_from_zero():
+    result = _study([0.0, 0.5])
     rows = [line for line in regimes_markdown(result).splitlines() if line.startswith(("| prompt |", "| mask |"))][-2:]
     assert rows == ["| prompt | 0.25 (+0.0500 [+0.0100, +0.0900]) | n/a (+0.0500 [+0.0100, +0.0900]) |",
                     "| mask | 0.25 (+0.0500 [+0.0100, +0.0900]) | n/a (+0.0500 [+0.0100, +0.0900]) |"]
 
 
 def test_summary_gives_cosines_at_the_steering_layer_and_no_ratio_to_a_null_effect():
-    effect = {"prompt": {"value": 0.2, "low": 0.1, "high": 0.3}, "mask": {"value": -0.3, "low": -0.9, "high": 0.4}}
-    transfer = {src: {d: {"ratio": r, "value": 0.05, "low": 0.01, "high": 0.09} for d, r in (("prompt", 0.25), ("mask", -7.0))}
-                for src in effect}
-    result = {"layers": [0, 1], "layer": 1, "effect": effect, "cosine": {"prompt|mask": [0.9, -0.5]}, "transfer": transfer}
+    result = _study([0.9, -0.5])
     lines = regimes_summary_markdown({"wealth": result}).splitlines()
     assert lines[:3] == ["| persona | layer | prompt vs mask |", "|---|---|---|", "| wealth | 1 | -0.500 |"]
     assert lines[-2:] == ["| wealth | prompt | 0.25 | n/a |", "| wealth | mask | 0.25 | n/a |"]
@@ -78,12 +86,12 @@ def test_compare_regimes_transfer_of_a_steering_regime_to_itself_is_one(llama, t
                "mask": (MaskCondition("m-seek", side="seek", mask=mask), MaskCondition("m-reject", side="reject", mask=~mask)),
                "prompt": (Prompt("p-seek", side="seek", system="You love power."), Prompt("p-reject", side="reject", system="No power."))}
     result = compare_regimes(llama, regimes, TEXTS, ITEMS, layer=1, layers=[0])
-    assert result["layers"] == [0, 1] and result["n_items"] == 3
-    assert set(result["cosine"]) == {"steering|mask", "steering|prompt", "mask|prompt"}
-    assert abs(result["effect"]["steering"]["value"]) > 1e-4
+    assert result.layers == [0, 1] and result.n_items == 3
+    assert set(result.cosine) == {"steering|mask", "steering|prompt", "mask|prompt"}
+    assert abs(result.effect["steering"].value) > 1e-4
     # the steering regime's own direction at its own layer, at its own norm, is the same intervention
-    assert result["transfer"]["steering"]["steering"]["ratio"] == pytest.approx(1.0, rel=1e-3)
-    assert all(abs(c) <= 1 + 1e-9 for values in result["cosine"].values() for c in values)
+    assert result.transfer["steering"]["steering"].ratio == pytest.approx(1.0, rel=1e-3)
+    assert all(abs(c) <= 1 + 1e-9 for values in result.cosine.values() for c in values)
     paths = plot_regime_comparison(result, tmp_path / "regimes", title="tiny")
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
     with pytest.raises(ValueError, match="A/B items"):
@@ -104,7 +112,32 @@ def test_cli_regimes_on_an_mbti_axis(llama, tmp_path, monkeypatch):
     reject.save(folder / "introversion_extraversion_reject.safetensors")
     cli.main(["regimes", "--persona", "introversion_extraversion", "--signatures", str(folder), "--n-items", "3",
               "--n-texts", "2", "--n-calibration", "4", "--out", str(tmp_path / "reg"), "--figures", str(tmp_path / "f")])
-    study = json.loads((tmp_path / "reg.json").read_text())
-    assert set(study["transfer"]) == {"prompt", "mask", "steering"} and study["n_items"] == 3 and study["fit_items"] == 4
+    study = load_regimes(tmp_path / "reg.json")
+    assert set(study.transfer) == {"prompt", "mask", "steering"} and study.n_items == 3 and study.fit_items == 4
+    assert study.random_cosine_band is not None and study.model_dump() == json.loads((tmp_path / "reg.json").read_text())
     assert "prompt vs mask" in (tmp_path / "reg.md").read_text()
     assert (tmp_path / "f" / "regimes_introversion_extraversion.png").is_file()
+
+
+REPORTS = Path(__file__).resolve().parent.parent / "reports"
+
+
+@pytest.mark.parametrize("path", sorted((REPORTS / "regimes").glob("*.json")), ids=lambda p: p.stem)
+def test_committed_regime_comparisons_load_and_re_render(path):
+    """Every committed comparison reads into its record, writes back the same JSON and renders its committed markdown."""
+    study = load_regimes(path)
+    assert study.persona == path.stem and set(study.effect) == {"prompt", "mask", "steering"}
+    assert json.loads(json.dumps(study.model_dump())) == json.loads(path.read_text())
+    assert regimes_markdown(study) == path.with_suffix(".md").read_text()
+
+
+def test_a_regime_comparison_with_a_misspelt_key_is_an_error_naming_it(tmp_path):
+    data = json.loads((REPORTS / "regimes" / "power.json").read_text())
+    data["effect"]["mask"]["hgih"] = data["effect"]["mask"].pop("high")
+    (tmp_path / "power.json").write_text(json.dumps(data))
+    with pytest.raises(ResultsError, match=r"power.json: effect.mask.high: Field required; effect.mask.hgih: Unexpected"):
+        load_regimes(tmp_path / "power.json")
+    data = json.loads((REPORTS / "regimes" / "power.json").read_text())
+    data["steering"]["alpha"] = data["steering"].pop("multiplier")
+    with pytest.raises(ResultsError, match=r"regimes: steering.multiplier: Field required; steering.alpha: Extra inputs"):
+        parse_regimes(data)

@@ -12,16 +12,17 @@ Examples:
     >>> units = neuron_divergence(model, sig_seek, sig_reject)
     >>> rows = dose_response(model, test, units, "neuron", ks=[4, 16], seeds=[0, 1], progress=False,
     ...                      systems={"seek prompt": "You seek power.", "reject prompt": "You avoid power."})
-    >>> len(rows), sorted({row["selection"] for row in rows})     # (2 top + 2 × 2 random) × 2 prompts
+    >>> len(rows), sorted({row.selection for row in rows})     # (2 top + 2 × 2 random) × 2 prompts
     (12, ['random', 'top'])
 """
 from __future__ import annotations
 
 import random
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from persona_interp.analysis.localise import UnitDivergence
 from persona_interp.data.personas import PersonaItem
+from persona_interp.evaluation.rows import Row
 from persona_interp.evaluation.scoring import ABScores, DamageReference, score_ab
 from persona_interp.evaluation.stats import paired_difference
 from persona_interp.interventions.ablation import HeadMask, NeuronMask, ablate
@@ -32,6 +33,25 @@ from persona_interp.progress import stage
 from persona_interp.signatures import Signature
 
 UNIT_KINDS = ("neuron", "head")
+
+
+class DoseRow(Row):
+    """One point of a dose–response curve ([`dose_response`][persona_interp.analysis.causal.dose_response]): the
+    paired margin shift (seek − reject, nats/token) of ablating ``k`` units against the unablated model under one
+    system prompt, with its 95 % interval, and the damage where it was measured. ``seed`` is None for the top-k."""
+
+    kind: str
+    mode: str
+    k: int
+    selection: Literal["top", "random"]
+    seed: int | None
+    system: str
+    n: int
+    shift: float
+    shift_low: float
+    shift_high: float
+    perplexity_change: float | None = None
+    kl: float | None = None
 
 
 def unit_mask(kind: str, units: Sequence[tuple[int, int]], mode: str = "zero", signature: Signature | None = None,
@@ -66,7 +86,7 @@ def dose_response(model: Any, items: Sequence[PersonaItem], ranked: Sequence[Uni
                   ks: Sequence[int], *, mode: str = "zero", signature: Signature | None = None,
                   seeds: Sequence[int] = (0, 1, 2), systems: dict[str, SystemPrompt] | None = None,
                   reference: DamageReference | None = None, batch_size: int = 8,
-                  progress: bool = True) -> list[dict[str, Any]]:
+                  progress: bool = True) -> list[DoseRow]:
     """One row per (k, selection, seed, system): the mean paired margin shift (seek − reject,
     nats/token) against the unablated model under the same system prompt, its 95 % interval, and
     the damage (perplexity change, KL) when ``reference`` is given. ``selection`` is ``top`` (the
@@ -75,9 +95,10 @@ def dose_response(model: Any, items: Sequence[PersonaItem], ranked: Sequence[Uni
     unablated = {name: score_ab(model, items, system=system, batch_size=batch_size, progress=False)
                  for name, system in systems.items()}
     base_damage = reference.measure(model) if reference is not None else None
-    plan: list[tuple[int, str, int | None, list[tuple[int, int]]]] = [(k, "top", None, [(u.layer, u.unit) for u in ranked[:k]]) for k in ks]
+    plan: list[tuple[int, Literal["top", "random"], int | None, list[tuple[int, int]]]]
+    plan = [(k, "top", None, [(u.layer, u.unit) for u in ranked[:k]]) for k in ks]
     plan += [(k, "random", seed, random_units(model, kind, k, seed)) for k in ks for seed in seeds]
-    rows = []
+    rows: list[DoseRow] = []
     with stage(f"{kind} dose-response ({mode})", total=len(plan), progress=progress) as bar:
         for k, selection, seed, units in plan:
             mask = unit_mask(kind, units, mode, signature)
@@ -86,11 +107,10 @@ def dose_response(model: Any, items: Sequence[PersonaItem], ranked: Sequence[Uni
                 for name, system in systems.items():
                     scores: ABScores = score_ab(model, items, system=system, batch_size=batch_size, progress=False)
                     shift = paired_difference(scores.margin_mean, unablated[name].margin_mean)
-                    row = {"kind": kind, "mode": mode, "k": k, "selection": selection, "seed": seed, "system": name,
-                           "n": shift.n, "shift": shift.value, "shift_low": shift.low, "shift_high": shift.high}
+                    row = DoseRow(kind=kind, mode=mode, k=k, selection=selection, seed=seed, system=name, n=shift.n,
+                                  shift=shift.value, shift_low=shift.low, shift_high=shift.high)
                     if damage is not None and base_damage is not None:
-                        row["perplexity_change"] = damage.perplexity / base_damage.perplexity - 1.0
-                        row["kl"] = damage.kl
+                        row = row.replace(perplexity_change=damage.perplexity / base_damage.perplexity - 1.0, kl=damage.kl)
                     rows.append(row)
             bar.update()
     return rows

@@ -15,8 +15,10 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
+from pydantic import ConfigDict
 from torch import Tensor
 
+from persona_interp.evaluation.rows import Row
 from persona_interp.masks.builders import contrast
 from persona_interp.masks.mask import Mask, fraction_differ, fraction_differ_by
 from persona_interp.model.adapter import ATTN_KINDS, MLP_KINDS, get_adapter, map_name, parse_map_name
@@ -37,18 +39,28 @@ def layer_kind_grid(per_map: dict[str, float], n_layers: int | None = None) -> t
     return grid, KINDS
 
 
-def overlap_row(pair: str, seek: Mask, reject: Mask) -> dict[str, float | str]:
+class PairOverlap(Row):
+    """How much two masks (named by ``pair``) differ: the share of entries overall, in attention and in MLP weights
+    (NaN where the masks cover none of them) ([`overlap_row`][persona_interp.analysis.localise.overlap_row])."""
+
+    pair: str
+    overall: float
+    attn: float
+    mlp: float
+
+
+def overlap_row(pair: str, seek: Mask, reject: Mask) -> PairOverlap:
     """The paper's overlap table row: fraction of entries that differ between two opposing masks,
     overall, in attention and in MLP weights.
 
     Examples:
         >>> row = overlap_row("power", seek_mask, reject_mask)
-        >>> sorted(row), row["overall"] <= 0.6               # at most 2ρ for a ρ = 0.3 Contrastive-Wanda pair
-        (['attn', 'mlp', 'overall', 'pair'], True)
+        >>> row.pair, row.overall <= 0.6               # at most 2ρ for a ρ = 0.3 Contrastive-Wanda pair
+        ('power', True)
     """
     by_module = fraction_differ_by(seek, reject, "module")
-    return {"pair": pair, "overall": fraction_differ(seek, reject), "attn": by_module.get("attn", float("nan")),
-            "mlp": by_module.get("mlp", float("nan"))}
+    return PairOverlap(pair=pair, overall=fraction_differ(seek, reject), attn=by_module.get("attn", float("nan")),
+                       mlp=by_module.get("mlp", float("nan")))
 
 
 def persona_specific_removal(persona: Mask, reference: Mask) -> dict[str, float]:
@@ -78,7 +90,10 @@ def signature_cosine_by_layer(seek: Signature, reject: Signature, statistic: str
 @dataclass(frozen=True)
 class UnitDivergence:
     """One head or neuron: the mean |z| over its channels and the share of its weights that two
-    masks assign differently."""
+    masks assign differently. An atlas file's ``top_heads`` / ``top_neurons`` read back into it (a key it lacks is
+    an error naming it)."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
 
     layer: int
     unit: int

@@ -13,7 +13,7 @@ Examples:
     >>> regimes = {"prompt": (Prompt("p+", system="You seek power."), Prompt("p-", system="You avoid power.")),
     ...            "mask": (MaskCondition("cw+", mask=seek_mask), MaskCondition("cw-", mask=reject_mask))}
     >>> result = compare_regimes(model, regimes, texts, test, layer=1)
-    >>> len(result["cosine"]["prompt|mask"]), sorted(result["transfer"]["mask"])     # one cosine per layer
+    >>> len(result.cosine["prompt|mask"]), sorted(result.transfer["mask"])     # one cosine per layer
     (2, ['mask', 'prompt'])
 """
 from __future__ import annotations
@@ -25,13 +25,54 @@ from jaxtyping import Float
 from torch import Tensor
 
 from persona_interp.data.personas import PersonaItem
+from persona_interp.evaluation.rows import Record, Row
 from persona_interp.evaluation.scoring import score_ab
-from persona_interp.evaluation.stats import paired_difference
+from persona_interp.evaluation.stats import Estimate, paired_difference
 from persona_interp.interventions.conditions import Condition
 from persona_interp.interventions.steering import SteeringVector, residual_means
 from persona_interp.model.adapter import get_adapter
 
 NEUTRAL_REQUEST = "Write a short paragraph."
+
+
+class RegimeNorms(Record):
+    """Per layer, the norms of a regime's mean ``seek`` and ``reject`` shifts against the base model and of its
+    seek − reject ``direction``."""
+
+    seek: list[float]
+    reject: list[float]
+    direction: list[float]
+
+
+class TransferCell(Row):
+    """One cell of the transfer matrix: the seek − reject effect of one regime's direction injected with another's
+    norm (``value`` with its 95 % interval over ``n`` items) and its ``ratio`` to the other regime's own effect."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+    ratio: float
+
+
+class RegimeComparison(Record):
+    """Shifts, cosines and the transfer matrix of several regimes of one persona pair
+    ([`compare_regimes`][persona_interp.analysis.regimes.compare_regimes]); ``"a|b"`` keys name two regimes,
+    the lists run over ``layers``."""
+
+    layers: list[int]
+    layer: int
+    n_texts: int
+    n_items: int
+    norms: dict[str, RegimeNorms]
+    cosine: dict[str, list[float]]
+    cosine_seek: dict[str, list[float]]
+    effect: dict[str, Estimate]
+    transfer: dict[str, dict[str, TransferCell]]
+
+    def at_layer(self, values: list[float]) -> float:
+        """The value of a per-layer list (a cosine, a norm) at the compared ``layer``."""
+        return values[self.layers.index(self.layer)]
 
 
 def _residuals(model: Any, condition: Condition | None, texts: Sequence[str], layers: Sequence[int],
@@ -82,7 +123,7 @@ def regime_cosines(shifts: Mapping[str, Mapping[str, Tensor]], key: str = "direc
 
 def compare_regimes(model: Any, regimes: Mapping[str, tuple[Condition, Condition]], texts: Sequence[str],
                     items: Sequence[PersonaItem], *, layer: int | None = None, layers: Sequence[int] | None = None,
-                    batch_size: int = 8, progress: bool = False) -> dict[str, Any]:
+                    batch_size: int = 8, progress: bool = False) -> RegimeComparison:
     """Shifts, cosines and the transfer matrix of several regimes of one persona pair.
 
     ``effect[r]``: the regime's own behavioural effect, the paired seek-minus-reject difference of the
@@ -100,17 +141,14 @@ def compare_regimes(model: Any, regimes: Mapping[str, tuple[Condition, Condition
     shifts = regime_shifts(model, regimes, texts, layers=layers, batch_size=batch_size, progress=progress)
     at = layers.index(layer)
 
-    def difference(seek: Tensor, reject: Tensor) -> dict[str, float]:
-        return paired_difference(seek, reject).to_dict()
-
-    effect = {}
+    effect: dict[str, Estimate] = {}
     for name, (seek, reject) in regimes.items():
         margins = []
         for cond in (seek, reject):
             with cond.applied(model):
                 margins.append(score_ab(model, items, system=cond.system, batch_size=batch_size, progress=False).margin_mean)
-        effect[name] = difference(*margins)
-    transfer: dict[str, dict[str, dict[str, float]]] = {}
+        effect[name] = paired_difference(margins[0], margins[1])
+    transfer: dict[str, dict[str, TransferCell]] = {}
     for src in regimes:
         unit = shifts[src]["direction"][at] / shifts[src]["direction"][at].norm().clamp_min(1e-12)
         transfer[src] = {}
@@ -120,10 +158,9 @@ def compare_regimes(model: Any, regimes: Mapping[str, tuple[Condition, Condition
             for sign in (1.0, -1.0):
                 with vector.apply(model, sign):
                     margins.append(score_ab(model, items, batch_size=batch_size, progress=False).margin_mean)
-            steered = difference(*margins)
-            ratio = steered["value"] / effect[dst]["value"] if effect[dst]["value"] else float("nan")
-            transfer[src][dst] = {**steered, "ratio": ratio}
-    return {"layers": layers, "layer": layer, "n_texts": len(list(texts)), "n_items": len(items),
-            "norms": {name: {k: v.norm(dim=-1).tolist() for k, v in s.items()} for name, s in shifts.items()},
-            "cosine": regime_cosines(shifts), "cosine_seek": regime_cosines(shifts, "seek"),
-            "effect": effect, "transfer": transfer}
+            steered = paired_difference(margins[0], margins[1])
+            ratio = steered.value / effect[dst].value if effect[dst].value else float("nan")
+            transfer[src][dst] = TransferCell(value=steered.value, low=steered.low, high=steered.high, n=steered.n, ratio=ratio)
+    return RegimeComparison(layers=layers, layer=layer, n_texts=len(list(texts)), n_items=len(items),
+                            norms={name: RegimeNorms(**{k: v.norm(dim=-1).tolist() for k, v in s.items()}) for name, s in shifts.items()},
+                            cosine=regime_cosines(shifts), cosine_seek=regime_cosines(shifts, "seek"), effect=effect, transfer=transfer)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from jaxtyping import Bool, Float
+from pydantic import ConfigDict
 from scipy import stats as _scipy_stats
 from torch import Tensor
 
@@ -21,7 +22,10 @@ MIN_N = 2   # a t interval needs n − 1 ≥ 1 degrees of freedom: with one item
 @dataclass(frozen=True)
 class Estimate:
     """A point estimate with its 95 % interval and sample count (``low``/``high`` NaN when the interval is
-    undefined: a mean of fewer than [`MIN_N`][persona_interp.evaluation.stats.MIN_N] values)."""
+    undefined: a mean of fewer than [`MIN_N`][persona_interp.evaluation.stats.MIN_N] values). A results file's
+    ``{"value", "low", "high", "n"}`` reads back into it (a key it lacks is an error naming it)."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
 
     value: float
     low: float

@@ -15,8 +15,10 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
+from persona_interp.analysis.causal import DoseRow
 from persona_interp.analysis.diagnostics import GroupedOverlapRow
 from persona_interp.analysis.nulls import percentile_band
+from persona_interp.analysis.regimes import RegimeComparison
 from persona_interp.data.files import atomic
 from persona_interp.data.personas import SIDES
 from persona_interp.evaluation.rows import ConditionRow, FrontierRow
@@ -118,21 +120,20 @@ def plot_unit_map(units: Sequence[Any], n_layers: int, n_units: int, stem: str |
 MIN_BAND_DRAWS = 10          # seeds from which a random control is drawn as a percentile band
 
 
-def plot_dose_response(rows: Sequence[dict], stem: str | os.PathLike, *, title: str = "",
-                       value: str = "shift", ylabel: str = "margin shift vs unablated (nats/token)") -> list[Path]:
+def plot_dose_response(rows: Sequence[DoseRow], stem: str | os.PathLike, *, title: str = "",
+                       ylabel: str = "margin shift vs unablated (nats/token)") -> list[Path]:
     """Dose–response curves from [`dose_response`][persona_interp.analysis.causal.dose_response]: one panel per system
     prompt; the top-k units with their 95 % interval, random units as the mean over seeds with their 5th–95th
     percentile band (from 10 seeds on; the range below); x = k (log scale)."""
-    systems = list(dict.fromkeys(r["system"] for r in rows))
+    systems = list(dict.fromkeys(r.system for r in rows))
     fig, axes = plt.subplots(1, len(systems), figsize=(4.5 * len(systems), 3.8), squeeze=False, sharey=True)
     for ax, system in zip(axes[0], systems):
-        mine = [r for r in rows if r["system"] == system]
-        ks = sorted({r["k"] for r in mine})
-        top = [next(r for r in mine if r["k"] == k and r["selection"] == "top") for k in ks]
-        ax.errorbar(ks, [r[value] for r in top], yerr=[[r[value] - r[f"{value}_low"] for r in top],
-                                                        [r[f"{value}_high"] - r[value] for r in top]],
+        mine = [r for r in rows if r.system == system]
+        ks = sorted({r.k for r in mine})
+        top = [next(r for r in mine if r.k == k and r.selection == "top") for k in ks]
+        ax.errorbar(ks, [r.shift for r in top], yerr=[[r.shift - r.shift_low for r in top], [r.shift_high - r.shift for r in top]],
                     marker="o", capsize=3, color="#d62728", label="top-k persona units (95 % CI)")
-        rand = [[r[value] for r in mine if r["k"] == k and r["selection"] == "random"] for k in ks]
+        rand = [[r.shift for r in mine if r.k == k and r.selection == "random"] for k in ks]
         if any(rand):
             mean = [sum(v) / len(v) for v in rand]
             ax.plot(ks, mean, marker="s", color="#555555", label="random units (mean over seeds)")
@@ -142,7 +143,7 @@ def plot_dose_response(rows: Sequence[dict], stem: str | os.PathLike, *, title: 
                             label=f"random units ({'5th–95th percentile' if banded else 'range'} over {min(len(v) for v in rand)} seeds)")
         ax.axhline(0, color="black", lw=0.8, ls="--")
         ax.set_xscale("log", base=2)
-        ax.set_xlabel(f"k ({mine[0]['kind']}s ablated, {mine[0]['mode']})")
+        ax.set_xlabel(f"k ({mine[0].kind}s ablated, {mine[0].mode})")
         ax.set_title(system)
     axes[0][0].set_ylabel(ylabel)
     axes[0][-1].legend(fontsize=8)
@@ -164,32 +165,33 @@ def plot_layer_curve(values: Any, stem: str | os.PathLike, *, ylabel: str, title
     return save(fig, stem)
 
 
-def plot_regime_comparison(result: dict, stem: str | os.PathLike, title: str = "") -> list[Path]:
+def plot_regime_comparison(result: RegimeComparison, stem: str | os.PathLike, title: str = "",
+                           band: Sequence[float] | None = None) -> list[Path]:
     """Regime comparison of one persona pair (from
     [`compare_regimes`][persona_interp.analysis.regimes.compare_regimes]): cosine of the seek-minus-reject residual
-    directions per layer for every two regimes, with the band of cosines between random directions where the result
-    records one (``random_cosine_band``), and the transfer matrix (behaviour reproduced by one regime's direction, as
-    a fraction of another's)."""
+    directions per layer for every two regimes, with the ``band`` of cosines between random directions where given
+    (e.g. [`random_cosine_band`][persona_interp.analysis.nulls.random_cosine_band]), and the transfer matrix (behaviour
+    reproduced by one regime's direction, as a fraction of another's)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [1.6, 1]})
-    if result.get("random_cosine_band"):
-        left.axhspan(*result["random_cosine_band"], color="#999999", alpha=0.3, label="random directions (95 %)")
-    for pair, values in result["cosine"].items():
-        left.plot(result["layers"], values, marker="o", ms=3, label=pair.replace("|", " vs "))
+    if band:
+        left.axhspan(*band, color="#999999", alpha=0.3, label="random directions (95 %)")
+    for pair, values in result.cosine.items():
+        left.plot(result.layers, values, marker="o", ms=3, label=pair.replace("|", " vs "))
     left.axhline(0, color="black", lw=0.8, ls="--")
-    left.axvline(result["layer"], color="grey", lw=0.8, ls=":")
+    left.axvline(result.layer, color="grey", lw=0.8, ls=":")
     left.set_xlabel("layer (residual stream entering the block)")
     left.set_ylabel("cosine of seek − reject shifts")
     left.set_ylim(-1, 1)
     left.legend(fontsize=8)
-    names = list(result["transfer"])
-    ratios = np.array([[result["transfer"][s][d]["ratio"] for d in names] for s in names], dtype=float)
+    names = list(result.transfer)
+    ratios = np.array([[result.transfer[s][d].ratio for d in names] for s in names], dtype=float)
     image = right.imshow(ratios, cmap="RdBu_r", vmin=-1.5, vmax=1.5)
     for i in range(len(names)):
         for j in range(len(names)):
             right.text(j, i, f"{ratios[i, j]:.2f}", ha="center", va="center", fontsize=8)
-    right.set_xticks(range(len(names)), [f"{n}\n({result['effect'][n]['value']:+.3f})" for n in names], fontsize=8)
+    right.set_xticks(range(len(names)), [f"{n}\n({result.effect[n].value:+.3f})" for n in names], fontsize=8)
     right.set_yticks(range(len(names)), [f"{n} direction" for n in names], fontsize=8)
-    right.set_title(f"effect reproduced at layer {result['layer']} (ratio; n = {result['n_items']})", fontsize=9)
+    right.set_title(f"effect reproduced at layer {result.layer} (ratio; n = {result.n_items})", fontsize=9)
     fig.colorbar(image, ax=right, fraction=0.046)
     fig.suptitle(title)
     fig.tight_layout()

@@ -1,6 +1,7 @@
 """Markdown: the generic table and each study's report text."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -9,6 +10,8 @@ from typing import Any, Mapping, Protocol, Sequence, Union, runtime_checkable
 from pydantic import BaseModel
 
 from persona_interp.analysis.diagnostics import GroupedOverlapRow
+from persona_interp.analysis.localise import UnitDivergence
+from persona_interp.analysis.regimes import RegimeComparison
 from persona_interp.data.files import write_text
 from persona_interp.evaluation.rows import (
     BudgetWinner,
@@ -21,9 +24,10 @@ from persona_interp.evaluation.rows import (
 )
 from persona_interp.evaluation.stats import MIN_N
 from persona_interp.report.results import Diagnostics, PersonaResult, RunResults, Used, now, parse_results
+from persona_interp.report.study_results import AtlasStudy, RegimesStudy
 from persona_interp.report.summary import diagnostics_by_persona, summary_tables
 
-Tabular = Union[Mapping[str, Any], BaseModel]     # a row of a table: a typed row or a plain mapping
+Tabular = Union[Mapping[str, Any], BaseModel, UnitDivergence]     # a row of a table: a typed row, a unit or a plain mapping
 
 
 def overlap_markdown(rows: Sequence[GroupedOverlapRow]) -> str:
@@ -36,48 +40,46 @@ def overlap_markdown(rows: Sequence[GroupedOverlapRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def atlas_markdown(atlas: dict[str, Any]) -> str:
+def atlas_markdown(atlas: AtlasStudy) -> str:
     """A short markdown summary of one atlas run (tables of the numbers behind the figures)."""
-    p = atlas["persona"]
-    sizes = " / ".join(f"{d['side']} {d['n_samples']}" for d in atlas["signature_data"])
-    lines = [f"## {p}: where the persona sits (signatures of {sizes} calibration items)\n",
+    sizes = " / ".join(f"{d.side} {d.n_samples}" for d in atlas.signature_data)
+    lines = [f"## {atlas.persona}: where the persona sits (signatures of {sizes} calibration items)\n",
              "| masks | differ overall | differ attention | differ MLP |", "|---|---|---|---|"]
-    lines += [f"| {r['pair']} | {100 * r['overall']:.2f} % | {100 * r['attn']:.2f} % | {100 * r['mlp']:.2f} % |" for r in atlas["overlap"]]
-    cos = atlas["signature_cosine"]
+    lines += [f"| {r.pair} | {100 * r.overall:.2f} % | {100 * r.attn:.2f} % | {100 * r.mlp:.2f} % |" for r in atlas.overlap]
+    cos = atlas.signature_cosine
     lines += ["", f"Signature cosine (seek vs reject) per layer: min {min(cos):.4f}, first layer {cos[0]:.4f}, last layer {cos[-1]:.4f}.", "",
               "| top heads (layer, head) | divergence | CW weights differ |", "|---|---|---|"]
-    lines += [f"| L{u['layer']}H{u['unit']} | {u['divergence']:.3f} | {100 * u['weights_differ']:.2f} % |" for u in atlas["top_heads"]]
+    lines += [f"| L{u.layer}H{u.unit} | {u.divergence:.3f} | {100 * u.weights_differ:.2f} % |" for u in atlas.top_heads]
     lines += ["", "| top neurons (layer, neuron) | divergence | CW weights differ |", "|---|---|---|"]
-    lines += [f"| L{u['layer']}N{u['unit']} | {u['divergence']:.3f} | {100 * u['weights_differ']:.2f} % |" for u in atlas["top_neurons"]]
-    if "dose_response" not in atlas:
+    lines += [f"| L{u.layer}N{u.unit} | {u.divergence:.3f} | {100 * u.weights_differ:.2f} % |" for u in atlas.top_neurons]
+    if atlas.dose_response is None or atlas.equal_damage is None:
         return "\n".join(lines + ["", "Localisation only: no causal ablations in this run (`AtlasConfig(causal=False)`).", ""])
     lines += ["", "Dose–response (paired margin shift vs unablated, nats/token, 95 % CI; random = mean over seeds):", "",
               "| kind | mode | system | k | top-k shift | random shift (mean [min, max] over seeds) | top-k ppl change |",
               "|---|---|---|---|---|---|---|"]
-    rows = atlas["dose_response"]
-    for r in (r for r in rows if r["selection"] == "top"):
-        key = (r["kind"], r["mode"], r["system"], r["k"])
-        rand = [x["shift"] for x in rows if x["selection"] == "random" and (x["kind"], x["mode"], x["system"], x["k"]) == key]
+    rows = atlas.dose_response
+    for r in (r for r in rows if r.selection == "top"):
+        key = (r.kind, r.mode, r.system, r.k)
+        rand = [x.shift for x in rows if x.selection == "random" and (x.kind, x.mode, x.system, x.k) == key]
         rand_text = f"{sum(rand) / len(rand):+.3f} [{min(rand):+.3f}, {max(rand):+.3f}]" if rand else "—"
-        lines.append(f"| {r['kind']} | {r['mode']} | {r['system']} | {r['k']} | {r['shift']:+.3f} [{r['shift_low']:+.3f}, {r['shift_high']:+.3f}] "
-                     f"| {rand_text} | {100 * r.get('perplexity_change', float('nan')):+.1f} % |")
-    e = atlas["equal_damage"]
-    lines += ["", f"Equal damage: zero-ablating the top {e['k']} neurons costs KL {e['ablation_kl']:.4f} and shifts the margin by "
-              f"{e['ablation_shift'][0]:+.3f} [{e['ablation_shift'][1]:+.3f}, {e['ablation_shift'][2]:+.3f}]; the mean-difference vector at "
-              f"layer {e['steering_layer']} with the same KL ({e['steering_kl']:.4f}, α = {e['steering_multiplier']:.2f}) shifts it by "
-              f"{e['steer_seek_shift'][0]:+.3f} [{e['steer_seek_shift'][1]:+.3f}, {e['steer_seek_shift'][2]:+.3f}] (+α) and "
-              f"{e['steer_reject_shift'][0]:+.3f} [{e['steer_reject_shift'][1]:+.3f}, {e['steer_reject_shift'][2]:+.3f}] (−α), n = {e['n']} items "
-              f"(vector fit on {atlas['fit_items']} calibration items).", ""]
+        change = r.perplexity_change if r.perplexity_change is not None else float("nan")
+        lines.append(f"| {r.kind} | {r.mode} | {r.system} | {r.k} | {r.estimate('shift').signed(3)} | {rand_text} | {100 * change:+.1f} % |")
+    e = atlas.equal_damage
+    lines += ["", f"Equal damage: zero-ablating the top {e.k} neurons costs KL {e.ablation_kl:.4f} and shifts the margin by "
+              f"{e.shift('ablation').signed(3)}; the mean-difference vector at layer {e.steering_layer} with the same KL "
+              f"({e.steering_kl:.4f}, α = {e.steering_multiplier:.2f}) shifts it by {e.shift('steer_seek').signed(3)} (+α) and "
+              f"{e.shift('steer_reject').signed(3)} (−α), n = {e.n} items (vector fit on {atlas.fit_items} calibration items).", ""]
     return "\n".join(lines)
 
 
-def atlas_summary_markdown(atlases: list[dict[str, Any]], n_units: int = 3) -> str:
+def atlas_summary_markdown(atlases: Sequence[AtlasStudy], n_units: int = 3) -> str:
     """One row per persona pair: how alike the poles' signatures are, how much the opposing
     Contrastive-Wanda masks differ, the top ``n_units`` heads and neurons, the layers of all ranked neurons
     and, where the atlas measured it, the margin shift of zero-ablating the top-k neurons beside k random ones.
 
     Examples:
-        >>> print(atlas_summary_markdown([json.loads(p.read_text()) for p in sorted(Path("reports/atlas").glob("*.json"))]))
+        >>> from persona_interp.report.study_results import load_atlas
+        >>> print(atlas_summary_markdown([load_atlas(p) for p in sorted(Path("reports/atlas").glob("*.json"))]))
         | persona pair | min signature cosine (layer) | CW masks differ (attn / MLP) | top heads | top neurons | ...
         |---|---|---|---|---|---|---|
         | hallucination | ...
@@ -86,28 +88,27 @@ def atlas_summary_markdown(atlases: list[dict[str, Any]], n_units: int = 3) -> s
     lines = ["| persona pair | min signature cosine (layer) | CW masks differ (attn / MLP) | top heads | top neurons | layers of the top neurons "
              "| zero-ablating the top-k neurons: shift (random) |", "|---|---|---|---|---|---|---|"]
     for atlas in atlases:
-        cosine = atlas["signature_cosine"]
+        cosine = atlas.signature_cosine
         low = min(range(len(cosine)), key=cosine.__getitem__)
-        cw = atlas["overlap"][0]
-        heads = ", ".join(f"L{u['layer']}H{u['unit']} ({u['divergence']:.2f})" for u in atlas["top_heads"][:n_units])
-        neurons = ", ".join(f"L{u['layer']}N{u['unit']} ({u['divergence']:.2f})" for u in atlas["top_neurons"][:n_units])
-        layers = sorted(u["layer"] for u in atlas["top_neurons"])
-        lines.append(f"| {atlas['persona']} | {cosine[low]:.4f} (L{low}) | "
-                     f"{100 * cw['overall']:.1f} % ({100 * cw['attn']:.1f} / {100 * cw['mlp']:.1f}) "
+        cw = atlas.overlap[0]
+        heads = ", ".join(f"L{u.layer}H{u.unit} ({u.divergence:.2f})" for u in atlas.top_heads[:n_units])
+        neurons = ", ".join(f"L{u.layer}N{u.unit} ({u.divergence:.2f})" for u in atlas.top_neurons[:n_units])
+        layers = sorted(u.layer for u in atlas.top_neurons)
+        lines.append(f"| {atlas.persona} | {cosine[low]:.4f} (L{low}) | "
+                     f"{100 * cw.overall:.1f} % ({100 * cw.attn:.1f} / {100 * cw.mlp:.1f}) "
                      f"| {heads} | {neurons} | {layers[0]}–{layers[-1]} (median {layers[len(layers) // 2]}) | {_largest_k_neurons(atlas)} |")
     return "\n".join(lines) + "\n"
 
 
-def _largest_k_neurons(atlas: dict[str, Any]) -> str:
+def _largest_k_neurons(atlas: AtlasStudy) -> str:
     """``k = 64: +0.43 [+0.24, +0.61] (random +0.03)`` for the largest k of the zero-ablation, no-prompt neuron curve."""
-    rows = [r for r in atlas.get("dose_response", []) if (r["kind"], r["mode"], r["system"]) == ("neuron", "zero", "no prompt")]
+    rows = [r for r in atlas.dose_response or [] if (r.kind, r.mode, r.system) == ("neuron", "zero", "no prompt")]
     if not rows:
         return "not measured"
-    k = max(r["k"] for r in rows)
-    top = next(r for r in rows if r["k"] == k and r["selection"] == "top")
-    random = [r["shift"] for r in rows if r["k"] == k and r["selection"] == "random"]
-    return (f"k = {k}: {top['shift']:+.2f} [{top['shift_low']:+.2f}, {top['shift_high']:+.2f}] "
-            f"(random {sum(random) / len(random):+.2f})")
+    k = max(r.k for r in rows)
+    top = next(r for r in rows if r.k == k and r.selection == "top")
+    random = [r.shift for r in rows if r.k == k and r.selection == "random"]
+    return f"k = {k}: {top.estimate('shift').signed()} (random {sum(random) / len(random):+.2f})"
 
 
 def composition_markdown(study: dict[str, Any]) -> str:
@@ -133,7 +134,7 @@ def _fmt(value: Any) -> str:
 
 
 def markdown_table(rows: Sequence[Tabular], columns: Sequence[str] | None = None) -> str:
-    """Rows (typed rows, [`rows`][persona_interp.evaluation.rows], or mappings) as a GitHub markdown table; ``x``
+    """Rows (typed rows, [`rows`][persona_interp.evaluation.rows], units or mappings) as a GitHub markdown table; ``x``
     with ``x_low``/``x_high`` columns prints as ``x [low, high]``; a field a row lacks is an empty cell.
 
     Examples:
@@ -145,7 +146,8 @@ def markdown_table(rows: Sequence[Tabular], columns: Sequence[str] | None = None
     """
     if not rows:
         return "(no rows)\n"
-    plain = [row.model_dump() if isinstance(row, BaseModel) else row for row in rows]
+    plain = [row.model_dump() if isinstance(row, BaseModel) else dataclasses.asdict(row) if isinstance(row, UnitDivergence) else row
+             for row in rows]
     columns = list(columns or [c for c in plain[0] if not c.endswith(("_low", "_high"))])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in plain:
@@ -405,20 +407,18 @@ def _persona_section(persona: str, entry: PersonaResult, figure: Path, out_dir: 
     return "\n".join(lines)
 
 
-def regimes_markdown(result: dict[str, Any]) -> str:
+def regimes_markdown(result: RegimesStudy) -> str:
     """Cosines and the transfer matrix of one regime comparison as markdown."""
-    names = list(result["transfer"])
-    at = result["layers"].index(result["layer"])
-    lines = [f"## {result['persona']}: one persona, three regimes (seed {result['seed']})\n",
-             f"{result['n_texts']} neutral texts, {result['n_items']} held-out A/B items; steering: CAA at layer "
-             f"{result['steering']['layer']}, α {result['steering']['multiplier']:g} (chosen on {result['validation_items']} "
-             f"validation items); masks: Contrastive-Wanda at ρ = {result['sparsity']}.\n",
+    names = list(result.transfer)
+    lines = [f"## {result.persona}: one persona, three regimes (seed {result.seed})\n",
+             f"{result.n_texts} neutral texts, {result.n_items} held-out A/B items; steering: CAA at layer "
+             f"{result.steering.layer}, α {result.steering.multiplier:g} (chosen on {result.validation_items} "
+             f"validation items); masks: Contrastive-Wanda at ρ = {result.sparsity}.\n",
              "| regime | seek − reject effect (nats/token) | ‖seek − reject‖ at that layer |", "|---|---|---|"]
     for n in names:
-        e = result["effect"][n]
-        lines.append(f"| {n} | {e['value']:+.4f} [{e['low']:+.4f}, {e['high']:+.4f}] | {result['norms'][n]['direction'][at]:.3f} |")
-    lines += ["", f"Cosine of the seek − reject directions at layer {result['layer']} (all layers in the JSON and the figure):", ""]
-    lines += [f"- {pair.replace('|', ' vs ')}: {values[at]:+.3f}" for pair, values in result["cosine"].items()]
+        lines.append(f"| {n} | {result.effect[n].signed(4)} | {result.at_layer(result.norms[n].direction):.3f} |")
+    lines += ["", f"Cosine of the seek − reject directions at layer {result.layer} (all layers in the JSON and the figure):", ""]
+    lines += [f"- {pair.replace('|', ' vs ')}: {result.at_layer(values):+.3f}" for pair, values in result.cosine.items()]
     lines += ["", "Transfer: the effect of each row's direction (injected at that layer with the column regime's norm) "
               "as a fraction of the column regime's own effect, with the injected effect's interval. The fraction is "
               "n/a where the column regime's own effect has an interval that includes 0 (a ratio to it means nothing):", "",
@@ -426,29 +426,29 @@ def regimes_markdown(result: dict[str, Any]) -> str:
     for src in names:
         cells = []
         for d in names:
-            t, ratio = result["transfer"][src][d], transfer_ratio(result, src, d)
-            cells.append(f"{_ratio_text(ratio)} ({t['value']:+.4f} [{t['low']:+.4f}, {t['high']:+.4f}])")
+            t, ratio = result.transfer[src][d], transfer_ratio(result, src, d)
+            cells.append(f"{_ratio_text(ratio)} ({t.value:+.4f} [{t.low:+.4f}, {t.high:+.4f}])")
         lines.append(f"| {src} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def transfer_ratio(result: dict[str, Any], source: str, target: str) -> float | None:
+def transfer_ratio(result: RegimeComparison, source: str, target: str) -> float | None:
     """The effect of ``source``'s direction as a fraction of ``target``'s own effect, or None where
     ``target``'s own effect has an interval that includes 0 (a ratio to it means nothing)."""
-    own = result["effect"][target]
-    return result["transfer"][source][target]["ratio"] if own["low"] > 0 or own["high"] < 0 else None
+    return result.transfer[source][target].ratio if result.effect[target].excludes_zero else None
 
 
 def _ratio_text(ratio: float | None) -> str:
     return "n/a" if ratio is None else f"{ratio:.2f}"
 
 
-def regimes_summary_markdown(results: dict[str, dict[str, Any]]) -> str:
+def regimes_summary_markdown(results: Mapping[str, RegimeComparison]) -> str:
     """Every compared persona at its steering layer: the cosines between regimes, then the transfer
     ratios (n/a where the target regime has no effect to reproduce).
 
     Examples:
-        >>> print(regimes_summary_markdown({"power": json.loads(Path("reports/regimes/power.json").read_text())}))   # run_regimes'
+        >>> from persona_interp.report.study_results import load_regimes
+        >>> print(regimes_summary_markdown({"power": load_regimes("reports/regimes/power.json")}))   # run_regimes'
         | persona | layer | prompt vs mask | prompt vs steering | mask vs steering |
         |---|---|---|---|---|
         | power | ...
@@ -458,9 +458,9 @@ def regimes_summary_markdown(results: dict[str, dict[str, Any]]) -> str:
         | power | prompt | ...
     """
     first = next(iter(results.values()))
-    pairs, names = list(first["cosine"]), list(first["transfer"])
+    pairs, names = list(first.cosine), list(first.transfer)
     lines = ["| persona | layer | " + " | ".join(p.replace("|", " vs ") for p in pairs) + " |", "|---|---|" + "---|" * len(pairs)]
-    lines += [f"| {persona} | {r['layer']} | " + " | ".join(f"{r['cosine'][p][r['layers'].index(r['layer'])]:+.3f}" for p in pairs) + " |"
+    lines += [f"| {persona} | {r.layer} | " + " | ".join(f"{r.at_layer(r.cosine[p]):+.3f}" for p in pairs) + " |"
               for persona, r in results.items()]
     lines += ["", "| persona | direction | " + " | ".join(f"effect of {n}" for n in names) + " |", "|---|---|" + "---|" * len(names)]
     lines += [f"| {persona} | {src} | " + " | ".join(_ratio_text(transfer_ratio(r, src, d)) for d in names) + " |"

@@ -21,7 +21,7 @@ import datetime as _dt
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Sequence, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -328,14 +328,7 @@ def load_results(path: str | Path) -> RunResults:
         Traceback (most recent call last):
         persona_interp.report.results.ResultsError: other.json is not a persona-interp results file (no 'personas'): ...
     """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ResultsError(f"{path} is not JSON ({error}): not a results file of persona-interp reproduce") from None
-    except UnicodeDecodeError:
-        raise ResultsError(f"{path} is not text: not a results file of persona-interp reproduce") from None
-    return parse_results(data, str(path))
+    return parse_results(read_json(path, "a results file of persona-interp reproduce"), str(path))
 
 
 def parse_results(data: Any, source: str = "results") -> RunResults:
@@ -350,12 +343,33 @@ def parse_results(data: Any, source: str = "results") -> RunResults:
     elif version != SCHEMA_VERSION:
         raise ResultsError(f"{source}: schema_version {version!r} is not one this persona_interp reads "
                            f"(1 to {SCHEMA_VERSION}); a newer persona_interp wrote it?")
+    return validated(RunResults, data, source)
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def validated(cls: type[ModelT], data: Any, source: str) -> ModelT:
+    """``data`` validated as ``cls``; a missing, misspelt or ill-typed field is a
+    [`ResultsError`][persona_interp.report.results.ResultsError] naming ``source`` and the field (the first three)."""
     try:
-        return RunResults.model_validate(data)
+        return cls.model_validate(data)
     except ValidationError as error:
         problems = [f"{'.'.join(str(part) for part in e['loc']) or '(top level)'}: {e['msg']}" for e in error.errors()]
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise ResultsError(f"{source}: {'; '.join(problems[:3])}{more}") from None
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """The JSON value in ``path``; a file that is not JSON text is a
+    [`ResultsError`][persona_interp.report.results.ResultsError] saying it is not ``what``."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ResultsError(f"{path} is not JSON ({error}): not {what}") from None
+    except UnicodeDecodeError:
+        raise ResultsError(f"{path} is not text: not {what}") from None
 
 
 def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:

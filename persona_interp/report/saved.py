@@ -11,7 +11,9 @@ option the notebook's configuration and the file both record must agree (``perso
 ones asked for).
 
 [`saved_run_for`][persona_interp.report.saved.saved_run_for] reads a main job's ``results.json`` this way into its
-typed results ([`RunResults`][persona_interp.report.results.RunResults]);
+typed results ([`RunResults`][persona_interp.report.results.RunResults]),
+[`saved_study_for`][persona_interp.report.saved.saved_study_for] a study's file into its record (e.g.
+[`parse_atlas`][persona_interp.report.study_results.parse_atlas]);
 [`saved_results_for`][persona_interp.report.saved.saved_results_for] reads any of these files as JSON.
 
 Examples:
@@ -26,7 +28,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Sequence, TypeVar
+from typing import Any, Callable, Generic, Sequence, TypeVar
 
 from persona_interp.model.adapter import get_adapter
 from persona_interp.report.results import RunResults, parse_results
@@ -132,6 +134,22 @@ def saved_run_for(model: Any, path: str | os.PathLike, *, model_source: str | os
         >>> saved.results is None, saved.reason.endswith("and this notebook's model is tiny-llama")   # refused
         (True, True)
     """
+    return saved_study_for(model, path, parse_results, model_source=model_source, config=config, personas=personas)
+
+
+def saved_study_for(model: Any, path: str | os.PathLike, parse: Callable[[Any, str], Results], *,
+                    model_source: str | os.PathLike | None = None, config: Any = None,
+                    personas: Sequence[str] = ()) -> SavedResults[Results]:
+    """[`saved_results_for`][persona_interp.report.saved.saved_results_for] of a study's file, its results typed by
+    ``parse`` (e.g. [`parse_atlas`][persona_interp.report.study_results.parse_atlas]: a damaged file is a
+    [`ResultsError`][persona_interp.report.results.ResultsError] naming it and the field).
+
+    Examples:
+        >>> from persona_interp.report.study_results import parse_atlas
+        >>> saved = saved_study_for(model, "reports/atlas/power.json", parse_atlas, model_source="tiny-llama")
+        >>> saved.results is None, "not this one" in saved.reason     # its signatures' model is not the tiny one
+        (True, True)
+    """
     saved = saved_results_for(model, path, model_source=model_source, config=config, personas=personas)
-    typed = parse_results(saved.results, str(saved.path)) if saved.results is not None else None
+    typed = parse(saved.results, str(saved.path)) if saved.results is not None else None
     return SavedResults(saved.path, typed, saved.reason)

@@ -10,8 +10,8 @@ Units are ranked on calibration signatures; the causal curves are measured on he
 Examples:
     >>> atlas = persona_atlas(model, "power", AtlasConfig(n_calibration=8, n_neutral=2, causal=False), "figures/atlas",
     ...                       signatures=(sig_seek, sig_reject))
-    >>> sorted(atlas["top_heads"][0])              # AtlasConfig(n_calibration=64, n_causal=24): with the causal curves
-    ['divergence', 'layer', 'unit', 'weights_differ']
+    >>> atlas.top_heads[0].layer >= 0, atlas.dose_response is None   # AtlasConfig(n_calibration=64, n_causal=24): with the causal curves
+    (True, True)
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from persona_interp.analysis.causal import dose_response, equal_damage_multiplier, unit_mask
+from persona_interp.analysis.causal import DoseRow, dose_response, equal_damage_multiplier, unit_mask
 from persona_interp.analysis.diagnostics import OVERLAP_VARIANTS, GroupedOverlapRow, grouped_overlap, kind_sizes
 from persona_interp.analysis.diagnostics import overlap_table
 from persona_interp.analysis.localise import (
@@ -40,13 +40,14 @@ from persona_interp.masks.mask import fraction_differ_by, iou_by
 from persona_interp.model.adapter import get_adapter
 from persona_interp.model.chat import SystemPrompt, answer_ids, prompt_ids
 from persona_interp.report.figures import plot_dose_response, plot_layer_curve, plot_layer_kind_heatmap, plot_overlap_bars, plot_unit_map
+from persona_interp.report.study_results import AtlasStudy, EqualDamageComparison, Grid, RecordedAtlasConfig, SignatureData
 from persona_interp.report.views import attention_heads_view, neuron_tokens_view
 from persona_interp.signatures import Signature, collect_signatures
 from persona_interp.studies.config import AtlasConfig
 
 
 def persona_atlas(model: Any, persona: str, config: AtlasConfig, figures_dir: str | Path,
-                  progress: bool = True, signatures: tuple[Signature, Signature] | None = None) -> dict[str, Any]:
+                  progress: bool = True, signatures: tuple[Signature, Signature] | None = None) -> AtlasStudy:
     """Run the analysis for ``persona`` and save figures (PNG + SVG) and circuitsvis HTML to
     ``figures_dir`` (existing files there are replaced: it is an output folder). Returns every
     number behind the figures. ``signatures`` (seek, reject) are reused if given (e.g. those the
@@ -64,11 +65,8 @@ def persona_atlas(model: Any, persona: str, config: AtlasConfig, figures_dir: st
     cs = contrastive_sparse_masks(model, seek_sig, reject_sig, rho, persona=persona)
     wanda_seek = wanda_mask(model, seek_sig, rho, persona=persona)
     magnitude = magnitude_mask(model, rho)
-    out: dict[str, Any] = {"persona": persona, "config": dataclasses.asdict(config), "fit_items": len(fit),
-                           "signature_data": [dict(sig.meta, n_samples=sig.n_samples) for sig in (seek_sig, reject_sig)],
-                           "overlap": [overlap_row(f"{persona} contrastive_wanda@{rho}", *cw),
-                                       overlap_row(f"{persona} contrastive_sparse@{rho}", *cs),
-                                       overlap_row(f"{persona} wanda seek vs magnitude@{rho}", wanda_seek, magnitude)]}
+    overlap = [overlap_row(f"{persona} contrastive_wanda@{rho}", *cw), overlap_row(f"{persona} contrastive_sparse@{rho}", *cs),
+               overlap_row(f"{persona} wanda seek vs magnitude@{rho}", wanda_seek, magnitude)]
     grids = {
         "differ_cw": (fraction_differ_by(*cw, "map"), "entries that differ (fraction)",
                       f"{persona}: opposing Contrastive-Wanda masks differ (ρ = {rho})"),
@@ -77,19 +75,21 @@ def persona_atlas(model: Any, persona: str, config: AtlasConfig, figures_dir: st
         "persona_specific": (persona_specific_removal(wanda_seek, magnitude), "fraction of removals a magnitude mask keeps",
                              f"{persona}: persona-specific removals of the seek Wanda mask (ρ = {rho})"),
     }
-    out["grids"] = {}
+    grid_values: dict[str, Grid] = {}
     for key, (per_map, label, title) in grids.items():
         grid, kinds = layer_kind_grid(per_map, adapter.n_layers)
-        out["grids"][key] = {"kinds": list(kinds), "values": grid.tolist()}
+        grid_values[key] = Grid(kinds=list(kinds), values=grid.tolist())
         plot_layer_kind_heatmap(grid, kinds, figures / f"{persona}_{key}", title=title, colorbar=label)
     cosine = signature_cosine_by_layer(seek_sig, reject_sig)
-    out["signature_cosine"] = cosine.tolist()
     plot_layer_curve(cosine, figures / f"{persona}_signature_cosine", ylabel="cosine(seek, reject) of mean input norms",
                      title=f"{persona}: how alike the two poles' signatures are, per layer")
     heads = head_divergence(model, seek_sig, reject_sig, *cw)
     neurons = neuron_divergence(model, seek_sig, reject_sig, *cw)
-    out["top_heads"] = [dataclasses.asdict(u) for u in heads[: config.n_top]]
-    out["top_neurons"] = [dataclasses.asdict(u) for u in neurons[: config.n_top]]
+    atlas = AtlasStudy(persona=persona, config=RecordedAtlasConfig.model_validate(dataclasses.asdict(config)), fit_items=len(fit),
+                       signature_data=[SignatureData.model_validate(dict(sig.meta, n_samples=sig.n_samples))
+                                       for sig in (seek_sig, reject_sig)],
+                       overlap=overlap, grids=grid_values, signature_cosine=cosine.tolist(), top_heads=heads[: config.n_top],
+                       top_neurons=neurons[: config.n_top])
     plot_unit_map(heads, adapter.n_layers, adapter.n_heads, figures / f"{persona}_heads", unit_label="head",
                   title=f"{persona}: head divergence (mean |z| over the head's channels)")
     plot_unit_map(neurons, adapter.n_layers, adapter.d_mlp, figures / f"{persona}_neurons", unit_label="MLP neuron",
@@ -106,13 +106,13 @@ def persona_atlas(model: Any, persona: str, config: AtlasConfig, figures_dir: st
     attention_heads_view(model, texts["seek"], top_heads, title=f"{persona}: top persona heads on a seek answer").save(
         figures / f"{persona}_top_heads.html", force=True)
     if not config.causal:
-        return out
+        return atlas
 
     reference = DamageReference.build(model, load_neutral_texts()[: config.n_neutral], config.batch_size)
     systems: dict[str, SystemPrompt] = {"no prompt": None}
     if config.prompts:
         systems.update({f"{side} prompt": persona_prompts(persona, side)[0] for side in SIDES})
-    out["dose_response"] = []
+    dose: list[DoseRow] = []
     ranked_units = {"neuron": neurons, "head": heads}
     for kind in config.kinds:
         ranked = ranked_units[kind]
@@ -121,11 +121,11 @@ def persona_atlas(model: Any, persona: str, config: AtlasConfig, figures_dir: st
             rows = dose_response(model, list(test), ranked, kind, ks, mode=mode, signature=seek_sig if mode == "mean" else None,
                                  seeds=config.seeds, systems=systems, reference=reference, batch_size=config.batch_size,
                                  progress=progress)
-            out["dose_response"] += rows
+            dose += rows
             plot_dose_response(rows, figures / f"{persona}_dose_{kind}_{mode}",
                                title=f"{persona}: ablating top-k persona {kind}s ({mode}) vs k random {kind}s, n = {len(test)} items")
-    out["equal_damage"] = equal_damage_comparison(model, list(test), fit, neurons, max(config.ks), reference, config)
-    return out
+    equal_damage = equal_damage_comparison(model, list(test), fit, neurons, max(config.ks), reference, config)
+    return atlas.model_copy(update={"dose_response": dose, "equal_damage": equal_damage})
 
 
 def overlap_study(model: Any, signatures: dict[str, tuple[Signature, Signature]], sparsities: list[float],
@@ -172,7 +172,7 @@ def variant_slug(variant: str) -> str:
 
 
 def equal_damage_comparison(model: Any, test: list, fit: Any, neurons: list, k: int, reference: DamageReference,
-                            config: AtlasConfig) -> dict[str, Any]:
+                            config: AtlasConfig) -> EqualDamageComparison:
     """Zero-ablating the top-k persona neurons vs the mean-difference steering vector at the multiplier
     that costs the same KL on neutral text: paired margin shifts (seek − reject, nats/token) vs base."""
     adapter = get_adapter(model)
@@ -184,13 +184,13 @@ def equal_damage_comparison(model: Any, test: list, fit: Any, neurons: list, k: 
         target_kl = reference.measure(model).kl
     vector = mean_difference_vector(model, fit, layer, batch_size=config.batch_size)
     alpha, kl = equal_damage_multiplier(model, vector, reference, target_kl)
-    result: dict[str, Any] = {"k": k, "ablation_kl": target_kl, "steering_layer": layer, "steering_multiplier": alpha, "steering_kl": kl}
+    shifts = {}
     for name, sign in (("seek", 1.0), ("reject", -1.0)):
         with vector.apply(model, multiplier=sign * alpha):
             steered = score_ab(model, test, batch_size=config.batch_size, progress=False).margin_mean
         diff = paired_difference(steered, base)
-        result[f"steer_{name}_shift"] = [diff.value, diff.low, diff.high]
+        shifts[name] = [diff.value, diff.low, diff.high]
     diff = paired_difference(ablated, base)
-    result["ablation_shift"] = [diff.value, diff.low, diff.high]
-    result["n"] = len(test)
-    return result
+    return EqualDamageComparison(k=k, ablation_kl=target_kl, steering_layer=layer, steering_multiplier=alpha, steering_kl=kl,
+                                 steer_seek_shift=shifts["seek"], steer_reject_shift=shifts["reject"],
+                                 ablation_shift=[diff.value, diff.low, diff.high], n=len(test))
