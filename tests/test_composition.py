@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import unchecked
@@ -6,6 +9,9 @@ import persona_interp as pi
 from persona_interp.masks.composition import (blend, compose, fractional_mask, intersection_type_mask, pole_scores,
                                               PoleScores, type_mask, type_poles)
 from persona_interp.studies.composition import fractional_curve, type_comparison, type_prompt
+from persona_interp.report.markdown import composition_markdown
+from persona_interp.report.results import ResultsError
+from persona_interp.report.study_results import FractionRow, load_composition, parse_composition
 from persona_interp.masks.builders import contrastive_wanda_masks
 from persona_interp.masks.mask import Mask
 from persona_interp.model.adapter import ModelMismatchError
@@ -135,24 +141,23 @@ ITEMS = [pi.PersonaItem("Stay in tonight?", "Yes, a quiet night alone.", "No, le
 def test_fractional_curve_and_type_comparison_run(llama):
     seek, reject = random_pair(llama, 4)
     curve = fractional_curve(llama, seek, reject, ITEMS, [1.0, 0.0, 0.5], 0.3, progress=False)
-    assert [r["fraction"] for r in curve["rows"]] == [0.0, 0.5, 1.0, None]                      # sorted, then control
-    assert curve["rows"][-1]["condition"] == "random@0.3"
-    assert all(r["n"] == len(ITEMS) and r["margin_low"] <= r["margin"] <= r["margin_high"] for r in curve["rows"])
-    assert set(curve["trend"]) >= {"spearman", "slope", "increasing"}
+    assert [r.fraction for r in curve.rows] == [0.0, 0.5, 1.0, None]                      # sorted, then control
+    assert curve.control() == curve.rows[-1] and curve.rows[-1].condition == "random@0.3"
+    assert all(r.n == len(ITEMS) and r.margin_low <= r.margin <= r.margin_high for r in curve.rows)
+    assert curve.trend.slope.n == len(ITEMS) and curve.trend.monotonic == (curve.trend.reversals == 0)
+    assert curve.rows[-1].model_dump()["fraction"] is None                    # the control's fraction is written
     axes = {axis: random_pair(llama, i, axis) for i, axis in enumerate(AXES)}
     rows = type_comparison(llama, axes, "ISTJ", 0.3, dict.fromkeys(AXES, ITEMS), progress=False)
     assert len(rows) == 4 * 6
-    base = [r for r in rows if r["condition"] == "base"]
-    assert all(r["shift"] == 0 for r in base)
-    sensing = [r for r in rows if r["axis"] == "intuition_sensing"]
-    assert {r["pole"] for r in sensing} == {"sensing"}
-    inter = next(r for r in rows if r["condition"] == "intersection")
-    assert inter["sparsity"] == pytest.approx(next(r for r in rows if r["condition"] == "random@intersection")["sparsity"])
+    base = [r for r in rows if r.condition == "base"]
+    assert all(r.shift == 0 for r in base)
+    sensing = [r for r in rows if r.axis == "intuition_sensing"]
+    assert {r.pole for r in sensing} == {"sensing"}
+    inter = next(r for r in rows if r.condition == "intersection")
+    assert inter.sparsity == pytest.approx(next(r for r in rows if r.condition == "random@intersection").sparsity)
 
 
 def test_cli_compose_writes_tables_and_figures(llama, tmp_path, monkeypatch):
-    import json
-
     from persona_interp import cli
     from persona_interp.model import load as models
 
@@ -165,9 +170,46 @@ def test_cli_compose_writes_tables_and_figures(llama, tmp_path, monkeypatch):
     args = ["compose", "--signatures", str(folder), "--type", "ENFP", "--n-test", "3", "--fractions", "0", "1",
             "--out", str(tmp_path / "study"), "--figures", str(tmp_path / "f")]
     cli.main(args)
-    study = json.loads((tmp_path / "study.json").read_text())
-    assert study["type"] == "ENFP" and study["n_test"] == dict.fromkeys(AXES, 3)
+    study = load_composition(tmp_path / "study.json")
+    assert study.type == "ENFP" and study.n_test == dict.fromkeys(AXES, 3) and len(study.type_rows) == 4 * 6
+    assert study.model_dump() == json.loads((tmp_path / "study.json").read_text())
+    assert [r.fraction for r in study.curve.rows] == [0.0, 1.0, None]
     assert "| introversion_extraversion | extraversion | type-mask |" in (tmp_path / "study.md").read_text()
     assert (tmp_path / "f" / "type_ENFP_0.3.png").is_file() and (tmp_path / "f" / "fraction_introversion_extraversion_0.3.svg").is_file()
     with pytest.raises(SystemExit, match="exists"):
         cli.main(args)
+
+
+REPORTS = Path(__file__).resolve().parent.parent / "reports"
+
+
+def test_the_committed_composition_study_loads_writes_back_and_re_renders():
+    """reports/composition.json reads into its record, writes back the same JSON text (as ``persona-interp compose``
+    writes it) and renders its committed markdown."""
+    path = REPORTS / "composition.json"
+    study = load_composition(path)
+    assert study.type == "INTJ" and len(study.type_rows) == 24 and study.curve.control().fraction is None
+    assert json.dumps(study.model_dump(), indent=1) == path.read_text()
+    assert composition_markdown(study) == path.with_suffix(".md").read_text()
+
+
+def test_a_composition_study_with_a_misspelt_key_is_an_error_naming_it(tmp_path):
+    data = json.loads((REPORTS / "composition.json").read_text())
+    data["curve"]["trend"]["slope"]["hihg"] = data["curve"]["trend"]["slope"].pop("high")
+    (tmp_path / "composition.json").write_text(json.dumps(data))
+    with pytest.raises(ResultsError, match=r"composition.json: curve.trend.slope.high: Field required; "
+                                           r"curve.trend.slope.hihg: Unexpected"):
+        load_composition(tmp_path / "composition.json")
+    data = json.loads((REPORTS / "composition.json").read_text())
+    data["type_rows"][3]["shfit"] = data["type_rows"][3].pop("shift")
+    with pytest.raises(ResultsError, match=r"composition: type_rows.3.shift: Field required; type_rows.3.shfit: Extra inputs"):
+        parse_composition(data)
+    del data["curve"]["rows"][-1]["fraction"]                       # the control's None fraction must be there
+    with pytest.raises(ResultsError, match=r"curve.rows.5.fraction: Field required"):
+        parse_composition(data)
+
+
+def test_a_fraction_row_always_writes_its_fraction():
+    row = FractionRow(condition="random@0.3", fraction=None, n=3, margin=0.1, margin_low=0.0, margin_high=0.2, shift=0.0,
+                      shift_low=-0.1, shift_high=0.1, accuracy_seek=0.5, accuracy_low=0.2, accuracy_high=0.8)
+    assert row.model_dump()["fraction"] is None and FractionRow.model_validate(row.model_dump()) == row

@@ -146,7 +146,7 @@ def reports_namespace(name: str, model, d_model: int | None = None, sizes: dict[
     from persona_interp.data.personas import AI_PERSONAS, MBTI_AXES
     from persona_interp.report.results import load_results
     from persona_interp.report.saved import SavedResults
-    from persona_interp.report.study_results import load_atlas, load_regimes
+    from persona_interp.report.study_results import load_atlas, load_composition, load_regimes
     from persona_interp.report.summary import overlap_from_results, winner_rows
 
     results = load_results(NOTEBOOK_DIR.parent / "reports" / "results.json")
@@ -166,7 +166,8 @@ def reports_namespace(name: str, model, d_model: int | None = None, sizes: dict[
                   main_run=SavedResults(Path("reports/results.json"), results, "committed"))
         ns["rows"] = ns["atlas"].dose_response
     elif name.startswith("07"):
-        ns.update(study=saved("composition.json"), regimes={p: load_regimes(REPORTS / "regimes" / f"{p}.json") for p in pi.persona_names()},
+        ns.update(study=load_composition(REPORTS / "composition.json"),
+                  regimes={p: load_regimes(REPORTS / "regimes" / f"{p}.json") for p in pi.persona_names()},
                   random_cosine_band=random_cosine_band)
         nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
         band = next(cell.source for cell in nb.cells if cell.cell_type == "code" and "random_cosine_band(d_model" in cell.source)

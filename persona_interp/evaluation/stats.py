@@ -7,7 +7,7 @@ Examples:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from jaxtyping import Bool, Float
@@ -67,9 +67,6 @@ class Estimate:
             '+0.50 [+0.10, +0.90]'
         """
         return cls(float(row[key]), float(row[f"{key}_low"]), float(row[f"{key}_high"]), int(row.get("n", 0)))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def proportion_ci(successes: Bool[Tensor, " n"], level: float = 0.95) -> Estimate:

@@ -23,6 +23,7 @@ from persona_interp.data.files import atomic
 from persona_interp.data.personas import SIDES
 from persona_interp.evaluation.rows import ConditionRow, FrontierRow
 from persona_interp.report.results import NOT_RECORDED, PersonaResult, RunResults
+from persona_interp.report.study_results import FractionCurve, TypeRow
 from persona_interp.report.summary import diagnostics_by_persona
 
 matplotlib.use("Agg")
@@ -198,44 +199,43 @@ def plot_regime_comparison(result: RegimeComparison, stem: str | os.PathLike, ti
     return save(fig, stem)
 
 
-def plot_fraction_curve(curve: dict, stem: str | os.PathLike, title: str = "") -> list[Path]:
+def plot_fraction_curve(curve: FractionCurve, stem: str | os.PathLike, title: str = "") -> list[Path]:
     """Per-token A/B margin toward the seek pole against the persona fraction (t 95 % CI), with the
     base model and the random mask of the same sparsity as horizontal references."""
-    rows = [r for r in curve["rows"] if r["fraction"] is not None]
-    control = next((r for r in curve["rows"] if r["fraction"] is None), None)
+    points = [(r.fraction, r) for r in curve.rows if r.fraction is not None]
+    x, rows, control = [f for f, _ in points], [r for _, r in points], curve.control()
     fig, ax = plt.subplots(figsize=(6, 4))
-    x = [r["fraction"] for r in rows]
-    ax.errorbar(x, [r["margin"] for r in rows], yerr=[[r["margin"] - r["margin_low"] for r in rows],
-                                                     [r["margin_high"] - r["margin"] for r in rows]],
-                marker="o", capsize=3, label=f"fractional mask (ρ = {curve['sparsity']})")
-    ax.axhline(curve["base_margin"]["value"], color="black", ls="--", lw=0.8, label="base model")
+    ax.errorbar(x, [r.margin for r in rows], yerr=[[r.margin - r.margin_low for r in rows],
+                                                  [r.margin_high - r.margin for r in rows]],
+                marker="o", capsize=3, label=f"fractional mask (ρ = {curve.sparsity})")
+    ax.axhline(curve.base_margin.value, color="black", ls="--", lw=0.8, label="base model")
     if control:
-        ax.axhline(control["margin"], color="#777777", ls=":", lw=1.2, label=control["condition"])
+        ax.axhline(control.margin, color="#777777", ls=":", lw=1.2, label=control.condition)
     ax.set_xlabel("fraction of the seek pole")
     ax.set_ylabel("margin toward seek (nats/token)")
-    t = curve["trend"]
-    ax.set_title(f"{title}\nslope {t['slope']['value']:+.3f} [{t['slope']['low']:+.3f}, {t['slope']['high']:+.3f}], "
-                 f"Spearman {t['spearman']:+.2f}, n = {rows[0]['n'] if rows else 0}", fontsize=9)
+    slope = curve.trend.slope
+    ax.set_title(f"{title}\nslope {slope.signed(3)}, Spearman {curve.trend.spearman:+.2f}, n = {rows[0].n if rows else 0}",
+                 fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return save(fig, stem)
 
 
-def plot_type_comparison(rows: Sequence[dict], stem: str | os.PathLike, title: str = "") -> list[Path]:
+def plot_type_comparison(rows: Sequence[TypeRow], stem: str | os.PathLike, title: str = "") -> list[Path]:
     """Paired margin shift toward the type's pole (vs base, t 95 % CI) on each axis's test items,
     one bar per condition (type mask, intersection, prompt, their random controls)."""
-    axes_names = list(dict.fromkeys(r["axis"] for r in rows))
-    conditions = [c for c in dict.fromkeys(r["condition"] for r in rows) if c != "base"]
+    axes_names = list(dict.fromkeys(r.axis for r in rows))
+    conditions = [c for c in dict.fromkeys(r.condition for r in rows) if c != "base"]
     fig, ax = plt.subplots(figsize=(2.2 * len(axes_names) + 2, 4))
     width = 0.8 / max(len(conditions), 1)
     for i, cond in enumerate(conditions):
-        sel = [next(r for r in rows if r["axis"] == a and r["condition"] == cond) for a in axes_names]
+        sel = [next(r for r in rows if r.axis == a and r.condition == cond) for a in axes_names]
         pos = [j + (i - (len(conditions) - 1) / 2) * width for j in range(len(axes_names))]
-        ax.bar(pos, [r["shift"] for r in sel], width, yerr=[[r["shift"] - r["shift_low"] for r in sel],
-                                                            [r["shift_high"] - r["shift"] for r in sel]],
-               capsize=2, label=f"{cond} (ρ = {sel[0]['sparsity']:.2f})" if sel[0]["sparsity"] else cond)
+        ax.bar(pos, [r.shift for r in sel], width, yerr=[[r.shift - r.shift_low for r in sel],
+                                                        [r.shift_high - r.shift for r in sel]],
+               capsize=2, label=f"{cond} (ρ = {sel[0].sparsity:.2f})" if sel[0].sparsity else cond)
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(range(len(axes_names)), [f"{a}\n→ {next(r['pole'] for r in rows if r['axis'] == a)}" for a in axes_names],
+    ax.set_xticks(range(len(axes_names)), [f"{a}\n→ {next(r.pole for r in rows if r.axis == a)}" for a in axes_names],
                   fontsize=8)
     ax.set_ylabel("margin shift toward the type's pole\n(nats/token, vs base)")
     ax.set_title(title)

@@ -24,7 +24,7 @@ from persona_interp.evaluation.rows import (
 )
 from persona_interp.evaluation.stats import MIN_N
 from persona_interp.report.results import Diagnostics, PersonaResult, RunResults, Used, now, parse_results
-from persona_interp.report.study_results import AtlasStudy, RegimesStudy
+from persona_interp.report.study_results import AtlasStudy, CompositionStudy, RegimesStudy
 from persona_interp.report.summary import diagnostics_by_persona, summary_tables
 
 Tabular = Union[Mapping[str, Any], BaseModel, UnitDivergence]     # a row of a table: a typed row, a unit or a plain mapping
@@ -111,20 +111,26 @@ def _largest_k_neurons(atlas: AtlasStudy) -> str:
     return f"k = {k}: {top.estimate('shift').signed()} (random {sum(random) / len(random):+.2f})"
 
 
-def composition_markdown(study: dict[str, Any]) -> str:
-    """The composition study's numbers as markdown tables."""
-    t = study["curve"]["trend"]
+def composition_markdown(study: CompositionStudy) -> str:
+    """The composition study's numbers as markdown tables.
+
+    Examples:
+        >>> from persona_interp.report.study_results import load_composition
+        >>> text = composition_markdown(load_composition("reports/composition.json"))
+        >>> text.startswith("## Composed type INTJ (ρ = 0.3, seed 0)"), "slope +1.0042 [+0.5443, +1.4641]" in text
+        (True, True)
+    """
+    t = study.curve.trend
     return "\n".join([
-        f"## Composed type {study['type']} (ρ = {study['sparsity']}, seed {study['seed']})\n",
+        f"## Composed type {study.type} (ρ = {study.sparsity}, seed {study.seed})\n",
         "Shift = paired margin shift toward the type's pole against the base model (nats/token, t 95 % CI); "
         "accuracy toward the pole with a Wilson 95 % CI.\n",
-        markdown_table(study["type_rows"], ["axis", "pole", "condition", "sparsity", "n", "accuracy", "shift"]),
-        f"\n## Fractional persona: {study['axis']}\n",
-        markdown_table(study["curve"]["rows"], ["condition", "n", "margin", "shift", "accuracy_seek"]),
-        f"\nTrend of the per-item margin along the fraction: slope {t['slope']['value']:+.4f} "
-        f"[{t['slope']['low']:+.4f}, {t['slope']['high']:+.4f}] nats/token per unit fraction (n = {t['slope']['n']}), "
-        f"Spearman {t['spearman']:+.2f}, {t['reversals']} reversal(s) of the mean ({t['significant_reversals']} significant); "
-        f"increasing: {t['increasing']}.\n"])
+        markdown_table(study.type_rows, ["axis", "pole", "condition", "sparsity", "n", "accuracy", "shift"]),
+        f"\n## Fractional persona: {study.axis}\n",
+        markdown_table(study.curve.rows, ["condition", "n", "margin", "shift", "accuracy_seek"]),
+        f"\nTrend of the per-item margin along the fraction: slope {t.slope.signed(4)} nats/token per unit fraction "
+        f"(n = {t.slope.n}), Spearman {t.spearman:+.2f}, {t.reversals} reversal(s) of the mean ({t.significant_reversals} "
+        f"significant); increasing: {t.increasing}.\n"])
 
 
 def _fmt(value: Any) -> str:

@@ -1,7 +1,9 @@
 """The studies' results as typed records, and a loader per study file: an atlas
-([`AtlasStudy`][persona_interp.report.study_results.AtlasStudy], ``persona-interp analyse``, ``reports/atlas/*.json``)
-and a regime comparison ([`RegimesStudy`][persona_interp.report.study_results.RegimesStudy], ``persona-interp regimes``,
-``reports/regimes/*.json``).
+([`AtlasStudy`][persona_interp.report.study_results.AtlasStudy], ``persona-interp analyse``, ``reports/atlas/*.json``),
+a regime comparison ([`RegimesStudy`][persona_interp.report.study_results.RegimesStudy], ``persona-interp regimes``,
+``reports/regimes/*.json``) and the composition study
+([`CompositionStudy`][persona_interp.report.study_results.CompositionStudy], ``persona-interp compose``,
+``reports/composition.json``).
 
 Each record has the keys of the JSON its study writes (``model_dump``), so a file written and read back has the keys
 it had; a file that is not JSON, or a field missing, misspelt or of the wrong type, is a
@@ -20,7 +22,7 @@ from typing import Any
 from persona_interp.analysis.causal import DoseRow
 from persona_interp.analysis.localise import PairOverlap, UnitDivergence
 from persona_interp.analysis.regimes import RegimeComparison
-from persona_interp.evaluation.rows import Record
+from persona_interp.evaluation.rows import Record, Row
 from persona_interp.evaluation.stats import Estimate
 from persona_interp.report.results import read_json, validated
 
@@ -168,3 +170,111 @@ def load_regimes(path: str | Path) -> RegimesStudy:
         ('power', ['mask', 'prompt', 'steering'], True, None)
     """
     return parse_regimes(read_json(path, "a regime comparison of persona-interp regimes"), str(path))
+
+
+class TypeRow(Row):
+    """One condition on one axis of a composed type
+    ([`type_comparison`][persona_interp.studies.composition.type_comparison]): the axis's ``pole`` the type takes,
+    the condition's mask ``sparsity`` (0 without a mask), accuracy toward the pole and the paired margin shift toward
+    it against the base model (95 % intervals) over ``n`` test items."""
+
+    type: str
+    axis: str
+    pole: str
+    condition: str
+    sparsity: float
+    n: int
+    accuracy: float
+    accuracy_low: float
+    accuracy_high: float
+    shift: float
+    shift_low: float
+    shift_high: float
+
+
+class FractionRow(Row):
+    """One condition of a fractional curve ([`fractional_curve`][persona_interp.studies.composition.fractional_curve]):
+    its ``fraction`` of the seek pole (``None``, and still written, for the random control), the per-token margin
+    toward seek, its paired shift against the base model and the seek accuracy (95 % intervals) over ``n`` items."""
+
+    condition: str
+    fraction: float | None
+    n: int
+    margin: float
+    margin_low: float
+    margin_high: float
+    shift: float
+    shift_low: float
+    shift_high: float
+    accuracy_seek: float
+    accuracy_low: float
+    accuracy_high: float
+
+
+class Trend(Record):
+    """[`Trend`][persona_interp.evaluation.stats.Trend] as a file records it, its verdicts ``monotonic`` and
+    ``increasing`` included: the per-item ``slope`` with its interval, the Spearman correlation of the means, and
+    the reversals of the mean between neighbouring settings (``significant_reversals``: those whose interval lies
+    below 0)."""
+
+    spearman: float
+    reversals: int
+    significant_reversals: int
+    slope: Estimate
+    monotonic: bool
+    increasing: bool
+
+
+class FractionCurve(Record):
+    """The fractional curve of one axis ([`fractional_curve`][persona_interp.studies.composition.fractional_curve]):
+    a row per fraction, increasing, then the random mask of the same ``sparsity``; the base model's margin and the
+    trend of the per-item margins along the fractions."""
+
+    sparsity: float
+    seed: int
+    rows: list[FractionRow]
+    base_margin: Estimate
+    trend: Trend
+
+    def fractions(self) -> list[FractionRow]:
+        """The rows of the fractional masks, without the random control.
+
+        Examples:
+            >>> [row.fraction for row in load_composition("reports/composition.json").curve.fractions()]
+            [0.0, 0.25, 0.5, 0.75, 1.0]
+        """
+        return [row for row in self.rows if row.fraction is not None]
+
+    def control(self) -> FractionRow | None:
+        """The random mask's row (``None`` where there is none)."""
+        return next((row for row in self.rows if row.fraction is None), None)
+
+
+class CompositionStudy(Record):
+    """The composition study ([`run_composition`][persona_interp.studies.composition.run_composition]): the type
+    comparison of ``type`` and the fractional curve of ``axis``, with the test items used per axis."""
+
+    type: str
+    sparsity: float
+    axis: str
+    seed: int
+    n_test: dict[str, int]
+    type_rows: list[TypeRow]
+    curve: FractionCurve
+
+
+def parse_composition(data: Any, source: str = "composition") -> CompositionStudy:
+    """A composition study's JSON value, validated (``source`` names it in errors)."""
+    return validated(CompositionStudy, data, source)
+
+
+def load_composition(path: str | Path) -> CompositionStudy:
+    """A composition study file (``persona-interp compose``'s JSON), validated: a missing or misspelt field is a
+    [`ResultsError`][persona_interp.report.results.ResultsError] naming the file and the field.
+
+    Examples:
+        >>> study = load_composition("reports/composition.json")
+        >>> study.type, len(study.type_rows), study.curve.trend.slope.signed(), study.curve.control().condition
+        ('INTJ', 24, '+1.00 [+0.54, +1.46]', 'random@0.3')
+    """
+    return parse_composition(read_json(path, "a composition study of persona-interp compose"), str(path))

@@ -12,6 +12,7 @@ from persona_interp.evaluation.stats import mean_ci, paired_difference, proporti
 from persona_interp.interventions.conditions import Condition, MaskCondition, Prompt
 from persona_interp.masks.builders import random_mask
 from persona_interp.masks.composition import TYPE_LETTERS, fractional_mask, intersection_type_mask, type_mask, type_poles
+from persona_interp.report.study_results import CompositionStudy, FractionCurve, FractionRow, Trend, TypeRow
 from persona_interp.signatures import Signature
 
 
@@ -29,7 +30,7 @@ def type_prompt(type_code: str) -> str:
 
 def fractional_curve(model: Any, seek: Signature, reject: Signature, items: Sequence[PersonaItem],
                      fractions: Sequence[float], sparsity: float, *, seed: int = 0, batch_size: int = 8,
-                     progress: bool = True, **kwargs: Any) -> dict[str, Any]:
+                     progress: bool = True, **kwargs: Any) -> FractionCurve:
     """Score the test ``items`` under [`fractional_mask`][persona_interp.masks.composition.fractional_mask] at each
     fraction (same items, paired), beside the base model and a random mask at the same sparsity. Returns one row per
     fraction (per-token margin toward seek with its interval, paired shift against base, seek accuracy) and the
@@ -37,8 +38,8 @@ def fractional_curve(model: Any, seek: Signature, reject: Signature, items: Sequ
 
     Examples:
         >>> curve = fractional_curve(model, sig_seek, sig_reject, test, [0, .5, 1], sparsity=0.3, progress=False)
-        >>> sorted(curve["trend"])[:3], curve["trend"]["increasing"] in (True, False)
-        (['increasing', 'monotonic', 'reversals'], True)
+        >>> [row.fraction for row in curve.rows], curve.trend.slope.n, curve.trend.increasing in (True, False)
+        ([0.0, 0.5, 1.0, None], 4, True)
     """
     fractions = sorted(float(f) for f in fractions)
     masks = [fractional_mask(model, seek, reject, f, sparsity, **kwargs) for f in fractions]
@@ -52,20 +53,20 @@ def fractional_curve(model: Any, seek: Signature, reject: Signature, items: Sequ
     for cond, mask in zip(conditions[1:], masks):
         s = ev.scores[cond.name]
         margin, shift, acc = mean_ci(s.margin_mean), paired_difference(s.margin_mean, base), proportion_ci(s.seek_wins)
-        rows.append({"condition": cond.name, "fraction": mask.meta.get("fraction"), "n": margin.n,
-                     "margin": margin.value, "margin_low": margin.low, "margin_high": margin.high,
-                     "shift": shift.value, "shift_low": shift.low, "shift_high": shift.high,
-                     "accuracy_seek": acc.value, "accuracy_low": acc.low, "accuracy_high": acc.high})
+        rows.append(FractionRow(condition=cond.name, fraction=mask.meta.get("fraction"), n=margin.n,
+                                margin=margin.value, margin_low=margin.low, margin_high=margin.high,
+                                shift=shift.value, shift_low=shift.low, shift_high=shift.high,
+                                accuracy_seek=acc.value, accuracy_low=acc.low, accuracy_high=acc.high))
     margins = torch.stack([ev.scores[c.name].margin_mean for c in conditions[1:-1]])
     t = trend(torch.tensor(fractions), margins)
-    return {"sparsity": sparsity, "seed": seed, "rows": rows, "base_margin": mean_ci(base).to_dict(),
-            "trend": {"spearman": t.spearman, "reversals": t.reversals, "significant_reversals": t.significant_reversals,
-                      "slope": t.slope.to_dict(), "monotonic": t.monotonic, "increasing": t.increasing}}
+    return FractionCurve(sparsity=sparsity, seed=seed, rows=rows, base_margin=mean_ci(base),
+                         trend=Trend(spearman=t.spearman, reversals=t.reversals, significant_reversals=t.significant_reversals,
+                                     slope=t.slope, monotonic=t.monotonic, increasing=t.increasing))
 
 
 def type_comparison(model: Any, axes: Mapping[str, tuple[Signature, Signature]], type_code: str, sparsity: float,
                     tests: Mapping[str, Sequence[PersonaItem]], *, seed: int = 0, batch_size: int = 8,
-                    progress: bool = True, **kwargs: Any) -> list[dict[str, Any]]:
+                    progress: bool = True, **kwargs: Any) -> list[TypeRow]:
     """Composed type mask vs the intersection of axis masks vs a type prompt, each with a random
     mask of the same sparsity, on every axis's test items. Each row gives, for one condition and
     axis, the accuracy toward the type's pole and the paired shift of the margin toward that pole
@@ -74,7 +75,7 @@ def type_comparison(model: Any, axes: Mapping[str, tuple[Signature, Signature]],
     Examples:
         >>> axes = dict.fromkeys(TYPE_LETTERS, (sig_seek, sig_reject))      # each axis' signatures; one pair here
         >>> rows = type_comparison(model, axes, "INTJ", 0.3, {a: load_persona(a, "test")[:2] for a in axes}, progress=False)
-        >>> len(rows), rows[0]["condition"], rows[0]["pole"]         # 6 conditions × 4 axes
+        >>> len(rows), rows[0].condition, rows[0].pole         # 6 conditions × 4 axes
         (24, 'base', 'introversion')
     """
     poles = type_poles(type_code)
@@ -99,17 +100,17 @@ def type_comparison(model: Any, axes: Mapping[str, tuple[Signature, Signature]],
             wins = s.seek_wins if pole == "seek" else ~s.seek_wins
             acc, shift = proportion_ci(wins), paired_difference(sign * s.margin_mean, sign * base.margin_mean)
             sparsity_of = cond.mask.sparsity() if isinstance(cond, MaskCondition) and cond.mask is not None else 0.0
-            rows.append({"type": type_code.upper(), "axis": axis, "pole": MBTI_AXES[axis][0 if pole == "seek" else 1],
-                         "condition": cond.name, "sparsity": sparsity_of, "n": acc.n, "accuracy": acc.value,
-                         "accuracy_low": acc.low, "accuracy_high": acc.high, "shift": shift.value,
-                         "shift_low": shift.low, "shift_high": shift.high})
+            rows.append(TypeRow(type=type_code.upper(), axis=axis, pole=MBTI_AXES[axis][0 if pole == "seek" else 1],
+                                condition=cond.name, sparsity=sparsity_of, n=acc.n, accuracy=acc.value,
+                                accuracy_low=acc.low, accuracy_high=acc.high, shift=shift.value,
+                                shift_low=shift.low, shift_high=shift.high))
     return rows
 
 
 def run_composition(model: Any, axes: Mapping[str, tuple[Signature, Signature]], *, type_code: str = "INTJ",
                     sparsity: float = 0.3, axis: str = "introversion_extraversion",
                     fractions: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), n_test: int | None = None, seed: int = 0,
-                    figures_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+                    figures_dir: str | Path | None = None, progress: bool = True) -> CompositionStudy:
     """The composition study on the MBTI axes' held-out test items:
     [`type_comparison`][persona_interp.studies.composition.type_comparison] for ``type_code`` and the
     [`fractional_curve`][persona_interp.studies.composition.fractional_curve] of ``axis``; figures go to
@@ -118,7 +119,7 @@ def run_composition(model: Any, axes: Mapping[str, tuple[Signature, Signature]],
     Examples:
         >>> axes = dict.fromkeys(TYPE_LETTERS, (sig_seek, sig_reject))      # each axis' signatures; one pair here
         >>> study = run_composition(model, axes, type_code="INTJ", n_test=2, fractions=(0.0, 1.0), progress=False)
-        >>> study["type"], len(study["type_rows"])
+        >>> study.type, len(study.type_rows)
         ('INTJ', 24)
     """
     tests = {}
@@ -127,8 +128,8 @@ def run_composition(model: Any, axes: Mapping[str, tuple[Signature, Signature]],
         tests[name] = list(test.sample(n_test, seed=seed) if n_test else test)
     rows = type_comparison(model, axes, type_code, sparsity, tests, seed=seed, progress=progress)
     curve = fractional_curve(model, *axes[axis], tests[axis], fractions, sparsity, seed=seed, progress=progress)
-    study = {"type": type_code.upper(), "sparsity": sparsity, "axis": axis, "seed": seed,
-             "n_test": {name: len(items) for name, items in tests.items()}, "type_rows": rows, "curve": curve}
+    study = CompositionStudy(type=type_code.upper(), sparsity=sparsity, axis=axis, seed=seed,
+                             n_test={name: len(items) for name, items in tests.items()}, type_rows=rows, curve=curve)
     if figures_dir:
         from persona_interp.report.figures import plot_fraction_curve, plot_type_comparison
 
