@@ -322,6 +322,8 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
     if args.out is None and not args.docs:
         raise SystemExit("error: figures needs --out (the figures folder), --docs (pages to rewrite) or both")
+    if args.out is None and args.report:
+        raise SystemExit("error: --report links its figures from --out: pass --out too")
     results = Path(args.results)
     if not results.is_file():
         raise SystemExit(f"error: {results} does not exist (the main job writes REPORT_DIR/results.json)")
@@ -333,8 +335,6 @@ def cmd_figures(args: argparse.Namespace) -> None:
         print(f"rewrote the generated blocks of {len(changed)} of {len(args.docs)} page(s) from {results}"
               + (f": {', '.join(map(str, changed))}" if changed else " (already up to date)"))
     if args.out is None:
-        if args.report:
-            raise SystemExit("error: --report links its figures from --out: pass --out too")
         return
     written = []
     report = _writable(Path(args.report), args.force) if args.report else None
