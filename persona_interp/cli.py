@@ -320,10 +320,22 @@ def cmd_figures(args: argparse.Namespace) -> None:
     from persona_interp.report.results import load_results
     from persona_interp.report.summary import diagnostics_by_persona
 
+    if args.out is None and not args.docs:
+        raise SystemExit("error: figures needs --out (the figures folder), --docs (pages to rewrite) or both")
+    if args.out is None and args.report:
+        raise SystemExit("error: --report links its figures from --out: pass --out too")
     results = Path(args.results)
     if not results.is_file():
         raise SystemExit(f"error: {results} does not exist (the main job writes REPORT_DIR/results.json)")
     typed = load_results(results)                      # a damaged or partial file: an error naming it and the field
+    if args.docs:
+        from persona_interp.report.findings import rewrite_pages
+
+        changed = rewrite_pages([Path(page) for page in args.docs], typed)
+        print(f"rewrote the generated blocks of {len(changed)} of {len(args.docs)} page(s) from {results}"
+              + (f": {', '.join(map(str, changed))}" if changed else " (already up to date)"))
+    if args.out is None:
+        return
     written = []
     report = _writable(Path(args.report), args.force) if args.report else None
     for persona, entry in typed.personas.items():
@@ -543,8 +555,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "figures", "render the accuracy and effect–damage frontier figures (and the report) again from a saved results.json")
     p.add_argument("--results", required=True, help="a results.json the main job wrote (e.g. results/quick/results.json)")
-    p.add_argument("--out", required=True, help="figures folder")
+    p.add_argument("--out", help="figures folder (required unless --docs is given alone)")
     p.add_argument("--report", help="also write the report (markdown, its figures linked from --out) to this file")
+    p.add_argument("--docs", nargs="+", metavar="PAGE", help="rewrite the generated blocks of these pages "
+                   "(<!-- generated: NAME (COMMAND) --> … <!-- end generated -->, e.g. README.md docs/findings.md) from "
+                   "--results, nothing outside them")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_figures)
 

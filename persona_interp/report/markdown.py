@@ -258,9 +258,15 @@ SUMMARY_TEXTS = {
 }
 
 
-def summary_markdown(results: RunResults) -> str:
-    """The across-persona tables of [`summary_tables`][persona_interp.report.summary.summary_tables] as markdown."""
-    parts = ["\n## Across personas\n"]
+def across_personas_markdown(results: RunResults) -> str:
+    """The across-persona tables of [`summary_tables`][persona_interp.report.summary.summary_tables] as markdown, each
+    after its text: the body of the report's "Across personas" section (empty when no table has rows).
+
+    Examples:
+        >>> print(across_personas_markdown(load_results("reports/results.json")).splitlines()[3])
+        | persona | budget | winner | effect | KL | lead | by reported-text KL | best mask | best mask + prompt |
+    """
+    parts = []
     for name, rows in summary_tables(results).items():
         if rows:
             matched = any("beats damage-matched random" in row for row in rows)
@@ -268,6 +274,13 @@ def summary_markdown(results: RunResults) -> str:
                                               if matched else "")
             parts += [f"\n{text}\n", markdown_table(rows)]
     return "\n".join(parts)
+
+
+def summary_markdown(results: RunResults) -> str:
+    """The report's "Across personas" section: its heading and
+    [`across_personas_markdown`][persona_interp.report.markdown.across_personas_markdown]."""
+    tables = across_personas_markdown(results)
+    return "\n## Across personas\n" + ("\n" + tables if tables else "")
 
 
 REPORT_LEGEND = (
