@@ -147,7 +147,7 @@ def _paper_bullet(results: RunResults, rho: float, method: str = "contrastive_wa
 
 def _overlap_bullet(results: RunResults) -> str | None:
     """How much opposing masks differ, like with like, against the paper's ~1 % and the ReLU construction range (compared
-    at the table's precision, 0.1 %)."""
+    at full precision, not at the table's 0.1 %)."""
     rows = [r for diag in diagnostics_by_persona(results).values() for r in diag.overlap if r.kind == "all"]
     overlap = [persona for persona, diag in diagnostics_by_persona(results).items() for r in diag.overlap
                if r.kind == "all" and r.variant == "contrastive_wanda relu" and r.bound_low is not None and r.bound_high is not None]
@@ -158,11 +158,12 @@ def _overlap_bullet(results: RunResults) -> str | None:
         return None
     small = share["wanda (per pole)"] + share["contrastive_wanda softplus τ=2"]
     order = ("the order of" if all(PAPER_OVERLAP / 10 <= s <= PAPER_OVERLAP * 10 for s in small) else "unlike")
-    shown = [tuple(round(100 * x, 1) for x in (r.differ, r.bound_low or 0.0, r.bound_high or 0.0))   # as the table shows them
-             for r in relu]
-    outside = [persona for persona, (differ, low, high) in zip(overlap, shown) if not low <= differ <= high]
+    outside = [(persona, r) for persona, r in zip(overlap, relu)
+               if not (r.bound_low or 0.0) <= r.differ <= (r.bound_high or 0.0)]                  # at full precision
     where = ("on every persona" if not outside
-             else f"on {len(relu) - len(outside)} of the {len(relu)} personas (not on {persona_list(outside)})")
+             else f"on {len(relu) - len(outside)} of the {len(relu)} personas (not on "
+                  + "; ".join(f"{persona_list([p])}: {100 * r.differ:.2f} % against {100 * (r.bound_low or 0.0):.2f}–"
+                              f"{100 * (r.bound_high or 0.0):.2f} %" for p, r in outside) + ")")
     return (f"- **Opposing masks' overlap, like with like:** per-pole Wanda masks differ in "
             f"{_span(share['wanda (per pole)'], 100)} % of entries and softplus Contrastive-Wanda in "
             f"{_span(share['contrastive_wanda softplus τ=2'], 100)} %, {order} the paper's \"~1 %\"; ReLU Contrastive-Wanda's "
