@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from persona_interp.data.personas import PersonaDataset, PersonaItem, Side, check_side
@@ -163,7 +163,8 @@ def check_texts(texts: object, what: str) -> list[str]:
     return list(texts)
 
 
-def _neutral_batches(model: Any, texts: Sequence[str], batch_size: int, max_tokens: int, cut: list[int] | None = None):
+def _neutral_batches(model: Any, texts: Sequence[str], batch_size: int, max_tokens: int, cut: list[int] | None = None
+                     ) -> Iterator[tuple[Int[Tensor, "batch pos"], Bool[Tensor, "batch _"]]]:
     """Padded token batches of plain texts, each cut to ``max_tokens``; the number of texts cut is added to
     ``cut`` when given."""
     tokenizer, budget = model.tokenizer, token_budget(model, max_tokens)
@@ -278,7 +279,10 @@ def score_statements(model: Any, items: PersonaDataset | Sequence[PersonaItem], 
     check_batch_size(batch_size)
     adapter = get_adapter(model)
     tokenizer = model.tokenizer
-    first = lambda answer: answer_ids(tokenizer, answer)[0]  # noqa: E731
+
+    def first(answer: str) -> int:
+        return answer_ids(tokenizer, answer)[0]
+
     out = torch.zeros(len(items), dtype=torch.float64)
     with torch.inference_mode():
         with stage("statements", total=len(range(0, len(items), batch_size)), progress=progress) as bar:

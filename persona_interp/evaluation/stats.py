@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 from jaxtyping import Bool, Float
@@ -59,14 +60,24 @@ class Estimate:
         return self.low > 0 or self.high < 0
 
     @classmethod
-    def from_row(cls, row: dict, key: str) -> "Estimate":
-        """The estimate a results row stores as ``key``, ``key_low``, ``key_high`` (and ``n``).
+    def from_row(cls, row: Mapping[str, object], key: str) -> "Estimate":
+        """The estimate a results row (a JSON object) stores as ``key``, ``key_low``, ``key_high`` (and ``n``, 0
+        when absent); a value that is not a number is a TypeError naming its key.
 
         Examples:
             >>> Estimate.from_row({"shift": 0.5, "shift_low": 0.1, "shift_high": 0.9, "n": 4}, "shift").signed()
             '+0.50 [+0.10, +0.90]'
         """
-        return cls(float(row[key]), float(row[f"{key}_low"]), float(row[f"{key}_high"]), int(row.get("n", 0)))
+        def number(name: str) -> float:
+            value = row[name]
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise TypeError(f"the row's {name!r} is {value!r}, not a number")
+            return float(value)
+
+        n = row.get("n", 0)
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise TypeError(f"the row's 'n' is {n!r}, not an integer")
+        return cls(number(key), number(f"{key}_low"), number(f"{key}_high"), n)
 
 
 def proportion_ci(successes: Bool[Tensor, " n"], level: float = 0.95) -> Estimate:

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
+from jaxtyping import Float
+from matplotlib.figure import Figure
+from torch import Tensor
 
 from persona_interp.analysis.causal import DoseRow
 from persona_interp.analysis.diagnostics import GroupedOverlapRow
+from persona_interp.analysis.localise import UnitDivergence
 from persona_interp.analysis.nulls import percentile_band
 from persona_interp.analysis.regimes import RegimeComparison
 from persona_interp.data.files import atomic
@@ -29,7 +33,7 @@ from persona_interp.report.summary import diagnostics_by_persona
 matplotlib.use("Agg")
 
 
-def save(fig: Any, stem: str | os.PathLike) -> list[Path]:
+def save(fig: Figure, stem: str | os.PathLike[str]) -> list[Path]:
     """Save ``fig`` as ``stem.png`` and ``stem.svg``; returns the paths. The same figure gives the
     same bytes (no date, fixed SVG ids), so re-rendering leaves committed figures unchanged."""
     stem = Path(stem)
@@ -45,7 +49,7 @@ def save(fig: Any, stem: str | os.PathLike) -> list[Path]:
     return paths
 
 
-def plot_accuracy(rows: Sequence[ConditionRow], stem: str | os.PathLike, title: str = "") -> list[Path]:
+def plot_accuracy(rows: Sequence[ConditionRow], stem: str | os.PathLike[str], title: str = "") -> list[Path]:
     """Two panels per persona table ([`table`][persona_interp.evaluation.evaluate.Evaluation.table]): A/B accuracy
     (Wilson 95 % CI) and paired margin shift vs base (t 95 % CI), one bar per condition, seek rows and reject rows
     side by side."""
@@ -71,11 +75,11 @@ def plot_accuracy(rows: Sequence[ConditionRow], stem: str | os.PathLike, title: 
     return save(fig, stem)
 
 
-def plot_layer_kind_heatmap(grid: Any, kinds: Sequence[str], stem: str | os.PathLike, *, title: str = "",
+def plot_layer_kind_heatmap(grid: Float[Tensor, "layers kinds"], kinds: Sequence[str], stem: str | os.PathLike[str], *, title: str = "",
                             colorbar: str = "", vmin: float | None = None, vmax: float | None = None) -> list[Path]:
     """A ``[layer, kind]`` grid (from [`layer_kind_grid`][persona_interp.analysis.localise.layer_kind_grid]) as a
     heatmap, layers on the y axis (0 at the top), NaN cells blank."""
-    values = grid.numpy() if hasattr(grid, "numpy") else grid
+    values = grid.numpy()
     fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(kinds), 1.5 + 0.22 * len(values)))
     image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_xticks(range(len(kinds)), kinds)
@@ -87,7 +91,7 @@ def plot_layer_kind_heatmap(grid: Any, kinds: Sequence[str], stem: str | os.Path
     return save(fig, stem)
 
 
-def plot_overlap_bars(rows: Sequence[GroupedOverlapRow], stem: str | os.PathLike, title: str = "") -> list[Path]:
+def plot_overlap_bars(rows: Sequence[GroupedOverlapRow], stem: str | os.PathLike[str], title: str = "") -> list[Path]:
     """Per persona pair, % of mask entries that differ between the opposing masks: overall, attention, MLP."""
     groups = {"overall": [r.overall for r in rows], "attn": [r.attn for r in rows], "mlp": [r.mlp for r in rows]}
     fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(rows), 4))
@@ -102,9 +106,9 @@ def plot_overlap_bars(rows: Sequence[GroupedOverlapRow], stem: str | os.PathLike
     return save(fig, stem)
 
 
-def plot_unit_map(units: Sequence[Any], n_layers: int, n_units: int, stem: str | os.PathLike, *, unit_label: str,
+def plot_unit_map(units: Sequence[UnitDivergence], n_layers: int, n_units: int, stem: str | os.PathLike[str], *, unit_label: str,
                   title: str = "", colorbar: str = "divergence (mean |z|)") -> list[Path]:
-    """Divergence of every head or neuron (``UnitDivergence`` items) as a layer × unit image."""
+    """Divergence of every head or neuron as a layer × unit image."""
     image = np.full((n_layers, n_units), np.nan)
     for u in units:
         image[u.layer, u.unit] = u.divergence
@@ -121,7 +125,7 @@ def plot_unit_map(units: Sequence[Any], n_layers: int, n_units: int, stem: str |
 MIN_BAND_DRAWS = 10          # seeds from which a random control is drawn as a percentile band
 
 
-def plot_dose_response(rows: Sequence[DoseRow], stem: str | os.PathLike, *, title: str = "",
+def plot_dose_response(rows: Sequence[DoseRow], stem: str | os.PathLike[str], *, title: str = "",
                        ylabel: str = "margin shift vs unablated (nats/token)") -> list[Path]:
     """Dose–response curves from [`dose_response`][persona_interp.analysis.causal.dose_response]: one panel per system
     prompt; the top-k units with their 95 % interval, random units as the mean over seeds with their 5th–95th
@@ -153,7 +157,8 @@ def plot_dose_response(rows: Sequence[DoseRow], stem: str | os.PathLike, *, titl
     return save(fig, stem)
 
 
-def plot_layer_curve(values: Any, stem: str | os.PathLike, *, ylabel: str, title: str = "") -> list[Path]:
+def plot_layer_curve(values: Sequence[float] | Float[Tensor, " layers"] | Float[np.ndarray, " layers"], stem: str | os.PathLike[str], *,
+                     ylabel: str, title: str = "") -> list[Path]:
     """One value per layer (e.g. the signature cosine of two poles) as a line."""
     values = [float(v) for v in values]
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -166,7 +171,7 @@ def plot_layer_curve(values: Any, stem: str | os.PathLike, *, ylabel: str, title
     return save(fig, stem)
 
 
-def plot_regime_comparison(result: RegimeComparison, stem: str | os.PathLike, title: str = "",
+def plot_regime_comparison(result: RegimeComparison, stem: str | os.PathLike[str], title: str = "",
                            band: Sequence[float] | None = None) -> list[Path]:
     """Regime comparison of one persona pair (from
     [`compare_regimes`][persona_interp.analysis.regimes.compare_regimes]): cosine of the seek-minus-reject residual
@@ -199,7 +204,7 @@ def plot_regime_comparison(result: RegimeComparison, stem: str | os.PathLike, ti
     return save(fig, stem)
 
 
-def plot_fraction_curve(curve: FractionCurve, stem: str | os.PathLike, title: str = "") -> list[Path]:
+def plot_fraction_curve(curve: FractionCurve, stem: str | os.PathLike[str], title: str = "") -> list[Path]:
     """Per-token A/B margin toward the seek pole against the persona fraction (t 95 % CI), with the
     base model and the random mask of the same sparsity as horizontal references."""
     points = [(r.fraction, r) for r in curve.rows if r.fraction is not None]
@@ -221,7 +226,7 @@ def plot_fraction_curve(curve: FractionCurve, stem: str | os.PathLike, title: st
     return save(fig, stem)
 
 
-def plot_type_comparison(rows: Sequence[TypeRow], stem: str | os.PathLike, title: str = "") -> list[Path]:
+def plot_type_comparison(rows: Sequence[TypeRow], stem: str | os.PathLike[str], title: str = "") -> list[Path]:
     """Paired margin shift toward the type's pole (vs base, t 95 % CI) on each axis's test items,
     one bar per condition (type mask, intersection, prompt, their random controls)."""
     axes_names = list(dict.fromkeys(r.axis for r in rows))
@@ -244,7 +249,7 @@ def plot_type_comparison(rows: Sequence[TypeRow], stem: str | os.PathLike, title
     return save(fig, stem)
 
 
-def plot_frontier(rows: Sequence[FrontierRow], stem: str | os.PathLike, title: str = "") -> list[Path]:
+def plot_frontier(rows: Sequence[FrontierRow], stem: str | os.PathLike[str], title: str = "") -> list[Path]:
     """The effect–damage frontier: x = damage (KL from the base model on the report's neutral texts,
     symlog), y = test seek − reject difference with its 95 % interval; one line per regime through its
     per-budget picks, masks with their prompt dashed in the mask's colour (the paper's protocol), the budgets
@@ -278,7 +283,7 @@ def plot_frontier(rows: Sequence[FrontierRow], stem: str | os.PathLike, title: s
     return save(fig, stem)
 
 
-def plot_persona(persona: str, entry: PersonaResult, folder: str | os.PathLike) -> list[Path]:
+def plot_persona(persona: str, entry: PersonaResult, folder: str | os.PathLike[str]) -> list[Path]:
     """A persona's report figures from its results ([`PersonaResult`][persona_interp.report.results.PersonaResult]):
     ``PERSONA_accuracy`` and, where the entry has one, ``PERSONA_frontier`` (PNG + SVG in ``folder``); the main job
     and ``persona-interp figures`` both draw them.
@@ -296,7 +301,7 @@ def plot_persona(persona: str, entry: PersonaResult, folder: str | os.PathLike) 
     return written
 
 
-def plot_stability(results: RunResults, stem: str | os.PathLike) -> list[Path]:
+def plot_stability(results: RunResults, stem: str | os.PathLike[str]) -> list[Path]:
     """Stability of every persona's masks (the main job's diagnostics) in one figure: left, the share of entries
     in which a pole's mask differs between two disjoint calibration halves (each draw and pole) beside the share in
     which the poles differ within a half, with ReLU Contrastive-Wanda's construction value 2ρ dotted; right, the

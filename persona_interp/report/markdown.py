@@ -133,7 +133,7 @@ def composition_markdown(study: CompositionStudy) -> str:
         f"significant); increasing: {t.increasing}.\n"])
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value).replace("|", "\\|").replace("\n", "<br>")     # a cell stays one cell (generated text)

@@ -36,7 +36,7 @@ BAND_COLOURS = (NULL_COLOUR, "#bcbd22")
 FLOOR = 1e-12           # 1 − cosine drawn no lower (a cosine of exactly 1 on a log scale)
 
 
-def plot_signature_cosine(cosine: Sequence[float], stem: str | os.PathLike, *,
+def plot_signature_cosine(cosine: Sequence[float], stem: str | os.PathLike[str], *,
                           nulls: Mapping[str, Float[Tensor, "draws layers"]] | None = None,
                           neutral: Sequence[float] | None = None, title: str = "") -> list[Path]:
     """Per layer, 1 − the cosine of the seek and reject signatures (red; log scale, so that cosines near 1 stay
@@ -52,7 +52,10 @@ def plot_signature_cosine(cosine: Sequence[float], stem: str | os.PathLike, *,
     """
     cosine = [float(c) for c in cosine]
     layers = list(range(len(cosine)))
-    distance = lambda values: [max(1 - float(v), FLOOR) for v in values]
+
+    def distance(values: Sequence[float]) -> list[float]:
+        return [max(1 - float(v), FLOOR) for v in values]
+
     fig, ax = plt.subplots(figsize=(7, 4))
     nulls = nulls or {}
     if len(nulls) > len(BAND_COLOURS):
@@ -75,7 +78,7 @@ def plot_signature_cosine(cosine: Sequence[float], stem: str | os.PathLike, *,
     return save(fig, stem)
 
 
-def plot_unit_divergence(units: Mapping[str, Sequence[UnitDivergence]], null: NullUnits, stem: str | os.PathLike, *,
+def plot_unit_divergence(units: Mapping[str, Sequence[UnitDivergence]], null: NullUnits, stem: str | os.PathLike[str], *,
                          null_label: str = "null pairs", title: str = "") -> list[Path]:
     """One panel per unit kind (``units``: "head" and/or "neuron" → the seek-vs-reject ranking, e.g. the atlas's top
     units): divergence against rank (red), beside the top units of each null draw (grey, ``null`` from
@@ -110,7 +113,7 @@ def plot_unit_divergence(units: Mapping[str, Sequence[UnitDivergence]], null: Nu
     return save(fig, stem)
 
 
-def plot_overlap_null(observed: Mapping[str, MaskDiffer], null: Mapping[str, Sequence[MaskDiffer]], stem: str | os.PathLike, *,
+def plot_overlap_null(observed: Mapping[str, MaskDiffer], null: Mapping[str, Sequence[MaskDiffer]], stem: str | os.PathLike[str], *,
                       title: str = "") -> list[Path]:
     """Per persona pair, the entries in which its opposing per-pole masks differ (left) and the MLP − attention gap of
     that difference (right), in points (red), beside the range over split-half draws of one pole against itself
@@ -129,8 +132,15 @@ def plot_overlap_null(observed: Mapping[str, MaskDiffer], null: Mapping[str, Seq
         raise ValueError(f"no pair has both an observed difference and split-half draws: observed {list(observed)}, "
                          f"null {list(null)}")
     fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 3 + 1.6 * len(pairs)), 4.5))
-    for ax, value, label in ((axes[0], lambda d: 100 * d.overall, "entries that differ (%)"),
-                             (axes[1], lambda d: 100 * d.mlp_minus_attn, "MLP − attention (points)")):
+
+    def differ_points(d: MaskDiffer) -> float:
+        return 100 * d.overall
+
+    def gap_points(d: MaskDiffer) -> float:
+        return 100 * d.mlp_minus_attn
+
+    for ax, value, label in ((axes[0], differ_points, "entries that differ (%)"),
+                             (axes[1], gap_points, "MLP − attention (points)")):
         for x, pair in enumerate(pairs):
             draws = [value(d) for d in null[pair]]
             ax.plot([x, x], [min(draws), max(draws)], color=NULL_COLOUR, lw=8, solid_capstyle="butt",

@@ -84,7 +84,7 @@ def config_differences(mine: Any, theirs: dict[str, Any], ignore: Sequence[str] 
     return sorted(k for k in set(mine) & set(theirs) if k not in ignore and mine[k] != theirs[k])
 
 
-def saved_results_for(model: Any, path: str | os.PathLike, *, model_source: str | os.PathLike | None = None,
+def saved_results_for(model: Any, path: str | os.PathLike[str], *, model_source: str | os.PathLike[str] | None = None,
                       config: Any = None, personas: Sequence[str] = ()) -> SavedResults[dict[str, Any]]:
     """The results saved in ``path`` if they were recorded for ``model`` (its fingerprint; a file without
     provenance only for the embedded model, ``model_source`` None) under ``config`` (same options, when given)
@@ -123,7 +123,7 @@ def saved_results_for(model: Any, path: str | os.PathLike, *, model_source: str 
     return SavedResults(path, results, why + (", with the same configuration" if config is not None else ""))
 
 
-def saved_run_for(model: Any, path: str | os.PathLike, *, model_source: str | os.PathLike | None = None,
+def saved_run_for(model: Any, path: str | os.PathLike[str], *, model_source: str | os.PathLike[str] | None = None,
                   config: Any = None, personas: Sequence[str] = ()) -> SavedResults[RunResults]:
     """[`saved_results_for`][persona_interp.report.saved.saved_results_for] of a main job's ``results.json``, its
     results typed and validated ([`parse_results`][persona_interp.report.results.parse_results]: a damaged file is a
@@ -137,8 +137,8 @@ def saved_run_for(model: Any, path: str | os.PathLike, *, model_source: str | os
     return saved_study_for(model, path, parse_results, model_source=model_source, config=config, personas=personas)
 
 
-def saved_study_for(model: Any, path: str | os.PathLike, parse: Callable[[Any, str], Results], *,
-                    model_source: str | os.PathLike | None = None, config: Any = None,
+def saved_study_for(model: Any, path: str | os.PathLike[str], parse: Callable[[Any, str], Results], *,
+                    model_source: str | os.PathLike[str] | None = None, config: Any = None,
                     personas: Sequence[str] = ()) -> SavedResults[Results]:
     """[`saved_results_for`][persona_interp.report.saved.saved_results_for] of a study's file, its results typed by
     ``parse`` (e.g. [`parse_atlas`][persona_interp.report.study_results.parse_atlas]: a damaged file is a

@@ -104,7 +104,7 @@ class OfflineHTML:
         return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title></head>"
                 f"<body>\n{self.html(with_library=True)}\n</body></html>\n")
 
-    def save(self, path: str | os.PathLike, force: bool = False) -> Path:
+    def save(self, path: str | os.PathLike[str], force: bool = False) -> Path:
         """Write the document; an existing file is only replaced with ``force=True``."""
         path = Path(path)
         if path.exists() and not force:
