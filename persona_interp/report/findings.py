@@ -97,8 +97,9 @@ def _winners_bullet(results: RunResults) -> str:
                 effects = ", ".join(_ci(w) if len(picks) == 1 else f"{pair} {_ci(w)}" for pair, w in picks.items())
                 parts.append(f"{kind} wins {persona_list([persona])} at {_budgets([w.budget for w in wins])} ({effects})")
         sentences += parts
+    joined = "; ".join(sentences)
     text = (f"- **At equal damage, {heading} wins, and a mask wins {TIMES.get(len(masks), f'{len(masks)} times')}.** "
-            + "; ".join(sentences)[:1].upper() + "; ".join(sentences)[1:] + ".")
+            + joined[:1].upper() + joined[1:] + ".")
     if masks:
         cases = [f"{persona_list([persona])} at {_budgets([w.budget])}: {METHOD_NAMES.get(w.regime, w.regime)} "
                  f"{'with its prompt (the paper' + chr(39) + 's protocol)' if w.pair.endswith('+prompt') else 'alone'} "
@@ -148,26 +149,24 @@ def _paper_bullet(results: RunResults, rho: float, method: str = "contrastive_wa
 def _overlap_bullet(results: RunResults) -> str | None:
     """How much opposing masks differ, like with like, against the paper's ~1 % and the ReLU construction range (compared
     at full precision, not at the table's 0.1 %)."""
-    rows = [r for diag in diagnostics_by_persona(results).values() for r in diag.overlap if r.kind == "all"]
-    overlap = [persona for persona, diag in diagnostics_by_persona(results).items() for r in diag.overlap
-               if r.kind == "all" and r.variant == "contrastive_wanda relu" and r.bound_low is not None and r.bound_high is not None]
-    share = {variant: [r.differ for r in rows if r.variant == variant]
+    rows = [(persona, r) for persona, diag in diagnostics_by_persona(results).items() for r in diag.overlap if r.kind == "all"]
+    share = {variant: [r.differ for _, r in rows if r.variant == variant]
              for variant in ("wanda (per pole)", "contrastive_wanda softplus τ=2", "contrastive_wanda relu")}
-    relu = [r for r in rows if r.variant == "contrastive_wanda relu" and r.bound_low is not None and r.bound_high is not None]
+    relu = [(persona, r.differ, r.bound_low, r.bound_high) for persona, r in rows
+            if r.variant == "contrastive_wanda relu" and r.bound_low is not None and r.bound_high is not None]
     if not share["wanda (per pole)"] or not share["contrastive_wanda softplus τ=2"] or not relu:
         return None
     small = share["wanda (per pole)"] + share["contrastive_wanda softplus τ=2"]
     order = ("the order of" if all(PAPER_OVERLAP / 10 <= s <= PAPER_OVERLAP * 10 for s in small) else "unlike")
-    outside = [(persona, r) for persona, r in zip(overlap, relu)
-               if not (r.bound_low or 0.0) <= r.differ <= (r.bound_high or 0.0)]                  # at full precision
+    outside = [row for row in relu if not row[2] <= row[1] <= row[3]]                   # at full precision
     where = ("on every persona" if not outside
              else f"on {len(relu) - len(outside)} of the {len(relu)} personas (not on "
-                  + "; ".join(f"{persona_list([p])}: {100 * r.differ:.2f} % against {100 * (r.bound_low or 0.0):.2f}–"
-                              f"{100 * (r.bound_high or 0.0):.2f} %" for p, r in outside) + ")")
+                  + "; ".join(f"{persona_list([p])}: {100 * differ:.2f} % against {100 * low:.2f}–{100 * high:.2f} %"
+                              for p, differ, low, high in outside) + ")")
     return (f"- **Opposing masks' overlap, like with like:** per-pole Wanda masks differ in "
             f"{_span(share['wanda (per pole)'], 100)} % of entries and softplus Contrastive-Wanda in "
             f"{_span(share['contrastive_wanda softplus τ=2'], 100)} %, {order} the paper's \"~1 %\"; ReLU Contrastive-Wanda's "
-            f"{_span([r.differ for r in relu], 100)} % lies, {where}, inside the range its construction gives whatever the "
+            f"{_span([differ for _, differ, _, _ in relu], 100)} % lies, {where}, inside the range its construction gives whatever the "
             "persona.")
 
 
