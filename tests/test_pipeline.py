@@ -73,6 +73,9 @@ def test_reproduce_writes_report_and_never_tunes_on_test_items(tiny_pipeline, tm
     assert "## power (8 test items)" in text and "seed 0" in text and "Revision" in text
     results = load_results(tmp_path / "out" / "results.json")
     entry = results.personas["power"]
+    assert entry.stages is not None and [s.name for s in entry.stages] == [r.name for r in stages][:-1]   # not the report's
+    assert [s.seconds for s in entry.stages] == [round(r.seconds, 1) for r in stages][:-1]
+    assert entry.seconds == pytest.approx(sum(s.seconds for s in entry.stages)) and " min (" in text
     table, used = entry.table, entry.used
     names = {row.condition for row in table}
     assert {"base", "prompt-seek", "rag-reject", "mean_difference-seek@kl1000", "pca-reject@kl1000", "ode-seek@kl1000",

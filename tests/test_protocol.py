@@ -12,7 +12,7 @@ from persona_interp.analysis import diagnostics
 from persona_interp.evaluation.rows import PairSearchRow
 from persona_interp.evaluation.search import budget_picks
 from persona_interp.interventions.conditions import MaskCondition
-from persona_interp.masks.builders import contrast, mask_family, relu_differ_range
+from persona_interp.masks.builders import contrast, mask_family, relu_differ_range, removed_zero_share
 from persona_interp.evaluation.scoring import score_ab
 from persona_interp.evaluation.search import pick_within
 
@@ -81,6 +81,53 @@ def test_relu_masks_differ_in_two_rho_by_construction(llama):
         if inside:                                                    # near 2 rho (rho after the floor of k)
             assert relu.differ == pytest.approx(relu.bound_high, abs=0.02)
     assert relu_differ_range(0.3, 0.5) == pytest.approx((0.6, 0.6)) and relu_differ_range(0.3, 0.1) == pytest.approx((0.2, 0.6))
+
+
+
+@pytest.mark.parametrize("p_share", [0.5, 0.1])
+def test_exact_zero_weights_are_removed_by_both_relu_masks_and_counted_in_the_bound(llama, p_share):
+    """A weight that is exactly 0 scores 0 for both poles and 0 on the tie-breaking Wanda score: both masks remove
+    it, so the masks differ in 2ρ − 2q (q: the zeros' share, capped per row at what a row removes), not 2ρ."""
+    rho, adapter = 0.3, pi.get_adapter(llama)
+    rng, gen = np.random.default_rng(1), torch.Generator().manual_seed(1)
+    saved = {m.name: adapter.weight(m.name).clone() for m in adapter.maps}
+    try:
+        up, down = {}, {}
+        for m in adapter.maps:
+            with torch.no_grad():                                     # about 5 % zeros, one row all zeros (capped)
+                weight = adapter.weight(m.name)
+                weight[torch.rand(weight.shape, generator=gen) < 0.05] = 0
+                weight[0] = 0
+            z_sign = torch.tensor(rng.permutation(m.n_in) < round(p_share * m.n_in))
+            up[m.name] = torch.where(z_sign, 2.0, 1.0).double() + torch.tensor(rng.uniform(0, 0.1, m.n_in))
+            down[m.name] = torch.where(z_sign, 1.0, 2.0).double() + torch.tensor(rng.uniform(0, 0.1, m.n_in))
+        seek, reject = fake_signature(llama, up), fake_signature(llama, down, side="reject")
+        for sig in (seek, reject):                                    # per-token sums for the code's rule
+            for stats in sig.sums.values():
+                stats["token_sum"], stats["token_sq_sum"] = stats["norm_sum"] / 3, stats["norm_sq_sum"]
+        ms, mr = pi.contrastive_wanda_masks(llama, seek, reject, rho)
+        for m in adapter.maps:
+            zeros = removed_zero_share(adapter.weight(m.name).abs().double(), rho)
+            assert 0.05 * 0.9 < zeros < 0.3
+            removed = 1 - int(m.n_in * (1 - rho)) / m.n_in                 # ρ after the floor of k
+            share = float((contrast(seek, reject, m.name) > 0).double().mean())
+            low, high = relu_differ_range(removed, share, min(zeros, removed))
+            differ = pi.fraction_differ(pi.Mask({m.name: ms.keep[m.name]}), pi.Mask({m.name: mr.keep[m.name]}))
+            assert low - 1e-12 <= differ <= high + 1e-12
+            assert differ < relu_differ_range(removed, share)[1] - zeros   # the bound without zeros is too high
+            if rho <= share <= 1 - rho:
+                assert differ == pytest.approx(high, abs=1e-12)       # exactly 2ρ − 2q
+        relu = next(r for r in diagnostics.overlap_table(llama, seek, reject, rho)
+                    if r.variant == "contrastive_wanda relu" and r.kind == "all")
+        assert relu.bound_low - 1e-9 <= relu.differ <= relu.bound_high + 1e-9
+        if p_share == 0.5:
+            assert relu.differ == pytest.approx(relu.bound_high, abs=1e-9)
+    finally:
+        with torch.no_grad():
+            for name, weight in saved.items():
+                adapter.weight(name).copy_(weight)
+    with pytest.raises(ValueError, match="zero_share must lie"):
+        relu_differ_range(0.3, 0.5, zero_share=0.4)
 
 
 def _paper_code_reference(score: torch.Tensor, rho: float):

@@ -34,7 +34,16 @@ from persona_interp.evaluation.rows import Record, Row
 from persona_interp.evaluation.scoring import DamageReference, Measured, score_ab
 from persona_interp.evaluation.stats import mean_ci
 from persona_interp.interventions.ablation import ablate
-from persona_interp.masks.builders import FamilyCache, MaskFamily, contrast, kept_count, mask_family, relu_differ_range
+from persona_interp.masks.builders import (
+    FamilyCache,
+    MaskFamily,
+    abs_weight,
+    contrast,
+    kept_count,
+    mask_family,
+    relu_differ_range,
+    removed_zero_share,
+)
 from persona_interp.masks.mask import fraction_differ, fraction_differ_by
 from persona_interp.masks.registry import MethodInputs, method_spec, methods
 from persona_interp.progress import stage
@@ -217,7 +226,8 @@ def overlap_table(model: Any, seek: Signature, reject: Signature, sparsity: floa
             for m in family.maps:
                 z = contrast(seek, reject, m.name)
                 removed = 1 - kept_count(m.n_in, sparsity) / m.n_in          # ρ after the floor of k
-                low, high = relu_differ_range(removed, float((z > 0).double().mean()))
+                zeros = removed_zero_share(abs_weight(model, m.name), sparsity)    # removed by both poles
+                low, high = relu_differ_range(removed, float((z > 0).double().mean()), min(zeros, removed))
                 for key in (m.kind, "all"):
                     entry = bound.setdefault(key, [0.0, 0.0, 0.0])
                     entry[0] += low * m.n_in * m.n_out

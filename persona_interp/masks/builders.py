@@ -404,20 +404,46 @@ def contrastive_wanda_masks(model: Any, seek: Signature, reject: Signature, spar
                        layers=layers, persona=persona).pair(sparsity, modules=modules, layers=layers)
 
 
-def relu_differ_range(sparsity: float, positive_share: float) -> tuple[float, float]:
+def relu_differ_range(sparsity: float, positive_share: float, zero_share: float = 0.0) -> tuple[float, float]:
     """The fraction of entries in which two ReLU Contrastive-Wanda masks of a map differ, by construction
     (p: the map's share of input channels with z > 0, no z exactly 0). Each pole removes ρ of every row, so they
     differ in at most 2ρ; when ``ρ ≤ p ≤ 1−ρ`` each removes only the other pole's channels, the removals are
     disjoint and they differ in exactly 2ρ; otherwise in at least ``2·min(p, 1−p)``.
 
+    ``zero_share`` (q): the share of entries whose weight is exactly 0, counted per row up to the ρ of it that a
+    row removes ([`removed_zero_share`][persona_interp.masks.builders.removed_zero_share]). Such a weight scores 0
+    for both poles and 0 on the plain Wanda score that breaks ties, so both masks remove it: the range becomes
+    ``[max(0, low − 2q), high − 2q]`` (exactly ``2ρ − 2q`` when ``ρ ≤ p ≤ 1−ρ``).
+
     Examples:
         >>> relu_differ_range(0.3, 0.5), relu_differ_range(0.3, 0.9)
         ((0.6, 0.6), (0.2, 0.6))
+        >>> [round(x, 6) for x in relu_differ_range(0.3, 0.5, zero_share=0.001)]
+        [0.598, 0.598]
     """
     check_sparsity(sparsity)
+    if not 0 <= zero_share <= sparsity:
+        raise ValueError(f"zero_share must lie in [0, sparsity={sparsity}] (a row removes at most ρ), got {zero_share}")
     if sparsity <= positive_share <= 1 - sparsity:
-        return 2 * sparsity, 2 * sparsity
-    return 2 * min(positive_share, 1 - positive_share), 2 * sparsity
+        low, high = 2 * sparsity, 2 * sparsity
+    else:
+        low, high = 2 * min(positive_share, 1 - positive_share), 2 * sparsity
+    return max(0.0, low - 2 * zero_share), high - 2 * zero_share
+
+
+def removed_zero_share(weight: Float[Tensor, "out in"], sparsity: float) -> float:
+    """The share of a map's entries that are exactly 0 and removed by every ReLU Contrastive-Wanda mask at
+    ``sparsity``: per row, its zero weights up to the ``n_in − ⌊n_in·(1−ρ)⌋`` it removes
+    (``zero_share`` of [`relu_differ_range`][persona_interp.masks.builders.relu_differ_range]).
+
+    Examples:
+        >>> removed_zero_share(torch.tensor([[0., 0., 0., 1.], [1., 2., 3., 0.]]), 0.5)   # rows: 2 of 3 zeros, 1
+        0.375
+    """
+    n_out, n_in = weight.shape
+    removed = n_in - kept_count(n_in, sparsity)
+    zeros = (weight == 0).sum(1).clamp_max(removed)
+    return float(zeros.sum()) / (n_out * n_in)
 
 
 def row_normalise(score: Tensor) -> Tensor:

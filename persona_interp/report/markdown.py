@@ -389,10 +389,20 @@ PROTOCOL_NOTE = ("\nTwo mask protocols: `METHOD-SIDE@…` is the mask alone (no 
                  "scores with the persona system prompt), so the paper's mask rows compare with our `+prompt` rows.\n")
 
 
+def _compute_time(entry: PersonaResult) -> str:
+    """``", in 41 min (evaluation 25, mask search (gradient) 6, …)"``: the persona's stage times, longest first;
+    nothing for a file that did not record them."""
+    if entry.stages is None or entry.seconds is None:
+        return ""
+    longest = sorted(entry.stages, key=lambda s: -s.seconds)[:4]
+    return f", in {entry.seconds / 60:.0f} min ({', '.join(f'{s.name} {s.seconds / 60:.0f}' for s in longest)}, …)"
+
+
 def _persona_section(persona: str, entry: PersonaResult, figure: Path, out_dir: Path) -> str:
     contrasts, controls = entry.contrasts, entry.controls
     matched = any(c.matched_control is not None for c in controls)
-    lines = [f"\n## {persona} ({entry.n_test} test items)\n", f"Computed by revision `{entry.revision}`, finished {entry.finished}.",
+    lines = [f"\n## {persona} ({entry.n_test} test items)\n",
+             f"Computed by revision `{entry.revision}`, finished {entry.finished}{_compute_time(entry)}.",
              *_tuning_lines(entry.used), PROTOCOL_NOTE, markdown_table(entry.table, TABLE_COLUMNS),
              "\nSeek-minus-reject (paired, per-token margin; cancels damage both poles share):\n",
              markdown_table(contrasts, ["pair", "n", "difference", "items_seek_only", "items_reject_only"]),

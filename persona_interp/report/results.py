@@ -212,10 +212,24 @@ class Used(Record):
     diagnostics: Diagnostics | None = None
 
 
-class PersonaResult(BaseModel):
-    """One persona's results: what computed them, what the searches used and the test-set tables."""
+class StageTime(Row):
+    """The wall time of one outermost stage of a persona's run (as its progress line reports it): its name, seconds,
+    the steps it counted and the model forwards attributed to it (0, left out of the JSON: not counted).
 
-    model_config = ConfigDict(extra="forbid")
+    Examples:
+        >>> StageTime(name="steering", seconds=61.2, steps=6).model_dump()
+        {'name': 'steering', 'seconds': 61.2, 'steps': 6}
+    """
+
+    name: str
+    seconds: float
+    steps: int
+    forwards: int = 0
+
+
+class PersonaResult(Record):
+    """One persona's results: what computed them, what the searches used, the test-set tables and (``stages``, from
+    files written since 2026-12-07) how long each stage of it took."""
 
     revision: str
     finished: str
@@ -231,6 +245,12 @@ class PersonaResult(BaseModel):
     budget_winners: list[BudgetWinner]     # per damage budget
     per_item: dict[str, PerItem]           # per condition
     damage: dict[str, Damage]              # per condition
+    stages: list[StageTime] | None = None  # each outermost stage's wall time, in order (report and figures excluded)
+
+    @property
+    def seconds(self) -> float | None:
+        """The persona's compute time: the sum of its stages' (``None`` for a file that did not record them)."""
+        return sum(stage.seconds for stage in self.stages) if self.stages is not None else None
 
 
 class RecordedConfig(Record):

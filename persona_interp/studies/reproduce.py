@@ -52,7 +52,7 @@ from persona_interp.masks.registry import MethodInputs, MethodSpec, method_names
 from persona_interp.model.adapter import get_adapter
 from persona_interp.model.load import load_model, resolve_dtype
 from persona_interp.model.machine import CPU
-from persona_interp.progress import scope, stage
+from persona_interp.progress import scope, stage, stage_times
 from persona_interp.report.figures import plot_persona, plot_stability
 from persona_interp.report.markdown import write_report
 from persona_interp.report.results import (
@@ -65,6 +65,7 @@ from persona_interp.report.results import (
     Provenance,
     RecordedConfig,
     RunResults,
+    StageTime,
     SteeringSearch,
     Used,
     load_results,
@@ -459,6 +460,7 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
     for persona in config.personas:
         if persona in results.personas:
             continue
+        first_stage = len(stage_times())
         with scope(persona):
             if fitted is None and config.mask_search is not None and any(
                     "neutral_signatures" in spec.needs for spec in searched_methods(config)):
@@ -474,6 +476,8 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
                           batch_size=config.batch_size, progress=progress)
             with stage("report and figures", progress=progress):
                 table, contrasts, controls = ev.table(), ev.contrasts(), control_comparison(ev)
+                stages = [StageTime(name=r.name, seconds=round(r.seconds, 1), steps=r.count, forwards=r.forwards)
+                          for r in stage_times()[first_stage:]]
                 finished = now()
                 entry = PersonaResult(revision=revision, finished=finished,
                                       provenance=provenance.model_copy(update={"finished": finished}), used=used,
@@ -481,7 +485,7 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
                                       equal_damage=equal_damage_summary(table, contrasts, config.damage_budgets),
                                       prompt_additions=ev.prompt_additions(), frontier=frontier_rows(ev, contrasts),
                                       budget_winners=budget_winners(ev, contrasts, config.damage_budgets),
-                                      per_item=ev.per_item(), damage=ev.damage)
+                                      per_item=ev.per_item(), damage=ev.damage, stages=stages)
                 results.personas[persona] = entry
                 report = write_report(out_dir, figures_dir, config, results)   # first, so a later failure keeps the persona
                 for side in SIDES:                             # the fine-tuned adapters, reusable
