@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from persona_interp.analysis.diagnostics import GroupedOverlapRow, grouped_overlap
-from persona_interp.evaluation.rows import BudgetWinnerRow, ControlRow, NoPick, Row
+from persona_interp.evaluation.rows import BudgetWinnerRow, ControlRow, FrontierRow, NoPick, Row
 from persona_interp.evaluation.stats import MIN_N
 from persona_interp.masks.registry import methods
 from persona_interp.report.results import Diagnostics, PersonaResult, RunResults
@@ -55,15 +55,25 @@ def is_mask(name: str) -> bool:
     return regime in {spec.name for spec in methods(poles=True)}
 
 
-def _best_mask(entry: PersonaResult, budget: float, with_prompt: bool) -> str:
-    """The mask line's pick for ``budget`` with the largest test seek − reject (masks alone or with their prompt)."""
+def best_mask(entry: PersonaResult, budget: float, with_prompt: bool) -> FrontierRow | None:
+    """The mask pick within ``budget`` (a frontier point of a registered mask method's line) with the largest test
+    seek − reject, among the masks alone or (``with_prompt``) with their prompt; None where no mask is within it.
+
+    Examples:
+        >>> entry = load_results("reports/results.json").personas["hallucination"]
+        >>> best_mask(entry, 0.02, with_prompt=False).pair, best_mask(entry, 0.02, with_prompt=True).pair
+        ('contrastive_wanda@kl0.02', 'contrastive_wanda@kl0.02+prompt')
+    """
     masks = {spec.name for spec in methods(poles=True)}                  # the registry's mask methods with poles
     picks = [r for r in entry.frontier if r.line.removesuffix("+prompt") in masks and r.budgets
              and budget in r.budgets and r.line.endswith("+prompt") == with_prompt]
-    if not picks:
-        return "none within the budget"
-    best = max(picks, key=lambda r: r.difference)
-    return f"{best.pair} {_ci(best)}"
+    return max(picks, key=lambda r: r.difference) if picks else None
+
+
+def _best_mask(entry: PersonaResult, budget: float, with_prompt: bool) -> str:
+    """[`best_mask`][persona_interp.report.summary.best_mask] as a table cell."""
+    best = best_mask(entry, budget, with_prompt)
+    return f"{best.pair} {_ci(best)}" if best is not None else "none within the budget"
 
 
 def _reported_text_winner(entry: PersonaResult, w: BudgetWinnerRow) -> str:
