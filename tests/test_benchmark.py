@@ -81,3 +81,16 @@ def test_agreement_reads_typed_results_and_counts_changed_verdicts_and_choices()
     assert agreement.choices(power.used)["prompt_search"]["reject"] != agreement.choices(used)["prompt_search"]["reject"]
     text = agreement.markdown({"power": changed}, ("float32", "bfloat16"))
     assert "**changed**" in text and "Validation choices that differ: prompt_search, steering_search" in text
+
+
+def test_profile_eval_groups_every_operator_and_times_the_bridge_against_transformers(llama):
+    """benchmarks/profile_eval.py on a tiny model: the grouped shares cover all operator time and matrix products are
+    found; both forwards are timed on the same tokens."""
+    spec = importlib.util.spec_from_file_location("profile_eval", Path(__file__).parent.parent / "benchmarks" / "profile_eval.py")
+    profile_eval = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile_eval)
+    run = profile_eval.profile_scoring(llama, ITEMS[:4], batch_size=2)
+    assert sum(run["shares"].values()) == pytest.approx(1.0) and run["shares"]["matrix products"] > 0
+    overhead = profile_eval.bridge_overhead(llama, batch=2, length=8, rounds=2)
+    assert overhead["bridge_s"] > 0 and overhead["bridge_over_transformers"] == pytest.approx(
+        overhead["bridge_s"] / overhead["transformers_s"])

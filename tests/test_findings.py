@@ -10,7 +10,8 @@ import pytest
 
 import persona_interp as pi
 from persona_interp import cli
-from persona_interp.report.findings import BLOCK, full_run_markdown, rewrite_generated
+from persona_interp.report.findings import BLOCK, full_run_markdown, rewrite_generated, run_markdown
+from persona_interp.report.results import StageTime
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", ROOT / "docs" / "findings.md"]
@@ -92,7 +93,7 @@ def _winner_as(entry, budget, pair):
 
 def test_the_findings_page_has_the_full_run_block_and_the_readme_does_not(results):
     names = {page.name: [m["name"] for m in BLOCK.finditer(page.read_text(encoding="utf-8"))] for page in PAGES}
-    assert names == {"README.md": ["findings"], "findings.md": ["across-personas", "full-run-shows"]}
+    assert names == {"README.md": ["findings"], "findings.md": ["run", "across-personas", "full-run-shows"]}
 
 
 def test_the_full_run_section_holds_no_hand_written_figure():
@@ -189,3 +190,19 @@ def test_missing_fields_leave_their_clauses_out(results):
     for entry in old.personas.values():
         entry.equal_damage = []
     assert "depends on which texts" not in full_run_markdown(old)
+
+
+def test_the_run_block_says_what_computed_each_persona_and_how_long_it_took(results):
+    text = run_markdown(results)
+    assert "revision `2ec75e2` (power and wealth) and `a1d9906` (hallucination and the four MBTI axes)" in text
+    assert "test items: 100 (power, wealth and hallucination) and 65 (the four MBTI axes)" in text
+    assert "Compute times per persona: not recorded" in text and "CPU not recorded" in text   # a file from before both
+    timed = results.model_copy(deep=True)
+    for i, entry in enumerate(timed.personas.values()):
+        entry.revision = "abc1234"
+        entry.stages = [StageTime(name="evaluation", seconds=600.0 * (i + 1), steps=3), StageTime(name="steering", seconds=60.0, steps=6)]
+    text = run_markdown(timed)
+    assert "computed by revision `abc1234`, finished" in text                    # one revision: no grouping
+    assert "power 11 min, wealth 21 min" in text and "judging–perceiving 71 min; 4.8 h for those recorded" in text
+    timed.personas["wealth"].stages = None
+    assert "wealth not recorded" in run_markdown(timed)

@@ -30,7 +30,8 @@ from persona_interp.data.personas import MBTI_AXES, SIDES, Side
 from persona_interp.evaluation.rows import BudgetWinnerRow, EqualDamageRow, Record
 from persona_interp.evaluation.stats import MIN_N
 from persona_interp.report.markdown import across_personas_markdown
-from persona_interp.report.results import PersonaResult, RunResults
+from persona_interp.model.machine import CPU
+from persona_interp.report.results import NOT_RECORDED, PersonaResult, RunResults
 from persona_interp.report.summary import best_mask, diagnostics_by_persona, is_mask
 
 KINDS = {"mean_difference": "steering", "pca": "steering", "ode": "steering", "weight_edit": "steering",
@@ -773,8 +774,64 @@ def full_run_markdown(results: RunResults) -> str:
     return "\n".join(b for b in bullets if b is not None) + "\n"
 
 
+def _grouped(results: RunResults, key: Callable[[PersonaResult], str]) -> str:
+    """``"X (power and wealth), Y (the others)"``: the personas grouped by ``key``, in the run's order; one group
+    alone is ``"X"``."""
+    groups: dict[str, list[str]] = {}
+    for persona, entry in results.personas.items():
+        groups.setdefault(key(entry), []).append(persona)
+    if len(groups) == 1:
+        return next(iter(groups))
+    return _join([f"{value} ({persona_list(personas)})" for value, personas in groups.items()])
+
+
+def _set_up(entry: PersonaResult) -> str:
+    """``bfloat16 on an AMD EPYC (avx512_bf16)``, as far as the persona's provenance recorded it."""
+    cpu = entry.provenance.cpu
+    where = f"{cpu.model} ({cpu.kind})" if isinstance(cpu, CPU) else f"a CPU {NOT_RECORDED}"
+    return f"**{entry.provenance.dtype}** on {where}"
+
+
+def _minutes(entry: PersonaResult) -> str:
+    return f"{entry.seconds / 60:.0f} min" if entry.seconds is not None else NOT_RECORDED
+
+
+def run_markdown(results: RunResults) -> str:
+    """What computed a main-job run: per persona the revision and finish date, the dtype and CPU, the sizes (fit,
+    validation and test items, the neutral texts of each use) and each persona's compute time (the sum of its
+    recorded stages; ``not recorded`` in files from before 2026-12-07), all read from ``results``.
+
+    Examples:
+        >>> print(run_markdown(load_results("reports/results.json")).split(", finished")[0].split("), ")[1])
+        computed by revision `2ec75e2` (power and wealth) and `a1d9906` (hallucination and the four MBTI axes)
+    """
+    config, entries = results.config, list(results.personas.values())
+    count = NUMBERS.get(len(entries), str(len(entries)))
+    sentences = [
+        f"**{count[0].upper() + count[1:]} personas** ({persona_list(list(results.personas))}), computed by revision "
+        + _grouped(results, lambda e: f"`{e.revision}`") + ", finished "
+        + _grouped(results, lambda e: e.finished[:10]) + f"; seed {config.seed}, "
+        + _grouped(results, _set_up) + ".",
+        "Calibration: " + _grouped(results, lambda e: f"{e.used.fit_items} items fit the signatures and "
+                                                       f"{e.used.validation_items} validate the searches")
+        + "; test items: " + _grouped(results, lambda e: str(e.n_test)) + ".",
+    ]
+    texts = [(config.n_neutral, "report the damage (KL)"), (config.n_selection_neutral, "enforce the searches' budgets"),
+             (config.n_fit_neutral, "fit the damage-aware methods")]
+    if config.n_neutral is not None:
+        sentences.append("Neutral texts: " + ", ".join(f"{n} {what}" for n, what in texts if n) + ".")
+    if any(entry.seconds is not None for entry in entries):
+        total = sum(entry.seconds or 0.0 for entry in entries)
+        sentences.append("Compute time per persona (its stages, 2 cores): " + ", ".join(
+            f"{persona.replace('_', '–')} {_minutes(entry)}" for persona, entry in results.personas.items())
+            + f"; {total / 3600:.1f} h for those recorded.")
+    else:
+        sentences.append(f"Compute times per persona: {NOT_RECORDED} in this file (recorded since 2026-12-07).")
+    return " ".join(sentences) + "\n"
+
+
 BLOCKS: dict[str, Callable[[RunResults], str]] = {"findings": findings_markdown, "across-personas": across_personas_markdown,
-                                                  "full-run-shows": full_run_markdown}
+                                                  "full-run-shows": full_run_markdown, "run": run_markdown}
 START, END = "<!-- generated: ", "<!-- end generated -->"
 BLOCK = re.compile(r"^<!-- generated: (?P<name>[\w-]+) \((?P<command>[^)\n]*)\) -->\n(?P<body>.*?)^<!-- end generated -->$",
                    re.M | re.S)
@@ -785,7 +842,8 @@ def rewrite_generated(text: str, results: RunResults) -> str:
     ``<!-- end generated -->``) written again from ``results`` by the block's renderer (``findings``:
     [`findings_markdown`][persona_interp.report.findings.findings_markdown], ``across-personas``:
     [`across_personas_markdown`][persona_interp.report.markdown.across_personas_markdown], ``full-run-shows``:
-    [`full_run_markdown`][persona_interp.report.findings.full_run_markdown]), between blank lines;
+    [`full_run_markdown`][persona_interp.report.findings.full_run_markdown], ``run``:
+    [`run_markdown`][persona_interp.report.findings.run_markdown]), between blank lines;
     everything outside the blocks stays as it is. A marker without its pair, or a block of an unknown name, is an
     error naming it.
 
@@ -793,7 +851,7 @@ def rewrite_generated(text: str, results: RunResults) -> str:
         >>> rewrite_generated("<!-- generated: nothing (x) -->\\n<!-- end generated -->\\n", load_results("reports/results.json"))
         Traceback (most recent call last):
         ...
-        ValueError: unknown generated block 'nothing': use one of ['findings', 'across-personas', 'full-run-shows']
+        ValueError: unknown generated block 'nothing': use one of ['findings', 'across-personas', 'full-run-shows', 'run']
     """
     blocks = list(BLOCK.finditer(text))
     starts, ends = text.count(START), text.count(END)
