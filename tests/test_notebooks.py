@@ -24,6 +24,7 @@ NOTEBOOKS = [
     "05_opposing_mask_overlap.ipynb",
     "06_causal_vs_steering.ipynb",
     "07_composition_and_regimes.ipynb",
+    "08_damage_aware_masks.ipynb",
 ]
 DEFINITION = re.compile(r"^(async\s+def|def|class)\s", re.MULTILINE)
 IMPORT = re.compile(r"^\s*(import persona_interp\b|from persona_interp(\.\w+)* import )", re.MULTILINE)

@@ -165,6 +165,10 @@ def reports_namespace(name: str, model, d_model: int | None = None, sizes: dict[
         ns.update(atlas=load_atlas(REPORTS / "atlas" / "power.json"), PERSONA="power",
                   main_run=SavedResults(Path("reports/results.json"), results, "committed"))
         ns["rows"] = ns["atlas"].dose_response
+    elif name.startswith("08"):
+        from persona_interp.report.shortfall import idea_rows, shortfall_rows
+
+        ns.update(PERSONAS=[*AI_PERSONAS, *MBTI_AXES], rows=shortfall_rows(results), ideas=idea_rows(results))
     elif name.startswith("07"):
         ns.update(study=load_composition(REPORTS / "composition.json"),
                   regimes={p: load_regimes(REPORTS / "regimes" / f"{p}.json") for p in pi.persona_names()},
@@ -181,7 +185,8 @@ def reports_namespace(name: str, model, d_model: int | None = None, sizes: dict[
 
 
 @pytest.mark.parametrize("name", ["02_ai_persona_table.ipynb", "03_mbti_subnetworks.ipynb", "04_where_subnetworks_sit.ipynb",
-                                  "06_causal_vs_steering.ipynb", "07_composition_and_regimes.ipynb"])
+                                  "06_causal_vs_steering.ipynb", "07_composition_and_regimes.ipynb",
+                                  "08_damage_aware_masks.ipynb"])
 def test_conclusions_format_from_the_committed_reports(name, llama):
     """Each conclusion's code runs on the committed full-size results in ``reports/`` (not only on the tiny run's),
     and what it prints quotes them: the committed report and the conclusion cannot disagree once re-executed."""
@@ -194,6 +199,12 @@ def test_conclusions_format_from_the_committed_reports(name, llama):
     elif name.startswith("06"):
         e = ns["atlas"].equal_damage
         expected = [f"{e.shift('ablation').value:+.3f}", f"{e.shift('steer_seek').value:+.3f}"]
+    elif name.startswith("08"):            # each budget winner that is no mask, as the best regime that is no mask
+        from persona_interp.evaluation.stats import Estimate
+        from persona_interp.report.summary import is_mask
+
+        expected = [f"is {w['pair']} ({Estimate.from_row(w, 'difference').signed()})" for persona in ns["PERSONAS"]
+                    for w in results["personas"][persona]["budget_winners"] if w["pair"] and not is_mask(w["pair"])]
     else:
         expected = [f"{r.effect['steering'].value:+.2f}" for r in ns["regimes"].values()]
     exec(conclusion_code(nbformat.read(NOTEBOOK_DIR / name, as_version=4)), ns)
@@ -207,6 +218,9 @@ NEEDS_FULL_RUN = {     # committed outputs that only a full-size re-run can brin
     "06_causal_vs_steering.ipynb": "its full-size configuration asks for ten random-unit seeds per k and the saved atlas "
                                    "(reports/atlas/power.json) has three, so a re-execution recomputes the whole atlas (hours on "
                                    "2 cores); until then its conclusion cell has no committed output",
+    "08_damage_aware_masks.ipynb": "needs the full re-run with the damage-aware methods (issue #35): committed without "
+                                   "outputs until reports/results.json holds them; then it is executed at full size and "
+                                   "this case must pass",
     **{name: "its conclusion cell (printed from the results since 2026-12-06) was added after the notebook's last full-size "
              "execution and has no committed output; the full-size re-execution on the re-run's reports (#35, #36; not "
              "possible on the 2026-12-07 AVX2 machine) brings it in, and then this case must pass"

@@ -8,8 +8,9 @@ Examples:
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -27,6 +28,7 @@ from persona_interp.data.files import atomic
 from persona_interp.data.personas import SIDES
 from persona_interp.evaluation.rows import ConditionRow, FrontierRow
 from persona_interp.report.results import NOT_RECORDED, PersonaResult, RunResults
+from persona_interp.report.shortfall import IDEAS, UNBUDGETED, budget_frontier, mask_kind, mask_methods
 from persona_interp.report.study_results import FractionCurve, TypeRow
 from persona_interp.report.summary import diagnostics_by_persona
 
@@ -249,12 +251,25 @@ def plot_type_comparison(rows: Sequence[TypeRow], stem: str | os.PathLike[str], 
     return save(fig, stem)
 
 
-def plot_frontier(rows: Sequence[FrontierRow], stem: str | os.PathLike[str], title: str = "") -> list[Path]:
+@dataclass(frozen=True)
+class LineStyle:
+    """How [`plot_frontier`][persona_interp.report.figures.plot_frontier] draws one line: its colour (a matplotlib
+    colour), marker, line style and whether the markers are filled (else white inside)."""
+
+    color: str | tuple[float, ...]
+    marker: str = "o"
+    linestyle: str = "-"
+    filled: bool = True
+
+
+def plot_frontier(rows: Sequence[FrontierRow], stem: str | os.PathLike[str], title: str = "",
+                  styles: Mapping[str, LineStyle] | None = None) -> list[Path]:
     """The effect–damage frontier: x = damage (KL from the base model on the report's neutral texts,
     symlog), y = test seek − reject difference with its 95 % interval; one line per regime through its
     per-budget picks, masks with their prompt dashed in the mask's colour (the paper's protocol), the budgets
     dotted, prompt-only regimes as points at 0. ``rows``:
-    [`frontier_rows`][persona_interp.evaluation.evaluate.frontier_rows]."""
+    [`frontier_rows`][persona_interp.evaluation.evaluate.frontier_rows]; ``styles``: each line's
+    [`LineStyle`][persona_interp.report.figures.LineStyle] (default: one colour of a qualitative palette per regime)."""
     fig, ax = plt.subplots(figsize=(9, 5))
     lines = list(dict.fromkeys(r.line for r in rows))
     bases = list(dict.fromkeys(line.removesuffix("+prompt") for line in lines))
@@ -263,11 +278,13 @@ def plot_frontier(rows: Sequence[FrontierRow], stem: str | os.PathLike[str], tit
     for line in lines:                        # a mask and its +prompt share a colour: solid alone, dashed with the prompt
         mine = sorted((r for r in rows if r.line == line), key=lambda r: r.kl)
         with_prompt = line.endswith("+prompt")
+        style = (styles or {}).get(line) or LineStyle(colors[bases.index(line.removesuffix("+prompt")) % len(colors)],
+                                                      "s" if with_prompt else "o", "--" if with_prompt else "-",
+                                                      not with_prompt)
         ax.errorbar([r.kl for r in mine], [r.difference for r in mine],
                     yerr=[[r.difference - r.difference_low for r in mine], [r.difference_high - r.difference for r in mine]],
-                    marker="s" if with_prompt else "o", mfc="white" if with_prompt else None, capsize=3,
-                    ls="--" if with_prompt else "-", color=colors[bases.index(line.removesuffix("+prompt")) % len(colors)],
-                    label=line)
+                    marker=style.marker, mfc=None if style.filled else "white", capsize=3, ls=style.linestyle,
+                    color=style.color, label=line)
     ax.axhline(0, color="black", lw=0.8)
     for budget in sorted({b for r in rows for b in r.budgets or []}):
         ax.axvline(budget, color="grey", lw=0.8, ls=":")
@@ -281,6 +298,61 @@ def plot_frontier(rows: Sequence[FrontierRow], stem: str | os.PathLike[str], tit
     ax.set_title(title)
     fig.tight_layout()
     return save(fig, stem)
+
+
+NON_MASK_COLORS = {"prompt": "black", "rag": "#7f7f7f", "lora": "#1a9850"}     # steering: blues; the weight edit: purple
+
+
+def mask_styles(lines: Sequence[str]) -> dict[str, LineStyle]:
+    """The styles of [`plot_mask_frontier`][persona_interp.report.figures.plot_mask_frontier]: every mask method in
+    one colour family (signature-only methods in oranges with circles, damage-aware ones in reds with diamonds),
+    steering methods in blues with squares, the weight edit in purple (plus markers), LoRA in green, prompt black and
+    RAG grey; a mask with its prompt dashed with hollow markers in the mask's colour.
+
+    Examples:
+        >>> styles = mask_styles(["contrastive_wanda", "retain_ratio+prompt", "mean_difference", "weight_edit"])
+        >>> [(styles[line].marker, styles[line].linestyle) for line in styles]
+        [('o', '-'), ('D', '--'), ('s', '-'), ('P', '-')]
+    """
+    methods = set(mask_methods())
+    bases = list(dict.fromkeys(line.removesuffix("+prompt") for line in lines))
+    families = {"signature-only": [b for b in bases if b in methods and mask_kind(b) == "signature-only"],
+                "damage-aware": [b for b in bases if b in methods and mask_kind(b) == "damage-aware"],
+                "steering": [b for b in bases if b not in methods and b not in NON_MASK_COLORS
+                             and b not in IDEAS["weight-edit steering"]]}
+    maps = {"signature-only": ("Oranges", "o", 0.35, 0.7), "damage-aware": ("Reds", "D", 0.5, 0.95),
+            "steering": ("Blues", "s", 0.45, 0.95)}     # colour map, marker, its lightest and darkest shade
+    base_styles: dict[str, LineStyle] = {}
+    for family, members in families.items():
+        cmap, marker, light, dark = maps[family]
+        for i, base in enumerate(members):
+            shade = light + (dark - light) * (i / max(len(members) - 1, 1))
+            base_styles[base] = LineStyle(tuple(float(c) for c in plt.get_cmap(cmap)(shade)), marker)
+    for base in bases:
+        if base in IDEAS["weight-edit steering"]:
+            base_styles[base] = LineStyle("#7b3294", "P")
+        elif base in NON_MASK_COLORS:
+            base_styles[base] = LineStyle(NON_MASK_COLORS[base], "X" if base in UNBUDGETED else "^")
+    styles = {}
+    for line in lines:
+        own = base_styles[line.removesuffix("+prompt")]
+        styles[line] = LineStyle(own.color, own.marker, "--", False) if line.endswith("+prompt") else own
+    return styles
+
+
+def plot_mask_frontier(entry: PersonaResult, stem: str | os.PathLike[str], title: str = "") -> list[Path]:
+    """Every mask method against the regimes that are no mask at equal damage, for one persona: the
+    [`plot_frontier`][persona_interp.report.figures.plot_frontier] of each regime's picks per damage budget and the
+    prompt and RAG pairs ([`budget_frontier`][persona_interp.report.shortfall.budget_frontier]; the paper's
+    fixed-sparsity rows left out), drawn in [`mask_styles`][persona_interp.report.figures.mask_styles].
+
+    Examples:
+        >>> entry = load_results("reports/results.json").personas["power"]
+        >>> [path.name for path in plot_mask_frontier(entry, "figures/power_masks")]
+        ['power_masks.png', 'power_masks.svg']
+    """
+    rows = budget_frontier(entry)
+    return plot_frontier(rows, stem, title, styles=mask_styles([r.line for r in rows]))
 
 
 def plot_persona(persona: str, entry: PersonaResult, folder: str | os.PathLike[str]) -> list[Path]:

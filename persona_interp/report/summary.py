@@ -12,13 +12,14 @@ Examples:
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Sequence
 
 from persona_interp.analysis.diagnostics import GroupedOverlapRow, grouped_overlap
 from persona_interp.evaluation.rows import BudgetWinnerRow, ControlRow, FrontierRow, NoPick, Row
 from persona_interp.evaluation.stats import MIN_N
 from persona_interp.masks.registry import methods
-from persona_interp.report.results import Diagnostics, PersonaResult, RunResults
+from persona_interp.model.machine import CPU
+from persona_interp.report.results import NOT_RECORDED, Diagnostics, PersonaResult, RunResults
 
 
 def _ci(row: Row, key: str = "difference") -> str:
@@ -201,6 +202,31 @@ def summary_tables(results: RunResults) -> dict[str, list[dict[str, Any]]]:
     """Every table above, by name: each row a table's cells, by column heading (formatted for reading)."""
     return {"winners": winner_rows(results), "paper": paper_rows(results), "overlap": overlap_rows(results),
             "statistic": statistic_rows(results), "stability": stability_rows(results)}
+
+
+def compute_times(results: RunResults, personas: Sequence[str] | None = None) -> str:
+    """How long each persona of ``personas`` (default: all) took in ``results``, as the run recorded it
+    ([`PersonaResult.seconds`][persona_interp.report.results.PersonaResult]: the sum of its stages' wall times), in
+    minutes (seconds below one), with their total and the dtype and machine they ran on; ``not recorded`` for a
+    persona of a file from before the stage times (2026-12-07).
+
+    Examples:
+        >>> compute_times(load_results("reports/results.json"), ["power", "wealth"])
+        'power not recorded, wealth not recorded (a run before per-persona stage times were recorded)'
+    """
+    def duration(seconds: float) -> str:
+        return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+    chosen = {p: results.personas[p] for p in (personas if personas is not None else list(results.personas))}
+    seconds = {p: entry.seconds for p, entry in chosen.items()}
+    times = ", ".join(f"{p} {duration(s)}" if s is not None else f"{p} {NOT_RECORDED}" for p, s in seconds.items())
+    known = [s for s in seconds.values() if s is not None]
+    if not known:
+        return f"{times} (a run before per-persona stage times were recorded)"
+    first = next(entry.provenance for p, entry in chosen.items() if seconds[p] is not None)
+    machine = first.cpu.model if isinstance(first.cpu, CPU) else f"CPU {NOT_RECORDED}"
+    total = duration(sum(known)) if len(known) == len(seconds) else f"at least {duration(sum(known))}"
+    return (f"{times}" + (f": {total} in all" if len(seconds) > 1 else "") + f" ({first.dtype} on {machine}, {first.device})")
 
 
 def overlap_from_results(results: RunResults, sizes: dict[str, int]) -> list[GroupedOverlapRow]:
