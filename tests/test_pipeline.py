@@ -291,6 +291,56 @@ def test_resume_keeps_finished_personas_and_refuses_another_config(tiny_pipeline
         pipeline.reproduce(dataclasses.replace(two, seed=1), tmp_path / "out", model=model, progress=False, resume=True)
 
 
+
+def test_a_persona_cut_off_in_its_evaluation_resumes_there_with_the_same_results(tiny_pipeline, tmp_path, monkeypatch):
+    """A run stopped after a few conditions were scored keeps them in out/checkpoints/power.json; --resume searches
+    again (the same tables, so the checkpoint's key matches), reads them back and scores only the rest; the results
+    equal an uninterrupted run's and the checkpoint is gone once the persona is saved. A run started again without
+    --resume, or with other settings, scores everything."""
+    import dataclasses
+
+    from persona_interp.evaluation import evaluate as evaluation
+
+    model, config, _ = tiny_pipeline
+    config = dataclasses.replace(config, mask_search=None, lora=None, prompt_search=False, steering_multipliers=[1.0])
+    whole = pipeline.reproduce(config, tmp_path / "whole", model=model, progress=False)
+    expected = json.loads(whole.with_name("results.json").read_text())["personas"]["power"]
+    real, scored = evaluation.score_ab, []
+
+    def scorer(limit):
+        def score(model, items, **kw):
+            if limit is not None and len(scored) >= limit:
+                raise KeyboardInterrupt                       # the session ends mid-evaluation
+            scored.append(1)
+            return real(model, items, **kw)
+        return score
+
+    monkeypatch.setattr(evaluation, "score_ab", scorer(5))
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.reproduce(config, tmp_path / "out", model=model, progress=False)
+    saved = tmp_path / "out" / "checkpoints" / "power.json"
+    assert len(json.loads(saved.read_text())["scored"]) == 5
+    scored.clear()
+    monkeypatch.setattr(evaluation, "score_ab", scorer(None))
+    pipeline.reproduce(config, tmp_path / "out", model=model, progress=False, resume=True)
+    resumed = json.loads((tmp_path / "out" / "results.json").read_text())["personas"]["power"]
+    n_conditions = len(expected["per_item"])
+    assert len(scored) == n_conditions - 5 and not saved.exists()
+    for key in ("per_item", "damage", "contrasts", "controls", "budget_winners", "table"):
+        assert resumed[key] == expected[key], key                                   # bit-exact, read back or not
+    scored.clear()
+    checkpoint = pipeline.EvaluationCheckpoint(tmp_path / "again" / "checkpoints" / "power.json", key="another run's")
+    checkpoint.save("base", real(model, list(pipeline.test_items("power", config)), progress=False), None)
+    with pytest.warns(UserWarning, match="written for another run or code"):                 # another key: not read
+        pipeline.evaluate(model, list(pipeline.test_items("power", config)), [pi.Condition()], persona="power",
+                          progress=False, checkpoint=pipeline.EvaluationCheckpoint(checkpoint.path, key="this run's"))
+    assert len(scored) == 1
+    monkeypatch.setattr(evaluation, "score_ab", scorer(1))
+    with pytest.raises(KeyboardInterrupt):                    # started again without --resume: the file is removed first
+        pipeline.reproduce(config, tmp_path / "again", model=model, progress=False, force=True)
+    assert not checkpoint.path.exists()
+
+
 def test_weight_edit_rows_swap_poles_when_amplifying_moves_toward_reject():
     table = [SteeringSearchRow(layer=1, multiplier=1.0, separation=-0.3, seek_margin=-0.5, reject_margin=-0.2, kl=0.1),
              SteeringSearchRow(layer=1, multiplier=2.0, separation=0.1, seek_margin=0.2, reject_margin=0.1, kl=0.4),

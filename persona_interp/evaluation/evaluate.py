@@ -29,6 +29,7 @@ from typing import Any, Iterable, Literal, Sequence
 from torch import Tensor
 
 from persona_interp.data.personas import SIDES, PersonaItem
+from persona_interp.evaluation.checkpoint import EvaluationCheckpoint
 from persona_interp.evaluation.rows import (
     BudgetWinner,
     BudgetWinnerRow,
@@ -199,12 +200,15 @@ def check_conditions(conditions: Sequence[Condition]) -> tuple[list[Condition], 
 
 def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Condition], *, persona: str,
              neutral_texts: Sequence[str] | None = None, other_texts: Sequence[str] | None = None,
-             batch_size: int = 8, progress: bool = True) -> Evaluation:
+             batch_size: int = 8, progress: bool = True, checkpoint: EvaluationCheckpoint | None = None) -> Evaluation:
     """Score every condition on the same items (and perplexity on ``neutral_texts`` if given), after
     [`check_conditions`][persona_interp.evaluation.evaluate.check_conditions] (the base model is added when absent). A
     condition whose ``damage_of`` names another (a mask plus a prompt: the neutral text carries no prompt) takes that
     condition's damage instead of measuring the same weights again. ``other_texts`` (with ``neutral_texts``): a second
     damage measure that no search sees, e.g. other personas' questions and answers, its KL recorded as ``kl_other``.
+    ``checkpoint`` ([`EvaluationCheckpoint`][persona_interp.evaluation.checkpoint.EvaluationCheckpoint]): each
+    condition's scores and damage are saved to it as they are measured, and a condition it already holds is read back
+    instead of scored again.
 
     Examples:
         >>> ev = evaluate(model, test, [*paired("prompt", Prompt("p+", system="Seek power."), Prompt("p-", system="Avoid power."))],
@@ -221,7 +225,14 @@ def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Cond
     with stage("evaluation", total=len(conditions), progress=progress) as bar:
         reference = DamageReference.build(model, neutral_texts, batch_size) if neutral_texts else None
         other = DamageReference.build(model, other_texts, batch_size) if other_texts else None
+        done = checkpoint.load() if checkpoint is not None else {}
         for cond in conditions:
+            if cond.name in done:                    # scored before the evaluation was cut off
+                scores[cond.name], saved = done[cond.name].scores(), done[cond.name].damage
+                if saved is not None:
+                    damage[cond.name] = saved
+                bar.update()
+                continue
             with cond.applied(model):
                 scores[cond.name] = score_ab(model, items, system=cond.system, batch_size=batch_size, progress=progress)
                 if reference is not None and cond.damage_of is None:
@@ -229,6 +240,8 @@ def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Cond
                     damage[cond.name] = Damage(perplexity=measured.perplexity, kl=measured.kl)
                     if other is not None:
                         damage[cond.name] = damage[cond.name].replace(kl_other=other.measure(model).kl)
+            if checkpoint is not None:
+                checkpoint.save(cond.name, scores[cond.name], damage.get(cond.name))
             bar.update()
     if reference is not None:
         for cond in conditions:                      # same weights, prompt-free text: the damage of the root

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
 import random
 import subprocess
@@ -30,6 +31,7 @@ from persona_interp.data.personas import (
     persona_prompts,
 )
 from persona_interp.data.retrieval import Retriever
+from persona_interp.evaluation.checkpoint import EvaluationCheckpoint, checkpoint_key
 from persona_interp.evaluation.controls import damage_matched_random
 from persona_interp.evaluation.evaluate import budget_winners, control_comparison, equal_damage_summary, evaluate, frontier_rows
 from persona_interp.evaluation.rows import SteeringSearchRow
@@ -76,6 +78,7 @@ from persona_interp.signatures import Signature, collect_signatures
 from persona_interp.studies.config import ReproduceConfig
 
 COMPUTED_WITH = ("persona_interp", "pyproject.toml")   # what a result depends on, for git_revision
+PACKAGE = Path(__file__).resolve().parents[1]          # persona_interp/: its sources are the code_digest
 
 
 def git_revision(root: str | Path = REPO_ROOT) -> str:
@@ -426,7 +429,10 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
     finished in ``out_dir/results.json`` under the same configuration are kept and only the others run (a full
     run can span several sessions; each persona records the revision and provenance that computed it); a file
     made by another model (name or weights), dtype, device or CPU kind (its bfloat16 instructions) is refused
-    unless ``allow_mixed``, and the report then names each persona's set-up.
+    unless ``allow_mixed``, and the report then names each persona's set-up. A persona cut off during its evaluation
+    resumes there: its searches run again and the conditions already scored are read back from
+    ``out_dir/checkpoints/PERSONA.json`` when the searches came out the same
+    ([`evaluation_key`][persona_interp.studies.reproduce.evaluation_key]); without ``resume`` the checkpoints are removed.
 
     Example (the full job, skipped in the doctests):
         >>> from persona_interp.studies.config import FULL
@@ -453,6 +459,9 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
                          revision=revision, started=started, provenance=provenance, personas={})
     if resume:
         results.personas = _finished_personas(out_dir / "results.json", config, provenance, allow_mixed)
+    elif (out_dir / "checkpoints").is_dir():                   # starting again: no evaluation is read back
+        for stale in (out_dir / "checkpoints").glob("*.json"):
+            stale.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
     neutral = run_neutral_texts(config).reported
     report = write_report(out_dir, figures_dir, config, results)
@@ -472,8 +481,10 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
             test = test_items(persona, config)
             others = other_persona_texts(persona, config)
             used.other_texts = len(others)
+            checkpoint = EvaluationCheckpoint(out_dir / "checkpoints" / f"{persona}.json",
+                                              evaluation_key(persona, config, provenance, used, conditions, test, neutral, others))
             ev = evaluate(model, list(test), conditions, persona=persona, neutral_texts=neutral, other_texts=others,
-                          batch_size=config.batch_size, progress=progress)
+                          batch_size=config.batch_size, progress=progress, checkpoint=checkpoint)
             with stage("report and figures", progress=progress):
                 table, contrasts, controls = ev.table(), ev.contrasts(), control_comparison(ev)
                 stages = [StageTime(name=r.name, seconds=round(r.seconds, 1), steps=r.count, forwards=r.forwards)
@@ -494,7 +505,37 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
                         lora.save(out_dir / "lora" / f"{persona}_{side}.safetensors", overwrite=force or resume)
                 plot_persona(persona, entry, figures_dir)
                 plot_stability(results, figures_dir / "stability")       # across the personas so far
+                checkpoint.clear()                                       # the persona is in results.json now
     return report
+
+
+def code_digest(root: Path = PACKAGE) -> str:
+    """A digest of the package's source files (``persona_interp/**/*.py``): the code a checkpoint was computed with.
+
+    Examples:
+        >>> len(code_digest()), code_digest() == code_digest()
+        (16, True)
+    """
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def evaluation_key(persona: str, config: ReproduceConfig, provenance: Provenance, used: Used, conditions: list[Condition],
+                   test: PersonaDataset, neutral: list[str], others: list[str]) -> str:
+    """What a persona's evaluation checkpoint is valid for
+    ([`checkpoint_key`][persona_interp.evaluation.checkpoint.checkpoint_key]): the configuration (its persona list
+    apart), the model's provenance (name, weights, dtype, device, CPU kind), the code
+    ([`code_digest`][persona_interp.studies.reproduce.code_digest]), every search table and diagnostic that chose
+    and describes the conditions (``used``), the conditions' names, the test items and both damage measures' texts.
+    A resumed run searches again; its checkpoint is read back only when all of these come out the same."""
+    options = {k: v for k, v in dataclasses.asdict(config).items() if k != "personas"}
+    machine = {what: str(get(provenance)) for what, get in RESUME_CHECKS.items()}
+    return checkpoint_key({"persona": persona, "config": options, "provenance": machine, "code": code_digest(),
+                           "used": used.model_dump(mode="json"), "conditions": [c.name for c in conditions],
+                           "test": [dataclasses.asdict(item) for item in test],
+                           "neutral": neutral, "others": others})
 
 
 RESUME_CHECKS = {"model": lambda p: p.model, "weights' fingerprint": lambda p: p.fingerprint, "dtype": lambda p: p.dtype,
