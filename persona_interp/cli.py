@@ -598,7 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder (default results/quick with --quick, else reports)")
     p.add_argument("--figures", help="figures folder (default OUT/figures)")
     p.add_argument("--force", action="store_true", help="write into a non-empty output or figures folder")
-    p.add_argument("--resume", action="store_true", help="keep the personas a previous run with the same settings finished")
+    p.add_argument("--resume", action="store_true", help="keep the personas a previous run with the same settings finished, and the conditions a "
+                        "cut-off persona had scored (out/checkpoints/)")
     p.add_argument("--allow-mixed", action="store_true",
                    help="with --resume: keep them even when computed by another model, dtype, device or CPU kind "
                         "(refused otherwise; the report then names each persona's set-up)")
