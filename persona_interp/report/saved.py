@@ -33,7 +33,9 @@ from typing import Any, Callable, Generic, Sequence, TypeVar
 from persona_interp.model.adapter import get_adapter
 from persona_interp.report.results import RunResults, parse_results
 
-DEFAULTS = {"dtype": "float32"}     # options a file from before the option existed ran with
+# options a file from before the option existed ran with (what the code of its day did: nothing of the kind)
+DEFAULTS: dict[str, Any] = {"dtype": "float32", "n_fit_neutral": 0, "n_other_texts": 0, "weight_edit_strengths": None,
+                            "matched_controls": None, "damage_aware_methods": []}
 Results = TypeVar("Results")
 
 
