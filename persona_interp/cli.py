@@ -329,9 +329,9 @@ def cmd_figures(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: {results} does not exist (the main job writes REPORT_DIR/results.json)")
     typed = load_results(results)                      # a damaged or partial file: an error naming it and the field
     if args.docs:
-        from persona_interp.report.findings import rewrite_pages
+        from persona_interp.report.findings import Sources, rewrite_pages
 
-        changed = rewrite_pages([Path(page) for page in args.docs], typed)
+        changed = rewrite_pages([Path(page) for page in args.docs], Sources(typed, results.parent))   # the studies beside it
         print(f"rewrote the generated blocks of {len(changed)} of {len(args.docs)} page(s) from {results}"
               + (f": {', '.join(map(str, changed))}" if changed else " (already up to date)"))
     if args.out is None:
@@ -559,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="also write the report (markdown, its figures linked from --out) to this file")
     p.add_argument("--docs", nargs="+", metavar="PAGE", help="rewrite the generated blocks of these pages "
                    "(<!-- generated: NAME (COMMAND) --> … <!-- end generated -->, e.g. README.md docs/findings.md) from "
-                   "--results, nothing outside them")
+                   "--results and the study records in its folder (atlas/, composition.json, regimes/), nothing outside them")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_figures)
 

@@ -1,14 +1,17 @@
-"""The pages that quote the main job's results, written from them: the README's findings
+"""The pages that quote the main job's results and the studies', written from them: the README's findings
 ([`findings_markdown`][persona_interp.report.findings.findings_markdown]), the findings page's tables (the report's
-"Across personas" section) and what the full run shows
-([`full_run_markdown`][persona_interp.report.findings.full_run_markdown]), each between markers in the page,
+"Across personas" section), what the full run shows
+([`full_run_markdown`][persona_interp.report.findings.full_run_markdown]), its verdict on the previous protocol
+([`previous_protocol_markdown`][persona_interp.report.findings.previous_protocol_markdown]) and the studies'
+paragraphs ([`study_findings`][persona_interp.report.study_findings]), each between markers in the page,
 
     <!-- generated: NAME (the command that writes it) -->
     …
     <!-- end generated -->
 
-which [`rewrite_generated`][persona_interp.report.findings.rewrite_generated] fills from a ``results.json`` and
-nothing outside them (``persona-interp figures --results reports/results.json --docs README.md docs/findings.md``).
+which [`rewrite_generated`][persona_interp.report.findings.rewrite_generated] fills from a ``results.json`` and the
+study records in its folder ([`Sources`][persona_interp.report.findings.Sources]), and nothing outside them
+(``persona-interp figures --results reports/results.json --docs README.md docs/findings.md``).
 
 Examples:
     >>> results = load_results("reports/results.json")
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -32,7 +37,11 @@ from persona_interp.evaluation.stats import MIN_N
 from persona_interp.report.markdown import across_personas_markdown
 from persona_interp.model.machine import CPU
 from persona_interp.report.results import NOT_RECORDED, PersonaResult, RunResults
+from persona_interp.report.study_findings import atlas_findings_markdown, composition_findings_markdown, regimes_findings_markdown
+from persona_interp.report.study_results import AtlasStudy, CompositionStudy, RegimesStudy, load_atlas, load_composition, load_regimes
 from persona_interp.report.summary import best_mask, diagnostics_by_persona, is_mask
+from persona_interp.report.wording import NUMBERS, persona_list
+from persona_interp.report.wording import count as _count, join as _join, signed_span as _signed_span, span as _span
 
 KINDS = {"mean_difference": "steering", "pca": "steering", "ode": "steering", "weight_edit": "steering",
          "lora": "LoRA", "prompt": "a prompt", "rag": "RAG"}   # a winning regime as the findings name it
@@ -48,28 +57,7 @@ SIMILAR_LENGTH = 0.1                    # the poles' mean answer lengths count a
 PER_POLE, SOFTPLUS, RELU = "wanda (per pole)", "contrastive_wanda softplus τ=2", "contrastive_wanda relu"   # overlap variants
 SPARSE_RULES = {"the text's": "contrastive_sparse (text: disjoint)", "the code's": "contrastive_sparse (code: sequential)"}
 PAPER_OVERLAP = 0.01                    # the paper's "~1 %" of entries where opposing masks differ
-NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine"}
 TIMES = {0: "never", 1: "once", 2: "twice"}
-
-
-def persona_list(personas: Sequence[str], conjunction: str = "and") -> str:
-    """Personas as the findings name them: ``introversion–extraversion``, the four MBTI axes together when all are
-    there, joined with commas and ``conjunction``.
-
-    Examples:
-        >>> persona_list(["power", "hallucination", "judging_perceiving"])
-        'power, hallucination and judging–perceiving'
-        >>> persona_list(["wealth", *MBTI_AXES], "or")
-        'wealth or the four MBTI axes'
-    """
-    names = [p for p in personas if not set(MBTI_AXES) <= set(personas) or p not in MBTI_AXES]
-    words = [p.replace("_", "–") for p in names] + (["the four MBTI axes"] if set(MBTI_AXES) <= set(personas) else [])
-    return _join(words, conjunction)
-
-
-def _join(words: Sequence[str], conjunction: str = "and") -> str:
-    """``a``, ``a and b``, ``a, b and c``."""
-    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} {conjunction} {words[-1]}"
 
 
 def _ci(row: Record, key: str = "difference") -> str:
@@ -108,24 +96,10 @@ def _adds(row: Record) -> str:
             else f"adds nothing detectable to the prompt ({_ci(row, 'added')})")
 
 
-def _signed_span(values: Sequence[float]) -> str:
-    low, high = min(values), max(values)
-    return f"{low:+.2f}" if f"{low:+.2f}" == f"{high:+.2f}" else f"{low:+.2f} to {high:+.2f}"
-
-
-def _count(n: int) -> str:
-    return NUMBERS.get(n, str(n))
-
-
 def _ratio(value: float) -> str:
     """A perplexity ratio to two significant figures, in plain digits (``3.8``, ``86``, ``6300``)."""
     rounded = float(f"{value:.2g}")
     return f"{rounded:.0f}" if rounded >= 10 else f"{rounded:g}"
-
-
-def _span(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
-    low, high = min(values) * scale, max(values) * scale
-    return f"{low:.{digits}f}–{high:.{digits}f}" if f"{low:.{digits}f}" != f"{high:.{digits}f}" else f"{low:.{digits}f}"
 
 
 def _budgets(budgets: Sequence[float]) -> str:
@@ -153,7 +127,7 @@ def _wins(results: RunResults) -> _Wins:
     return wins
 
 
-def _mask_case(persona: str, w: BudgetWinnerRow) -> str:
+def _mask_case(persona: str, w: BudgetWinnerRow | EqualDamageRow) -> str:
     """``hallucination at KL ≤ 0.02: Contrastive-Wanda with its prompt (the paper's protocol) separates the poles by …``"""
     protocol = " (the paper's protocol)" if w.pair.endswith("+prompt") else ""
     return f"{persona_list([persona])} at {_budgets([w.budget])}: {_name(w.pair)}{protocol} separates the poles by {_ci(w)} nats/token"
@@ -830,28 +804,112 @@ def run_markdown(results: RunResults) -> str:
     return " ".join(sentences) + "\n"
 
 
-BLOCKS: dict[str, Callable[[RunResults], str]] = {"findings": findings_markdown, "across-personas": across_personas_markdown,
-                                                  "full-run-shows": full_run_markdown, "run": run_markdown}
+def previous_protocol_markdown(results: RunResults) -> str:
+    """The full run's verdict on the previous protocol's summary "at equal damage a mask never wins": where a mask,
+    alone or with its prompt, wins a damage budget when picks are made within it on the selection texts (the budget
+    winners) and where it does when the budget is enforced on the reported texts (the ``by reported-text KL`` rule).
+
+    Examples:
+        >>> print(previous_protocol_markdown(load_results("reports/results.json")).split(" (the")[0])
+        The full run above contradicts that summary on hallucination at KL ≤ 0.02: Contrastive-Wanda with its prompt
+    """
+    selection = _wins(results).masks
+    reported = [(persona, e) for persona, entry in results.personas.items() for e in entry.equal_damage
+                if isinstance(e, EqualDamageRow) and is_mask(e.pair)]
+    measured = any(entry.equal_damage for entry in results.personas.values())
+    won = {(persona, w.budget) for persona, w in selection}
+    kept = {(persona, e.budget) for persona, e in reported}
+    only_reported = [(persona, e) for persona, e in reported if (persona, e.budget) not in won]
+    if not selection and not only_reported:
+        rule = " under either rule (picks within the budget on the selection texts or on the reported texts)" if measured else ""
+        return f"The full run above agrees with that summary: no mask wins a damage budget{rule}.\n"
+    extra = "; ".join(_mask_case(persona, e) for persona, e in only_reported)
+    if not selection:
+        return ("With picks made within the budget on the selection texts the full run above agrees with that summary (no mask "
+                f"wins a damage budget); by the reported-text rule it contradicts it on {extra}.\n")
+    cases = "; ".join(_mask_case(persona, w) + (" (a win the reported-text rule does not keep)" if measured and (persona, w.budget) not in kept
+                                                 else "") for persona, w in selection)
+    return (f"The full run above contradicts that summary on {cases}" + (f"; and, by the reported-text rule, on {extra}" if extra else "")
+            + ".\n")
+
+
+@dataclass
+class Sources:
+    """What the generated blocks are written from: a main-job run's ``results`` and the folder of the committed
+    study records (``reports``: ``atlas/*.json``, ``composition.json`` and ``regimes/*.json``; the CLI takes the
+    folder of ``--results``), each study read when a block first needs it, in the run's persona order. A study
+    block without ``reports``, or without its files there, is an error naming them.
+
+    Examples:
+        >>> sources = Sources(load_results("reports/results.json"), Path("reports"))
+        >>> [a.persona for a in sources.atlases][:3], sources.composition.type, len(sources.regimes)
+        (['power', 'wealth', 'hallucination'], 'INTJ', 7)
+        >>> Sources(sources.results).atlases
+        Traceback (most recent call last):
+        ...
+        ValueError: the study blocks are written from the study records: pass their folder (Sources(results, reports=...); ...
+    """
+
+    results: RunResults
+    reports: Path | None = None
+
+    def _files(self, pattern: str) -> list[Path]:
+        if self.reports is None:
+            raise ValueError("the study blocks are written from the study records: pass their folder "
+                             "(Sources(results, reports=...); the CLI reads the folder of --results)")
+        files = sorted(Path(self.reports).glob(pattern))
+        if not files:
+            raise ValueError(f"{Path(self.reports) / pattern} matches no file: a study block is written from it")
+        return files
+
+    def _order(self, persona: str) -> tuple[int, str]:
+        personas = list(self.results.personas)
+        return (personas.index(persona) if persona in personas else len(personas), persona)
+
+    @cached_property
+    def atlases(self) -> list[AtlasStudy]:
+        """The atlases (``atlas/*.json``)."""
+        return sorted((load_atlas(path) for path in self._files("atlas/*.json")), key=lambda a: self._order(a.persona))
+
+    @cached_property
+    def composition(self) -> CompositionStudy:
+        """The composition study (``composition.json``)."""
+        return load_composition(self._files("composition.json")[0])
+
+    @cached_property
+    def regimes(self) -> list[RegimesStudy]:
+        """The regime comparisons (``regimes/*.json``)."""
+        return sorted((load_regimes(path) for path in self._files("regimes/*.json")), key=lambda r: self._order(r.persona))
+
+
+BLOCKS: dict[str, Callable[[Sources], str]] = {
+    "findings": lambda s: findings_markdown(s.results), "across-personas": lambda s: across_personas_markdown(s.results),
+    "full-run-shows": lambda s: full_run_markdown(s.results), "run": lambda s: run_markdown(s.results),
+    "previous-protocol": lambda s: previous_protocol_markdown(s.results), "atlas": lambda s: atlas_findings_markdown(s.atlases),
+    "composition": lambda s: composition_findings_markdown(s.composition), "regimes": lambda s: regimes_findings_markdown(s.regimes)}
 START, END = "<!-- generated: ", "<!-- end generated -->"
 BLOCK = re.compile(r"^<!-- generated: (?P<name>[\w-]+) \((?P<command>[^)\n]*)\) -->\n(?P<body>.*?)^<!-- end generated -->$",
                    re.M | re.S)
 
 
-def rewrite_generated(text: str, results: RunResults) -> str:
+def rewrite_generated(text: str, sources: RunResults | Sources) -> str:
     """``text`` with every generated block's body (the lines between ``<!-- generated: NAME (COMMAND) -->`` and
-    ``<!-- end generated -->``) written again from ``results`` by the block's renderer (``findings``:
-    [`findings_markdown`][persona_interp.report.findings.findings_markdown], ``across-personas``:
+    ``<!-- end generated -->``) written again by the block's renderer, between blank lines: from the run's results
+    (``findings``: [`findings_markdown`][persona_interp.report.findings.findings_markdown], ``across-personas``:
     [`across_personas_markdown`][persona_interp.report.markdown.across_personas_markdown], ``full-run-shows``:
     [`full_run_markdown`][persona_interp.report.findings.full_run_markdown], ``run``:
-    [`run_markdown`][persona_interp.report.findings.run_markdown]), between blank lines;
-    everything outside the blocks stays as it is. A marker without its pair, or a block of an unknown name, is an
+    [`run_markdown`][persona_interp.report.findings.run_markdown], ``previous-protocol``:
+    [`previous_protocol_markdown`][persona_interp.report.findings.previous_protocol_markdown]) or from the study
+    records beside them (``atlas``, ``composition``, ``regimes``: [`study_findings`][persona_interp.report.study_findings]),
+    both held by ``sources`` (a [`RunResults`][persona_interp.report.results.RunResults] alone serves the run's blocks).
+    Everything outside the blocks stays as it is. A marker without its pair, or a block of an unknown name, is an
     error naming it.
 
     Examples:
         >>> rewrite_generated("<!-- generated: nothing (x) -->\\n<!-- end generated -->\\n", load_results("reports/results.json"))
         Traceback (most recent call last):
         ...
-        ValueError: unknown generated block 'nothing': use one of ['findings', 'across-personas', 'full-run-shows', 'run']
+        ValueError: unknown generated block 'nothing': use one of ['findings', 'across-personas', 'full-run-shows', 'run', ...]
     """
     blocks = list(BLOCK.finditer(text))
     starts, ends = text.count(START), text.count(END)
@@ -861,21 +919,23 @@ def rewrite_generated(text: str, results: RunResults) -> str:
     for block in blocks:
         if block["name"] not in BLOCKS:
             raise ValueError(f"unknown generated block {block['name']!r}: use one of {list(BLOCKS)}")
-    return BLOCK.sub(lambda m: f"{m.group(0)[:m.start('body') - m.start()]}\n{BLOCKS[m['name']](results).strip(chr(10))}\n\n{END}",
+    held = sources if isinstance(sources, Sources) else Sources(sources)
+    return BLOCK.sub(lambda m: f"{m.group(0)[:m.start('body') - m.start()]}\n{BLOCKS[m['name']](held).strip(chr(10))}\n\n{END}",
                      text)
 
 
-def rewrite_pages(pages: Sequence[Path], results: RunResults) -> list[Path]:
-    """Rewrite the generated blocks of each page in ``pages`` from ``results``
-    ([`rewrite_generated`][persona_interp.report.findings.rewrite_generated]); a page without blocks is an error.
-    Returns the pages whose text changed."""
+def rewrite_pages(pages: Sequence[Path], sources: RunResults | Sources) -> list[Path]:
+    """Rewrite the generated blocks of each page in ``pages`` from ``sources``
+    ([`rewrite_generated`][persona_interp.report.findings.rewrite_generated]; each study read once for all pages); a
+    page without blocks is an error. Returns the pages whose text changed."""
+    held = sources if isinstance(sources, Sources) else Sources(sources)
     changed = []
     for page in pages:
         text = Path(page).read_text(encoding="utf-8")
         if START not in text:
             raise ValueError(f"{page} has no generated block ('{START}NAME (COMMAND) -->' … '{END}')")
         try:
-            new = rewrite_generated(text, results)
+            new = rewrite_generated(text, held)
         except ValueError as error:
             raise ValueError(f"{page}: {error}") from None
         if new != text:
