@@ -95,8 +95,10 @@ def saved_results_for(model: Any, path: str | os.PathLike[str], *, model_source:
     Examples:
         >>> from persona_interp.studies.config import FULL
         >>> saved = saved_results_for(model, "reports/results.json", model_source=None, config=FULL, personas=["power"])
-        >>> saved.usable, saved.reason           # model_source None: the embedded model (here a tiny one stands in)
-        (False, "reports/results.json was run with another protocol: its configuration differs in ['dtype']")
+        >>> saved.usable, saved.reason.split(":")[0]        # model_source None: the embedded model (a tiny one stands in)
+        (False, 'reports/results.json was run with another protocol')
+        >>> "damage_aware_methods" in saved.reason          # the committed run predates the damage-aware methods
+        True
     """
     path = Path(path)
     if not path.is_file():
