@@ -48,22 +48,28 @@ def test_old_signatures_without_rms_sums_refuse_the_rms_statistic(llama):
         sig.with_statistic("rms")
 
 
+
+def _planted_contrast(llama, p_share, rng):
+    """Seek and reject signatures whose z > 0 on a share ``p_share`` of every map's channels (random ones), with the
+    per-token sums the code's Contrastive-Sparse rule reads."""
+    up, down = {}, {}
+    for m in pi.get_adapter(llama).maps:
+        z_sign = torch.tensor(rng.permutation(m.n_in) < round(p_share * m.n_in))
+        up[m.name] = torch.where(z_sign, 2.0, 1.0).double() + torch.tensor(rng.uniform(0, 0.1, m.n_in))
+        down[m.name] = torch.where(z_sign, 1.0, 2.0).double() + torch.tensor(rng.uniform(0, 0.1, m.n_in))
+    seek, reject = fake_signature(llama, up), fake_signature(llama, down, side="reject")
+    for sig in (seek, reject):
+        for stats in sig.sums.values():
+            stats["token_sum"], stats["token_sq_sum"] = stats["norm_sum"] / 3, stats["norm_sq_sum"]
+    return seek, reject
+
 def test_relu_masks_differ_in_two_rho_by_construction(llama):
     """A hand-made contrast: a share p of every map's channels has z > 0; each pole removes rho of a row among
     the other pole's channels, so the masks differ in exactly 2 rho when rho <= p <= 1 - rho."""
     adapter = pi.get_adapter(llama)
     rng = np.random.default_rng(0)
     for p_share, rho in ((0.5, 0.3), (0.4, 0.4), (0.7, 0.2), (0.1, 0.3)):
-        up, down = {}, {}
-        for m in adapter.maps:
-            z_sign = torch.tensor(rng.permutation(m.n_in) < round(p_share * m.n_in))
-            up[m.name] = torch.where(z_sign, 2.0, 1.0).double() + torch.tensor(rng.uniform(0, 0.1, m.n_in))
-            down[m.name] = torch.where(z_sign, 1.0, 2.0).double() + torch.tensor(rng.uniform(0, 0.1, m.n_in))
-        seek, reject = fake_signature(llama, up), fake_signature(llama, down, side="reject")
-        for sig in (seek, reject):                                    # per-token sums for the code's rule
-            for stats in sig.sums.values():
-                stats["token_sum"] = stats["norm_sum"] / 3
-                stats["token_sq_sum"] = stats["norm_sq_sum"]
+        seek, reject = _planted_contrast(llama, p_share, rng)
         ms, mr = pi.contrastive_wanda_masks(llama, seek, reject, rho)
         inside = rho <= p_share <= 1 - rho
         for m in adapter.maps:
@@ -92,19 +98,12 @@ def test_exact_zero_weights_are_removed_by_both_relu_masks_and_counted_in_the_bo
     rng, gen = np.random.default_rng(1), torch.Generator().manual_seed(1)
     saved = {m.name: adapter.weight(m.name).clone() for m in adapter.maps}
     try:
-        up, down = {}, {}
         for m in adapter.maps:
             with torch.no_grad():                                     # about 5 % zeros, one row all zeros (capped)
                 weight = adapter.weight(m.name)
                 weight[torch.rand(weight.shape, generator=gen) < 0.05] = 0
                 weight[0] = 0
-            z_sign = torch.tensor(rng.permutation(m.n_in) < round(p_share * m.n_in))
-            up[m.name] = torch.where(z_sign, 2.0, 1.0).double() + torch.tensor(rng.uniform(0, 0.1, m.n_in))
-            down[m.name] = torch.where(z_sign, 1.0, 2.0).double() + torch.tensor(rng.uniform(0, 0.1, m.n_in))
-        seek, reject = fake_signature(llama, up), fake_signature(llama, down, side="reject")
-        for sig in (seek, reject):                                    # per-token sums for the code's rule
-            for stats in sig.sums.values():
-                stats["token_sum"], stats["token_sq_sum"] = stats["norm_sum"] / 3, stats["norm_sq_sum"]
+        seek, reject = _planted_contrast(llama, p_share, rng)
         ms, mr = pi.contrastive_wanda_masks(llama, seek, reject, rho)
         for m in adapter.maps:
             zeros = removed_zero_share(adapter.weight(m.name).abs().double(), rho)
