@@ -210,16 +210,16 @@ def test_the_run_block_says_what_computed_each_persona_and_how_long_it_took(resu
     text = run_markdown(results)
     assert "revision `2ec75e2` (power and wealth) and `a1d9906` (hallucination and the four MBTI axes)" in text
     assert "test items: 100 (power, wealth and hallucination) and 65 (the four MBTI axes)" in text
-    assert "Compute times per persona: not recorded" in text and "CPU not recorded" in text   # a file from before both
+    assert "power not recorded, wealth not recorded" in text and "CPU not recorded" in text   # a file from before both
     timed = results.model_copy(deep=True)
     for i, entry in enumerate(timed.personas.values()):
         entry.revision = "abc1234"
         entry.stages = [StageTime(name="evaluation", seconds=600.0 * (i + 1), steps=3), StageTime(name="steering", seconds=60.0, steps=6)]
     text = run_markdown(timed)
     assert "computed by revision `abc1234`, finished" in text                    # one revision: no grouping
-    assert "power 11 min, wealth 21 min" in text and "judging–perceiving 71 min; 4.8 h for those recorded" in text
+    assert "power 11 min, wealth 21 min" in text and "judging_perceiving 71 min: 287 min in all" in text
     timed.personas["wealth"].stages = None
-    assert "wealth not recorded" in run_markdown(timed)
+    assert "wealth not recorded" in run_markdown(timed) and "at least 266 min in all" in run_markdown(timed)
 
 
 # The previous protocol and its studies (docs/findings.md's last section): the verdict on the previous protocol from

@@ -39,7 +39,7 @@ from persona_interp.model.machine import CPU
 from persona_interp.report.results import NOT_RECORDED, PersonaResult, RunResults
 from persona_interp.report.study_findings import atlas_findings_markdown, composition_findings_markdown, regimes_findings_markdown
 from persona_interp.report.study_results import AtlasStudy, CompositionStudy, RegimesStudy, load_atlas, load_composition, load_regimes
-from persona_interp.report.summary import best_mask, diagnostics_by_persona, is_mask
+from persona_interp.report.summary import best_mask, compute_times, diagnostics_by_persona, is_mask
 from persona_interp.report.wording import NUMBERS, persona_list
 from persona_interp.report.wording import count as _count, join as _join, signed_span as _signed_span, span as _span
 
@@ -766,10 +766,6 @@ def _set_up(entry: PersonaResult) -> str:
     return f"**{entry.provenance.dtype}** on {where}"
 
 
-def _minutes(entry: PersonaResult) -> str:
-    return f"{entry.seconds / 60:.0f} min" if entry.seconds is not None else NOT_RECORDED
-
-
 def run_markdown(results: RunResults) -> str:
     """What computed a main-job run: per persona the revision and finish date, the dtype and CPU, the sizes (fit,
     validation and test items, the neutral texts of each use) and each persona's compute time (the sum of its
@@ -794,13 +790,7 @@ def run_markdown(results: RunResults) -> str:
              (config.n_fit_neutral, "fit the damage-aware methods")]
     if config.n_neutral is not None:
         sentences.append("Neutral texts: " + ", ".join(f"{n} {what}" for n, what in texts if n) + ".")
-    if any(entry.seconds is not None for entry in entries):
-        total = sum(entry.seconds or 0.0 for entry in entries)
-        sentences.append("Compute time per persona (its stages, 2 cores): " + ", ".join(
-            f"{persona.replace('_', '–')} {_minutes(entry)}" for persona, entry in results.personas.items())
-            + f"; {total / 3600:.1f} h for those recorded.")
-    else:
-        sentences.append(f"Compute times per persona: {NOT_RECORDED} in this file (recorded since 2026-12-07).")
+    sentences.append(f"Compute time per persona (the sum of its stages): {compute_times(results)}.")
     return " ".join(sentences) + "\n"
 
 
