@@ -1,6 +1,6 @@
 """Where the quick main job spends its time: `reproduce(QUICK)` timed by stage (the progress display's record),
-each stage's share of the wall time, the model forwards per stage and the peak resident memory, written to JSON
-with the CPU's model and flags and the date. Minutes on the embedded model; a tiny model runs it in seconds
+each stage's share of the wall time, the model forwards per stage, the peak resident memory and which stages raised
+it, written to JSON with the CPU's model and flags and the date. Minutes on the embedded model; a tiny model runs it in seconds
 (tests/test_benchmark.py).
 
     $ .venv/bin/python benchmarks/pipeline.py --out benchmarks/pipeline.json [--force] [--model PATH] [--dtype bfloat16]
@@ -59,12 +59,13 @@ def run(model: Any, config: ReproduceConfig = QUICK, out_dir: str | Path | None 
             wall = time.perf_counter() - start
     finally:
         handle.remove()
-    by_name: dict[str, dict[str, float]] = defaultdict(lambda: {"seconds": 0.0, "forwards": 0, "runs": 0})
+    by_name: dict[str, dict[str, float]] = defaultdict(lambda: {"seconds": 0.0, "forwards": 0, "runs": 0, "peak_rise_mb": 0.0})
     for record in stage_times():
         entry = by_name[record.name]
         entry["seconds"] += record.seconds
         entry["forwards"] += record.forwards
         entry["runs"] += 1
+        entry["peak_rise_mb"] += record.peak_rise_mb          # which stages raised the process's peak memory
     stages = [{"stage": name, **entry, "share": entry["seconds"] / wall} for name, entry in by_name.items()]
     outside = wall - sum(s["seconds"] for s in stages)
     return {"wall_s": wall, "stages": stages, "outside_stages_s": outside, "outside_stages_share": outside / wall,
@@ -73,10 +74,11 @@ def run(model: Any, config: ReproduceConfig = QUICK, out_dir: str | Path | None 
 
 
 def table(result: dict[str, Any]) -> str:
-    """The stages as text: seconds, share of the wall time and forwards, then the totals."""
-    lines = [f"{'stage':34s} {'seconds':>9s} {'share':>7s} {'forwards':>9s}"]
+    """The stages as text: seconds, share of the wall time, forwards and how much each raised the peak resident
+    memory, then the totals."""
+    lines = [f"{'stage':34s} {'seconds':>9s} {'share':>7s} {'forwards':>9s} {'peak rise MB':>13s}"]
     for s in sorted(result["stages"], key=lambda s: -s["seconds"]):
-        lines.append(f"{s['stage']:34s} {s['seconds']:9.1f} {s['share']:7.1%} {s['forwards']:9d}")
+        lines.append(f"{s['stage']:34s} {s['seconds']:9.1f} {s['share']:7.1%} {s['forwards']:9d} {s['peak_rise_mb']:13.0f}")
     lines.append(f"{'(outside any stage)':34s} {result['outside_stages_s']:9.1f} {result['outside_stages_share']:7.1%}")
     lines.append(f"{'total':34s} {result['wall_s']:9.1f} {1:7.1%} {result['forwards']:9d}"
                  f"   ({result['rows_forwarded']} sequences forwarded)")

@@ -27,10 +27,25 @@ from dataclasses import dataclass, field
 REFRESH_S = 0.2          # least time between two rewrites of a terminal line
 
 
+def peak_memory_mb() -> float:
+    """The process's peak resident memory so far, MB (``ru_maxrss``; 0 where the platform has no ``resource``).
+
+    Examples:
+        >>> peak_memory_mb() > 0
+        True
+    """
+    try:
+        import resource
+    except ImportError:                              # Windows
+        return 0.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
 @dataclass
 class StageRecord:
     """A finished outermost stage: its name, the scope it ran in (e.g. the persona), its wall time, the steps
-    done of ``total`` and the model forwards attributed to it."""
+    done of ``total``, the model forwards attributed to it, the process's peak resident memory at its end
+    (``peak_mb``) and how much the stage raised that peak (``peak_rise_mb``: 0 when an earlier stage had held more)."""
 
     name: str
     seconds: float
@@ -38,6 +53,8 @@ class StageRecord:
     total: int | None
     scope: str = ""
     forwards: int = 0
+    peak_mb: float = 0.0
+    peak_rise_mb: float = 0.0
 
 
 @dataclass
@@ -51,6 +68,7 @@ class Stage:
     started: float = field(default_factory=time.perf_counter)
     count: int = 0
     forwards: int = 0
+    peak_at_start: float = field(default_factory=peak_memory_mb)
 
     def update(self, n: int = 1) -> None:
         """Add ``n`` finished steps and refresh the line of the outermost stage (at most every ``REFRESH_S``)."""
@@ -133,7 +151,8 @@ def stage(name: str, total: int | None = None, *, progress: bool = True) -> Iter
     finally:
         if outer:
             seconds = time.perf_counter() - s.started
-            _RECORDS.append(StageRecord(name, seconds, s.count, total, label, s.forwards))
+            peak = peak_memory_mb()
+            _RECORDS.append(StageRecord(name, seconds, s.count, total, label, s.forwards, peak, peak - s.peak_at_start))
             if s.show and _is_terminal():
                 _render(force=True, end="\n")
             elif s.show:

@@ -44,6 +44,8 @@ def test_pipeline_benchmark_smoke(llama, tmp_path):
     assert stages["signatures"]["forwards"] == 2                    # one batch of 6 items per pole, token scope "all"
     assert result["forwards"] == sum(s["forwards"] for s in stages.values()) > 0
     assert result["rows_forwarded"] >= result["forwards"] and result["peak_rss_mb"] > 0
+    rises = [s["peak_rise_mb"] for s in result["stages"]]
+    assert all(r >= 0 for r in rises) and sum(rises) <= result["peak_rss_mb"]     # rises of one peak, never more
     assert sum(s["share"] for s in stages.values()) + result["outside_stages_share"] == pytest.approx(1.0)
     assert 0 <= result["outside_stages_s"] < result["wall_s"]
     assert (tmp_path / "out" / "results.json").is_file()

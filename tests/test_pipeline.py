@@ -75,6 +75,7 @@ def test_reproduce_writes_report_and_never_tunes_on_test_items(tiny_pipeline, tm
     entry = results.personas["power"]
     assert entry.stages is not None and [s.name for s in entry.stages] == [r.name for r in stages][:-1]   # not the report's
     assert [s.seconds for s in entry.stages] == [round(r.seconds, 1) for r in stages][:-1]
+    assert all(s.peak_mb is not None and s.peak_mb > 0 and 0 <= (s.peak_rise_mb or 0) <= s.peak_mb for s in entry.stages)
     assert entry.seconds == pytest.approx(sum(s.seconds for s in entry.stages)) and " min (" in text
     table, used = entry.table, entry.used
     names = {row.condition for row in table}

@@ -487,7 +487,8 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
                           batch_size=config.batch_size, progress=progress, checkpoint=checkpoint)
             with stage("report and figures", progress=progress):
                 table, contrasts, controls = ev.table(), ev.contrasts(), control_comparison(ev)
-                stages = [StageTime(name=r.name, seconds=round(r.seconds, 1), steps=r.count, forwards=r.forwards)
+                stages = [StageTime(name=r.name, seconds=round(r.seconds, 1), steps=r.count, forwards=r.forwards,
+                                    peak_mb=round(r.peak_mb), peak_rise_mb=round(r.peak_rise_mb))
                           for r in stage_times()[first_stage:]]
                 finished = now()
                 entry = PersonaResult(revision=revision, finished=finished,
