@@ -189,6 +189,10 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     for key in ("n_test", "n_calibration", "seed", "batch_size"):
         if getattr(args, key) is not None:
             setattr(config, key, getattr(args, key))
+    if args.racing is not None:
+        from persona_interp.evaluation.search import Racing
+
+        config.racing = Racing(first=args.racing)
     out = Path(args.out or ("results/quick" if args.quick else "reports"))
     try:
         if args.dtype:
@@ -595,6 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-calibration", type=_positive_int)
     p.add_argument("--seed", type=int)
     p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--racing", type=_positive_int, metavar="N",
+                   help="successive halving in the searches: score every candidate on the first N validation items and "
+                        "only those that can still win a damage budget on the rest (default: all on all)")
     p.add_argument("--out", help="report folder (default results/quick with --quick, else reports)")
     p.add_argument("--figures", help="figures folder (default OUT/figures)")
     p.add_argument("--force", action="store_true", help="write into a non-empty output or figures folder")

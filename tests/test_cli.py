@@ -100,6 +100,21 @@ def test_reproduce_passes_the_dtype_into_the_run_config(monkeypatch):
     assert seen == {"dtype": "float32", "model": None}
 
 
+
+def test_reproduce_racing_sets_the_searches_successive_halving(monkeypatch):
+    from persona_interp.evaluation.search import Racing
+    from persona_interp.studies import reproduce as pipeline
+
+    seen = {}
+    monkeypatch.setattr(pipeline, "reproduce", lambda config, *a, **kw: seen.update(racing=config.racing) or "r")
+    cli.main(["reproduce", "--quick", "--racing", "4", "--out", "unused"])
+    assert seen == {"racing": Racing(first=4)}
+    cli.main(["reproduce", "--quick", "--out", "unused"])
+    assert seen == {"racing": None}
+    with pytest.raises(SystemExit, match="racing needs first >= 2"):
+        cli.main(["reproduce", "--quick", "--racing", "1", "--out", "unused"])
+
+
 def test_every_subcommand_shows_its_defaults(capsys):
     with pytest.raises(SystemExit):
         cli.main(["collect", "--help"])

@@ -19,7 +19,7 @@ from persona_interp.studies.config import QUICK, ReproduceConfig
 from persona_interp.evaluation.evaluate import equal_damage_summary
 from persona_interp.evaluation.rows import BudgetWinnerRow, ConditionRow, ContrastRow, EqualDamageRow, NoPick, SteeringSearchRow
 from persona_interp.progress import reset_stage_times, stage_times
-from persona_interp.report.results import RunResults, load_results
+from persona_interp.report.results import RecordedConfig, RunResults, load_results
 
 
 def fake_persona(name, split="train"):
@@ -340,6 +340,28 @@ def test_a_persona_cut_off_in_its_evaluation_resumes_there_with_the_same_results
     with pytest.raises(KeyboardInterrupt):                    # started again without --resume: the file is removed first
         pipeline.reproduce(config, tmp_path / "again", model=model, progress=False, force=True)
     assert not checkpoint.path.exists()
+
+
+
+def test_racing_in_the_main_job_drops_candidates_that_cannot_win_and_is_recorded(tiny_pipeline, tmp_path):
+    """config.racing: every search but the weight edit's scores its candidates on the first items and only those
+    that can still win a budget on the rest (raced_out rows); the configuration records it."""
+    import dataclasses
+
+    from persona_interp.evaluation.search import Racing
+
+    model, config, _ = tiny_pipeline
+    config = dataclasses.replace(config, lora=None, prompt_search=False, racing=Racing(first=2, width=0.01),
+                                 steering_multipliers=[1.0, 2.0, 4.0], damage_budgets=[1000.0], diagnostics=False,
+                                 matched_controls=None, damage_aware_methods=[])
+    recorded = RecordedConfig.model_validate(dataclasses.asdict(config))
+    assert RecordedConfig.model_validate_json(recorded.model_dump_json()).racing == Racing(first=2, width=0.01)
+    _, used, _ = pipeline.persona_conditions(model, "power", config, progress=False)   # the searches (no evaluation)
+    steering = [row for method, search in used.steering_search.items() if method != "weight_edit" for row in search.table]
+    masks = [row for search in used.mask_search.values() for row in search.table]
+    raced = [row for row in steering + masks if row.raced_out]
+    assert raced and all(row.scored for row in raced)                 # scored on the first items only
+    assert not any(row.raced_out for row in used.steering_search["weight_edit"].table)
 
 
 def test_weight_edit_rows_swap_poles_when_amplifying_moves_toward_reject():

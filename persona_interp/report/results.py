@@ -46,6 +46,7 @@ from persona_interp.evaluation.rows import (
     Row,
     SteeringSearchRow,
 )
+from persona_interp.evaluation.search import Racing
 from persona_interp.evaluation.tuning import MaskSpace
 from persona_interp.interventions.lora import LoRAConfig
 from persona_interp.model.chat import TokenScope
@@ -296,6 +297,7 @@ class RecordedConfig(Record):
     prompt_search: bool | None = None
     lora: LoRAConfig | None = None
     damage_budgets: list[float] | None = None
+    racing: Racing | None = None
     dtype: str | None = None
 
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from persona_interp.data.personas import AI_PERSONAS, MBTI_AXES
 from persona_interp.evaluation.controls import MatchedControlConfig
+from persona_interp.evaluation.search import Racing
 from persona_interp.evaluation.tuning import MaskSpace
 from persona_interp.interventions.lora import LoRAConfig
 from persona_interp.masks.damage_aware import DAMAGE_AWARE_METHODS
@@ -78,6 +79,9 @@ class ReproduceConfig:
     prompt_search: bool = True
     lora: LoRAConfig | None = field(default_factory=lambda: LoRAConfig(epochs=3))
     damage_budgets: list[float] = field(default_factory=lambda: [0.02, 0.1, 0.5])   # KL (nats/token): each regime's picks
+    # successive halving of every search's validation scoring (steering, weight edit, LoRA, masks): candidates that
+    # cannot win a budget after racing.first items are not scored on the rest; None: every candidate on every item
+    racing: Racing | None = None
     dtype: str = "auto"              # bfloat16 where the CPU (AMX/AVX512-BF16) or GPU is fast in it, else float32;
                                      # resolved once per run, the resolved dtype is in results.json's provenance
 

@@ -170,7 +170,7 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig, progre
     conditions += steering
     if config.lora is not None:
         choice = select_lora(model, list(fit), list(validation), config.lora, reference=selection,
-                             stop_above=max(config.damage_budgets),
+                             stop_above=max(config.damage_budgets), budgets=config.damage_budgets, racing=config.racing,
                              batch_size=config.batch_size, progress=progress)
         used.lora_search = LoRASearch(epochs=choice.epochs, table=choice.table, config=config.lora)
         for budgets, index in budget_picks(choice.table, config.damage_budgets):
@@ -318,6 +318,7 @@ def budget_mask_conditions(model: Any, persona: str, by_scope: dict[str, tuple[S
     searches: dict[str, MaskSearch] = {}
     for method in [spec.name for spec in searched_methods(config)]:
         choice = select_masks(model, method, by_scope, validation, space, reference=selection, persona=persona,
+                              budgets=config.damage_budgets, racing=config.racing,
                               batch_size=config.batch_size, families=families, inputs=inputs, progress=progress)
         searches[method] = MaskSearch(chosen=choice.config, table=choice.table)
         for budgets, index in budget_picks(choice.table, config.damage_budgets):
@@ -385,6 +386,10 @@ def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaData
         for method, vectors in candidates.items():
             choices[method] = select_steering(model, vectors, validation, doses[method], reference=selection,
                                               stop_above=max(config.damage_budgets) if selection else None,
+                                              budgets=config.damage_budgets if selection else (),
+                                              # not the weight edit: a row's poles are oriented after the search
+                                              # (_oriented), so a negative separation can still win
+                                              racing=config.racing if selection and method != "weight_edit" else None,
                                               batch_size=config.batch_size, progress=progress)
             bar.update()
     for method, choice in choices.items():
