@@ -326,7 +326,7 @@ def test_a_persona_cut_off_in_its_evaluation_resumes_there_with_the_same_results
     pipeline.reproduce(config, tmp_path / "out", model=model, progress=False, resume=True)
     resumed = json.loads((tmp_path / "out" / "results.json").read_text())["personas"]["power"]
     n_conditions = len(expected["per_item"])
-    assert len(scored) == n_conditions - 5 and not saved.exists()
+    assert len(scored) == n_conditions - 5 and not saved.parent.exists()           # file and empty folder removed
     for key in ("per_item", "damage", "contrasts", "controls", "budget_winners", "table"):
         assert resumed[key] == expected[key], key                                   # bit-exact, read back or not
     scored.clear()

@@ -117,6 +117,8 @@ class EvaluationCheckpoint:
         write_text(self.path, CheckpointFile(key=self.key, scored=scored).model_dump_json())
 
     def clear(self) -> None:
-        """Remove the file (nothing when there is none)."""
+        """Remove the file (nothing when there is none), and its folder when that is left empty."""
         self.path.unlink(missing_ok=True)
         self._scored = None
+        if self.path.parent.is_dir() and not any(self.path.parent.iterdir()):
+            self.path.parent.rmdir()
