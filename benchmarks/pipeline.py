@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import datetime as _dt
 import json
-import resource
 import sys
 import tempfile
 import time
@@ -25,14 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dtype_speed import cpu_flags  # noqa: E402  (a sibling script)
 
 import persona_interp as pi  # noqa: E402
-from persona_interp.progress import add_forwards, reset_stage_times, stage_times  # noqa: E402
+from persona_interp.progress import add_forwards, peak_memory_mb, reset_stage_times, stage_times  # noqa: E402
 from persona_interp.studies.config import QUICK, ReproduceConfig  # noqa: E402
 from persona_interp.studies.reproduce import git_revision, reproduce  # noqa: E402
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set of this process so far, MB (``ru_maxrss`` is in kB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run(model: Any, config: ReproduceConfig = QUICK, out_dir: str | Path | None = None, *, progress: bool = True) -> dict[str, Any]:
@@ -69,7 +63,7 @@ def run(model: Any, config: ReproduceConfig = QUICK, out_dir: str | Path | None 
     stages = [{"stage": name, **entry, "share": entry["seconds"] / wall} for name, entry in by_name.items()]
     outside = wall - sum(s["seconds"] for s in stages)
     return {"wall_s": wall, "stages": stages, "outside_stages_s": outside, "outside_stages_share": outside / wall,
-            "forwards": counts["forwards"], "rows_forwarded": counts["rows"], "peak_rss_mb": peak_rss_mb(),
+            "forwards": counts["forwards"], "rows_forwarded": counts["rows"], "peak_rss_mb": peak_memory_mb(),
             "personas": list(config.personas), "dtype": config.dtype}
 
 
