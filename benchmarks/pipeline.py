@@ -4,6 +4,7 @@ it, written to JSON with the CPU's model and flags and the date. Minutes on the 
 (tests/test_benchmark.py).
 
     $ .venv/bin/python benchmarks/pipeline.py --out benchmarks/pipeline.json [--force] [--model PATH] [--dtype bfloat16]
+          [--damage-aware-methods all | NAME ...] [--racing N]
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from dtype_speed import cpu_flags  # noqa: E402  (a sibling script)
 
 import persona_interp as pi  # noqa: E402
 from persona_interp.progress import add_forwards, peak_memory_mb, reset_stage_times, stage_times  # noqa: E402
+from persona_interp.evaluation.search import Racing  # noqa: E402
+from persona_interp.masks.damage_aware import DAMAGE_AWARE_METHODS  # noqa: E402
 from persona_interp.studies.config import QUICK, ReproduceConfig  # noqa: E402
 from persona_interp.studies.reproduce import git_revision, reproduce  # noqa: E402
 
@@ -87,15 +90,21 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/pipeline.json")
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
+    parser.add_argument("--damage-aware-methods", nargs="+", default=QUICK.damage_aware_methods,
+                        help=f"the damage-aware methods the mask search runs ('all': {', '.join(DAMAGE_AWARE_METHODS)})")
+    parser.add_argument("--racing", type=int, help="race every search's candidates on this many validation items first")
     args = parser.parse_args()
     out = Path(args.out)
     if out.exists() and not args.force:
         raise SystemExit(f"error: {out} exists; pass --force to overwrite it")
-    config = dataclasses.replace(QUICK, dtype=args.dtype)
+    methods = list(DAMAGE_AWARE_METHODS) if args.damage_aware_methods == ["all"] else args.damage_aware_methods
+    config = dataclasses.replace(QUICK, dtype=args.dtype, damage_aware_methods=methods,
+                                 racing=Racing(first=args.racing) if args.racing else None)
     model = pi.load_model(args.model, dtype=args.dtype)
     result = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "revision": git_revision(),
               **cpu_flags(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-              "model": args.model or "embedded SmolLM2-135M-Instruct", **run(model, config, progress=not args.quiet)}
+              "model": args.model or "embedded SmolLM2-135M-Instruct",
+              "damage_aware_methods": methods, "racing": args.racing, **run(model, config, progress=not args.quiet)}
     print(table(result))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -228,6 +228,31 @@ def test_save_load_bit_packed(llama, tmp_path):
     loaded.check_model(llama)
 
 
+def test_compact_mask_holds_one_bit_per_weight_and_acts_as_the_mask(llama):
+    from persona_interp.interventions.conditions import MaskCondition
+    from persona_interp.masks.mask import PackedKeep
+
+    mask = pi.random_mask(llama, 0.3, seed=7)
+    small = mask.compact()
+    assert isinstance(small.keep, PackedKeep) and small.compact() is small and small.meta == mask.meta
+    n_weights = sum(k.numel() for k in mask.keep.values())
+    assert n_weights / 8 <= small.keep.nbytes < n_weights / 8 + len(mask.keep)
+    assert list(small.keep) == list(mask.keep) and small.sparsity() == mask.sparsity()
+    assert all(torch.equal(small.keep[n], k) and small.keep[n].dtype == torch.bool for n, k in mask.keep.items())
+    odd = Mask({"blocks.0.attn.q": torch.tensor([[1, 0, 1], [0, 0, 1], [1, 1, 1]], dtype=torch.bool)})   # 9 bits: not a byte multiple
+    assert torch.equal(odd.compact().keep["blocks.0.attn.q"], odd.keep["blocks.0.attn.q"])
+    assert pi.fraction_differ(small, mask) == 0.0 and pi.fraction_differ(~small, mask) == 1.0
+    tokens = torch.randint(0, 100, (2, 6))
+    with pi.ablate(llama, mask):
+        full = llama(tokens)
+    with pi.ablate(llama, small):
+        packed = llama(tokens)
+    assert torch.equal(full, packed)
+    cond = MaskCondition("m", mask=mask)                     # a condition holds its mask packed until scored
+    assert isinstance(cond.mask.keep, PackedKeep) and torch.equal(cond.mask.keep["blocks.0.mlp.down"], mask.keep["blocks.0.mlp.down"])
+    assert isinstance(dataclasses.replace(cond, name="m2").mask.keep, PackedKeep)
+
+
 def test_builders_refuse_signatures_of_another_model(llama, tokenizer):
     from conftest import build_bridge
 
@@ -260,7 +285,8 @@ def test_family_cache_ranks_each_family_once_and_matches_a_fresh_family(llama, m
     calls = []
     real = builders.row_ranks
     monkeypatch.setattr(builders, "row_ranks", lambda *a: calls.append(1) or real(*a))
-    families = builders.FamilyCache(llama, max_families=2)
+    one_family = 2 * 2 * sum(m.n_out * m.n_in for m in pi.get_adapter(llama).maps)      # int16 ranks, two poles
+    families = builders.FamilyCache(llama, max_bytes=2 * one_family)
     cw = families.get(seek, reject, **method_spec("contrastive_wanda").fixed)
     first = cw.pair(0.3)
     ranked = len(calls)
@@ -273,7 +299,12 @@ def test_family_cache_ranks_each_family_once_and_matches_a_fresh_family(llama, m
         assert a.keep.keys() == b.keep.keys() and all(torch.equal(a.keep[n], b.keep[n]) for n in a.keep)
     softplus = families.get(seek, reject, method="contrastive_wanda", phi="softplus", tau=2.0)
     assert softplus is not cw
-    families.get(seek, reject, method="wanda")                                           # a third: cw is evicted
+    softplus.pair(0.3)
+    assert families.nbytes == 2 * one_family                                             # both ranked, at the bound
+    wanda = families.get(seek, reject, method="wanda")                                   # a third, ranked after this call
+    wanda.pair(0.3)
+    assert families.get(seek, reject, method="wanda") is wanda                           # the next call drops cw
+    assert families.nbytes <= 2 * one_family
     assert families.get(seek, reject, method="contrastive_wanda") is not cw
 
 

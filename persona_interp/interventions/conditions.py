@@ -155,6 +155,11 @@ class MaskCondition(Condition):
     mask: Mask | None = None
     regime: str = "mask"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mask is not None:     # held at one bit per weight until scored: a full run holds about 150 masks
+            self.mask = self.mask.compact()
+
     @property
     def protocol(self) -> MaskProtocol | None:
         return "mask+prompt" if self.system else "mask"

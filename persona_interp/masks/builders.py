@@ -21,6 +21,7 @@ Examples:
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import warnings
@@ -316,8 +317,9 @@ def mask_family(model: Any, method: str, seek: Signature, reject: Signature | No
 class FamilyCache:
     """Ranked mask families reused within one study: the same method, options and signatures (same sums and
     statistic) rank each map once however many tables ask for them (paper rows, searches, their picks,
-    diagnostics). At most ``max_families`` are kept (least recently used dropped first): each holds 2 bytes per
-    covered weight and pole once ranked.
+    diagnostics). What it keeps is bounded by ``max_bytes`` of tensors (least recently used dropped first, never the
+    entry just asked for): a family holds 2 bytes per covered weight and pole once ranked (424 MB for SmolLM2-135M),
+    gradient scores 16 bytes per weight; a dropped family is ranked again if asked for again.
 
     Examples:
         >>> families = FamilyCache(model)
@@ -327,7 +329,7 @@ class FamilyCache:
     """
 
     model: Any
-    max_families: int = 12
+    max_bytes: int = 3 * 2**30
     _families: dict[tuple, tuple[Any, tuple]] = field(default_factory=dict, repr=False)
 
     def get(self, seek: Signature, reject: Signature, **options: Any) -> MaskFamily:
@@ -356,9 +358,37 @@ class FamilyCache:
             self._families[key] = self._families.pop(key)                       # most recently used last
         else:
             self._families[key] = (make(), inputs)
-            while len(self._families) > self.max_families:
-                del self._families[next(iter(self._families))]
+        while len(self._families) > 1 and self.nbytes > self.max_bytes:      # ranks fill in as families are used
+            del self._families[next(iter(self._families))]
         return self._families[key][0]
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of the tensors its entries hold now ([`held_bytes`][persona_interp.masks.builders.held_bytes])."""
+        return held_bytes([value for value, _ in self._families.values()])
+
+
+def held_bytes(value: Any, seen: set[int] | None = None) -> int:
+    """The bytes of the tensors ``value`` holds, each counted once: through dataclass fields (a ``model`` field
+    excepted: not the cache's), dicts, lists and tuples.
+
+    Examples:
+        >>> held_bytes({"a": torch.zeros(4), "b": [torch.zeros(2, dtype=torch.int16)]})
+        20
+    """
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return 0
+    seen.add(id(value))
+    if isinstance(value, Tensor):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(held_bytes(v, seen) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(held_bytes(v, seen) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return sum(held_bytes(getattr(value, f.name), seen) for f in dataclasses.fields(value) if f.name != "model")
+    return 0
 
 
 def _options_key(options: dict[str, Any]) -> tuple:

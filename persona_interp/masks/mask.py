@@ -6,7 +6,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -18,6 +18,44 @@ from persona_interp.data.files import read_header, write_tagged
 from persona_interp.model.adapter import ModelMismatchError, get_adapter, parse_map_name
 
 FORMAT = "persona_interp.mask/1"
+
+
+class PackedKeep(Mapping[str, Tensor]):
+    """Keep-masks held at one bit per weight (``numpy.packbits``), each map unpacked to a boolean tensor on the
+    CPU when read: an eighth of a boolean mask's memory, for the many masks a run holds until it scores them
+    ([`Mask.compact`][persona_interp.masks.mask.Mask.compact]).
+
+    Examples:
+        >>> keep = PackedKeep({"blocks.0.mlp.down": torch.tensor([[True, False, True]])})
+        >>> keep["blocks.0.mlp.down"], keep.nbytes
+        (tensor([[ True, False,  True]]), 1)
+    """
+
+    def __init__(self, keep: Mapping[str, Tensor] | None = None, *, bits: Mapping[str, np.ndarray] | None = None,
+                 shapes: Mapping[str, tuple[int, ...]] | None = None):
+        if keep is not None:
+            bits = {name: np.packbits(k.cpu().numpy().reshape(-1)) for name, k in keep.items()}
+            shapes = {name: tuple(k.shape) for name, k in keep.items()}
+        self._bits, self._shapes = dict(bits or {}), {name: tuple(shape) for name, shape in (shapes or {}).items()}
+
+    def __getitem__(self, name: str) -> Tensor:
+        shape = self._shapes[name]
+        flat = np.unpackbits(self._bits[name], count=math.prod(shape)).view(np.bool_)
+        return torch.from_numpy(flat).reshape(shape)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._bits)
+
+    def __len__(self) -> int:
+        return len(self._bits)
+
+    def packed(self) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, ...]]]:
+        """The packed bits and shapes of each map (what [`Mask.save`][persona_interp.masks.mask.Mask.save] writes)."""
+        return dict(self._bits), dict(self._shapes)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self._bits.values())
 
 
 @dataclass
@@ -33,8 +71,19 @@ class Mask:
         True
     """
 
-    keep: dict[str, Bool[Tensor, "out in"]]
+    keep: Mapping[str, Bool[Tensor, "out in"]]
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def compact(self) -> "Mask":
+        """The same mask held at one bit per weight ([`PackedKeep`][persona_interp.masks.mask.PackedKeep]); each map
+        is unpacked when read, so it acts as this mask everywhere (``ablate``, comparisons, ``save``).
+
+        Examples:
+            >>> small = seek_mask.compact()
+            >>> small.keep.nbytes * 8 >= sum(k.numel() for k in seek_mask.keep.values()), fraction_differ(small, seek_mask)
+            (True, 0.0)
+        """
+        return self if isinstance(self.keep, PackedKeep) else Mask(PackedKeep(self.keep), dict(self.meta))
 
     # ------------------------------------------------------------------ measures
     def sparsity(self) -> float:
@@ -81,27 +130,27 @@ class Mask:
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Save bit-packed (1 bit per weight) as safetensors with JSON metadata; never overwrites
         unless ``overwrite=True``."""
-        arrays = {name: np.packbits(keep.cpu().numpy().reshape(-1)) for name, keep in self.keep.items()}
-        shapes = {name: list(keep.shape) for name, keep in self.keep.items()}
-        return write_tagged(path, arrays, FORMAT, {"shapes": json.dumps(shapes), "meta": json.dumps(self.meta)}, save_file, overwrite)
+        arrays, shapes = self.compact().keep.packed()     # type: ignore[attr-defined]   # compact() holds a PackedKeep
+        return write_tagged(path, arrays, FORMAT, {"shapes": json.dumps({n: list(s) for n, s in shapes.items()}),
+                                                   "meta": json.dumps(self.meta)}, save_file, overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Mask":
         """Load a mask saved by [`save`][persona_interp.masks.mask.Mask.save] (safetensors: no unpickling)."""
         header = read_header(path, FORMAT, "mask")
         shapes = json.loads(header["shapes"])
-        keep = {}
-        for name, packed in load_file(str(path)).items():
+        bits = load_file(str(path))
+        for name, packed in bits.items():
             if name not in shapes:
                 raise ValueError(f"{path}: map {name!r} has packed bits but no shape in the header")
             count = math.prod(shapes[name])
             if packed.size != math.ceil(count / 8):
                 raise ValueError(f"{path}: map {name!r} holds {packed.size} bytes of packed bits, its shape "
                                  f"{shapes[name]} needs {math.ceil(count / 8)}: the file is damaged")
-            keep[name] = torch.from_numpy(np.unpackbits(packed, count=count).astype(bool)).reshape(shapes[name])
-        if set(shapes) - set(keep):
-            raise ValueError(f"{path}: the header names maps with no data: {sorted(set(shapes) - set(keep))[:3]}")
-        return cls(keep, json.loads(header["meta"]))
+        if set(shapes) - set(bits):
+            raise ValueError(f"{path}: the header names maps with no data: {sorted(set(shapes) - set(bits))[:3]}")
+        keep = PackedKeep(bits=bits, shapes={name: tuple(shapes[name]) for name in bits})
+        return cls({name: keep[name] for name in keep}, json.loads(header["meta"]))
 
 
 # ---------------------------------------------------------------------- comparisons
