@@ -450,6 +450,44 @@ def test_a_run_on_a_model_folder_names_that_folder_in_its_report_and_results(tin
     assert header.startswith(f"Model: `{folder}` (weights' fingerprint {expected}), float32, on cpu") and "SmolLM2" not in text
 
 
+def test_a_persona_cut_off_in_its_searches_resumes_them_with_the_same_results(tiny_pipeline, tmp_path, monkeypatch):
+    """A run stopped halfway through its searches keeps every measured row in out/checkpoints/power-searches.json;
+    --resume reads them back (scoring only the candidates left, at most one candidate's poles again), and its results
+    equal an uninterrupted run's; the file is gone once the persona is saved."""
+    import dataclasses
+
+    model, config, _ = tiny_pipeline
+    config = dataclasses.replace(config, diagnostics=False, matched_controls=None, lora=dataclasses.replace(config.lora, epochs=1))
+    real, calls = search.score_ab, []
+
+    def scorer(limit):
+        def score(model, items, **kw):
+            if limit is not None and len(calls) >= limit:
+                raise KeyboardInterrupt                       # the session ends mid-search
+            calls.append(1)
+            return real(model, items, **kw)
+        return score
+
+    monkeypatch.setattr(search, "score_ab", scorer(None))
+    whole = pipeline.reproduce(config, tmp_path / "whole", model=model, progress=False)
+    expected = json.loads(whole.with_name("results.json").read_text())["personas"]["power"]
+    n_calls, cut = len(calls), len(calls) // 2 + 1         # an odd cut: between a candidate's two poles
+    assert n_calls > 10
+    calls.clear()
+    monkeypatch.setattr(search, "score_ab", scorer(cut))
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.reproduce(config, tmp_path / "out", model=model, progress=False)
+    saved = tmp_path / "out" / "checkpoints" / "power-searches.json"
+    assert len(json.loads(saved.read_text())["scored"]) >= (cut - 2) // 2
+    calls.clear()
+    monkeypatch.setattr(search, "score_ab", scorer(None))
+    pipeline.reproduce(config, tmp_path / "out", model=model, progress=False, resume=True)
+    assert n_calls - cut <= len(calls) <= n_calls - cut + 2 and not saved.parent.exists()
+    resumed = json.loads((tmp_path / "out" / "results.json").read_text())["personas"]["power"]
+    for key in ("used", "per_item", "damage", "contrasts", "budget_winners", "table"):
+        assert resumed[key] == expected[key], key
+
+
 def test_resume_refuses_a_run_of_another_model_dtype_or_cpu_kind_unless_mixing_is_allowed(tiny_pipeline, tokenizer, tmp_path,
                                                                                            monkeypatch):
     import dataclasses

@@ -167,6 +167,29 @@ def test_racing_drops_only_candidates_that_cannot_win_and_wide_bounds_change_not
         Racing(first=1)
 
 
+def test_a_search_checkpoint_reads_back_rows_and_raced_tables_without_measuring_them(llama, counted, tmp_path):
+    from persona_interp.evaluation.checkpoint import SearchCheckpoint
+
+    prompts = ["You love power and control.", "Say nothing.", "Be brief."]
+    items = VALIDATION * 2
+    ckpt = SearchCheckpoint(tmp_path / "searches.json", key="k")
+    for racing in (None, Racing(first=4, width=1e-9)):
+        counted.clear()
+        first = search(llama, _prompt_candidates(prompts), items, racing=racing, checkpoint=ckpt.part("prompts"))
+        assert sum(counted) > 0
+        counted.clear()
+        again = search(llama, _prompt_candidates(prompts), items, racing=racing,
+                       checkpoint=SearchCheckpoint(tmp_path / "searches.json", key="k").part("prompts"))   # a new run
+        assert again == first and sum(counted) == 0                              # read back, nothing scored
+    counted.clear()
+    search(llama, _prompt_candidates(prompts), items, checkpoint=ckpt.part("another search"))
+    assert sum(counted) > 0                                                      # another search's rows are its own
+    counted.clear()
+    with pytest.warns(UserWarning, match="written for another run or code"):
+        search(llama, _prompt_candidates(prompts), items, checkpoint=SearchCheckpoint(tmp_path / "searches.json", key="k2"))
+    assert sum(counted) > 0
+
+
 def test_search_checks_its_inputs(llama):
     with pytest.raises(ValueError, match="needs validation items"):
         search(llama, _prompt_candidates(["x"]), [])

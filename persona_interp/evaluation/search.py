@@ -32,6 +32,7 @@ from typing import Any, Callable, ContextManager, Generic, Hashable, Sequence, T
 import torch
 
 from persona_interp.data.personas import PersonaItem
+from persona_interp.evaluation.checkpoint import SearchCheckpoint
 from persona_interp.evaluation.rows import PairSearchRow, SearchRow
 from persona_interp.evaluation.scoring import DamageReference, score_ab
 from persona_interp.progress import stage
@@ -120,13 +121,16 @@ def _unscored(n_poles: int) -> dict[str, None]:
 def search(model: Any, candidates: Sequence[Candidate[R]], validation: Sequence[PersonaItem], *,
            reference: DamageReference | None = None, limit: float | None = None, budgets: Sequence[float] = (),
            racing: Racing | None = None, batch_size: int = 8, progress: bool = False,
-           desc: str = "search") -> list[R]:
+           desc: str = "search", checkpoint: SearchCheckpoint | None = None) -> list[R]:
     """One table row per candidate measured, in the candidates' order: its candidate's row with ``kl`` (with
     ``reference``: the larger pole's KL on neutral text, measured before any scoring), its effect on the
     validation items (two poles: ``separation``, ``seek_margin``, ``reject_margin``; one pole: ``margin``) and
     ``scored``. A candidate whose ``kl`` exceeds ``limit`` (default: the largest of ``budgets``) is not scored
     and ends its ``group``'s sweep (later doses are not measured at all). ``racing`` (default off) drops, after
-    a first few items, candidates that cannot win any of ``budgets`` (or the unbudgeted pick).
+    a first few items, candidates that cannot win any of ``budgets`` (or the unbudgeted pick). ``checkpoint``
+    ([`SearchCheckpoint`][persona_interp.evaluation.checkpoint.SearchCheckpoint], one per search): each row is
+    written as it is measured and read back instead of measured again (with ``racing``: the whole table, once
+    raced, as the drops depend on every candidate).
 
     Examples:
         >>> from persona_interp.evaluation.rows import PromptSearchRow
@@ -143,13 +147,26 @@ def search(model: Any, candidates: Sequence[Candidate[R]], validation: Sequence[
         limit = max(budgets)
     if limit is not None and reference is None:
         raise ValueError("a damage limit (stop_above, budgets) needs a damage reference")
+    raced = checkpoint.part(f"raced {racing.first} {racing.width}") if racing and checkpoint else None
+    if raced is not None:
+        saved = [raced.row(candidate.row) for candidate in candidates]
+        if any(row is not None for row in saved):
+            return [row for row in saved if row is not None]
     table: list[R] = []
+    owners: list[SearchRow] = []                        # the candidate row of each table row
     kept: list[tuple[int, Candidate[R]]] = []           # (row index, candidate) of those to score
     stopped: set[Hashable] = set()
     with stage(desc, total=len(candidates), progress=progress) as bar:
         for candidate in candidates:
             bar.update()
             if candidate.group is not None and candidate.group in stopped:
+                continue
+            owners.append(candidate.row)
+            restored = checkpoint.row(candidate.row) if checkpoint is not None and racing is None else None
+            if restored is not None:                         # measured before this run was cut off
+                table.append(restored)
+                if not restored.scored and candidate.group is not None:
+                    stopped.add(candidate.group)
                 continue
             poles = candidate.poles()
             row = candidate.row
@@ -159,14 +176,18 @@ def search(model: Any, candidates: Sequence[Candidate[R]], validation: Sequence[
                 table.append(row.replace(**_unscored(len(poles)), scored=False))
                 if candidate.group is not None:
                     stopped.add(candidate.group)
-                continue
-            if racing is None:                               # score now: the poles are built once
+            elif racing is None:                             # score now: the poles are built once
                 table.append(row.replace(**_effect(_margins(model, poles, validation, batch_size)), scored=True))
             else:
                 table.append(row)
                 kept.append((len(table) - 1, candidate))            # its poles are built again when scored
+                continue
+            if checkpoint is not None and racing is None:
+                checkpoint.save((candidate.row, table[-1]))
     if racing is not None and kept:
         _race(model, table, kept, validation, racing, budgets, batch_size, progress, desc)
+    if raced is not None:                                    # all at once: a raced table is read back whole
+        raced.save(*zip(owners, table))
     return table
 
 

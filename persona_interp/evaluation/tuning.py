@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any, Generic, Mapping, Sequence, TypeVar
 
 from persona_interp.data.personas import SIDES, PersonaItem
+from persona_interp.evaluation.checkpoint import SearchCheckpoint
 from persona_interp.evaluation.rows import LoRASearchRow, MaskConfig, MaskSearchRow, PromptSearchRow, SteeringSearchRow
 from persona_interp.evaluation.scoring import DamageReference
 from persona_interp.evaluation.search import Candidate, Pole, Racing, fallback, pick_within, search
@@ -51,13 +52,14 @@ class SteeringChoice(Generic[V]):
 def select_steering(model: Any, vectors: Mapping[int, V], validation: Sequence[PersonaItem],
                     multipliers: Sequence[float], *, reference: DamageReference | None = None,
                     stop_above: float | None = None, budgets: Sequence[float] = (), racing: Racing | None = None,
-                    batch_size: int = 8, progress: bool = False) -> SteeringChoice[V]:
+                    batch_size: int = 8, progress: bool = False,
+                    checkpoint: SearchCheckpoint | None = None) -> SteeringChoice[V]:
     """For each layer and multiplier α, score the validation items with +α and −α; choose the pair
     with the largest mean seek-minus-reject difference of the per-token margin. With ``reference`` each
     row records the damage on neutral text (``kl``: the larger of ±α, measured first) for budgeted picks
     ([`pick_within`][persona_interp.evaluation.search.pick_within]); with ``stop_above`` (default: the largest of
     ``budgets``) a multiplier over that damage is not scored and ends its layer's sweep (ascending α); when no
-    candidate is scored the least damaging one is chosen. ``racing``:
+    candidate is scored the least damaging one is chosen. ``racing``, ``checkpoint``:
     [`search`][persona_interp.evaluation.search.search]."""
     if not vectors or not multipliers:
         raise ValueError("select_steering needs at least one vector and one multiplier")
@@ -70,7 +72,7 @@ def select_steering(model: Any, vectors: Mapping[int, V], validation: Sequence[P
     candidates = [Candidate(SteeringSearchRow(layer=layer, multiplier=alpha), partial(steered, vector, alpha), group=layer)
                   for layer, vector in vectors.items() for alpha in sorted(multipliers)]
     table = search(model, candidates, validation, reference=reference, limit=stop_above, budgets=budgets, racing=racing,
-                   batch_size=batch_size, progress=progress, desc="steering search")
+                   batch_size=batch_size, progress=progress, desc="steering search", checkpoint=checkpoint)
     best = table[fallback(table)]
     return SteeringChoice(best.layer, best.multiplier, vectors[best.layer], table)
 
@@ -219,7 +221,8 @@ def select_masks(model: Any, method: str, signatures: dict[str, tuple[Signature,
                  validation: Sequence[PersonaItem], space: MaskSpace, *, reference: DamageReference | None = None,
                  max_kl: float | None = None, persona: str | None = None, batch_size: int = 8,
                  families: FamilyCache | None = None, inputs: MethodInputs | None = None, budgets: Sequence[float] = (),
-                 racing: Racing | None = None, progress: bool = False) -> MaskChoice:
+                 racing: Racing | None = None, progress: bool = False,
+                 checkpoint: SearchCheckpoint | None = None) -> MaskChoice:
     """Search ``space`` for the mask pair of ``method`` (a registered name with poles,
     [`persona_interp.masks.registry`][persona_interp.masks.registry]) with the largest seek-minus-reject separation of
     the per-token margin on the validation items. ``signatures`` maps each token scope to the (seek, reject)
@@ -228,8 +231,8 @@ def select_masks(model: Any, method: str, signatures: dict[str, tuple[Signature,
     ([`pick_within`][persona_interp.evaluation.search.pick_within]); a sparsity over ``space.stop_above`` is not
     scored (when none is scored, the least damaging is chosen). Each configuration is ranked once for all its
     sparsities (and kept in ``families``, when given, for the picks built afterwards). ``inputs``: what else
-    the method needs ([`candidate_family`][persona_interp.evaluation.tuning.candidate_family]). ``budgets`` and
-    ``racing``: [`search`][persona_interp.evaluation.search.search].
+    the method needs ([`candidate_family`][persona_interp.evaluation.tuning.candidate_family]). ``budgets``,
+    ``racing`` and ``checkpoint``: [`search`][persona_interp.evaluation.search.search].
 
     Examples:
         >>> space = MaskSpace(sparsities=[0.1], modules=["mlp"], token_scopes=["all"])
@@ -262,7 +265,8 @@ def select_masks(model: Any, method: str, signatures: dict[str, tuple[Signature,
     candidates = [Candidate(config.row(rho), partial(poles, i, rho), group=i)
                   for i, config in enumerate(configs) for rho in sorted(space.sparsities)]
     table = search(model, candidates, validation, reference=reference, limit=space.stop_above, budgets=budgets,
-                   racing=racing, batch_size=batch_size, progress=progress, desc=f"mask search ({method})")
+                   racing=racing, batch_size=batch_size, progress=progress, desc=f"mask search ({method})",
+                   checkpoint=checkpoint)
     current.clear()
     best = pick_within(table, max_kl) if max_kl is not None else fallback(table)
     if best is None:
@@ -281,10 +285,11 @@ class PromptChoice:
 
 
 def select_prompts(model: Any, seek_prompts: Sequence[str], reject_prompts: Sequence[str],
-                   validation: Sequence[PersonaItem], *, batch_size: int = 8, progress: bool = False) -> PromptChoice:
+                   validation: Sequence[PersonaItem], *, batch_size: int = 8, progress: bool = False,
+                   checkpoint: SearchCheckpoint | None = None) -> PromptChoice:
     """Score every phrasing on the validation items; keep the seek phrasing with the highest mean
     margin and the reject phrasing with the lowest (the pair with the largest separation). Prompts leave the
-    weights unchanged, so no damage is measured.
+    weights unchanged, so no damage is measured. ``checkpoint``: [`search`][persona_interp.evaluation.search.search].
 
     Examples:
         >>> from persona_interp.data.personas import persona_prompts
@@ -304,7 +309,8 @@ def select_prompts(model: Any, seek_prompts: Sequence[str], reject_prompts: Sequ
 
     candidates = [Candidate(PromptSearchRow(side=side, prompt=prompt), partial(prompted, prompt))
                   for side, prompts in zip(SIDES, (seek_prompts, reject_prompts)) for prompt in prompts]
-    table = search(model, candidates, validation, batch_size=batch_size, progress=progress, desc="prompt search")
+    table = search(model, candidates, validation, batch_size=batch_size, progress=progress, desc="prompt search",
+                   checkpoint=checkpoint)
     seek = max((r for r in table if r.side == "seek"), key=margin)
     reject = min((r for r in table if r.side == "reject"), key=margin)
     return PromptChoice(seek.prompt, reject.prompt, table)
@@ -323,12 +329,14 @@ class LoRAChoice:
 
 def select_lora(model: Any, fit: Sequence[PersonaItem], validation: Sequence[PersonaItem], config: LoRAConfig | None = None,
                 *, reference: DamageReference | None = None, stop_above: float | None = None, budgets: Sequence[float] = (),
-                racing: Racing | None = None, batch_size: int = 8, progress: bool = True) -> LoRAChoice:
+                racing: Racing | None = None, batch_size: int = 8, progress: bool = True,
+                checkpoint: SearchCheckpoint | None = None) -> LoRAChoice:
     """Train a seek and a reject LoRA on ``fit`` and choose the number of epochs by the largest mean
     seek-minus-reject per-token margin on ``validation`` (the criterion of the steering search). With
     ``reference`` every epoch's row records its damage on neutral text (``kl``, the larger pole's, measured
     first); an epoch over ``stop_above`` (default: the largest of ``budgets``) is not scored and ends the sweep
-    (when none is scored, the least damaging is chosen).
+    (when none is scored, the least damaging is chosen). ``racing``, ``checkpoint``:
+    [`search`][persona_interp.evaluation.search.search] (the trainings are not checkpointed: they run again).
 
     Examples:
         >>> choice = select_lora(model, fit[:4], validation, LoRAConfig(epochs=2, rank=2), progress=False)
@@ -353,7 +361,7 @@ def select_lora(model: Any, fit: Sequence[PersonaItem], validation: Sequence[Per
                                 partial(trained, epoch), group="epochs")
                       for epoch in range(config.epochs)]
         table = search(model, candidates, validation, reference=reference, limit=stop_above, budgets=budgets, racing=racing,
-                       batch_size=batch_size, progress=progress, desc="LoRA epochs")
+                       batch_size=batch_size, progress=progress, desc="LoRA epochs", checkpoint=checkpoint)
         bar.update()
     epoch = table[fallback(table)].epochs - 1
     return LoRAChoice(epoch + 1, runs["seek"][epoch], runs["reject"][epoch], table, runs)

@@ -31,7 +31,7 @@ from persona_interp.data.personas import (
     persona_prompts,
 )
 from persona_interp.data.retrieval import Retriever
-from persona_interp.evaluation.checkpoint import EvaluationCheckpoint, checkpoint_key
+from persona_interp.evaluation.checkpoint import EvaluationCheckpoint, SearchCheckpoint, checkpoint_key
 from persona_interp.evaluation.controls import damage_matched_random
 from persona_interp.evaluation.evaluate import budget_winners, control_comparison, equal_damage_summary, evaluate, frontier_rows
 from persona_interp.evaluation.rows import SteeringSearchRow
@@ -102,7 +102,8 @@ def git_revision(root: str | Path = REPO_ROOT) -> str:
 
 
 def persona_conditions(model: Any, persona: str, config: ReproduceConfig, progress: bool = True, *,
-                       neutral: Signature | None = None) -> tuple[list[Condition], Used, dict[str, Signature]]:
+                       neutral: Signature | None = None,
+                       checkpoint: SearchCheckpoint | None = None) -> tuple[list[Condition], Used, dict[str, Signature]]:
     """Every condition of one persona, each regime's dose chosen on the validation split:
 
     * base; the persona prompts (phrasing searched) and RAG;
@@ -120,7 +121,9 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig, progre
     The neutral texts are split three ways ([`neutral_split`][persona_interp.data.personas.neutral_split]): the
     reported damage (``config.n_neutral``, measured by [`reproduce`][persona_interp.studies.reproduce.reproduce]), the
     selection texts every search enforces its budgets on, and the fit texts the damage-aware methods fit on (with
-    ``neutral``, their neutral signature: collected on the fit texts here when not given).
+    ``neutral``, their neutral signature: collected on the fit texts here when not given). ``checkpoint``: every
+    search's rows as measured ([`SearchCheckpoint`][persona_interp.evaluation.checkpoint.SearchCheckpoint]), read back
+    by a resumed run (signatures, LoRA and gate training and the picks' controls are computed again).
 
     Returns the conditions, what was used to build them (every search table and the mask diagnostics), and the
     two poles' signatures."""
@@ -158,7 +161,7 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig, progre
     if config.prompt_search:
         with stage("prompt search", progress=progress):
             phrasing = select_prompts(model, persona_prompts(persona, "seek"), persona_prompts(persona, "reject"), validation,
-                                    batch_size=config.batch_size)
+                                    batch_size=config.batch_size, checkpoint=_part(checkpoint, "prompts"))
         prompts, used.prompt_search = {"seek": phrasing.seek, "reject": phrasing.reject}, phrasing.table
     for side in SIDES:
         conditions.append(Prompt(f"prompt-{side}", side=side, system=prompts[side], pair="prompt"))
@@ -166,12 +169,13 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig, progre
     for side in SIDES:
         conditions.append(Prompt(f"rag-{side}", side=side, regime="rag", pair="rag",
                                  system=functools.partial(retriever.system_prompt, side=side, k=config.rag_k)))
-    steering, used.steering_search = steering_conditions(model, fit, validation, config, selection, progress)
+    steering, used.steering_search = steering_conditions(model, fit, validation, config, selection, progress,
+                                                         checkpoint=checkpoint)
     conditions += steering
     if config.lora is not None:
         choice = select_lora(model, list(fit), list(validation), config.lora, reference=selection,
                              stop_above=max(config.damage_budgets), budgets=config.damage_budgets, racing=config.racing,
-                             batch_size=config.batch_size, progress=progress)
+                             batch_size=config.batch_size, progress=progress, checkpoint=_part(checkpoint, "lora"))
         used.lora_search = LoRASearch(epochs=choice.epochs, table=choice.table, config=config.lora)
         for budgets, index in budget_picks(choice.table, config.damage_budgets):
             for side in SIDES:
@@ -190,10 +194,14 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig, progre
             neutral = neutral_signature(model, config, progress)
         inputs = MethodInputs(neutral=neutral, items=list(fit), neutral_texts=texts.fit, persona=persona)
         conditions += budget_mask_conditions(model, persona, by_scope, validation, selection, prompts, config, used,
-                                             progress, families, inputs=inputs)
+                                             progress, families, inputs=inputs, checkpoint=checkpoint)
     if config.diagnostics:
         used.diagnostics = mask_diagnostics(model, persona, sig, validation, config, progress, families)
     return conditions, used, sig
+
+
+def _part(checkpoint: SearchCheckpoint | None, name: str) -> SearchCheckpoint | None:
+    return None if checkpoint is None else checkpoint.part(name)
 
 
 def searched_methods(config: ReproduceConfig) -> list[MethodSpec]:
@@ -304,7 +312,8 @@ def paper_mask_conditions(model: Any, persona: str, signatures: tuple[Signature,
 def budget_mask_conditions(model: Any, persona: str, by_scope: dict[str, tuple[Signature, Signature]],
                            validation: PersonaDataset, selection: DamageReference, prompts: dict[str, str],
                            config: ReproduceConfig, used: Used, progress: bool = True,
-                           families: FamilyCache | None = None, *, inputs: MethodInputs | None = None) -> list[Condition]:
+                           families: FamilyCache | None = None, *, inputs: MethodInputs | None = None,
+                           checkpoint: SearchCheckpoint | None = None) -> list[Condition]:
     """Each searched mask method's search ([`searched_methods`][persona_interp.studies.reproduce.searched_methods];
     [`select_masks`][persona_interp.evaluation.tuning.select_masks], damage on ``selection``) and its pick per damage
     budget, named ``METHOD-SIDE@klB``, alone and with its prompt, each pick with a random mask that removes the same
@@ -318,7 +327,7 @@ def budget_mask_conditions(model: Any, persona: str, by_scope: dict[str, tuple[S
     searches: dict[str, MaskSearch] = {}
     for method in [spec.name for spec in searched_methods(config)]:
         choice = select_masks(model, method, by_scope, validation, space, reference=selection, persona=persona,
-                              budgets=config.damage_budgets, racing=config.racing,
+                              budgets=config.damage_budgets, racing=config.racing, checkpoint=_part(checkpoint, f"masks {method}"),
                               batch_size=config.batch_size, families=families, inputs=inputs, progress=progress)
         searches[method] = MaskSearch(chosen=choice.config, table=choice.table)
         for budgets, index in budget_picks(choice.table, config.damage_budgets):
@@ -355,8 +364,8 @@ def mask_diagnostics(model: Any, persona: str, sig: dict[str, Signature], valida
 
 
 def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaDataset, config: ReproduceConfig,
-                        selection: DamageReference | None = None,
-                        progress: bool = True) -> tuple[list[Condition], dict[str, SteeringSearch]]:
+                        selection: DamageReference | None = None, progress: bool = True, *,
+                        checkpoint: SearchCheckpoint | None = None) -> tuple[list[Condition], dict[str, SteeringSearch]]:
     """Mean-difference (CAA), PCA and ODE steering (barrier on ``config.ode_features`` random Fourier
     features) and weight-edit steering along the mean-difference direction (``config.weight_edit_strengths``;
     [`DirectionalEdit`][persona_interp.interventions.weight_edit.DirectionalEdit]), each searched over layer ×
@@ -390,7 +399,8 @@ def steering_conditions(model: Any, fit: PersonaDataset, validation: PersonaData
                                               # not the weight edit: a row's poles are oriented after the search
                                               # (_oriented), so a negative separation can still win
                                               racing=config.racing if selection and method != "weight_edit" else None,
-                                              batch_size=config.batch_size, progress=progress)
+                                              batch_size=config.batch_size, progress=progress,
+                                              checkpoint=_part(checkpoint, f"steering {method}"))
             bar.update()
     for method, choice in choices.items():
         vectors = candidates[method]
@@ -434,10 +444,11 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
     finished in ``out_dir/results.json`` under the same configuration are kept and only the others run (a full
     run can span several sessions; each persona records the revision and provenance that computed it); a file
     made by another model (name or weights), dtype, device or CPU kind (its bfloat16 instructions) is refused
-    unless ``allow_mixed``, and the report then names each persona's set-up. A persona cut off during its evaluation
-    resumes there: its searches run again and the conditions already scored are read back from
-    ``out_dir/checkpoints/PERSONA.json`` when the searches came out the same
-    ([`evaluation_key`][persona_interp.studies.reproduce.evaluation_key]); without ``resume`` the checkpoints are removed.
+    unless ``allow_mixed``, and the report then names each persona's set-up. A persona cut off resumes where it
+    stopped: the search rows already measured are read back from ``out_dir/checkpoints/PERSONA-searches.json`` and
+    the conditions already scored from ``out_dir/checkpoints/PERSONA.json`` (when the searches came out the same,
+    [`evaluation_key`][persona_interp.studies.reproduce.evaluation_key]); both are valid only for the same
+    configuration, set-up and code (a digest of the package's source); without ``resume`` they are removed.
 
     Example (the full job, skipped in the doctests):
         >>> from persona_interp.studies.config import FULL
@@ -480,7 +491,10 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
                     "neutral_signatures" in spec.needs for spec in searched_methods(config)):
                 with stage("neutral signature", progress=progress):
                     fitted = neutral_signature(model, config, progress)
-            conditions, used, signatures = persona_conditions(model, persona, config, progress, neutral=fitted)
+            searches = SearchCheckpoint(out_dir / "checkpoints" / f"{persona}-searches.json",
+                                        checkpoint_key(_run_parts(persona, config, provenance)))
+            conditions, used, signatures = persona_conditions(model, persona, config, progress, neutral=fitted,
+                                                              checkpoint=searches)
             for side, signature in signatures.items():                  # reusable by `analyse` and the notebooks
                 signature.save(out_dir / "signatures" / f"{persona}_{side}.safetensors", overwrite=force or resume)
             test = test_items(persona, config)
@@ -512,6 +526,7 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
                 plot_persona(persona, entry, figures_dir)
                 plot_stability(results, figures_dir / "stability")       # across the personas so far
                 checkpoint.clear()                                       # the persona is in results.json now
+                searches.clear()
     return report
 
 
@@ -535,13 +550,20 @@ def evaluation_key(persona: str, config: ReproduceConfig, provenance: Provenance
     apart), the model's provenance (name, weights, dtype, device, CPU kind), the code
     ([`code_digest`][persona_interp.studies.reproduce.code_digest]), every search table and diagnostic that chose
     and describes the conditions (``used``), the conditions' names, the test items and both damage measures' texts.
-    A resumed run searches again; its checkpoint is read back only when all of these come out the same."""
+    A resumed run builds its conditions again (its searches read back from their own checkpoint, keyed by the same
+    persona, configuration, set-up and code); the evaluation checkpoint is read back only when all of these come
+    out the same."""
+    return checkpoint_key({**_run_parts(persona, config, provenance), "used": used.model_dump(mode="json"),
+                           "conditions": [c.name for c in conditions], "test": [dataclasses.asdict(item) for item in test],
+                           "neutral": neutral, "others": others})
+
+
+def _run_parts(persona: str, config: ReproduceConfig, provenance: Provenance) -> dict[str, Any]:
+    """What every checkpoint of a persona depends on: the persona, the configuration (its persona list apart), the
+    model's set-up ([`RESUME_CHECKS`][persona_interp.studies.reproduce.RESUME_CHECKS]) and the code."""
     options = {k: v for k, v in dataclasses.asdict(config).items() if k != "personas"}
     machine = {what: str(get(provenance)) for what, get in RESUME_CHECKS.items()}
-    return checkpoint_key({"persona": persona, "config": options, "provenance": machine, "code": code_digest(),
-                           "used": used.model_dump(mode="json"), "conditions": [c.name for c in conditions],
-                           "test": [dataclasses.asdict(item) for item in test],
-                           "neutral": neutral, "others": others})
+    return {"persona": persona, "config": options, "provenance": machine, "code": code_digest()}
 
 
 RESUME_CHECKS = {"model": lambda p: p.model, "weights' fingerprint": lambda p: p.fingerprint, "dtype": lambda p: p.dtype,
