@@ -1,4 +1,5 @@
 """The main job end to end on a tiny model and a made-up persona dataset."""
+import functools
 import json
 import subprocess
 
@@ -293,6 +294,16 @@ def test_resume_keeps_finished_personas_and_refuses_another_config(tiny_pipeline
 
 
 
+def _cut_off(real, calls, limit):
+    """``real`` (a scorer), counting its calls in ``calls``; after ``limit`` calls the session ends (None: never)."""
+    def score(model, items, **kw):
+        if limit is not None and len(calls) >= limit:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(model, items, **kw)
+    return score
+
+
 def test_a_persona_cut_off_in_its_evaluation_resumes_there_with_the_same_results(tiny_pipeline, tmp_path, monkeypatch):
     """A run stopped after a few conditions were scored keeps them in out/checkpoints/power.json; --resume searches
     again (the same tables, so the checkpoint's key matches), reads them back and scores only the rest; the results
@@ -307,14 +318,7 @@ def test_a_persona_cut_off_in_its_evaluation_resumes_there_with_the_same_results
     whole = pipeline.reproduce(config, tmp_path / "whole", model=model, progress=False)
     expected = json.loads(whole.with_name("results.json").read_text())["personas"]["power"]
     real, scored = evaluation.score_ab, []
-
-    def scorer(limit):
-        def score(model, items, **kw):
-            if limit is not None and len(scored) >= limit:
-                raise KeyboardInterrupt                       # the session ends mid-evaluation
-            scored.append(1)
-            return real(model, items, **kw)
-        return score
+    scorer = functools.partial(_cut_off, real, scored)
 
     monkeypatch.setattr(evaluation, "score_ab", scorer(5))
     with pytest.raises(KeyboardInterrupt):
@@ -459,14 +463,7 @@ def test_a_persona_cut_off_in_its_searches_resumes_them_with_the_same_results(ti
     model, config, _ = tiny_pipeline
     config = dataclasses.replace(config, diagnostics=False, matched_controls=None, lora=dataclasses.replace(config.lora, epochs=1))
     real, calls = search.score_ab, []
-
-    def scorer(limit):
-        def score(model, items, **kw):
-            if limit is not None and len(calls) >= limit:
-                raise KeyboardInterrupt                       # the session ends mid-search
-            calls.append(1)
-            return real(model, items, **kw)
-        return score
+    scorer = functools.partial(_cut_off, real, calls)
 
     monkeypatch.setattr(search, "score_ab", scorer(None))
     whole = pipeline.reproduce(config, tmp_path / "whole", model=model, progress=False)
