@@ -455,31 +455,50 @@ def test_a_run_on_a_model_folder_names_that_folder_in_its_report_and_results(tin
 
 
 def test_a_persona_cut_off_in_its_searches_resumes_them_with_the_same_results(tiny_pipeline, tmp_path, monkeypatch):
-    """A run stopped halfway through its searches keeps every measured row in out/checkpoints/power-searches.json;
-    --resume reads them back (scoring only the candidates left, at most one candidate's poles again), and its results
-    equal an uninterrupted run's; the file is gone once the persona is saved."""
+    """A run stopped halfway through its searches keeps every measured row in out/checkpoints/power-searches.json and
+    what it trained (LoRA adapters, learned gates) beside it; --resume reads them back (scoring only the candidates
+    left, at most one candidate's poles again; training nothing twice), and its results equal an uninterrupted run's;
+    the files are gone once the persona is saved."""
     import dataclasses
 
+    from persona_interp.evaluation import tuning
+    from persona_interp.masks import damage_aware
+
     model, config, _ = tiny_pipeline
-    config = dataclasses.replace(config, diagnostics=False, matched_controls=None, lora=dataclasses.replace(config.lora, epochs=1))
+    config = dataclasses.replace(config, diagnostics=False, matched_controls=None, lora=dataclasses.replace(config.lora, epochs=2),
+                                 damage_aware_methods=["retain_ratio", "learned_gates"])
     real, calls = search.score_ab, []
     scorer = functools.partial(_cut_off, real, calls)
+    trained: dict[str, int] = {"lora": 0, "gates": 0}
+
+    def counting(real, what):
+        def train(*args, **kwargs):
+            trained[what] += 1
+            return real(*args, **kwargs)
+        return train
+
+    monkeypatch.setattr(tuning, "train_lora", counting(tuning.train_lora, "lora"))
+    monkeypatch.setattr(damage_aware, "train_gates", counting(damage_aware.train_gates, "gates"))
 
     monkeypatch.setattr(search, "score_ab", scorer(None))
     whole = pipeline.reproduce(config, tmp_path / "whole", model=model, progress=False)
     expected = json.loads(whole.with_name("results.json").read_text())["personas"]["power"]
-    n_calls, cut = len(calls), len(calls) // 2 + 1         # an odd cut: between a candidate's two poles
-    assert n_calls > 10
+    n_calls, cut = len(calls), len(calls) - 3             # in the last search (learned gates), after all training
+    whole_trained = dict(trained)                          # 2 LoRAs (one per pole); gates per configuration
+    assert n_calls > 10 and whole_trained["lora"] == 2 and whole_trained["gates"] >= 1
     calls.clear()
+    trained.update(lora=0, gates=0)
     monkeypatch.setattr(search, "score_ab", scorer(cut))
     with pytest.raises(KeyboardInterrupt):
         pipeline.reproduce(config, tmp_path / "out", model=model, progress=False)
     saved = tmp_path / "out" / "checkpoints" / "power-searches.json"
     assert len(json.loads(saved.read_text())["scored"]) >= (cut - 2) // 2
+    assert trained["lora"] == 2                            # the LoRA search comes before the mask searches
     calls.clear()
     monkeypatch.setattr(search, "score_ab", scorer(None))
     pipeline.reproduce(config, tmp_path / "out", model=model, progress=False, resume=True)
     assert n_calls - cut <= len(calls) <= n_calls - cut + 2 and not saved.parent.exists()
+    assert trained == whole_trained                        # cut-off run and resumed run together: each trained once
     resumed = json.loads((tmp_path / "out" / "results.json").read_text())["personas"]["power"]
     for key in ("used", "per_item", "damage", "contrasts", "budget_winners", "table"):
         assert resumed[key] == expected[key], key

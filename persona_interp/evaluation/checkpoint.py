@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,6 +189,18 @@ class SearchCheckpoint(_Checkpoint[dict[str, Any]]):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._file: SearchCheckpoint = self          # every part reads and writes through the first
+
+    @property
+    def artefacts(self) -> Path:
+        """A folder for what the searches train (LoRA adapters, learned gates), named by the key, so a resumed run
+        with the same key reads them back instead of training again; removed by
+        [`clear`][persona_interp.evaluation.checkpoint.SearchCheckpoint.clear]."""
+        return self.path.with_name(f"{self.path.stem}-trained") / self.key
+
+    def clear(self) -> None:
+        """Remove the file and the trained artefacts (and the folder when that is left empty)."""
+        shutil.rmtree(self.artefacts.parent, ignore_errors=True)
+        super().clear()
 
     def part(self, name: str) -> SearchCheckpoint:
         """The same file, for the search called ``name`` (its rows apart from every other search's)."""

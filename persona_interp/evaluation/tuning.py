@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Generic, Mapping, Sequence, TypeVar
 
-from persona_interp.data.personas import SIDES, PersonaItem
+from persona_interp.data.personas import SIDES, PersonaItem, Side
 from persona_interp.evaluation.checkpoint import SearchCheckpoint
 from persona_interp.evaluation.rows import LoRASearchRow, MaskConfig, MaskSearchRow, PromptSearchRow, SteeringSearchRow
 from persona_interp.evaluation.scoring import DamageReference
@@ -327,6 +327,21 @@ class LoRAChoice:
     runs: dict[str, list[LoRA]] = field(default_factory=dict)    # each pole's LoRA after every epoch (budgeted picks)
 
 
+def _trained_lora(model: Any, fit: Sequence[PersonaItem], side: Side, config: LoRAConfig,
+                  checkpoint: SearchCheckpoint | None, progress: bool) -> list[LoRA]:
+    """``side``'s adapter after each epoch: read back from ``checkpoint``'s artefacts when all are there, else
+    trained (and kept there)."""
+    paths = ([checkpoint.artefacts / f"{checkpoint.name}-{side}-epoch{epoch + 1}.safetensors" for epoch in range(config.epochs)]
+             if checkpoint is not None else [])
+    if paths and all(path.is_file() for path in paths):
+        return [LoRA.load(path) for path in paths]
+    runs = train_lora(model, fit, side, config, snapshots=True, progress=progress)
+    for lora, path in zip(runs, paths):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lora.save(path, overwrite=True)
+    return runs
+
+
 def select_lora(model: Any, fit: Sequence[PersonaItem], validation: Sequence[PersonaItem], config: LoRAConfig | None = None,
                 *, reference: DamageReference | None = None, stop_above: float | None = None, budgets: Sequence[float] = (),
                 racing: Racing | None = None, batch_size: int = 8, progress: bool = True,
@@ -336,7 +351,8 @@ def select_lora(model: Any, fit: Sequence[PersonaItem], validation: Sequence[Per
     ``reference`` every epoch's row records its damage on neutral text (``kl``, the larger pole's, measured
     first); an epoch over ``stop_above`` (default: the largest of ``budgets``) is not scored and ends the sweep
     (when none is scored, the least damaging is chosen). ``racing``, ``checkpoint``:
-    [`search`][persona_interp.evaluation.search.search] (the trainings are not checkpointed: they run again).
+    [`search`][persona_interp.evaluation.search.search]; with a checkpoint each epoch's adapters are kept in its
+    [`artefacts`][persona_interp.evaluation.checkpoint.SearchCheckpoint.artefacts] and read back, not trained again.
 
     Examples:
         >>> choice = select_lora(model, fit[:4], validation, LoRAConfig(epochs=2, rank=2), progress=False)
@@ -350,7 +366,7 @@ def select_lora(model: Any, fit: Sequence[PersonaItem], validation: Sequence[Per
     with stage("LoRA search", total=len(SIDES) + 1, progress=progress) as bar:   # both trainings, then the epochs
         runs: dict[str, list[LoRA]] = {}
         for side in SIDES:
-            runs[side] = train_lora(model, fit, side, config, snapshots=True, progress=progress)
+            runs[side] = _trained_lora(model, fit, side, config, checkpoint, progress)
             bar.update()
 
         def trained(epoch: int) -> tuple[Pole, ...]:

@@ -37,6 +37,8 @@ Examples:
 """
 from __future__ import annotations
 
+import hashlib
+
 import math
 import dataclasses
 from dataclasses import dataclass
@@ -420,7 +422,7 @@ def snip_set_difference_masks(model: Any, items: Sequence[PersonaItem], neutral_
 
 
 # ---------------------------------------------------------------------- the method registry's entries
-from persona_interp.masks.learned import GateConfig, train_gates  # noqa: E402  (learned.py does not import this module)
+from persona_interp.masks.learned import GateConfig, LearnedGates, train_gates  # noqa: E402  (learned.py does not import this module)
 from persona_interp.masks.registry import Family, MethodInputs, MethodSpec, Need, register  # noqa: E402
 
 
@@ -472,10 +474,21 @@ def _learned_gates(model: Any, inputs: MethodInputs, *, families: FamilyCache | 
     assert items is not None and texts is not None and seek is not None and reject is not None   # MethodSpec.check_inputs
     key = ("learned_gates", id(inputs.items), id(inputs.neutral_texts), *_signature_key(inputs.seek),
            *_signature_key(inputs.reject), inputs.persona, _options_key({**options, "modules": modules, "layers": layers}))
-    return _kept(families, key, lambda: train_gates(model, items, texts, seek, reject,
-                                                    config=GateConfig(**options), modules=modules, layers=layers,
-                                                    persona=inputs.persona).family(model, cache=True),
-                 items, texts, seek, reject)
+
+    def trained() -> LearnedGates:
+        # in the store: named by what the training reads besides the inputs the store's owner keyed it by
+        named = repr([seek.statistic, reject.statistic, seek.meta.get("token_scope"), key[-1]]).encode()
+        stored = None if inputs.store is None else inputs.store / f"learned_gates-{hashlib.sha256(named).hexdigest()[:16]}.safetensors"
+        if stored is not None and stored.is_file():
+            return LearnedGates.load(stored)
+        gates = train_gates(model, items, texts, seek, reject, config=GateConfig(**options), modules=modules,
+                            layers=layers, persona=inputs.persona)
+        if stored is not None:
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            gates.save(stored, overwrite=True)
+        return gates
+
+    return _kept(families, key, lambda: trained().family(model, cache=True), items, texts, seek, reject)
 
 
 _CONTRAST = {"phi": "relu", "tau": 1.0, "eps": 1e-8}

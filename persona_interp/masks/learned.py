@@ -18,20 +18,27 @@ Examples:
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
 from jaxtyping import Float
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from persona_interp.data.files import read_header, write_tagged
 from persona_interp.data.personas import SIDES, PersonaItem
 from persona_interp.masks.builders import MaskFamily, check_contrast, check_sparsity, contrast, row_ranks, selected_maps
 from persona_interp.masks.mask import Mask
 from persona_interp.masks.objectives import ab_margins, frozen_weights, kl_from, neutral_logprobs, restore_grad
 from persona_interp.model.adapter import LinearMap, get_adapter
 from persona_interp.signatures import Signature
+
+FORMAT = "persona_interp.learned_gates/1"
 
 UNIT_KINDS = ("down", "o")       # the maps whose input columns are units: MLP neurons, attention heads
 
@@ -78,6 +85,32 @@ class LearnedGates:
     logits: dict[str, dict[str, Float[Tensor, " n_in"]]]
     losses: dict[str, list[float]]
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Save as safetensors (the logits, float32, bit-exact; the losses and metadata as JSON); never overwrites
+        unless ``overwrite=True``.
+
+        Examples:
+            >>> gates = train_gates(model, fit[:4], texts, sig_seek, sig_reject, layers=[1], config=GateConfig(steps=2))
+            >>> again = LearnedGates.load(gates.save("gates.safetensors"))
+            >>> again.logits["seek"]["blocks.1.mlp.down"].equal(gates.logits["seek"]["blocks.1.mlp.down"]), again.losses == gates.losses
+            (True, True)
+        """
+        tensors = {f"{side}|{name}": logit.contiguous() for side, maps in self.logits.items() for name, logit in maps.items()}
+        return write_tagged(path, tensors, FORMAT, {"losses": json.dumps(self.losses), "meta": json.dumps(self.meta)},
+                            save_file, overwrite)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LearnedGates:
+        """Load gates saved by [`save`][persona_interp.masks.learned.LearnedGates.save] (no unpickling)."""
+        header = read_header(path, FORMAT, "learned gates")
+        logits: dict[str, dict[str, Tensor]] = {side: {} for side in SIDES}
+        for key, logit in load_file(str(path)).items():
+            side, name = key.split("|", 1)
+            if side not in logits:
+                raise ValueError(f"{path}: tensor {key!r} is of no pole ({list(SIDES)})")
+            logits[side][name] = logit
+        return cls(logits, json.loads(header["losses"]), json.loads(header["meta"]))
 
     def family(self, model: Any, cache: bool = False) -> MaskFamily:
         """The masks at any sparsity: each row of a map keeps its ``⌊n_in·(1−ρ)⌋`` highest-gate columns."""

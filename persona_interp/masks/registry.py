@@ -31,6 +31,7 @@ Examples:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Protocol, Sequence, runtime_checkable
 
 from persona_interp.data.personas import SIDES, PersonaItem
@@ -49,7 +50,9 @@ GIVES: tuple[Gives, ...] = ("mask", "gains", "dense_edit")
 @dataclass(frozen=True)
 class MethodInputs:
     """What a builder may read: the poles' signatures, a neutral-text signature, calibration items, neutral
-    texts, and the persona's name (recorded in the masks' metadata). A method reads only what it ``needs``."""
+    texts, and the persona's name (recorded in the masks' metadata). A method reads only what it ``needs``.
+    ``store``: a folder where a method that trains keeps what it trained, read back instead of training again
+    (the caller names the folder by everything the training depends on; the main job: its search checkpoint's)."""
 
     seek: Signature | None = None
     reject: Signature | None = None
@@ -57,6 +60,7 @@ class MethodInputs:
     items: Sequence[PersonaItem] | None = None
     neutral_texts: Sequence[str] | None = None
     persona: str | None = None
+    store: Path | None = None
 
 
 @runtime_checkable

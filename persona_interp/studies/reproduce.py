@@ -123,7 +123,8 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig, progre
     selection texts every search enforces its budgets on, and the fit texts the damage-aware methods fit on (with
     ``neutral``, their neutral signature: collected on the fit texts here when not given). ``checkpoint``: every
     search's rows as measured ([`SearchCheckpoint`][persona_interp.evaluation.checkpoint.SearchCheckpoint]), read back
-    by a resumed run (signatures, LoRA and gate training and the picks' controls are computed again).
+    by a resumed run, with the LoRA adapters and learned gates the searches trained (signatures, gradient scores and
+    the picks' controls are computed again).
 
     Returns the conditions, what was used to build them (every search table and the mask diagnostics), and the
     two poles' signatures."""
@@ -192,7 +193,8 @@ def persona_conditions(model: Any, persona: str, config: ReproduceConfig, progre
         searched = searched_methods(config)
         if neutral is None and any("neutral_signatures" in spec.needs for spec in searched):
             neutral = neutral_signature(model, config, progress)
-        inputs = MethodInputs(neutral=neutral, items=list(fit), neutral_texts=texts.fit, persona=persona)
+        inputs = MethodInputs(neutral=neutral, items=list(fit), neutral_texts=texts.fit, persona=persona,
+                              store=checkpoint.artefacts if checkpoint is not None else None)
         conditions += budget_mask_conditions(model, persona, by_scope, validation, selection, prompts, config, used,
                                              progress, families, inputs=inputs, checkpoint=checkpoint)
     if config.diagnostics:
