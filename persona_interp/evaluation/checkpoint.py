@@ -142,8 +142,8 @@ class EvaluationCheckpoint(_Checkpoint[ScoredCondition]):
     """The checkpoint file at ``path`` of the evaluation identified by ``key``
     ([`checkpoint_key`][persona_interp.evaluation.checkpoint.checkpoint_key]); pass it to
     [`evaluate`][persona_interp.evaluation.evaluate.evaluate]. Each condition is added (the file rewritten
-    atomically) as it is measured; [`clear`][persona_interp.evaluation.checkpoint.EvaluationCheckpoint.clear] removes
-    the file once the results are saved elsewhere."""
+    atomically) as it is measured; ``clear()`` removes the file (and its folder when left empty) once the results
+    are saved elsewhere."""
 
     def _parse(self, text: str) -> tuple[str, dict[str, ScoredCondition]]:
         saved = CheckpointFile.model_validate_json(text)
