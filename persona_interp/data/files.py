@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar, runtime_checkable
 
 from safetensors import safe_open
 
@@ -87,3 +87,34 @@ def read_header(path: str | os.PathLike, fmt: str, what: str) -> dict[str, str]:
     if header.get("format") != fmt:
         raise ValueError(f"{path} is not a persona_interp {what} (format {header.get('format')!r})")
     return header
+
+
+@runtime_checkable
+class Saveable(Protocol):
+    """What [`made_or_read`][persona_interp.data.files.made_or_read] keeps: an object that saves itself to a file."""
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path: ...
+
+
+S = TypeVar("S", bound=Saveable)
+
+
+def made_or_read(paths: Sequence[Path], load: Callable[[Path], S], make: Callable[[], Sequence[S]]) -> list[S]:
+    """What ``make`` makes, one object per path: read back with ``load`` when every path is a file, else made and each
+    saved to its path (a partial set is made again and replaced), so a run resumed with the same paths does not make it
+    again (LoRA epochs, learned gates). No paths: made and not kept.
+
+    Examples:
+        >>> first = made_or_read([Path("kept.safetensors")], Mask.load, lambda: [mask])
+        >>> again = made_or_read([Path("kept.safetensors")], Mask.load, lambda: 1 / 0)   # read back, not made
+        >>> again[0].sparsity() == first[0].sparsity()
+        True
+    """
+    if paths and all(path.is_file() for path in paths):
+        return [load(path) for path in paths]
+    made = list(make())
+    if paths and len(made) != len(paths):
+        raise ValueError(f"made {len(made)} objects for {len(paths)} paths")
+    for thing, path in zip(made, paths):
+        thing.save(path, overwrite=True)
+    return made

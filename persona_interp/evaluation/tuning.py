@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Generic, Mapping, Sequence, TypeVar
 
+from persona_interp.data.files import made_or_read
 from persona_interp.data.personas import SIDES, PersonaItem, Side
 from persona_interp.evaluation.checkpoint import SearchCheckpoint
 from persona_interp.evaluation.rows import LoRASearchRow, MaskConfig, MaskSearchRow, PromptSearchRow, SteeringSearchRow
@@ -333,13 +334,7 @@ def _trained_lora(model: Any, fit: Sequence[PersonaItem], side: Side, config: Lo
     trained (and kept there)."""
     paths = ([checkpoint.artefacts / f"{checkpoint.name}-{side}-epoch{epoch + 1}.safetensors" for epoch in range(config.epochs)]
              if checkpoint is not None else [])
-    if paths and all(path.is_file() for path in paths):
-        return [LoRA.load(path) for path in paths]
-    runs = train_lora(model, fit, side, config, snapshots=True, progress=progress)
-    for lora, path in zip(runs, paths):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lora.save(path, overwrite=True)
-    return runs
+    return made_or_read(paths, LoRA.load, lambda: train_lora(model, fit, side, config, snapshots=True, progress=progress))
 
 
 def select_lora(model: Any, fit: Sequence[PersonaItem], validation: Sequence[PersonaItem], config: LoRAConfig | None = None,

@@ -48,6 +48,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from persona_interp.data.files import made_or_read
 from persona_interp.data.personas import PersonaItem
 from persona_interp.masks.builders import (
     FamilyCache,
@@ -478,15 +479,9 @@ def _learned_gates(model: Any, inputs: MethodInputs, *, families: FamilyCache | 
     def trained() -> LearnedGates:
         # in the store: named by what the training reads besides the inputs the store's owner keyed it by
         named = repr([seek.statistic, reject.statistic, seek.meta.get("token_scope"), key[-1]]).encode()
-        stored = None if inputs.store is None else inputs.store / f"learned_gates-{hashlib.sha256(named).hexdigest()[:16]}.safetensors"
-        if stored is not None and stored.is_file():
-            return LearnedGates.load(stored)
-        gates = train_gates(model, items, texts, seek, reject, config=GateConfig(**options), modules=modules,
-                            layers=layers, persona=inputs.persona)
-        if stored is not None:
-            stored.parent.mkdir(parents=True, exist_ok=True)
-            gates.save(stored, overwrite=True)
-        return gates
+        stored = [] if inputs.store is None else [inputs.store / f"learned_gates-{hashlib.sha256(named).hexdigest()[:16]}.safetensors"]
+        return made_or_read(stored, LearnedGates.load, lambda: [train_gates(model, items, texts, seek, reject,
+                            config=GateConfig(**options), modules=modules, layers=layers, persona=inputs.persona)])[0]
 
     return _kept(families, key, lambda: trained().family(model, cache=True), items, texts, seek, reject)
 
