@@ -4,9 +4,9 @@ A stage opened while another is active does not open a line of its own: it updat
 line (``mask search (contrastive_wanda) 3/8 › A/B scoring 1/2 · 12 s, ~20 s left``). On a terminal the line
 is rewritten in place; when stderr is not a terminal each outermost stage writes one log line when it starts
 and one when it ends (with its seconds); with ``progress=False`` nothing is written, for it or anything
-nested in it. Every outermost stage's wall time (and the model forwards a caller attributes to it with
-[`add_forwards`][persona_interp.progress.add_forwards]) is recorded, for a benchmark to print each stage's share
-([`stage_times`][persona_interp.progress.stage_times]).
+nested in it. Every outermost stage's wall time (and the model forwards run inside it, counted by
+[`counting_forwards`][persona_interp.progress.counting_forwards]) is recorded, for a report or a benchmark to print
+each stage's share ([`stage_times`][persona_interp.progress.stage_times]).
 
 Examples:
     >>> reset_stage_times()
@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 REFRESH_S = 0.2          # least time between two rewrites of a terminal line
 
@@ -44,8 +45,9 @@ def peak_memory_mb() -> float:
 @dataclass
 class StageRecord:
     """A finished outermost stage: its name, the scope it ran in (e.g. the persona), its wall time, the steps
-    done of ``total``, the model forwards attributed to it, the process's peak resident memory at its end
-    (``peak_mb``) and how much the stage raised that peak (``peak_rise_mb``: 0 when an earlier stage had held more)."""
+    done of ``total``, the model forwards run inside it (``forwards`` calls of the model, ``rows`` sequences,
+    ``tokens`` positions, padding included), the process's peak resident memory at its end (``peak_mb``) and how
+    much the stage raised that peak (``peak_rise_mb``: 0 when an earlier stage had held more)."""
 
     name: str
     seconds: float
@@ -55,6 +57,8 @@ class StageRecord:
     forwards: int = 0
     peak_mb: float = 0.0
     peak_rise_mb: float = 0.0
+    rows: int = 0
+    tokens: int = 0
 
 
 @dataclass
@@ -68,6 +72,8 @@ class Stage:
     started: float = field(default_factory=time.perf_counter)
     count: int = 0
     forwards: int = 0
+    rows: int = 0
+    tokens: int = 0
     peak_at_start: float = field(default_factory=peak_memory_mb)
 
     def update(self, n: int = 1) -> None:
@@ -152,7 +158,8 @@ def stage(name: str, total: int | None = None, *, progress: bool = True) -> Iter
         if outer:
             seconds = time.perf_counter() - s.started
             peak = peak_memory_mb()
-            _RECORDS.append(StageRecord(name, seconds, s.count, total, label, s.forwards, peak, peak - s.peak_at_start))
+            _RECORDS.append(StageRecord(name, seconds, s.count, total, label, s.forwards, peak, peak - s.peak_at_start,
+                                        s.rows, s.tokens))
             if s.show and _is_terminal():
                 _render(force=True, end="\n")
             elif s.show:
@@ -178,19 +185,38 @@ def scope(label: str) -> Iterator[None]:
         _SCOPES.pop()
 
 
-def add_forwards(n: int = 1) -> None:
-    """Attribute ``n`` model forwards to the outermost open stage (none open: nothing is counted).
-
-    Examples:
-        >>> handle = model.register_forward_pre_hook(lambda module, args: add_forwards())
-        >>> reset_stage_times()
-        >>> with stage("logits", progress=False):
-        ...     logits = model(tokens)
-        >>> handle.remove(); stage_times()[0].forwards
-        1
-    """
+def add_forwards(n: int = 1, rows: int = 0, tokens: int = 0) -> None:
+    """Attribute ``n`` model forwards of ``rows`` sequences and ``tokens`` positions to the outermost open stage
+    (none open: nothing is counted); [`counting_forwards`][persona_interp.progress.counting_forwards] calls it."""
     if _STACK:
         _STACK[0].forwards += n
+        _STACK[0].rows += rows
+        _STACK[0].tokens += tokens
+
+
+@contextmanager
+def counting_forwards(model: Any) -> Iterator[None]:
+    """Inside, every call of ``model`` (its top module: a scoring or damage batch, a signature batch stopped after its
+    last hook, a training step) counts toward the outermost open stage: one forward, its batch's rows and positions.
+
+    Examples:
+        >>> reset_stage_times()
+        >>> with counting_forwards(model), stage("logits", progress=False):
+        ...     logits = model(tokens)
+        >>> record = stage_times()[0]; (record.forwards, record.rows, record.tokens) == (1, len(tokens), tokens.numel())
+        True
+    """
+    def count(module: Any, args: tuple, kwargs: dict) -> None:
+        first = args[0] if args else kwargs.get("input_ids", kwargs.get("input", next(iter(kwargs.values()), None)))
+        shape = tuple(getattr(first, "shape", ()))
+        rows = shape[0] if len(shape) > 1 else 1
+        add_forwards(1, rows, rows * shape[1] if len(shape) > 1 else int(shape[0]) if shape else 0)
+
+    handle = model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def stage_times() -> list[StageRecord]:

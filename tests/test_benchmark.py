@@ -42,8 +42,12 @@ def test_pipeline_benchmark_smoke(llama, tmp_path):
     stages = {s["stage"]: s for s in result["stages"]}
     assert {"signatures", "steering", "paper masks", "evaluation", "report and figures"} <= set(stages)
     assert stages["signatures"]["forwards"] == 2                    # one batch of 6 items per pole, token scope "all"
+    assert stages["signatures"]["rows"] == 12 and stages["signatures"]["tokens"] > 12 * 5
     assert result["forwards"] == sum(s["forwards"] for s in stages.values()) > 0
     assert result["rows_forwarded"] >= result["forwards"] and result["peak_rss_mb"] > 0
+    evaluation, entry = stages["evaluation"], pi.load_results(tmp_path / "out" / "results.json").personas["introversion_extraversion"]
+    texts = config.n_neutral + entry.used.other_texts
+    assert evaluation["rows"] - evaluation["minimum_rows"] == texts  # only the base model's own damage row, kept twice
     rises = [s["peak_rise_mb"] for s in result["stages"]]
     assert all(r >= 0 for r in rises) and sum(rises) <= result["peak_rss_mb"]     # rises of one peak, never more
     assert sum(s["share"] for s in stages.values()) + result["outside_stages_share"] == pytest.approx(1.0)

@@ -137,3 +137,30 @@ def test_one_test_item_gives_no_interval_and_no_verdict(llama):
     assert "| m-seek | random | " in markdown_table(control_rows(controls)) and "undefined (n < 2)" in markdown_table(control_rows(controls))
     winners = budget_winners(ev, ev.contrasts(), [0.1])
     assert winners[0].decisive is None and "no verdict: n < 2" in "\n".join(_winner_lines(winners))
+
+
+def test_evaluate_forwards_nothing_twice_and_copies_exactly(llama, monkeypatch):
+    """Two conditions that change the model alike (the same random mask under two names, a mask rebuilt) are scored
+    once, with equal damage; a prompt's damage is the base model's (no prompt on neutral text); the copies equal
+    what scoring them on their own gives, bit for bit, and a different mask or another prompt is still scored."""
+    from persona_interp.evaluation import evaluate as evaluate_module
+    from persona_interp.evaluation.scoring import DamageReference
+
+    mask = pi.random_mask(llama, 0.3, seed=1)
+    twin = pi.Mask(dict(mask.keep), {"method": "rebuilt"})            # same entries, other metadata
+    conditions = [pi.Prompt("p", system="You seek power."), pi.MaskCondition("a", mask=mask),
+                  pi.MaskCondition("b", mask=twin), pi.MaskCondition("b+p", mask=twin, system="You seek power."),
+                  pi.MaskCondition("c", mask=pi.random_mask(llama, 0.3, seed=2))]
+    scored, measured = [], []
+    real_score, real_measure = evaluate_module.score_ab, DamageReference.measure
+    monkeypatch.setattr(evaluate_module, "score_ab", lambda *a, **k: scored.append(k.get("system")) or real_score(*a, **k))
+    monkeypatch.setattr(DamageReference, "measure", lambda self, m: measured.append(1) or real_measure(self, m))
+    ev = pi.evaluate(llama, ITEMS, conditions, persona="toy", neutral_texts=NEUTRAL, progress=False)
+    assert ev.copied == {"b": "a"}
+    assert scored == [None, "You seek power.", None, "You seek power.", None]    # base, p, a, b+p, c
+    assert len(measured) == 3                                                  # base, a, c
+    assert ev.damage["p"] == ev.damage["base"] and ev.damage["b"] == ev.damage["a"] == ev.damage["b+p"]
+    assert ev.damage["c"] != ev.damage["a"]
+    alone = pi.evaluate(llama, ITEMS, [pi.MaskCondition("b", mask=twin)], persona="toy", neutral_texts=NEUTRAL, progress=False)
+    assert torch.equal(alone.scores["b"].margin_sum, ev.scores["b"].margin_sum) and alone.damage["b"] == ev.damage["b"]
+    assert alone.damage["base"] == ev.damage["base"]

@@ -24,7 +24,7 @@ Examples:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Hashable, Iterable, Literal, Sequence
 
 from torch import Tensor
 
@@ -61,6 +61,7 @@ class Evaluation:
     scores: dict[str, ABScores]
     damage: dict[str, Damage] = field(default_factory=dict)
     base: str = "base"
+    copied: dict[str, str] = field(default_factory=dict)   # a condition -> the one it scores exactly as (not scored again)
 
     def table(self) -> list[ConditionRow]:
         """One row per (condition, side); a condition without a side appears for both sides."""
@@ -208,7 +209,9 @@ def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Cond
     damage measure that no search sees, e.g. other personas' questions and answers, its KL recorded as ``kl_other``.
     ``checkpoint`` ([`EvaluationCheckpoint`][persona_interp.evaluation.checkpoint.EvaluationCheckpoint]): each
     condition's scores and damage are saved to it as they are measured, and a condition it already holds is read back
-    instead of scored again.
+    instead of scored again. Nothing is forwarded twice: a condition that changes the model as an earlier one does
+    (equal [`forward_key`][persona_interp.interventions.conditions.Condition.forward_key], e.g. the same random mask
+    under two names) takes its damage, and with the same prompt its scores, exactly (``Evaluation.copied`` names them).
 
     Examples:
         >>> ev = evaluate(model, test, [*paired("prompt", Prompt("p+", system="Seek power."), Prompt("p-", system="Avoid power."))],
@@ -222,26 +225,45 @@ def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Cond
         raise ValueError("other_texts is a second damage measure beside neutral_texts: pass both")
     scores: dict[str, ABScores] = {}
     damage: dict[str, Damage] = {}
+    copied: dict[str, str] = {}
+    scored_by: dict[Hashable, str] = {}              # a forward key and prompt -> the condition scored under them
+    measured_by: dict[Hashable, str] = {}            # a forward key -> the condition whose damage was measured
     with stage("evaluation", total=len(conditions), progress=progress) as bar:
         reference = DamageReference.build(model, neutral_texts, batch_size) if neutral_texts else None
         other = DamageReference.build(model, other_texts, batch_size) if other_texts else None
         done = checkpoint.load() if checkpoint is not None else {}
         for cond in conditions:
+            key = cond.forward_key()
+            scored_key = None if key is None else (key, cond.system if cond.system is None or isinstance(cond.system, str)
+                                                   else id(cond.system))
+            wants_damage = reference is not None and cond.damage_of is None
             if cond.name in done:                    # scored before the evaluation was cut off
                 scores[cond.name], saved = done[cond.name].scores(), done[cond.name].damage
                 if saved is not None:
                     damage[cond.name] = saved
-                bar.update()
-                continue
-            with cond.applied(model):
-                scores[cond.name] = score_ab(model, items, system=cond.system, batch_size=batch_size, progress=progress)
-                if reference is not None and cond.damage_of is None:
-                    measured = reference.measure(model)
-                    damage[cond.name] = Damage(perplexity=measured.perplexity, kl=measured.kl)
-                    if other is not None:
-                        damage[cond.name] = damage[cond.name].replace(kl_other=other.measure(model).kl)
-            if checkpoint is not None:
-                checkpoint.save(cond.name, scores[cond.name], damage.get(cond.name))
+            else:
+                twin, damage_twin = scored_by.get(scored_key), measured_by.get(key)
+                if twin is not None:
+                    scores[cond.name] = scores[twin]
+                    copied[cond.name] = twin
+                if wants_damage and damage_twin is not None:
+                    damage[cond.name] = damage[damage_twin]
+                if twin is None or (wants_damage and damage_twin is None):
+                    with cond.applied(model):
+                        if twin is None:
+                            scores[cond.name] = score_ab(model, items, system=cond.system, batch_size=batch_size,
+                                                         progress=progress)
+                        if reference is not None and wants_damage and damage_twin is None:
+                            measured = reference.measure(model)
+                            damage[cond.name] = Damage(perplexity=measured.perplexity, kl=measured.kl)
+                            if other is not None:
+                                damage[cond.name] = damage[cond.name].replace(kl_other=other.measure(model).kl)
+                if checkpoint is not None:
+                    checkpoint.save(cond.name, scores[cond.name], damage.get(cond.name))
+            if scored_key is not None:
+                scored_by.setdefault(scored_key, cond.name)
+                if cond.name in damage:
+                    measured_by.setdefault(key, cond.name)
             bar.update()
     if reference is not None:
         for cond in conditions:                      # same weights, prompt-free text: the damage of the root
@@ -249,7 +271,7 @@ def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Cond
             while root.damage_of is not None:
                 root = by_name[root.damage_of]
             damage[cond.name] = damage[root.name]
-    return Evaluation(persona, by_name, scores, damage, base=base)
+    return Evaluation(persona, by_name, scores, damage, base=base, copied=copied)
 
 
 def control_comparison(ev: Evaluation) -> list[ControlRow]:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal, TypeVar
+from typing import Any, Hashable, Iterator, Literal, TypeVar
 
 from persona_interp.interventions.ablation import WeightAblation
 from persona_interp.interventions.base import Intervention
@@ -105,6 +105,21 @@ class Condition:
         """What this condition changes in the model (``None``: nothing, only the prompt if any)."""
         return None
 
+    def forward_key(self) -> Hashable | None:
+        """What the condition does to the model, apart from its prompt, as a key: conditions with equal keys cost the
+        same damage on neutral text, and with the same prompt too they score alike, so
+        [`evaluate`][persona_interp.evaluation.evaluate.evaluate] measures one and copies it to the others. The base
+        model and prompts: ``("base",)``; a mask: its [`digest`][persona_interp.masks.mask.Mask.digest]; any other
+        intervention ``None`` (not compared: always measured).
+
+        Examples:
+            >>> Prompt("p", system="You seek power.").forward_key() == Condition().forward_key()
+            True
+            >>> MaskCondition("m", mask=seek_mask).forward_key() == MaskCondition("m2", mask=seek_mask.compact()).forward_key()
+            True
+        """
+        return ("base",) if type(self).intervention is Condition.intervention and type(self).applied is Condition.applied else None
+
     @contextlib.contextmanager
     def applied(self, model: Any) -> Iterator[Any]:
         """Context manager: the intervention is on inside (the system prompt is the scorers' to use)."""
@@ -168,6 +183,9 @@ class MaskCondition(Condition):
         if self.mask is None:
             raise TypeError(f"mask condition {self.name!r} has no mask: give it a Mask")
         return WeightAblation(self.mask)
+
+    def forward_key(self) -> Hashable | None:
+        return None if self.mask is None else ("mask", self.mask.digest())
 
 
 class Composed(Condition):

@@ -1,6 +1,7 @@
 """The Mask type (kept entries per linear map, with metadata) and how two masks compare."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -84,6 +85,23 @@ class Mask:
             (True, 0.0)
         """
         return self if isinstance(self.keep, PackedKeep) else Mask(PackedKeep(self.keep), dict(self.meta))
+
+    def digest(self) -> str:
+        """A hash of the entries the mask keeps (each map's name, shape and bits; not the metadata): equal for two
+        masks that remove the same weights from the same maps, however they were built or held.
+
+        Examples:
+            >>> seek_mask.digest() == seek_mask.compact().digest(), seek_mask.digest() == reject_mask.digest()
+            (True, False)
+        """
+        keep = self.compact().keep
+        assert isinstance(keep, PackedKeep)
+        bits, shapes = keep.packed()
+        hashed = hashlib.sha256()
+        for name in sorted(bits):
+            hashed.update(f"{name}{shapes[name]}".encode())
+            hashed.update(bits[name].tobytes())
+        return hashed.hexdigest()
 
     # ------------------------------------------------------------------ measures
     def sparsity(self) -> float:

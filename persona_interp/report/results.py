@@ -215,8 +215,9 @@ class Used(Record):
 
 class StageTime(Row):
     """The wall time of one outermost stage of a persona's run (as its progress line reports it): its name, seconds,
-    the steps it counted, the model forwards attributed to it (0, left out of the JSON: not counted) and the
-    process's peak resident memory at its end and how much the stage raised it (MB; absent: not recorded).
+    the steps it counted, the model forwards run in it (``forwards`` calls, ``rows`` sequences, ``tokens`` positions
+    with padding; 0, left out of the JSON: not counted, as in files from before 2026-12-08) and the process's peak
+    resident memory at its end and how much the stage raised it (MB; absent: not recorded).
 
     Examples:
         >>> StageTime(name="steering", seconds=61.2, steps=6).model_dump()
@@ -227,6 +228,8 @@ class StageTime(Row):
     seconds: float
     steps: int
     forwards: int = 0
+    rows: int = 0
+    tokens: int = 0
     peak_mb: float | None = None         # the process's peak resident memory at the stage's end
     peak_rise_mb: float | None = None    # how much the stage raised that peak
 

@@ -54,7 +54,7 @@ from persona_interp.masks.registry import MethodInputs, MethodSpec, method_names
 from persona_interp.model.adapter import get_adapter
 from persona_interp.model.load import load_model, resolve_dtype
 from persona_interp.model.machine import CPU
-from persona_interp.progress import scope, stage, stage_times
+from persona_interp.progress import counting_forwards, scope, stage, stage_times
 from persona_interp.report.figures import plot_persona, plot_stability
 from persona_interp.report.markdown import write_report
 from persona_interp.report.results import (
@@ -488,7 +488,7 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
         if persona in results.personas:
             continue
         first_stage = len(stage_times())
-        with scope(persona):
+        with scope(persona), counting_forwards(model):
             if fitted is None and config.mask_search is not None and any(
                     "neutral_signatures" in spec.needs for spec in searched_methods(config)):
                 with stage("neutral signature", progress=progress):
@@ -509,7 +509,7 @@ def reproduce(config: ReproduceConfig, out_dir: str | Path, figures_dir: str | P
             with stage("report and figures", progress=progress):
                 table, contrasts, controls = ev.table(), ev.contrasts(), control_comparison(ev)
                 stages = [StageTime(name=r.name, seconds=round(r.seconds, 1), steps=r.count, forwards=r.forwards,
-                                    peak_mb=round(r.peak_mb), peak_rise_mb=round(r.peak_rise_mb))
+                                    rows=r.rows, tokens=r.tokens, peak_mb=round(r.peak_mb), peak_rise_mb=round(r.peak_rise_mb))
                           for r in stage_times()[first_stage:]]
                 finished = now()
                 entry = PersonaResult(revision=revision, finished=finished,
