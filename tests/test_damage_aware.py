@@ -310,3 +310,23 @@ def test_registry_builds_each_damage_aware_method(llama):
         missing = pi.MethodInputs(seek, reject)
         with pytest.raises(ValueError, match=f"method {method!r} needs .*(neutral|calibration)"):
             spec.build(llama, missing, 0.1)
+
+
+def test_gradient_scores_are_computed_once_for_every_map_subset_of_a_study(llama, monkeypatch):
+    """In a study (a FamilyCache), both gradient methods and every modules / layers subset share one computation of
+    the gradient scores over every map; a subset's masks equal those built from scores computed on that subset alone."""
+    computed = []
+    real = da.gradient_scores
+    monkeypatch.setattr(da, "gradient_scores", lambda *a, **k: computed.append(k.get("modules")) or real(*a, **k))
+    inputs = pi.MethodInputs(items=ITEMS, neutral_texts=TEXTS, persona="toy")
+    families = FamilyCache(llama)
+    for method in ("snip_set_difference", "gradient"):
+        for modules, layers in ((None, None), (["mlp"], None), (None, [1])):
+            pi.method_spec(method).family(llama, inputs, families=families, modules=modules, layers=layers).pair(0.1)
+    assert computed == [None]
+    alone = pi.method_spec("gradient").build(llama, inputs, 0.1, modules=["mlp"])        # no study: the subset only
+    assert computed == [None, ["mlp"]]
+    shared = pi.method_spec("gradient").family(llama, inputs, families=families, modules=["mlp"]).pair(0.1)
+    for side, mask in zip(("seek", "reject"), shared):
+        assert sorted(mask.keep) == sorted(alone[side].keep) and all(n.split(".")[2] == "mlp" for n in mask.keep)
+        assert all(torch.equal(mask.keep[n], alone[side].keep[n]) for n in mask.keep)

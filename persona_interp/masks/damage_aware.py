@@ -449,9 +449,10 @@ def _with_neutral(family: Callable[..., MaskFamily]) -> Callable[..., Family]:
 
 
 def _from_gradients(family: Callable[..., MaskFamily]) -> Callable[..., Family]:
-    """The registry builder of a ranking from [`GradientScores`][persona_interp.masks.damage_aware.GradientScores]
-    (computed once per items, texts, maps and batch size, shared by both gradient methods when ``families`` is
-    given)."""
+    """The registry builder of a ranking from [`GradientScores`][persona_interp.masks.damage_aware.GradientScores]:
+    with ``families`` (a study's cache) computed once per items, texts and batch size over every map and shared by
+    both gradient methods and every map subset (a weight's scores do not depend on which other maps are scored);
+    without, computed for the requested maps only (the memory a large model needs)."""
     def build(model: Any, inputs: MethodInputs, *, families: FamilyCache | None = None, modules: Any = None,
               layers: Any = None, batch_size: int = 8, **options: Any) -> Family:
         where = (id(inputs.items), id(inputs.neutral_texts), _options_key({"modules": modules, "layers": layers,
@@ -459,8 +460,11 @@ def _from_gradients(family: Callable[..., MaskFamily]) -> Callable[..., Family]:
         items, texts = inputs.items, inputs.neutral_texts
         assert items is not None and texts is not None   # MethodSpec.check_inputs refused inputs without them
         alive = (items, texts)
-        scores = _kept(families, ("gradient_scores", *where), lambda: gradient_scores(
-            model, items, texts, modules=modules, layers=layers, batch_size=batch_size), *alive)
+        if families is None:
+            scores = gradient_scores(model, items, texts, modules=modules, layers=layers, batch_size=batch_size)
+        else:
+            scores = families.keep(("gradient_scores", id(items), id(texts), batch_size),
+                                   lambda: gradient_scores(model, items, texts, batch_size=batch_size), *alive)
         return _kept(families, (family.__name__, *where, inputs.persona, _options_key(options)),
                      lambda: family(model, scores=scores, modules=modules, layers=layers, persona=inputs.persona,
                                     cache=True, **options), *alive)

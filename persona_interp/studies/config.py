@@ -70,11 +70,15 @@ class ReproduceConfig:
     matched_controls: MatchedControlConfig | None = field(default_factory=MatchedControlConfig)
     # the same validation split tunes every regime: masks (per method), prompt phrasing, LoRA epochs
     # (sparsities from 0.001: at 0.01 per row the damage-aware masks already cost KL 0.09-5 on power's selection
-    # texts, so a coarser grid leaves them no candidate within the smaller budgets; run of 3e0a9d1, reports/rerun)
+    # texts, so a coarser grid leaves them no candidate within the smaller budgets, run of 3e0a9d1; 0.002 and 0.005:
+    # between 0.003 and 0.01 learned gates went from KL 0.04 to 0.31 and retain-ratio from 0.03 to 0.10, run of
+    # 38d09cc; 0.001 is one weight per row of a 576-wide map, the least a per-row mask removes, and there SNIP and the
+    # gradient score already cost KL 0.10-0.11, so both also vary the maps (MLP only, late layers), like
+    # Contrastive-Wanda; reports/rerun_38d09cc)
     mask_search: MaskSpace | None = field(default_factory=lambda: MaskSpace(
-        sparsities=[0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.5], modules=[None, "mlp"], layer_ranges=["all", "late"],
-        token_scopes=["all", "answer"], statistics=["norm", "rms"], phis=["relu", "softplus"], design="one_at_a_time",
-        vary=["contrastive_wanda"]))
+        sparsities=[0.001, 0.002, 0.003, 0.005, 0.01, 0.03, 0.1, 0.3, 0.5], modules=[None, "mlp"],
+        layer_ranges=["all", "late"], token_scopes=["all", "answer"], statistics=["norm", "rms"], phis=["relu", "softplus"],
+        design="one_at_a_time", vary=["contrastive_wanda", "snip_set_difference", "gradient"]))
     n_other_texts: int = 32          # other personas' questions and answers: a second damage measure nothing optimises
     # the registered methods beyond the signature-only ones that the mask search runs (the paper's rows never do)
     damage_aware_methods: list[str] = field(default_factory=lambda: list(DAMAGE_AWARE_METHODS))
