@@ -77,7 +77,11 @@ def test_reproduce_writes_report_and_never_tunes_on_test_items(tiny_pipeline, tm
     assert entry.stages is not None and [s.name for s in entry.stages] == [r.name for r in stages][:-1]   # not the report's
     assert [s.seconds for s in entry.stages] == [round(r.seconds, 1) for r in stages][:-1]
     assert all(s.peak_mb is not None and s.peak_mb > 0 and 0 <= (s.peak_rise_mb or 0) <= s.peak_mb for s in entry.stages)
-    assert entry.seconds == pytest.approx(sum(s.seconds for s in entry.stages)) and " min (" in text
+    assert entry.seconds == pytest.approx(sum(s.seconds for s in entry.stages))
+    counted = {s.name: s for s in entry.stages}
+    assert counted["evaluation"].rows >= entry.n_test and counted["evaluation"].tokens > counted["evaluation"].rows
+    assert counted["signatures"].forwards > 0 and all(s.rows >= s.forwards for s in entry.stages)
+    assert f" min and {sum(s.rows for s in entry.stages):,} sequences forwarded (" in text
     table, used = entry.table, entry.used
     names = {row.condition for row in table}
     assert {"base", "prompt-seek", "rag-reject", "mean_difference-seek@kl1000", "pca-reject@kl1000", "ode-seek@kl1000",
