@@ -199,6 +199,13 @@ def check_conditions(conditions: Sequence[Condition]) -> tuple[list[Condition], 
     return conditions, base
 
 
+def _measured_damage(model: Any, reference: DamageReference, other: DamageReference | None) -> Damage:
+    """The damage of the model as it is now: perplexity and KL on ``reference``'s texts, and KL on ``other``'s."""
+    measured = reference.measure(model)
+    kl_other = other.measure(model).kl if other is not None else None
+    return Damage(perplexity=measured.perplexity, kl=measured.kl, kl_other=kl_other)
+
+
 def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Condition], *, persona: str,
              neutral_texts: Sequence[str] | None = None, other_texts: Sequence[str] | None = None,
              batch_size: int = 8, progress: bool = True, checkpoint: EvaluationCheckpoint | None = None) -> Evaluation:
@@ -242,22 +249,20 @@ def evaluate(model: Any, items: Sequence[PersonaItem], conditions: Sequence[Cond
                 if saved is not None:
                     damage[cond.name] = saved
             else:
-                twin, damage_twin = scored_by.get(scored_key), measured_by.get(key)
+                twin = scored_by.get(scored_key)
+                damage_twin = measured_by.get(key) if wants_damage else None
                 if twin is not None:
-                    scores[cond.name] = scores[twin]
-                    copied[cond.name] = twin
-                if wants_damage and damage_twin is not None:
+                    scores[cond.name], copied[cond.name] = scores[twin], twin
+                if damage_twin is not None:
                     damage[cond.name] = damage[damage_twin]
-                if twin is None or (wants_damage and damage_twin is None):
+                needs_scores, needs_damage = twin is None, wants_damage and damage_twin is None
+                if needs_scores or needs_damage:       # what no earlier condition measured: one application of it
                     with cond.applied(model):
-                        if twin is None:
+                        if needs_scores:
                             scores[cond.name] = score_ab(model, items, system=cond.system, batch_size=batch_size,
                                                          progress=progress)
-                        if reference is not None and wants_damage and damage_twin is None:
-                            measured = reference.measure(model)
-                            damage[cond.name] = Damage(perplexity=measured.perplexity, kl=measured.kl)
-                            if other is not None:
-                                damage[cond.name] = damage[cond.name].replace(kl_other=other.measure(model).kl)
+                        if needs_damage and reference is not None:
+                            damage[cond.name] = _measured_damage(model, reference, other)
                 if checkpoint is not None:
                     checkpoint.save(cond.name, scores[cond.name], damage.get(cond.name))
             if scored_key is not None:
