@@ -71,7 +71,8 @@ def run(model: Any, config: ReproduceConfig = QUICK, out_dir: str | Path | None 
     return {"wall_s": wall, "stages": stages, "outside_stages_s": outside, "outside_stages_share": outside / wall,
             "forwards": sum(s["forwards"] for s in stages), "rows_forwarded": sum(s["rows"] for s in stages),
             "tokens_forwarded": sum(s["tokens"] for s in stages), "peak_rss_mb": peak_memory_mb(),
-            "personas": list(config.personas), "dtype": config.dtype}
+            "personas": list(config.personas), "dtype": config.dtype,
+            "dtype_ran": next(iter(results.personas.values())).provenance.dtype}   # "auto" resolved
 
 
 def evaluation_minimum(entry: PersonaResult, n_reported: int, packed: bool) -> int:

@@ -27,7 +27,7 @@ from dtype_speed import cpu_flags  # noqa: E402  (a sibling script)
 
 import persona_interp as pi  # noqa: E402
 from persona_interp.evaluation.scoring import score_ab  # noqa: E402
-from persona_interp.studies.reproduce import git_revision  # noqa: E402
+from persona_interp.report.results import git_revision  # noqa: E402
 
 GROUPS = {      # operator -> group; an operator not listed counts as "other"
     "matrix products": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),

@@ -266,10 +266,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from persona_interp.data.personas import persona_prompts
     from persona_interp.evaluation.evaluate import control_comparison, evaluate
     from persona_interp.interventions.conditions import Condition, MaskCondition, Prompt
-    from persona_interp.report.markdown import TABLE_COLUMNS, control_rows, markdown_table
+    from persona_interp.report.markdown import TABLE_COLUMNS, control_rows, made_by, markdown_table
+    from persona_interp.report.results import Provenance, model_name, now
 
     paths = _study_paths(args, f"{args.persona}_evaluate")
     model = _model(args)
+    provenance = Provenance.collect(model, model_name(args.model), seed=args.seed)
     conditions: list[Condition] = [Condition()]
     if args.prompts:
         conditions += [Prompt(f"prompt-{side}", side=side, system=persona_prompts(args.persona, side)[0], pair="prompt")
@@ -309,7 +311,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
              "table": [row.model_dump() for row in table], "contrasts": [row.model_dump() for row in contrasts],
              "controls": [row.model_dump() for row in controls],
              "per_item": {name: item.model_dump() for name, item in ev.per_item().items()}}
-    markdown = "\n".join([f"## {args.persona}: {len(test)} test items (seed {args.seed})\n", markdown_table(table, TABLE_COLUMNS),
+    provenance = provenance.model_copy(update={"finished": now()})
+    study["provenance"] = provenance.model_dump()
+    markdown = "\n".join([f"## {args.persona}: {len(test)} test items (seed {args.seed})\n", made_by(provenance) + "\n",
+                          markdown_table(table, TABLE_COLUMNS),
                           "\nSeek-minus-reject:\n", markdown_table(contrasts, ["pair", "n", "difference"]),
                           "\nAgainst the random control:\n",
                           markdown_table(control_rows(controls), ["condition", "control", "advantage", "beats_control"])])
@@ -429,14 +434,15 @@ def _model_options(parser: argparse.ArgumentParser, default: Any) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=default, help="model name or folder (default: embedded SmolLM2-135M-Instruct)")
     group.add_argument("--dtype", default=default, choices=DTYPE_NAMES,
-                       help="the model's dtype (default: float32, and 'auto' for reproduce; auto: bfloat16 on GPUs and on CPUs "
-                            "with AMX-BF16 or AVX512-BF16, where it is 2-4x faster, float32 on CPUs without, where bf16 is far slower)")
+                       help="the model's dtype (default: auto: bfloat16 on GPUs and on CPUs with AMX-BF16 or AVX512-BF16, where it "
+                            "is 2-4x faster, float32 on CPUs without, where bf16 is far slower; every results file records the "
+                            "dtype and CPU that ran)")
     group.add_argument("--device", default=default, help="put the whole model on this device, e.g. cuda or cuda:1")
     group.add_argument("--device-map", default=default,
                        help="'auto': shard the model over every visible GPU with accelerate (instead of --device)")
 
 
-def _model(args: argparse.Namespace, dtype: str | None = None) -> Any:
+def _model(args: argparse.Namespace, dtype: str = "auto") -> Any:
     """The model the options name (``dtype``: the one ``--dtype`` leaves unset falls back to)."""
     from persona_interp.model.load import load_model
 

@@ -40,6 +40,8 @@ def test_atlas_runs_end_to_end_on_a_tiny_model(llama, tmp_path):
     assert parse_atlas(json.loads(json.dumps(atlas.model_dump()))) == atlas      # written and read back: the same
     text = atlas_markdown(atlas)
     assert "Dose–response" in text and "Equal damage" in text
+    assert atlas.provenance is not None and atlas.provenance.fingerprint == adapter.fingerprint
+    assert atlas.provenance.finished is not None and atlas.provenance.header() in text
 
 
 def test_cli_analyse_writes_outputs_and_refuses_to_overwrite(llama, tmp_path, monkeypatch, capsys):

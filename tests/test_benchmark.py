@@ -89,6 +89,27 @@ def test_agreement_reads_typed_results_and_counts_changed_verdicts_and_choices()
     assert "**changed**" in text and "Validation choices that differ: prompt_search, steering_search" in text
 
 
+def test_search_agreement_compares_the_rows_and_picks_of_two_search_checkpoints():
+    """benchmarks/search_agreement.py's comparison on power's committed search checkpoint against itself and against a
+    copy where the gradient row the KL <= 0.1 budget picks lost its separation: the pick moves, the difference shows."""
+    import json
+
+    spec = importlib.util.spec_from_file_location("search_agreement", Path(__file__).parent.parent / "benchmarks" / "search_agreement.py")
+    agreement = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agreement)
+    theirs = json.loads((Path(__file__).parent.parent / "reports" / "rerun" / "checkpoints" / "power-searches.json").read_text())["scored"]
+    budgets = [0.02, 0.1, 0.5]
+    same = agreement.compare(theirs, theirs, ["gradient"], budgets)["gradient"]
+    gradient = [k for k in theirs if k.startswith("masks gradient\x00")]
+    assert same["same_picks"] and same["n_both"] == len(gradient) > 0 and same["max_abs_kl_difference"] == 0
+    picked = same["picks"]["mine"]["0.1"]
+    key = next(k for k in gradient if json.loads(k.split("\x00", 1)[1]) == picked)
+    mine = {**theirs, key: {**theirs[key], "separation": theirs[key]["separation"] - 100.0}}
+    moved = agreement.compare(mine, theirs, ["gradient"], budgets)["gradient"]
+    assert not moved["same_picks"] and moved["picks"]["mine"]["0.1"] != picked and moved["picks"]["theirs"]["0.1"] == picked
+    assert moved["max_abs_separation_difference"] == 100.0 and moved["max_abs_kl_difference"] == 0
+
+
 def test_profile_eval_groups_every_operator_and_times_the_bridge_against_transformers(llama):
     """benchmarks/profile_eval.py on a tiny model: the grouped shares cover all operator time and matrix products are
     found; both forwards are timed on the same tokens."""

@@ -87,6 +87,24 @@ def test_model_options_work_before_and_after_the_subcommand(argv, monkeypatch):
     assert seen == {"name": "M", "dtype": "bfloat16", "device": None, "device_map": None}
 
 
+@pytest.mark.parametrize("argv", [
+    ["collect", "--persona", AXIS, "--side", "seek", "--out", "x"],
+    ["regimes", "--persona", AXIS, "--out", "x"],
+    ["compose", "--out", "x"],
+])
+def test_every_subcommand_loads_its_model_in_auto_dtype_unless_told(argv, monkeypatch, tmp_path):
+    """Like the main job, the studies run in ``auto`` (bfloat16 only where the CPU computes it fast), recorded in
+    their results' provenance; ``--dtype`` still decides."""
+    monkeypatch.chdir(tmp_path)
+    seen: dict = {}
+    monkeypatch.setattr(models, "load_model", lambda name, **kw: seen.update(name=name, **kw) or (_ for _ in ()).throw(SystemExit(0)))
+    for extra, want in (([], "auto"), (["--dtype", "float32"], "float32")):
+        seen.clear()
+        with pytest.raises(SystemExit):
+            cli.main([*argv, *extra])
+        assert seen["dtype"] == want, argv
+
+
 def test_reproduce_passes_the_dtype_into_the_run_config(monkeypatch):
     from persona_interp.studies import reproduce as pipeline
 

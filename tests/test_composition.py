@@ -9,7 +9,7 @@ import persona_interp as pi
 from persona_interp.masks.composition import (blend, compose, fractional_mask, intersection_type_mask, pole_scores,
                                               PoleScores, type_mask, type_poles)
 from persona_interp.studies.composition import fractional_curve, type_comparison, type_prompt
-from persona_interp.report.markdown import composition_markdown
+from persona_interp.report.markdown import composition_markdown, made_by
 from persona_interp.report.results import ResultsError
 from persona_interp.report.study_results import FractionRow, load_composition, parse_composition
 from persona_interp.masks.builders import contrastive_wanda_masks
@@ -172,9 +172,11 @@ def test_cli_compose_writes_tables_and_figures(llama, tmp_path, monkeypatch):
     cli.main(args)
     study = load_composition(tmp_path / "study.json")
     assert study.type == "ENFP" and study.n_test == dict.fromkeys(AXES, 3) and len(study.type_rows) == 4 * 6
-    assert study.model_dump() == json.loads((tmp_path / "study.json").read_text())
+    assert study.model_dump(mode="json") == json.loads((tmp_path / "study.json").read_text())
     assert [r.fraction for r in study.curve.rows] == [0.0, 1.0, None]
     assert "| introversion_extraversion | extraversion | type-mask |" in (tmp_path / "study.md").read_text()
+    assert study.provenance is not None and study.provenance.fingerprint == pi.get_adapter(llama).fingerprint
+    assert study.provenance.finished is not None and made_by(study.provenance) in (tmp_path / "study.md").read_text()
     assert (tmp_path / "f" / "type_ENFP_0.3.png").is_file() and (tmp_path / "f" / "fraction_introversion_extraversion_0.3.svg").is_file()
     with pytest.raises(SystemExit, match="exists"):
         cli.main(args)

@@ -13,7 +13,7 @@ from persona_interp.analysis.regimes import RegimeNorms, TransferCell, compare_r
 from persona_interp.evaluation.stats import Estimate
 from persona_interp.report.results import ResultsError
 from persona_interp.report.study_results import RegimesStudy, SteeringChoice, load_regimes, parse_regimes
-from persona_interp.report.markdown import regimes_markdown, regimes_summary_markdown, transfer_ratio
+from persona_interp.report.markdown import made_by, regimes_markdown, regimes_summary_markdown, transfer_ratio
 from persona_interp.interventions.steering import SteeringVector
 
 TEXTS = ["The river ran past the old mill and into the valley.", "Bread needs flour, water, salt and time."]
@@ -114,8 +114,12 @@ def test_cli_regimes_on_an_mbti_axis(llama, tmp_path, monkeypatch):
               "--n-texts", "2", "--n-calibration", "4", "--out", str(tmp_path / "reg"), "--figures", str(tmp_path / "f")])
     study = load_regimes(tmp_path / "reg.json")
     assert set(study.transfer) == {"prompt", "mask", "steering"} and study.n_items == 3 and study.fit_items == 4
-    assert study.random_cosine_band is not None and study.model_dump() == json.loads((tmp_path / "reg.json").read_text())
+    assert study.random_cosine_band is not None and study.model_dump(mode="json") == json.loads((tmp_path / "reg.json").read_text())
     assert "prompt vs mask" in (tmp_path / "reg.md").read_text()
+    made = study.provenance                            # which model, dtype, CPU and code: in the JSON and the markdown
+    assert made is not None and made.fingerprint == pi.get_adapter(llama).fingerprint and made.dtype == "float32"
+    assert made.finished is not None and made.started <= made.finished and made.seed == 0
+    assert made_by(made) in (tmp_path / "reg.md").read_text() and made.revision in made_by(made)
     assert (tmp_path / "f" / "regimes_introversion_extraversion.png").is_file()
 
 

@@ -225,9 +225,9 @@ def load_model(name_or_model: Any = None, *, device: str | torch.device | None =
         torch.bfloat16
         >>> model = load_model(hf_model, tokenizer=tokenizer)             # a built transformers model
     """
-    dtype = resolve_dtype(dtype, _target_device(name_or_model, device, device_map) if dtype == "auto" else None)
     if device is not None:
-        device = check_device(device)                    # before minutes of loading, not after
+        device = check_device(device)                    # before minutes of loading (and before "auto" asks it), not after
+    dtype = resolve_dtype(dtype, _target_device(name_or_model, device, device_map) if dtype == "auto" else None)
     if name_or_model is not None and not isinstance(name_or_model, (str, os.PathLike)):
         from transformers import PreTrainedModel
 

@@ -23,7 +23,7 @@ from persona_interp.evaluation.rows import (
     SearchRow,
 )
 from persona_interp.evaluation.stats import MIN_N
-from persona_interp.report.results import Diagnostics, PersonaResult, RunResults, Used, now, parse_results
+from persona_interp.report.results import NOT_RECORDED, Diagnostics, PersonaResult, Provenance, RunResults, Used, now, parse_results
 from persona_interp.report.study_results import AtlasStudy, CompositionStudy, RegimesStudy
 from persona_interp.report.summary import diagnostics_by_persona, summary_tables
 
@@ -40,10 +40,24 @@ def overlap_markdown(rows: Sequence[GroupedOverlapRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def made_by(provenance: Provenance | None) -> str:
+    """A study report's line on what computed it: the model, weights, dtype, device and CPU, the revision and when.
+
+    Examples:
+        >>> made_by(None)
+        'Model, dtype, CPU and revision: not recorded (a file from before they were).'
+    """
+    if provenance is None:
+        return f"Model, dtype, CPU and revision: {NOT_RECORDED} (a file from before they were)."
+    return (f"{provenance.header()} Revision `{provenance.revision}`, seed {provenance.seed}, "
+            f"{provenance.started} to {provenance.finished or 'unfinished'}.")
+
+
 def atlas_markdown(atlas: AtlasStudy) -> str:
     """A short markdown summary of one atlas run (tables of the numbers behind the figures)."""
     sizes = " / ".join(f"{d.side} {d.n_samples}" for d in atlas.signature_data)
     lines = [f"## {atlas.persona}: where the persona sits (signatures of {sizes} calibration items)\n",
+             made_by(atlas.provenance) + "\n",
              "| masks | differ overall | differ attention | differ MLP |", "|---|---|---|---|"]
     lines += [f"| {r.pair} | {100 * r.overall:.2f} % | {100 * r.attn:.2f} % | {100 * r.mlp:.2f} % |" for r in atlas.overlap]
     cos = atlas.signature_cosine
@@ -123,6 +137,7 @@ def composition_markdown(study: CompositionStudy) -> str:
     t = study.curve.trend
     return "\n".join([
         f"## Composed type {study.type} (ρ = {study.sparsity}, seed {study.seed})\n",
+        made_by(study.provenance) + "\n",
         "Shift = paired margin shift toward the type's pole against the base model (nats/token, t 95 % CI); "
         "accuracy toward the pole with a Wilson 95 % CI.\n",
         markdown_table(study.type_rows, ["axis", "pole", "condition", "sparsity", "n", "accuracy", "shift"]),
@@ -447,6 +462,7 @@ def regimes_markdown(result: RegimesStudy) -> str:
              f"{result.n_texts} neutral texts, {result.n_items} held-out A/B items; steering: CAA at layer "
              f"{result.steering.layer}, α {result.steering.multiplier:g} (chosen on {result.validation_items} "
              f"validation items); masks: Contrastive-Wanda at ρ = {result.sparsity}.\n",
+             made_by(result.provenance) + "\n",
              "| regime | seek − reject effect (nats/token) | ‖seek − reject‖ at that layer |", "|---|---|---|"]
     for n in names:
         lines.append(f"| {n} | {result.effect[n].signed(4)} | {result.at_layer(result.norms[n].direction):.3f} |")

@@ -20,13 +20,14 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any, Literal, Sequence, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from persona_interp.analysis.diagnostics import OverlapRow, Stability, StatisticRow
-from persona_interp.data.personas import Side
+from persona_interp.data.personas import REPO_ROOT, Side
 from persona_interp.evaluation.controls import MatchedControlConfig, MatchedControlRecord
 from persona_interp.evaluation.rows import (
     BudgetWinner,
@@ -57,9 +58,32 @@ NOT_RECORDED = "not recorded"          # what a file from before a field existed
 NotRecorded = Literal["not recorded"]
 
 
+COMPUTED_WITH = ("persona_interp", "data", "pyproject.toml")   # what a result depends on, for git_revision
+
+
 def now() -> str:
     """The current UTC time as the results record it, e.g. ``'2026-12-06T21:27:39+00:00'``."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def git_revision(root: str | Path = REPO_ROOT) -> str:
+    """Short git revision of the repository at ``root``, with ``-dirty`` when the code or data that the results
+    are computed with (``persona_interp/``, ``data/``, ``pyproject.toml``) has uncommitted changes; the run's own
+    outputs (``reports/``, ``figures/``, which a resumed run has already rewritten) do not count.
+
+    Examples:
+        >>> git_revision()                     # e.g. '97d6afb', '97d6afb-dirty' with uncommitted code changes
+        '...'
+        >>> git_revision(".")                  # not a git checkout
+        'unknown'
+    """
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *COMPUTED_WITH],
+                               cwd=root, capture_output=True, text=True).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def model_name(model: Any) -> str:
@@ -92,7 +116,7 @@ class Provenance(BaseModel):
     device: str                                       # where token ids go in, e.g. ``"cpu"``, ``"cuda:0"``
     device_map: dict[str, Any] | NotRecorded | None   # accelerate's map of a sharded model; None: one device
     seed: int | NotRecorded
-    revision: str                                     # [`git_revision`][persona_interp.studies.reproduce.git_revision]
+    revision: str                                     # [`git_revision`][persona_interp.report.results.git_revision]
     torch: str
     transformers: str
     cpu: CPU | NotRecorded
@@ -100,17 +124,26 @@ class Provenance(BaseModel):
     finished: str | None = None                       # None while the run is going
 
     @classmethod
-    def collect(cls, model: Any, name: str, *, seed: int, revision: str, started: str) -> Provenance:
-        """This process's record of ``model`` (loaded under ``name``)."""
+    def collect(cls, model: Any, name: str | None = None, *, seed: int, revision: str | None = None,
+                started: str | None = None) -> Provenance:
+        """This process's record of ``model`` (loaded under ``name``, default: the model's own name), computed at
+        ``revision`` (default: this checkout's, with ``-dirty`` for uncommitted code) from ``started`` (default: now).
+
+        Examples:
+            >>> prov = Provenance.collect(model, seed=0)
+            >>> prov.dtype, prov.finished is None
+            ('float32', True)
+        """
         import torch
         import transformers
 
         from persona_interp.model.adapter import get_adapter
 
         adapter = get_adapter(model)
-        return cls(model=name, fingerprint=adapter.fingerprint, dtype=str(adapter.dtype).removeprefix("torch."),
-                   device=str(adapter.input_device), device_map=adapter.device_map, seed=seed, revision=revision,
-                   torch=torch.__version__, transformers=transformers.__version__, cpu=cpu_info(), started=started)
+        return cls(model=name or model_name(model), fingerprint=adapter.fingerprint, dtype=str(adapter.dtype).removeprefix("torch."),
+                   device=str(adapter.input_device), device_map=adapter.device_map, seed=seed,
+                   revision=revision or git_revision(), torch=torch.__version__, transformers=transformers.__version__,
+                   cpu=cpu_info(), started=started or now())
 
     def header(self) -> str:
         """One line for a report: ``Model: `x` (weights 1a2b…), float32 on cpu; CPU …; torch …, transformers …``."""

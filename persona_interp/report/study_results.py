@@ -24,7 +24,7 @@ from persona_interp.analysis.localise import PairOverlap, UnitDivergence
 from persona_interp.analysis.regimes import RegimeComparison
 from persona_interp.evaluation.rows import Record, Row
 from persona_interp.evaluation.stats import Estimate
-from persona_interp.report.results import read_json, validated
+from persona_interp.report.results import Provenance, read_json, validated
 
 
 class RecordedAtlasConfig(Record):
@@ -101,7 +101,8 @@ class EqualDamageComparison(Record):
 
 class AtlasStudy(Record):
     """One atlas run ([`persona_atlas`][persona_interp.studies.atlas.persona_atlas]): the localisation, and, unless
-    it was localisation only, the dose–response rows and the equal-damage comparison (``None`` otherwise)."""
+    it was localisation only, the dose–response rows and the equal-damage comparison (``None`` otherwise), and the
+    [`Provenance`][persona_interp.report.results.Provenance] of the run (``None`` in files from before it was recorded)."""
 
     persona: str
     config: RecordedAtlasConfig
@@ -114,6 +115,7 @@ class AtlasStudy(Record):
     top_neurons: list[UnitDivergence]
     dose_response: list[DoseRow] | None = None
     equal_damage: EqualDamageComparison | None = None
+    provenance: Provenance | None = None                 # which model, dtype, CPU and code made it (None: not recorded)
 
 
 def parse_atlas(data: Any, source: str = "atlas") -> AtlasStudy:
@@ -143,8 +145,9 @@ class SteeringChoice(Record):
 
 class RegimesStudy(RegimeComparison):
     """The regime comparison of one persona pair ([`run_regimes`][persona_interp.studies.regimes.run_regimes]):
-    [`RegimeComparison`][persona_interp.analysis.regimes.RegimeComparison] with what it was run on, and the 95 % band of
-    cosines between random directions (``None`` in files from before it was recorded)."""
+    [`RegimeComparison`][persona_interp.analysis.regimes.RegimeComparison] with what it was run on, the 95 % band of
+    cosines between random directions and the run's [`Provenance`][persona_interp.report.results.Provenance] (each
+    ``None`` in files from before it was recorded)."""
 
     persona: str
     sparsity: float
@@ -153,6 +156,7 @@ class RegimesStudy(RegimeComparison):
     validation_items: int
     steering: SteeringChoice
     random_cosine_band: list[float] | None = None
+    provenance: Provenance | None = None                 # which model, dtype, CPU and code made it (None: not recorded)
 
 
 def parse_regimes(data: Any, source: str = "regimes") -> RegimesStudy:
@@ -252,7 +256,8 @@ class FractionCurve(Record):
 
 class CompositionStudy(Record):
     """The composition study ([`run_composition`][persona_interp.studies.composition.run_composition]): the type
-    comparison of ``type`` and the fractional curve of ``axis``, with the test items used per axis."""
+    comparison of ``type`` and the fractional curve of ``axis``, with the test items used per axis and the run's
+    [`Provenance`][persona_interp.report.results.Provenance] (``None`` in files from before it was recorded)."""
 
     type: str
     sparsity: float
@@ -261,6 +266,7 @@ class CompositionStudy(Record):
     n_test: dict[str, int]
     type_rows: list[TypeRow]
     curve: FractionCurve
+    provenance: Provenance | None = None                 # which model, dtype, CPU and code made it (None: not recorded)
 
 
 def parse_composition(data: Any, source: str = "composition") -> CompositionStudy:

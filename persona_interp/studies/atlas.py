@@ -40,6 +40,7 @@ from persona_interp.masks.mask import fraction_differ_by, iou_by
 from persona_interp.model.adapter import get_adapter
 from persona_interp.model.chat import SystemPrompt, answer_ids, prompt_ids
 from persona_interp.report.figures import plot_dose_response, plot_layer_curve, plot_layer_kind_heatmap, plot_overlap_bars, plot_unit_map
+from persona_interp.report.results import Provenance, now
 from persona_interp.report.study_results import AtlasStudy, EqualDamageComparison, Grid, RecordedAtlasConfig, SignatureData
 from persona_interp.report.views import attention_heads_view, neuron_tokens_view
 from persona_interp.signatures import Signature, collect_signatures
@@ -54,6 +55,7 @@ def persona_atlas(model: Any, persona: str, config: AtlasConfig, figures_dir: st
     main job saved), otherwise collected on the fit split."""
     figures = Path(figures_dir)
     adapter = get_adapter(model)
+    provenance = Provenance.collect(model, seed=config.seed)
     fit, _ = calibration_split(persona, fraction=config.validation_fraction, seed=config.seed, n_fit=config.n_calibration)
     if signatures is None:
         seek_sig, reject_sig = (collect_signatures(model, fit, side, batch_size=config.batch_size, progress=progress)
@@ -89,7 +91,7 @@ def persona_atlas(model: Any, persona: str, config: AtlasConfig, figures_dir: st
                        signature_data=[SignatureData.model_validate(dict(sig.meta, n_samples=sig.n_samples))
                                        for sig in (seek_sig, reject_sig)],
                        overlap=overlap, grids=grid_values, signature_cosine=cosine.tolist(), top_heads=heads[: config.n_top],
-                       top_neurons=neurons[: config.n_top])
+                       top_neurons=neurons[: config.n_top], provenance=provenance)
     plot_unit_map(heads, adapter.n_layers, adapter.n_heads, figures / f"{persona}_heads", unit_label="head",
                   title=f"{persona}: head divergence (mean |z| over the head's channels)")
     plot_unit_map(neurons, adapter.n_layers, adapter.d_mlp, figures / f"{persona}_neurons", unit_label="MLP neuron",
@@ -106,7 +108,7 @@ def persona_atlas(model: Any, persona: str, config: AtlasConfig, figures_dir: st
     attention_heads_view(model, texts["seek"], top_heads, title=f"{persona}: top persona heads on a seek answer").save(
         figures / f"{persona}_top_heads.html", force=True)
     if not config.causal:
-        return atlas
+        return atlas.model_copy(update={"provenance": provenance.model_copy(update={"finished": now()})})
 
     reference = DamageReference.build(model, load_neutral_texts()[: config.n_neutral], config.batch_size)
     systems: dict[str, SystemPrompt] = {"no prompt": None}
@@ -125,7 +127,8 @@ def persona_atlas(model: Any, persona: str, config: AtlasConfig, figures_dir: st
             plot_dose_response(rows, figures / f"{persona}_dose_{kind}_{mode}",
                                title=f"{persona}: ablating top-k persona {kind}s ({mode}) vs k random {kind}s, n = {len(test)} items")
     equal_damage = equal_damage_comparison(model, list(test), fit, neurons, max(config.ks), reference, config)
-    return atlas.model_copy(update={"dose_response": dose, "equal_damage": equal_damage})
+    return atlas.model_copy(update={"dose_response": dose, "equal_damage": equal_damage,
+                                    "provenance": provenance.model_copy(update={"finished": now()})})
 
 
 def overlap_study(model: Any, signatures: dict[str, tuple[Signature, Signature]], sparsities: list[float],

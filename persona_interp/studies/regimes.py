@@ -12,6 +12,7 @@ from persona_interp.interventions.conditions import Condition, MaskCondition, Pr
 from persona_interp.interventions.steering import mean_difference_vectors
 from persona_interp.masks.builders import contrastive_wanda_masks
 from persona_interp.model.adapter import get_adapter
+from persona_interp.report.results import Provenance, now
 from persona_interp.report.study_results import RegimesStudy, SteeringChoice
 
 
@@ -30,6 +31,7 @@ def run_regimes(model: Any, persona: str, signatures: tuple[Any, Any], *, sparsi
         >>> study.layer, sorted(study.effect)
         (1, ['mask', 'prompt', 'steering'])
     """
+    provenance = Provenance.collect(model, seed=seed)
     fit, validation = calibration_split(persona, seed=seed, n_fit=n_calibration, n_validation=n_validation)
     n_layers = get_adapter(model).n_layers
     layers = sorted({min(n_layers - 1, round(f * n_layers)) for f in steering_layers})
@@ -48,7 +50,8 @@ def run_regimes(model: Any, persona: str, signatures: tuple[Any, Any], *, sparsi
     comparison = compare_regimes(model, regimes, texts, items, layer=choice.layer, progress=progress)
     study = RegimesStudy(**dict(comparison), persona=persona, sparsity=sparsity, seed=seed, fit_items=len(fit),
                          validation_items=len(validation), steering=SteeringChoice(layer=choice.layer, multiplier=choice.multiplier),
-                         random_cosine_band=list(random_cosine_band(get_adapter(model).d_model)))   # 95 % of random directions
+                         random_cosine_band=list(random_cosine_band(get_adapter(model).d_model)),   # 95 % of random directions
+                         provenance=provenance.model_copy(update={"finished": now()}))
     if figures_dir:
         from persona_interp.report.figures import plot_regime_comparison
 

@@ -11,7 +11,6 @@ import functools
 import hashlib
 import os
 import random
-import subprocess
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,7 +19,6 @@ import torch
 
 from persona_interp.analysis.diagnostics import overlap_table, stability, statistic_table
 from persona_interp.data.personas import (
-    REPO_ROOT,
     SIDES,
     NeutralSplit,
     PersonaDataset,
@@ -70,6 +68,7 @@ from persona_interp.report.results import (
     StageTime,
     SteeringSearch,
     Used,
+    git_revision,
     load_results,
     model_name,
     now,
@@ -77,28 +76,7 @@ from persona_interp.report.results import (
 from persona_interp.signatures import Signature, collect_signatures
 from persona_interp.studies.config import ReproduceConfig
 
-COMPUTED_WITH = ("persona_interp", "pyproject.toml")   # what a result depends on, for git_revision
 PACKAGE = Path(__file__).resolve().parents[1]          # persona_interp/: its sources are the code_digest
-
-
-def git_revision(root: str | Path = REPO_ROOT) -> str:
-    """Short git revision of the repository at ``root``, with ``-dirty`` when the code or data that the results
-    are computed with (``persona_interp/``, ``data/``, ``pyproject.toml``) has uncommitted changes; the run's own
-    outputs (``reports/``, ``figures/``, which a resumed run has already rewritten) do not count.
-
-    Examples:
-        >>> git_revision()                     # e.g. '97d6afb', '97d6afb-dirty' with uncommitted code changes
-        '...'
-        >>> git_revision(".")                  # not a git checkout
-        'unknown'
-    """
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *COMPUTED_WITH],
-                               cwd=root, capture_output=True, text=True).stdout.strip()
-        return rev + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def persona_conditions(model: Any, persona: str, config: ReproduceConfig, progress: bool = True, *,
