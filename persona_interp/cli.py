@@ -267,7 +267,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from persona_interp.evaluation.evaluate import control_comparison, evaluate
     from persona_interp.interventions.conditions import Condition, MaskCondition, Prompt
     from persona_interp.report.markdown import TABLE_COLUMNS, control_rows, made_by, markdown_table
-    from persona_interp.report.results import Provenance, model_name, now
+    from persona_interp.report.results import Provenance, model_name
 
     paths = _study_paths(args, f"{args.persona}_evaluate")
     model = _model(args)
@@ -311,7 +311,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
              "table": [row.model_dump() for row in table], "contrasts": [row.model_dump() for row in contrasts],
              "controls": [row.model_dump() for row in controls],
              "per_item": {name: item.model_dump() for name, item in ev.per_item().items()}}
-    provenance = provenance.model_copy(update={"finished": now()})
+    provenance = provenance.done()
     study["provenance"] = provenance.model_dump()
     markdown = "\n".join([f"## {args.persona}: {len(test)} test items (seed {args.seed})\n", made_by(provenance) + "\n",
                           markdown_table(table, TABLE_COLUMNS),

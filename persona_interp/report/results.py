@@ -145,6 +145,10 @@ class Provenance(BaseModel):
                    revision=revision or git_revision(), torch=torch.__version__, transformers=transformers.__version__,
                    cpu=cpu_info(), started=started or now())
 
+    def done(self) -> Provenance:
+        """This record with ``finished`` set to now (a study's last step)."""
+        return self.model_copy(update={"finished": now()})
+
     def header(self) -> str:
         """One line for a report: ``Model: `x` (weights 1a2b…), float32 on cpu; CPU …; torch …, transformers …``."""
         cpu = (f"CPU {self.cpu.model} ({', '.join(self.cpu.flags) or 'none of amx_bf16, avx512_bf16, avx512f, avx2'})"

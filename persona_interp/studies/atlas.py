@@ -40,7 +40,7 @@ from persona_interp.masks.mask import fraction_differ_by, iou_by
 from persona_interp.model.adapter import get_adapter
 from persona_interp.model.chat import SystemPrompt, answer_ids, prompt_ids
 from persona_interp.report.figures import plot_dose_response, plot_layer_curve, plot_layer_kind_heatmap, plot_overlap_bars, plot_unit_map
-from persona_interp.report.results import Provenance, now
+from persona_interp.report.results import Provenance
 from persona_interp.report.study_results import AtlasStudy, EqualDamageComparison, Grid, RecordedAtlasConfig, SignatureData
 from persona_interp.report.views import attention_heads_view, neuron_tokens_view
 from persona_interp.signatures import Signature, collect_signatures
@@ -108,7 +108,7 @@ def persona_atlas(model: Any, persona: str, config: AtlasConfig, figures_dir: st
     attention_heads_view(model, texts["seek"], top_heads, title=f"{persona}: top persona heads on a seek answer").save(
         figures / f"{persona}_top_heads.html", force=True)
     if not config.causal:
-        return atlas.model_copy(update={"provenance": provenance.model_copy(update={"finished": now()})})
+        return atlas.model_copy(update={"provenance": provenance.done()})
 
     reference = DamageReference.build(model, load_neutral_texts()[: config.n_neutral], config.batch_size)
     systems: dict[str, SystemPrompt] = {"no prompt": None}
@@ -128,7 +128,7 @@ def persona_atlas(model: Any, persona: str, config: AtlasConfig, figures_dir: st
                                title=f"{persona}: ablating top-k persona {kind}s ({mode}) vs k random {kind}s, n = {len(test)} items")
     equal_damage = equal_damage_comparison(model, list(test), fit, neurons, max(config.ks), reference, config)
     return atlas.model_copy(update={"dose_response": dose, "equal_damage": equal_damage,
-                                    "provenance": provenance.model_copy(update={"finished": now()})})
+                                    "provenance": provenance.done()})
 
 
 def overlap_study(model: Any, signatures: dict[str, tuple[Signature, Signature]], sparsities: list[float],

@@ -12,7 +12,7 @@ from persona_interp.evaluation.stats import mean_ci, paired_difference, proporti
 from persona_interp.interventions.conditions import Condition, MaskCondition, Prompt
 from persona_interp.masks.builders import random_mask
 from persona_interp.masks.composition import TYPE_LETTERS, fractional_mask, intersection_type_mask, type_mask, type_poles
-from persona_interp.report.results import Provenance, now
+from persona_interp.report.results import Provenance
 from persona_interp.report.study_results import CompositionStudy, FractionCurve, FractionRow, Trend, TypeRow
 from persona_interp.signatures import Signature
 
@@ -132,7 +132,7 @@ def run_composition(model: Any, axes: Mapping[str, tuple[Signature, Signature]],
     curve = fractional_curve(model, *axes[axis], tests[axis], fractions, sparsity, seed=seed, progress=progress)
     study = CompositionStudy(type=type_code.upper(), sparsity=sparsity, axis=axis, seed=seed,
                              n_test={name: len(items) for name, items in tests.items()}, type_rows=rows, curve=curve,
-                             provenance=provenance.model_copy(update={"finished": now()}))
+                             provenance=provenance.done())
     if figures_dir:
         from persona_interp.report.figures import plot_fraction_curve, plot_type_comparison
 

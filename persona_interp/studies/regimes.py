@@ -12,7 +12,7 @@ from persona_interp.interventions.conditions import Condition, MaskCondition, Pr
 from persona_interp.interventions.steering import mean_difference_vectors
 from persona_interp.masks.builders import contrastive_wanda_masks
 from persona_interp.model.adapter import get_adapter
-from persona_interp.report.results import Provenance, now
+from persona_interp.report.results import Provenance
 from persona_interp.report.study_results import RegimesStudy, SteeringChoice
 
 
@@ -51,7 +51,7 @@ def run_regimes(model: Any, persona: str, signatures: tuple[Any, Any], *, sparsi
     study = RegimesStudy(**dict(comparison), persona=persona, sparsity=sparsity, seed=seed, fit_items=len(fit),
                          validation_items=len(validation), steering=SteeringChoice(layer=choice.layer, multiplier=choice.multiplier),
                          random_cosine_band=list(random_cosine_band(get_adapter(model).d_model)),   # 95 % of random directions
-                         provenance=provenance.model_copy(update={"finished": now()}))
+                         provenance=provenance.done())
     if figures_dir:
         from persona_interp.report.figures import plot_regime_comparison
 
